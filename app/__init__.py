@@ -1,0 +1,1 @@
+"""The Celery application that celery-ecs deploys: tasks, web producer, beat, CLIs."""

@@ -1,0 +1,138 @@
+"""The one Celery app: the ``-A`` target of the worker, beat, the web and the enqueue command.
+
+Configured only from environment variables (``app.settings``). An unsafe configuration is
+refused here, at import, before any process connects to anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, bootsteps, signals
+from celery.schedules import crontab, schedule
+from kombu import Queue
+
+from app import routing
+from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
+from app.settings import Settings
+
+settings = Settings.from_env()
+
+app = Celery("celery_ecs", include=["app.tasks"])
+app.conf.update(settings.celery_config())
+app.conf.update(
+    task_queues=[Queue(name) for name in routing.QUEUES],
+    task_default_queue=routing.DEFAULT_QUEUE,
+    task_routes={task: {"queue": queue} for task, queue in routing.ROUTES.items()},
+    # Beat keeps its schedule state and a lock in Redis (celery-redbeat): a replaced beat task
+    # resumes where the old one stopped, and a second beat blocks on the lock instead of sending.
+    beat_scheduler="app.beat:HeartbeatRedBeatScheduler",
+    beat_max_loop_interval=5,
+    redbeat_lock_timeout=30,
+)
+
+#: Seconds between heartbeats of the worker and beat (see ``app.health``).
+HEARTBEAT_INTERVAL = 10.0
+
+
+def heartbeat_path(role: str) -> Path:
+    return Path(settings.heartbeat_dir) / f"celery-{role}.heartbeat"
+
+
+def touch_heartbeat(role: str) -> None:
+    heartbeat_path(role).touch()
+
+
+def celery_schedule(entry: PeriodicEntry) -> Any:
+    spec = entry.schedule
+    if isinstance(spec, Every):
+        return schedule(run_every=spec.seconds)
+    if isinstance(spec, Cron):
+        return crontab(
+            minute=spec.minute,
+            hour=spec.hour,
+            day_of_month=spec.day_of_month,
+            month_of_year=spec.month_of_year,
+            day_of_week=spec.day_of_week,
+        )
+    raise TypeError(f"{entry.name}: unknown schedule {spec!r}")
+
+
+app.conf.beat_schedule = {
+    entry.name: {
+        "task": entry.task,
+        "schedule": celery_schedule(entry),
+        "args": entry.args,
+        "kwargs": entry.kwargs,
+        "options": {"queue": entry.queue},
+    }
+    for entry in SCHEDULE
+}
+app.conf.timezone = "UTC"
+app.conf.enable_utc = True
+
+
+class WorkerHeartbeat(bootsteps.StartStopStep):
+    """Touches the worker's heartbeat file while its consumer runs.
+
+    The timer fires from the worker's event loop, so a blocked main process or a consumer that
+    lost the broker (the step is stopped until it reconnects) lets the file go stale, and the
+    container health check (``python -m app.health worker``) fails without asking the broker or
+    any other worker.
+    """
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.tref: Any = None
+
+    def start(self, parent: Any) -> None:
+        touch_heartbeat("worker")
+        self.tref = parent.timer.call_repeatedly(HEARTBEAT_INTERVAL, touch_heartbeat, ("worker",))
+
+    def stop(self, parent: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+
+    def shutdown(self, parent: Any) -> None:
+        self.stop(parent)
+        heartbeat_path("worker").unlink(missing_ok=True)
+
+
+app.steps["consumer"].add(WorkerHeartbeat)
+
+
+@signals.setup_logging.connect
+def configure_logging(**_: Any) -> None:
+    """One log format and level (CELERY_LOG_LEVEL) for every process."""
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+@signals.before_task_publish.connect
+def refuse_long_countdown(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Refuse an ETA beyond CELERY_MAX_COUNTDOWN.
+
+    A message waiting for its ETA stays unacknowledged in a worker; past the visibility
+    timeout Redis would deliver it a second time. The budget sizes that timeout for this limit.
+    """
+    eta = (headers or {}).get("eta")
+    if not eta:
+        return
+    when = datetime.fromisoformat(eta)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    wait = (when - datetime.now(timezone.utc)).total_seconds()
+    if wait > settings.max_countdown + 1:
+        raise ValueError(
+            f"{headers.get('task')}: countdown of {wait:.0f}s exceeds CELERY_MAX_COUNTDOWN="
+            f"{settings.max_countdown}s (the visibility timeout is sized for it)"
+        )

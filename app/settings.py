@@ -1,0 +1,238 @@
+"""The application's configuration: every value comes from an environment variable.
+
+This module is the contract between the infrastructure and the app. The Pulumi program renders
+these variables into the ECS task definitions (see ``infra/``); the local stack and the tests set
+them directly. It imports nothing from Celery so the infrastructure code can read the variable
+names without the app's dependencies.
+
+Every variable, its default and its unit is listed in ``ENV_VARS`` and in the README.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+# Variable names. The infrastructure imports these so both sides spell them the same way.
+BROKER_URL = "CELERY_BROKER_URL"
+RESULT_BACKEND = "CELERY_RESULT_BACKEND"
+RESULT_EXPIRES = "CELERY_RESULT_EXPIRES"
+SOFT_TIME_LIMIT = "CELERY_TASK_SOFT_TIME_LIMIT"
+TIME_LIMIT = "CELERY_TASK_TIME_LIMIT"
+VISIBILITY_TIMEOUT = "CELERY_VISIBILITY_TIMEOUT"
+PREFETCH_MULTIPLIER = "CELERY_PREFETCH_MULTIPLIER"
+MAX_COUNTDOWN = "CELERY_MAX_COUNTDOWN"
+WORKER_POOL = "CELERY_WORKER_POOL"
+SOFT_SHUTDOWN_TIMEOUT = "CELERY_SOFT_SHUTDOWN_TIMEOUT"
+SOFT_SHUTDOWN_ON_IDLE = "CELERY_SOFT_SHUTDOWN_ON_IDLE"
+TASK_PROTECTION = "CELERY_TASK_PROTECTION"
+LOG_LEVEL = "CELERY_LOG_LEVEL"
+HEARTBEAT_DIR = "CELERY_HEARTBEAT_DIR"
+METRICS_NAMESPACE = "CELERY_METRICS_NAMESPACE"
+WEB_PORT = "WEB_PORT"
+WEB_REQUEST_TIMEOUT = "WEB_REQUEST_TIMEOUT"
+WEB_MAX_BODY_BYTES = "WEB_MAX_BODY_BYTES"
+WEB_THREADS = "WEB_THREADS"
+# Read by Celery itself when the worker module is imported: "SIGQUIT" turns SIGTERM into a cold
+# shutdown (see infra/budget.py for when that is chosen).
+REMAP_SIGTERM = "REMAP_SIGTERM"
+
+# name -> (default, meaning). The README's table is checked against this by a test.
+ENV_VARS: dict[str, tuple[str, str]] = {
+    BROKER_URL: ("(required)", "Redis URL. `rediss://` needs `ssl_cert_reqs=required`."),
+    RESULT_BACKEND: ("= broker URL", "Where task results are stored (Redis)."),
+    RESULT_EXPIRES: ("86400", "Seconds a task result is kept."),
+    SOFT_TIME_LIMIT: ("300", "Seconds before `SoftTimeLimitExceeded` is raised in a task."),
+    TIME_LIMIT: ("330", "Seconds before the pool kills a task; above the soft limit."),
+    VISIBILITY_TIMEOUT: (
+        "3600",
+        "Seconds a delivered, unacknowledged message waits before Redis redelivers it. Must "
+        "exceed prefetch multiplier x time limit + max countdown.",
+    ),
+    PREFETCH_MULTIPLIER: ("1", "Messages reserved per pool slot."),
+    WORKER_POOL: (
+        "default",
+        "Worker pool name; each pool tracks its unacknowledged messages under its own keys.",
+    ),
+    MAX_COUNTDOWN: (
+        "300",
+        "Longest countdown/ETA (seconds) a task may be published with; longer is refused.",
+    ),
+    SOFT_SHUTDOWN_TIMEOUT: ("0", "Seconds of grace before a cold shutdown cancels tasks."),
+    SOFT_SHUTDOWN_ON_IDLE: ("false", "Apply that grace even when no task runs."),
+    TASK_PROTECTION: (
+        "false",
+        "Hold ECS task scale-in protection while tasks run (needs `ECS_AGENT_URI`).",
+    ),
+    LOG_LEVEL: ("INFO", "Log level of every process."),
+    HEARTBEAT_DIR: (
+        "/tmp",
+        "Where the worker and beat touch their heartbeat files, read by `python -m app.health`.",
+    ),
+    METRICS_NAMESPACE: (
+        "(empty: off)",
+        "CloudWatch namespace the worker publishes queue backlog to (embedded metric format).",
+    ),
+    WEB_PORT: ("8000", "Port the web server listens on."),
+    WEB_REQUEST_TIMEOUT: (
+        "30",
+        "Seconds a request may take; also the graceful shutdown window on SIGTERM.",
+    ),
+    WEB_MAX_BODY_BYTES: ("65536", "Largest accepted request body; larger gets 413."),
+    WEB_THREADS: ("8", "Request threads in the web process."),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration that would run unsafely. The message names the variable."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value}: must be >= {minimum}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected true or false")
+
+
+def check_redis_url(name: str, url: str) -> None:
+    """Refuse URLs Celery would accept but run unsafely (TLS without certificate checks)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigError(f"{name}: scheme {parts.scheme!r} is not supported; use redis:// or rediss://")
+    if parts.scheme == "rediss":
+        reqs = parse_qs(parts.query).get("ssl_cert_reqs", [""])[-1]
+        if reqs.lower() not in ("required", "cert_required"):
+            raise ConfigError(
+                f"{name}: a rediss:// URL must end with ?ssl_cert_reqs=required; without it the "
+                "connection is encrypted but the server certificate is not checked"
+            )
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str
+    result_backend: str
+    result_expires: int
+    soft_time_limit: int
+    time_limit: int
+    visibility_timeout: int
+    prefetch_multiplier: int
+    max_countdown: int
+    worker_pool: str
+    soft_shutdown_timeout: int
+    soft_shutdown_on_idle: bool
+    task_protection: bool
+    log_level: str
+    heartbeat_dir: str
+    metrics_namespace: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        broker_url = env.get(BROKER_URL, "").strip()
+        if not broker_url:
+            raise ConfigError(f"{BROKER_URL} is not set (e.g. redis://localhost:6379/0)")
+        check_redis_url(BROKER_URL, broker_url)
+        result_backend = env.get(RESULT_BACKEND, "").strip() or broker_url
+        check_redis_url(RESULT_BACKEND, result_backend)
+
+        soft = _int(env, SOFT_TIME_LIMIT, 300, minimum=1)
+        hard = _int(env, TIME_LIMIT, 330, minimum=1)
+        if hard <= soft:
+            raise ConfigError(f"{TIME_LIMIT}={hard} must be above {SOFT_TIME_LIMIT}={soft}")
+        prefetch = _int(env, PREFETCH_MULTIPLIER, 1, minimum=1)
+        max_countdown = _int(env, MAX_COUNTDOWN, 300)
+        visibility = _int(env, VISIBILITY_TIMEOUT, 3600, minimum=1)
+        # A message stays unacknowledged while it waits in the prefetch buffer, waits for its
+        # ETA and runs. Redis redelivers it after the visibility timeout even if a worker still
+        # has it, so a shorter timeout means the same task runs twice.
+        longest_unacked = prefetch * hard + max_countdown
+        if visibility <= longest_unacked:
+            raise ConfigError(
+                f"{VISIBILITY_TIMEOUT}={visibility} must exceed {PREFETCH_MULTIPLIER} x "
+                f"{TIME_LIMIT} + {MAX_COUNTDOWN} = {longest_unacked}, or running tasks are "
+                "delivered twice"
+            )
+        pool = env.get(WORKER_POOL, "").strip() or "default"
+        if not pool.replace("-", "").isalnum():
+            raise ConfigError(f"{WORKER_POOL}={pool!r}: use letters, digits and dashes")
+        level = env.get(LOG_LEVEL, "INFO").strip().upper() or "INFO"
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"{LOG_LEVEL}={level!r}: expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return cls(
+            broker_url=broker_url,
+            result_backend=result_backend,
+            result_expires=_int(env, RESULT_EXPIRES, 86400, minimum=1),
+            soft_time_limit=soft,
+            time_limit=hard,
+            visibility_timeout=visibility,
+            prefetch_multiplier=prefetch,
+            max_countdown=max_countdown,
+            worker_pool=pool,
+            soft_shutdown_timeout=_int(env, SOFT_SHUTDOWN_TIMEOUT, 0),
+            soft_shutdown_on_idle=_bool(env, SOFT_SHUTDOWN_ON_IDLE, False),
+            task_protection=_bool(env, TASK_PROTECTION, False),
+            log_level=level,
+            heartbeat_dir=env.get(HEARTBEAT_DIR, "").strip() or "/tmp",
+            metrics_namespace=env.get(METRICS_NAMESPACE, "").strip(),
+        )
+
+    def celery_config(self) -> dict[str, object]:
+        """The Celery settings these values imply, with the reliable defaults fixed."""
+        transport = {
+            "visibility_timeout": self.visibility_timeout,
+            # kombu's restore sweep requeues every message in its unacked index that is older
+            # than the sweeping worker's visibility timeout. Separate keys per pool keep a pool
+            # with short tasks (short timeout) from requeueing a long pool's running tasks.
+            "unacked_key": f"unacked:{self.worker_pool}",
+            "unacked_index_key": f"unacked_index:{self.worker_pool}",
+            "unacked_mutex_key": f"unacked_mutex:{self.worker_pool}",
+        }
+        return {
+            "broker_url": self.broker_url,
+            "result_backend": self.result_backend,
+            "result_expires": self.result_expires,
+            # Acknowledge after the task ran, so a crash re-queues instead of losing it.
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": True,
+            "worker_prefetch_multiplier": self.prefetch_multiplier,
+            "task_soft_time_limit": self.soft_time_limit,
+            "task_time_limit": self.time_limit,
+            # JSON only: whoever can write to the broker must not be able to run pickled code.
+            "task_serializer": "json",
+            "result_serializer": "json",
+            "accept_content": ["json"],
+            "result_accept_content": ["json"],
+            "broker_connection_retry": True,
+            "broker_connection_retry_on_startup": True,
+            "broker_connection_max_retries": None,
+            "broker_transport_options": dict(transport),
+            "result_backend_transport_options": {"visibility_timeout": self.visibility_timeout},
+            "worker_soft_shutdown_timeout": float(self.soft_shutdown_timeout),
+            "worker_enable_soft_shutdown_on_idle": self.soft_shutdown_on_idle,
+            "task_track_started": True,
+            "worker_hijack_root_logger": True,
+            "worker_send_task_events": False,
+            # If the broker connection drops, kombu restores this worker's unacked messages; the
+            # running copies are cancelled so each task keeps one live run (Celery 6 default).
+            "worker_cancel_long_running_tasks_on_connection_loss": True,
+        }

@@ -1,0 +1,116 @@
+"""Example tasks: the patterns a production Celery app needs.
+
+- ``apply_credit``: a side effect made idempotent with a key in Redis, so a redelivered or
+  duplicated message (at-least-once delivery) has one effect.
+- ``purge_expired_records``: periodic maintenance, scheduled in ``app.schedule``.
+- ``generate_report``: a long task that checkpoints its progress and honours the soft time
+  limit by continuing in a fresh message instead of being killed mid-step.
+- ``nightly_report``: the periodic entry point that starts a report.
+- ``noop``: the cheapest possible task (benchmarks, smoke tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from app.celery_app import app
+from app.store import client
+
+log = logging.getLogger(__name__)
+
+#: Seconds an idempotency key and a ledger log entry are kept.
+RECORD_TTL = 7 * 24 * 3600
+LEDGER = "ledger:balances"
+LEDGER_LOG = "ledger:log"
+
+# Claim the key and apply the effect in one atomic step: there is no moment where the key is
+# taken but the effect not applied, so a crash can neither lose nor double the credit.
+_APPLY_ONCE = """
+if redis.call('SET', KEYS[1], ARGV[4], 'NX', 'EX', ARGV[3]) then
+  local balance = redis.call('HINCRBY', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+  return {1, balance}
+end
+return {0, tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')}
+"""
+
+
+@app.task(name="app.tasks.apply_credit", bind=True)
+def apply_credit(
+    self: Task, idempotency_key: str, account: str, amount: int, work_seconds: float = 0.0
+) -> dict[str, object]:
+    """Credit ``amount`` to ``account`` once per ``idempotency_key``.
+
+    ``work_seconds`` stands in for slow work done before the effect (a call to another
+    service); it makes the crash tests' window visible.
+    """
+    store = client()
+    store.incr(f"attempts:{idempotency_key}")
+    store.expire(f"attempts:{idempotency_key}", RECORD_TTL)
+    time.sleep(work_seconds)
+    applied, balance = store.eval(
+        _APPLY_ONCE,
+        3,
+        f"idem:{idempotency_key}",
+        LEDGER,
+        LEDGER_LOG,
+        account,
+        amount,
+        RECORD_TTL,
+        idempotency_key,
+        time.time(),
+    )
+    if not applied:
+        log.info("credit %s already applied; skipping", idempotency_key)
+    return {"applied": bool(applied), "account": account, "balance": int(balance)}
+
+
+@app.task(name="app.tasks.purge_expired_records")
+def purge_expired_records(retention_seconds: int = RECORD_TTL) -> dict[str, int]:
+    """Drop ledger log entries older than the retention (idempotency keys expire by TTL)."""
+    cutoff = time.time() - retention_seconds
+    removed = client().zremrangebyscore(LEDGER_LOG, "-inf", cutoff)
+    client().set("maintenance:last-purge", datetime.now(timezone.utc).isoformat())
+    return {"removed": int(removed)}
+
+
+@app.task(name="app.tasks.generate_report", bind=True, max_retries=100)
+def generate_report(
+    self: Task, report_id: str, steps: int = 10, step_seconds: float = 1.0
+) -> dict[str, object]:
+    """Run ``steps`` steps, saving progress after each.
+
+    When the soft time limit fires, the current step is abandoned and the task continues from
+    the last checkpoint in a new message (``retry``), so no run is ever hard-killed and no
+    finished step is redone.
+    """
+    store = client()
+    progress_key = f"report:{report_id}:progress"
+    done = int(store.get(progress_key) or 0)
+    try:
+        while done < steps:
+            time.sleep(step_seconds)
+            done = store.incr(progress_key)
+            store.expire(progress_key, RECORD_TTL)
+    except SoftTimeLimitExceeded:
+        log.info("report %s: soft time limit at step %d/%d; continuing", report_id, done, steps)
+        raise self.retry(countdown=0) from None
+    return {"report_id": report_id, "steps": done, "continuations": self.request.retries}
+
+
+@app.task(name="app.tasks.nightly_report")
+def nightly_report() -> str:
+    """Periodic entry: start yesterday's report on the ``long`` queue."""
+    report_id = f"nightly-{datetime.now(timezone.utc).date().isoformat()}"
+    generate_report.delay(report_id=report_id)
+    return report_id
+
+
+@app.task(name="app.tasks.noop")
+def noop() -> None:
+    return None

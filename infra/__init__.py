@@ -1,0 +1,1 @@
+"""The Pulumi program: one module per component, pure modules for the values they use."""

@@ -1,0 +1,176 @@
+"""The timeout budget: one input per service decides every stop- and time-related number.
+
+Pure logic, no Pulumi: the worker pool's ``taskTimeout`` (the longest task it runs) and the
+platform's stop cap give the Celery time limits, the shutdown mode, the container
+``stopTimeout`` and the Redis visibility timeout; the web's request timeout gives the load
+balancer's deregistration delay and the web's stop timeout. The README has the same rules as a
+table; ``tests/test_budget.py`` checks their invariants over the whole input range.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from app import settings as env_names
+
+#: Fargate's ceiling for a container's ``stopTimeout`` (seconds between SIGTERM and SIGKILL).
+FARGATE_STOP_TIMEOUT_CAP = 120
+#: Seconds a worker needs after its last task to cancel, restore unacked messages and exit.
+EXIT_MARGIN = 10
+#: Seconds the visibility timeout keeps above the longest legitimate unacked time, at least
+#: (covers clock skew between containers and the gap between delivery and task start).
+MIN_VISIBILITY_MARGIN = 10
+#: Longest supported ``taskTimeout``. A crashed run of a longer task would only come back after
+#: more than a day (the visibility timeout): split such work into smaller tasks.
+MAX_TASK_TIMEOUT = 86_400
+#: Seconds beat gets to release its Redis lock and exit; a short stop keeps the schedule gap
+#: of a beat deployment (old beat stopped before the new one starts) short.
+BEAT_STOP_TIMEOUT = 10
+
+ShutdownMode = Literal["warm", "cold"]
+
+
+class BudgetError(ValueError):
+    """An input no shutdown mode can honour."""
+
+
+def cleanup_grace(soft_time_limit: int) -> int:
+    """Seconds between the soft limit (the task is asked to stop) and the hard kill."""
+    return min(60, max(1, math.ceil(soft_time_limit * 0.1)))
+
+
+@dataclass(frozen=True)
+class WorkerBudget:
+    """Every derived value for one worker pool. All durations are whole seconds."""
+
+    task_timeout: int
+    max_stop_timeout: int
+    prefetch_multiplier: int
+    max_countdown: int
+    soft_time_limit: int
+    time_limit: int
+    shutdown: ShutdownMode
+    soft_shutdown_timeout: int
+    stop_timeout: int
+    visibility_timeout: int
+    task_protection: bool
+
+    @property
+    def longest_unacked(self) -> int:
+        """Longest a message can legitimately stay delivered but unacknowledged."""
+        return self.prefetch_multiplier * self.time_limit + self.max_countdown
+
+    def environment(self) -> dict[str, str]:
+        """The container environment that carries these values into the app."""
+        values = {
+            env_names.SOFT_TIME_LIMIT: self.soft_time_limit,
+            env_names.TIME_LIMIT: self.time_limit,
+            env_names.VISIBILITY_TIMEOUT: self.visibility_timeout,
+            env_names.PREFETCH_MULTIPLIER: self.prefetch_multiplier,
+            env_names.MAX_COUNTDOWN: self.max_countdown,
+            env_names.SOFT_SHUTDOWN_TIMEOUT: self.soft_shutdown_timeout,
+            env_names.SOFT_SHUTDOWN_ON_IDLE: "false",
+            env_names.TASK_PROTECTION: "true" if self.task_protection else "false",
+        }
+        if self.shutdown == "cold":
+            values[env_names.REMAP_SIGTERM] = "SIGQUIT"
+        return {name: str(value) for name, value in values.items()}
+
+
+def worker_budget(
+    task_timeout: int,
+    *,
+    max_stop_timeout: int = FARGATE_STOP_TIMEOUT_CAP,
+    prefetch_multiplier: int = 1,
+    max_countdown: int = 300,
+) -> WorkerBudget:
+    """Derive a pool's budget.
+
+    - ``task_timeout``: seconds, the longest task the pool runs (1..86400).
+    - ``max_stop_timeout``: seconds ECS may wait after SIGTERM (EXIT_MARGIN+1..120, Fargate's cap).
+    - ``prefetch_multiplier``: messages reserved per pool slot (>= 1).
+    - ``max_countdown``: longest countdown/ETA, in seconds, a task of the pool may be sent with.
+    """
+    if not 1 <= task_timeout <= MAX_TASK_TIMEOUT:
+        raise BudgetError(
+            f"taskTimeout={task_timeout}: must be 1..{MAX_TASK_TIMEOUT} seconds; longer work must "
+            "be split, or a crashed run would only be redelivered after more than a day"
+        )
+    if not EXIT_MARGIN < max_stop_timeout <= FARGATE_STOP_TIMEOUT_CAP:
+        raise BudgetError(
+            f"maxStopTimeout={max_stop_timeout}: must be {EXIT_MARGIN + 1}..{FARGATE_STOP_TIMEOUT_CAP} "
+            "seconds (Fargate waits at most 120 s between SIGTERM and SIGKILL)"
+        )
+    if prefetch_multiplier < 1:
+        raise BudgetError(f"prefetchMultiplier={prefetch_multiplier}: must be >= 1")
+    if max_countdown < 0:
+        raise BudgetError(f"maxCountdown={max_countdown}: must be >= 0")
+
+    soft = task_timeout
+    hard = soft + cleanup_grace(soft)
+    if hard + EXIT_MARGIN <= max_stop_timeout:
+        # Warm shutdown: SIGTERM lets every running task finish; the hard limit bounds how long
+        # that takes, so ECS waits exactly that plus the exit margin.
+        shutdown: ShutdownMode = "warm"
+        soft_shutdown = 0
+        stop_timeout = hard + EXIT_MARGIN
+    else:
+        # The longest task cannot finish before SIGKILL. SIGTERM becomes a cold shutdown: a
+        # grace period lets short tasks finish, then the rest are cancelled unacked and kombu
+        # puts them back on the queue at once (not after the visibility timeout). Scale-in
+        # protection keeps ECS from choosing busy workers in the first place.
+        shutdown = "cold"
+        soft_shutdown = max_stop_timeout - EXIT_MARGIN
+        stop_timeout = max_stop_timeout
+    unacked = prefetch_multiplier * hard + max_countdown
+    visibility = unacked + max(MIN_VISIBILITY_MARGIN, math.ceil(unacked * 0.25))
+    return WorkerBudget(
+        task_timeout=task_timeout,
+        max_stop_timeout=max_stop_timeout,
+        prefetch_multiplier=prefetch_multiplier,
+        max_countdown=max_countdown,
+        soft_time_limit=soft,
+        time_limit=hard,
+        shutdown=shutdown,
+        soft_shutdown_timeout=soft_shutdown,
+        stop_timeout=stop_timeout,
+        visibility_timeout=visibility,
+        task_protection=shutdown == "cold",
+    )
+
+
+@dataclass(frozen=True)
+class WebBudget:
+    """Derived values for the web service. All durations are whole seconds."""
+
+    request_timeout: int
+    deregistration_delay: int
+    stop_timeout: int
+    idle_timeout: int
+
+    def environment(self) -> dict[str, str]:
+        return {env_names.WEB_REQUEST_TIMEOUT: str(self.request_timeout)}
+
+
+def web_budget(request_timeout: int) -> WebBudget:
+    """Derive the web's budget from ``request_timeout`` (seconds, 1..110).
+
+    The load balancer stops sending new requests to a draining task and waits up to the
+    deregistration delay for those in flight; ECS sends SIGTERM only after that, and the server
+    then has the request timeout again to finish anything that slipped through.
+    """
+    limit = FARGATE_STOP_TIMEOUT_CAP - EXIT_MARGIN
+    if not 1 <= request_timeout <= limit:
+        raise BudgetError(
+            f"web.requestTimeout={request_timeout}: must be 1..{limit} seconds so a request in "
+            "flight at SIGTERM can finish before Fargate's 120 s SIGKILL"
+        )
+    return WebBudget(
+        request_timeout=request_timeout,
+        deregistration_delay=request_timeout + 5,
+        stop_timeout=request_timeout + EXIT_MARGIN,
+        # The load balancer must not cut a request the app is still allowed to serve.
+        idle_timeout=max(60, request_timeout + 5),
+    )
