@@ -7,13 +7,13 @@ refused here, at import, before any process connects to anything.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from celery import Celery, bootsteps, signals
 from celery.schedules import crontab, schedule
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from app import routing
 from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
@@ -24,7 +24,7 @@ settings = Settings.from_env()
 app = Celery("celery_ecs", include=["app.tasks"])
 app.conf.update(settings.celery_config())
 app.conf.update(
-    task_queues=[Queue(name) for name in routing.QUEUES],
+    task_queues=[Queue(name, Exchange(name), routing_key=name) for name in routing.QUEUES],
     task_default_queue=routing.DEFAULT_QUEUE,
     task_routes={task: {"queue": queue} for task, queue in routing.ROUTES.items()},
     # Beat keeps its schedule state and a lock in Redis (celery-redbeat): a replaced beat task
@@ -84,7 +84,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
     any other worker.
     """
 
-    requires = {"celery.worker.consumer.tasks:Tasks"}
+    requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
@@ -109,7 +109,7 @@ app.steps["consumer"].add(WorkerHeartbeat)
 
 @signals.setup_logging.connect
 def configure_logging(**_: Any) -> None:
-    """One log format and level (CELERY_LOG_LEVEL) for every process."""
+    """One log format and level (APP_LOG_LEVEL) for every process."""
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
@@ -129,8 +129,8 @@ def refuse_long_countdown(headers: dict[str, Any] | None = None, **_: Any) -> No
         return
     when = datetime.fromisoformat(eta)
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    wait = (when - datetime.now(timezone.utc)).total_seconds()
+        when = when.replace(tzinfo=UTC)
+    wait = (when - datetime.now(UTC)).total_seconds()
     if wait > settings.max_countdown + 1:
         raise ValueError(
             f"{headers.get('task')}: countdown of {wait:.0f}s exceeds CELERY_MAX_COUNTDOWN="

@@ -28,7 +28,8 @@ WORKER_POOL = "CELERY_WORKER_POOL"
 SOFT_SHUTDOWN_TIMEOUT = "CELERY_SOFT_SHUTDOWN_TIMEOUT"
 SOFT_SHUTDOWN_ON_IDLE = "CELERY_SOFT_SHUTDOWN_ON_IDLE"
 TASK_PROTECTION = "CELERY_TASK_PROTECTION"
-LOG_LEVEL = "CELERY_LOG_LEVEL"
+# Not CELERY_LOG_LEVEL: the Celery worker sets that variable itself for its pool processes.
+LOG_LEVEL = "APP_LOG_LEVEL"
 HEARTBEAT_DIR = "CELERY_HEARTBEAT_DIR"
 METRICS_NAMESPACE = "CELERY_METRICS_NAMESPACE"
 WEB_PORT = "WEB_PORT"
@@ -177,7 +178,9 @@ class Settings:
             raise ConfigError(f"{WORKER_POOL}={pool!r}: use letters, digits and dashes")
         level = env.get(LOG_LEVEL, "INFO").strip().upper() or "INFO"
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ConfigError(f"{LOG_LEVEL}={level!r}: expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+            raise ConfigError(
+                f"{LOG_LEVEL}={level!r}: expected DEBUG, INFO, WARNING, ERROR or CRITICAL"
+            )
         return cls(
             broker_url=broker_url,
             result_backend=result_backend,

@@ -9,7 +9,7 @@ from functools import lru_cache
 
 import redis
 
-from app.settings import Settings
+from app.celery_app import settings
 
 
 @lru_cache(maxsize=1)
@@ -17,7 +17,7 @@ def client() -> redis.Redis:
     # redis-py verifies the server certificate for rediss:// URLs (ssl_cert_reqs=required is
     # enforced by Settings); retries cover a failover's DNS switch.
     return redis.Redis.from_url(
-        Settings.from_env().broker_url,
+        settings.broker_url,
         decode_responses=True,
         socket_timeout=10,
         socket_connect_timeout=5,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -75,7 +75,7 @@ def purge_expired_records(retention_seconds: int = RECORD_TTL) -> dict[str, int]
     """Drop ledger log entries older than the retention (idempotency keys expire by TTL)."""
     cutoff = time.time() - retention_seconds
     removed = client().zremrangebyscore(LEDGER_LOG, "-inf", cutoff)
-    client().set("maintenance:last-purge", datetime.now(timezone.utc).isoformat())
+    client().set("maintenance:last-purge", datetime.now(UTC).isoformat())
     return {"removed": int(removed)}
 
 
@@ -106,7 +106,7 @@ def generate_report(
 @app.task(name="app.tasks.nightly_report")
 def nightly_report() -> str:
     """Periodic entry: start yesterday's report on the ``long`` queue."""
-    report_id = f"nightly-{datetime.now(timezone.utc).date().isoformat()}"
+    report_id = f"nightly-{datetime.now(UTC).date().isoformat()}"
     generate_report.delay(report_id=report_id)
     return report_id
 

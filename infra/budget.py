@@ -100,8 +100,9 @@ def worker_budget(
         )
     if not EXIT_MARGIN < max_stop_timeout <= FARGATE_STOP_TIMEOUT_CAP:
         raise BudgetError(
-            f"maxStopTimeout={max_stop_timeout}: must be {EXIT_MARGIN + 1}..{FARGATE_STOP_TIMEOUT_CAP} "
-            "seconds (Fargate waits at most 120 s between SIGTERM and SIGKILL)"
+            f"maxStopTimeout={max_stop_timeout}: must be {EXIT_MARGIN + 1}.."
+            f"{FARGATE_STOP_TIMEOUT_CAP} seconds (Fargate waits at most 120 s between SIGTERM "
+            "and SIGKILL)"
         )
     if prefetch_multiplier < 1:
         raise BudgetError(f"prefetchMultiplier={prefetch_multiplier}: must be >= 1")

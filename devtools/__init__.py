@@ -1,0 +1,1 @@
+"""Local development tools: an embedded Redis and the one-command local stack."""

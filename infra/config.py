@@ -1,0 +1,564 @@
+"""Stack configuration: the ``celery-ecs:*`` keys, validated and defaulted.
+
+Pure logic, no Pulumi: ``load(raw)`` takes the namespace's raw values (top-level values arrive
+as strings from the Pulumi CLI, objects and lists as JSON strings or already parsed) and returns
+frozen dataclasses with every default filled in. Anything unknown, mistyped or unsafe raises
+``ConfigError`` naming the full key path (``workers[1].minCount``) and what is allowed, so the
+program can refuse a stack before it registers a single resource.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeVar, cast
+
+from app.routing import QUEUES
+from infra.budget import BudgetError, WebBudget, WorkerBudget, web_budget, worker_budget
+
+Scheduler = Literal["beat", "eventbridge"]
+NatGateways = Literal["none", "single", "perAz"]
+BrokerEngine = Literal["redis", "valkey"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+SCHEDULERS: tuple[Scheduler, ...] = ("beat", "eventbridge")
+NAT_GATEWAYS: tuple[NatGateways, ...] = ("none", "single", "perAz")
+BROKER_ENGINES: tuple[BrokerEngine, ...] = ("redis", "valkey")
+LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: Retention periods CloudWatch Logs accepts (days).
+LOG_RETENTION_DAYS: tuple[int, ...] = (
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+    2922, 3288, 3653,
+)
+#: Engine -> major version -> (parameter group family, default version when that engine is
+#: chosen without ``engineVersion``). Cluster mode stays disabled: kombu has no cluster transport.
+ENGINE_FAMILIES: dict[BrokerEngine, dict[int, str]] = {
+    "redis": {7: "redis7"},
+    "valkey": {7: "valkey7", 8: "valkey8"},
+}
+DEFAULT_ENGINE_VERSIONS: dict[BrokerEngine, str] = {"redis": "7.1", "valkey": "8.0"}
+#: Longest countdown/ETA accepted: the visibility timeout grows with it, and so does the delay
+#: before a message lost with a crashed worker comes back.
+MAX_COUNTDOWN_LIMIT = 86_400
+DEFAULT_TASK_TIMEOUT = 300
+DEFAULT_CONCURRENCY = 2
+#: Default backlog-per-task target = this x concurrency: every slot of a task has about this many
+#: messages waiting behind it before the pool grows (see ``WorkerPool.backlog_per_task``).
+BACKLOG_ROUNDS = 10
+
+
+def _fargate_memory_choices() -> dict[int, tuple[int, ...]]:
+    def steps(low: int, high: int, step: int) -> tuple[int, ...]:
+        return tuple(range(low, high + 1, step))
+
+    return {
+        256: (512, 1024, 2048),
+        512: steps(1024, 4096, 1024),
+        1024: steps(2048, 8192, 1024),
+        2048: steps(4096, 16384, 1024),
+        4096: steps(8192, 30720, 1024),
+        8192: steps(16384, 61440, 4096),
+        16384: steps(32768, 122880, 8192),
+    }
+
+
+#: Task CPU units -> memory sizes (MiB) Fargate offers with it.
+FARGATE_MEMORY: dict[int, tuple[int, ...]] = _fargate_memory_choices()
+
+_POOL_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
+_VPC_ID = re.compile(r"^vpc-[0-9a-f]{8,17}$")
+_SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+_CERTIFICATE_ARN = re.compile(r"^arn:aws[a-z-]*:(acm|iam):[a-z0-9-]*:\d{12}:\S+$")
+_NODE_TYPE = re.compile(r"^cache\.[a-z0-9]+\.[a-z0-9]+$")
+_ENGINE_VERSION = re.compile(r"^(\d+)\.(\d+)$")
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class ConfigError(ValueError):
+    """Invalid stack configuration. The message starts with the key path."""
+
+
+@dataclass(frozen=True)
+class WorkerPool:
+    """One worker pool = one ECS service consuming ``queues``."""
+
+    name: str
+    queues: tuple[str, ...]
+    concurrency: int
+    #: Seconds: the longest task this pool runs (the budget derives every timeout from it).
+    task_timeout: int
+    min_count: int
+    max_count: int
+    cpu: int
+    memory: int
+    #: Seconds ECS may wait between SIGTERM and SIGKILL (Fargate caps it at 120).
+    max_stop_timeout: int
+    #: Target of the scaling policy: waiting messages (summed over the pool's queues) per
+    #: running task.
+    backlog_per_task: int
+    budget: WorkerBudget
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    cpu: int
+    memory: int
+    min_count: int
+    max_count: int
+    #: Seconds a request may take.
+    request_timeout: int
+    certificate_arn: str | None
+    deletion_protection: bool
+    #: Average CPU utilisation (%) the web service scales to.
+    target_cpu_percent: int
+    #: Requests per task and minute the web service scales to; None = no request-count policy.
+    target_requests_per_task: int | None
+    access_logs_bucket: str | None
+    budget: WebBudget
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    engine: BrokerEngine
+    engine_version: str
+    parameter_group_family: str
+    node_type: str
+    replicas: int
+    snapshot_retention_days: int
+
+
+@dataclass(frozen=True)
+class NewVpc:
+    """A VPC this stack creates: public subnets for the ALB (and tasks when there is no NAT),
+    private subnets for the broker (and tasks when there is NAT), in two AZs."""
+
+    cidr: str
+    nat_gateways: NatGateways
+
+
+@dataclass(frozen=True)
+class ExistingVpc:
+    """The user's VPC. Tasks run in the private subnets, which need a route to ECR, CloudWatch
+    Logs and Secrets Manager (NAT or VPC endpoints)."""
+
+    vpc_id: str
+    public_subnet_ids: tuple[str, ...]
+    private_subnet_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    production: bool
+    scheduler: Scheduler
+    max_countdown: int
+    log_level: LogLevel
+    log_retention_days: int
+    image_uri: str | None
+    workers: tuple[WorkerPool, ...]
+    web: WebConfig
+    broker: BrokerConfig
+    network: NewVpc | ExistingVpc
+
+    @property
+    def tasks_in_public_subnets(self) -> bool:
+        """True when tasks need a public IP to reach AWS APIs (created VPC without NAT)."""
+        return isinstance(self.network, NewVpc) and self.network.nat_gateways == "none"
+
+
+T = TypeVar("T")
+
+
+def _fail(path: str, problem: str, allowed: str) -> ConfigError:
+    return ConfigError(f"{path}: {problem}; allowed: {allowed}")
+
+
+class _Fields:
+    """The members of one config object, read by key with the object's path in every error.
+
+    ``strings_are_text`` marks the top level: the Pulumi CLI hands the program every top-level
+    value as a string (numbers and booleans included, objects as JSON).
+    """
+
+    def __init__(
+        self, raw: object, path: str, keys: Sequence[str], *, strings_are_text: bool = False
+    ) -> None:
+        if strings_are_text:
+            raw = _parse_json_text(raw, path)
+        if not isinstance(raw, Mapping):
+            raise _fail(path or "config", f"expected an object, got {_describe(raw)}", "an object")
+        unknown = sorted(str(key) for key in raw if key not in keys)
+        if unknown:
+            raise _fail(self._join(path, unknown[0]), "unknown key", ", ".join(keys))
+        self.raw: Mapping[str, object] = raw
+        self.path = path
+        self.strings_are_text = strings_are_text
+
+    @staticmethod
+    def _join(path: str, key: str) -> str:
+        return f"{path}.{key}" if path else key
+
+    def key_path(self, key: str) -> str:
+        return self._join(self.path, key)
+
+    def has(self, key: str) -> bool:
+        return self.raw.get(key) is not None
+
+    def value(self, key: str) -> object:
+        value = self.raw.get(key)
+        if self.strings_are_text and isinstance(value, str):
+            return _parse_scalar_text(value)
+        return value
+
+    def integer(
+        self,
+        key: str,
+        default: int | None,
+        low: int | None = None,
+        high: int | None = None,
+        why: str = "",
+    ) -> int:
+        """An integer member. Without ``low``/``high`` the range is left to the caller (the
+        timeout budget checks its own inputs and says what it allows)."""
+        path = self.key_path(key)
+        if low is None:
+            allowed = "an integer"
+        elif high is None:
+            allowed = f"an integer >= {low}"
+        else:
+            allowed = f"an integer {low}..{high}"
+        if why:
+            allowed += f" ({why})"
+        value = self.value(key)
+        if value is None:
+            if default is None:
+                raise _fail(path, "required", allowed)
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(path, f"expected an integer, got {_describe(value)}", allowed)
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise _fail(path, f"{value} is out of range", allowed)
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.value(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise _fail(self.key_path(key), f"expected a boolean, got {_describe(value)}",
+                        "true, false")
+        return value
+
+    def text(
+        self, key: str, pattern: re.Pattern[str] | None = None, allowed: str = "a string"
+    ) -> str | None:
+        path = self.key_path(key)
+        value = self.raw.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise _fail(path, f"expected a non-empty string, got {_describe(value)}", allowed)
+        if pattern is not None and not pattern.match(value):
+            raise _fail(path, f"{value!r} is not valid", allowed)
+        return value
+
+    def choice(self, key: str, choices: Sequence[T], default: T) -> T:
+        value = self.raw.get(key)
+        if value is None:
+            return default
+        if value not in choices:
+            raise _fail(self.key_path(key), f"unknown value {value!r}",
+                        ", ".join(str(choice) for choice in choices))
+        return cast(T, value)
+
+    def text_list(self, key: str, item: re.Pattern[str], allowed: str) -> tuple[str, ...] | None:
+        path = self.key_path(key)
+        value = self.value(key)
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise _fail(path, f"expected a list, got {_describe(value)}", allowed)
+        for index, entry in enumerate(value):
+            if not isinstance(entry, str) or not item.match(entry):
+                raise _fail(f"{path}[{index}]", f"{entry!r} is not valid", allowed)
+        if len(set(value)) != len(value):
+            raise _fail(path, "duplicate entries", allowed)
+        return tuple(value)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, (bool, int, float, str)):
+        kind = {bool: "boolean", int: "integer", float: "number", str: "string"}[type(value)]
+        return f"{kind} {json.dumps(value)}"
+    return {list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _parse_json_text(value: object, path: str) -> object:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise _fail(path, f"not valid JSON ({error.msg})", "a JSON object or list") from None
+
+
+def _parse_scalar_text(value: str) -> object:
+    """'300' -> 300, 'true' -> True; anything else stays the string it is."""
+    if re.fullmatch(r"-?\d+", value.strip()):
+        return int(value)
+    if value.strip() in ("true", "false"):
+        return value.strip() == "true"
+    return value
+
+
+TOP_LEVEL_KEYS = (
+    "production", "scheduler", "maxCountdown", "logLevel", "logRetentionDays", "imageUri",
+    "workers", "web", "broker", "network",
+)
+POOL_KEYS = (
+    "name", "queues", "concurrency", "taskTimeout", "minCount", "maxCount", "cpu", "memory",
+    "maxStopTimeout", "backlogPerTask",
+)
+WEB_KEYS = (
+    "cpu", "memory", "minCount", "maxCount", "requestTimeout", "certificateArn",
+    "deletionProtection", "targetCpuPercent", "targetRequestsPerTask", "accessLogsBucket",
+)
+BROKER_KEYS = ("engine", "engineVersion", "nodeType", "replicas", "snapshotRetentionDays")
+NEW_VPC_KEYS = ("cidr", "natGateways")
+EXISTING_VPC_KEYS = ("vpcId", "publicSubnetIds", "privateSubnetIds")
+
+
+def load(raw: Mapping[str, object]) -> StackConfig:
+    """Validate the namespace's raw values and fill every default. Raises ``ConfigError``."""
+    top = _Fields(dict(raw), "", TOP_LEVEL_KEYS, strings_are_text=True)
+    production = top.boolean("production", False)
+
+    max_countdown = top.integer(
+        "maxCountdown", 300, 0, MAX_COUNTDOWN_LIMIT, "seconds; longest countdown/ETA of a task"
+    )
+    retention = top.integer("logRetentionDays", 365 if production else 30, 1)
+    if retention not in LOG_RETENTION_DAYS:
+        raise _fail("logRetentionDays", f"{retention} is not a CloudWatch retention period",
+                    ", ".join(map(str, LOG_RETENTION_DAYS)))
+    image_uri = top.text("imageUri", re.compile(r"^\S+$"), "an image reference without spaces")
+
+    workers_raw = _parse_json_text(top.raw.get("workers"), "workers")
+    workers = (
+        _load_workers(workers_raw, max_countdown) if workers_raw is not None
+        else (_default_pool(max_countdown),)
+    )
+
+    return StackConfig(
+        production=production,
+        scheduler=top.choice("scheduler", SCHEDULERS, "beat"),
+        max_countdown=max_countdown,
+        log_level=top.choice("logLevel", LOG_LEVELS, "INFO"),
+        log_retention_days=retention,
+        image_uri=image_uri,
+        workers=workers,
+        web=_load_web(_parse_json_text(top.raw.get("web"), "web") or {}, production),
+        broker=_load_broker(_parse_json_text(top.raw.get("broker"), "broker") or {}, production),
+        network=_load_network(
+            _parse_json_text(top.raw.get("network"), "network") or {}, production
+        ),
+    )
+
+
+def _default_pool(max_countdown: int) -> WorkerPool:
+    return _load_pool({"name": "default", "queues": list(QUEUES)}, "workers[0]", max_countdown)
+
+
+def _load_workers(raw: object, max_countdown: int) -> tuple[WorkerPool, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise _fail("workers", f"expected a non-empty list, got {_describe(raw)}",
+                    "a list of worker pool objects")
+    pools = tuple(_load_pool(item, f"workers[{i}]", max_countdown) for i, item in enumerate(raw))
+    seen: set[str] = set()
+    for index, pool in enumerate(pools):
+        if pool.name in seen:
+            raise _fail(f"workers[{index}].name", f"duplicate pool name {pool.name!r}",
+                        "a name used by no other pool")
+        seen.add(pool.name)
+    consumed = {queue for pool in pools for queue in pool.queues}
+    uncovered = [queue for queue in QUEUES if queue not in consumed]
+    if uncovered:
+        raise _fail("workers", f"no pool consumes queue(s) {', '.join(uncovered)}",
+                    f"pools that together consume every queue of {', '.join(QUEUES)}")
+    return pools
+
+
+def _load_pool(raw: object, path: str, max_countdown: int) -> WorkerPool:
+    fields = _Fields(raw, path, POOL_KEYS)
+    name = fields.text("name", _POOL_NAME,
+                       "1-32 lowercase letters, digits and dashes, starting with a letter")
+    if name is None:
+        raise _fail(f"{path}.name", "required", "a DNS-safe pool name")
+    queues = fields.text_list("queues", re.compile(r"^.+$"), "queue names")
+    if not queues:
+        raise _fail(f"{path}.queues", "required (a non-empty list)", ", ".join(QUEUES))
+    for index, queue in enumerate(queues):
+        if queue not in QUEUES:
+            raise _fail(f"{path}.queues[{index}]", f"unknown queue {queue!r}", ", ".join(QUEUES))
+    concurrency = fields.integer("concurrency", DEFAULT_CONCURRENCY, 1, 256,
+                                 "task slots per worker")
+    min_count = fields.integer("minCount", 1, 1, None,
+                               "tasks; a queue must never sit without a consumer")
+    max_count = fields.integer("maxCount", max(min_count, 4), 1)
+    if max_count < min_count:
+        raise _fail(f"{path}.maxCount", f"{max_count} is below minCount {min_count}",
+                    f"an integer >= {min_count}")
+    cpu, memory = _task_size(fields, path, default_cpu=512, default_memory=1024)
+    # Ranges of the two timeouts are the budget's to decide (its errors name the key).
+    task_timeout = fields.integer("taskTimeout", DEFAULT_TASK_TIMEOUT, why="seconds")
+    max_stop_timeout = fields.integer("maxStopTimeout", 120, why="seconds")
+    budget = _catch_budget(
+        path,
+        lambda: worker_budget(task_timeout, max_stop_timeout=max_stop_timeout,
+                              max_countdown=max_countdown),
+    )
+    return WorkerPool(
+        name=name,
+        queues=queues,
+        concurrency=concurrency,
+        task_timeout=task_timeout,
+        min_count=min_count,
+        max_count=max_count,
+        cpu=cpu,
+        memory=memory,
+        max_stop_timeout=max_stop_timeout,
+        backlog_per_task=fields.integer("backlogPerTask", BACKLOG_ROUNDS * concurrency, 1, None,
+                                        "waiting messages per running task"),
+        budget=budget,
+    )
+
+
+def _catch_budget(path: str, derive: Callable[[], T]) -> T:
+    """Run a budget function; its errors start with the offending key's name."""
+    try:
+        return derive()
+    except BudgetError as error:
+        message = str(error)
+        key = message.split("=", 1)[0]
+        if key == "maxCountdown":
+            key_path = "maxCountdown"
+        elif key.startswith("web."):
+            key_path = key
+        else:
+            key_path = f"{path}.{key}"
+        raise ConfigError(f"{key_path}: {message}") from None
+
+
+def _task_size(
+    fields: _Fields, path: str, *, default_cpu: int, default_memory: int
+) -> tuple[int, int]:
+    cpu_choices = ", ".join(map(str, FARGATE_MEMORY))
+    cpu = fields.integer("cpu", default_cpu, 256, None, "Fargate CPU units")
+    if cpu not in FARGATE_MEMORY:
+        raise _fail(f"{path}.cpu", f"{cpu} is not a Fargate CPU size", cpu_choices)
+    default = default_memory if default_memory in FARGATE_MEMORY[cpu] else FARGATE_MEMORY[cpu][0]
+    memory = fields.integer("memory", default, 1, None, "MiB")
+    if memory not in FARGATE_MEMORY[cpu]:
+        raise _fail(f"{path}.memory", f"{memory} MiB is not offered with cpu {cpu}",
+                    ", ".join(map(str, FARGATE_MEMORY[cpu])))
+    return cpu, memory
+
+
+def _load_web(raw: object, production: bool) -> WebConfig:
+    fields = _Fields(raw, "web", WEB_KEYS)
+    cpu, memory = _task_size(fields, "web", default_cpu=256, default_memory=512)
+    min_count = fields.integer("minCount", 2 if production else 1, 1, None, "tasks")
+    max_count = fields.integer("maxCount", max(min_count, 4), 1)
+    if max_count < min_count:
+        raise _fail("web.maxCount", f"{max_count} is below minCount {min_count}",
+                    f"an integer >= {min_count}")
+    request_timeout = fields.integer("requestTimeout", 30, why="seconds")
+    budget = _catch_budget("web", lambda: web_budget(request_timeout))
+    return WebConfig(
+        cpu=cpu,
+        memory=memory,
+        min_count=min_count,
+        max_count=max_count,
+        request_timeout=request_timeout,
+        certificate_arn=fields.text("certificateArn", _CERTIFICATE_ARN,
+                                    "an ACM (or IAM) certificate ARN"),
+        deletion_protection=fields.boolean("deletionProtection", production),
+        target_cpu_percent=fields.integer("targetCpuPercent", 60, 10, 90, "percent"),
+        target_requests_per_task=(
+            fields.integer("targetRequestsPerTask", None, 1, None, "requests per task and minute")
+            if fields.has("targetRequestsPerTask") else None
+        ),
+        access_logs_bucket=fields.text("accessLogsBucket", _BUCKET_NAME,
+                                       "an S3 bucket name the ALB may write to"),
+        budget=budget,
+    )
+
+
+def _load_broker(raw: object, production: bool) -> BrokerConfig:
+    fields = _Fields(raw, "broker", BROKER_KEYS)
+    engine = fields.choice("engine", BROKER_ENGINES, "redis")
+    families = ENGINE_FAMILIES[engine]
+    version_allowed = f"MAJOR.MINOR with major {', '.join(map(str, families))} for {engine}"
+    version = fields.text("engineVersion", _ENGINE_VERSION, version_allowed)
+    version = version or DEFAULT_ENGINE_VERSIONS[engine]
+    major = int(version.split(".")[0])
+    if major not in families:
+        raise _fail("broker.engineVersion", f"{engine} {version} is not supported",
+                    version_allowed)
+    return BrokerConfig(
+        engine=engine,
+        engine_version=version,
+        parameter_group_family=families[major],
+        node_type=fields.text("nodeType", _NODE_TYPE, "an ElastiCache node type, e.g. "
+                              "cache.t4g.micro") or "cache.t4g.micro",
+        replicas=fields.integer("replicas", 1 if production else 0, 0, 5,
+                                ">= 1 turns on automatic failover and Multi-AZ"),
+        snapshot_retention_days=fields.integer("snapshotRetentionDays", 7 if production else 1,
+                                               0, 35, "days"),
+    )
+
+
+def _load_network(raw: object, production: bool) -> NewVpc | ExistingVpc:
+    if isinstance(raw, Mapping) and any(key in raw for key in EXISTING_VPC_KEYS):
+        mixed = [key for key in NEW_VPC_KEYS if key in raw]
+        if mixed:
+            raise _fail(f"network.{mixed[0]}", "cannot be combined with vpcId/publicSubnetIds/"
+                        "privateSubnetIds", "either {cidr, natGateways} (create a VPC) or "
+                        "{vpcId, publicSubnetIds, privateSubnetIds} (use an existing one)")
+        return _load_existing_vpc(raw)
+    fields = _Fields(raw, "network", NEW_VPC_KEYS + EXISTING_VPC_KEYS)
+    cidr = fields.text("cidr", None, "an IPv4 CIDR /16../24") or "10.0.0.0/16"
+    try:
+        network = ipaddress.IPv4Network(cidr)
+    except ValueError:
+        raise _fail("network.cidr", f"{cidr!r} is not an IPv4 network",
+                    "an IPv4 CIDR /16../24") from None
+    if not 16 <= network.prefixlen <= 24:
+        raise _fail("network.cidr", f"/{network.prefixlen} is out of range",
+                    "an IPv4 CIDR /16../24")
+    nat = fields.choice("natGateways", NAT_GATEWAYS, "perAz" if production else "none")
+    if production and nat == "none":
+        raise _fail("network.natGateways", "production tasks must not get public IPs "
+                    "(Security Hub ECS.2)", "single, perAz")
+    return NewVpc(cidr=str(network), nat_gateways=nat)
+
+
+def _load_existing_vpc(raw: Mapping[str, object]) -> ExistingVpc:
+    fields = _Fields(raw, "network", EXISTING_VPC_KEYS)
+    vpc_id = fields.text("vpcId", _VPC_ID, "a VPC id (vpc-...)")
+    if vpc_id is None:
+        raise _fail("network.vpcId", "required with publicSubnetIds/privateSubnetIds",
+                    "a VPC id (vpc-...)")
+    subnets: dict[str, tuple[str, ...]] = {}
+    for key in ("publicSubnetIds", "privateSubnetIds"):
+        allowed = "a list of >= 2 subnet ids (subnet-...) in distinct AZs"
+        ids = fields.text_list(key, _SUBNET_ID, allowed)
+        if ids is None or len(ids) < 2:
+            raise _fail(f"network.{key}", "at least two subnets are needed", allowed)
+        subnets[key] = ids
+    return ExistingVpc(
+        vpc_id=vpc_id,
+        public_subnet_ids=subnets["publicSubnetIds"],
+        private_subnet_ids=subnets["privateSubnetIds"],
+    )

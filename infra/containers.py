@@ -1,0 +1,158 @@
+"""Container definitions as plain data: commands, environments and the hardened defaults.
+
+Pure logic, no Pulumi: the components resolve their Outputs (image, secret ARN, log group) and
+call ``container_definition``; tests and local harnesses call the same functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from app import settings as env_names
+from infra.config import StackConfig, WorkerPool
+
+#: UID:GID the image's application user has (ECS.20: never root).
+APP_USER = "10001:10001"
+#: Task-level volume (Fargate ephemeral storage) mounted at /tmp: the only writable path of a
+#: read-only root filesystem (heartbeat files, gunicorn's worker temp files).
+TMP_VOLUME = "tmp"
+TMP_PATH = "/tmp"
+WEB_CONTAINER_PORT = 8000
+CELERY_APP = "app.celery_app"
+
+WEB_COMMAND: tuple[str, ...] = (
+    "gunicorn", "--config", "python:app.gunicorn_conf", "app.web:create_app()",
+)
+BEAT_COMMAND: tuple[str, ...] = ("celery", "--app", CELERY_APP, "beat")
+ENQUEUE_MODULE = "app.enqueue"
+#: What the enqueue task runs without the EventBridge override: prints usage, sends nothing.
+ENQUEUE_DEFAULT_COMMAND: tuple[str, ...] = ("python", "-m", ENQUEUE_MODULE, "--help")
+
+
+def worker_command(pool: WorkerPool) -> tuple[str, ...]:
+    return (
+        "celery", "--app", CELERY_APP, "worker",
+        "--queues", ",".join(pool.queues),
+        "--concurrency", str(pool.concurrency),
+        "--hostname", f"{pool.name}@%h",
+        # Mingle and gossip cost a broadcast round per start and per event; ECS replaces
+        # workers often enough that neither is worth it.
+        "--without-mingle", "--without-gossip",
+    )
+
+
+def enqueue_command(entry_name: str, slot: str) -> tuple[str, ...]:
+    """``slot`` is the schedule time of the run (the event's ``time``, ISO 8601 UTC)."""
+    return ("python", "-m", ENQUEUE_MODULE, "--entry", entry_name, "--slot", slot)
+
+
+def health_check(role: str) -> dict[str, object]:
+    """Container health check of the worker or beat: a stale heartbeat file fails it."""
+    return {
+        "command": ["CMD", "python", "-m", "app.health", role],
+        "interval": 30,
+        "timeout": 5,
+        "retries": 3,
+        "startPeriod": 60,
+    }
+
+
+def metrics_namespace(project: str, stack: str) -> str:
+    """CloudWatch namespace the workers publish queue backlog to (embedded metric format)."""
+    return f"CeleryEcs/{project}-{stack}"
+
+
+def publisher_environment(config: StackConfig) -> dict[str, str]:
+    """Environment of processes that only publish (web, beat, enqueue).
+
+    They never run tasks, but ``Settings`` checks at import that the visibility timeout exceeds
+    prefetch x time limit + max countdown, so they carry the values of the pool whose messages
+    stay unacknowledged longest; the result backend shares that visibility timeout.
+    """
+    longest = max((pool.budget for pool in config.workers),
+                  key=lambda budget: budget.visibility_timeout)
+    return {
+        env_names.LOG_LEVEL: config.log_level,
+        env_names.MAX_COUNTDOWN: str(config.max_countdown),
+        env_names.SOFT_TIME_LIMIT: str(longest.soft_time_limit),
+        env_names.TIME_LIMIT: str(longest.time_limit),
+        env_names.VISIBILITY_TIMEOUT: str(longest.visibility_timeout),
+    }
+
+
+def web_environment(config: StackConfig) -> dict[str, str]:
+    return {
+        **publisher_environment(config),
+        **config.web.budget.environment(),
+        env_names.WEB_PORT: str(WEB_CONTAINER_PORT),
+    }
+
+
+def worker_environment(config: StackConfig, pool: WorkerPool, namespace: str) -> dict[str, str]:
+    return {
+        **pool.budget.environment(),
+        env_names.WORKER_POOL: pool.name,
+        env_names.LOG_LEVEL: config.log_level,
+        env_names.METRICS_NAMESPACE: namespace,
+    }
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything that differs between the containers; the rest is fixed hardening."""
+
+    name: str
+    image: str
+    command: Sequence[str]
+    environment: Mapping[str, str]
+    #: Environment variable -> Secrets Manager ARN (resolved by the execution role at start).
+    secrets: Mapping[str, str]
+    log_group: str
+    region: str
+    #: Seconds between SIGTERM and SIGKILL (Fargate: at most 120).
+    stop_timeout: int
+    port: int | None = None
+    health_check: Mapping[str, object] | None = field(default=None)
+
+
+def container_definition(spec: ContainerSpec) -> dict[str, object]:
+    """The ECS container definition (camelCase, as RegisterTaskDefinition takes it)."""
+    definition: dict[str, object] = {
+        "name": spec.name,
+        "image": spec.image,
+        "essential": True,
+        "command": list(spec.command),
+        "user": APP_USER,
+        "readonlyRootFilesystem": True,
+        "privileged": False,
+        "linuxParameters": {
+            # docker --init: signals reach Celery/gunicorn, zombies are reaped.
+            "initProcessEnabled": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "mountPoints": [{"sourceVolume": TMP_VOLUME, "containerPath": TMP_PATH,
+                         "readOnly": False}],
+        "environment": [{"name": name, "value": value}
+                        for name, value in sorted(spec.environment.items())],
+        "secrets": [{"name": name, "valueFrom": arn} for name, arn in sorted(spec.secrets.items())],
+        "stopTimeout": spec.stop_timeout,
+        "logConfiguration": {
+            "logDriver": "awslogs",
+            "options": {
+                "awslogs-group": spec.log_group,
+                "awslogs-region": spec.region,
+                "awslogs-stream-prefix": spec.name,
+                # A slow CloudWatch must not block the process writing a log line.
+                "mode": "non-blocking",
+                "max-buffer-size": "25m",
+            },
+        },
+    }
+    if spec.port is not None:
+        definition["portMappings"] = [
+            {"containerPort": spec.port, "protocol": "tcp", "name": "http"}
+        ]
+    if spec.health_check is not None:
+        definition["healthCheck"] = dict(spec.health_check)
+    return definition

@@ -1,0 +1,58 @@
+"""Shared fixtures. Tests that need Redis start a real redis-server and FAIL if they cannot."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from devtools.redis_server import RedisServer, start_redis
+from tests.support import AppProcess, app_environment
+
+# The app refuses to import without a broker URL. In-process imports of the app (entry-point
+# and settings tests) get a harmless one; every process a test starts gets the real one.
+os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = start_redis()  # raises, so the test errors instead of skipping
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A broker URL on an empty database."""
+    redis.Redis.from_url(redis_server.url).flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url, decode_responses=True)
+
+
+@pytest.fixture
+def app_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for the app's processes, with limits short enough for tests."""
+    return app_environment(
+        redis_url,
+        tmp_path,
+        CELERY_TASK_SOFT_TIME_LIMIT="20",
+        CELERY_TASK_TIME_LIMIT="22",
+        CELERY_VISIBILITY_TIMEOUT="60",
+        CELERY_MAX_COUNTDOWN="30",
+    )
+
+
+@pytest.fixture
+def processes() -> Iterator[list[AppProcess]]:
+    """Processes a test starts; whatever is still running at the end is stopped."""
+    started: list[AppProcess] = []
+    yield started
+    for process in started:
+        process.kill_all()

@@ -1,0 +1,80 @@
+"""Helpers for tests that run the app's real processes against a real Redis."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from devtools.processes import ROOT, AppProcess, python_argv, start_process, worker_argv
+
+__all__ = ["ROOT", "AppProcess", "start_process"]
+T = TypeVar("T")
+
+
+def wait_for(
+    condition: Callable[[], T], timeout: float, interval: float = 0.05, what: str = "condition"
+) -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def app_environment(broker_url: str, workdir: Path, **overrides: str) -> dict[str, str]:
+    """The environment a process of the app gets: the parent's, plus the app's variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "WEB_"))}
+    env.update(
+        {
+            "CELERY_BROKER_URL": broker_url,
+            "CELERY_HEARTBEAT_DIR": str(workdir),
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+def start_worker(
+    env: Mapping[str, str],
+    workdir: Path,
+    *,
+    name: str = "worker",
+    queues: str = "default,long",
+    concurrency: int = 1,
+    extra: Sequence[str] = (),
+    ready_timeout: float = 30.0,
+) -> AppProcess:
+    """Start a worker like the ECS task definition does and wait until it consumes."""
+    heartbeat = Path(env["CELERY_HEARTBEAT_DIR"]) / "celery-worker.heartbeat"
+    heartbeat.unlink(missing_ok=True)
+    argv = python_argv([*worker_argv(name, queues, concurrency), *extra])
+    worker = start_process(name, argv, env, workdir)
+
+    def ready() -> bool:
+        if not worker.alive():
+            raise AssertionError(f"{name} exited early:\n{worker.logs()}")
+        return heartbeat.exists()
+
+    wait_for(ready, ready_timeout, what=f"{name} to start consuming")
+    return worker
+
+
+def send_task(broker_url: str, name: str, **options: object) -> str:
+    """Publish a task from this process to ``broker_url``; return its id.
+
+    The in-process app was imported before the test broker existed, so the connection is
+    explicit and no result subscription is made (tests read effects from Redis).
+    """
+    from app.celery_app import app
+
+    with app.connection_for_write(broker_url) as connection:
+        return app.send_task(name, connection=connection, ignore_result=True, **options).id

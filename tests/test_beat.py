@@ -1,0 +1,96 @@
+"""Beat: a due entry is sent once, and a second beat (an overlapping deploy) sends nothing.
+
+Real redis-server and real `celery beat` processes. Beat runs celery-redbeat: schedule state
+and a lock live in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import redis
+
+from app.schedule import SCHEDULE, Every
+from devtools.processes import BEAT_ARGV, python_argv
+from tests.support import AppProcess, start_process, wait_for
+
+HOURLY = next(entry for entry in SCHEDULE if isinstance(entry.schedule, Every))
+
+
+def start_beat(env: dict[str, str], workdir: Path, name: str) -> AppProcess:
+    return start_process(name, python_argv(BEAT_ARGV), env, workdir)
+
+
+def sent_tasks(client: redis.Redis, queue: str) -> list[str]:
+    return [json.loads(raw)["headers"]["task"] for raw in client.lrange(queue, 0, -1)]
+
+
+def make_overdue(client: redis.Redis, entry_name: str) -> None:
+    """Pretend the entry last ran two intervals ago, as after a long beat outage."""
+    key = f"redbeat:{entry_name}"
+    meta = json.loads(client.hget(key, "meta"))
+    past = datetime.now(UTC) - timedelta(seconds=2 * HOURLY.schedule.seconds)
+    meta["last_run_at"] = {
+        "__type__": "datetime", "year": past.year, "month": past.month, "day": past.day,
+        "hour": past.hour, "minute": past.minute, "second": past.second,
+        "microsecond": 0, "timezone": "UTC",
+    }
+    client.hset(key, "meta", json.dumps(meta))
+
+
+def install_schedule(env: dict[str, str], workdir: Path, client: redis.Redis) -> None:
+    """Run beat once so it stores the schedule, then stop it (releasing its lock)."""
+    beat = start_beat(env, workdir, "beat-setup")
+    try:
+        wait_for(lambda: client.exists(f"redbeat:{HOURLY.name}"), 20, what="the stored schedule")
+    finally:
+        beat.signal(signal.SIGTERM)
+        beat.wait(timeout=10)
+    assert not client.exists("redbeat::lock")
+    assert sent_tasks(client, HOURLY.queue) == []  # a new entry waits one interval
+
+
+def test_due_entry_is_sent_once(
+    app_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis,
+    processes: list[AppProcess],
+) -> None:
+    install_schedule(app_env, tmp_path, redis_client)
+    make_overdue(redis_client, HOURLY.name)
+
+    beat = start_beat(app_env, tmp_path, "beat")
+    processes.append(beat)
+    wait_for(lambda: sent_tasks(redis_client, HOURLY.queue), 20, what="the due entry")
+    time.sleep(6)  # more than one scheduler tick (beat_max_loop_interval = 5 s)
+
+    assert sent_tasks(redis_client, HOURLY.queue) == [HOURLY.task]
+    assert (tmp_path / "celery-beat.heartbeat").exists()
+
+
+def test_second_beat_waits_for_the_lock_and_sends_nothing(
+    app_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis,
+    processes: list[AppProcess],
+) -> None:
+    install_schedule(app_env, tmp_path, redis_client)
+    make_overdue(redis_client, HOURLY.name)
+
+    first = start_beat(app_env, tmp_path, "beat-first")
+    processes.append(first)
+    wait_for(lambda: sent_tasks(redis_client, HOURLY.queue), 20, what="the due entry")
+    second = start_beat(app_env, tmp_path, "beat-second")
+    processes.append(second)
+    make_overdue(redis_client, HOURLY.name)  # due again: whoever holds the lock sends it
+    wait_for(lambda: len(sent_tasks(redis_client, HOURLY.queue)) == 2, 20, what="the resend")
+    time.sleep(6)
+
+    assert sent_tasks(redis_client, HOURLY.queue) == [HOURLY.task, HOURLY.task]
+    assert "Acquired lock" in first.logs()
+    assert "Acquired lock" not in second.logs()
+
+    # A deploy: the old beat stops and releases the lock; the waiting one takes over at once.
+    first.signal(signal.SIGTERM)
+    assert first.wait(timeout=10) == 0
+    wait_for(lambda: "Acquired lock" in second.logs(), 15, what="the second beat to take over")

@@ -1,0 +1,90 @@
+"""The app's configuration: reliable defaults, and unsafe settings refused with a clear message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from app.settings import ENV_VARS, ConfigError, Settings
+from tests.support import ROOT
+
+BROKER = {"CELERY_BROKER_URL": "redis://localhost:6379/0"}
+
+
+def test_defaults_are_the_reliable_ones() -> None:
+    config = Settings.from_env(BROKER).celery_config()
+
+    assert config["task_acks_late"] is True
+    assert config["task_reject_on_worker_lost"] is True
+    assert config["worker_prefetch_multiplier"] == 1
+    assert config["broker_connection_retry_on_startup"] is True
+    assert config["accept_content"] == ["json"]
+    assert config["result_accept_content"] == ["json"]
+    assert config["task_serializer"] == config["result_serializer"] == "json"
+    assert config["result_expires"] == 86400
+    assert config["result_backend"] == BROKER["CELERY_BROKER_URL"]
+    vt = config["broker_transport_options"]["visibility_timeout"]
+    assert vt == config["result_backend_transport_options"]["visibility_timeout"] == 3600
+
+
+def test_each_pool_tracks_unacked_messages_under_its_own_keys() -> None:
+    config = Settings.from_env({**BROKER, "CELERY_WORKER_POOL": "long"}).celery_config()
+
+    options = config["broker_transport_options"]
+    assert options["unacked_key"] == "unacked:long"
+    assert options["unacked_index_key"] == "unacked_index:long"
+    assert options["unacked_mutex_key"] == "unacked_mutex:long"
+
+
+def test_verified_tls_is_accepted() -> None:
+    url = "rediss://:t0ken@broker.example:6379/0?ssl_cert_reqs=required"
+    assert Settings.from_env({"CELERY_BROKER_URL": url}).broker_url == url
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "CELERY_BROKER_URL is not set"),
+        ({"CELERY_BROKER_URL": "amqp://x"}, "scheme 'amqp' is not supported"),
+        ({"CELERY_BROKER_URL": "rediss://h:6379/0"}, "must end with ?ssl_cert_reqs=required"),
+        ({"CELERY_BROKER_URL": "rediss://h:6379/0?ssl_cert_reqs=none"}, "ssl_cert_reqs=required"),
+        ({**BROKER, "CELERY_RESULT_BACKEND": "rediss://h/0"}, "CELERY_RESULT_BACKEND: a rediss"),
+        ({**BROKER, "CELERY_TASK_TIME_LIMIT": "abc"}, "CELERY_TASK_TIME_LIMIT='abc': expected"),
+        (
+            {**BROKER, "CELERY_TASK_SOFT_TIME_LIMIT": "60", "CELERY_TASK_TIME_LIMIT": "60"},
+            "CELERY_TASK_TIME_LIMIT=60 must be above CELERY_TASK_SOFT_TIME_LIMIT=60",
+        ),
+        (
+            {**BROKER, "CELERY_VISIBILITY_TIMEOUT": "600"},
+            "CELERY_VISIBILITY_TIMEOUT=600 must exceed",
+        ),
+        ({**BROKER, "CELERY_PREFETCH_MULTIPLIER": "0"}, "CELERY_PREFETCH_MULTIPLIER=0: must be"),
+        ({**BROKER, "CELERY_TASK_PROTECTION": "maybe"}, "expected true or false"),
+        ({**BROKER, "APP_LOG_LEVEL": "LOUD"}, "APP_LOG_LEVEL='LOUD'"),
+        ({**BROKER, "CELERY_WORKER_POOL": "a b"}, "CELERY_WORKER_POOL='a b'"),
+    ],
+)
+def test_unsafe_configuration_is_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env(env)
+    assert message in str(error.value)
+
+
+def test_worker_refuses_to_start_with_unverified_tls() -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+           "CELERY_BROKER_URL": "rediss://:tok@broker.example:6379/0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "--app", "app.celery_app", "worker"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert result.returncode != 0
+    assert "a rediss:// URL must end with ?ssl_cert_reqs=required" in result.stderr
+
+
+def test_readme_lists_every_variable() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name, (default, _) in ENV_VARS.items():
+        assert f"`{name}`" in readme, name
+        assert default in readme, (name, default)

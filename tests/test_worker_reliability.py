@@ -1,0 +1,125 @@
+"""What the worker guarantees when it is stopped, crashes or loses a pool process.
+
+Real redis-server, real `celery worker` processes started as the ECS task definition starts
+them. Tasks are `app.tasks.apply_credit`: it counts its attempts and applies its effect once
+per idempotency key.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import redis
+
+from tests.support import AppProcess, send_task, start_worker, wait_for
+
+# Short limits so a crash is redelivered within seconds: soft 4 s, hard 5 s, no countdowns,
+# visibility 8 s (> 1 x 5 + 0).
+FAST = {
+    "CELERY_TASK_SOFT_TIME_LIMIT": "4",
+    "CELERY_TASK_TIME_LIMIT": "5",
+    "CELERY_MAX_COUNTDOWN": "0",
+    "CELERY_VISIBILITY_TIMEOUT": "8",
+}
+
+
+def send_credit(broker_url: str, key: str, work_seconds: float) -> None:
+    send_task(
+        broker_url, "app.tasks.apply_credit",
+        kwargs={"idempotency_key": key, "account": "acct", "amount": 10,
+                "work_seconds": work_seconds},
+    )
+
+
+def attempts(client: redis.Redis, key: str) -> int:
+    return int(client.get(f"attempts:{key}") or 0)
+
+
+def unacked(client: redis.Redis) -> int:
+    return int(client.zcard("unacked_index:default"))
+
+
+def test_sigterm_lets_the_running_task_finish(
+    app_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis,
+    processes: list[AppProcess]
+) -> None:
+    worker = start_worker(app_env, tmp_path)
+    processes.append(worker)
+    send_credit(app_env["CELERY_BROKER_URL"], "term-1", work_seconds=2)
+    wait_for(lambda: attempts(redis_client, "term-1") == 1, 10, what="the task to start")
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0, worker.logs()
+
+    assert redis_client.hget("ledger:balances", "acct") == "10"
+    assert attempts(redis_client, "term-1") == 1
+    assert unacked(redis_client) == 0
+    assert redis_client.llen("default") == 0
+
+
+def test_crashed_worker_task_is_redelivered_after_visibility_timeout_and_applied_once(
+    app_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis,
+    processes: list[AppProcess]
+) -> None:
+    env = {**app_env, **FAST}
+    first = start_worker(env, tmp_path, name="first")
+    processes.append(first)
+    send_credit(app_env["CELERY_BROKER_URL"], "crash-1", work_seconds=3)
+    wait_for(lambda: attempts(redis_client, "crash-1") == 1, 10, what="the task to start")
+
+    first.kill_all()  # the container dies: no shutdown, no requeue
+    killed_at = time.monotonic()
+    replacement = start_worker(env, tmp_path, name="replacement")
+    processes.append(replacement)
+
+    # While the first run could still be alive, nobody else may run the message.
+    time.sleep(max(0.0, 8 - 1 - (time.monotonic() - killed_at)))
+    assert attempts(redis_client, "crash-1") == 1
+    assert unacked(redis_client) == 1
+
+    # Past the visibility timeout, the next worker start (a deploy or a scaling event) restores
+    # it; the periodic sweep would too, but only every ~100 s.
+    replacement.stop(timeout=15)
+    wait_for(lambda: time.monotonic() - killed_at > 8.5, 5, what="the visibility timeout")
+    processes.append(start_worker(env, tmp_path, name="recovery"))
+
+    wait_for(lambda: attempts(redis_client, "crash-1") == 2, 15, what="redelivery")
+    wait_for(lambda: redis_client.hget("ledger:balances", "acct") == "10", 10, what="the credit")
+    wait_for(lambda: unacked(redis_client) == 0, 5, what="the ack")
+
+
+def test_killed_pool_process_requeues_the_task(
+    app_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis,
+    processes: list[AppProcess]
+) -> None:
+    worker = start_worker(app_env, tmp_path)
+    processes.append(worker)
+    send_credit(app_env["CELERY_BROKER_URL"], "child-1", work_seconds=2)
+    wait_for(lambda: attempts(redis_client, "child-1") == 1, 10, what="the task to start")
+
+    # The OOM killer takes the pool process; the worker lives on and must requeue the task
+    # (task_reject_on_worker_lost with acks_late) instead of acknowledging it as failed.
+    (child,) = worker.children()
+    os.kill(child, signal.SIGKILL)
+
+    wait_for(lambda: attempts(redis_client, "child-1") == 2, 15, what="the requeued run")
+    wait_for(lambda: redis_client.hget("ledger:balances", "acct") == "10", 10, what="the credit")
+    assert worker.alive()
+
+
+def test_duplicate_delivery_applies_the_effect_once(
+    app_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis,
+    processes: list[AppProcess]
+) -> None:
+    processes.append(start_worker(app_env, tmp_path, concurrency=2))
+    send_credit(app_env["CELERY_BROKER_URL"], "dup-1", work_seconds=0.5)
+    send_credit(app_env["CELERY_BROKER_URL"], "dup-1", work_seconds=0.5)  # delivered twice
+
+    wait_for(lambda: attempts(redis_client, "dup-1") == 2, 10, what="both runs")
+    wait_for(lambda: unacked(redis_client) == 0 and redis_client.llen("default") == 0, 10,
+             what="both acks")
+    assert redis_client.hget("ledger:balances", "acct") == "10"
+
