@@ -16,6 +16,8 @@ from celery.schedules import crontab, schedule
 from kombu import Exchange, Queue
 
 from app import routing
+from app.metrics import BacklogMetricsStep
+from app.protection import TaskProtectionStep
 from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
 from app.settings import Settings
 
@@ -105,6 +107,10 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
 
 
 app.steps["consumer"].add(WorkerHeartbeat)
+if settings.task_protection:
+    app.steps["worker"].add(TaskProtectionStep)
+if settings.metrics_namespace:
+    app.steps["worker"].add(BacklogMetricsStep)
 
 
 @signals.setup_logging.connect

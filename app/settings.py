@@ -24,7 +24,8 @@ TIME_LIMIT = "CELERY_TASK_TIME_LIMIT"
 VISIBILITY_TIMEOUT = "CELERY_VISIBILITY_TIMEOUT"
 PREFETCH_MULTIPLIER = "CELERY_PREFETCH_MULTIPLIER"
 MAX_COUNTDOWN = "CELERY_MAX_COUNTDOWN"
-WORKER_POOL = "CELERY_WORKER_POOL"
+# Not CELERY_WORKER_POOL: the celery CLI reads that one as `worker --pool`.
+WORKER_POOL = "CELERY_POOL_NAME"
 SOFT_SHUTDOWN_TIMEOUT = "CELERY_SOFT_SHUTDOWN_TIMEOUT"
 SOFT_SHUTDOWN_ON_IDLE = "CELERY_SOFT_SHUTDOWN_ON_IDLE"
 TASK_PROTECTION = "CELERY_TASK_PROTECTION"
@@ -239,3 +240,30 @@ class Settings:
             # running copies are cancelled so each task keeps one live run (Celery 6 default).
             "worker_cancel_long_running_tasks_on_connection_loss": True,
         }
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """The web server's settings (``WEB_*``), read by ``app.gunicorn_conf`` and ``app.web``.
+
+    Separate from ``Settings`` because the gunicorn master reads them before any broker URL
+    matters, and without importing Celery.
+    """
+
+    port: int
+    request_timeout: int
+    max_body_bytes: int
+    threads: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WebSettings:
+        env = os.environ if env is None else env
+        port = _int(env, WEB_PORT, 8000, minimum=1)
+        if port > 65535:
+            raise ConfigError(f"{WEB_PORT}={port}: must be a TCP port (1..65535)")
+        return cls(
+            port=port,
+            request_timeout=_int(env, WEB_REQUEST_TIMEOUT, 30, minimum=1),
+            max_body_bytes=_int(env, WEB_MAX_BODY_BYTES, 65536, minimum=1),
+            threads=_int(env, WEB_THREADS, 8, minimum=1),
+        )

@@ -36,6 +36,14 @@ class BudgetError(ValueError):
     """An input no shutdown mode can honour."""
 
 
+def _require_whole_seconds(**values: object) -> None:
+    # The values end up in container definitions and environment variables that only take
+    # whole numbers; a float or a bool would render as "1.5" or "True" and fail at start.
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BudgetError(f"{key}={value!r}: must be a whole number")
+
+
 def cleanup_grace(soft_time_limit: int) -> int:
     """Seconds between the soft limit (the task is asked to stop) and the hard kill."""
     return min(60, max(1, math.ceil(soft_time_limit * 0.1)))
@@ -93,6 +101,10 @@ def worker_budget(
     - ``prefetch_multiplier``: messages reserved per pool slot (>= 1).
     - ``max_countdown``: longest countdown/ETA, in seconds, a task of the pool may be sent with.
     """
+    _require_whole_seconds(
+        taskTimeout=task_timeout, maxStopTimeout=max_stop_timeout,
+        prefetchMultiplier=prefetch_multiplier, maxCountdown=max_countdown,
+    )
     if not 1 <= task_timeout <= MAX_TASK_TIMEOUT:
         raise BudgetError(
             f"taskTimeout={task_timeout}: must be 1..{MAX_TASK_TIMEOUT} seconds; longer work must "
@@ -162,6 +174,7 @@ def web_budget(request_timeout: int) -> WebBudget:
     deregistration delay for those in flight; ECS sends SIGTERM only after that, and the server
     then has the request timeout again to finish anything that slipped through.
     """
+    _require_whole_seconds(requestTimeout=request_timeout)
     limit = FARGATE_STOP_TIMEOUT_CAP - EXIT_MARGIN
     if not 1 <= request_timeout <= limit:
         raise BudgetError(

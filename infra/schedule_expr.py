@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from app.schedule import Cron, Every, PeriodicEntry
+from app.schedule import Cron, Every
 
 _DAY_NAMES = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")  # index = Celery's number
 _MONTH_NAMES = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
@@ -71,11 +71,7 @@ class _Field:
 
 
 def _names(*spellings: tuple[str, ...], first: int) -> dict[str, int]:
-    return {
-        name.lower(): first + index
-        for names in spellings
-        for index, name in enumerate(names)
-    }
+    return {name.lower(): first + index for names in spellings for index, name in enumerate(names)}
 
 
 _MINUTE = _Field("minute", 0, 59, {})
@@ -98,14 +94,6 @@ def to_eventbridge_expression(schedule: Every | Cron) -> str:
         # isolated minutes, 12 hours, 16 days, 6 months) is under 200 characters.
         return _cron_expression(schedule)
     raise ScheduleError(f"{schedule!r}: not an app.schedule.Every or Cron")
-
-
-def entry_expression(entry: PeriodicEntry) -> str:
-    """``to_eventbridge_expression`` for an entry, with the entry's name in any error."""
-    try:
-        return to_eventbridge_expression(entry.schedule)
-    except ScheduleError as error:
-        raise ScheduleError(f"schedule entry {entry.name!r}: {error}") from None
 
 
 def _rate_expression(schedule: Every) -> str:

@@ -30,7 +30,7 @@ def test_defaults_are_the_reliable_ones() -> None:
 
 
 def test_each_pool_tracks_unacked_messages_under_its_own_keys() -> None:
-    config = Settings.from_env({**BROKER, "CELERY_WORKER_POOL": "long"}).celery_config()
+    config = Settings.from_env({**BROKER, "CELERY_POOL_NAME": "long"}).celery_config()
 
     options = config["broker_transport_options"]
     assert options["unacked_key"] == "unacked:long"
@@ -63,7 +63,7 @@ def test_verified_tls_is_accepted() -> None:
         ({**BROKER, "CELERY_PREFETCH_MULTIPLIER": "0"}, "CELERY_PREFETCH_MULTIPLIER=0: must be"),
         ({**BROKER, "CELERY_TASK_PROTECTION": "maybe"}, "expected true or false"),
         ({**BROKER, "APP_LOG_LEVEL": "LOUD"}, "APP_LOG_LEVEL='LOUD'"),
-        ({**BROKER, "CELERY_WORKER_POOL": "a b"}, "CELERY_WORKER_POOL='a b'"),
+        ({**BROKER, "CELERY_POOL_NAME": "a b"}, "CELERY_POOL_NAME='a b'"),
     ],
 )
 def test_unsafe_configuration_is_refused(env: dict[str, str], message: str) -> None:

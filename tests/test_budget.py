@@ -1,0 +1,254 @@
+"""The timeout budget's invariants, over the whole supported input range.
+
+Every worker number reaches the app through environment variables, so each property also
+round-trips the budget's environment through ``app.settings.Settings.from_env``: the app must
+accept it and read back exactly the budget's numbers.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app import settings as env_names
+from app.settings import Settings
+from infra.budget import (
+    EXIT_MARGIN,
+    FARGATE_STOP_TIMEOUT_CAP,
+    MAX_TASK_TIMEOUT,
+    MIN_VISIBILITY_MARGIN,
+    BudgetError,
+    WorkerBudget,
+    web_budget,
+    worker_budget,
+)
+
+task_timeouts = st.integers(1, MAX_TASK_TIMEOUT)
+max_stop_timeouts = st.integers(EXIT_MARGIN + 1, FARGATE_STOP_TIMEOUT_CAP)
+prefetch_multipliers = st.integers(1, 8)
+max_countdowns = st.integers(0, 3600)
+request_timeouts = st.integers(1, FARGATE_STOP_TIMEOUT_CAP - EXIT_MARGIN)
+
+
+@st.composite
+def budgets(draw: st.DrawFn) -> WorkerBudget:
+    return worker_budget(
+        draw(task_timeouts),
+        max_stop_timeout=draw(max_stop_timeouts),
+        prefetch_multiplier=draw(prefetch_multipliers),
+        max_countdown=draw(max_countdowns),
+    )
+
+
+def assert_invariants(budget: WorkerBudget) -> None:
+    hard = budget.time_limit
+    assert budget.soft_time_limit == budget.task_timeout, "the longest task runs unhindered"
+    assert 1 <= hard - budget.soft_time_limit <= 60, "cleanup grace after the soft limit"
+    assert budget.stop_timeout <= budget.max_stop_timeout <= FARGATE_STOP_TIMEOUT_CAP
+
+    if hard + EXIT_MARGIN <= budget.max_stop_timeout:
+        assert budget.shutdown == "warm"
+        # SIGTERM waits for running tasks; the hard limit ends them before SIGKILL.
+        assert budget.stop_timeout >= hard + EXIT_MARGIN
+        assert budget.soft_shutdown_timeout == 0
+        assert not budget.task_protection
+        assert env_names.REMAP_SIGTERM not in budget.environment()
+    else:
+        assert budget.shutdown == "cold"
+        # The grace for short tasks, then cancelling and restoring, all before SIGKILL.
+        assert budget.soft_shutdown_timeout >= 1
+        assert budget.soft_shutdown_timeout + EXIT_MARGIN <= budget.stop_timeout
+        assert budget.task_protection
+        assert budget.environment()[env_names.REMAP_SIGTERM] == "SIGQUIT"
+
+    longest_unacked = budget.prefetch_multiplier * hard + budget.max_countdown
+    assert budget.longest_unacked == longest_unacked
+    assert budget.visibility_timeout - longest_unacked >= MIN_VISIBILITY_MARGIN
+
+
+def assert_app_reads_the_same_numbers(budget: WorkerBudget) -> None:
+    env = {env_names.BROKER_URL: "redis://localhost:6379/0", **budget.environment()}
+    app_settings = Settings.from_env(env)  # raises ConfigError if the app would refuse it
+    assert app_settings.soft_time_limit == budget.soft_time_limit
+    assert app_settings.time_limit == budget.time_limit
+    assert app_settings.visibility_timeout == budget.visibility_timeout
+    assert app_settings.prefetch_multiplier == budget.prefetch_multiplier
+    assert app_settings.max_countdown == budget.max_countdown
+    assert app_settings.soft_shutdown_timeout == budget.soft_shutdown_timeout
+    assert app_settings.task_protection is budget.task_protection
+    config = app_settings.celery_config()
+    assert config["broker_transport_options"]["visibility_timeout"] == budget.visibility_timeout
+    assert config["result_backend_transport_options"] == {
+        "visibility_timeout": budget.visibility_timeout
+    }
+    assert config["worker_soft_shutdown_timeout"] == budget.soft_shutdown_timeout
+    assert config["task_time_limit"] == budget.time_limit
+
+
+@settings(max_examples=1000)
+@given(budget=budgets())
+def test_invariants_hold_over_the_whole_input_range(budget: WorkerBudget) -> None:
+    assert_invariants(budget)
+
+
+@settings(max_examples=1000)
+@given(budget=budgets())
+def test_the_app_accepts_the_environment_and_reads_back_the_same_numbers(
+    budget: WorkerBudget,
+) -> None:
+    assert_app_reads_the_same_numbers(budget)
+
+
+def test_every_combination_around_the_warm_cold_boundary() -> None:
+    # The mode flips where task_timeout + grace + EXIT_MARGIN crosses max_stop_timeout, so
+    # every task timeout up to the cap is checked against every allowed stop timeout.
+    for max_stop in range(EXIT_MARGIN + 1, FARGATE_STOP_TIMEOUT_CAP + 1):
+        modes = []
+        for task_timeout in range(1, FARGATE_STOP_TIMEOUT_CAP + 1):
+            budget = worker_budget(task_timeout, max_stop_timeout=max_stop)
+            assert_invariants(budget)
+            assert_app_reads_the_same_numbers(budget)
+            modes.append(budget.shutdown)
+        # One boundary: warm for short tasks, cold from some length on.
+        assert modes == sorted(modes, key=["warm", "cold"].index), max_stop
+
+
+@given(
+    shorter=task_timeouts,
+    longer=task_timeouts,
+    max_stop=max_stop_timeouts,
+    prefetch=prefetch_multipliers,
+    countdown=max_countdowns,
+)
+def test_a_longer_task_timeout_never_shortens_a_limit(
+    shorter: int, longer: int, max_stop: int, prefetch: int, countdown: int
+) -> None:
+    shorter, longer = sorted((shorter, longer))
+    small, large = (
+        worker_budget(t, max_stop_timeout=max_stop, prefetch_multiplier=prefetch,
+                      max_countdown=countdown)
+        for t in (shorter, longer)
+    )  # fmt: skip
+    assert small.soft_time_limit <= large.soft_time_limit
+    assert small.time_limit <= large.time_limit
+    assert small.visibility_timeout <= large.visibility_timeout
+    assert small.stop_timeout <= large.stop_timeout
+    # Once tasks are too long for a warm shutdown, longer ones are too.
+    assert not (small.shutdown == "cold" and large.shutdown == "warm")
+
+
+@given(budget=budgets(), extra_prefetch=st.integers(0, 7), extra_countdown=st.integers(0, 3600))
+def test_more_prefetch_or_countdown_never_shortens_the_visibility_timeout(
+    budget: WorkerBudget, extra_prefetch: int, extra_countdown: int
+) -> None:
+    bigger = worker_budget(
+        budget.task_timeout,
+        max_stop_timeout=budget.max_stop_timeout,
+        prefetch_multiplier=budget.prefetch_multiplier + extra_prefetch,
+        max_countdown=budget.max_countdown + extra_countdown,
+    )
+    assert bigger.visibility_timeout >= budget.visibility_timeout
+
+
+@pytest.mark.parametrize(
+    ("task_timeout", "shutdown", "time_limit", "stop_timeout", "soft_shutdown", "visibility"),
+    [
+        # 1 s task: 1 s grace; visibility 2 + 300 countdown = 302, plus 25 %.
+        (1, "warm", 2, 12, 0, 302 + 76),
+        # The longest warm task under Fargate's cap: 100 + 10 grace + 10 exit = 120.
+        (100, "warm", 110, 120, 0, 410 + 103),
+        (101, "cold", 112, 120, 110, 412 + 103),
+        # The defaults of app.settings: 300 s soft, 330 s hard.
+        (300, "cold", 330, 120, 110, 630 + 158),
+        # The grace is capped at 60 s.
+        (3600, "cold", 3660, 120, 110, 3960 + 990),
+        (MAX_TASK_TIMEOUT, "cold", MAX_TASK_TIMEOUT + 60, 120, 110, 86_760 + 21_690),
+    ],
+)
+def test_worked_examples(
+    task_timeout: int,
+    shutdown: str,
+    time_limit: int,
+    stop_timeout: int,
+    soft_shutdown: int,
+    visibility: int,
+) -> None:
+    budget = worker_budget(task_timeout)
+    assert (
+        budget.shutdown,
+        budget.time_limit,
+        budget.stop_timeout,
+        budget.soft_shutdown_timeout,
+        budget.visibility_timeout,
+    ) == (shutdown, time_limit, stop_timeout, soft_shutdown, visibility)
+
+
+def test_a_lower_stop_cap_moves_the_boundary() -> None:
+    # EC2 or a deliberate short stop: 30 s leaves room for 18 s tasks (18 + 2 grace + 10).
+    assert worker_budget(18, max_stop_timeout=30).shutdown == "warm"
+    assert worker_budget(19, max_stop_timeout=30).shutdown == "cold"
+    assert worker_budget(19, max_stop_timeout=30).soft_shutdown_timeout == 20
+
+
+def test_the_environment_is_exactly_the_worker_contract() -> None:
+    assert worker_budget(60).environment() == {
+        "CELERY_TASK_SOFT_TIME_LIMIT": "60",
+        "CELERY_TASK_TIME_LIMIT": "66",
+        "CELERY_VISIBILITY_TIMEOUT": str(366 + 92),
+        "CELERY_PREFETCH_MULTIPLIER": "1",
+        "CELERY_MAX_COUNTDOWN": "300",
+        "CELERY_SOFT_SHUTDOWN_TIMEOUT": "0",
+        "CELERY_SOFT_SHUTDOWN_ON_IDLE": "false",
+        "CELERY_TASK_PROTECTION": "false",
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"task_timeout": 0}, "taskTimeout=0"),
+        ({"task_timeout": -5}, "taskTimeout=-5"),
+        ({"task_timeout": MAX_TASK_TIMEOUT + 1}, f"taskTimeout={MAX_TASK_TIMEOUT + 1}"),
+        ({"task_timeout": 60, "max_stop_timeout": EXIT_MARGIN}, f"maxStopTimeout={EXIT_MARGIN}"),
+        ({"task_timeout": 60, "max_stop_timeout": 0}, "maxStopTimeout=0"),
+        ({"task_timeout": 60, "max_stop_timeout": 121}, "maxStopTimeout=121"),
+        ({"task_timeout": 60, "prefetch_multiplier": 0}, "prefetchMultiplier=0"),
+        ({"task_timeout": 60, "max_countdown": -1}, "maxCountdown=-1"),
+    ],
+)
+def test_out_of_range_worker_inputs_name_the_key(kwargs: dict[str, int], key: str) -> None:
+    with pytest.raises(BudgetError, match=key):
+        worker_budget(**kwargs)
+
+
+@given(request_timeout=request_timeouts)
+def test_web_budget_invariants(request_timeout: int) -> None:
+    budget = web_budget(request_timeout)
+    # The load balancer waits for requests in flight before ECS sends SIGTERM ...
+    assert budget.deregistration_delay > request_timeout
+    # ... the server then finishes stragglers before Fargate's SIGKILL ...
+    assert request_timeout + EXIT_MARGIN <= budget.stop_timeout <= FARGATE_STOP_TIMEOUT_CAP
+    # ... and the load balancer never cuts a request the app may still be serving.
+    assert budget.idle_timeout >= request_timeout
+    assert budget.environment() == {env_names.WEB_REQUEST_TIMEOUT: str(request_timeout)}
+
+
+@pytest.mark.parametrize("request_timeout", [0, -1, FARGATE_STOP_TIMEOUT_CAP - EXIT_MARGIN + 1])
+def test_out_of_range_web_inputs_name_the_key(request_timeout: int) -> None:
+    with pytest.raises(BudgetError, match=f"web.requestTimeout={request_timeout}"):
+        web_budget(request_timeout)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"task_timeout": 1.5}, "taskTimeout=1.5"),
+        ({"task_timeout": True}, "taskTimeout=True"),
+        ({"task_timeout": 30, "max_stop_timeout": 60.0}, "maxStopTimeout=60.0"),
+        ({"task_timeout": 30, "max_countdown": "300"}, "maxCountdown='300'"),
+    ],
+)
+def test_non_whole_numbers_are_refused(kwargs: dict[str, object], key: str) -> None:
+    with pytest.raises(BudgetError, match=f"{key}: must be a whole number"):
+        worker_budget(**kwargs)  # type: ignore[arg-type]
