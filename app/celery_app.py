@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, bootsteps, signals
+from celery._state import _set_task_join_will_block
 from celery.schedules import crontab, schedule
 from kombu import Exchange, Queue
 
@@ -35,6 +36,23 @@ app.conf.update(
     beat_max_loop_interval=5,
     redbeat_lock_timeout=30,
 )
+
+def publish_only() -> None:
+    """Declare that this process publishes tasks but never waits on their results.
+
+    Told so, Celery's Redis result backend skips subscribing to each published task's result
+    channel (a SUBSCRIBE and UNSUBSCRIBE per publish on one more connection). With Redis
+    unreachable that subscription retries for about 20 s and then raises "must be restarted",
+    bypassing the caller's own bounded retries. The web, beat and the enqueue command call this;
+    Celery's prefork pool sets the same (private) flag in its child processes.
+    """
+    _set_task_join_will_block(True)
+
+
+@signals.beat_init.connect
+def beat_publishes_only(**_: Any) -> None:
+    publish_only()
+
 
 #: Seconds between heartbeats of the worker and beat (see ``app.health``).
 HEARTBEAT_INTERVAL = 10.0

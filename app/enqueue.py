@@ -8,7 +8,8 @@ schedule slot, EventBridge's event time) the publish happens at most once per ta
 EventBridge delivers at least once, so the same slot may start this command twice.
 
 Exit status: 0 enqueued (or already enqueued for that slot), 1 broker unreachable, 2 bad usage
-(unknown task or entry, malformed arguments, unsafe configuration). One JSON line on stdout says what happened.
+(unknown task or entry, malformed arguments, unsafe configuration). One JSON line on stdout says
+what happened.
 """
 
 from __future__ import annotations
@@ -114,9 +115,10 @@ def release_claim(claim: str) -> None:
 
 def enqueue(request: Request) -> dict[str, object]:
     # Imported here so that usage errors are reported without configuring the app.
-    from app.celery_app import app, settings
+    from app.celery_app import app, publish_only, settings
     from app.store import client
 
+    publish_only()
     app.loader.import_default_modules()
     if request.task not in app.tasks or request.task.startswith("celery."):
         raise UsageError(f"unknown task {request.task!r}")

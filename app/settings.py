@@ -246,8 +246,7 @@ class Settings:
 class WebSettings:
     """The web server's settings (``WEB_*``), read by ``app.gunicorn_conf`` and ``app.web``.
 
-    Separate from ``Settings`` because the gunicorn master reads them before any broker URL
-    matters, and without importing Celery.
+    Only the web process reads them; ``Settings`` holds what every process shares.
     """
 
     port: int

@@ -104,3 +104,12 @@ def test_unverified_tls_is_refused(app_env: dict[str, str]) -> None:
     assert "CELERY_BROKER_URL: a rediss:// URL must end with ?ssl_cert_reqs=required" in (
         result.stderr
     )
+
+
+def test_unreachable_broker_without_slot_fails_with_status_1(app_env: dict[str, str]) -> None:
+    """No slot claim first: the publish itself must hit the bounded retries, not hang."""
+    env = {**app_env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    result = enqueue(env, "app.tasks.noop")
+
+    assert result.returncode == 1, result.stderr
+    assert "unreachable after 4 attempts" in result.stderr

@@ -1,0 +1,41 @@
+# One image for every role of the app. The default command is the web server; the ECS task
+# definitions (infra/containers.py) override it for the others:
+#   worker   celery --app app.celery_app worker --queues ... --concurrency ...
+#   beat     celery --app app.celery_app beat
+#   enqueue  python -m app.enqueue --entry ... --slot ...
+# No init process in the image: ECS runs one (initProcessEnabled), and two would be one too many.
+# No HEALTHCHECK: ECS ignores it; the task definitions hold the health checks.
+# The container runs with a read-only root filesystem: the app writes only to /tmp (a volume)
+# and gunicorn to /dev/shm.
+
+FROM python:3.11.14-slim-bookworm AS build
+
+# The application's virtualenv, without pip or setuptools of its own: the base image's pip
+# installs into it. Every dependency is a wheel, so no compiler is needed.
+RUN python -m venv --without-pip /opt/venv
+COPY app/requirements.txt app/constraints.txt /tmp/
+RUN pip install --no-cache-dir --disable-pip-version-check --python /opt/venv/bin/python \
+        --requirement /tmp/requirements.txt --constraint /tmp/constraints.txt
+
+
+FROM python:3.11.14-slim-bookworm
+
+# Nothing at run time installs packages: drop the installers from the system Python too (fewer
+# packages for the image scan to flag). A fixed, numeric, unprivileged user (ECS.20).
+RUN python -m pip uninstall --yes --no-cache-dir pip setuptools wheel \
+    && groupadd --system --gid 10001 app \
+    && useradd --system --no-log-init --uid 10001 --gid 10001 --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin app
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH
+
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+# Only the application package: the Pulumi program, tests and dev tools stay out.
+COPY app/ /app/app/
+
+USER 10001:10001
+EXPOSE 8000
+CMD ["gunicorn", "--config", "python:app.gunicorn_conf", "app.web:create_app()"]

@@ -1,0 +1,486 @@
+"""The HTTP front of the task queue: enqueue allowlisted tasks and read their results.
+
+    POST /tasks/<name>   JSON object of keyword arguments -> 202 {"id", "task", "status_url"}
+    GET  /tasks/<id>     -> 200 {"id", "state", "result"} (+ "error" when the task failed)
+    GET  /livez          the process answers (no broker call)
+    GET  /readyz         the broker (and the result store, if separate) answers a PING
+
+Every error, including Werkzeug's own (404, 405, 413...), is a JSON body
+``{"error": {"code", "message", "details"?}}``; bad input never yields a 500.
+
+Run by gunicorn (``app.gunicorn_conf``): ``gunicorn --config python:app.gunicorn_conf
+"app.web:create_app()"``. Flask and gunicorn's threaded workers suit this app: the Celery client
+is synchronous (one blocking publish per request), and gunicorn's graceful shutdown lets the
+requests in flight at SIGTERM finish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn, Protocol
+
+import redis
+from celery import Task, states
+from flask import Flask, Request, Response, current_app, request
+from kombu import Connection
+from kombu.exceptions import OperationalError
+from kombu.utils.url import maybe_sanitize_url
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from app import tasks
+from app.celery_app import app as celery_app
+from app.celery_app import publish_only
+from app.settings import Settings, WebSettings
+
+log = logging.getLogger(__name__)
+
+#: Longest wait, in seconds, for one Redis round trip (a connect or a command).
+REDIS_ROUND_TRIP_TIMEOUT = 2.0
+#: What 503 responses tell clients to wait before retrying, in seconds.
+RETRY_AFTER_SECONDS = 5
+#: Back-off between publish attempts, in seconds (kombu's retry policy keys).
+PUBLISH_RETRY_INTERVALS = {"interval_start": 0.0, "interval_step": 0.5, "interval_max": 1.0}
+#: Cap on publish attempts. The deadline bounds the time; this bounds a run of instant failures.
+PUBLISH_MAX_RETRIES = 10
+
+#: Celery's task ids: lowercase UUIDs.
+TASK_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: Identifiers that become part of Redis key names (idempotency keys, report ids).
+KEY_NAME = re.compile(r"[A-Za-z0-9:_-]+")
+KEY_NAME_CHARACTERS = "letters, digits, ':', '_' and '-'"
+#: Largest credit (either sign), in the ledger's minor units.
+MAX_CREDIT_AMOUNT = 1_000_000_000
+#: Longest retention for purge_expired_records: ten years, in seconds.
+MAX_RETENTION_SECONDS = 10 * 366 * 24 * 3600
+
+
+# --- Errors ------------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """A request the app refuses, rendered as ``{"error": {...}}`` with ``status``."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: object = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = dict(headers or {})
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: object = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    error: dict[str, object] = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    response = current_app.json.response({"error": error})
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def unavailable(code: str, message: str) -> ApiError:
+    return ApiError(503, code, message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+# --- Arguments ---------------------------------------------------------------------------------
+
+
+class Check(Protocol):
+    def __call__(self, value: object) -> str | None:
+        """What is wrong with ``value``, or None if it is acceptable."""
+
+
+@dataclass(frozen=True)
+class Text:
+    max_length: int
+    pattern: re.Pattern[str] | None = None
+    characters: str = ""  # the pattern, in words
+
+    def __call__(self, value: object) -> str | None:
+        if not isinstance(value, str):
+            return "must be a string"
+        if not 1 <= len(value) <= self.max_length:
+            return f"must be 1 to {self.max_length} characters long"
+        if self.pattern is not None and not self.pattern.fullmatch(value):
+            return f"may contain only {self.characters}"
+        return None
+
+
+@dataclass(frozen=True)
+class Integer:
+    minimum: int
+    maximum: int
+    nonzero: bool = False
+
+    def __call__(self, value: object) -> str | None:
+        # bool is a subclass of int, but true is not a number of anything.
+        if not isinstance(value, int) or isinstance(value, bool):
+            return "must be a whole number"
+        if not self.minimum <= value <= self.maximum:
+            return f"must be between {self.minimum} and {self.maximum}"
+        if self.nonzero and value == 0:
+            return "must not be zero"
+        return None
+
+
+@dataclass(frozen=True)
+class Number:
+    minimum: float
+    maximum: float
+
+    def __call__(self, value: object) -> str | None:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return "must be a number"
+        if not self.minimum <= value <= self.maximum:
+            return f"must be between {self.minimum:g} and {self.maximum:g}"
+        return None
+
+
+@dataclass(frozen=True)
+class Param:
+    check: Check
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class AllowedTask:
+    """A task the web may enqueue, and the keyword arguments it accepts."""
+
+    task: Task
+    params: Mapping[str, Param]
+
+    def problems(self, kwargs: Mapping[str, object]) -> list[dict[str, str]]:
+        """One ``{"field", "message"}`` per unknown, missing or invalid argument."""
+        found = []
+        for name in sorted(kwargs.keys() - self.params.keys()):
+            found.append({"field": name, "message": "is not an argument of this task"})
+        for name, param in sorted(self.params.items()):
+            if name not in kwargs:
+                if param.required:
+                    found.append({"field": name, "message": "is required"})
+                continue
+            message = param.check(kwargs[name])
+            if message is not None:
+                found.append({"field": name, "message": message})
+        return found
+
+
+_SECONDS = Number(0, 60)
+_KEY = Text(128, KEY_NAME, KEY_NAME_CHARACTERS)
+
+#: HTTP name -> task. Nothing else can be enqueued over HTTP.
+ALLOWED_TASKS: dict[str, AllowedTask] = {
+    "apply_credit": AllowedTask(
+        tasks.apply_credit,
+        {
+            "idempotency_key": Param(_KEY),
+            "account": Param(Text(64)),
+            "amount": Param(Integer(-MAX_CREDIT_AMOUNT, MAX_CREDIT_AMOUNT, nonzero=True)),
+            "work_seconds": Param(_SECONDS, required=False),
+        },
+    ),
+    "generate_report": AllowedTask(
+        tasks.generate_report,
+        {
+            "report_id": Param(_KEY),
+            "steps": Param(Integer(1, 1000)),
+            "step_seconds": Param(_SECONDS, required=False),
+        },
+    ),
+    "purge_expired_records": AllowedTask(
+        tasks.purge_expired_records,
+        {"retention_seconds": Param(Integer(0, MAX_RETENTION_SECONDS), required=False)},
+    ),
+    "noop": AllowedTask(tasks.noop, {}),
+}
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # JSON leaves duplicate keys undefined; taking the last one would hide a client's mistake.
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        counts = Counter(key for key, _ in pairs)
+        raise ValueError(f"duplicate keys {sorted(key for key, n in counts.items() if n > 1)}")
+    return obj
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def json_object_body(req: Request) -> dict[str, Any]:
+    """The body as a JSON object, or the ApiError (400/413/415/422) that says why not."""
+    if not req.is_json:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"the body must be JSON (Content-Type: application/json), not {req.mimetype!r}",
+        )
+    raw = req.get_data(cache=False)  # raises 413 beyond MAX_CONTENT_LENGTH
+    try:
+        body = json.loads(
+            raw, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_constant
+        )
+    except (ValueError, RecursionError) as exc:  # ValueError covers bad UTF-8 and huge ints
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(
+            422,
+            "invalid_arguments",
+            f"the body must be a JSON object of keyword arguments, not {type(body).__name__}",
+        )
+    return body
+
+
+# --- Broker and result store -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WaitLimits:
+    """How long a request may wait on Redis, in seconds, so it ends within the request timeout.
+
+    ``publish`` bounds a publish with its retries; the attempt in flight at the deadline may add
+    a few round trips, which the other half of the request timeout covers.
+    """
+
+    round_trip: float
+    publish: float
+
+    @classmethod
+    def for_request_timeout(cls, request_timeout: float) -> WaitLimits:
+        return cls(
+            round_trip=min(REDIS_ROUND_TRIP_TIMEOUT, request_timeout / 8),
+            publish=request_timeout / 2,
+        )
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not take the message before the publish deadline."""
+
+
+class TaskPublisher:
+    """Publishes tasks over a pool of broker connections with bounded waits."""
+
+    def __init__(self, broker_url: str, limits: WaitLimits, pool_size: int) -> None:
+        self.limits = limits
+        self.broker = maybe_sanitize_url(broker_url)
+        connection: Connection = celery_app.connection_for_write(
+            url=broker_url,
+            transport_options={
+                "socket_timeout": limits.round_trip,
+                "socket_connect_timeout": limits.round_trip,
+                # One connect attempt when a channel is opened; the publish retry policy below
+                # (with its deadline) decides about any further attempt.
+                "max_retries": 0,
+            },
+        )
+        # One connection per request thread: a kombu connection is not thread-safe.
+        self.pool = connection.Pool(limit=pool_size)
+
+    def publish(self, task: Task, kwargs: Mapping[str, object]) -> str:
+        """Send ``task`` with ``kwargs``; return its id or raise BrokerUnavailable."""
+        deadline = time.monotonic() + self.limits.publish
+
+        def give_up_at_deadline(exc: Exception, interval: float) -> None:
+            if time.monotonic() + interval >= deadline:
+                raise exc
+            log.warning("publishing %s: %s; retrying in %.1fs", task.name, exc, interval)
+
+        try:
+            with self.pool.acquire(block=True, timeout=self.limits.publish) as connection:
+                result = task.apply_async(
+                    kwargs=dict(kwargs),
+                    connection=connection,
+                    retry=True,
+                    retry_policy={
+                        **PUBLISH_RETRY_INTERVALS,
+                        "max_retries": PUBLISH_MAX_RETRIES,
+                        "errback": give_up_at_deadline,
+                    },
+                )
+        except (OperationalError, redis.RedisError, OSError) as exc:
+            # An error here may follow a write the broker received but did not confirm, so the
+            # task may still run: callers retry with the same idempotency key.
+            log.error("could not publish %s to %s: %s", task.name, self.broker, exc)
+            raise BrokerUnavailable(str(exc)) from exc
+        return str(result.id)
+
+
+def redis_client(url: str, limits: WaitLimits) -> redis.Redis:
+    # One retry on a fresh connection covers a pooled connection the server has closed
+    # (restart, failover); more would stretch the wait past the request's budget.
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=limits.round_trip,
+        socket_connect_timeout=limits.round_trip,
+        retry=Retry(NoBackoff(), 1),
+    )
+
+
+def exception_summary(stored: object) -> dict[str, str]:
+    """Type and message of an exception as Celery stores it (JSON), without the traceback."""
+    if not isinstance(stored, Mapping):
+        return {"type": "Error", "message": str(stored)}
+    args = stored.get("exc_message")
+    if isinstance(args, list | tuple):
+        message = str(args[0]) if len(args) == 1 else ", ".join(map(str, args))
+    else:
+        message = "" if args is None else str(args)
+    return {"type": str(stored.get("exc_type", "Error")), "message": message}
+
+
+class TaskResults:
+    """Reads task states from the result backend without Celery's result machinery.
+
+    The web's own client has bounded timeouts; Celery's result backend client would wait up
+    to ``redis_socket_timeout`` (120 s by default) on an unresponsive server.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def status(self, task_id: str) -> dict[str, object]:
+        backend = celery_app.backend  # decoding only: its own connection is never used
+        raw = self.client.get(backend.get_key_for_task(task_id))
+        # No record: queued, unknown or expired (after CELERY_RESULT_EXPIRES) look the same.
+        if raw is None:
+            return {"id": task_id, "state": states.PENDING, "result": None}
+        meta = backend.decode(raw)
+        state = str(meta.get("status", states.PENDING))
+        body: dict[str, object] = {
+            "id": task_id,
+            "state": state,
+            "result": meta.get("result") if state == states.SUCCESS else None,
+        }
+        if state in states.EXCEPTION_STATES:
+            body["error"] = exception_summary(meta.get("result"))
+        return body
+
+
+# --- The app -----------------------------------------------------------------------------------
+
+
+def create_app(env: Mapping[str, str] | None = None) -> Flask:
+    """The web app, configured from ``env`` (default: the process environment).
+
+    The broker and result store are reached with the URLs read here, not with the Celery
+    app's import-time configuration: the factory owns its configuration, like any Flask app.
+    """
+    settings = Settings.from_env(env)
+    web = WebSettings.from_env(env)
+    limits = WaitLimits.for_request_timeout(web.request_timeout)
+
+    publish_only()
+
+    publisher = TaskPublisher(settings.broker_url, limits, pool_size=web.threads)
+    results_client = redis_client(settings.result_backend, limits)
+    readiness: dict[str, redis.Redis] = {"broker": redis_client(settings.broker_url, limits)}
+    if settings.result_backend != settings.broker_url:
+        readiness["result_backend"] = results_client
+    results = TaskResults(results_client)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = web.max_body_bytes
+
+    @app.post("/tasks/<name>")
+    def submit_task(name: str) -> Response:
+        allowed = ALLOWED_TASKS.get(name)
+        if allowed is None:
+            raise ApiError(
+                404,
+                "unknown_task",
+                f"no task named {name!r} can be enqueued",
+                details={"allowed": sorted(ALLOWED_TASKS)},
+            )
+        kwargs = json_object_body(request)
+        problems = allowed.problems(kwargs)
+        if problems:
+            fields = ", ".join(problem["field"] for problem in problems)
+            raise ApiError(422, "invalid_arguments", f"invalid arguments: {fields}", problems)
+        try:
+            task_id = publisher.publish(allowed.task, kwargs)
+        except BrokerUnavailable:
+            raise unavailable(
+                "broker_unavailable",
+                "the task could not be queued; retry later (with the same idempotency key)",
+            ) from None
+        status_url = f"/tasks/{task_id}"
+        response = app.json.response(id=task_id, task=name, status_url=status_url)
+        response.status_code = 202
+        response.headers["Location"] = status_url
+        return response
+
+    @app.get("/tasks/<task_id>")
+    def task_status(task_id: str) -> Response:
+        if not TASK_ID.fullmatch(task_id):
+            raise ApiError(404, "not_found", f"{task_id!r} is not a task id (a lowercase UUID)")
+        try:
+            return app.json.response(results.status(task_id))
+        except redis.RedisError as exc:
+            log.error("could not read the state of task %s: %s", task_id, exc)
+            raise unavailable(
+                "result_backend_unavailable", "task states cannot be read now"
+            ) from None
+
+    @app.get("/livez")
+    def livez() -> Response:
+        return app.json.response(status="alive")
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        unreachable = {}
+        for name, client in readiness.items():
+            try:
+                client.ping()
+            except redis.RedisError as exc:
+                unreachable[name] = str(exc)
+        if unreachable:
+            log.warning("not ready: %s", unreachable)
+            raise unavailable("not_ready", f"unreachable: {', '.join(unreachable)}")
+        return app.json.response(status="ready")
+
+    register_error_handlers(app)
+    return app
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        # Werkzeug's own errors (no route, wrong method, body too large...), with their headers
+        # (Allow on a 405), as JSON.
+        status = exc.code or 500
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(status, code, exc.description or exc.name, headers=headers)
+
+    @app.errorhandler(InternalServerError)
+    def internal_error(exc: InternalServerError) -> Response:
+        # Flask has logged the exception with its traceback before calling this; the client
+        # learns nothing about the internals.
+        return error_response(500, "internal_error", "the server failed to handle the request")

@@ -1,0 +1,288 @@
+"""The image: lint-clean, hardened, and holding exactly what the app's processes need.
+
+No Docker engine is needed: the Dockerfile is linted with hadolint and parsed, and the app's
+imports are checked against what the image copies (app/) and installs (app/requirements.txt).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import json
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from infra import containers
+from infra.config import load as load_stack_config
+from tests.support import ROOT
+
+DOCKERFILE = ROOT / "Dockerfile"
+APP = ROOT / "app"
+REQUIREMENTS = APP / "requirements.txt"
+APP_USER = "10001:10001"
+
+
+@dataclass
+class Stage:
+    image: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)  # (KEYWORD, arguments)
+
+    def arguments(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+
+def parse_dockerfile(text: str) -> list[Stage]:
+    """Stages and their instructions (continuation lines joined, comments dropped)."""
+    logical_lines: list[str] = []
+    pending = ""
+    for line in text.splitlines():
+        if not pending and line.lstrip().startswith("#"):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        logical_lines.append(pending + line)
+        pending = ""
+    stages: list[Stage] = []
+    for line in filter(str.strip, logical_lines):
+        keyword, _, arguments = line.strip().partition(" ")
+        keyword, arguments = keyword.upper(), " ".join(arguments.split())
+        if keyword == "FROM":
+            image, _, name = arguments.partition(" AS ")
+            stages.append(Stage(image.strip(), name.strip() or None))
+        else:
+            assert stages, f"{keyword} before FROM"
+            stages[-1].instructions.append((keyword, arguments))
+    return stages
+
+
+@pytest.fixture(scope="module")
+def stages() -> list[Stage]:
+    return parse_dockerfile(DOCKERFILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def final(stages: list[Stage]) -> Stage:
+    return stages[-1]
+
+
+def copy_sources(stage: Stage) -> list[str]:
+    """What the stage copies from the build context (not from other stages)."""
+    sources = []
+    for arguments in stage.arguments("COPY"):
+        *paths, _destination = shlex.split(arguments)
+        if not any(path.startswith("--from=") for path in paths):
+            sources += [path for path in paths if not path.startswith("--")]
+    return sources
+
+
+# --- Lint ----------------------------------------------------------------------------------------
+
+
+def test_hadolint_finds_nothing(tmp_path: Path) -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    # A user-level hadolint config could silence rules: give it an empty home.
+    env = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [str(hadolint), "--format", "json", str(DOCKERFILE)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout) == []
+
+
+# --- Structure -----------------------------------------------------------------------------------
+
+
+def test_base_images_are_pinned_to_a_patch_release(stages: list[Stage]) -> None:
+    for stage in stages:
+        repository, _, tag = stage.image.partition(":")
+        assert repository == "python", stage.image
+        assert re.fullmatch(r"\d+\.\d+\.\d+-slim-bookworm", tag), stage.image
+    assert len({stage.image for stage in stages}) == 1  # the venv's interpreter is the final one
+
+
+def test_the_final_stage_runs_as_a_fixed_unprivileged_user(final: Stage) -> None:
+    users = final.arguments("USER")
+    assert users and users[-1] == APP_USER
+    uid, gid = users[-1].split(":")
+    assert uid.isdigit() and gid.isdigit() and int(uid) > 0 and int(gid) > 0
+    (created,) = [run for run in final.arguments("RUN") if "useradd" in run]
+    assert f"--uid {uid}" in created and f"--gid {gid}" in created
+    assert APP_USER == containers.APP_USER  # what the task definitions run as
+
+
+def test_commands_are_in_exec_form_and_the_default_is_the_web_server(
+    stages: list[Stage], final: Stage
+) -> None:
+    for stage in stages:
+        for keyword, arguments in stage.instructions:
+            if keyword in ("CMD", "ENTRYPOINT"):
+                command = json.loads(arguments)  # shell form is not JSON
+                assert isinstance(command, list) and all(isinstance(a, str) for a in command)
+    assert not final.arguments("ENTRYPOINT")  # no wrapper between ECS and the process
+    (cmd,) = final.arguments("CMD")
+    assert tuple(json.loads(cmd)) == containers.WEB_COMMAND
+
+
+def test_the_final_stage_has_the_app_environment(final: Stage) -> None:
+    environment = " ".join(final.arguments("ENV")).split()
+    assert {"PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "PATH=/opt/venv/bin:$PATH"} <= set(
+        environment
+    )
+    assert final.arguments("WORKDIR") == ["/app"]
+    assert final.arguments("EXPOSE") == [str(containers.WEB_CONTAINER_PORT)]
+
+
+def test_the_image_holds_the_venv_and_app_only(stages: list[Stage], final: Stage) -> None:
+    build = stages[0]
+    assert copy_sources(build) == ["app/requirements.txt", "app/constraints.txt"]
+    assert copy_sources(final) == ["app/"]
+    from_stages = [a for a in final.arguments("COPY") if a.startswith("--from=")]
+    assert from_stages == [f"--from={build.name} /opt/venv /opt/venv"]
+
+
+def test_the_final_stage_installs_nothing(final: Stage) -> None:
+    runs = " ".join(final.arguments("RUN"))
+    for installer in ("pip install", "apt-get", "apt ", "gcc", "build-essential", "curl", "wget"):
+        assert installer not in runs, installer
+    assert "tini" not in DOCKERFILE.read_text().lower()  # ECS provides the init process
+    assert not final.arguments("HEALTHCHECK")  # ECS ignores it; task definitions hold them
+
+
+#: .dockerignore wildcards as regular expressions ("**/" is zero or more directories).
+DOCKERIGNORE_WILDCARDS = {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
+
+
+def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
+    """Whether Docker leaves ``path`` out of the build context (last matching pattern wins;
+    a pattern that matches a parent directory matches the path)."""
+    parents = [str(Path(*Path(path).parts[: i + 1])) for i in range(len(Path(path).parts))]
+    excluded = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        body = pattern.lstrip("!").rstrip("/")
+        regex = "".join(
+            DOCKERIGNORE_WILDCARDS.get(token)
+            or (token if token.startswith("[") else re.escape(token))
+            for token in re.findall(r"\*\*/|\*\*|\*|\?|\[[^]]*\]|[^*?[]+", body)
+        )
+        if any(re.fullmatch(regex, parent) for parent in parents):
+            excluded = not negated
+    return excluded
+
+
+def test_the_build_context_is_the_app_only() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    included = {
+        entry.name for entry in ROOT.iterdir() if not dockerignore_excludes(entry.name, patterns)
+    }
+
+    assert included == {"app"}
+    for path in ("app/requirements.txt", "app/web.py"):
+        assert not dockerignore_excludes(path, patterns), path
+    for path in (
+        "app/__pycache__/web.cpython-311.pyc",
+        "app/web.pyc",
+        "tests/test_web.py",
+        "infra/web.py",
+        ".git/HEAD",
+        ".venv/bin/python",
+    ):
+        assert dockerignore_excludes(path, patterns), path
+
+
+# --- What app/ imports is what the image has ----------------------------------------------------
+
+
+def imports_of(path: Path) -> set[str]:
+    """Top-level names of the modules ``path`` imports (relative imports: ``app``)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add("app" if node.level else (node.module or "").split(".")[0])
+    return names
+
+
+def normalized(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def required_distributions() -> set[str]:
+    names = set()
+    for line in REQUIREMENTS.read_text().splitlines():
+        requirement = line.split("#")[0].strip()
+        if requirement:
+            names.add(normalized(re.split(r"[\[<>=!~; ]", requirement)[0]))
+    return names
+
+
+def first_party() -> set[str]:
+    """Top-level packages and modules of this repository."""
+    return {
+        path.stem if path.suffix == ".py" else path.name
+        for path in ROOT.iterdir()
+        if not path.name.startswith(".")
+        and ((path / "__init__.py").exists() or path.suffix == ".py")
+    }
+
+
+def test_app_imports_only_itself_the_standard_library_and_its_requirements() -> None:
+    local = first_party()
+    assert {"app", "infra", "devtools", "tests"} <= local
+    providers = importlib.metadata.packages_distributions()
+    required = required_distributions()
+
+    for module in sorted(APP.glob("*.py")):
+        for name in sorted(imports_of(module) - {"__future__"}):
+            where = f"{module.relative_to(ROOT)} imports {name}"
+            if name in local:
+                assert name == "app", f"{where}: not in the image (only app/ is copied)"
+            elif name not in sys.stdlib_module_names:
+                distributions = {normalized(d) for d in providers.get(name, [])}
+                assert distributions & required, f"{where}: not in app/requirements.txt"
+
+
+def entry_point_commands() -> list[tuple[str, ...]]:
+    """Every command the task definitions of the default stack run in this image."""
+    health_check = containers.health_check("worker")["command"]
+    assert isinstance(health_check, list) and health_check[0] == "CMD"
+    return [
+        containers.WEB_COMMAND,
+        containers.BEAT_COMMAND,
+        containers.ENQUEUE_DEFAULT_COMMAND,
+        containers.enqueue_command("entry", "2026-01-01T00:00:00Z"),
+        *(containers.worker_command(pool) for pool in load_stack_config({}).workers),
+        tuple(health_check[1:]),
+    ]
+
+
+def test_every_entry_point_is_in_the_image() -> None:
+    scripts = {ep.name: ep.dist for ep in importlib.metadata.entry_points(group="console_scripts")}
+    required = required_distributions()
+    for command in entry_point_commands():
+        executable = command[0]
+        if executable != "python":
+            provider = scripts[executable]
+            assert provider is not None and normalized(provider.name) in required, executable
+        for module in re.findall(r"\bapp(?:\.\w+)+", " ".join(command)):
+            path = ROOT.joinpath(*module.split(".")).with_suffix(".py")
+            assert path.is_file(), f"{' '.join(command)}: {module} is not under app/"

@@ -1,0 +1,628 @@
+"""The web API: tasks go in over HTTP, real workers run them, results come back over HTTP.
+
+Most tests drive the Flask app in-process with its test client against a real Redis and a real
+worker; the last ones run the container's exact gunicorn command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+from celery import states
+from celery.backends.redis import RedisBackend
+from celery.result import allow_join_result
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from werkzeug.test import TestResponse
+
+from app.celery_app import app as celery_app
+from app.web import ALLOWED_TASKS, TaskResults, create_app
+from devtools.redis_server import free_port
+from infra.containers import WEB_COMMAND
+from tests.support import AppProcess, start_process, start_worker, wait_for
+
+ClientFactory = Callable[..., FlaskClient]
+
+CREDIT = {"idempotency_key": "order-1:credit", "account": "acct-1", "amount": 25}
+
+
+@pytest.fixture
+def make_client(app_env: dict[str, str]) -> Iterator[ClientFactory]:
+    """Test clients of apps built from the test environment plus ``overrides``."""
+
+    def make(**overrides: str) -> FlaskClient:
+        return create_app({**app_env, **overrides}).test_client()
+
+    # create_app marks this process as one that never waits on task results (see app.web);
+    # restore Celery's default for the rest of the session afterwards.
+    with allow_join_result():
+        yield make
+
+
+@pytest.fixture
+def client(make_client: ClientFactory) -> FlaskClient:
+    return make_client()
+
+
+@pytest.fixture
+def worker(app_env: dict[str, str], tmp_path: Path, processes: list[AppProcess]) -> AppProcess:
+    process = start_worker(app_env, tmp_path)
+    processes.append(process)
+    return process
+
+
+def submit(client: FlaskClient, name: str, kwargs: dict[str, object]) -> str:
+    response = client.post(f"/tasks/{name}", json=kwargs)
+    assert response.status_code == 202, response.get_json()
+    body = response.get_json()
+    assert body == {"id": body["id"], "task": name, "status_url": f"/tasks/{body['id']}"}
+    assert response.headers["Location"] == f"/tasks/{body['id']}"
+    return str(body["id"])
+
+
+def finished(client: FlaskClient, task_id: str, timeout: float = 20) -> dict[str, object]:
+    def state() -> dict[str, object] | None:
+        response = client.get(f"/tasks/{task_id}")
+        assert response.status_code == 200, response.get_json()
+        body = response.get_json()
+        return body if body["state"] in states.READY_STATES else None
+
+    return wait_for(state, timeout, what=f"task {task_id} to finish")
+
+
+def assert_error(response: TestResponse, status: int, code: str) -> dict[str, object]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    error = response.get_json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    return error
+
+
+# --- Tasks in, results out ----------------------------------------------------------------------
+
+
+def test_every_allowed_task_runs_and_its_result_is_visible(
+    client: FlaskClient, worker: AppProcess
+) -> None:
+    runs = [
+        ("apply_credit", CREDIT, {"applied": True, "account": "acct-1", "balance": 25}),
+        # The credit's ledger log entry is older than a retention of 0 s.
+        ("purge_expired_records", {"retention_seconds": 0}, {"removed": 1}),
+        (
+            "generate_report",
+            {"report_id": "weekly-1", "steps": 3, "step_seconds": 0},
+            {"report_id": "weekly-1", "steps": 3, "continuations": 0},
+        ),
+        ("noop", {}, None),
+    ]
+    assert sorted(name for name, _, _ in runs) == sorted(ALLOWED_TASKS)
+
+    for name, kwargs, expected in runs:
+        task_id = submit(client, name, kwargs)
+        outcome = finished(client, task_id)
+        assert outcome == {"id": task_id, "state": "SUCCESS", "result": expected}, name
+
+
+def test_the_same_credit_posted_twice_is_applied_once(
+    client: FlaskClient, worker: AppProcess, redis_client: redis.Redis
+) -> None:
+    first, second = submit(client, "apply_credit", CREDIT), submit(client, "apply_credit", CREDIT)
+
+    outcomes = [finished(client, task_id) for task_id in (first, second)]
+
+    assert sorted(outcome["result"]["applied"] for outcome in outcomes) == [False, True]
+    assert redis_client.hget("ledger:balances", "acct-1") == "25"
+    assert redis_client.get(f"attempts:{CREDIT['idempotency_key']}") == "2"  # both ran
+
+
+def test_allowlisted_names_map_to_registered_tasks() -> None:
+    for name, allowed in ALLOWED_TASKS.items():
+        assert allowed.task.name == f"app.tasks.{name}"
+        assert allowed.task.name in celery_app.tasks
+
+
+def test_a_failed_task_shows_its_error_but_not_its_traceback(
+    client: FlaskClient, redis_url: str
+) -> None:
+    task_id = str(uuid.uuid4())
+    # Stored exactly as a worker stores a failure.
+    RedisBackend(app=celery_app, url=redis_url).mark_as_failure(
+        task_id,
+        ZeroDivisionError("division by zero"),
+        traceback='Traceback (most recent call last):\n  File "/app/app/tasks.py"',
+    )
+
+    response = client.get(f"/tasks/{task_id}")
+
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "id": task_id,
+        "state": "FAILURE",
+        "result": None,
+        "error": {"type": "ZeroDivisionError", "message": "division by zero"},
+    }
+    assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_an_unknown_task_id_is_pending_and_a_malformed_one_is_not_found(
+    client: FlaskClient,
+) -> None:
+    task_id = str(uuid.uuid4())
+    # Celery cannot tell a queued task from one it never heard of.
+    assert client.get(f"/tasks/{task_id}").get_json() == {
+        "id": task_id,
+        "state": "PENDING",
+        "result": None,
+    }
+    assert_error(client.get("/tasks/not-a-task-id"), 404, "not_found")
+    assert_error(client.get(f"/tasks/{task_id.upper()}"), 404, "not_found")
+
+
+# --- Bad input: a JSON error, never a 500, nothing queued -----------------------------------------
+
+JSON = "application/json"
+
+
+def bad(
+    case: str,
+    method: str,
+    path: str,
+    body: bytes,
+    content_type: str | None,
+    status: int,
+    code: str,
+    field: str | None = None,
+) -> object:
+    return pytest.param(method, path, body, content_type, status, code, field, id=case)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "content_type", "status", "code", "field"),
+    [
+        bad("unknown task", "POST", "/tasks/drop_database", b"{}", JSON, 404, "unknown_task"),
+        bad("celery name", "POST", "/tasks/app.tasks.noop", b"{}", JSON, 404, "unknown_task"),
+        bad("not allowlisted", "POST", "/tasks/nightly_report", b"{}", JSON, 404, "unknown_task"),
+        bad("truncated JSON", "POST", "/tasks/noop", b'{"a": ', JSON, 400, "malformed_json"),
+        bad("empty body", "POST", "/tasks/noop", b"", JSON, 400, "malformed_json"),
+        bad(
+            "duplicate key", "POST", "/tasks/noop", b'{"a": 1, "a": 2}', JSON, 400, "malformed_json"
+        ),
+        bad("NaN", "POST", "/tasks/apply_credit", b'{"amount": NaN}', JSON, 400, "malformed_json"),
+        bad("bad UTF-8", "POST", "/tasks/noop", b'{"a": "\xff"}', JSON, 400, "malformed_json"),
+        bad(
+            "deep nesting",
+            "POST",
+            "/tasks/noop",
+            b"[" * 20_000 + b"]" * 20_000,
+            JSON,
+            400,
+            "malformed_json",
+        ),
+        bad("5000-digit number", "POST", "/tasks/noop", b"1" * 5000, JSON, 400, "malformed_json"),
+        bad("array body", "POST", "/tasks/noop", b"[]", JSON, 422, "invalid_arguments"),
+        bad("string body", "POST", "/tasks/noop", b'"x"', JSON, 422, "invalid_arguments"),
+        bad(
+            "unknown field", "POST", "/tasks/noop", b'{"x": 1}', JSON, 422, "invalid_arguments", "x"
+        ),
+        bad(
+            "text/plain", "POST", "/tasks/noop", b"{}", "text/plain", 415, "unsupported_media_type"
+        ),
+        bad("no content type", "POST", "/tasks/noop", b"{}", None, 415, "unsupported_media_type"),
+        bad(
+            "oversized",
+            "POST",
+            "/tasks/noop",
+            b"{" + b" " * 70_000 + b"}",
+            JSON,
+            413,
+            "request_entity_too_large",
+        ),
+        bad("PUT", "PUT", "/tasks/noop", b"{}", JSON, 405, "method_not_allowed"),
+        bad("DELETE", "DELETE", "/tasks/" + "0" * 36, b"", None, 405, "method_not_allowed"),
+        bad("POST /readyz", "POST", "/readyz", b"{}", JSON, 405, "method_not_allowed"),
+        bad("no such path", "GET", "/admin", b"", None, 404, "not_found"),
+        bad("no task id", "GET", "/tasks", b"", None, 404, "not_found"),
+    ],
+)
+def test_bad_requests_get_a_json_error(
+    client: FlaskClient,
+    redis_client: redis.Redis,
+    method: str,
+    path: str,
+    body: bytes,
+    content_type: str | None,
+    status: int,
+    code: str,
+    field: str | None,
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.open(path, method=method, data=body, headers=headers)
+
+    error = assert_error(response, status, code)
+    if field is not None:
+        assert field in error["message"]
+    if status == 405:
+        assert "Allow" in response.headers
+    assert redis_client.llen("default") == 0
+
+
+#: Marks an argument a test case leaves out.
+OMIT = object()
+
+
+@pytest.mark.parametrize(
+    ("task", "changes", "field"),
+    [
+        ("apply_credit", {"amount": "25"}, "amount"),
+        ("apply_credit", {"amount": True}, "amount"),  # bool is not an int
+        ("apply_credit", {"amount": 25.0}, "amount"),
+        ("apply_credit", {"amount": 0}, "amount"),
+        ("apply_credit", {"amount": 10**12}, "amount"),
+        ("apply_credit", {"amount": None}, "amount"),
+        ("apply_credit", {"idempotency_key": "has space"}, "idempotency_key"),
+        ("apply_credit", {"idempotency_key": ""}, "idempotency_key"),
+        ("apply_credit", {"idempotency_key": "k" * 129}, "idempotency_key"),
+        ("apply_credit", {"account": "a" * 65}, "account"),
+        ("apply_credit", {"account": 7}, "account"),
+        ("apply_credit", {"work_seconds": 61}, "work_seconds"),
+        ("apply_credit", {"work_seconds": -1}, "work_seconds"),
+        ("apply_credit", {"work_seconds": False}, "work_seconds"),
+        ("apply_credit", {"idempotency_key": OMIT, "account": OMIT}, "account"),
+        ("apply_credit", {"extra": 1}, "extra"),
+        ("generate_report", {"report_id": "r", "steps": 0}, "steps"),
+        ("generate_report", {"report_id": "r", "steps": 1001}, "steps"),
+        ("generate_report", {"report_id": "r", "steps": 2, "step_seconds": "1"}, "step_seconds"),
+        ("generate_report", {"report_id": OMIT, "steps": 2}, "report_id"),
+        ("generate_report", {"report_id": "r", "steps": OMIT}, "steps"),
+        ("purge_expired_records", {"retention_seconds": -1}, "retention_seconds"),
+        ("purge_expired_records", {"retention_seconds": 1.5}, "retention_seconds"),
+        ("noop", {"anything": None}, "anything"),
+    ],
+)
+def test_invalid_arguments_are_refused_naming_the_field(
+    client: FlaskClient,
+    redis_client: redis.Redis,
+    task: str,
+    changes: dict[str, object],
+    field: str,
+) -> None:
+    valid = {**CREDIT, "work_seconds": 0.5} if task == "apply_credit" else {}
+    kwargs = {name: value for name, value in {**valid, **changes}.items() if value is not OMIT}
+
+    response = client.post(f"/tasks/{task}", json=kwargs)
+
+    error = assert_error(response, 422, "invalid_arguments")
+    assert field in error["message"]
+    assert field in {problem["field"] for problem in error["details"]}
+    assert redis_client.llen("default") == redis_client.llen("long") == 0
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@st.composite
+def task_requests(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A task name and a body: the task's own fields with any values, any JSON, any bytes."""
+    name = draw(st.sampled_from([*ALLOWED_TASKS, "other"]))
+    fields = [*ALLOWED_TASKS[name].params, "extra"] if name in ALLOWED_TASKS else ["extra"]
+    body = draw(
+        st.dictionaries(st.sampled_from(fields), json_values).map(json.dumps)
+        | json_values.map(json.dumps)
+        | st.binary(max_size=64)
+    )
+    return name, body.encode() if isinstance(body, str) else body
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(request=task_requests())
+def test_no_request_body_causes_a_server_error(
+    client: FlaskClient, request: tuple[str, bytes]
+) -> None:
+    name, body = request
+    response = client.post(f"/tasks/{name}", data=body, content_type=JSON)
+
+    assert response.status_code in (202, 400, 404, 422), response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+
+
+def test_an_unexpected_error_is_a_logged_json_500(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self: TaskResults, task_id: str) -> dict[str, object]:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(TaskResults, "status", broken)
+
+    response = client.get(f"/tasks/{uuid.uuid4()}")
+
+    assert_error(response, 500, "internal_error")
+    assert "secret internals" not in response.get_data(as_text=True)
+    (record,) = [r for r in caplog.records if r.exc_info]
+    assert record.exc_info[1].args == ("secret internals",)
+
+
+# --- Broker trouble: 503 with Retry-After, within the request timeout ----------------------------
+
+
+def test_readiness_follows_the_broker(make_client: ClientFactory) -> None:
+    up = make_client()
+    down = make_client(CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0")
+
+    assert up.get("/readyz").get_json() == {"status": "ready"}
+    assert down.get("/livez").get_json() == {"status": "alive"}
+    response = down.get("/readyz")
+    assert_error(response, 503, "not_ready")
+    assert response.headers["Retry-After"].isdigit()
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[str]:
+    """A Redis URL whose server accepts connections and never answers (a hung broker)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+
+
+@pytest.mark.parametrize("broker", ["refusing", "silent"])
+def test_an_unreachable_broker_gives_503_within_the_request_timeout(
+    make_client: ClientFactory, caplog: pytest.LogCaptureFixture, broker: str
+) -> None:
+    request_timeout = 2
+    with contextlib.ExitStack() as stack:
+        url = (
+            f"redis://127.0.0.1:{free_port()}/0"
+            if broker == "refusing"
+            else stack.enter_context(silent_server())
+        )
+        client = make_client(CELERY_BROKER_URL=url, WEB_REQUEST_TIMEOUT=str(request_timeout))
+
+        started = time.monotonic()
+        response = client.post("/tasks/apply_credit", json=CREDIT)
+        elapsed = time.monotonic() - started
+
+        assert_error(response, 503, "broker_unavailable")
+        assert response.headers["Retry-After"].isdigit()
+        assert elapsed < request_timeout
+        # Never silently: the failed publish is logged.
+        assert any("could not publish app.tasks.apply_credit" in r.message for r in caplog.records)
+
+        started = time.monotonic()
+        assert_error(client.get(f"/tasks/{uuid.uuid4()}"), 503, "result_backend_unavailable")
+        assert time.monotonic() - started < request_timeout
+
+
+def test_publishing_survives_the_broker_dropping_its_connections(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    submit(client, "noop", {})
+    # What a broker restart or failover does to the pooled connection.
+    killed = redis_client.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+
+    submit(client, "noop", {})
+
+    assert redis_client.llen("default") == 2
+
+
+# --- The container's command: gunicorn ----------------------------------------------------------
+
+
+def gunicorn_argv() -> list[str]:
+    """The ECS task definition's web command, with this environment's gunicorn."""
+    executable, *args = WEB_COMMAND
+    return [str(Path(sys.executable).parent / executable), *args]
+
+
+def call(
+    port: int, method: str, path: str, body: object = None, timeout: float = 30
+) -> tuple[int, dict[str, str], object]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Content-Type": JSON} if body is not None else {}
+        data = json.dumps(body) if body is not None else None
+        connection.request(method, path, body=data, headers=headers)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def start_web(
+    env: dict[str, str], workdir: Path, processes: list[AppProcess]
+) -> tuple[AppProcess, int]:
+    """Start the container's web command on a free port; return it once it answers."""
+    port = free_port()
+    web = start_process("web", gunicorn_argv(), {**env, "WEB_PORT": str(port)}, workdir)
+    processes.append(web)
+
+    def alive() -> bool:
+        if not web.alive():
+            raise AssertionError(f"gunicorn exited:\n{web.logs()}")
+        with contextlib.suppress(OSError):
+            return call(port, "GET", "/livez", timeout=1)[0] == 200
+        return False
+
+    wait_for(alive, 20, what="gunicorn to answer")
+    return web, port
+
+
+def test_gunicorn_serves_the_api(
+    app_env: dict[str, str], tmp_path: Path, processes: list[AppProcess], worker: AppProcess
+) -> None:
+    web, port = start_web(app_env, tmp_path, processes)
+
+    status, headers, body = call(port, "POST", "/tasks/apply_credit", CREDIT)
+    assert status == 202, body
+    assert headers["Location"] == body["status_url"]
+
+    def done() -> object:
+        _, _, state = call(port, "GET", body["status_url"])
+        return state if state["state"] in states.READY_STATES else None
+
+    outcome = wait_for(done, 20, what="the credit to be applied")
+    assert outcome["result"] == {"applied": True, "account": "acct-1", "balance": 25}
+    status, _, body = call(port, "GET", "/readyz")
+    assert (status, body) == (200, {"status": "ready"})
+    status, _, body = call(port, "PATCH", "/tasks/noop", {})
+    assert (status, body["error"]["code"]) == (405, "method_not_allowed")
+    assert '"POST /tasks/apply_credit HTTP/1.1" 202' in web.logs()  # the access log
+
+
+def test_gunicorn_configuration(app_env: dict[str, str]) -> None:
+    env = {**app_env, "WEB_PORT": "8123", "WEB_THREADS": "3", "WEB_REQUEST_TIMEOUT": "17"}
+    argv = gunicorn_argv()
+    argv.insert(-1, "--print-config")  # gunicorn resolves the settings, prints them, exits
+    printed = subprocess.run(
+        argv,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    config = dict(
+        (name.strip(), value.strip())
+        for name, _, value in (line.partition("=") for line in printed.splitlines())
+    )
+
+    assert config["bind"] == "['0.0.0.0:8123']"
+    assert config["worker_class"] == "gthread"
+    assert config["threads"] == "3"
+    assert config["timeout"] == config["graceful_timeout"] == "17"
+    assert config["worker_tmp_dir"] == "/dev/shm"
+    assert config["accesslog"] == "-"
+    assert config["preload_app"] == "False"
+    assert int(config["keepalive"]) > 60  # above the load balancer's idle timeout
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("WEB_PORT", "70000", "WEB_PORT=70000: must be a TCP port"),
+        ("WEB_THREADS", "0", "WEB_THREADS=0: must be >= 1"),
+        ("WEB_REQUEST_TIMEOUT", "30s", "WEB_REQUEST_TIMEOUT='30s': expected a whole number"),
+    ],
+)
+def test_a_bad_web_setting_stops_gunicorn_before_it_starts(
+    app_env: dict[str, str], name: str, value: str, message: str
+) -> None:
+    argv = gunicorn_argv()
+    argv.insert(-1, "--print-config")
+    result = subprocess.run(
+        argv, env={**app_env, name: value}, capture_output=True, text=True, timeout=30
+    )
+
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+class HoldingRelay:
+    """A TCP relay to a real Redis that holds what its clients send until ``release()``.
+
+    It keeps a request waiting on the broker for as long as a test needs, and tells the test
+    when the request got there.
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
+        self.client_waiting = threading.Event()
+        self.released = threading.Event()
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # the listener was closed
+            while True:
+                downstream, _ = self.listener.accept()
+                upstream = socket.create_connection(self.target)
+                self.sockets += [downstream, upstream]
+                for source, sink, held in (
+                    (downstream, upstream, True),
+                    (upstream, downstream, False),
+                ):
+                    threading.Thread(
+                        target=self._pump, args=(source, sink, held), daemon=True
+                    ).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, held: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if held:
+                    self.client_waiting.set()
+                    self.released.wait()
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+
+    def release(self) -> None:
+        self.released.set()
+
+    def close(self) -> None:
+        self.released.set()
+        for sock in self.sockets:
+            sock.close()
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_sigterm_lets_the_request_in_flight_finish(
+    app_env: dict[str, str], tmp_path: Path, processes: list[AppProcess], redis_url: str
+) -> None:
+    request_timeout = 20
+    broker = urlsplit(redis_url)
+    relay = HoldingRelay((broker.hostname or "127.0.0.1", broker.port or 6379))
+    try:
+        env = {
+            **app_env,
+            "CELERY_BROKER_URL": relay.url,
+            "WEB_REQUEST_TIMEOUT": str(request_timeout),
+        }
+        web, port = start_web(env, tmp_path, processes)
+        answers: list[tuple[int, dict[str, str], object]] = []
+        in_flight = threading.Thread(target=lambda: answers.append(call(port, "GET", "/readyz")))
+        in_flight.start()
+        wait_for(relay.client_waiting.is_set, 10, what="/readyz to wait on the broker")
+
+        web.signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        # The workers close their listening sockets once they begin their graceful shutdown
+        # (within a second: their main loop's poll interval). That is well inside the app's
+        # wait for one Redis round trip (2 s), so the held PING does not time out.
+        wait_for(lambda: refuses_connections(port), 5, what="gunicorn to stop accepting")
+        assert in_flight.is_alive() and not answers  # the request is still waiting
+        relay.release()
+        in_flight.join(request_timeout)
+
+        assert answers and answers[0][0] == 200 and answers[0][2] == {"status": "ready"}
+        assert web.wait(timeout=request_timeout) == 0
+        assert time.monotonic() - stopping < request_timeout
+    finally:
+        relay.close()
