@@ -32,13 +32,13 @@ LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITIC
 LOG_RETENTION_DAYS: tuple[int, ...] = (
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
     2922, 3288, 3653,
-)
-#: Engine -> major version -> (parameter group family, default version when that engine is
-#: chosen without ``engineVersion``). Cluster mode stays disabled: kombu has no cluster transport.
+)  # fmt: skip
+#: Engine -> supported major version -> parameter group family.
 ENGINE_FAMILIES: dict[BrokerEngine, dict[int, str]] = {
     "redis": {7: "redis7"},
     "valkey": {7: "valkey7", 8: "valkey8"},
 }
+#: Version used when ``broker.engineVersion`` is not set.
 DEFAULT_ENGINE_VERSIONS: dict[BrokerEngine, str] = {"redis": "7.1", "valkey": "8.0"}
 #: Longest countdown/ETA accepted: the visibility timeout grows with it, and so does the delay
 #: before a message lost with a crashed worker comes back.
@@ -247,8 +247,9 @@ class _Fields:
         if value is None:
             return default
         if not isinstance(value, bool):
-            raise _fail(self.key_path(key), f"expected a boolean, got {_describe(value)}",
-                        "true, false")
+            raise _fail(
+                self.key_path(key), f"expected a boolean, got {_describe(value)}", "true, false"
+            )
         return value
 
     def text(
@@ -269,8 +270,11 @@ class _Fields:
         if value is None:
             return default
         if value not in choices:
-            raise _fail(self.key_path(key), f"unknown value {value!r}",
-                        ", ".join(str(choice) for choice in choices))
+            raise _fail(
+                self.key_path(key),
+                f"unknown value {value!r}",
+                ", ".join(str(choice) for choice in choices),
+            )
         return cast(T, value)
 
     def text_list(self, key: str, item: re.Pattern[str], allowed: str) -> tuple[str, ...] | None:
@@ -316,15 +320,15 @@ def _parse_scalar_text(value: str) -> object:
 TOP_LEVEL_KEYS = (
     "production", "scheduler", "maxCountdown", "logLevel", "logRetentionDays", "imageUri",
     "workers", "web", "broker", "network",
-)
+)  # fmt: skip
 POOL_KEYS = (
     "name", "queues", "concurrency", "taskTimeout", "minCount", "maxCount", "cpu", "memory",
     "maxStopTimeout", "backlogPerTask",
-)
+)  # fmt: skip
 WEB_KEYS = (
     "cpu", "memory", "minCount", "maxCount", "requestTimeout", "certificateArn",
     "deletionProtection", "targetCpuPercent", "targetRequestsPerTask", "accessLogsBucket",
-)
+)  # fmt: skip
 BROKER_KEYS = ("engine", "engineVersion", "nodeType", "replicas", "snapshotRetentionDays")
 NEW_VPC_KEYS = ("cidr", "natGateways")
 EXISTING_VPC_KEYS = ("vpcId", "publicSubnetIds", "privateSubnetIds")
@@ -340,13 +344,17 @@ def load(raw: Mapping[str, object]) -> StackConfig:
     )
     retention = top.integer("logRetentionDays", 365 if production else 30, 1)
     if retention not in LOG_RETENTION_DAYS:
-        raise _fail("logRetentionDays", f"{retention} is not a CloudWatch retention period",
-                    ", ".join(map(str, LOG_RETENTION_DAYS)))
+        raise _fail(
+            "logRetentionDays",
+            f"{retention} is not a CloudWatch retention period",
+            ", ".join(map(str, LOG_RETENTION_DAYS)),
+        )
     image_uri = top.text("imageUri", re.compile(r"^\S+$"), "an image reference without spaces")
 
     workers_raw = _parse_json_text(top.raw.get("workers"), "workers")
     workers = (
-        _load_workers(workers_raw, max_countdown) if workers_raw is not None
+        _load_workers(workers_raw, max_countdown)
+        if workers_raw is not None
         else (_default_pool(max_countdown),)
     )
 
@@ -372,27 +380,37 @@ def _default_pool(max_countdown: int) -> WorkerPool:
 
 def _load_workers(raw: object, max_countdown: int) -> tuple[WorkerPool, ...]:
     if not isinstance(raw, list) or not raw:
-        raise _fail("workers", f"expected a non-empty list, got {_describe(raw)}",
-                    "a list of worker pool objects")
+        raise _fail(
+            "workers",
+            f"expected a non-empty list, got {_describe(raw)}",
+            "a list of worker pool objects",
+        )
     pools = tuple(_load_pool(item, f"workers[{i}]", max_countdown) for i, item in enumerate(raw))
     seen: set[str] = set()
     for index, pool in enumerate(pools):
         if pool.name in seen:
-            raise _fail(f"workers[{index}].name", f"duplicate pool name {pool.name!r}",
-                        "a name used by no other pool")
+            raise _fail(
+                f"workers[{index}].name",
+                f"duplicate pool name {pool.name!r}",
+                "a name used by no other pool",
+            )
         seen.add(pool.name)
     consumed = {queue for pool in pools for queue in pool.queues}
     uncovered = [queue for queue in QUEUES if queue not in consumed]
     if uncovered:
-        raise _fail("workers", f"no pool consumes queue(s) {', '.join(uncovered)}",
-                    f"pools that together consume every queue of {', '.join(QUEUES)}")
+        raise _fail(
+            "workers",
+            f"no pool consumes queue(s) {', '.join(uncovered)}",
+            f"pools that together consume every queue of {', '.join(QUEUES)}",
+        )
     return pools
 
 
 def _load_pool(raw: object, path: str, max_countdown: int) -> WorkerPool:
     fields = _Fields(raw, path, POOL_KEYS)
-    name = fields.text("name", _POOL_NAME,
-                       "1-32 lowercase letters, digits and dashes, starting with a letter")
+    name = fields.text(
+        "name", _POOL_NAME, "1-32 lowercase letters, digits and dashes, starting with a letter"
+    )
     if name is None:
         raise _fail(f"{path}.name", "required", "a DNS-safe pool name")
     queues = fields.text_list("queues", re.compile(r"^.+$"), "queue names")
@@ -401,22 +419,28 @@ def _load_pool(raw: object, path: str, max_countdown: int) -> WorkerPool:
     for index, queue in enumerate(queues):
         if queue not in QUEUES:
             raise _fail(f"{path}.queues[{index}]", f"unknown queue {queue!r}", ", ".join(QUEUES))
-    concurrency = fields.integer("concurrency", DEFAULT_CONCURRENCY, 1, 256,
-                                 "task slots per worker")
-    min_count = fields.integer("minCount", 1, 1, None,
-                               "tasks; a queue must never sit without a consumer")
+    concurrency = fields.integer(
+        "concurrency", DEFAULT_CONCURRENCY, 1, 256, "task slots per worker"
+    )
+    min_count = fields.integer(
+        "minCount", 1, 1, None, "tasks; a queue must never sit without a consumer"
+    )
     max_count = fields.integer("maxCount", max(min_count, 4), 1)
     if max_count < min_count:
-        raise _fail(f"{path}.maxCount", f"{max_count} is below minCount {min_count}",
-                    f"an integer >= {min_count}")
+        raise _fail(
+            f"{path}.maxCount",
+            f"{max_count} is below minCount {min_count}",
+            f"an integer >= {min_count}",
+        )
     cpu, memory = _task_size(fields, path, default_cpu=512, default_memory=1024)
     # Ranges of the two timeouts are the budget's to decide (its errors name the key).
     task_timeout = fields.integer("taskTimeout", DEFAULT_TASK_TIMEOUT, why="seconds")
     max_stop_timeout = fields.integer("maxStopTimeout", 120, why="seconds")
     budget = _catch_budget(
         path,
-        lambda: worker_budget(task_timeout, max_stop_timeout=max_stop_timeout,
-                              max_countdown=max_countdown),
+        lambda: worker_budget(
+            task_timeout, max_stop_timeout=max_stop_timeout, max_countdown=max_countdown
+        ),
     )
     return WorkerPool(
         name=name,
@@ -428,8 +452,13 @@ def _load_pool(raw: object, path: str, max_countdown: int) -> WorkerPool:
         cpu=cpu,
         memory=memory,
         max_stop_timeout=max_stop_timeout,
-        backlog_per_task=fields.integer("backlogPerTask", BACKLOG_ROUNDS * concurrency, 1, None,
-                                        "waiting messages per running task"),
+        backlog_per_task=fields.integer(
+            "backlogPerTask",
+            BACKLOG_ROUNDS * concurrency,
+            1,
+            None,
+            "waiting messages per running task",
+        ),
         budget=budget,
     )
 
@@ -460,8 +489,11 @@ def _task_size(
     default = default_memory if default_memory in FARGATE_MEMORY[cpu] else FARGATE_MEMORY[cpu][0]
     memory = fields.integer("memory", default, 1, None, "MiB")
     if memory not in FARGATE_MEMORY[cpu]:
-        raise _fail(f"{path}.memory", f"{memory} MiB is not offered with cpu {cpu}",
-                    ", ".join(map(str, FARGATE_MEMORY[cpu])))
+        raise _fail(
+            f"{path}.memory",
+            f"{memory} MiB is not offered with cpu {cpu}",
+            ", ".join(map(str, FARGATE_MEMORY[cpu])),
+        )
     return cpu, memory
 
 
@@ -471,8 +503,11 @@ def _load_web(raw: object, production: bool) -> WebConfig:
     min_count = fields.integer("minCount", 2 if production else 1, 1, None, "tasks")
     max_count = fields.integer("maxCount", max(min_count, 4), 1)
     if max_count < min_count:
-        raise _fail("web.maxCount", f"{max_count} is below minCount {min_count}",
-                    f"an integer >= {min_count}")
+        raise _fail(
+            "web.maxCount",
+            f"{max_count} is below minCount {min_count}",
+            f"an integer >= {min_count}",
+        )
     request_timeout = fields.integer("requestTimeout", 30, why="seconds")
     budget = _catch_budget("web", lambda: web_budget(request_timeout))
     return WebConfig(
@@ -481,16 +516,19 @@ def _load_web(raw: object, production: bool) -> WebConfig:
         min_count=min_count,
         max_count=max_count,
         request_timeout=request_timeout,
-        certificate_arn=fields.text("certificateArn", _CERTIFICATE_ARN,
-                                    "an ACM (or IAM) certificate ARN"),
+        certificate_arn=fields.text(
+            "certificateArn", _CERTIFICATE_ARN, "an ACM (or IAM) certificate ARN"
+        ),
         deletion_protection=fields.boolean("deletionProtection", production),
         target_cpu_percent=fields.integer("targetCpuPercent", 60, 10, 90, "percent"),
         target_requests_per_task=(
             fields.integer("targetRequestsPerTask", None, 1, None, "requests per task and minute")
-            if fields.has("targetRequestsPerTask") else None
+            if fields.has("targetRequestsPerTask")
+            else None
         ),
-        access_logs_bucket=fields.text("accessLogsBucket", _BUCKET_NAME,
-                                       "an S3 bucket name the ALB may write to"),
+        access_logs_bucket=fields.text(
+            "accessLogsBucket", _BUCKET_NAME, "an S3 bucket name the ALB may write to"
+        ),
         budget=budget,
     )
 
@@ -504,18 +542,25 @@ def _load_broker(raw: object, production: bool) -> BrokerConfig:
     version = version or DEFAULT_ENGINE_VERSIONS[engine]
     major = int(version.split(".")[0])
     if major not in families:
-        raise _fail("broker.engineVersion", f"{engine} {version} is not supported",
-                    version_allowed)
+        raise _fail("broker.engineVersion", f"{engine} {version} is not supported", version_allowed)
     return BrokerConfig(
         engine=engine,
         engine_version=version,
         parameter_group_family=families[major],
-        node_type=fields.text("nodeType", _NODE_TYPE, "an ElastiCache node type, e.g. "
-                              "cache.t4g.micro") or "cache.t4g.micro",
-        replicas=fields.integer("replicas", 1 if production else 0, 0, 5,
-                                ">= 1 turns on automatic failover and Multi-AZ"),
-        snapshot_retention_days=fields.integer("snapshotRetentionDays", 7 if production else 1,
-                                               0, 35, "days"),
+        node_type=fields.text(
+            "nodeType", _NODE_TYPE, "an ElastiCache node type, e.g. cache.t4g.micro"
+        )
+        or "cache.t4g.micro",
+        replicas=fields.integer(
+            "replicas",
+            1 if production else 0,
+            0,
+            5,
+            ">= 1 turns on automatic failover and Multi-AZ",
+        ),
+        snapshot_retention_days=fields.integer(
+            "snapshotRetentionDays", 7 if production else 1, 0, 35, "days"
+        ),
     )
 
 
@@ -523,24 +568,32 @@ def _load_network(raw: object, production: bool) -> NewVpc | ExistingVpc:
     if isinstance(raw, Mapping) and any(key in raw for key in EXISTING_VPC_KEYS):
         mixed = [key for key in NEW_VPC_KEYS if key in raw]
         if mixed:
-            raise _fail(f"network.{mixed[0]}", "cannot be combined with vpcId/publicSubnetIds/"
-                        "privateSubnetIds", "either {cidr, natGateways} (create a VPC) or "
-                        "{vpcId, publicSubnetIds, privateSubnetIds} (use an existing one)")
+            raise _fail(
+                f"network.{mixed[0]}",
+                "cannot be combined with vpcId/publicSubnetIds/privateSubnetIds",
+                "either {cidr, natGateways} (create a VPC) or "
+                "{vpcId, publicSubnetIds, privateSubnetIds} (use an existing one)",
+            )
         return _load_existing_vpc(raw)
     fields = _Fields(raw, "network", NEW_VPC_KEYS + EXISTING_VPC_KEYS)
     cidr = fields.text("cidr", None, "an IPv4 CIDR /16../24") or "10.0.0.0/16"
     try:
         network = ipaddress.IPv4Network(cidr)
     except ValueError:
-        raise _fail("network.cidr", f"{cidr!r} is not an IPv4 network",
-                    "an IPv4 CIDR /16../24") from None
+        raise _fail(
+            "network.cidr", f"{cidr!r} is not an IPv4 network", "an IPv4 CIDR /16../24"
+        ) from None
     if not 16 <= network.prefixlen <= 24:
-        raise _fail("network.cidr", f"/{network.prefixlen} is out of range",
-                    "an IPv4 CIDR /16../24")
+        raise _fail(
+            "network.cidr", f"/{network.prefixlen} is out of range", "an IPv4 CIDR /16../24"
+        )
     nat = fields.choice("natGateways", NAT_GATEWAYS, "perAz" if production else "none")
     if production and nat == "none":
-        raise _fail("network.natGateways", "production tasks must not get public IPs "
-                    "(Security Hub ECS.2)", "single, perAz")
+        raise _fail(
+            "network.natGateways",
+            "production tasks must not get public IPs (Security Hub ECS.2)",
+            "single, perAz",
+        )
     return NewVpc(cidr=str(network), nat_gateways=nat)
 
 
@@ -548,8 +601,9 @@ def _load_existing_vpc(raw: Mapping[str, object]) -> ExistingVpc:
     fields = _Fields(raw, "network", EXISTING_VPC_KEYS)
     vpc_id = fields.text("vpcId", _VPC_ID, "a VPC id (vpc-...)")
     if vpc_id is None:
-        raise _fail("network.vpcId", "required with publicSubnetIds/privateSubnetIds",
-                    "a VPC id (vpc-...)")
+        raise _fail(
+            "network.vpcId", "required with publicSubnetIds/privateSubnetIds", "a VPC id (vpc-...)"
+        )
     subnets: dict[str, tuple[str, ...]] = {}
     for key in ("publicSubnetIds", "privateSubnetIds"):
         allowed = "a list of >= 2 subnet ids (subnet-...) in distinct AZs"

@@ -22,7 +22,10 @@ WEB_CONTAINER_PORT = 8000
 CELERY_APP = "app.celery_app"
 
 WEB_COMMAND: tuple[str, ...] = (
-    "gunicorn", "--config", "python:app.gunicorn_conf", "app.web:create_app()",
+    "gunicorn",
+    "--config",
+    "python:app.gunicorn_conf",
+    "app.web:create_app()",
 )
 BEAT_COMMAND: tuple[str, ...] = ("celery", "--app", CELERY_APP, "beat")
 ENQUEUE_MODULE = "app.enqueue"
@@ -32,13 +35,20 @@ ENQUEUE_DEFAULT_COMMAND: tuple[str, ...] = ("python", "-m", ENQUEUE_MODULE, "--h
 
 def worker_command(pool: WorkerPool) -> tuple[str, ...]:
     return (
-        "celery", "--app", CELERY_APP, "worker",
-        "--queues", ",".join(pool.queues),
-        "--concurrency", str(pool.concurrency),
-        "--hostname", f"{pool.name}@%h",
+        "celery",
+        "--app",
+        CELERY_APP,
+        "worker",
+        "--queues",
+        ",".join(pool.queues),
+        "--concurrency",
+        str(pool.concurrency),
+        "--hostname",
+        f"{pool.name}@%h",
         # Mingle and gossip cost a broadcast round per start and per event; ECS replaces
         # workers often enough that neither is worth it.
-        "--without-mingle", "--without-gossip",
+        "--without-mingle",
+        "--without-gossip",
     )
 
 
@@ -70,8 +80,9 @@ def publisher_environment(config: StackConfig) -> dict[str, str]:
     prefetch x time limit + max countdown, so they carry the values of the pool whose messages
     stay unacknowledged longest; the result backend shares that visibility timeout.
     """
-    longest = max((pool.budget for pool in config.workers),
-                  key=lambda budget: budget.visibility_timeout)
+    longest = max(
+        (pool.budget for pool in config.workers), key=lambda budget: budget.visibility_timeout
+    )
     return {
         env_names.LOG_LEVEL: config.log_level,
         env_names.MAX_COUNTDOWN: str(config.max_countdown),
@@ -125,16 +136,16 @@ def container_definition(spec: ContainerSpec) -> dict[str, object]:
         "command": list(spec.command),
         "user": APP_USER,
         "readonlyRootFilesystem": True,
-        "privileged": False,
+        # ``privileged`` stays absent (ECS.4 accepts absent or false; Fargate has no such mode).
         "linuxParameters": {
             # docker --init: signals reach Celery/gunicorn, zombies are reaped.
             "initProcessEnabled": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "mountPoints": [{"sourceVolume": TMP_VOLUME, "containerPath": TMP_PATH,
-                         "readOnly": False}],
-        "environment": [{"name": name, "value": value}
-                        for name, value in sorted(spec.environment.items())],
+        "mountPoints": [{"sourceVolume": TMP_VOLUME, "containerPath": TMP_PATH, "readOnly": False}],
+        "environment": [
+            {"name": name, "value": value} for name, value in sorted(spec.environment.items())
+        ],
         "secrets": [{"name": name, "valueFrom": arn} for name, arn in sorted(spec.secrets.items())],
         "stopTimeout": spec.stop_timeout,
         "logConfiguration": {

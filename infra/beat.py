@@ -1,0 +1,95 @@
+"""Celery beat: the one process that sends the periodic tasks (``scheduler: beat``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.budget import BEAT_STOP_TIMEOUT
+from infra.cluster import (
+    Cluster,
+    ContainerInputs,
+    TaskPlacement,
+    fargate_service,
+    fargate_task_definition,
+)
+from infra.config import FARGATE_MEMORY
+from infra.containers import BEAT_COMMAND, health_check
+
+CONTAINER_NAME = "beat"
+
+
+@dataclass(frozen=True)
+class BeatArgs:
+    """Arguments of ``Beat``.
+
+    - ``cluster``: the ECS cluster with a log group for ``service``. Required.
+    - ``service``: the service's name in the cluster's log groups. Default "beat".
+    - ``family``: task definition family. Required.
+    - ``image``: image reference. Required.
+    - ``environment``: container environment (no secrets). Required.
+    - ``placement``: subnets, the background security group, public IP or not. Required.
+    - ``cpu``/``memory``: task size, Fargate units/MiB. Default 256/512.
+    """
+
+    cluster: Cluster
+    family: str
+    image: pulumi.Input[str]
+    environment: Mapping[str, str]
+    placement: TaskPlacement
+    service: str = "beat"
+    cpu: int = 256
+    memory: int = 512
+
+
+class Beat(pulumi.ComponentResource):
+    service: aws.ecs.Service
+
+    def __init__(
+        self, name: str, args: BeatArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("celery-ecs:infra:Beat", name, None, opts)
+        args = self._normalize(args)
+        task_role = args.cluster.task_role(f"{name}-task", [], parent=self)
+        task_definition = fargate_task_definition(
+            f"{name}-task",
+            cluster=args.cluster,
+            service=args.service,
+            family=args.family,
+            cpu=args.cpu,
+            memory=args.memory,
+            container=ContainerInputs(
+                name=CONTAINER_NAME,
+                image=args.image,
+                command=BEAT_COMMAND,
+                environment=args.environment,
+                stop_timeout=BEAT_STOP_TIMEOUT,
+                health_check=health_check("beat"),
+            ),
+            task_role=task_role,
+            parent=self,
+        )
+        # A singleton: two beats send every periodic task twice. ECS stops the old task before
+        # it starts the new one (max 100 %, min healthy 0 %); nothing scales it.
+        self.service = fargate_service(
+            f"{name}-service",
+            cluster=args.cluster,
+            service=args.service,
+            task_definition=task_definition,
+            placement=args.placement,
+            desired_count=1,
+            parent=self,
+            autoscaled=False,
+            minimum_healthy_percent=0,
+            maximum_percent=100,
+        )
+        self.register_outputs({"serviceName": self.service.name})
+
+    @staticmethod
+    def _normalize(args: BeatArgs) -> BeatArgs:
+        if args.memory not in FARGATE_MEMORY.get(args.cpu, ()):
+            raise ValueError(f"cpu/memory: {args.cpu}/{args.memory} is not a Fargate size")
+        return args

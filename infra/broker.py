@@ -1,0 +1,125 @@
+"""The broker: ElastiCache (Redis OSS or Valkey) with one shard, TLS, AUTH and no eviction, and
+the full broker URL in Secrets Manager."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_random as random
+
+from infra.config import BrokerConfig
+
+REDIS_PORT = 6379
+#: The only special characters an ElastiCache AUTH token may contain.
+AUTH_TOKEN_SPECIALS = "!&#$^<>-"
+AUTH_TOKEN_LENGTH = 64
+
+
+def broker_url(token: str, host: str, port: int = REDIS_PORT) -> str:
+    """The URL the app reads from CELERY_BROKER_URL: TLS with certificate checks, database 0."""
+    return f"rediss://:{quote(token, safe='')}@{host}:{port}/0?ssl_cert_reqs=required"
+
+
+@dataclass(frozen=True)
+class BrokerArgs:
+    """Arguments of ``Broker``.
+
+    - ``config``: engine, version, node type, replicas, snapshot retention. Required.
+    - ``subnet_ids``: private subnets, in >= 2 AZs. Required.
+    - ``security_group_id``: the broker's security group (Redis from the tasks only). Required.
+    - ``secret_recovery_days``: days a deleted secret can be restored; 0 deletes it at once
+      (dev stacks). Default 7.
+    - ``secret_name_prefix``: the secret's name starts with this (a random suffix follows).
+      Default "celery-ecs/broker-url-".
+    """
+
+    config: BrokerConfig
+    subnet_ids: Sequence[pulumi.Input[str]]
+    security_group_id: pulumi.Input[str]
+    secret_recovery_days: int = 7
+    secret_name_prefix: str = "celery-ecs/broker-url-"
+
+
+class Broker(pulumi.ComponentResource):
+    primary_endpoint: pulumi.Output[str]
+    port: int
+    secret: aws.secretsmanager.Secret
+
+    def __init__(
+        self, name: str, args: BrokerArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("celery-ecs:infra:Broker", name, None, opts)
+        args = self._normalize(args)
+        config = args.config
+        child = pulumi.ResourceOptions(parent=self)
+        subnets = aws.elasticache.SubnetGroup(
+            name, subnet_ids=list(args.subnet_ids), description="Broker subnets", opts=child
+        )
+        parameters = aws.elasticache.ParameterGroup(
+            name,
+            family=config.parameter_group_family,
+            description="Celery broker: never evict (an evicted key is a lost queue or task)",
+            parameters=[{"name": "maxmemory-policy", "value": "noeviction"}],
+            opts=child,
+        )
+        token = random.RandomPassword(
+            f"{name}-auth-token",
+            length=AUTH_TOKEN_LENGTH,
+            special=True,
+            override_special=AUTH_TOKEN_SPECIALS,
+            opts=child,
+        )
+        highly_available = config.replicas >= 1
+        group = aws.elasticache.ReplicationGroup(
+            name,
+            description="Celery broker and result backend",
+            engine=config.engine,
+            engine_version=config.engine_version,
+            node_type=config.node_type,
+            # One shard: kombu has no Redis Cluster transport.
+            cluster_mode="disabled",
+            num_cache_clusters=1 + config.replicas,
+            automatic_failover_enabled=highly_available,
+            multi_az_enabled=highly_available,
+            port=REDIS_PORT,
+            parameter_group_name=parameters.name,
+            subnet_group_name=subnets.name,
+            security_group_ids=[args.security_group_id],
+            at_rest_encryption_enabled=True,
+            transit_encryption_enabled=True,
+            transit_encryption_mode="required",
+            auth_token=token.result,
+            auto_minor_version_upgrade=True,
+            snapshot_retention_limit=config.snapshot_retention_days,
+            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["authToken"]),
+        )
+        self.secret = aws.secretsmanager.Secret(
+            name,
+            name_prefix=args.secret_name_prefix,
+            description="Celery broker URL (rediss://, with the AUTH token)",
+            recovery_window_in_days=args.secret_recovery_days,
+            opts=child,
+        )
+        url = pulumi.Output.all(token.result, group.primary_endpoint_address).apply(
+            lambda values: broker_url(values[0], values[1])
+        )
+        aws.secretsmanager.SecretVersion(
+            name, secret_id=self.secret.id, secret_string=pulumi.Output.secret(url), opts=child
+        )
+        self.primary_endpoint = group.primary_endpoint_address
+        self.port = REDIS_PORT
+        self.register_outputs(
+            {"primaryEndpoint": self.primary_endpoint, "secretArn": self.secret.arn}
+        )
+
+    @staticmethod
+    def _normalize(args: BrokerArgs) -> BrokerArgs:
+        if len(args.subnet_ids) < 2:
+            raise ValueError("subnet_ids: need subnets in >= 2 AZs")
+        if args.secret_recovery_days != 0 and not 7 <= args.secret_recovery_days <= 30:
+            raise ValueError("secret_recovery_days: 0 or 7..30")
+        return args

@@ -1,0 +1,357 @@
+"""The ECS cluster and what every service shares: log groups, the execution role, IAM and
+Fargate helpers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from app.settings import BROKER_URL
+from infra.containers import TMP_VOLUME, ContainerSpec, container_definition
+
+
+@dataclass(frozen=True)
+class AwsContext:
+    """Partition, region and account of the deployment, for ARNs built by hand."""
+
+    partition: pulumi.Output[str]
+    region: pulumi.Output[str]
+    account_id: pulumi.Output[str]
+
+    @staticmethod
+    def lookup() -> AwsContext:
+        return AwsContext(
+            partition=aws.get_partition_output().partition,
+            region=aws.get_region_output().region,
+            account_id=aws.get_caller_identity_output().account_id,
+        )
+
+    def arn(self, service: str, resource: pulumi.Input[str]) -> pulumi.Output[str]:
+        """ARN of a regional resource of this account."""
+        return pulumi.Output.concat(
+            "arn:",
+            self.partition,
+            ":",
+            service,
+            ":",
+            self.region,
+            ":",
+            self.account_id,
+            ":",
+            resource,
+        )
+
+
+def policy_document(statements: Sequence[Mapping[str, Any]]) -> pulumi.Output[str]:
+    """An IAM policy JSON from statements whose values may be Outputs."""
+    return pulumi.Output.from_input(
+        {"Version": "2012-10-17", "Statement": [dict(s) for s in statements]}
+    ).apply(lambda document: json.dumps(document, sort_keys=True))
+
+
+def assume_role_policy(
+    service: str, context: AwsContext, *, source_account_guard: bool = True
+) -> pulumi.Output[str]:
+    """Trust policy for an AWS service principal; with the guard, only on behalf of this
+    account (confused-deputy protection)."""
+    statement: dict[str, Any] = {
+        "Effect": "Allow",
+        "Principal": {"Service": service},
+        "Action": "sts:AssumeRole",
+    }
+    if source_account_guard:
+        statement["Condition"] = {"StringEquals": {"aws:SourceAccount": context.account_id}}
+    return policy_document([statement])
+
+
+def role_with_policy(
+    name: str,
+    *,
+    service: str,
+    statements: Sequence[Mapping[str, Any]],
+    context: AwsContext,
+    parent: pulumi.Resource,
+    source_account_guard: bool = True,
+) -> aws.iam.Role:
+    """An IAM role for ``service`` with exactly ``statements`` (none: a role with no rights)."""
+    trust = assume_role_policy(service, context, source_account_guard=source_account_guard)
+    role = aws.iam.Role(name, assume_role_policy=trust, opts=pulumi.ResourceOptions(parent=parent))
+    if statements:
+        aws.iam.RolePolicy(
+            name,
+            role=role.id,
+            policy=policy_document(statements),
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
+    return role
+
+
+@dataclass(frozen=True)
+class ClusterArgs:
+    """Arguments of ``Cluster``.
+
+    - ``cluster_name``: logical name of the ECS cluster (its physical name adds a random
+      suffix). Required.
+    - ``services``: names of the services (web, worker-<pool>, beat, enqueue); each gets one
+      log group. Required, non-empty, unique.
+    - ``log_group_prefix``: log groups are ``<prefix>/<service>``. Required.
+    - ``log_retention_days``: days CloudWatch keeps the logs. Default 30.
+    - ``broker_secret_arn``: the one secret tasks may read (the broker URL). Required.
+    - ``pull_repository_arns``: ECR repositories the image comes from (empty for a public
+      image). Default none.
+    - ``container_insights``: per-service metrics, needed for backlog scaling
+      (``RunningTaskCount``). Default True.
+    - ``aws``: partition/region/account. Required.
+    """
+
+    cluster_name: str
+    services: Sequence[str]
+    log_group_prefix: str
+    broker_secret_arn: pulumi.Input[str]
+    aws: AwsContext
+    log_retention_days: int = 30
+    pull_repository_arns: Sequence[pulumi.Input[str]] = ()
+    container_insights: bool = True
+
+
+class Cluster(pulumi.ComponentResource):
+    cluster: aws.ecs.Cluster
+    execution_role: aws.iam.Role
+    log_groups: dict[str, aws.cloudwatch.LogGroup]
+    aws: AwsContext
+    broker_secret_arn: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("celery-ecs:infra:Cluster", name, None, opts)
+        args = self._normalize(args)
+        child = pulumi.ResourceOptions(parent=self)
+        self.aws = args.aws
+        self.broker_secret_arn = pulumi.Output.from_input(args.broker_secret_arn)
+        self.cluster = aws.ecs.Cluster(
+            args.cluster_name,
+            settings=[
+                {
+                    "name": "containerInsights",
+                    "value": "enabled" if args.container_insights else "disabled",
+                }
+            ],
+            opts=child,
+        )
+        self.log_groups = {
+            service: aws.cloudwatch.LogGroup(
+                f"{name}-{service}",
+                name=f"{args.log_group_prefix}/{service}",
+                retention_in_days=args.log_retention_days,
+                opts=child,
+            )
+            for service in args.services
+        }
+        self.execution_role = role_with_policy(
+            f"{name}-execution",
+            service="ecs-tasks.amazonaws.com",
+            statements=self._execution_statements(args),
+            context=args.aws,
+            parent=self,
+            # AWS documents the source-account guard for task roles, not for the execution
+            # role the agent assumes; a refused assumption would stop every task from starting.
+            source_account_guard=False,
+        )
+        self.register_outputs(
+            {
+                "clusterName": self.cluster.name,
+                "clusterArn": self.cluster.arn,
+                "executionRoleArn": self.execution_role.arn,
+            }
+        )
+
+    @staticmethod
+    def _normalize(args: ClusterArgs) -> ClusterArgs:
+        if not args.services or len(set(args.services)) != len(args.services):
+            raise ValueError(f"services: need unique names, got {list(args.services)}")
+        if not args.log_group_prefix.startswith("/"):
+            raise ValueError("log_group_prefix: must start with '/'")
+        return args
+
+    def _execution_statements(self, args: ClusterArgs) -> list[dict[str, Any]]:
+        """Start a task: pull the image, write its logs, read the broker URL. Nothing else."""
+        statements: list[dict[str, Any]] = [
+            {
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": [
+                    pulumi.Output.concat(group.arn, ":*") for group in self.log_groups.values()
+                ],
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["secretsmanager:GetSecretValue"],
+                "Resource": [args.broker_secret_arn],
+            },
+        ]
+        if args.pull_repository_arns:
+            statements += [
+                # The registry login itself has no resource-level permissions.
+                {"Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": "*"},
+                {
+                    "Effect": "Allow",
+                    "Action": [
+                        "ecr:BatchCheckLayerAvailability",
+                        "ecr:BatchGetImage",
+                        "ecr:GetDownloadUrlForLayer",
+                    ],
+                    "Resource": list(args.pull_repository_arns),
+                },
+            ]
+        return statements
+
+    def task_arn_pattern(self) -> pulumi.Output[str]:
+        """ARN of any task of this cluster (scope of task-level permissions)."""
+        return self.aws.arn("ecs", pulumi.Output.concat("task/", self.cluster.name, "/*"))
+
+    def task_role(
+        self, name: str, statements: Sequence[Mapping[str, Any]], parent: pulumi.Resource
+    ) -> aws.iam.Role:
+        return role_with_policy(
+            name,
+            service="ecs-tasks.amazonaws.com",
+            statements=statements,
+            context=self.aws,
+            parent=parent,
+        )
+
+
+@dataclass(frozen=True)
+class TaskPlacement:
+    """Where a service's tasks run (the awsvpc network configuration)."""
+
+    subnet_ids: Sequence[pulumi.Input[str]]
+    security_group_id: pulumi.Input[str]
+    assign_public_ip: bool
+
+
+@dataclass(frozen=True)
+class ContainerInputs:
+    """What a service's single container needs beyond the fixed hardening."""
+
+    name: str
+    image: pulumi.Input[str]
+    command: Sequence[str]
+    environment: Mapping[str, str]
+    stop_timeout: int
+    port: int | None = None
+    health_check: Mapping[str, object] | None = field(default=None)
+
+
+def fargate_task_definition(
+    name: str,
+    *,
+    cluster: Cluster,
+    service: str,
+    family: str,
+    cpu: int,
+    memory: int,
+    container: ContainerInputs,
+    task_role: aws.iam.Role,
+    parent: pulumi.Resource,
+) -> aws.ecs.TaskDefinition:
+    """A Fargate task definition with one container; the broker URL arrives as a secret.
+
+    ``service`` names the cluster log group the container writes to.
+    """
+    if service not in cluster.log_groups:
+        raise ValueError(f"service: the cluster has no log group for {service!r}")
+    log_group = cluster.log_groups[service]
+
+    def render(values: list[str]) -> str:
+        image, secret_arn, log_group_name, region = values
+        spec = ContainerSpec(
+            name=container.name,
+            image=image,
+            command=container.command,
+            environment=container.environment,
+            secrets={BROKER_URL: secret_arn},
+            log_group=log_group_name,
+            region=region,
+            stop_timeout=container.stop_timeout,
+            port=container.port,
+            health_check=container.health_check,
+        )
+        return json.dumps([container_definition(spec)])
+
+    definitions = pulumi.Output.all(
+        container.image, cluster.broker_secret_arn, log_group.name, cluster.aws.region
+    ).apply(render)
+    return aws.ecs.TaskDefinition(
+        name,
+        family=family,
+        cpu=str(cpu),
+        memory=str(memory),
+        network_mode="awsvpc",
+        requires_compatibilities=["FARGATE"],
+        runtime_platform={"operating_system_family": "LINUX", "cpu_architecture": "X86_64"},
+        execution_role_arn=cluster.execution_role.arn,
+        task_role_arn=task_role.arn,
+        # Fargate ephemeral storage: the writable /tmp of a read-only root filesystem.
+        volumes=[{"name": TMP_VOLUME}],
+        container_definitions=definitions,
+        tags={"Service": service},
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+def fargate_service(
+    name: str,
+    *,
+    cluster: Cluster,
+    service: str,
+    task_definition: aws.ecs.TaskDefinition,
+    placement: TaskPlacement,
+    desired_count: int,
+    parent: pulumi.Resource,
+    autoscaled: bool,
+    minimum_healthy_percent: int = 100,
+    maximum_percent: int = 200,
+    load_balancers: Sequence[Mapping[str, Any]] = (),
+    health_check_grace_period: int | None = None,
+    depends_on: Sequence[pulumi.Resource] = (),
+) -> aws.ecs.Service:
+    """A Fargate service on the latest platform version that rolls back failed deployments.
+
+    ``autoscaled``: the desired count belongs to Application Auto Scaling once the service
+    exists, so later updates leave it alone.
+    """
+    return aws.ecs.Service(
+        name,
+        cluster=cluster.cluster.arn,
+        task_definition=task_definition.arn,
+        desired_count=desired_count,
+        launch_type="FARGATE",
+        platform_version="LATEST",
+        network_configuration={
+            "subnets": list(placement.subnet_ids),
+            "security_groups": [placement.security_group_id],
+            "assign_public_ip": placement.assign_public_ip,
+        },
+        load_balancers=[dict(balancer) for balancer in load_balancers] or None,
+        health_check_grace_period_seconds=health_check_grace_period,
+        deployment_minimum_healthy_percent=minimum_healthy_percent,
+        deployment_maximum_percent=maximum_percent,
+        deployment_circuit_breaker={"enable": True, "rollback": True},
+        # ECS Exec needs a writable root filesystem for its agent; the containers have none.
+        enable_execute_command=False,
+        enable_ecs_managed_tags=True,
+        propagate_tags="SERVICE",
+        tags={"Service": service},
+        opts=pulumi.ResourceOptions(
+            parent=parent,
+            depends_on=list(depends_on),
+            ignore_changes=["desired_count"] if autoscaled else None,
+        ),
+    )

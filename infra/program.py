@@ -1,0 +1,271 @@
+"""The Pulumi program: validate everything, then create the components and export the outputs.
+
+Validation (stack config, schedule translation, image source) happens before the first resource
+is registered, so a wrong value fails ``pulumi preview`` with one clear message and no
+half-created stack.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+from pulumi.runtime.config import CONFIG, get_config_env
+
+from app.schedule import SCHEDULE
+from infra.beat import Beat, BeatArgs
+from infra.broker import Broker, BrokerArgs
+from infra.cluster import AwsContext, Cluster, ClusterArgs
+from infra.config import ConfigError, NewVpc, StackConfig, load
+from infra.containers import (
+    metrics_namespace,
+    publisher_environment,
+    web_environment,
+    worker_environment,
+)
+from infra.eventbridge import Schedule, ScheduleArgs, ScheduledEntry, plan_schedule
+from infra.image import Image, ImageArgs
+from infra.network import AZ_COUNT, Network, NetworkArgs
+from infra.scaling import BacklogTarget, ServiceScaling, ServiceScalingArgs
+from infra.schedule_expr import ScheduleError
+from infra.web import Web, WebArgs
+from infra.worker import Worker, WorkerArgs
+
+CONFIG_NAMESPACE = "celery-ecs"
+#: The Docker build context: the project root, with the top-level Dockerfile.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def stack_config_values(namespace: str = CONFIG_NAMESPACE) -> dict[str, object]:
+    """Every ``<namespace>:<key>`` value of the stack, keyed by ``<key>``.
+
+    ``pulumi.Config`` only answers for keys it is asked about; unknown keys (typos) must be
+    seen too, so this reads the whole map the language host hands the program (the
+    ``PULUMI_CONFIG`` environment variable; ``set_all_config`` in tests).
+    """
+    prefix = f"{namespace}:"
+    merged = {**get_config_env(), **CONFIG.get()}
+    return {key[len(prefix) :]: value for key, value in merged.items() if key.startswith(prefix)}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything validated: what ``deploy`` builds."""
+
+    config: StackConfig
+    schedule: tuple[ScheduledEntry, ...]
+    #: ``<project>-<stack>``, safe for task definition families and log group names.
+    prefix: str
+    metrics_namespace: str
+    #: Build context of the image; None when ``imageUri`` is given.
+    image_context: Path | None
+
+
+def validate(
+    raw: dict[str, object], *, project: str, stack: str, project_root: Path = PROJECT_ROOT
+) -> Plan:
+    """Check the whole configuration; raises ``ConfigError`` naming the key."""
+    config = load(raw)
+    schedule: tuple[ScheduledEntry, ...] = ()
+    if config.scheduler == "eventbridge":
+        try:
+            schedule = plan_schedule(SCHEDULE)
+        except ScheduleError as error:
+            raise ConfigError(
+                f"scheduler: an entry of app.schedule cannot run on EventBridge: {error}; "
+                "allowed: beat (runs any Celery schedule), or change the entry"
+            ) from None
+    image_context = None
+    if config.image_uri is None:
+        if not (project_root / "Dockerfile").is_file():
+            raise ConfigError(
+                f"imageUri: not set, and there is no Dockerfile in {project_root} to build; "
+                "allowed: a prebuilt image URI, or a Dockerfile at the project root"
+            )
+        image_context = project_root
+    prefix = re.sub(r"[^A-Za-z0-9_-]", "-", f"{project}-{stack}")
+    return Plan(
+        config=config,
+        schedule=schedule,
+        prefix=prefix,
+        metrics_namespace=metrics_namespace(project, stack),
+        image_context=image_context,
+    )
+
+
+def available_zones() -> list[str]:
+    """Regular AZs of the region (no Local or Wavelength Zones), in AWS's order."""
+    zones = aws.get_availability_zones(
+        state="available",
+        filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
+    ).names
+    if len(zones) < AZ_COUNT:
+        raise pulumi.RunError(f"the region has {len(zones)} available AZs; {AZ_COUNT} needed")
+    return list(zones)
+
+
+def deploy(plan: Plan) -> dict[str, Any]:
+    """Create every component; returns the stack outputs."""
+    config = plan.config
+    context = AwsContext.lookup()
+    created_vpc = isinstance(config.network, NewVpc)
+    worker_services = {pool.name: f"worker-{pool.name}" for pool in config.workers}
+    scheduler_service = "beat" if config.scheduler == "beat" else "enqueue"
+    services = ["web", *worker_services.values()]
+    if config.scheduler == "beat" or plan.schedule:
+        services.append(scheduler_service)
+
+    network = Network(
+        "network",
+        NetworkArgs(
+            vpc=config.network,
+            availability_zones=available_zones() if created_vpc else (),
+            https=config.web.certificate_arn is not None,
+            flow_logs=config.production and created_vpc,
+            log_retention_days=config.log_retention_days,
+            aws=context,
+        ),
+    )
+    broker = Broker(
+        "broker",
+        BrokerArgs(
+            config=config.broker,
+            subnet_ids=network.private_subnet_ids,
+            security_group_id=network.broker_security_group_id,
+            secret_recovery_days=7 if config.production else 0,
+            secret_name_prefix=f"{plan.prefix}/broker-url-",
+        ),
+    )
+    # The repository is named after the stack (ECR names are lowercase).
+    image = Image(
+        plan.prefix.lower(),
+        ImageArgs(
+            aws=context,
+            context=plan.image_context,
+            image_uri=config.image_uri,
+            force_delete=not config.production,
+        ),
+    )
+    cluster = Cluster(
+        "cluster",
+        ClusterArgs(
+            cluster_name=plan.prefix,
+            services=services,
+            log_group_prefix=f"/ecs/{plan.prefix}",
+            broker_secret_arn=broker.secret.arn,
+            aws=context,
+            log_retention_days=config.log_retention_days,
+            pull_repository_arns=image.pull_repository_arns,
+        ),
+    )
+    background = network.task_placement(network.background_security_group_id)
+
+    web = Web(
+        "web",
+        WebArgs(
+            config=config.web,
+            cluster=cluster,
+            family=f"{plan.prefix}-web",
+            image=image.image_ref,
+            environment=web_environment(config),
+            vpc_id=network.vpc_id,
+            public_subnet_ids=network.public_subnet_ids,
+            alb_security_group_id=network.alb_security_group_id,
+            placement=network.task_placement(network.web_security_group_id),
+        ),
+    )
+    ServiceScaling(
+        "web-scaling",
+        ServiceScalingArgs(
+            cluster_name=cluster.cluster.name,
+            service_name=web.service.name,
+            min_count=config.web.min_count,
+            max_count=config.web.max_count,
+            cpu_percent=config.web.target_cpu_percent,
+            requests_per_task=config.web.target_requests_per_task,
+            request_count_label=web.request_count_label,
+        ),
+    )
+    service_names: dict[str, pulumi.Output[str]] = {"web": web.service.name}
+
+    for pool in config.workers:
+        service = worker_services[pool.name]
+        worker = Worker(
+            service,
+            WorkerArgs(
+                pool=pool,
+                cluster=cluster,
+                service=service,
+                family=f"{plan.prefix}-{service}",
+                image=image.image_ref,
+                environment=worker_environment(config, pool, plan.metrics_namespace),
+                placement=background,
+            ),
+        )
+        ServiceScaling(
+            f"{service}-scaling",
+            ServiceScalingArgs(
+                cluster_name=cluster.cluster.name,
+                service_name=worker.service.name,
+                min_count=pool.min_count,
+                max_count=pool.max_count,
+                backlog=BacklogTarget(
+                    namespace=plan.metrics_namespace,
+                    queues=pool.queues,
+                    per_task=pool.backlog_per_task,
+                ),
+            ),
+        )
+        service_names[service] = worker.service.name
+
+    if config.scheduler == "beat":
+        beat = Beat(
+            "beat",
+            BeatArgs(
+                cluster=cluster,
+                family=f"{plan.prefix}-beat",
+                image=image.image_ref,
+                environment=publisher_environment(config),
+                placement=background,
+            ),
+        )
+        service_names["beat"] = beat.service.name
+    elif plan.schedule:
+        Schedule(
+            "schedule",
+            ScheduleArgs(
+                entries=plan.schedule,
+                cluster=cluster,
+                family=f"{plan.prefix}-enqueue",
+                image=image.image_ref,
+                environment=publisher_environment(config),
+                placement=background,
+            ),
+        )
+
+    return {
+        "webUrl": web.url,
+        "brokerEndpoint": pulumi.Output.concat(broker.primary_endpoint, ":", str(broker.port)),
+        "clusterName": cluster.cluster.name,
+        "serviceNames": service_names,
+        "imageRepositoryUrl": image.repository.repository_url,
+        "scheduler": config.scheduler,
+    }
+
+
+def main(project_root: Path = PROJECT_ROOT) -> dict[str, Any]:
+    """Run the program: validate, deploy, export. Returns the exported outputs."""
+    plan = validate(
+        stack_config_values(),
+        project=pulumi.get_project(),
+        stack=pulumi.get_stack(),
+        project_root=project_root,
+    )
+    outputs = deploy(plan)
+    for name, value in outputs.items():
+        pulumi.export(name, value)
+    return outputs

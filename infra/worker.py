@@ -1,0 +1,103 @@
+"""One worker pool: an ECS service of Celery workers consuming the pool's queues."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.cluster import (
+    Cluster,
+    ContainerInputs,
+    TaskPlacement,
+    fargate_service,
+    fargate_task_definition,
+)
+from infra.config import WorkerPool
+from infra.containers import health_check, worker_command
+
+CONTAINER_NAME = "worker"
+#: What a worker needs to hold scale-in protection while it runs tasks (cold-shutdown pools).
+TASK_PROTECTION_ACTIONS = ("ecs:GetTaskProtection", "ecs:UpdateTaskProtection")
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    """Arguments of ``Worker``.
+
+    - ``pool``: the validated pool (queues, concurrency, counts, size, timeout budget).
+      Required.
+    - ``cluster``: the ECS cluster with a log group for ``service``. Required.
+    - ``service``: the service's name in the cluster's log groups. Required.
+    - ``family``: task definition family. Required.
+    - ``image``: image reference. Required.
+    - ``environment``: container environment (no secrets). Required.
+    - ``placement``: subnets, the background security group, public IP or not. Required.
+    """
+
+    pool: WorkerPool
+    cluster: Cluster
+    service: str
+    family: str
+    image: pulumi.Input[str]
+    environment: Mapping[str, str]
+    placement: TaskPlacement
+
+
+class Worker(pulumi.ComponentResource):
+    service: aws.ecs.Service
+
+    def __init__(
+        self, name: str, args: WorkerArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("celery-ecs:infra:Worker", name, None, opts)
+        args = self._normalize(args)
+        pool = args.pool
+        statements: list[dict[str, Any]] = []
+        if pool.budget.task_protection:
+            statements.append(
+                {
+                    "Effect": "Allow",
+                    "Action": list(TASK_PROTECTION_ACTIONS),
+                    "Resource": [args.cluster.task_arn_pattern()],
+                }
+            )
+        task_role = args.cluster.task_role(f"{name}-task", statements, parent=self)
+        task_definition = fargate_task_definition(
+            f"{name}-task",
+            cluster=args.cluster,
+            service=args.service,
+            family=args.family,
+            cpu=pool.cpu,
+            memory=pool.memory,
+            container=ContainerInputs(
+                name=CONTAINER_NAME,
+                image=args.image,
+                command=worker_command(pool),
+                environment=args.environment,
+                stop_timeout=pool.budget.stop_timeout,
+                health_check=health_check("worker"),
+            ),
+            task_role=task_role,
+            parent=self,
+        )
+        self.service = fargate_service(
+            f"{name}-service",
+            cluster=args.cluster,
+            service=args.service,
+            task_definition=task_definition,
+            placement=args.placement,
+            desired_count=pool.min_count,
+            parent=self,
+            autoscaled=True,
+        )
+        self.register_outputs({"serviceName": self.service.name})
+
+    @staticmethod
+    def _normalize(args: WorkerArgs) -> WorkerArgs:
+        if args.pool.min_count < 1:
+            raise ValueError("pool.min_count: a queue must never sit without a consumer")
+        return args

@@ -1,0 +1,280 @@
+"""Stack config validation (infra/config.py): defaults, and every invalid value names its key
+path and what is allowed."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from app.routing import QUEUES
+from infra.budget import web_budget, worker_budget
+from infra.config import (
+    FARGATE_MEMORY,
+    ConfigError,
+    ExistingVpc,
+    NewVpc,
+    load,
+)
+
+POOL = {"name": "all", "queues": list(QUEUES)}
+
+
+def test_empty_config_gives_a_deployable_default_stack() -> None:
+    config = load({})
+    assert config.scheduler == "beat"
+    assert config.max_countdown == 300
+    assert config.network == NewVpc(cidr="10.0.0.0/16", nat_gateways="none")
+    assert config.broker.engine == "redis"
+    assert config.broker.parameter_group_family == "redis7"
+    assert config.broker.node_type == "cache.t4g.micro"
+    assert config.broker.replicas == 0
+    assert config.web.certificate_arn is None
+    (pool,) = config.workers
+    assert pool.name == "default"
+    assert pool.queues == QUEUES
+    assert pool.min_count >= 1
+    assert pool.budget == worker_budget(pool.task_timeout, max_stop_timeout=120, max_countdown=300)
+    assert config.web.budget == web_budget(30)
+
+
+def test_production_switches_to_safe_defaults() -> None:
+    config = load({"production": "true"})
+    assert config.network == NewVpc(cidr="10.0.0.0/16", nat_gateways="perAz")
+    assert config.broker.replicas == 1
+    assert config.log_retention_days == 365
+    assert config.web.deletion_protection is True
+    assert config.web.min_count == 2
+
+
+def test_values_arrive_as_cli_text_or_parsed() -> None:
+    """The CLI hands top-level values over as strings (objects as JSON); both forms load."""
+    workers = [
+        {"name": "fast", "queues": ["default"]},
+        {"name": "slow", "queues": ["long"], "taskTimeout": 1800},
+    ]
+    as_text = load(
+        {"maxCountdown": "60", "workers": json.dumps(workers), "web": json.dumps({"minCount": 2})}
+    )
+    parsed = load({"maxCountdown": 60, "workers": workers, "web": {"minCount": 2}})
+    assert as_text == parsed
+    assert [pool.name for pool in parsed.workers] == ["fast", "slow"]
+    assert parsed.workers[1].budget.task_protection is True
+    assert parsed.workers[0].budget.max_countdown == 60
+
+
+def test_existing_vpc() -> None:
+    network = {
+        "vpcId": "vpc-0123456789abcdef0",
+        "publicSubnetIds": ["subnet-00000001", "subnet-00000002"],
+        "privateSubnetIds": ["subnet-00000003", "subnet-00000004"],
+    }
+    config = load({"network": network})
+    assert config.network == ExistingVpc(
+        vpc_id="vpc-0123456789abcdef0",
+        public_subnet_ids=("subnet-00000001", "subnet-00000002"),
+        private_subnet_ids=("subnet-00000003", "subnet-00000004"),
+    )
+    assert not config.tasks_in_public_subnets
+
+
+@pytest.mark.parametrize(
+    "engine, version, family",
+    [
+        ("redis", None, "redis7"),
+        ("valkey", None, "valkey8"),
+        ("valkey", "7.2", "valkey7"),
+        ("redis", "7.0", "redis7"),
+    ],
+)
+def test_parameter_group_family_follows_engine_and_version(
+    engine: str, version: str | None, family: str
+) -> None:
+    broker = {"engine": engine} | ({"engineVersion": version} if version else {})
+    assert load({"broker": broker}).broker.parameter_group_family == family
+
+
+def test_every_fargate_size_is_accepted() -> None:
+    for cpu, memories in FARGATE_MEMORY.items():
+        for memory in memories:
+            load({"web": {"cpu": cpu, "memory": memory}})
+
+
+def pools(*overrides: dict[str, object]) -> list[dict[str, object]]:
+    """A valid pool list (first pool consumes every queue) with fields replaced."""
+    result: list[dict[str, object]] = [dict(POOL), {"name": "second", "queues": ["default"]}]
+    for index, override in enumerate(overrides):
+        result[index] = {**result[index], **override}
+    return result
+
+
+# (raw config, key path the error must start with, text the allowed part must contain)
+INVALID = [
+    pytest.param({"maxCountdown": "soon"}, "maxCountdown", "an integer 0..86400", id="type"),
+    pytest.param({"web": {"minCount": "2"}}, "web.minCount", "an integer >= 1", id="type-nested"),
+    pytest.param(
+        {"web": {"deletionProtection": "yes"}},
+        "web.deletionProtection",
+        "true, false",
+        id="type-bool",
+    ),
+    pytest.param({"workers": "{}"}, "workers", "a list of worker pool objects", id="type-list"),
+    pytest.param({"scheduler": "cron"}, "scheduler", "beat, eventbridge", id="enum-scheduler"),
+    pytest.param(
+        {"broker": {"engine": "memcached"}}, "broker.engine", "redis, valkey", id="enum-engine"
+    ),
+    pytest.param(
+        {"network": {"natGateways": "two"}},
+        "network.natGateways",
+        "none, single, perAz",
+        id="enum-nat",
+    ),
+    pytest.param({"logLevel": "verbose"}, "logLevel", "DEBUG, INFO", id="enum-log-level"),
+    pytest.param(
+        {"logRetentionDays": 10}, "logRetentionDays", "1, 3, 5, 7, 14, 30", id="retention"
+    ),
+    pytest.param({"colour": "blue"}, "colour", "production, scheduler", id="unknown-top"),
+    pytest.param({"web": {"cpus": 256}}, "web.cpus", "cpu, memory", id="unknown-web"),
+    pytest.param(
+        {"workers": pools({"threads": 2})}, "workers[0].threads", "name, queues", id="unknown-pool"
+    ),
+    pytest.param(
+        {"workers": pools({}, {"minCount": 0})},
+        "workers[1].minCount",
+        "an integer >= 1",
+        id="min-count-zero",
+    ),
+    pytest.param(
+        {"workers": pools({"minCount": 3, "maxCount": 2})},
+        "workers[0].maxCount",
+        "an integer >= 3",
+        id="max-below-min",
+    ),
+    pytest.param(
+        {"web": {"minCount": 3, "maxCount": 2}},
+        "web.maxCount",
+        "an integer >= 3",
+        id="web-max-below-min",
+    ),
+    pytest.param(
+        {"workers": pools({}, {"queues": ["default", "urgent"]})},
+        "workers[1].queues[1]",
+        ", ".join(QUEUES),
+        id="unknown-queue",
+    ),
+    pytest.param(
+        {"workers": [{"name": "only", "queues": ["default"]}]},
+        "workers",
+        "consume every queue",
+        id="uncovered-queue",
+    ),
+    pytest.param(
+        {"workers": pools({}, {"name": "all"})},
+        "workers[1].name",
+        "a name used by no other pool",
+        id="duplicate-pool",
+    ),
+    pytest.param(
+        {"workers": pools({"name": "Big_Pool"})},
+        "workers[0].name",
+        "lowercase letters, digits and dashes",
+        id="pool-name-not-dns-safe",
+    ),
+    pytest.param(
+        {"workers": pools({"cpu": 1024, "memory": 1024})},
+        "workers[0].memory",
+        "2048, 3072, 4096, 5120, 6144, 7168, 8192",
+        id="cpu-memory-pair",
+    ),
+    pytest.param(
+        {"workers": pools({"cpu": 300})},
+        "workers[0].cpu",
+        "256, 512, 1024, 2048, 4096, 8192, 16384",
+        id="cpu-size",
+    ),
+    pytest.param(
+        {"workers": pools({"taskTimeout": 0})},
+        "workers[0].taskTimeout",
+        "1..86400",
+        id="task-timeout-low",
+    ),
+    pytest.param(
+        {"workers": pools({"taskTimeout": 86_401})},
+        "workers[0].taskTimeout",
+        "1..86400",
+        id="task-timeout-high",
+    ),
+    pytest.param(
+        {"workers": pools({}, {"maxStopTimeout": 121})},
+        "workers[1].maxStopTimeout",
+        "11..120",
+        id="max-stop-timeout-high",
+    ),
+    pytest.param(
+        {"workers": pools({"maxStopTimeout": 10})},
+        "workers[0].maxStopTimeout",
+        "11..120",
+        id="max-stop-timeout-low",
+    ),
+    pytest.param(
+        {"web": {"requestTimeout": 111}},
+        "web.requestTimeout",
+        "1..110",
+        id="request-timeout-too-long",
+    ),
+    pytest.param(
+        {"web": {"certificateArn": "my-cert"}},
+        "web.certificateArn",
+        "certificate ARN",
+        id="certificate-arn",
+    ),
+    pytest.param(
+        {"broker": {"engine": "redis", "engineVersion": "8.0"}},
+        "broker.engineVersion",
+        "major 7",
+        id="engine-version",
+    ),
+    pytest.param({"broker": {"replicas": 6}}, "broker.replicas", "0..5", id="replicas"),
+    pytest.param({"network": {"cidr": "10.0.0.0/28"}}, "network.cidr", "/16../24", id="cidr"),
+    pytest.param(
+        {
+            "network": {
+                "vpcId": "vpc-01234567",
+                "publicSubnetIds": ["subnet-00000001"],
+                "privateSubnetIds": ["subnet-00000002", "subnet-00000003"],
+            }
+        },
+        "network.publicSubnetIds",
+        "at least two",
+        id="one-subnet",
+    ),
+    pytest.param(
+        {"network": {"vpcId": "vpc-01234567", "cidr": "10.0.0.0/16"}},
+        "network.cidr",
+        "either {cidr, natGateways}",
+        id="mixed-network",
+    ),
+    pytest.param(
+        {"production": True, "network": {"natGateways": "none"}},
+        "network.natGateways",
+        "single, perAz",
+        id="production-public-ip",
+    ),
+]
+
+
+@pytest.mark.parametrize("raw, key_path, allowed", INVALID)
+def test_invalid_config_names_key_and_allowed_values(
+    raw: dict[str, object], key_path: str, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(raw)
+    message = str(caught.value)
+    assert message.startswith(f"{key_path}: "), message
+    assert allowed in message, message
+
+
+def test_error_lists_memory_sizes_for_the_cpu_given() -> None:
+    with pytest.raises(ConfigError, match=re.escape("allowed: 512, 1024, 2048")):
+        load({"web": {"cpu": 256, "memory": 4096}})

@@ -1,0 +1,788 @@
+"""The Pulumi program under mocks: every test runs the whole program afresh (fresh event loop,
+fresh mocks, its own config) and checks the registered resources as plain data.
+
+Every test runs against the defaults (only ``aws:region`` set) and a production stack on
+EventBridge with three pools, NAT and HTTPS; the tests where it makes a difference also run
+against an existing VPC with a prebuilt image. The dev stack file gets its own test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from app import settings as env_names
+from app.schedule import SCHEDULE, Every, PeriodicEntry
+from infra import program
+from infra.broker import broker_url
+from infra.budget import BEAT_STOP_TIMEOUT, FARGATE_STOP_TIMEOUT_CAP
+from infra.config import ConfigError, ExistingVpc, NewVpc, StackConfig, load
+from infra.schedule_expr import to_eventbridge_expression
+from tests.ecs_model import problems
+from tests.pulumi_harness import (
+    ACCOUNT,
+    MOCK_AUTH_TOKEN,
+    REGION,
+    ProgramRun,
+    RecordingMocks,
+    Registration,
+    run_program,
+    stack_file_config,
+)
+
+CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"
+ECR_IMAGE = "210987654321.dkr.ecr.eu-west-1.amazonaws.com/shared/celery-ecs@sha256:" + "a" * 64
+STACKS: dict[str, dict[str, object]] = {
+    "defaults": {},
+    "production-eventbridge": {
+        "production": True,
+        "scheduler": "eventbridge",
+        "maxCountdown": 600,
+        "workers": [
+            {
+                "name": "default",
+                "queues": ["default"],
+                "concurrency": 8,
+                "taskTimeout": 30,
+                "minCount": 2,
+                "maxCount": 10,
+            },
+            {
+                "name": "long",
+                "queues": ["long"],
+                "taskTimeout": 3600,
+                "maxStopTimeout": 60,
+                "cpu": 1024,
+                "memory": 4096,
+                "backlogPerTask": 1,
+            },
+            {"name": "overflow", "queues": ["default", "long"], "minCount": 1, "maxCount": 3},
+        ],
+        "web": {
+            "certificateArn": CERTIFICATE,
+            "accessLogsBucket": "alb-logs-bucket",
+            "minCount": 2,
+            "maxCount": 6,
+            "requestTimeout": 60,
+            "targetRequestsPerTask": 500,
+        },
+        "broker": {"engine": "valkey", "replicas": 2, "snapshotRetentionDays": 14},
+        "network": {"natGateways": "single"},
+    },
+    "existing-vpc-prebuilt-image": {
+        "imageUri": ECR_IMAGE,
+        "scheduler": "eventbridge",
+        "network": {
+            "vpcId": "vpc-0123456789abcdef0",
+            "publicSubnetIds": ["subnet-000000a1", "subnet-000000a2"],
+            "privateSubnetIds": ["subnet-000000b1", "subnet-000000b2", "subnet-000000b3"],
+        },
+    },
+}
+
+BROKER_SECRET_ARN = (
+    f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret/celery-ecs-test/broker-url-abc1234"
+)
+ALL_STACKS = list(STACKS)
+BEAT_STACKS = [name for name, raw in STACKS.items() if raw.get("scheduler", "beat") == "beat"]
+EVENTBRIDGE_STACKS = [name for name in STACKS if name not in BEAT_STACKS]
+
+SERVICE = "aws:ecs/service:Service"
+TASK_DEFINITION = "aws:ecs/taskDefinition:TaskDefinition"
+SCALING_TARGET = "aws:appautoscaling/target:Target"
+SCALING_POLICY = "aws:appautoscaling/policy:Policy"
+INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+RULE = "aws:cloudwatch/eventRule:EventRule"
+TARGET = "aws:cloudwatch/eventTarget:EventTarget"
+ROLE = "aws:iam/role:Role"
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+
+
+@dataclass(frozen=True)
+class Deployed:
+    config: StackConfig
+    run: ProgramRun
+
+    def service(self, name: str) -> Registration:
+        return self.run.named(SERVICE, f"{name}-service")
+
+    def service_name(self, name: str) -> str:
+        return self.run.outputs["serviceNames"][name]
+
+    def physical_name(self, typ: str, logical: str) -> str:
+        """The mock gives auto-named resources ``<logical>-abc1234``."""
+        return self.run.named(typ, logical).inputs.get("name") or f"{logical}-abc1234"
+
+
+@pytest.fixture(params=["defaults", "production-eventbridge"])
+def deployed(request: pytest.FixtureRequest) -> Deployed:
+    raw = STACKS[request.param]
+    return Deployed(config=load(raw), run=run_program(raw))
+
+
+def as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def statements(document: dict[str, Any]) -> list[dict[str, Any]]:
+    return as_list(document["Statement"])  # type: ignore[arg-type]
+
+
+# --- schedule source ------------------------------------------------------------------------
+
+
+def test_exactly_one_schedule_source(deployed: Deployed) -> None:
+    run = deployed.run
+    beat_services = [s for s in run.of_type(SERVICE) if s.name == "beat-service"]
+    if deployed.config.scheduler == "beat":
+        assert len(beat_services) == 1
+        assert run.of_type(RULE) == [] and run.of_type(TARGET) == []
+        assert "beat" in run.outputs["serviceNames"]
+    else:
+        assert beat_services == []
+        assert "beat" not in run.task_definitions()
+        assert len(run.of_type(RULE)) == len(SCHEDULE)
+        assert len(run.of_type(TARGET)) == len(SCHEDULE)
+    assert run.outputs["scheduler"] == deployed.config.scheduler
+
+
+@pytest.mark.parametrize("deployed", BEAT_STACKS, indirect=True)
+def test_beat_is_a_singleton_without_scaling(deployed: Deployed) -> None:
+    beat = deployed.service("beat").inputs
+    assert beat["desiredCount"] == 1
+    assert beat["deploymentMaximumPercent"] == 100
+    assert beat["deploymentMinimumHealthyPercent"] == 0
+    beat_name = deployed.service_name("beat")
+    assert not [
+        t
+        for t in deployed.run.of_type(SCALING_TARGET)
+        if t.inputs["resourceId"].endswith(f"/{beat_name}")
+    ]
+
+
+@pytest.mark.parametrize("deployed", EVENTBRIDGE_STACKS, indirect=True)
+def test_one_rule_and_target_per_schedule_entry(deployed: Deployed) -> None:
+    run = deployed.run
+    enqueue = run.task_definitions()["enqueue"]
+    for entry in SCHEDULE:
+        rule = run.named(RULE, f"schedule-{entry.name}")
+        assert rule.inputs["scheduleExpression"] == to_eventbridge_expression(entry.schedule)
+        target = run.named(TARGET, f"schedule-{entry.name}").inputs
+        assert target["rule"] == deployed.physical_name(RULE, f"schedule-{entry.name}")
+        assert (
+            target["arn"] == f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/{run.outputs['clusterName']}"
+        )
+        ecs = target["ecsTarget"]
+        assert ecs["taskDefinitionArn"].split("/")[-1] == f"{enqueue.family}:1"
+        assert ecs["launchType"] == "FARGATE" and ecs["platformVersion"] == "LATEST"
+        assert (
+            ecs["networkConfiguration"]["assignPublicIp"] == deployed.config.tasks_in_public_subnets
+        )
+        transformer = target["inputTransformer"]
+        assert transformer["inputPaths"] == {"time": "$.time"}
+        overrides = json.loads(transformer["inputTemplate"])
+        assert overrides == {
+            "containerOverrides": [
+                {
+                    "name": enqueue.container["name"],
+                    "command": [
+                        "python",
+                        "-m",
+                        "app.enqueue",
+                        "--entry",
+                        entry.name,
+                        "--slot",
+                        "<time>",
+                    ],
+                }
+            ]
+        }
+
+
+@pytest.mark.parametrize("deployed", EVENTBRIDGE_STACKS, indirect=True)
+def test_eventbridge_role_may_only_run_the_enqueue_task(deployed: Deployed) -> None:
+    run = deployed.run
+    family = run.task_definitions()["enqueue"].family
+    role = run.named(ROLE, "schedule-events")
+    trust = json.loads(role.inputs["assumeRolePolicy"])
+    assert statements(trust)[0]["Principal"] == {"Service": "events.amazonaws.com"}
+    policy = json.loads(run.named(ROLE_POLICY, "schedule-events").inputs["policy"])
+    by_action = {tuple(as_list(s["Action"])): s for s in statements(policy)}
+    assert set(by_action) == {("ecs:RunTask",), ("iam:PassRole",)}
+    run_task = by_action[("ecs:RunTask",)]
+    assert run_task["Resource"] == [f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/{family}:*"]
+    assert run_task["Condition"] == {
+        "ArnEquals": {
+            "ecs:cluster": f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/{run.outputs['clusterName']}"
+        }
+    }
+    pass_role = by_action[("iam:PassRole",)]
+    assert sorted(pass_role["Resource"]) == sorted(
+        [
+            f"arn:aws:iam::{ACCOUNT}:role/schedule-task-abc1234",
+            f"arn:aws:iam::{ACCOUNT}:role/cluster-execution-abc1234",
+        ]
+    )
+    enqueue_inputs = run.task_definitions()["enqueue"].inputs
+    assert set(pass_role["Resource"]) == {
+        enqueue_inputs["taskRoleArn"],
+        enqueue_inputs["executionRoleArn"],
+    }
+
+
+# --- workers and scaling --------------------------------------------------------------------
+
+
+def test_every_pool_has_a_consuming_service_and_scales_on_backlog(deployed: Deployed) -> None:
+    run = deployed.run
+    cluster = run.outputs["clusterName"]
+    for pool in deployed.config.workers:
+        service = deployed.service(f"worker-{pool.name}").inputs
+        assert service["desiredCount"] == pool.min_count >= 1
+        assert "loadBalancers" not in service
+        name = deployed.service_name(f"worker-{pool.name}")
+        target = run.named(SCALING_TARGET, f"worker-{pool.name}-scaling").inputs
+        assert target["resourceId"] == f"service/{cluster}/{name}"
+        assert target["scalableDimension"] == "ecs:service:DesiredCount"
+        assert (target["minCapacity"], target["maxCapacity"]) == (pool.min_count, pool.max_count)
+
+        policy = run.named(SCALING_POLICY, f"worker-{pool.name}-scaling-backlog").inputs
+        tracking = policy["targetTrackingScalingPolicyConfiguration"]
+        assert tracking["targetValue"] == pool.backlog_per_task
+        assert tracking["scaleInCooldown"] > tracking["scaleOutCooldown"]
+        metrics = {m["id"]: m for m in tracking["customizedMetricSpecification"]["metrics"]}
+        backlog_ids = [
+            key for key in metrics if key.startswith("backlog") and key != "backlog_per_task"
+        ]
+        queues = {
+            metrics[key]["metricStat"]["metric"]["dimensions"][0]["value"] for key in backlog_ids
+        }
+        assert queues == set(pool.queues)
+        for key in backlog_ids:
+            stat = metrics[key]["metricStat"]
+            assert stat["stat"] == "Maximum"
+            assert stat["metric"]["namespace"] == "CeleryEcs/celery-ecs-test"
+            assert stat["metric"]["metricName"] == "Backlog"
+            assert stat["metric"]["dimensions"][0]["name"] == "Queue"
+        tasks = metrics["tasks"]["metricStat"]["metric"]
+        assert tasks["namespace"] == "ECS/ContainerInsights"
+        assert tasks["metricName"] == "RunningTaskCount"
+        assert tasks["dimensions"] == [
+            {"name": "ClusterName", "value": cluster},
+            {"name": "ServiceName", "value": name},
+        ]
+        result = [m for m in metrics.values() if m["returnData"]]
+        assert len(result) == 1 and result[0]["expression"].endswith("/ tasks")
+        for key in backlog_ids:
+            assert key in result[0]["expression"]
+
+
+def test_web_scales_on_cpu_and_optionally_requests(deployed: Deployed) -> None:
+    run, web = deployed.run, deployed.config.web
+    target = run.named(SCALING_TARGET, "web-scaling").inputs
+    assert (target["minCapacity"], target["maxCapacity"]) == (web.min_count, web.max_count)
+    cpu = run.named(SCALING_POLICY, "web-scaling-cpu").inputs
+    tracking = cpu["targetTrackingScalingPolicyConfiguration"]
+    assert (
+        tracking["predefinedMetricSpecification"]["predefinedMetricType"]
+        == "ECSServiceAverageCPUUtilization"
+    )
+    assert tracking["targetValue"] == web.target_cpu_percent
+    requests = [p for p in run.of_type(SCALING_POLICY) if p.name == "web-scaling-requests"]
+    if web.target_requests_per_task is None:
+        assert requests == []
+    else:
+        spec = requests[0].inputs["targetTrackingScalingPolicyConfiguration"]
+        assert spec["predefinedMetricSpecification"] == {
+            "predefinedMetricType": "ALBRequestCountPerTarget",
+            "resourceLabel": "app/web-alb-abc1234/0123456789abcdef/"
+            "targetgroup/web-tg-abc1234/0123456789abcdef",
+        }
+        assert spec["targetValue"] == web.target_requests_per_task
+
+
+# --- network --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
+def test_only_the_load_balancer_is_open_to_the_internet(deployed: Deployed) -> None:
+    run = deployed.run
+    groups = {f"{g.name}-id": g.name for g in run.of_type("aws:ec2/securityGroup:SecurityGroup")}
+    ingress = [(groups[r.inputs["securityGroupId"]], r.inputs) for r in run.of_type(INGRESS)]
+    public = [(group, rule["fromPort"]) for group, rule in ingress if "cidrIpv4" in rule]
+    https = deployed.config.web.certificate_arn is not None
+    assert sorted(public) == sorted(
+        [("network-alb", 80)] + ([("network-alb", 443)] if https else [])
+    )
+    for group, rule in ingress:
+        assert "cidrIpv6" not in rule and "prefixListId" not in rule
+        assert rule["ipProtocol"] == "tcp" and rule["fromPort"] == rule["toPort"]
+        if group == "network-web":
+            assert (groups[rule["referencedSecurityGroupId"]], rule["fromPort"]) == (
+                "network-alb",
+                8000,
+            )
+        elif group == "network-broker":
+            assert groups[rule["referencedSecurityGroupId"]] in (
+                "network-web",
+                "network-background",
+            )
+            assert rule["fromPort"] == 6379
+        else:
+            assert group == "network-alb"
+    broker_sources = {
+        groups[rule["referencedSecurityGroupId"]]
+        for group, rule in ingress
+        if group == "network-broker"
+    }
+    assert broker_sources == {"network-web", "network-background"}
+    # The broker sits in the broker group; tasks in theirs; nothing else has any ingress.
+    replication = run.one("aws:elasticache/replicationGroup:ReplicationGroup").inputs
+    assert [groups[g] for g in replication["securityGroupIds"]] == ["network-broker"]
+    assert {
+        groups[g]
+        for s in run.of_type(SERVICE)
+        for g in s.inputs["networkConfiguration"]["securityGroups"]
+    } <= {"network-web", "network-background"}
+    for rule in run.of_type(EGRESS):
+        assert rule.inputs["ipProtocol"] == "tcp"
+        assert rule.inputs.get("cidrIpv4") in (None, "0.0.0.0/0")
+        if "cidrIpv4" in rule.inputs:
+            assert rule.inputs["fromPort"] == 443
+
+
+@pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
+def test_created_vpc_has_two_azs_and_a_closed_default_group(deployed: Deployed) -> None:
+    run, network = deployed.run, deployed.config.network
+    subnets = run.of_type("aws:ec2/subnet:Subnet")
+    if isinstance(network, ExistingVpc):
+        assert subnets == [] and run.of_type("aws:ec2/vpc:Vpc") == []
+        for service in run.of_type(SERVICE):
+            assert service.inputs["networkConfiguration"]["subnets"] == list(
+                network.private_subnet_ids
+            )
+        return
+    assert isinstance(network, NewVpc)
+    for kind in ("public", "private"):
+        zones = [s.inputs["availabilityZone"] for s in subnets if f"-{kind}-" in s.name]
+        assert len(zones) == 2 and len(set(zones)) == 2
+    default_group = run.one("aws:ec2/defaultSecurityGroup:DefaultSecurityGroup").inputs
+    assert "ingress" not in default_group and "egress" not in default_group
+    nat_count = {"none": 0, "single": 1, "perAz": 2}[network.nat_gateways]
+    assert len(run.of_type("aws:ec2/natGateway:NatGateway")) == nat_count
+    for service in run.of_type(SERVICE):
+        placement = service.inputs["networkConfiguration"]
+        assert placement["assignPublicIp"] == (nat_count == 0)
+        kind = "public" if nat_count == 0 else "private"
+        assert placement["subnets"] == [f"network-{kind}-0-id", f"network-{kind}-1-id"]
+    flow_logs = run.of_type("aws:ec2/flowLog:FlowLog")
+    assert len(flow_logs) == (1 if deployed.config.production else 0)
+
+
+# --- broker and secrets ---------------------------------------------------------------------
+
+
+def test_broker_is_encrypted_authenticated_and_never_evicts(deployed: Deployed) -> None:
+    run, broker = deployed.run, deployed.config.broker
+    group = run.one("aws:elasticache/replicationGroup:ReplicationGroup").inputs
+    assert group["engine"] == broker.engine == broker.engine.lower()
+    assert group["engineVersion"] == broker.engine_version
+    assert group["clusterMode"] == "disabled" and "numNodeGroups" not in group
+    assert group["numCacheClusters"] == 1 + broker.replicas
+    assert group["transitEncryptionEnabled"] is True
+    assert group["transitEncryptionMode"] == "required"
+    assert group["atRestEncryptionEnabled"] is True
+    assert group["authToken"] == MOCK_AUTH_TOKEN
+    assert "authToken" in run.one("aws:elasticache/replicationGroup:ReplicationGroup").secret_inputs
+    assert group["autoMinorVersionUpgrade"] is True
+    assert group["snapshotRetentionLimit"] == broker.snapshot_retention_days
+    failover = broker.replicas >= 1
+    assert group["automaticFailoverEnabled"] is failover
+    assert group["multiAzEnabled"] is failover
+    parameters = run.one("aws:elasticache/parameterGroup:ParameterGroup").inputs
+    assert parameters["family"] == broker.parameter_group_family
+    assert parameters["parameters"] == [{"name": "maxmemory-policy", "value": "noeviction"}]
+    assert group["parameterGroupName"] == "broker-abc1234"  # the mock's auto-name of the group
+    subnet_group = run.one("aws:elasticache/subnetGroup:SubnetGroup").inputs
+    assert len(subnet_group["subnetIds"]) >= 2
+    password = run.one("random:index/randomPassword:RandomPassword").inputs
+    assert password["overrideSpecial"] == "!&#$^<>-"
+    assert 16 <= password["length"] <= 128
+
+
+def test_broker_url_reaches_containers_only_as_a_secret(deployed: Deployed) -> None:
+    run = deployed.run
+    secret = run.one("aws:secretsmanager/secret:Secret")
+    secret_arn = BROKER_SECRET_ARN
+    version_registration = run.one("aws:secretsmanager/secretVersion:SecretVersion")
+    assert "secretString" in version_registration.secret_inputs
+    version = version_registration.inputs
+    host = "master.broker-abc1234.mock.use1.cache.amazonaws.com"
+    url = broker_url(MOCK_AUTH_TOKEN, host)
+    assert version["secretString"] == url
+    assert url.startswith("rediss://:") and url.endswith(f"@{host}:6379/0?ssl_cert_reqs=required")
+    assert secret.inputs["namePrefix"] == "celery-ecs-test/broker-url-"
+    token_forms = (MOCK_AUTH_TOKEN, quote(MOCK_AUTH_TOKEN, safe=""))
+    for service, task in run.task_definitions().items():
+        assert task.secrets == {env_names.BROKER_URL: secret_arn}, service
+        assert env_names.BROKER_URL not in task.environment, service
+        environment = json.dumps(task.environment)
+        assert not any(token in environment for token in token_forms), service
+    outputs = json.dumps(run.outputs)
+    assert not any(token in outputs for token in token_forms)
+    assert "rediss://" not in outputs
+    assert run.secret_outputs == set()
+
+
+# --- task definitions -----------------------------------------------------------------------
+
+
+def test_container_definitions_match_the_ecs_api(deployed: Deployed) -> None:
+    for service, task in deployed.run.task_definitions().items():
+        assert len(task.containers) == 1, service
+        assert problems(task.container) == [], service
+
+
+def test_containers_are_hardened(deployed: Deployed) -> None:
+    run = deployed.run
+    log_groups = {
+        g.inputs["name"]: g
+        for g in run.of_type("aws:cloudwatch/logGroup:LogGroup")
+        if "name" in g.inputs
+    }
+    for service, task in run.task_definitions().items():
+        container, inputs = task.container, task.inputs
+        assert container["user"] == "10001:10001", service
+        assert container["readonlyRootFilesystem"] is True, service
+        assert container.get("privileged", False) is False, service
+        assert container["linuxParameters"]["initProcessEnabled"] is True, service
+        assert container["mountPoints"] == [
+            {"sourceVolume": "tmp", "containerPath": "/tmp", "readOnly": False}
+        ]
+        assert inputs["volumes"] == [{"name": "tmp"}]
+        log = container["logConfiguration"]
+        assert log["logDriver"] == "awslogs"
+        assert log["options"]["awslogs-region"] == REGION
+        group = log_groups[log["options"]["awslogs-group"]]
+        assert group.inputs["name"] == f"/ecs/celery-ecs-test/{service}"
+        assert group.inputs["retentionInDays"] == deployed.config.log_retention_days
+        # Exec form: no shell between ECS's SIGTERM and the process.
+        assert all(isinstance(arg, str) for arg in container["command"])
+        assert container["command"][0] not in ("sh", "bash", "/bin/sh")
+        assert inputs["requiresCompatibilities"] == ["FARGATE"]
+        assert inputs["networkMode"] == "awsvpc"
+        assert inputs["runtimePlatform"] == {
+            "operatingSystemFamily": "LINUX",
+            "cpuArchitecture": "X86_64",
+        }
+
+
+def test_stop_timeouts_come_from_the_budget(deployed: Deployed) -> None:
+    config, tasks = deployed.config, deployed.run.task_definitions()
+    expected = {"web": config.web.budget.stop_timeout}
+    expected |= {f"worker-{pool.name}": pool.budget.stop_timeout for pool in config.workers}
+    if config.scheduler == "beat":
+        expected["beat"] = BEAT_STOP_TIMEOUT
+    for service, stop_timeout in expected.items():
+        assert tasks[service].container["stopTimeout"] == stop_timeout, service
+    for service, task in tasks.items():
+        assert task.container["stopTimeout"] <= FARGATE_STOP_TIMEOUT_CAP, service
+
+
+def test_environments_carry_the_budget(deployed: Deployed) -> None:
+    config, tasks = deployed.config, deployed.run.task_definitions()
+    for pool in config.workers:
+        worker = tasks[f"worker-{pool.name}"]
+        assert worker.environment == {
+            **pool.budget.environment(),
+            env_names.WORKER_POOL: pool.name,
+            env_names.LOG_LEVEL: config.log_level,
+            env_names.METRICS_NAMESPACE: "CeleryEcs/celery-ecs-test",
+        }
+        assert worker.container["healthCheck"] == {
+            "command": ["CMD", "python", "-m", "app.health", "worker"],
+            "interval": 30,
+            "timeout": 5,
+            "retries": 3,
+            "startPeriod": 60,
+        }
+        assert (worker.cpu, worker.memory) == (pool.cpu, pool.memory)
+    web = tasks["web"]
+    assert web.environment.items() >= config.web.budget.environment().items()
+    assert web.environment[env_names.WEB_PORT] == "8000"
+    assert web.container["portMappings"] == [
+        {"containerPort": 8000, "protocol": "tcp", "name": "http"}
+    ]
+    for service, task in tasks.items():
+        assert task.environment[env_names.MAX_COUNTDOWN] == str(config.max_countdown), service
+        assert task.environment[env_names.LOG_LEVEL] == config.log_level, service
+
+
+def test_every_environment_passes_the_apps_own_checks(deployed: Deployed) -> None:
+    """The app refuses unsafe settings at import; each container's environment (with the
+    broker URL the secret holds) must load."""
+    url = broker_url(MOCK_AUTH_TOKEN, "master.example.cache.amazonaws.com")
+    for service, task in deployed.run.task_definitions().items():
+        settings = env_names.Settings.from_env({**task.environment, env_names.BROKER_URL: url})
+        assert settings.max_countdown == deployed.config.max_countdown, service
+    web = deployed.run.task_definitions()["web"]
+    assert (
+        env_names.WebSettings.from_env(web.environment).request_timeout
+        == deployed.config.web.request_timeout
+    )
+
+
+# --- IAM ------------------------------------------------------------------------------------
+
+
+def test_no_policy_grants_wildcard_actions(deployed: Deployed) -> None:
+    documents = deployed.run.policy_documents()
+    assert documents
+    for name, document in documents:
+        for statement in statements(document):
+            assert "NotAction" not in statement and "NotResource" not in statement, name
+            for action in as_list(statement["Action"]):
+                assert "*" not in action, (name, action)
+            assert statement["Effect"] == "Allow", name
+
+
+@pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
+def test_execution_role_reads_exactly_the_broker_secret(deployed: Deployed) -> None:
+    run = deployed.run
+    policy = json.loads(run.named(ROLE_POLICY, "cluster-execution").inputs["policy"])
+    by_action = {
+        action: s["Resource"] for s in statements(policy) for action in as_list(s["Action"])
+    }
+    assert by_action["secretsmanager:GetSecretValue"] == [BROKER_SECRET_ARN]
+    groups = sorted(
+        f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{g.inputs['name']}:*"
+        for g in run.of_type("aws:cloudwatch/logGroup:LogGroup")
+        if g.name.startswith("cluster-")
+    )
+    assert sorted(by_action["logs:PutLogEvents"]) == groups
+    assert sorted(by_action["logs:CreateLogStream"]) == groups
+    repository = f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/celery-ecs-test-abc1234"
+    expected_pull = [repository]
+    if deployed.config.image_uri:
+        expected_pull.append("arn:aws:ecr:eu-west-1:210987654321:repository/shared/celery-ecs")
+    assert by_action["ecr:BatchGetImage"] == expected_pull
+    assert by_action["ecr:GetAuthorizationToken"] == "*"
+    assert set(by_action) == {
+        "secretsmanager:GetSecretValue",
+        "logs:PutLogEvents",
+        "logs:CreateLogStream",
+        "ecr:GetAuthorizationToken",
+        "ecr:BatchGetImage",
+        "ecr:GetDownloadUrlForLayer",
+        "ecr:BatchCheckLayerAvailability",
+    }
+
+
+def test_task_protection_rights_only_for_cold_shutdown_pools(deployed: Deployed) -> None:
+    run = deployed.run
+    cluster = run.outputs["clusterName"]
+    policies = {p.name: json.loads(p.inputs["policy"]) for p in run.of_type(ROLE_POLICY)}
+    for pool in deployed.config.workers:
+        policy = policies.get(f"worker-{pool.name}-task")
+        if not pool.budget.task_protection:
+            assert policy is None, pool.name
+            continue
+        assert policy is not None, pool.name
+        (statement,) = statements(policy)
+        assert sorted(statement["Action"]) == ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
+        assert statement["Resource"] == [f"arn:aws:ecs:{REGION}:{ACCOUNT}:task/{cluster}/*"]
+    for other in ("web-task", "beat-task", "schedule-task"):
+        assert other not in policies
+    for role in run.of_type(ROLE):
+        if role.name == "cluster-execution":
+            continue  # see infra/cluster.py: no source-account guard on the execution role
+        trust = statements(json.loads(role.inputs["assumeRolePolicy"]))
+        assert trust[0]["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
+
+
+# --- services, load balancer, image, outputs ------------------------------------------------
+
+
+def test_services_run_fargate_latest_with_rollback(deployed: Deployed) -> None:
+    for service in deployed.run.of_type(SERVICE):
+        inputs = service.inputs
+        assert inputs["launchType"] == "FARGATE", service.name
+        assert inputs["platformVersion"] == "LATEST", service.name
+        assert inputs["deploymentCircuitBreaker"] == {"enable": True, "rollback": True}
+        assert inputs["enableExecuteCommand"] is False
+        assert inputs["propagateTags"] == "SERVICE"
+
+
+def test_load_balancer_follows_the_web_budget(deployed: Deployed) -> None:
+    run, web = deployed.run, deployed.config.web
+    balancer = run.one("aws:lb/loadBalancer:LoadBalancer").inputs
+    assert balancer["dropInvalidHeaderFields"] is True
+    assert balancer["desyncMitigationMode"] in ("defensive", "strictest")
+    assert balancer["idleTimeout"] == web.budget.idle_timeout
+    assert balancer["internal"] is False
+    assert balancer["enableDeletionProtection"] is web.deletion_protection
+    assert len(balancer["subnets"]) >= 2
+    if web.access_logs_bucket:
+        assert balancer["accessLogs"]["bucket"] == web.access_logs_bucket
+        assert balancer["accessLogs"]["enabled"] is True
+    group = run.one("aws:lb/targetGroup:TargetGroup").inputs
+    assert (group["targetType"], group["port"], group["protocol"]) == ("ip", 8000, "HTTP")
+    assert group["healthCheck"]["path"] == "/readyz"
+    assert group["deregistrationDelay"] == web.budget.deregistration_delay
+    listeners = {
+        listener.inputs["port"]: listener.inputs
+        for listener in run.of_type("aws:lb/listener:Listener")
+    }
+    if web.certificate_arn:
+        assert set(listeners) == {80, 443}
+        assert listeners[443]["sslPolicy"] == "ELBSecurityPolicy-TLS13-1-2-2021-06"
+        assert listeners[443]["certificateArn"] == web.certificate_arn
+        assert listeners[80]["defaultActions"] == [
+            {
+                "type": "redirect",
+                "redirect": {"port": "443", "protocol": "HTTPS", "statusCode": "HTTP_301"},
+            }
+        ]
+        assert run.outputs["webUrl"].startswith("https://")
+    else:
+        assert set(listeners) == {80}
+        assert listeners[80]["defaultActions"][0]["type"] == "forward"
+        assert run.outputs["webUrl"].startswith("http://")
+    service = deployed.service("web").inputs
+    assert service["loadBalancers"] == [
+        {
+            "targetGroupArn": service["loadBalancers"][0]["targetGroupArn"],
+            "containerName": "web",
+            "containerPort": 8000,
+        }
+    ]
+    assert service["healthCheckGracePeriodSeconds"] > 0
+    assert service["desiredCount"] == web.min_count
+
+
+@pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
+def test_image_is_built_and_pushed_or_taken_as_given(deployed: Deployed) -> None:
+    run, config = deployed.run, deployed.config
+    repository = run.one("aws:ecr/repository:Repository").inputs
+    assert repository["imageTagMutability"] == "IMMUTABLE"
+    assert repository["imageScanningConfiguration"] == {"scanOnPush": True}
+    assert repository["forceDelete"] is (not config.production)
+    lifecycle = json.loads(run.one("aws:ecr/lifecyclePolicy:LifecyclePolicy").inputs["policy"])
+    assert lifecycle["rules"][0]["selection"]["countType"] == "imageCountMoreThan"
+    images = {task.container["image"] for task in run.task_definitions().values()}
+    url = run.outputs["imageRepositoryUrl"]
+    if config.image_uri:
+        assert run.of_type("docker:index/image:Image") == []
+        assert images == {config.image_uri}
+        return
+    image = run.one("docker:index/image:Image").inputs
+    assert image["build"]["platform"] == "linux/amd64"
+    assert image["build"]["dockerfile"].endswith("/Dockerfile")
+    assert image["imageName"].startswith(f"{url}:ctx-")
+    assert image["registry"] == {"server": url, "username": "AWS", "password": "mock-ecr-password"}
+    assert images == {f"{url}@sha256:{'0' * 64}"}
+
+
+def test_outputs(deployed: Deployed) -> None:
+    config, outputs = deployed.config, deployed.run.outputs
+    assert set(outputs) == {
+        "webUrl",
+        "brokerEndpoint",
+        "clusterName",
+        "serviceNames",
+        "imageRepositoryUrl",
+        "scheduler",
+    }
+    expected = {"web", *(f"worker-{pool.name}" for pool in config.workers)}
+    if config.scheduler == "beat":
+        expected.add("beat")
+    assert set(outputs["serviceNames"]) == expected
+    assert outputs["brokerEndpoint"].endswith(".cache.amazonaws.com:6379")
+
+
+def test_dev_stack_file_deploys() -> None:
+    raw = stack_file_config("dev")
+    config, run = load(raw), run_program(raw)
+    tasks = run.task_definitions()
+    assert set(tasks) == {"web", "beat", *(f"worker-{pool.name}" for pool in config.workers)}
+    for service, task in tasks.items():
+        assert problems(task.container) == [], service
+    protected = {
+        name.removesuffix("-task")
+        for name in (p.name for p in run.of_type(ROLE_POLICY))
+        if name.startswith("worker-")
+    }
+    assert protected == {
+        f"worker-{pool.name}" for pool in config.workers if pool.budget.task_protection
+    }
+    assert protected and len(protected) < len(config.workers)
+
+
+# --- nothing is registered when validation fails --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"workers": [{"name": "only", "queues": ["default"]}]},
+        {"web": {"requestTimeout": 500}},
+        {"broker": {"engine": "memcached"}},
+        {"typo": "1"},
+    ],
+)
+def test_invalid_config_registers_no_resource(raw: dict[str, object]) -> None:
+    mocks = RecordingMocks()
+    with pytest.raises(ConfigError):
+        run_program(raw, mocks=mocks)
+    assert mocks.registrations == []
+    assert mocks.calls == []
+
+
+@pytest.fixture
+def unexpressible_schedule(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    every_30s = PeriodicEntry(name="too-often", task="app.tasks.noop", schedule=Every(30))
+    monkeypatch.setattr(program, "SCHEDULE", (*SCHEDULE, every_30s))
+    yield
+
+
+@pytest.mark.usefixtures("unexpressible_schedule")
+def test_unexpressible_schedule_fails_before_any_resource() -> None:
+    mocks = RecordingMocks()
+    with pytest.raises(ConfigError, match=r"^scheduler: .*too-often.*allowed: beat"):
+        run_program({"scheduler": "eventbridge"}, mocks=mocks)
+    assert mocks.registrations == []
+    # Beat can run what EventBridge cannot.
+    assert run_program({}).of_type(RULE) == []
+
+
+def test_missing_dockerfile_fails_before_any_resource(tmp_path: Path) -> None:
+    mocks = RecordingMocks()
+    with pytest.raises(ConfigError, match=r"^imageUri: "):
+        run_program({}, project_root=tmp_path, mocks=mocks)
+    assert mocks.registrations == []
+
+
+def test_config_is_read_from_the_language_hosts_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "PULUMI_CONFIG",
+        json.dumps(
+            {
+                "aws:region": REGION,
+                "celery-ecs:scheduler": "eventbridge",
+                "celery-ecs:workers": json.dumps([{"name": "a", "queues": ["default", "long"]}]),
+            }
+        ),
+    )
+    assert program.stack_config_values() == {
+        "scheduler": "eventbridge",
+        "workers": json.dumps([{"name": "a", "queues": ["default", "long"]}]),
+    }
