@@ -63,7 +63,9 @@ def heartbeat_path(role: str) -> Path:
 
 
 def touch_heartbeat(role: str) -> None:
-    heartbeat_path(role).touch()
+    path = heartbeat_path(role)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
 
 
 def celery_schedule(entry: PeriodicEntry) -> Any:

@@ -11,7 +11,9 @@ resolved inputs, plus the resolved stack outputs. Nothing talks to AWS or Docker
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -257,9 +259,14 @@ def config_value(value: object) -> str:
 
 
 @cache
+@cache
 def fixture_build_context() -> Path:
-    """A tiny Docker build context, so image tests neither need nor hash the real project."""
+    """A tiny Docker build context, so image tests neither need nor hash the real project.
+
+    One per test process, removed when it exits.
+    """
     directory = Path(tempfile.mkdtemp(prefix="celery-ecs-context-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
     (directory / "Dockerfile").write_text("FROM scratch\n")
     return directory
 
