@@ -116,7 +116,7 @@ def project_worker(
         f"cold, {budget.soft_shutdown_timeout} s soft shutdown")
     return WorkerConfig(
         label=label,
-        argv=worker_command(worker_pool),
+        argv=worker_command(worker_pool.name, worker_pool.queues, worker_pool.concurrency),
         environment=worker_environment(stack, worker_pool, namespace=""),
         stop_timeout=budget.stop_timeout,
         visibility_timeout=budget.visibility_timeout,

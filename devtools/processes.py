@@ -14,25 +14,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: The container commands (see infra/ for the task definitions), runnable from a checkout.
-WEB_ARGV = ("gunicorn", "--config", "python:app.gunicorn_conf", "app.web:create_app()")
-BEAT_ARGV = ("celery", "--app", "app.celery_app", "beat")
+#: Console scripts the container commands start, each also runnable as ``python -m <name>``.
+CONSOLE_SCRIPTS = ("celery", "gunicorn")
 
 
-def worker_argv(name: str, queues: str, concurrency: int) -> list[str]:
-    return [
-        "celery", "--app", "app.celery_app", "worker",
-        "--queues", queues,
-        "--concurrency", str(concurrency),
-        "--hostname", f"{name}@%h",
-        "--without-mingle",
-        "--without-gossip",
-    ]
-
-
-def python_argv(argv: Sequence[str]) -> list[str]:
-    """Run a console script of this interpreter's environment as a module."""
-    return [sys.executable, "-m", *argv]
+def python_argv(command: Sequence[str]) -> list[str]:
+    """A container command (``infra.containers``), runnable here with this interpreter:
+    ``celery …``/``gunicorn …`` become ``<python> -m celery …``, ``python …`` uses this one."""
+    program, *args = command
+    if program in CONSOLE_SCRIPTS:
+        return [sys.executable, "-m", program, *args]
+    if program == "python":
+        return [sys.executable, *args]
+    raise ValueError(f"no local equivalent for the container's program {program!r}")
 
 
 @dataclass

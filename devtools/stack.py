@@ -24,17 +24,10 @@ import redis
 
 from app import routing
 from app.settings import WEB_REQUEST_TIMEOUT, Settings
-from devtools.processes import (
-    BEAT_ARGV,
-    ROOT,
-    WEB_ARGV,
-    AppProcess,
-    python_argv,
-    start_process,
-    worker_argv,
-)
+from devtools.processes import ROOT, AppProcess, python_argv, start_process
 from devtools.redis_server import RedisUnavailable, free_port, start_redis
 from infra.budget import BEAT_STOP_TIMEOUT, EXIT_MARGIN, web_budget
+from infra.containers import BEAT_COMMAND, WEB_COMMAND, worker_command
 
 
 def stop_timeouts(env: dict[str, str]) -> dict[str, float]:
@@ -104,12 +97,11 @@ def run(broker_url: str | None, port: int, concurrency: int) -> int:
             "PYTHONUNBUFFERED": "1",
         }
         timeouts = stop_timeouts(env)
-        queues = ",".join(routing.QUEUES)
+        worker = worker_command("local", routing.QUEUES, concurrency)
         processes = [
-            start_process("worker", python_argv(worker_argv("local", queues, concurrency)), env,
-                          log_dir),
-            start_process("beat", python_argv(BEAT_ARGV), env, log_dir),
-            start_process("web", python_argv(WEB_ARGV), env, log_dir),
+            start_process("worker", python_argv(worker), env, log_dir),
+            start_process("beat", python_argv(BEAT_COMMAND), env, log_dir),
+            start_process("web", python_argv(WEB_COMMAND), env, log_dir),
         ]
         stopping = threading.Event()
         followers = [threading.Thread(target=follow, args=(p, stopping), daemon=True)

@@ -33,18 +33,19 @@ ENQUEUE_MODULE = "app.enqueue"
 ENQUEUE_DEFAULT_COMMAND: tuple[str, ...] = ("python", "-m", ENQUEUE_MODULE, "--help")
 
 
-def worker_command(pool: WorkerPool) -> tuple[str, ...]:
+def worker_command(name: str, queues: Sequence[str], concurrency: int) -> tuple[str, ...]:
+    """The worker pool ``name``'s command: its queues and concurrency are in it."""
     return (
         "celery",
         "--app",
         CELERY_APP,
         "worker",
         "--queues",
-        ",".join(pool.queues),
+        ",".join(queues),
         "--concurrency",
-        str(pool.concurrency),
+        str(concurrency),
         "--hostname",
-        f"{pool.name}@%h",
+        f"{name}@%h",
         # Mingle and gossip cost a broadcast round per start and per event; ECS replaces
         # workers often enough that neither is worth it.
         "--without-mingle",

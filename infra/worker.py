@@ -76,7 +76,7 @@ class Worker(pulumi.ComponentResource):
             container=ContainerInputs(
                 name=CONTAINER_NAME,
                 image=args.image,
-                command=worker_command(pool),
+                command=worker_command(pool.name, pool.queues, pool.concurrency),
                 environment=args.environment,
                 stop_timeout=pool.budget.stop_timeout,
                 health_check=health_check("worker"),

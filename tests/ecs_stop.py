@@ -16,19 +16,15 @@ Stopping follows ECS: SIGTERM, wait the rendered ``stopTimeout``, then SIGKILL.
 from __future__ import annotations
 
 import os
-import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from app import settings as env_names
-from devtools.processes import ROOT, AppProcess, start_process
+from devtools.processes import ROOT, AppProcess, python_argv, start_process
 from tests.pulumi_harness import RenderedTaskDefinition, render_task_definitions
 from tests.support import wait_for
-
-#: Console scripts of the image, run as modules of this interpreter.
-CONSOLE_SCRIPTS = ("celery", "gunicorn")
 
 
 @dataclass(frozen=True)
@@ -59,16 +55,6 @@ def render_workers(stack_config: Mapping[str, object]) -> dict[str, WorkerDefini
         for service, rendered in render_task_definitions(stack_config).items()
         if service.startswith(prefix)
     }
-
-
-def local_argv(command: Sequence[str]) -> list[str]:
-    """The container command, runnable here: the image's interpreter becomes this one."""
-    program, *args = command
-    if program in CONSOLE_SCRIPTS:
-        return [sys.executable, "-m", program, *args]
-    if program == "python":
-        return [sys.executable, *args]
-    raise ValueError(f"no local equivalent for the container's program {program!r}")
 
 
 def local_environment(
@@ -112,7 +98,7 @@ def start_rendered_worker(
     heartbeat_dir.mkdir()
     process = start_process(
         name,
-        local_argv(worker.command),
+        python_argv(worker.command),
         local_environment(worker, broker_url, heartbeat_dir),
         workdir,
     )

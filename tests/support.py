@@ -8,7 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from devtools.processes import ROOT, AppProcess, python_argv, start_process, worker_argv
+from devtools.processes import ROOT, AppProcess, python_argv, start_process
+from infra.containers import worker_command
 
 __all__ = ["ROOT", "AppProcess", "start_process"]
 T = TypeVar("T")
@@ -48,7 +49,7 @@ def start_worker(
     workdir: Path,
     *,
     name: str = "worker",
-    queues: str = "default,long",
+    queues: Sequence[str] = ("default", "long"),
     concurrency: int = 1,
     extra: Sequence[str] = (),
     ready_timeout: float = 30.0,
@@ -56,7 +57,7 @@ def start_worker(
     """Start a worker like the ECS task definition does and wait until it consumes."""
     heartbeat = Path(env["CELERY_HEARTBEAT_DIR"]) / "celery-worker.heartbeat"
     heartbeat.unlink(missing_ok=True)
-    argv = python_argv([*worker_argv(name, queues, concurrency), *extra])
+    argv = python_argv([*worker_command(name, queues, concurrency), *extra])
     worker = start_process(name, argv, env, workdir)
 
     def ready() -> bool:

@@ -15,14 +15,15 @@ from pathlib import Path
 import redis
 
 from app.schedule import SCHEDULE, Every
-from devtools.processes import BEAT_ARGV, python_argv
+from devtools.processes import python_argv
+from infra.containers import BEAT_COMMAND
 from tests.support import AppProcess, start_process, wait_for
 
 HOURLY = next(entry for entry in SCHEDULE if isinstance(entry.schedule, Every))
 
 
 def start_beat(env: dict[str, str], workdir: Path, name: str) -> AppProcess:
-    return start_process(name, python_argv(BEAT_ARGV), env, workdir)
+    return start_process(name, python_argv(BEAT_COMMAND), env, workdir)
 
 
 def sent_tasks(client: redis.Redis, queue: str) -> list[str]:

@@ -270,7 +270,10 @@ def entry_point_commands() -> list[tuple[str, ...]]:
         containers.BEAT_COMMAND,
         containers.ENQUEUE_DEFAULT_COMMAND,
         containers.enqueue_command("entry", "2026-01-01T00:00:00Z"),
-        *(containers.worker_command(pool) for pool in load_stack_config({}).workers),
+        *(
+            containers.worker_command(pool.name, pool.queues, pool.concurrency)
+            for pool in load_stack_config({}).workers
+        ),
         tuple(health_check[1:]),
     ]
 

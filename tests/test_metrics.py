@@ -13,8 +13,9 @@ import redis
 
 from app.celery_app import app
 from app.metrics import BacklogPublisher, emf_line, write_to_stdout
-from devtools.processes import start_process, worker_argv
+from devtools.processes import start_process
 from devtools.redis_server import free_port
+from infra.containers import worker_command
 from tests.support import AppProcess, app_environment, send_task, wait_for
 
 NAMESPACE = "CeleryEcs/test"
@@ -172,7 +173,7 @@ def test_a_real_worker_publishes_the_backlog_of_its_queues(
         sys.executable,
         "-c",
         _WORKER_PUBLISHING_FAST,
-        *worker_argv("metrics", "default", 1)[1:],
+        *worker_command("metrics", ("default",), 1)[1:],
     ]
     worker = start_process("metrics", argv, env, tmp_path)
     processes.append(worker)

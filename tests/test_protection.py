@@ -28,7 +28,8 @@ from celery.worker import state as worker_state
 from app import protection as protection_module
 from app.periodic import PeriodicThread
 from app.protection import STATE_PATH, TaskProtection, TaskProtectionStep
-from devtools.processes import start_process, worker_argv
+from devtools.processes import start_process
+from infra.containers import worker_command
 from tests.support import AppProcess, app_environment, send_task, wait_for
 
 ENABLE = {"ProtectionEnabled": True, "ExpiresInMinutes": 15}
@@ -423,7 +424,7 @@ def test_a_real_worker_is_protected_exactly_while_it_runs_a_task(
     env = {**app_env, "ECS_AGENT_URI": agent.url, "CELERY_TASK_PROTECTION": "true"}
     argv = [
         sys.executable, "-c", _WORKER_WITH_SHORT_IDLE_GRACE,
-        *worker_argv("protected", "default", 1)[1:], "--pool", "prefork",
+        *worker_command("protected", ("default",), 1)[1:], "--pool", "prefork",
     ]  # fmt: skip
     worker = start_process("protected", argv, env, tmp_path)
     processes.append(worker)
