@@ -123,3 +123,28 @@ def test_duplicate_delivery_applies_the_effect_once(
              what="both acks")
     assert redis_client.hget("ledger:balances", "acct") == "10"
 
+
+
+def test_lost_broker_connection_is_retried_and_the_running_task_redelivered(
+    app_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis,
+    processes: list[AppProcess],
+) -> None:
+    # A free slot keeps the worker listening on the broker, so it notices the loss at once. (A
+    # worker busy on every slot notices only when a slot frees; the finished task's ack then
+    # goes through a fresh connection and nothing runs twice.)
+    worker = start_worker(app_env, tmp_path, concurrency=2)
+    processes.append(worker)
+    send_credit(app_env["CELERY_BROKER_URL"], "conn-1", work_seconds=3)
+    wait_for(lambda: attempts(redis_client, "conn-1") == 1, 10, what="the task to start")
+
+    # What a failover or a network blip does to the worker: every connection drops at once.
+    assert redis_client.client_kill_filter(_type="normal", skipme=True) > 0
+
+    # The worker reconnects instead of exiting; the run that lost its connection is cancelled
+    # and its message restored, so the task runs again and the credit is still applied once.
+    wait_for(lambda: attempts(redis_client, "conn-1") == 2, 30, what="the redelivered run")
+    wait_for(lambda: redis_client.hget("ledger:balances", "acct") == "10", 15, what="the credit")
+    wait_for(lambda: unacked(redis_client) == 0, 10, what="the ack")
+    assert worker.alive()
+    assert "Connection to broker lost" in worker.logs()
+    assert worker.logs().count("succeeded") == 1  # the first run was cancelled, not finished
