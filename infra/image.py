@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,20 @@ def _dockerignore_patterns(context: Path) -> list[tuple[bool, re.Pattern[str]]]:
     return patterns
 
 
+def dockerignore_excludes(context: Path) -> Callable[[str], bool]:
+    """Whether Docker leaves a path (relative to ``context``) out of the build context."""
+    patterns = _dockerignore_patterns(context)
+
+    def excluded(relative: str) -> bool:
+        result = False
+        for exception, regex in patterns:
+            if regex.match(relative):
+                result = not exception
+        return result
+
+    return excluded
+
+
 def context_tag(context: Path, dockerfile: Path) -> str:
     """A tag that changes whenever the image's inputs change.
 
@@ -65,15 +80,8 @@ def context_tag(context: Path, dockerfile: Path) -> str:
     excluded, it is hashed: an extra rebuild is harmless, a missed change would be a push to an
     existing tag.
     """
-    patterns = _dockerignore_patterns(context)
-    prune_directories = not any(exception for exception, _ in patterns)
-
-    def excluded(relative: str) -> bool:
-        result = False
-        for exception, regex in patterns:
-            if regex.match(relative):
-                result = not exception
-        return result
+    prune_directories = not any(exception for exception, _ in _dockerignore_patterns(context))
+    excluded = dockerignore_excludes(context)
 
     digest = hashlib.sha256()
     # Docker always reads these two, even when .dockerignore lists them.

@@ -20,6 +20,7 @@ import pytest
 
 from infra import containers
 from infra.config import load as load_stack_config
+from infra.image import dockerignore_excludes
 from tests.support import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -162,41 +163,14 @@ def test_the_final_stage_installs_nothing(final: Stage) -> None:
     assert not final.arguments("HEALTHCHECK")  # ECS ignores it; task definitions hold them
 
 
-#: .dockerignore wildcards as regular expressions ("**/" is zero or more directories).
-DOCKERIGNORE_WILDCARDS = {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
-
-
-def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
-    """Whether Docker leaves ``path`` out of the build context (last matching pattern wins;
-    a pattern that matches a parent directory matches the path)."""
-    parents = [str(Path(*Path(path).parts[: i + 1])) for i in range(len(Path(path).parts))]
-    excluded = False
-    for pattern in patterns:
-        negated = pattern.startswith("!")
-        body = pattern.lstrip("!").rstrip("/")
-        regex = "".join(
-            DOCKERIGNORE_WILDCARDS.get(token)
-            or (token if token.startswith("[") else re.escape(token))
-            for token in re.findall(r"\*\*/|\*\*|\*|\?|\[[^]]*\]|[^*?[]+", body)
-        )
-        if any(re.fullmatch(regex, parent) for parent in parents):
-            excluded = not negated
-    return excluded
-
-
 def test_the_build_context_is_the_app_only() -> None:
-    patterns = [
-        line.strip()
-        for line in (ROOT / ".dockerignore").read_text().splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-    included = {
-        entry.name for entry in ROOT.iterdir() if not dockerignore_excludes(entry.name, patterns)
-    }
+    # The same reading of .dockerignore as the image tag's (infra/image.py).
+    excluded = dockerignore_excludes(ROOT)
+    included = {entry.name for entry in ROOT.iterdir() if not excluded(entry.name)}
 
     assert included == {"app"}
     for path in ("app/requirements.txt", "app/web.py"):
-        assert not dockerignore_excludes(path, patterns), path
+        assert not excluded(path), path
     for path in (
         "app/__pycache__/web.cpython-311.pyc",
         "app/web.pyc",
@@ -205,7 +179,7 @@ def test_the_build_context_is_the_app_only() -> None:
         ".git/HEAD",
         ".venv/bin/python",
     ):
-        assert dockerignore_excludes(path, patterns), path
+        assert excluded(path), path
 
 
 # --- What app/ imports is what the image has ----------------------------------------------------
