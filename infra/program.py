@@ -257,14 +257,21 @@ def deploy(plan: Plan) -> dict[str, Any]:
     }
 
 
+class InvalidStackConfig(ConfigError, pulumi.RunError):
+    """A ``ConfigError`` that Pulumi reports as its message alone, without a traceback."""
+
+
 def main(project_root: Path = PROJECT_ROOT) -> dict[str, Any]:
     """Run the program: validate, deploy, export. Returns the exported outputs."""
-    plan = validate(
-        stack_config_values(),
-        project=pulumi.get_project(),
-        stack=pulumi.get_stack(),
-        project_root=project_root,
-    )
+    try:
+        plan = validate(
+            stack_config_values(),
+            project=pulumi.get_project(),
+            stack=pulumi.get_stack(),
+            project_root=project_root,
+        )
+    except ConfigError as error:
+        raise InvalidStackConfig(f"invalid stack config: {error}") from None
     outputs = deploy(plan)
     for name, value in outputs.items():
         pulumi.export(name, value)

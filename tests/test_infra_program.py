@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pulumi
 import pytest
 
 from app import settings as env_names
@@ -739,7 +740,8 @@ def test_dev_stack_file_deploys() -> None:
 )
 def test_invalid_config_registers_no_resource(raw: dict[str, object]) -> None:
     mocks = RecordingMocks()
-    with pytest.raises(ConfigError):
+    # A RunError: Pulumi prints the message alone, without a Python traceback.
+    with pytest.raises(pulumi.RunError, match=r"^invalid stack config: "):
         run_program(raw, mocks=mocks)
     assert mocks.registrations == []
     assert mocks.calls == []
@@ -755,7 +757,7 @@ def unexpressible_schedule(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.mark.usefixtures("unexpressible_schedule")
 def test_unexpressible_schedule_fails_before_any_resource() -> None:
     mocks = RecordingMocks()
-    with pytest.raises(ConfigError, match=r"^scheduler: .*too-often.*allowed: beat"):
+    with pytest.raises(ConfigError, match=r"^invalid stack config: scheduler: .*too-often.*beat"):
         run_program({"scheduler": "eventbridge"}, mocks=mocks)
     assert mocks.registrations == []
     # Beat can run what EventBridge cannot.
@@ -764,7 +766,7 @@ def test_unexpressible_schedule_fails_before_any_resource() -> None:
 
 def test_missing_dockerfile_fails_before_any_resource(tmp_path: Path) -> None:
     mocks = RecordingMocks()
-    with pytest.raises(ConfigError, match=r"^imageUri: "):
+    with pytest.raises(ConfigError, match=r"^invalid stack config: imageUri: "):
         run_program({}, project_root=tmp_path, mocks=mocks)
     assert mocks.registrations == []
 
