@@ -19,6 +19,7 @@ from kombu import Exchange, Queue
 from app import routing
 from app.metrics import BacklogMetricsStep
 from app.protection import TaskProtectionStep
+from app.recovery import UnackedSweepStep
 from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
 from app.settings import Settings
 
@@ -127,6 +128,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
 
 
 app.steps["consumer"].add(WorkerHeartbeat)
+app.steps["worker"].add(UnackedSweepStep)
 if settings.task_protection:
     app.steps["worker"].add(TaskProtectionStep)
 if settings.metrics_namespace:

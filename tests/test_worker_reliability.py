@@ -14,6 +14,7 @@ from pathlib import Path
 
 import redis
 
+from app.recovery import SWEEP_INTERVAL_SECONDS
 from tests.support import AppProcess, send_task, start_worker, wait_for
 
 # Short limits so a crash is redelivered within seconds: soft 4 s, hard 5 s, no countdowns,
@@ -62,12 +63,12 @@ def test_sigterm_lets_the_running_task_finish(
 
 def test_crashed_worker_task_is_redelivered_after_visibility_timeout_and_applied_once(
     app_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis,
-    processes: list[AppProcess]
+    processes: list[AppProcess],
 ) -> None:
     env = {**app_env, **FAST}
     first = start_worker(env, tmp_path, name="first")
     processes.append(first)
-    send_credit(app_env["CELERY_BROKER_URL"], "crash-1", work_seconds=3)
+    send_credit(env["CELERY_BROKER_URL"], "crash-1", work_seconds=3)
     wait_for(lambda: attempts(redis_client, "crash-1") == 1, 10, what="the task to start")
 
     first.kill_all()  # the container dies: no shutdown, no requeue
@@ -80,13 +81,10 @@ def test_crashed_worker_task_is_redelivered_after_visibility_timeout_and_applied
     assert attempts(redis_client, "crash-1") == 1
     assert unacked(redis_client) == 1
 
-    # Past the visibility timeout, the next worker start (a deploy or a scaling event) restores
-    # it; the periodic sweep would too, but only every ~100 s.
-    replacement.stop(timeout=15)
-    wait_for(lambda: time.monotonic() - killed_at > 8.5, 5, what="the visibility timeout")
-    processes.append(start_worker(env, tmp_path, name="recovery"))
-
-    wait_for(lambda: attempts(redis_client, "crash-1") == 2, 15, what="redelivery")
+    # Past the visibility timeout the running replacement's sweep (every 5 s, app.recovery)
+    # puts it back, without waiting for kombu's own sweep (~100 s) or a worker restart.
+    wait_for(lambda: attempts(redis_client, "crash-1") == 2, 10, what="redelivery")
+    assert time.monotonic() - killed_at < 8 + SWEEP_INTERVAL_SECONDS + 3
     wait_for(lambda: redis_client.hget("ledger:balances", "acct") == "10", 10, what="the credit")
     wait_for(lambda: unacked(redis_client) == 0, 5, what="the ack")
 
