@@ -43,6 +43,7 @@ import redis
 from celery import Celery
 
 from app import settings as env_names
+from app.recovery import SWEEP_INTERVAL_SECONDS
 from devtools.processes import ROOT, AppProcess, python_argv, start_process
 from devtools.redis_server import RedisServer, start_redis
 from infra import config as stack_config
@@ -62,8 +63,8 @@ SHORT_TASK_SECONDS = 2.0
 LONG_TASK_SECONDS = 60.0
 #: The crashed task: long enough to still be running when the SIGKILL lands.
 CRASH_TASK_SECONDS = 5.0
-#: How long the crash row waits for a re-execution before it reports the task lost: past
-#: kombu's ~100 s restore sweep that follows this project's 83 s visibility timeout.
+#: How long the crash row waits for a re-execution before it reports the task lost: well past
+#: this project's 83 s visibility timeout and its sweep.
 CRASH_WINDOW = 125.0
 
 THROUGHPUT_TASKS = 2000
@@ -442,12 +443,12 @@ def report(
               f"after {r.recovered_after:.1f} s" if r.recovered_after is not None
               else f"never: LOST (watched {CRASH_WINDOW:.0f} s)"] for r in crashes],
         ),
-        "   It comes back at the first kombu restore sweep after the visibility timeout (sweeps "
-        "run at worker start,",
-        "   then about every 100 s). Unscaled default pool (taskTimeout 300, maxCountdown 300): "
+        "   It comes back at the first sweep after the visibility timeout (the running "
+        f"replacement sweeps every {SWEEP_INTERVAL_SECONDS:g} s,",
+        "   app/recovery.py). Unscaled default pool (taskTimeout 300, maxCountdown 300): "
         f"visibility {default_pool.visibility_timeout} s, so",
-        f"   {default_pool.visibility_timeout}..~{default_pool.visibility_timeout + 100} s after "
-        "a crash.",
+        f"   {default_pool.visibility_timeout}.."
+        f"{default_pool.visibility_timeout + SWEEP_INTERVAL_SECONDS:g} s after a crash.",
         "",
         "2. Drain: ECS stops the worker (SIGTERM, wait stopTimeout, SIGKILL) while one task "
         "runs (\"none\": idle worker).",
