@@ -38,6 +38,7 @@ app.conf.update(
     redbeat_lock_timeout=30,
 )
 
+
 def publish_only() -> None:
     """Declare that this process publishes tasks but never waits on their results.
 

@@ -105,7 +105,7 @@ def generate_report(
 
 @app.task(name="app.tasks.nightly_report")
 def nightly_report() -> str:
-    """Periodic entry: start yesterday's report on the ``long`` queue."""
+    """Periodic entry: start the night's report (one id per UTC date) on the ``long`` queue."""
     report_id = f"nightly-{datetime.now(UTC).date().isoformat()}"
     generate_report.delay(report_id=report_id)
     return report_id
