@@ -16,7 +16,6 @@ from infra.cluster import (
     fargate_service,
     fargate_task_definition,
 )
-from infra.config import FARGATE_MEMORY
 from infra.containers import BEAT_COMMAND, health_check
 
 CONTAINER_NAME = "beat"
@@ -52,7 +51,6 @@ class Beat(pulumi.ComponentResource):
         self, name: str, args: BeatArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("celery-ecs:infra:Beat", name, None, opts)
-        args = self._normalize(args)
         task_role = args.cluster.task_role(f"{name}-task", [], parent=self)
         task_definition = fargate_task_definition(
             f"{name}-task",
@@ -87,9 +85,3 @@ class Beat(pulumi.ComponentResource):
             maximum_percent=100,
         )
         self.register_outputs({"serviceName": self.service.name})
-
-    @staticmethod
-    def _normalize(args: BeatArgs) -> BeatArgs:
-        if args.memory not in FARGATE_MEMORY.get(args.cpu, ()):
-            raise ValueError(f"cpu/memory: {args.cpu}/{args.memory} is not a Fargate size")
-        return args

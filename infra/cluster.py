@@ -12,6 +12,7 @@ import pulumi
 import pulumi_aws as aws
 
 from app.settings import BROKER_URL
+from infra.config import FARGATE_MEMORY
 from infra.containers import TMP_VOLUME, ContainerSpec, container_definition
 
 
@@ -265,6 +266,8 @@ def fargate_task_definition(
 
     ``service`` names the cluster log group the container writes to.
     """
+    if memory not in FARGATE_MEMORY.get(cpu, ()):
+        raise ValueError(f"cpu/memory: {cpu}/{memory} is not a Fargate size")
     if service not in cluster.log_groups:
         raise ValueError(f"service: the cluster has no log group for {service!r}")
     log_group = cluster.log_groups[service]

@@ -19,7 +19,6 @@ from infra.cluster import (
     fargate_task_definition,
     role_with_policy,
 )
-from infra.config import FARGATE_MEMORY
 from infra.containers import ENQUEUE_DEFAULT_COMMAND, enqueue_command
 from infra.schedule_expr import ScheduleError, to_eventbridge_expression
 
@@ -193,6 +192,4 @@ class Schedule(pulumi.ComponentResource):
         names = [scheduled.entry.name for scheduled in args.entries]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"entries: need unique entry names, got {names}")
-        if args.memory not in FARGATE_MEMORY.get(args.cpu, ()):
-            raise ValueError(f"cpu/memory: {args.cpu}/{args.memory} is not a Fargate size")
         return args

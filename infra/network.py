@@ -6,6 +6,7 @@ the broker accepts only the tasks; worker, beat and enqueue tasks accept nothing
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -281,54 +282,40 @@ class Network(pulumi.ComponentResource):
         background = group("background", "Worker, beat and enqueue tasks: no inbound traffic")
         broker = group("broker", "Broker: Redis from the tasks only")
 
-        def ingress(
+        def allow(
+            rule_type: type[aws.vpc.SecurityGroupIngressRule | aws.vpc.SecurityGroupEgressRule],
             rule: str,
-            target: aws.ec2.SecurityGroup,
+            group_: aws.ec2.SecurityGroup,
             port: int,
             *,
             cidr: str | None = None,
-            source: aws.ec2.SecurityGroup | None = None,
+            peer: aws.ec2.SecurityGroup | None = None,
         ) -> None:
-            aws.vpc.SecurityGroupIngressRule(
+            """One TCP port into or out of ``group_``, from or to ``cidr`` or the ``peer`` group."""
+            rule_type(
                 f"{name}-{rule}",
-                security_group_id=target.id,
+                security_group_id=group_.id,
                 ip_protocol="tcp",
                 from_port=port,
                 to_port=port,
                 cidr_ipv4=cidr,
-                referenced_security_group_id=source.id if source else None,
+                referenced_security_group_id=peer.id if peer else None,
                 opts=child,
             )
 
-        def egress(
-            rule: str,
-            origin: aws.ec2.SecurityGroup,
-            port: int,
-            *,
-            cidr: str | None = None,
-            destination: aws.ec2.SecurityGroup | None = None,
-        ) -> None:
-            aws.vpc.SecurityGroupEgressRule(
-                f"{name}-{rule}",
-                security_group_id=origin.id,
-                ip_protocol="tcp",
-                from_port=port,
-                to_port=port,
-                cidr_ipv4=cidr,
-                referenced_security_group_id=destination.id if destination else None,
-                opts=child,
-            )
+        ingress = functools.partial(allow, aws.vpc.SecurityGroupIngressRule)
+        egress = functools.partial(allow, aws.vpc.SecurityGroupEgressRule)
 
         ingress("alb-http-in", alb, HTTP, cidr=ANYWHERE)
         if args.https:
             ingress("alb-https-in", alb, HTTPS, cidr=ANYWHERE)
-        egress("alb-to-web", alb, args.web_port, destination=web)
-        ingress("web-from-alb", web, args.web_port, source=alb)
+        egress("alb-to-web", alb, args.web_port, peer=web)
+        ingress("web-from-alb", web, args.web_port, peer=alb)
         for kind, origin in (("web", web), ("background", background)):
             # AWS APIs (ECR, CloudWatch Logs, Secrets Manager) over HTTPS, and the broker.
             egress(f"{kind}-https-out", origin, HTTPS, cidr=ANYWHERE)
-            egress(f"{kind}-to-broker", origin, args.broker_port, destination=broker)
-            ingress(f"broker-from-{kind}", broker, args.broker_port, source=origin)
+            egress(f"{kind}-to-broker", origin, args.broker_port, peer=broker)
+            ingress(f"broker-from-{kind}", broker, args.broker_port, peer=origin)
 
         self.alb_security_group_id = alb.id
         self.web_security_group_id = web.id
