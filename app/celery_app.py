@@ -11,12 +11,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from celery import Celery, bootsteps, signals
+import redis
+from celery import Celery, Task, bootsteps, signals
 from celery._state import _set_task_join_will_block
+from celery.exceptions import Reject
 from celery.schedules import crontab, schedule
 from kombu import Exchange, Queue
+from kombu.exceptions import OperationalError
 
 from app import routing
+from app.consumer import RestoreLostDeliveries
 from app.metrics import BacklogMetricsStep
 from app.protection import TaskProtectionStep
 from app.recovery import UnackedSweepStep
@@ -25,7 +29,28 @@ from app.settings import Settings
 
 settings = Settings.from_env()
 
-app = Celery("celery_ecs", include=["app.tasks"])
+#: What a task gets when Redis (the broker, result backend and the example tasks' store) is
+#: unreachable: a restart, failover or network blip, not a bug in the task.
+BROKER_OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, OperationalError)
+
+
+class RequeueOnBrokerOutage(Task):  # type: ignore[misc]
+    """Every task of the app: one that fails because Redis is unreachable goes back on its queue.
+
+    Celery acknowledges a late-acknowledged message whose task raised, so the task would end as
+    FAILURE and its message would be gone. Rejecting it with ``requeue`` keeps the message: put
+    back now if Redis answers again, otherwise left unacknowledged for the worker to restore
+    once it reconnects (``app.consumer``). Tasks are idempotent, so running again is safe.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except BROKER_OUTAGE_ERRORS as error:
+            raise Reject(f"Redis unreachable ({error!r}): requeued", requeue=True) from error
+
+
+app = Celery("celery_ecs", include=["app.tasks"], task_cls=RequeueOnBrokerOutage)
 app.conf.update(settings.celery_config())
 app.conf.update(
     task_queues=[Queue(name, Exchange(name), routing_key=name) for name in routing.QUEUES],
@@ -33,6 +58,8 @@ app.conf.update(
     task_routes={task: {"queue": queue} for task, queue in routing.ROUTES.items()},
     # Beat keeps its schedule state and a lock in Redis (celery-redbeat): a replaced beat task
     # resumes where the old one stopped, and a second beat blocks on the lock instead of sending.
+    # Survives broker restarts without losing tasks or exiting (see app.consumer).
+    worker_consumer="app.consumer:Consumer",
     beat_scheduler="app.beat:HeartbeatRedBeatScheduler",
     beat_max_loop_interval=5,
     redbeat_lock_timeout=30,
@@ -129,6 +156,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
 
 
 app.steps["consumer"].add(WorkerHeartbeat)
+app.steps["consumer"].add(RestoreLostDeliveries)
 app.steps["worker"].add(UnackedSweepStep)
 if settings.task_protection:
     app.steps["worker"].add(TaskProtectionStep)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +31,30 @@ class RedisServer:
     process: subprocess.Popen[bytes]
     port: int
     workdir: Path
+    argv: Sequence[str]
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
+        self._terminate()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def restart(self, downtime: float = 1.0, timeout: float = 10.0) -> None:
+        """Restart the server as a maintenance restart does: every connection drops, the port
+        refuses connections for ``downtime`` seconds, and the data comes back (saved to disk on
+        shutdown, loaded at start), as ElastiCache keeps it across a node restart."""
+        client = redis.Redis(port=self.port, socket_connect_timeout=2)
+        # The server closes the connection as it exits: that error is the expected answer.
+        with contextlib.suppress(redis.ConnectionError):
+            client.shutdown(save=True)
+        self.process.wait(timeout=timeout)
+        time.sleep(downtime)
+        self.process = _launch(self.argv)
+        _wait_until_answering(self, timeout)
+
+    def _terminate(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -43,11 +62,32 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _launch(argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_until_answering(server: RedisServer, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    client = redis.Redis(port=server.port, socket_connect_timeout=0.5)
+    while True:
+        if server.process.poll() is not None:
+            err = server.process.stderr.read().decode() if server.process.stderr else ""
+            raise RedisUnavailable(f"redis-server exited with {server.process.returncode}: {err}")
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise RedisUnavailable(
+                    f"redis-server did not answer on port {server.port}"
+                ) from None
+            time.sleep(0.05)
 
 
 def start_redis(executable: str = "redis-server", timeout: float = 10.0) -> RedisServer:
-    """Start redis-server with the broker's settings (``noeviction``, no persistence)."""
+    """Start redis-server with the broker's settings (``noeviction``, no periodic snapshots)."""
     binary = shutil.which(executable)
     if binary is None:
         raise RedisUnavailable(
@@ -56,35 +96,22 @@ def start_redis(executable: str = "redis-server", timeout: float = 10.0) -> Redi
         )
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="celery-ecs-redis-"))
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--maxmemory-policy", "noeviction",
-            "--dir", str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    server = RedisServer(process, port, workdir)
-    deadline = time.monotonic() + timeout
-    client = redis.Redis(port=port, socket_connect_timeout=0.5)
-    while True:
-        if process.poll() is not None:
-            err = process.stderr.read().decode() if process.stderr else ""
-            server.stop()
-            raise RedisUnavailable(f"redis-server exited with {process.returncode}: {err}")
-        try:
-            client.ping()
-            return server
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                server.stop()
-                raise RedisUnavailable(f"redis-server did not answer on port {port}") from None
-            time.sleep(0.05)
+    argv = [
+        binary,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--save", "",
+        "--appendonly", "no",
+        "--maxmemory-policy", "noeviction",
+        "--dir", str(workdir),
+    ]  # fmt: skip
+    server = RedisServer(_launch(argv), port, workdir, argv)
+    try:
+        _wait_until_answering(server, timeout)
+    except RedisUnavailable:
+        server.stop()
+        raise
+    return server
 
 
 @contextmanager

@@ -1,0 +1,90 @@
+"""A broker restart under load loses nothing and kills no worker.
+
+ElastiCache restarts nodes for maintenance, node replacement and failover: every connection
+drops, the endpoint refuses connections for a while, and the data comes back. Here a real
+redis-server is shut down (saving its data) and started again on the same port while a real
+worker runs a backlog of tasks; ``CLIENT KILL`` would only drop connections to a server that
+stays reachable, which is not the same failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery.exceptions import Reject
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from devtools.redis_server import RedisServer, free_port, start_redis
+from tests.support import AppProcess, app_environment, send_task, start_worker, wait_for
+
+TASKS = 100
+AMOUNT = 1
+# Long enough that nothing in this test can come back through the visibility timeout: every
+# task must complete through the worker's own recovery.
+VISIBILITY_TIMEOUT = 900
+
+
+@pytest.fixture
+def restartable_redis() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+def completed(client: redis.Redis, keys: list[str]) -> int:
+    return sum(client.exists(f"idem:{key}") for key in keys)
+
+
+def test_a_busy_worker_survives_a_broker_restart_and_every_task_completes(
+    restartable_redis: RedisServer, tmp_path: Path,
+    processes: list[AppProcess],
+) -> None:
+    url = restartable_redis.url
+    env = app_environment(
+        url, tmp_path,
+        CELERY_TASK_SOFT_TIME_LIMIT="20", CELERY_TASK_TIME_LIMIT="22",
+        CELERY_MAX_COUNTDOWN="0", CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
+    )  # fmt: skip
+    worker = start_worker(env, tmp_path, concurrency=4)
+    processes.append(worker)
+    client = redis.Redis.from_url(url, decode_responses=True)
+    keys = [f"restart-{i}" for i in range(TASKS)]
+    for key in keys:
+        send_task(
+            url, "app.tasks.apply_credit",
+            kwargs={"idempotency_key": key, "account": "acct", "amount": AMOUNT,
+                    "work_seconds": 0.2},
+        )  # fmt: skip
+    wait_for(lambda: completed(client, keys) >= 10, 60, what="the first tasks to complete")
+
+    restartable_redis.restart(downtime=3)
+
+    client = redis.Redis.from_url(url, decode_responses=True)
+    wait_for(lambda: completed(client, keys) == TASKS, 120, interval=0.5,
+             what=f"all {TASKS} tasks to complete")
+    assert client.hget("ledger:balances", "acct") == str(TASKS * AMOUNT)
+    wait_for(lambda: client.zcard("unacked_index:default") == 0, 30, what="every ack")
+    assert worker.alive(), worker.logs()
+    assert "Unrecoverable error" not in worker.logs()
+
+
+
+def test_a_task_that_cannot_reach_redis_is_requeued_not_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What the worker does with the outcome is Celery's documented behaviour: an exception
+    # acknowledges the message (FAILURE, gone), Reject(requeue=True) puts it back.
+    from app import tasks
+
+    unreachable = redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
+    monkeypatch.setattr(tasks, "client", lambda: unreachable)
+
+    with pytest.raises(Reject) as rejected:
+        tasks.apply_credit(idempotency_key="k", account="acct", amount=1)
+
+    assert rejected.value.requeue is True
+    assert isinstance(rejected.value.__cause__, redis.ConnectionError)
