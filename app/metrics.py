@@ -150,6 +150,8 @@ class BacklogMetricsStep(bootsteps.StartStopStep):
     worker's event loop.
     """
 
+    # Threads start once the pool has forked its children (see ``app.periodic``).
+    requires = ("celery.worker.components:Pool",)
     label = "Backlog metrics"
 
     def create(self, worker: Any) -> PeriodicThread:

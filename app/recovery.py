@@ -57,6 +57,8 @@ class UnackedSweeper:
 class UnackedSweepStep(bootsteps.StartStopStep):
     """Worker bootstep running ``UnackedSweeper.sweep`` on a thread of the main process."""
 
+    # Threads start once the pool has forked its children (see ``app.periodic``).
+    requires = ("celery.worker.components:Pool",)
     label = "Unacked sweep"
 
     def create(self, worker: Any) -> PeriodicThread:
