@@ -6,7 +6,8 @@ from typing import Any
 
 from redbeat import RedBeatScheduler
 
-from app.celery_app import touch_heartbeat
+from app.celery_app import settings
+from app.health import HeartbeatFile
 
 
 class HeartbeatRedBeatScheduler(RedBeatScheduler):
@@ -16,7 +17,9 @@ class HeartbeatRedBeatScheduler(RedBeatScheduler):
     stuck stops touching the file and loses the lock at about the same time.
     """
 
+    heartbeat = HeartbeatFile("beat", settings.heartbeat_dir)
+
     def tick(self, *args: Any, **kwargs: Any) -> float:
         interval = super().tick(*args, **kwargs)
-        touch_heartbeat("beat")
+        self.heartbeat.touch()
         return interval

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -21,6 +20,7 @@ from kombu.exceptions import OperationalError
 
 from app import routing
 from app.consumer import RestoreLostDeliveries
+from app.health import HeartbeatFile
 from app.metrics import BacklogMetricsStep
 from app.protection import TaskProtectionStep
 from app.recovery import UnackedSweepStep
@@ -87,16 +87,6 @@ def beat_publishes_only(**_: Any) -> None:
 HEARTBEAT_INTERVAL = 10.0
 
 
-def heartbeat_path(role: str) -> Path:
-    return Path(settings.heartbeat_dir) / f"celery-{role}.heartbeat"
-
-
-def touch_heartbeat(role: str) -> None:
-    path = heartbeat_path(role)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
-
-
 def celery_schedule(entry: PeriodicEntry) -> Any:
     spec = entry.schedule
     if isinstance(spec, Every):
@@ -140,10 +130,11 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.tref: Any = None
+        self.heartbeat = HeartbeatFile("worker", settings.heartbeat_dir)
 
     def start(self, parent: Any) -> None:
-        touch_heartbeat("worker")
-        self.tref = parent.timer.call_repeatedly(HEARTBEAT_INTERVAL, touch_heartbeat, ("worker",))
+        self.heartbeat.touch()
+        self.tref = parent.timer.call_repeatedly(HEARTBEAT_INTERVAL, self.heartbeat.touch)
 
     def stop(self, parent: Any) -> None:
         if self.tref is not None:
@@ -152,7 +143,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
 
     def shutdown(self, parent: Any) -> None:
         self.stop(parent)
-        heartbeat_path("worker").unlink(missing_ok=True)
+        self.heartbeat.remove()
 
 
 app.steps["consumer"].add(WorkerHeartbeat)

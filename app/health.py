@@ -9,6 +9,7 @@ nothing from Celery, so it starts in milliseconds.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -16,17 +17,55 @@ from pathlib import Path
 
 from app.settings import HEARTBEAT_DIR
 
+log = logging.getLogger(__name__)
+
 #: A heartbeat older than this (seconds) means the process is stuck or lost its broker.
 MAX_AGE = 60.0
 
 
-def heartbeat_age(role: str, now: float | None = None) -> float | None:
-    path = Path(os.environ.get(HEARTBEAT_DIR) or "/tmp") / f"celery-{role}.heartbeat"
-    try:
-        mtime = path.stat().st_mtime
-    except FileNotFoundError:
-        return None
-    return (time.time() if now is None else now) - mtime
+def heartbeat_path(role: str, heartbeat_dir: str | None = None) -> Path:
+    """The file ``role`` ("worker" or "beat") touches; by default in ``CELERY_HEARTBEAT_DIR``."""
+    directory = heartbeat_dir or os.environ.get(HEARTBEAT_DIR) or "/tmp"
+    return Path(directory) / f"celery-{role}.heartbeat"
+
+
+class HeartbeatFile:
+    """The writing side: the worker and beat call ``touch`` from their own loops.
+
+    A file that cannot be written is reported as what it is, once per failure streak, and never
+    raised: an ``OSError`` escaping into the worker's consumer would be taken for a lost broker
+    connection (kombu counts ``OSError`` among connection errors) and restart it in a loop. The
+    process keeps working; the health check, which finds no fresh heartbeat, decides.
+    """
+
+    def __init__(self, role: str, heartbeat_dir: str | None = None) -> None:
+        self.role = role
+        self.path = heartbeat_path(role, heartbeat_dir)
+        self._failing = False
+
+    def touch(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.touch()
+        except OSError as error:
+            if not self._failing:
+                log.error(
+                    "cannot write the %s heartbeat file %s (%s: %s); the container health check "
+                    "will fail until it can: make %s writable for user %d",
+                    self.role, self.path, type(error).__name__, error.strerror or error,
+                    self.path.parent, os.getuid(),
+                )  # fmt: skip
+            self._failing = True
+            return
+        if self._failing:
+            log.info("the %s heartbeat file %s is writable again", self.role, self.path)
+            self._failing = False
+
+    def remove(self) -> None:
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as error:
+            log.warning("could not remove the heartbeat file %s: %s", self.path, error)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,9 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("role", choices=["worker", "beat"])
     parser.add_argument("--max-age", type=float, default=MAX_AGE, help="seconds (default 60)")
     args = parser.parse_args(argv)
-    age = heartbeat_age(args.role)
-    if age is None:
-        print(f"unhealthy: {args.role} has not written a heartbeat", file=sys.stderr)
+    path = heartbeat_path(args.role)
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        print(f"unhealthy: {args.role} has not written a heartbeat ({path})", file=sys.stderr)
+        return 1
+    except OSError as error:  # e.g. a path component that is not a directory
+        print(f"unhealthy: cannot read the {args.role} heartbeat {path}: {error}", file=sys.stderr)
         return 1
     if age > args.max_age:
         print(f"unhealthy: {args.role} heartbeat is {age:.0f}s old", file=sys.stderr)
