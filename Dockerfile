@@ -5,8 +5,8 @@
 #   enqueue  python -m app.enqueue --entry ... --slot ...
 # No init process in the image: ECS runs one (initProcessEnabled), and two would be one too many.
 # No HEALTHCHECK: ECS ignores it; the task definitions hold the health checks.
-# The container runs with a read-only root filesystem: the app writes only to /tmp (a volume)
-# and gunicorn to /dev/shm.
+# The container runs with a read-only root filesystem: the app writes only to /tmp (a volume,
+# declared below) and gunicorn to /dev/shm.
 
 FROM python:3.11.14-slim-bookworm AS build
 
@@ -14,7 +14,7 @@ FROM python:3.11.14-slim-bookworm AS build
 # installs into it. Every dependency is a wheel, so no compiler is needed.
 RUN python -m venv --without-pip /opt/venv
 COPY app/requirements.txt app/constraints.txt /tmp/
-RUN pip install --no-cache-dir --disable-pip-version-check --python /opt/venv/bin/python \
+RUN pip --python /opt/venv/bin/python install --no-cache-dir --disable-pip-version-check \
         --requirement /tmp/requirements.txt --constraint /tmp/constraints.txt
 
 
@@ -35,6 +35,11 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 # Only the application package: the Pulumi program, tests and dev tools stay out.
 COPY app/ /app/app/
+
+# The task definitions mount a task volume at /tmp. On Fargate an empty volume is created owned by
+# root with mode 0755, unless the image declares a VOLUME at exactly that path: then it starts as
+# a copy of the image's /tmp (1777), and the app's user can write its heartbeats and temp files.
+VOLUME ["/tmp"]
 
 USER 10001:10001
 EXPOSE 8000

@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean system-packages
 
 $(BIN)/.installed: requirements.txt app/requirements.txt app/constraints.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,18 +15,18 @@ $(BIN)/.installed: requirements.txt app/requirements.txt app/constraints.txt req
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-redis-server:
-	@scripts/ensure-redis
+system-packages:
+	@scripts/ensure-system-packages
 
-run: $(BIN)/.installed redis-server
+run: $(BIN)/.installed system-packages
 	$(BIN)/python -m devtools.stack
 
-test: $(BIN)/.installed redis-server
+test: $(BIN)/.installed system-packages
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-bench: $(BIN)/.installed redis-server
+bench: $(BIN)/.installed system-packages
 	$(BIN)/python -m bench.worker_budget
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .twin .pytest_cache .ruff_cache .hypothesis

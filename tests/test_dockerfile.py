@@ -1,7 +1,9 @@
 """The image: lint-clean, hardened, and holding exactly what the app's processes need.
 
-No Docker engine is needed: the Dockerfile is linted with hadolint and parsed, and the app's
-imports are checked against what the image copies (app/) and installs (app/requirements.txt).
+No Docker engine is needed: the Dockerfile is linted with hadolint and parsed (with the ECS
+twin's reading of it, ``devtools.twin.image``), and the app's imports are checked against what
+the image copies (app/) and installs (app/requirements.txt). The twin runs the image's build
+stage and its containers for real (``tests/test_fargate_contract.py``).
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import re
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from devtools.twin.image import Stage, dockerfile_stages
 from infra import containers
 from infra.config import load as load_stack_config
 from infra.image import dockerignore_excludes
@@ -29,44 +31,9 @@ REQUIREMENTS = APP / "requirements.txt"
 APP_USER = "10001:10001"
 
 
-@dataclass
-class Stage:
-    image: str
-    name: str | None
-    instructions: list[tuple[str, str]] = field(default_factory=list)  # (KEYWORD, arguments)
-
-    def arguments(self, keyword: str) -> list[str]:
-        return [args for kw, args in self.instructions if kw == keyword]
-
-
-def parse_dockerfile(text: str) -> list[Stage]:
-    """Stages and their instructions (continuation lines joined, comments dropped)."""
-    logical_lines: list[str] = []
-    pending = ""
-    for line in text.splitlines():
-        if not pending and line.lstrip().startswith("#"):
-            continue
-        if line.rstrip().endswith("\\"):
-            pending += line.rstrip()[:-1] + " "
-            continue
-        logical_lines.append(pending + line)
-        pending = ""
-    stages: list[Stage] = []
-    for line in filter(str.strip, logical_lines):
-        keyword, _, arguments = line.strip().partition(" ")
-        keyword, arguments = keyword.upper(), " ".join(arguments.split())
-        if keyword == "FROM":
-            image, _, name = arguments.partition(" AS ")
-            stages.append(Stage(image.strip(), name.strip() or None))
-        else:
-            assert stages, f"{keyword} before FROM"
-            stages[-1].instructions.append((keyword, arguments))
-    return stages
-
-
 @pytest.fixture(scope="module")
 def stages() -> list[Stage]:
-    return parse_dockerfile(DOCKERFILE.read_text())
+    return dockerfile_stages(DOCKERFILE)
 
 
 @pytest.fixture(scope="module")

@@ -463,7 +463,10 @@ def test_containers_are_hardened(deployed: Deployed) -> None:
         assert container["user"] == "10001:10001", service
         assert container["readonlyRootFilesystem"] is True, service
         assert container.get("privileged", False) is False, service
-        assert container["linuxParameters"]["initProcessEnabled"] is True, service
+        assert container["linuxParameters"] == {
+            "initProcessEnabled": True,
+            "capabilities": {"drop": ["ALL"]},
+        }, service
         assert container["mountPoints"] == [
             {"sourceVolume": "tmp", "containerPath": "/tmp", "readOnly": False}
         ]
@@ -471,6 +474,9 @@ def test_containers_are_hardened(deployed: Deployed) -> None:
         log = container["logConfiguration"]
         assert log["logDriver"] == "awslogs"
         assert log["options"]["awslogs-region"] == REGION
+        # A slow CloudWatch must never block a process writing a log line.
+        assert log["options"]["mode"] == "non-blocking", service
+        assert log["options"]["max-buffer-size"] == "25m", service
         group = log_groups[log["options"]["awslogs-group"]]
         assert group.inputs["name"] == f"/ecs/celery-ecs-test/{service}"
         assert group.inputs["retentionInDays"] == deployed.config.log_retention_days
