@@ -68,6 +68,9 @@ def start_redis(executable: str = "redis-server", timeout: float = 10.0) -> Redi
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        # Not in the terminal's process group: a Ctrl-C must not stop Redis before the
+        # processes using it; whoever started it stops it, last.
+        start_new_session=True,
     )
     server = RedisServer(process, port, workdir)
     deadline = time.monotonic() + timeout
