@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -25,11 +26,12 @@ from pathlib import Path
 import redis
 
 from app import routing
+from app.schedule import SCHEDULE
 from app.settings import WEB_REQUEST_TIMEOUT, Settings
 from devtools.processes import ROOT, AppProcess, python_argv, start_process
 from devtools.redis_server import RedisUnavailable, free_port, start_redis
 from infra.budget import BEAT_STOP_TIMEOUT, EXIT_MARGIN, web_budget
-from infra.containers import BEAT_COMMAND, WEB_COMMAND, worker_command
+from infra.containers import BEAT_COMMAND, ENQUEUE_MODULE, WEB_COMMAND, worker_command
 
 #: Stop order: the producers first, so nothing new is enqueued while the worker drains; Redis
 #: stops after all of them. With each, the signal that stops it at once when the stack is told
@@ -140,12 +142,20 @@ def stop(process: AppProcess, timeout: float, at_once: signal.Signals,
 
 def banner(web_url: str, broker_url: str, log_dir: Path) -> str:
     """What the stack prints once the web is ready: what to try, and how to stop."""
+    interpreter = Path(sys.executable)
+    if interpreter.is_relative_to(ROOT):
+        interpreter = interpreter.relative_to(ROOT)  # `python -m app…` runs from the repository
+    # The schedule is hourly and nightly, so nothing periodic runs in a short session: fire an
+    # entry by hand with the command EventBridge runs (less its --slot, so it fires every time).
+    enqueue = shlex.join([str(interpreter), "-m", ENQUEUE_MODULE, "--entry", SCHEDULE[0].name])
     return (
         f"\nweb listening on {web_url}  (broker {broker_url}, logs in {log_dir})\n"
         f"  curl -s -X POST {web_url}/tasks/apply_credit -H 'Content-Type: "
         "application/json' -d '{\"idempotency_key\": \"k1\", \"account\": \"alice\", "
         "\"amount\": 5}'\n"
         f"  curl -s {web_url}/tasks/<id>\n"
+        f"run a schedule entry now ({', '.join(entry.name for entry in SCHEDULE)}):\n"
+        f"  CELERY_BROKER_URL={shlex.quote(broker_url)} {enqueue}\n"
         "Ctrl-C stops everything; running tasks finish first (a second Ctrl-C cancels them).\n"
     )
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery.states import READY_STATES
 
+from app.schedule import SCHEDULE
 from tests.support import ROOT, wait_for
 
 BANNER = re.compile(r"^web listening on (http://\S+)  \(broker (redis://\S+),", re.MULTILINE)
@@ -89,7 +91,9 @@ def start_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
         with output_path.open("wb") as output:
             process = subprocess.Popen(
                 [sys.executable, "-m", "devtools.stack", "--port", "0", *args],
-                cwd=ROOT, env=clean_environment(), stdout=output, stderr=subprocess.STDOUT,
+                # TMPDIR: the stack keeps its logs in a temporary directory; this test owns it.
+                cwd=ROOT, env={**clean_environment(), "TMPDIR": str(tmp_path)},
+                stdout=output, stderr=subprocess.STDOUT,
                 process_group=0,
             )
         started.append(process)
@@ -208,3 +212,28 @@ def test_a_second_ctrl_c_cancels_the_running_task_and_requeues_it(
     assert_short_and_clean(output)
     assert running_in(stack.groups) == []
 
+
+def test_the_printed_command_runs_a_schedule_entry_on_the_stack(
+    start_stack: Callable[..., Stack],
+) -> None:
+    stack = start_stack()
+    (command,) = [line.strip() for line in stack.output().splitlines()
+                  if " -m app.enqueue " in line]
+
+    # As a user pastes it into a shell in the repository, without the app's variables.
+    result = subprocess.run(command, shell=True, cwd=ROOT, env=clean_environment(),
+                            capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert (outcome["status"], outcome["task"]) == ("enqueued", SCHEDULE[0].task)
+    store = stack.redis()
+
+    def finished() -> str | None:
+        stored = store.get(f"celery-task-meta-{outcome['id']}")
+        state = json.loads(stored)["status"] if stored else None
+        return state if state in READY_STATES else None
+
+    assert wait_for(finished, 60, what="the entry's task to run") == "SUCCESS"
+    stack.ctrl_c()
+    assert stack.wait() == 0, stack.output()
