@@ -74,11 +74,14 @@ def follow(process: AppProcess, stopped: threading.Event) -> None:
     """Copy a process's log to this terminal, each line prefixed with the process name."""
     with process.log_path.open("rb") as log:
         while True:
+            # Decided before reading: a process's last lines, written just before it exits,
+            # are still read.
+            finished = stopped.is_set() and not process.alive()
             line = log.readline()
             if line:
                 sys.stdout.write(f"{process.name:>6} | {line.decode(errors='replace')}")
                 sys.stdout.flush()
-            elif stopped.is_set() and not process.alive():
+            elif finished:
                 return
             else:
                 time.sleep(0.1)
