@@ -85,6 +85,7 @@ def running_in(groups: list[int]) -> list[str]:
 def start_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     """Start ``python -m devtools.stack`` as a terminal's foreground job; kill leftovers."""
     started: list[subprocess.Popen[bytes]] = []
+    groups: list[int] = []  # the stacks' and those of what they started
 
     def start(*args: str) -> Stack:
         output_path = tmp_path / f"stack-{len(started)}.out"
@@ -97,6 +98,7 @@ def start_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
                 process_group=0,
             )
         started.append(process)
+        groups.append(process.pid)
 
         def banner() -> re.Match[str] | None:
             if process.poll() is not None:
@@ -105,17 +107,21 @@ def start_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
             return BANNER.search(output_path.read_text(errors="replace"))
 
         match = wait_for(banner, START_TIMEOUT, interval=0.1, what="the stack's banner")
-        return Stack(process, output_path, match.group(1), match.group(2),
-                     child_groups(process.pid))
+        stack = Stack(process, output_path, match.group(1), match.group(2),
+                      child_groups(process.pid))
+        groups.extend(stack.groups)
+        return stack
 
     yield start
+    # After a failure, a stack or what it started may still run, each in a session of its own.
     for process in started:
-        if process.poll() is None:
-            # A failed test: kill the stack's children (sessions of their own) and the stack.
-            for group in [*child_groups(process.pid), process.pid]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(group, signal.SIGKILL)
-            process.wait()
+        groups.extend(child_groups(process.pid))
+    for group in set(groups):
+        if running_in([group]):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+    for process in started:
+        process.wait()
 
 
 def post_task(web_url: str, name: str, kwargs: dict[str, object]) -> str:
@@ -147,8 +153,8 @@ def results_published(pubsub: redis.client.PubSub) -> list[tuple[str, str]]:
             published.append((result["task_id"], result["status"]))
 
 
-def stop_order(output: str) -> list[str]:
-    return re.findall(r"^stopping (\w+)", output, re.MULTILINE)
+def stop_lines(output: str) -> list[str]:
+    return re.findall(r"^stopping .*", output, re.MULTILINE)
 
 
 def assert_short_and_clean(output: str) -> None:
@@ -174,7 +180,9 @@ def test_ctrl_c_lets_the_running_task_finish_then_stops_redis_last(
 
     assert stack.wait() == 0, stack.output()
     output = stack.output()
-    assert stop_order(output) == ["web", "beat", "worker", "redis"], output
+    assert stop_lines(output) == [
+        "stopping web...", "stopping beat...", "stopping worker...", "stopping redis...",
+    ], output
     success = re.search(
         rf"Task app\.tasks\.apply_credit\[{task_id}\] succeeded in .*'applied': True", output
     )
@@ -202,7 +210,7 @@ def test_a_second_ctrl_c_cancels_the_running_task_and_requeues_it(
 
     assert stack.wait() == 0, stack.output()
     output = stack.output()
-    assert re.findall(r"^stopping .*", output, re.MULTILINE) == [
+    assert stop_lines(output) == [
         "stopping web...", "stopping beat...", "stopping worker...", "stopping worker at once...",
     ], output
     assert " succeeded in " not in output
