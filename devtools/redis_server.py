@@ -65,7 +65,14 @@ class RedisServer:
 
 
 def _launch(argv: Sequence[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        list(argv),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        # Not in the terminal's process group: a Ctrl-C must not stop Redis before the
+        # processes using it; whoever started it stops it, last.
+        start_new_session=True,
+    )
 
 
 def _wait_until_answering(server: RedisServer, timeout: float) -> None:
