@@ -13,6 +13,7 @@ from typing import Any
 import redis
 from celery import Celery, Task, bootsteps, signals
 from celery._state import _set_task_join_will_block
+from celery.app.amqp import AMQP
 from celery.exceptions import Reject
 from celery.schedules import crontab, schedule
 from kombu import Exchange, Queue
@@ -34,7 +35,7 @@ settings = Settings.from_env()
 BROKER_OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, OperationalError)
 
 
-class RequeueOnBrokerOutage(Task):  # type: ignore[misc]
+class RequeueOnBrokerOutage(Task):
     """Every task of the app: one that fails because Redis is unreachable goes back on its queue.
 
     Celery acknowledges a late-acknowledged message whose task raised, so the task would end as
@@ -50,7 +51,49 @@ class RequeueOnBrokerOutage(Task):  # type: ignore[misc]
             raise Reject(f"Redis unreachable ({error!r}): requeued", requeue=True) from error
 
 
-app = Celery("celery_ecs", include=["app.tasks"], task_cls=RequeueOnBrokerOutage)
+class LimitedDelayAmqp(AMQP):
+    """Celery's message factory, refusing a countdown or ETA beyond CELERY_MAX_COUNTDOWN.
+
+    A message waiting for its ETA stays unacknowledged in a worker; past the visibility timeout
+    Redis would deliver it a second time, and the budget sizes that timeout for this limit.
+    Every publish (``apply_async``, ``send_task``, retries, beat) builds its message here; a
+    ``before_task_publish`` receiver could not refuse anything, as Celery logs and swallows
+    receivers' exceptions.
+    """
+
+    def as_task_v2(
+        self,
+        task_id: str,
+        name: str,
+        args: Any = None,
+        kwargs: Any = None,
+        countdown: float | None = None,
+        eta: datetime | str | None = None,
+        *more: Any,
+        **options: Any,
+    ) -> Any:
+        if countdown:
+            delay = float(countdown)
+        elif eta:
+            when = datetime.fromisoformat(eta) if isinstance(eta, str) else eta
+            when = when if when.tzinfo else when.replace(tzinfo=UTC)
+            delay = (when - datetime.now(UTC)).total_seconds()
+        else:
+            delay = 0.0
+        if delay > settings.max_countdown:
+            raise ValueError(
+                f"{name}: a countdown of {delay:.0f}s exceeds CELERY_MAX_COUNTDOWN="
+                f"{settings.max_countdown}s (the visibility timeout is sized for it)"
+            )
+        return super().as_task_v2(task_id, name, args, kwargs, countdown, eta, *more, **options)
+
+
+app = Celery(
+    "celery_ecs",
+    include=["app.tasks"],
+    task_cls=RequeueOnBrokerOutage,
+    amqp=LimitedDelayAmqp,
+)
 app.conf.update(settings.celery_config())
 app.conf.update(
     task_queues=[Queue(name, Exchange(name), routing_key=name) for name in routing.QUEUES],
@@ -163,24 +206,3 @@ def configure_logging(**_: Any) -> None:
         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
         force=True,
     )
-
-
-@signals.before_task_publish.connect
-def refuse_long_countdown(headers: dict[str, Any] | None = None, **_: Any) -> None:
-    """Refuse an ETA beyond CELERY_MAX_COUNTDOWN.
-
-    A message waiting for its ETA stays unacknowledged in a worker; past the visibility
-    timeout Redis would deliver it a second time. The budget sizes that timeout for this limit.
-    """
-    eta = (headers or {}).get("eta")
-    if not eta:
-        return
-    when = datetime.fromisoformat(eta)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    wait = (when - datetime.now(UTC)).total_seconds()
-    if wait > settings.max_countdown + 1:
-        raise ValueError(
-            f"{headers.get('task')}: countdown of {wait:.0f}s exceeds CELERY_MAX_COUNTDOWN="
-            f"{settings.max_countdown}s (the visibility timeout is sized for it)"
-        )

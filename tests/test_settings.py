@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
+import redis
 
 from app.settings import ENV_VARS, ConfigError, Settings
 from tests.support import ROOT
@@ -88,3 +90,30 @@ def test_readme_lists_every_variable() -> None:
     for name, (default, _) in ENV_VARS.items():
         assert f"`{name}`" in readme, name
         assert default in readme, (name, default)
+
+
+def test_the_visibility_timeout_must_exceed_the_longest_unacknowledged_time_strictly() -> None:
+    # prefetch 2 x hard limit 100 + max countdown 50 = 250 seconds unacknowledged at most.
+    limits = {**BROKER, "CELERY_PREFETCH_MULTIPLIER": "2", "CELERY_TASK_SOFT_TIME_LIMIT": "90",
+              "CELERY_TASK_TIME_LIMIT": "100", "CELERY_MAX_COUNTDOWN": "50"}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"must exceed .* = 250"):
+        Settings.from_env({**limits, "CELERY_VISIBILITY_TIMEOUT": "250"})
+    accepted = Settings.from_env({**limits, "CELERY_VISIBILITY_TIMEOUT": "251"})
+    assert accepted.visibility_timeout == 251
+
+
+def test_a_countdown_beyond_the_maximum_is_refused_at_publish(redis_url: str) -> None:
+    # The worker holds an ETA message unacknowledged until it is due; the visibility timeout is
+    # sized for CELERY_MAX_COUNTDOWN, so a longer one would be delivered twice.
+    from app.celery_app import app, settings
+
+    limit = settings.max_countdown
+    with app.connection_for_write(redis_url) as connection:
+        with pytest.raises(ValueError, match=f"exceeds CELERY_MAX_COUNTDOWN={limit}"):
+            app.send_task("app.tasks.noop", connection=connection, countdown=limit + 5,
+                          ignore_result=True)  # fmt: skip
+        accepted = app.send_task("app.tasks.noop", connection=connection, countdown=limit,
+                                 ignore_result=True)  # fmt: skip
+    assert accepted.id
+    queued = redis.Redis.from_url(redis_url).lrange("default", 0, -1)
+    assert [json.loads(message)["headers"]["id"] for message in queued] == [accepted.id]
