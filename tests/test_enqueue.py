@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 
@@ -113,3 +114,33 @@ def test_unreachable_broker_without_slot_fails_with_status_1(app_env: dict[str, 
 
     assert result.returncode == 1, result.stderr
     assert "unreachable after 4 attempts" in result.stderr
+
+
+def test_a_failed_publish_releases_the_slot_so_a_redelivery_can_publish_it(
+    app_env: dict[str, str], redis_client: redis.Redis, redis_url: str
+) -> None:
+    # A broker that takes the slot's claim (SET) but refuses the publish (LPUSH): the claim must
+    # not outlive the failure, or EventBridge's retry of the same slot would find it taken and
+    # the slot would never run.
+    redis_client.acl_setuser(
+        "no-publish", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+        commands=["+@all", "-lpush"],
+    )  # fmt: skip
+    port = urlsplit(redis_url).port
+    refused = {**app_env, "CELERY_BROKER_URL": f"redis://no-publish:pw@127.0.0.1:{port}/0"}
+    slot = "2026-12-01T03:00:00Z"
+    try:
+        failed = enqueue(refused, "--entry", ENTRY.name, "--slot", slot)
+    finally:
+        redis_client.acl_deluser("no-publish")
+
+    assert failed.returncode == 1, failed.stderr
+    assert "no permissions to run the 'lpush' command" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert redis_client.keys("enqueue:slot:*") == []  # released
+    assert redis_client.llen(ENTRY.queue) == 0
+
+    redelivered = enqueue(app_env, "--entry", ENTRY.name, "--slot", slot)
+    assert redelivered.returncode == 0, redelivered.stderr
+    assert json.loads(redelivered.stdout)["status"] == "enqueued"
+    assert len(queued(redis_client, ENTRY.queue)) == 1

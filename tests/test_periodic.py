@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from app.periodic import PeriodicThread
+from tests.support import AppProcess, send_task, start_worker, wait_for
 
 #: How long a child may take to import a module that is already loaded: generous.
 CHILD_DEADLINE = 30.0
@@ -94,3 +96,30 @@ def test_work_does_not_start_while_a_fork_is_in_progress() -> None:
         time.sleep(0.01)
     thread.stop()
     assert len(calls) == 1
+
+
+FRESH_STARTS = 5
+CONCURRENCY = 4
+
+
+def test_every_pool_process_of_fresh_workers_runs_a_task_at_once(
+    app_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis,
+    processes: list[AppProcess],
+) -> None:
+    # A child forked while a thread of the worker held a lock hangs until the soft time limit,
+    # here far longer than the wait below: each of a worker's children must take a task at once.
+    env = {**app_env, "CELERY_TASK_SOFT_TIME_LIMIT": "600", "CELERY_TASK_TIME_LIMIT": "660",
+           "CELERY_VISIBILITY_TIMEOUT": "3600"}  # fmt: skip
+    for start in range(FRESH_STARTS):
+        worker = start_worker(env, tmp_path, name=f"fresh-{start}", concurrency=CONCURRENCY)
+        processes.append(worker)
+        keys = [f"fresh-{start}-{slot}" for slot in range(CONCURRENCY)]
+        for key in keys:
+            send_task(env["CELERY_BROKER_URL"], "app.tasks.apply_credit",
+                      kwargs={"idempotency_key": key, "account": "acct", "amount": 1,
+                              "work_seconds": 1})  # fmt: skip
+        wait_for(lambda k=keys: all(redis_client.exists(f"idem:{key}") for key in k), 60,
+                 what=f"start {start}: a task on each of the {CONCURRENCY} pool processes")
+        pids = {line.split()[3] for line in worker.logs().splitlines() if "succeeded in" in line}
+        assert len(pids) == CONCURRENCY, worker.logs()  # every child ran one
+        worker.kill_all()
