@@ -47,9 +47,10 @@ class Consumer(CeleryConsumer):
         # Cancel first, without the RETRY state Celery would write to the unreachable result
         # backend. Cancelled requests leave ``active_requests``, so Celery's own loop below
         # finds only requests that never started, and it writes nothing for those.
-        for request in tuple(active_requests):
-            if request.task.acks_late and not request.acknowledged:
-                request.cancel(self.pool, emit_retry=False)
+        if self.app.conf.worker_cancel_long_running_tasks_on_connection_loss:
+            for request in tuple(active_requests):
+                if request.task.acks_late and not request.acknowledged:
+                    request.cancel(self.pool, emit_retry=False)
         super().on_connection_error_after_connected(exc)
 
     def _keep_unacked_deliveries(self) -> None:
