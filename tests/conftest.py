@@ -8,9 +8,21 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 
 from devtools.redis_server import RedisServer, start_redis
 from tests.support import AppProcess, app_environment
+
+# Property tests: the suite must pass every time on a loaded machine, so the default profile
+# checks the same examples on every run with no per-example deadline. HYPOTHESIS_PROFILE=explore
+# searches afresh each run, with ten times the examples.
+settings.register_profile(
+    "suite", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "explore", deadline=None, max_examples=1000, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 # The app refuses to import without a broker URL. In-process imports of the app (entry-point
 # and settings tests) get a harmless one; every process a test starts gets the real one.

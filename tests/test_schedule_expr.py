@@ -188,17 +188,20 @@ def eventbridge_matcher(expression: str) -> tuple[Callable[[date], bool], list[t
 
 
 def eventbridge_fire_times(expression: str, after: datetime) -> Iterator[datetime]:
-    """Fire times strictly after ``after``, in order (fails after a 400-year Gregorian cycle)."""
+    """Fire times strictly after ``after``, in order. The calendar repeats every 400 years, so
+    a rule that has not fired for 400 years never will: that fails."""
     fires_on, times = eventbridge_matcher(expression)
     day = after.date()
-    while day.year < after.year + 400:
+    last_fire = day
+    while day.year < last_fire.year + 400:
         if fires_on(day):
             for at in times:
                 moment = datetime.combine(day, at, tzinfo=UTC)
                 if moment > after:
+                    last_fire = day
                     yield moment
         day += timedelta(days=1)
-    raise AssertionError(f"{expression} does not fire within 400 years of {after}")
+    raise AssertionError(f"{expression} has not fired for 400 years after {last_fire}")
 
 
 _CELERY = Celery("schedule-expr-tests", set_as_current=False)
