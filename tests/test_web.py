@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,39 +24,18 @@ import pytest
 import redis
 from celery import states
 from celery.backends.redis import RedisBackend
-from celery.result import allow_join_result
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
 from app.celery_app import app as celery_app
-from app.web import ALLOWED_TASKS, TaskResults, create_app
+from app.web import ALLOWED_TASKS, TaskResults
 from devtools.redis_server import free_port
 from infra.containers import WEB_COMMAND
-from tests.support import AppProcess, start_process, start_worker, wait_for
-
-ClientFactory = Callable[..., FlaskClient]
+from tests.support import AppProcess, ClientFactory, start_process, start_worker, wait_for
 
 CREDIT = {"idempotency_key": "order-1:credit", "account": "acct-1", "amount": 25}
-
-
-@pytest.fixture
-def make_client(app_env: dict[str, str]) -> Iterator[ClientFactory]:
-    """Test clients of apps built from the test environment plus ``overrides``."""
-
-    def make(**overrides: str) -> FlaskClient:
-        return create_app({**app_env, **overrides}).test_client()
-
-    # create_app marks this process as one that never waits on task results (see app.web);
-    # restore Celery's default for the rest of the session afterwards.
-    with allow_join_result():
-        yield make
-
-
-@pytest.fixture
-def client(make_client: ClientFactory) -> FlaskClient:
-    return make_client()
 
 
 @pytest.fixture
