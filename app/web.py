@@ -33,7 +33,13 @@ from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import (
+    ClientDisconnected,
+    HTTPException,
+    InternalServerError,
+    RequestEntityTooLarge,
+)
+from werkzeug.wsgi import get_input_stream
 
 from app import tasks
 from app.celery_app import app as celery_app
@@ -230,6 +236,27 @@ def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
+def read_body(req: Request) -> bytes:
+    """The body, or RequestEntityTooLarge (413) if it is longer than ``max_content_length``.
+
+    Werkzeug checks a Content-Length against the limit, but stops reading a body without one
+    (``Transfer-Encoding: chunked``) at the limit and returns what it read: an oversized body
+    would arrive cut short. Reading up to one byte more tells a body at the limit from a longer one.
+    """
+    limit = req.max_content_length
+    if limit is None:
+        return req.get_data(cache=False)
+    try:
+        body = get_input_stream(req.environ, max_content_length=limit + 1).read()
+    except ClientDisconnected:  # what Werkzeug makes of any error reading from the server
+        raise ApiError(
+            400, "bad_request", "the body ended early or its chunked coding is malformed"
+        ) from None
+    if len(body) > limit:
+        raise RequestEntityTooLarge()
+    return body
+
+
 def json_object_body(req: Request) -> dict[str, Any]:
     """The body as a JSON object, or the ApiError (400/413/415/422) that says why not."""
     if not req.is_json:
@@ -238,7 +265,7 @@ def json_object_body(req: Request) -> dict[str, Any]:
             "unsupported_media_type",
             f"the body must be JSON (Content-Type: application/json), not {req.mimetype!r}",
         )
-    raw = req.get_data(cache=False)  # raises 413 beyond MAX_CONTENT_LENGTH
+    raw = read_body(req)
     try:
         body = json.loads(
             raw, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_constant

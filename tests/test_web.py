@@ -27,7 +27,8 @@ from celery.backends.redis import RedisBackend
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from werkzeug.test import TestResponse
+from werkzeug.test import EnvironBuilder, TestResponse, run_wsgi_app
+from werkzeug.wrappers import Request
 
 from app.celery_app import app as celery_app
 from app.web import ALLOWED_TASKS, TaskResults
@@ -292,6 +293,35 @@ def test_invalid_arguments_are_refused_naming_the_field(
     assert redis_client.llen("default") == redis_client.llen("long") == 0
 
 
+def post_streamed(client: FlaskClient, path: str, body: bytes) -> TestResponse:
+    """POST ``body`` as gunicorn hands the app a chunked request: without a Content-Length, on
+    a stream the server ends (``wsgi.input_terminated``)."""
+    environ = EnvironBuilder(path, method="POST", data=body, content_type=JSON).get_environ()
+    del environ["CONTENT_LENGTH"]
+    environ["HTTP_TRANSFER_ENCODING"] = "chunked"
+    environ["wsgi.input_terminated"] = True
+    app_iter, status, headers = run_wsgi_app(client.application, environ, buffered=True)
+    return TestResponse(app_iter, status, headers, request=Request(environ))
+
+
+@pytest.mark.parametrize(("size", "status"), [(100, 202), (101, 413), (70_000, 413)])
+def test_a_streamed_body_is_held_to_the_size_limit(
+    make_client: ClientFactory, redis_client: redis.Redis, size: int, status: int
+) -> None:
+    client = make_client(WEB_MAX_BODY_BYTES="100")
+    # Valid JSON of any length: cut at the limit, it would still be the empty object.
+    body = b"{}".ljust(size)
+
+    response = post_streamed(client, "/tasks/noop", body)
+
+    if status == 202:
+        assert response.status_code == 202, response.get_data(as_text=True)
+        assert redis_client.llen("default") == 1
+    else:
+        assert_error(response, 413, "request_entity_too_large")
+        assert redis_client.llen("default") == 0
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
@@ -466,6 +496,43 @@ def test_gunicorn_serves_the_api(
     status, _, body = call(port, "PATCH", "/tasks/noop", {})
     assert (status, body["error"]["code"]) == (405, "method_not_allowed")
     assert '"POST /tasks/apply_credit HTTP/1.1" 202' in web.logs()  # the access log
+
+
+def exchange(port: int, request: bytes, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as it is and read one response: status, headers (lowercase), body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+
+
+def chunked(body: bytes, size: int = 8192) -> bytes:
+    """``body`` in the chunked transfer coding."""
+    pieces = [body[start : start + size] for start in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+
+
+POST_CHUNKED = (
+    b"POST /tasks/noop HTTP/1.1\r\nHost: web\r\nContent-Type: application/json\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+
+
+def test_gunicorn_holds_a_chunked_body_to_the_size_limit(
+    app_env: dict[str, str], tmp_path: Path, processes: list[AppProcess], redis_client: redis.Redis
+) -> None:
+    _, port = start_web({**app_env, "WEB_MAX_BODY_BYTES": "1000"}, tmp_path, processes)
+
+    # Valid JSON of any length: cut at the limit, it would still be the empty object.
+    at_limit = exchange(port, POST_CHUNKED + chunked(b"{}".ljust(1000)))
+    over_limit = exchange(port, POST_CHUNKED + chunked(b"{}".ljust(50_000)))
+
+    assert at_limit[0] == 202, at_limit
+    status, headers, body = over_limit
+    assert (status, headers["content-type"]) == (413, JSON), over_limit
+    assert json.loads(body)["error"]["code"] == "request_entity_too_large"
+    assert redis_client.llen("default") == 1
 
 
 def test_gunicorn_configuration(app_env: dict[str, str]) -> None:
