@@ -25,12 +25,14 @@ import redis
 from celery import states
 from celery.backends.redis import RedisBackend
 from flask.testing import FlaskClient
+from gunicorn.workers.gthread import ThreadWorker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder, TestResponse, run_wsgi_app
 from werkzeug.wrappers import Request
 
 from app.celery_app import app as celery_app
+from app.gunicorn_worker import JsonErrorWorker
 from app.web import ALLOWED_TASKS, TaskResults
 from devtools.redis_server import free_port
 from infra.containers import WEB_COMMAND
@@ -535,6 +537,60 @@ def test_gunicorn_holds_a_chunked_body_to_the_size_limit(
     assert redis_client.llen("default") == 1
 
 
+#: Requests gunicorn refuses (all but the last before the app sees them), with the status and
+#: error code each must get.
+REFUSED_BY_GUNICORN = [
+    (
+        "request line too long",
+        b"GET /" + b"a" * 3000 + b" HTTP/1.1\r\nHost: web\r\n\r\n",
+        400,
+        "bad_request",
+    ),
+    (
+        "too many headers",
+        b"GET /livez HTTP/1.1\r\n" + b"".join(b"X-H%d: 1\r\n" % i for i in range(60)) + b"\r\n",
+        431,
+        "request_header_fields_too_large",
+    ),
+    (
+        "header too large",
+        b"GET /livez HTTP/1.1\r\nHost: web\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n",
+        431,
+        "request_header_fields_too_large",
+    ),
+    ("not HTTP", b"HELLO\r\n\r\n", 400, "bad_request"),
+    (
+        "invalid header name",
+        b"GET /livez HTTP/1.1\r\nHost: web\r\nBad Header: 1\r\n\r\n",
+        400,
+        "bad_request",
+    ),
+    (
+        "unsupported transfer coding",
+        b"POST /tasks/noop HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: rot13\r\n\r\n",
+        501,
+        "not_implemented",
+    ),
+    ("malformed chunk", POST_CHUNKED + b"zz\r\n{}\r\n0\r\n\r\n", 400, "bad_request"),
+]
+
+
+def test_errors_from_gunicorn_have_the_json_error_shape(
+    app_env: dict[str, str], tmp_path: Path, processes: list[AppProcess]
+) -> None:
+    _, port = start_web(app_env, tmp_path, processes)
+
+    for case, request, status, code in REFUSED_BY_GUNICORN:
+        got, headers, body = exchange(port, request)
+
+        assert (got, headers["content-type"]) == (status, JSON), (case, got, headers, body)
+        error = json.loads(body)["error"]
+        assert set(error) == {"code", "message"}, case
+        assert error["code"] == code, case
+        assert isinstance(error["message"], str) and error["message"], case
+        assert int(headers["content-length"]) == len(body), case
+
+
 def test_gunicorn_configuration(app_env: dict[str, str]) -> None:
     env = {**app_env, "WEB_PORT": "8123", "WEB_THREADS": "3", "WEB_REQUEST_TIMEOUT": "17"}
     argv = gunicorn_argv()
@@ -553,7 +609,8 @@ def test_gunicorn_configuration(app_env: dict[str, str]) -> None:
     )
 
     assert config["bind"] == "['0.0.0.0:8123']"
-    assert config["worker_class"] == "gthread"
+    assert config["worker_class"] == "app.gunicorn_worker.JsonErrorWorker"
+    assert issubclass(JsonErrorWorker, ThreadWorker)  # gthread, with JSON errors
     assert config["threads"] == "3"
     assert config["timeout"] == config["graceful_timeout"] == "17"
     assert config["worker_tmp_dir"] == "/dev/shm"
