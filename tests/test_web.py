@@ -6,9 +6,11 @@ worker; the last ones run the container's exact gunicorn command.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -253,7 +255,7 @@ OMIT = object()
     [
         ("apply_credit", {"amount": "25"}, "amount"),
         ("apply_credit", {"amount": True}, "amount"),  # bool is not an int
-        ("apply_credit", {"amount": 25.0}, "amount"),
+        ("apply_credit", {"amount": 25.5}, "amount"),
         ("apply_credit", {"amount": 0}, "amount"),
         ("apply_credit", {"amount": 10**12}, "amount"),
         ("apply_credit", {"amount": None}, "amount"),
@@ -262,6 +264,12 @@ OMIT = object()
         ("apply_credit", {"idempotency_key": "k" * 129}, "idempotency_key"),
         ("apply_credit", {"account": "a" * 65}, "account"),
         ("apply_credit", {"account": 7}, "account"),
+        ("apply_credit", {"account": "nul\x00"}, "account"),
+        ("apply_credit", {"account": "two\nlines"}, "account"),
+        ("apply_credit", {"account": "\x1b[31mred"}, "account"),
+        ("apply_credit", {"account": "c1\x85"}, "account"),
+        ("apply_credit", {"account": "lone \ud800"}, "account"),
+        ("apply_credit", {"idempotency_key": "key\n"}, "idempotency_key"),
         ("apply_credit", {"work_seconds": 61}, "work_seconds"),
         ("apply_credit", {"work_seconds": -1}, "work_seconds"),
         ("apply_credit", {"work_seconds": False}, "work_seconds"),
@@ -272,6 +280,7 @@ OMIT = object()
         ("generate_report", {"report_id": "r", "steps": 2, "step_seconds": "1"}, "step_seconds"),
         ("generate_report", {"report_id": OMIT, "steps": 2}, "report_id"),
         ("generate_report", {"report_id": "r", "steps": OMIT}, "steps"),
+        ("generate_report", {"report_id": "\udc00", "steps": 2}, "report_id"),
         ("purge_expired_records", {"retention_seconds": -1}, "retention_seconds"),
         ("purge_expired_records", {"retention_seconds": 1.5}, "retention_seconds"),
         ("noop", {"anything": None}, "anything"),
@@ -293,6 +302,67 @@ def test_invalid_arguments_are_refused_naming_the_field(
     assert field in error["message"]
     assert field in {problem["field"] for problem in error["details"]}
     assert redis_client.llen("default") == redis_client.llen("long") == 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"account": None}, "account", "expected a string, got null"),
+        ({"account": 7}, "account", "expected a string, got 7"),
+        ({"account": {"name": "x"}}, "account", "expected a string, got an object"),
+        ({"amount": "25"}, "amount", "expected an integer, got a string"),
+        ({"amount": True}, "amount", "expected an integer, got true"),
+        ({"amount": 25.5}, "amount", "expected an integer, got 25.5"),
+        ({"amount": [25]}, "amount", "expected an integer, got an array"),
+        ({"amount": 0}, "amount", "must not be 0"),
+        ({"amount": -(10**12)}, "amount", "must be between -1000000000 and 1000000000"),
+        ({"work_seconds": "1"}, "work_seconds", "expected a number, got a string"),
+        ({"account": ""}, "account", "must be 1 to 64 characters long"),
+        ({"account": "a\x00"}, "account", "must not contain control characters"),
+        ({"account": "\udfff"}, "account", "must not contain lone surrogates"),
+        ({"idempotency_key": "a b"}, "idempotency_key", "may contain only letters, digits"),
+        ({"amount": OMIT}, "amount", "is required"),
+        ({"extra": 1}, "extra", "is not an argument of this task"),
+    ],
+)
+def test_messages_speak_json_not_python(
+    client: FlaskClient, changes: dict[str, object], field: str, message: str
+) -> None:
+    kwargs = {name: value for name, value in {**CREDIT, **changes}.items() if value is not OMIT}
+
+    error = assert_error(client.post("/tasks/apply_credit", json=kwargs), 422, "invalid_arguments")
+
+    (problem,) = error["details"]
+    assert problem["field"] == field
+    assert problem["message"].startswith(message)
+    assert error["message"] == f"invalid arguments: {field}"
+
+
+def test_a_body_that_is_not_an_object_is_named_by_its_json_type(client: FlaskClient) -> None:
+    for body, described in [(b"[]", "an array"), (b"null", "null"), (b"1.5", "1.5")]:
+        response = client.post("/tasks/noop", data=body, content_type=JSON)
+        error = assert_error(response, 422, "invalid_arguments")
+        assert error["message"].endswith(f"JSON object of keyword arguments, got {described}")
+
+
+def queued_kwargs(redis_client: redis.Redis, queue: str) -> list[dict[str, object]]:
+    """The keyword arguments of the task messages waiting in ``queue``, oldest first (kombu's
+    Redis transport pushes on the left)."""
+    messages = [json.loads(raw) for raw in reversed(redis_client.lrange(queue, 0, -1))]
+    return [json.loads(base64.b64decode(message["body"]))[1] for message in messages]
+
+
+def test_a_whole_number_with_a_fraction_is_that_integer(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    # JSON has one number type and JSON Schema's "integer" is any whole number: 25.0 is 25. The
+    # task must get an int (Redis's HINCRBY refuses "25.0").
+    submit(client, "apply_credit", {**CREDIT, "amount": 25.0})
+    submit(client, "purge_expired_records", {"retention_seconds": 1e3})
+
+    credit, purge = queued_kwargs(redis_client, "default")
+    assert credit["amount"] == 25 and type(credit["amount"]) is int
+    assert purge == {"retention_seconds": 1000}
 
 
 def post_streamed(client: FlaskClient, path: str, body: bytes) -> TestResponse:
@@ -324,6 +394,9 @@ def test_a_streamed_body_is_held_to_the_size_limit(
         assert redis_client.llen("default") == 0
 
 
+#: Python's names for JSON's types and values, which no message may use.
+PYTHON_WORDS = re.compile(r"\b(NoneType|None|True|False|dict|list|tuple|str|int|float|bool)\b")
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
@@ -335,7 +408,8 @@ json_values = st.recursive(
 def task_requests(draw: st.DrawFn) -> tuple[str, bytes]:
     """A task name and a body: the task's own fields with any values, any JSON, any bytes."""
     name = draw(st.sampled_from([*ALLOWED_TASKS, "other"]))
-    fields = [*ALLOWED_TASKS[name].params, "extra"] if name in ALLOWED_TASKS else ["extra"]
+    allowed = ALLOWED_TASKS.get(name)
+    fields = [*(allowed.arguments["properties"] if allowed else ()), "extra"]
     body = draw(
         st.dictionaries(st.sampled_from(fields), json_values).map(json.dumps)
         | json_values.map(json.dumps)
@@ -356,6 +430,11 @@ def test_no_request_body_causes_a_server_error(
 
     assert response.status_code in (202, 400, 404, 422), response.get_data(as_text=True)
     assert response.mimetype == "application/json"
+    if response.status_code != 202:
+        error = response.get_json()["error"]
+        problems = error.get("details", []) if error["code"] == "invalid_arguments" else []
+        for message in [error["message"], *(problem["message"] for problem in problems)]:
+            assert not PYTHON_WORDS.search(message), message
 
 
 def test_an_unexpected_error_is_a_logged_json_500(
