@@ -1,8 +1,9 @@
 """The keyword arguments each task accepts over HTTP: one JSON Schema per task.
 
 The schemas are the single source of the argument rules: ``app.web`` validates request bodies
-with them (``jsonschema``, Draft 2020-12). Validation errors come back as ``{"field", "message"}``
-pairs whose messages speak JSON ("expected a string, got null"), not Python.
+with them (``jsonschema``, Draft 2020-12) and publishes them in its OpenAPI document
+(``app.openapi``). Validation errors come back as ``{"field", "message"}`` pairs whose messages
+speak JSON ("expected a string, got null"), not Python.
 """
 
 from __future__ import annotations

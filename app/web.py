@@ -4,6 +4,7 @@
     GET  /tasks/<id>     -> 200 {"id", "state", "result"} (+ "error" when the task failed)
     GET  /livez          the process answers (no broker call)
     GET  /readyz         the broker (and the result store, if separate) answers a PING
+    GET  /openapi.json   the API as an OpenAPI 3.1 document (``app.openapi``)
 
 The arguments of each task are validated with its JSON Schema (``app.arguments``). Every error,
 including Werkzeug's own (404, 405, 413...), is a JSON body
@@ -42,9 +43,10 @@ from werkzeug.exceptions import (
     InternalServerError,
     RequestEntityTooLarge,
 )
+from werkzeug.routing import BaseConverter
 from werkzeug.wsgi import get_input_stream
 
-from app import arguments, tasks
+from app import arguments, openapi, tasks
 from app.celery_app import app as celery_app
 from app.celery_app import publish_only
 from app.settings import Settings, WebSettings
@@ -61,7 +63,7 @@ PUBLISH_RETRY_INTERVALS = {"interval_start": 0.0, "interval_step": 0.5, "interva
 PUBLISH_MAX_RETRIES = 10
 
 #: Celery's task ids: lowercase UUIDs.
-TASK_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+TASK_ID = re.compile(openapi.TASK_ID)
 
 
 # --- Errors ------------------------------------------------------------------------------------
@@ -134,6 +136,23 @@ ALLOWED_TASKS: dict[str, AllowedTask] = {
     ),
     "noop": AllowedTask(tasks.noop, arguments.NOOP),
 }
+
+
+# POST /tasks/<name> and GET /tasks/<id> share a path template. Each rule leaves out the other's
+# segments, so /tasks/apply_credit is a resource for POST alone and /tasks/<id> one for GET alone:
+# their 405s and OPTIONS list exactly the methods the OpenAPI document gives them.
+
+
+class TaskNameSegment(BaseConverter):
+    """A path segment that is not a task id."""
+
+    regex = f"(?!{openapi.TASK_ID})[^/]+"
+
+
+class TaskIdSegment(BaseConverter):
+    """A path segment that is not the name of an allowed task."""
+
+    regex = f"(?!{arguments.whole('|'.join(map(re.escape, ALLOWED_TASKS)))})[^/]+"
 
 
 class _NotJson(ValueError):
@@ -368,9 +387,13 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     results = TaskResults(results_client)
 
     app = Flask(__name__)
+    app.url_map.converters.update(task_name=TaskNameSegment, task_id=TaskIdSegment)
     app.config["MAX_CONTENT_LENGTH"] = web.max_body_bytes
+    document = openapi.document(
+        {name: allowed.arguments for name, allowed in ALLOWED_TASKS.items()}, web.max_body_bytes
+    )
 
-    @app.post("/tasks/<name>")
+    @app.post("/tasks/<task_name:name>")
     def submit_task(name: str) -> Response:
         allowed = ALLOWED_TASKS.get(name)
         if allowed is None:
@@ -398,7 +421,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
         response.headers["Location"] = status_url
         return response
 
-    @app.get("/tasks/<task_id>")
+    @app.get("/tasks/<task_id:task_id>")
     def task_status(task_id: str) -> Response:
         if not TASK_ID.fullmatch(task_id):
             raise ApiError(
@@ -411,6 +434,10 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
             raise unavailable(
                 "result_backend_unavailable", "task states cannot be read now"
             ) from None
+
+    @app.get("/openapi.json")
+    def openapi_document() -> Response:
+        return app.json.response(document)
 
     @app.get("/livez")
     def livez() -> Response:
