@@ -38,6 +38,7 @@ from app.gunicorn_worker import JsonErrorWorker
 from app.web import ALLOWED_TASKS, TaskResults
 from devtools.redis_server import free_port
 from infra.containers import WEB_COMMAND
+from tests.pulumi_harness import run_program
 from tests.support import AppProcess, ClientFactory, start_process, start_worker, wait_for
 
 CREDIT = {"idempotency_key": "order-1:credit", "account": "acct-1", "amount": 25}
@@ -467,6 +468,16 @@ def test_readiness_follows_the_broker(make_client: ClientFactory) -> None:
     assert response.headers["Retry-After"].isdigit()
 
 
+def test_readiness_follows_a_separate_result_backend(make_client: ClientFactory) -> None:
+    down = make_client(CELERY_RESULT_BACKEND=f"redis://127.0.0.1:{free_port()}/0")
+
+    response = down.get("/readyz")
+
+    error = assert_error(response, 503, "not_ready")
+    assert error["message"] == "unreachable: result_backend"  # the broker is up
+    assert response.headers["Retry-After"].isdigit()
+
+
 @contextlib.contextmanager
 def silent_server() -> Iterator[str]:
     """A Redis URL whose server accepts connections and never answers (a hung broker)."""
@@ -670,22 +681,22 @@ def test_errors_from_gunicorn_have_the_json_error_shape(
         assert int(headers["content-length"]) == len(body), case
 
 
-def test_gunicorn_configuration(app_env: dict[str, str]) -> None:
-    env = {**app_env, "WEB_PORT": "8123", "WEB_THREADS": "3", "WEB_REQUEST_TIMEOUT": "17"}
+def gunicorn_config(env: dict[str, str]) -> dict[str, str]:
+    """The settings gunicorn resolves from the container's command in ``env`` (--print-config)."""
     argv = gunicorn_argv()
     argv.insert(-1, "--print-config")  # gunicorn resolves the settings, prints them, exits
     printed = subprocess.run(
-        argv,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
+        argv, env=env, capture_output=True, text=True, timeout=30, check=True
     ).stdout
-    config = dict(
-        (name.strip(), value.strip())
+    return {
+        name.strip(): value.strip()
         for name, _, value in (line.partition("=") for line in printed.splitlines())
-    )
+    }
+
+
+def test_gunicorn_configuration(app_env: dict[str, str]) -> None:
+    env = {**app_env, "WEB_PORT": "8123", "WEB_THREADS": "3", "WEB_REQUEST_TIMEOUT": "17"}
+    config = gunicorn_config(env)
 
     assert config["bind"] == "['0.0.0.0:8123']"
     assert config["worker_class"] == "app.gunicorn_worker.JsonErrorWorker"
@@ -696,6 +707,24 @@ def test_gunicorn_configuration(app_env: dict[str, str]) -> None:
     assert config["accesslog"] == "-"
     assert config["preload_app"] == "False"
     assert int(config["keepalive"]) > 60  # above the load balancer's idle timeout
+
+
+@pytest.mark.parametrize(
+    ("request_timeout", "idle_timeout"), [(1, 60), (30, 60), (56, 61), (110, 115)]
+)
+def test_gunicorn_keeps_idle_connections_longer_than_the_load_balancer(
+    app_env: dict[str, str], request_timeout: int, idle_timeout: int
+) -> None:
+    # The balancer, not gunicorn, must close an idle connection: if gunicorn closed it first,
+    # the balancer could send a request on it just then and answer 502.
+    run = run_program({"web": {"requestTimeout": request_timeout}})
+    balancer = run.one("aws:lb/loadBalancer:LoadBalancer").inputs
+    web = run.task_definitions()["web"]
+
+    assert balancer["idleTimeout"] == idle_timeout == max(60, request_timeout + 5)
+    config = gunicorn_config({**app_env, **web.environment})
+    assert int(config["timeout"]) == request_timeout  # the rendered environment reached it
+    assert int(config["keepalive"]) > balancer["idleTimeout"]
 
 
 @pytest.mark.parametrize(
