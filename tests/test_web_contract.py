@@ -4,6 +4,7 @@ validate the tasks' arguments, and the API fuzzed against that document with sch
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from schemathesis.core.failures import FailureGroup
 
 from app import arguments
 from app.web import ALLOWED_TASKS, AllowedTask
-from tests.support import ClientFactory
+from tests.support import ROOT, ClientFactory
 
 JSON = "application/json"
 
@@ -112,6 +113,38 @@ def test_every_rule_of_the_schemas_has_words() -> None:
         for rule in rules:
             assert rule.get("pattern", arguments.KEY) in arguments.PATTERN_RULES, name
             assert rule.get("not", {"const": 0}).keys() == {"const"}, name
+
+
+# --- The README tells the schemas' rules -------------------------------------------------------
+
+#: How the README writes each pattern.
+PATTERN_WORDS = {arguments.KEY: "of `A-Za-z0-9:_-`", arguments.TEXT: "without control characters"}
+
+
+def summary(schema: dict[str, Any]) -> str:
+    """An argument schema as the README's table writes it."""
+    required = set(schema["required"])
+    parts = []
+    for name, rule in schema["properties"].items():
+        words = [f"`{name}`" + ("" if name in required else "?"), rule["type"]]
+        if "minLength" in rule:
+            words.append(f"{rule['minLength']}..{rule['maxLength']}")
+        if "pattern" in rule:
+            words.append(PATTERN_WORDS[rule["pattern"]])
+        if "minimum" in rule:
+            words.append(f"{rule['minimum']}..{rule['maximum']}")
+        if "not" in rule:
+            words.append(f"except {rule['not']['const']}")
+        parts.append(" ".join(words))
+    return "; ".join(parts) or "none (send `{}`)"
+
+
+def test_the_readme_states_the_argument_rules_of_the_schemas() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("| Task | Arguments |\n| --- | --- |\n", 1)[1].split("\n\n", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.*) \|$", table, flags=re.MULTILINE))
+
+    assert rows == {name: summary(allowed.arguments) for name, allowed in ALLOWED_TASKS.items()}
 
 
 # --- Fuzzing: schemathesis against the document ------------------------------------------------
