@@ -106,8 +106,9 @@ _RETRY_AFTER = {
 }
 
 
-def _json(schema: Mapping[str, Any], description: str, **extra: Any) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": dict(schema)}}, **extra}
+def _response(schema: Mapping[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+    """A response whose body is JSON described by ``schema``."""
+    return {"description": description, "content": {JSON: {"schema": schema}}, **extra}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -116,10 +117,10 @@ def _ref(name: str) -> dict[str, str]:
 
 def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
     extra = {"headers": {"Retry-After": _RETRY_AFTER}} if retry_after else {}
-    return _json(_ref("Error"), description, **extra)
+    return _response(_ref("Error"), description, **extra)
 
 
-def _status(value: str) -> dict[str, Any]:
+def _status_body(value: str) -> dict[str, Any]:
     return {
         "type": "object",
         "required": ["status"],
@@ -128,9 +129,7 @@ def _status(value: str) -> dict[str, Any]:
     }
 
 
-#: Errors any operation may return: from the app (405, 500) or from gunicorn before the app
-#: (400 for a request that is not valid HTTP, 431 for too many or too large headers, 501 for a
-#: transfer coding other than chunked).
+#: Errors any operation may return, from the app or from gunicorn before the app.
 _OTHER_ERRORS = _error(
     "Any other error: 405 method_not_allowed (with Allow), 500 internal_error, or an error of "
     "the HTTP server (400 bad_request, 431 request_header_fields_too_large, 501 not_implemented)."
@@ -148,7 +147,7 @@ def _submit(name: str, max_body_bytes: int) -> dict[str, Any]:
                 "content": {JSON: {"schema": _ref(f"{name}_arguments")}},
             },
             "responses": {
-                "202": _json(
+                "202": _response(
                     _ref("TaskAccepted"),
                     "Queued.",
                     headers={
@@ -219,7 +218,7 @@ def document(
                         }
                     ],
                     "responses": {
-                        "200": _json(_ref("TaskStatus"), "The task's state."),
+                        "200": _response(_ref("TaskStatus"), "The task's state."),
                         "404": _error("not_found: not a task id (a lowercase UUID)."),
                         "503": _error(
                             "result_backend_unavailable: task states cannot be read now.",
@@ -235,7 +234,7 @@ def document(
                     "summary": "The process answers (no broker call)",
                     "tags": ["health"],
                     "responses": {
-                        "200": _json(_status("alive"), "Alive."),
+                        "200": _response(_status_body("alive"), "Alive."),
                         "default": _OTHER_ERRORS,
                     },
                 }
@@ -246,7 +245,7 @@ def document(
                     "summary": "The broker, and the result backend if separate, answer a PING",
                     "tags": ["health"],
                     "responses": {
-                        "200": _json(_status("ready"), "Ready."),
+                        "200": _response(_status_body("ready"), "Ready."),
                         "503": _error(
                             "not_ready: the message names what is unreachable.", retry_after=True
                         ),
@@ -260,7 +259,7 @@ def document(
                     "summary": "This document",
                     "tags": ["meta"],
                     "responses": {
-                        "200": _json({"type": "object"}, "The OpenAPI 3.1 document."),
+                        "200": _response({"type": "object"}, "The OpenAPI 3.1 document."),
                         "default": _OTHER_ERRORS,
                     },
                 }

@@ -111,8 +111,10 @@ def test_every_rule_of_the_schemas_has_words() -> None:
         used = set(allowed.arguments).union(*rules) - annotations - {"properties"}
         assert used <= arguments.WORDED, name
         for rule in rules:
-            assert rule.get("pattern", arguments.KEY) in arguments.PATTERN_RULES, name
-            assert rule.get("not", {"const": 0}).keys() == {"const"}, name
+            if "pattern" in rule:
+                assert rule["pattern"] in arguments.PATTERN_RULES, name
+            if "not" in rule:
+                assert rule["not"].keys() == {"const"}, name
 
 
 # --- The README tells the schemas' rules -------------------------------------------------------
