@@ -20,8 +20,9 @@ bind = [f"0.0.0.0:{_web.port}"]
 
 # Threads, not processes, carry the concurrency: a request spends its time waiting on Redis
 # (the Celery client is synchronous). Two processes so that one crashing or being restarted
-# does not leave the container without a listener; ECS scales by adding tasks.
-worker_class = "gthread"
+# does not leave the container without a listener; ECS scales by adding tasks. gunicorn's gthread
+# worker, whose own error responses (before the app) use the API's JSON error shape.
+worker_class = "app.gunicorn_worker.JsonErrorWorker"
 workers = 2
 threads = _web.threads
 # The app is created in each worker after the fork, so no broker connection is shared.

@@ -4,9 +4,12 @@
     GET  /tasks/<id>     -> 200 {"id", "state", "result"} (+ "error" when the task failed)
     GET  /livez          the process answers (no broker call)
     GET  /readyz         the broker (and the result store, if separate) answers a PING
+    GET  /openapi.json   the API as an OpenAPI 3.1 document (``app.openapi``)
 
-Every error, including Werkzeug's own (404, 405, 413...), is a JSON body
-``{"error": {"code", "message", "details"?}}``; bad input never yields a 500.
+The arguments of each task are validated with its JSON Schema (``app.arguments``). Every error,
+including Werkzeug's own (404, 405, 413...), is a JSON body
+``{"error": {"code", "message", "details"?}}`` (gunicorn's own: ``app.gunicorn_worker``); bad
+input never yields a 500.
 
 Run by gunicorn (``app.gunicorn_conf``): ``gunicorn --config python:app.gunicorn_conf
 "app.web:create_app()"``. Flask and gunicorn's threaded workers suit this app: the Celery client
@@ -22,20 +25,28 @@ import re
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, NoReturn, Protocol
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 import redis
 from celery import Task, states
 from flask import Flask, Request, Response, current_app, request
+from jsonschema import Draft202012Validator
 from kombu import Connection
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import (
+    ClientDisconnected,
+    HTTPException,
+    InternalServerError,
+    RequestEntityTooLarge,
+)
+from werkzeug.routing import BaseConverter
+from werkzeug.wsgi import get_input_stream
 
-from app import tasks
+from app import arguments, openapi, tasks
 from app.celery_app import app as celery_app
 from app.celery_app import publish_only
 from app.settings import Settings, WebSettings
@@ -52,14 +63,7 @@ PUBLISH_RETRY_INTERVALS = {"interval_start": 0.0, "interval_step": 0.5, "interva
 PUBLISH_MAX_RETRIES = 10
 
 #: Celery's task ids: lowercase UUIDs.
-TASK_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-#: Identifiers that become part of Redis key names (idempotency keys, report ids).
-KEY_NAME = re.compile(r"[A-Za-z0-9:_-]+")
-KEY_NAME_CHARACTERS = "letters, digits, ':', '_' and '-'"
-#: Largest credit (either sign), in the ledger's minor units.
-MAX_CREDIT_AMOUNT = 1_000_000_000
-#: Longest retention for purge_expired_records: ten years, in seconds.
-MAX_RETENTION_SECONDS = 10 * 366 * 24 * 3600
+TASK_ID = re.compile(openapi.TASK_ID)
 
 
 # --- Errors ------------------------------------------------------------------------------------
@@ -107,114 +111,52 @@ def unavailable(code: str, message: str) -> ApiError:
 # --- Arguments ---------------------------------------------------------------------------------
 
 
-class Check(Protocol):
-    def __call__(self, value: object) -> str | None:
-        """What is wrong with ``value``, or None if it is acceptable."""
-
-
-@dataclass(frozen=True)
-class Text:
-    max_length: int
-    pattern: re.Pattern[str] | None = None
-    characters: str = ""  # the pattern, in words
-
-    def __call__(self, value: object) -> str | None:
-        if not isinstance(value, str):
-            return "must be a string"
-        if not 1 <= len(value) <= self.max_length:
-            return f"must be 1 to {self.max_length} characters long"
-        if self.pattern is not None and not self.pattern.fullmatch(value):
-            return f"may contain only {self.characters}"
-        return None
-
-
-@dataclass(frozen=True)
-class Integer:
-    minimum: int
-    maximum: int
-    nonzero: bool = False
-
-    def __call__(self, value: object) -> str | None:
-        # bool is a subclass of int, but true is not a number of anything.
-        if not isinstance(value, int) or isinstance(value, bool):
-            return "must be a whole number"
-        if not self.minimum <= value <= self.maximum:
-            return f"must be between {self.minimum} and {self.maximum}"
-        if self.nonzero and value == 0:
-            return "must not be zero"
-        return None
-
-
-@dataclass(frozen=True)
-class Number:
-    minimum: float
-    maximum: float
-
-    def __call__(self, value: object) -> str | None:
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            return "must be a number"
-        if not self.minimum <= value <= self.maximum:
-            return f"must be between {self.minimum:g} and {self.maximum:g}"
-        return None
-
-
-@dataclass(frozen=True)
-class Param:
-    check: Check
-    required: bool = True
-
-
 @dataclass(frozen=True)
 class AllowedTask:
-    """A task the web may enqueue, and the keyword arguments it accepts."""
+    """A task the web may enqueue, and the JSON Schema of the keyword arguments it accepts."""
 
     task: Task
-    params: Mapping[str, Param]
+    arguments: Mapping[str, Any]
+    validator: Draft202012Validator = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "validator", arguments.validator_for(self.arguments))
 
     def problems(self, kwargs: Mapping[str, object]) -> list[dict[str, str]]:
         """One ``{"field", "message"}`` per unknown, missing or invalid argument."""
-        found = []
-        for name in sorted(kwargs.keys() - self.params.keys()):
-            found.append({"field": name, "message": "is not an argument of this task"})
-        for name, param in sorted(self.params.items()):
-            if name not in kwargs:
-                if param.required:
-                    found.append({"field": name, "message": "is required"})
-                continue
-            message = param.check(kwargs[name])
-            if message is not None:
-                found.append({"field": name, "message": message})
-        return found
+        return arguments.problems(self.validator, kwargs)
 
-
-_SECONDS = Number(0, 60)
-_KEY = Text(128, KEY_NAME, KEY_NAME_CHARACTERS)
 
 #: HTTP name -> task. Nothing else can be enqueued over HTTP.
 ALLOWED_TASKS: dict[str, AllowedTask] = {
-    "apply_credit": AllowedTask(
-        tasks.apply_credit,
-        {
-            "idempotency_key": Param(_KEY),
-            "account": Param(Text(64)),
-            "amount": Param(Integer(-MAX_CREDIT_AMOUNT, MAX_CREDIT_AMOUNT, nonzero=True)),
-            "work_seconds": Param(_SECONDS, required=False),
-        },
-    ),
-    "generate_report": AllowedTask(
-        tasks.generate_report,
-        {
-            "report_id": Param(_KEY),
-            "steps": Param(Integer(1, 1000)),
-            "step_seconds": Param(_SECONDS, required=False),
-        },
-    ),
+    "apply_credit": AllowedTask(tasks.apply_credit, arguments.APPLY_CREDIT),
+    "generate_report": AllowedTask(tasks.generate_report, arguments.GENERATE_REPORT),
     "purge_expired_records": AllowedTask(
-        tasks.purge_expired_records,
-        {"retention_seconds": Param(Integer(0, MAX_RETENTION_SECONDS), required=False)},
+        tasks.purge_expired_records, arguments.PURGE_EXPIRED_RECORDS
     ),
-    "noop": AllowedTask(tasks.noop, {}),
+    "noop": AllowedTask(tasks.noop, arguments.NOOP),
 }
+
+
+# POST /tasks/<name> and GET /tasks/<id> share a path template. Each rule leaves out the other's
+# segments, so /tasks/apply_credit is a resource for POST alone and /tasks/<id> one for GET alone:
+# their 405s and OPTIONS list exactly the methods the OpenAPI document gives them.
+
+
+class TaskNameSegment(BaseConverter):
+    """A path segment that is not a task id."""
+
+    regex = f"(?!{openapi.TASK_ID})[^/]+"
+
+
+class TaskIdSegment(BaseConverter):
+    """A path segment that is not the name of an allowed task."""
+
+    regex = f"(?!{arguments.whole('|'.join(map(re.escape, ALLOWED_TASKS)))})[^/]+"
+
+
+class _NotJson(ValueError):
+    """Valid JSON syntax this API refuses: duplicate keys, NaN and Infinity."""
 
 
 def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -222,12 +164,41 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) < len(pairs):
         counts = Counter(key for key, _ in pairs)
-        raise ValueError(f"duplicate keys {sorted(key for key, n in counts.items() if n > 1)}")
+        duplicates = ", ".join(json.dumps(key) for key, n in sorted(counts.items()) if n > 1)
+        raise _NotJson(f"duplicate keys {duplicates}")
     return obj
 
 
 def _refuse_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
+    raise _NotJson(f"{name} is not JSON")
+
+
+def _number(text: str) -> int | float:
+    # JSON has one number type: 25.0 is the integer 25 (JSON Schema's "integer" agrees), and the
+    # task gets an int, as if the client had written 25 (Redis's HINCRBY refuses "25.0").
+    number = float(text)
+    return int(number) if number.is_integer() else number
+
+
+def read_body(req: Request) -> bytes:
+    """The body, or RequestEntityTooLarge (413) if it is longer than ``max_content_length``.
+
+    Werkzeug checks a Content-Length against the limit, but stops reading a body without one
+    (``Transfer-Encoding: chunked``) at the limit and returns what it read: an oversized body
+    would arrive cut short. Reading up to one byte more tells a body at the limit from a longer one.
+    """
+    limit = req.max_content_length
+    if limit is None:
+        return req.get_data(cache=False)
+    try:
+        body = get_input_stream(req.environ, max_content_length=limit + 1).read()
+    except ClientDisconnected:  # what Werkzeug makes of any error reading from the server
+        raise ApiError(
+            400, "bad_request", "the body ended early or its chunked coding is malformed"
+        ) from None
+    if len(body) > limit:
+        raise RequestEntityTooLarge()
+    return body
 
 
 def json_object_body(req: Request) -> dict[str, Any]:
@@ -236,20 +207,34 @@ def json_object_body(req: Request) -> dict[str, Any]:
         raise ApiError(
             415,
             "unsupported_media_type",
-            f"the body must be JSON (Content-Type: application/json), not {req.mimetype!r}",
+            "the body must be JSON (Content-Type: application/json), got "
+            + (json.dumps(req.mimetype) if req.mimetype else "no Content-Type"),
         )
-    raw = req.get_data(cache=False)  # raises 413 beyond MAX_CONTENT_LENGTH
+    try:
+        # JSON between systems is UTF-8 (RFC 8259); json.loads would also guess UTF-16 or 32.
+        text = read_body(req).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(
+            400, "malformed_json", f"the body is not UTF-8: {exc.reason} at byte {exc.start}"
+        ) from None
     try:
         body = json.loads(
-            raw, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_constant
+            text,
+            object_pairs_hook=_refuse_duplicate_keys,
+            parse_constant=_refuse_constant,
+            parse_float=_number,
         )
-    except (ValueError, RecursionError) as exc:  # ValueError covers bad UTF-8 and huge ints
+    except (json.JSONDecodeError, _NotJson) as exc:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    except ValueError:  # an integer longer than Python's int_max_str_digits
+        raise ApiError(400, "malformed_json", "the body holds a number too long to read") from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(
             422,
             "invalid_arguments",
-            f"the body must be a JSON object of keyword arguments, not {type(body).__name__}",
+            "the body must be a JSON object of keyword arguments, got " + arguments.describe(body),
         )
     return body
 
@@ -402,16 +387,20 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     results = TaskResults(results_client)
 
     app = Flask(__name__)
+    app.url_map.converters.update(task_name=TaskNameSegment, task_id=TaskIdSegment)
     app.config["MAX_CONTENT_LENGTH"] = web.max_body_bytes
+    document = openapi.document(
+        {name: allowed.arguments for name, allowed in ALLOWED_TASKS.items()}, web.max_body_bytes
+    )
 
-    @app.post("/tasks/<name>")
+    @app.post("/tasks/<task_name:name>")
     def submit_task(name: str) -> Response:
         allowed = ALLOWED_TASKS.get(name)
         if allowed is None:
             raise ApiError(
                 404,
                 "unknown_task",
-                f"no task named {name!r} can be enqueued",
+                f"no task named {json.dumps(name)} can be enqueued",
                 details={"allowed": sorted(ALLOWED_TASKS)},
             )
         kwargs = json_object_body(request)
@@ -432,10 +421,12 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
         response.headers["Location"] = status_url
         return response
 
-    @app.get("/tasks/<task_id>")
+    @app.get("/tasks/<task_id:task_id>")
     def task_status(task_id: str) -> Response:
         if not TASK_ID.fullmatch(task_id):
-            raise ApiError(404, "not_found", f"{task_id!r} is not a task id (a lowercase UUID)")
+            raise ApiError(
+                404, "not_found", f"{json.dumps(task_id)} is not a task id (a lowercase UUID)"
+            )
         try:
             return app.json.response(results.status(task_id))
         except redis.RedisError as exc:
@@ -443,6 +434,10 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
             raise unavailable(
                 "result_backend_unavailable", "task states cannot be read now"
             ) from None
+
+    @app.get("/openapi.json")
+    def openapi_document() -> Response:
+        return app.json.response(document)
 
     @app.get("/livez")
     def livez() -> Response:

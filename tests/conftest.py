@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from flask.testing import FlaskClient
 from hypothesis import HealthCheck, settings
 
 from devtools.redis_server import RedisServer, start_redis
-from tests.support import AppProcess, app_environment
+from tests.support import AppProcess, ClientFactory, app_environment
 
 # Property tests: the suite must pass every time on a loaded machine, so the default profile
 # checks the same examples on every run with no per-example deadline. HYPOTHESIS_PROFILE=explore
@@ -68,3 +69,24 @@ def processes() -> Iterator[list[AppProcess]]:
     yield started
     for process in started:
         process.kill_all()
+
+
+@pytest.fixture
+def make_client(app_env: dict[str, str]) -> Iterator[ClientFactory]:
+    """Test clients of web apps built from the test environment plus ``overrides``."""
+    from celery.result import allow_join_result
+
+    from app.web import create_app  # imports the Celery app: only in the tests that use it
+
+    def make(**overrides: str) -> FlaskClient:
+        return create_app({**app_env, **overrides}).test_client()
+
+    # create_app marks this process as one that never waits on task results (see app.web);
+    # restore Celery's default for the rest of the session afterwards.
+    with allow_join_result():
+        yield make
+
+
+@pytest.fixture
+def client(make_client: ClientFactory) -> FlaskClient:
+    return make_client()

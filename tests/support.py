@@ -8,11 +8,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from flask.testing import FlaskClient
+
 from devtools.processes import ROOT, AppProcess, python_argv, start_process
 from infra.containers import worker_command
 
 __all__ = ["ROOT", "AppProcess", "start_process"]
 T = TypeVar("T")
+#: Builds a test client of the web app: ``make(**environment_overrides)``.
+ClientFactory = Callable[..., FlaskClient]
 
 
 def wait_for(

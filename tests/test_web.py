@@ -6,9 +6,11 @@ worker; the last ones run the container's exact gunicorn command.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -16,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,39 +26,22 @@ import pytest
 import redis
 from celery import states
 from celery.backends.redis import RedisBackend
-from celery.result import allow_join_result
 from flask.testing import FlaskClient
+from gunicorn.workers.gthread import ThreadWorker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from werkzeug.test import TestResponse
+from werkzeug.test import EnvironBuilder, TestResponse, run_wsgi_app
+from werkzeug.wrappers import Request
 
 from app.celery_app import app as celery_app
-from app.web import ALLOWED_TASKS, TaskResults, create_app
+from app.gunicorn_worker import JsonErrorWorker
+from app.web import ALLOWED_TASKS, TaskResults
 from devtools.redis_server import free_port
 from infra.containers import WEB_COMMAND
-from tests.support import AppProcess, start_process, start_worker, wait_for
-
-ClientFactory = Callable[..., FlaskClient]
+from tests.pulumi_harness import run_program
+from tests.support import AppProcess, ClientFactory, start_process, start_worker, wait_for
 
 CREDIT = {"idempotency_key": "order-1:credit", "account": "acct-1", "amount": 25}
-
-
-@pytest.fixture
-def make_client(app_env: dict[str, str]) -> Iterator[ClientFactory]:
-    """Test clients of apps built from the test environment plus ``overrides``."""
-
-    def make(**overrides: str) -> FlaskClient:
-        return create_app({**app_env, **overrides}).test_client()
-
-    # create_app marks this process as one that never waits on task results (see app.web);
-    # restore Celery's default for the rest of the session afterwards.
-    with allow_join_result():
-        yield make
-
-
-@pytest.fixture
-def client(make_client: ClientFactory) -> FlaskClient:
-    return make_client()
 
 
 @pytest.fixture
@@ -271,7 +256,7 @@ OMIT = object()
     [
         ("apply_credit", {"amount": "25"}, "amount"),
         ("apply_credit", {"amount": True}, "amount"),  # bool is not an int
-        ("apply_credit", {"amount": 25.0}, "amount"),
+        ("apply_credit", {"amount": 25.5}, "amount"),
         ("apply_credit", {"amount": 0}, "amount"),
         ("apply_credit", {"amount": 10**12}, "amount"),
         ("apply_credit", {"amount": None}, "amount"),
@@ -280,6 +265,12 @@ OMIT = object()
         ("apply_credit", {"idempotency_key": "k" * 129}, "idempotency_key"),
         ("apply_credit", {"account": "a" * 65}, "account"),
         ("apply_credit", {"account": 7}, "account"),
+        ("apply_credit", {"account": "nul\x00"}, "account"),
+        ("apply_credit", {"account": "two\nlines"}, "account"),
+        ("apply_credit", {"account": "\x1b[31mred"}, "account"),
+        ("apply_credit", {"account": "c1\x85"}, "account"),
+        ("apply_credit", {"account": "lone \ud800"}, "account"),
+        ("apply_credit", {"idempotency_key": "key\n"}, "idempotency_key"),
         ("apply_credit", {"work_seconds": 61}, "work_seconds"),
         ("apply_credit", {"work_seconds": -1}, "work_seconds"),
         ("apply_credit", {"work_seconds": False}, "work_seconds"),
@@ -290,6 +281,7 @@ OMIT = object()
         ("generate_report", {"report_id": "r", "steps": 2, "step_seconds": "1"}, "step_seconds"),
         ("generate_report", {"report_id": OMIT, "steps": 2}, "report_id"),
         ("generate_report", {"report_id": "r", "steps": OMIT}, "steps"),
+        ("generate_report", {"report_id": "\udc00", "steps": 2}, "report_id"),
         ("purge_expired_records", {"retention_seconds": -1}, "retention_seconds"),
         ("purge_expired_records", {"retention_seconds": 1.5}, "retention_seconds"),
         ("noop", {"anything": None}, "anything"),
@@ -313,6 +305,99 @@ def test_invalid_arguments_are_refused_naming_the_field(
     assert redis_client.llen("default") == redis_client.llen("long") == 0
 
 
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"account": None}, "account", "expected a string, got null"),
+        ({"account": 7}, "account", "expected a string, got 7"),
+        ({"account": {"name": "x"}}, "account", "expected a string, got an object"),
+        ({"amount": "25"}, "amount", "expected an integer, got a string"),
+        ({"amount": True}, "amount", "expected an integer, got true"),
+        ({"amount": 25.5}, "amount", "expected an integer, got 25.5"),
+        ({"amount": [25]}, "amount", "expected an integer, got an array"),
+        ({"amount": 0}, "amount", "must not be 0"),
+        ({"amount": -(10**12)}, "amount", "must be between -1000000000 and 1000000000"),
+        ({"work_seconds": "1"}, "work_seconds", "expected a number, got a string"),
+        ({"account": ""}, "account", "must be 1 to 64 characters long"),
+        ({"account": "a\x00"}, "account", "must not contain control characters"),
+        ({"account": "\udfff"}, "account", "must not contain lone surrogates"),
+        ({"idempotency_key": "a b"}, "idempotency_key", "may contain only letters, digits"),
+        ({"amount": OMIT}, "amount", "is required"),
+        ({"extra": 1}, "extra", "is not an argument of this task"),
+    ],
+)
+def test_messages_speak_json_not_python(
+    client: FlaskClient, changes: dict[str, object], field: str, message: str
+) -> None:
+    kwargs = {name: value for name, value in {**CREDIT, **changes}.items() if value is not OMIT}
+
+    error = assert_error(client.post("/tasks/apply_credit", json=kwargs), 422, "invalid_arguments")
+
+    (problem,) = error["details"]
+    assert problem["field"] == field
+    assert problem["message"].startswith(message)
+    assert error["message"] == f"invalid arguments: {field}"
+
+
+def test_a_body_that_is_not_an_object_is_named_by_its_json_type(client: FlaskClient) -> None:
+    for body, described in [(b"[]", "an array"), (b"null", "null"), (b"1.5", "1.5")]:
+        response = client.post("/tasks/noop", data=body, content_type=JSON)
+        error = assert_error(response, 422, "invalid_arguments")
+        assert error["message"].endswith(f"JSON object of keyword arguments, got {described}")
+
+
+def queued_kwargs(redis_client: redis.Redis, queue: str) -> list[dict[str, object]]:
+    """The keyword arguments of the task messages waiting in ``queue``, oldest first (kombu's
+    Redis transport pushes on the left)."""
+    messages = [json.loads(raw) for raw in reversed(redis_client.lrange(queue, 0, -1))]
+    return [json.loads(base64.b64decode(message["body"]))[1] for message in messages]
+
+
+def test_a_whole_number_with_a_fraction_is_that_integer(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    # JSON has one number type and JSON Schema's "integer" is any whole number: 25.0 is 25. The
+    # task must get an int (Redis's HINCRBY refuses "25.0").
+    submit(client, "apply_credit", {**CREDIT, "amount": 25.0})
+    submit(client, "purge_expired_records", {"retention_seconds": 1e3})
+
+    credit, purge = queued_kwargs(redis_client, "default")
+    assert credit["amount"] == 25 and type(credit["amount"]) is int
+    assert purge == {"retention_seconds": 1000}
+
+
+def post_streamed(client: FlaskClient, path: str, body: bytes) -> TestResponse:
+    """POST ``body`` as gunicorn hands the app a chunked request: without a Content-Length, on
+    a stream the server ends (``wsgi.input_terminated``)."""
+    environ = EnvironBuilder(path, method="POST", data=body, content_type=JSON).get_environ()
+    del environ["CONTENT_LENGTH"]
+    environ["HTTP_TRANSFER_ENCODING"] = "chunked"
+    environ["wsgi.input_terminated"] = True
+    app_iter, status, headers = run_wsgi_app(client.application, environ, buffered=True)
+    return TestResponse(app_iter, status, headers, request=Request(environ))
+
+
+@pytest.mark.parametrize(("size", "status"), [(100, 202), (101, 413), (70_000, 413)])
+def test_a_streamed_body_is_held_to_the_size_limit(
+    make_client: ClientFactory, redis_client: redis.Redis, size: int, status: int
+) -> None:
+    client = make_client(WEB_MAX_BODY_BYTES="100")
+    # Valid JSON of any length: cut at the limit, it would still be the empty object.
+    body = b"{}".ljust(size)
+
+    response = post_streamed(client, "/tasks/noop", body)
+
+    if status == 202:
+        assert response.status_code == 202, response.get_data(as_text=True)
+        assert redis_client.llen("default") == 1
+    else:
+        assert_error(response, 413, "request_entity_too_large")
+        assert redis_client.llen("default") == 0
+
+
+#: Python's names for JSON's types and values, which no message may use.
+PYTHON_WORDS = re.compile(r"\b(NoneType|None|True|False|dict|list|tuple|str|int|float|bool)\b")
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
@@ -324,7 +409,8 @@ json_values = st.recursive(
 def task_requests(draw: st.DrawFn) -> tuple[str, bytes]:
     """A task name and a body: the task's own fields with any values, any JSON, any bytes."""
     name = draw(st.sampled_from([*ALLOWED_TASKS, "other"]))
-    fields = [*ALLOWED_TASKS[name].params, "extra"] if name in ALLOWED_TASKS else ["extra"]
+    allowed = ALLOWED_TASKS.get(name)
+    fields = [*(allowed.arguments["properties"] if allowed else ()), "extra"]
     body = draw(
         st.dictionaries(st.sampled_from(fields), json_values).map(json.dumps)
         | json_values.map(json.dumps)
@@ -345,6 +431,11 @@ def test_no_request_body_causes_a_server_error(
 
     assert response.status_code in (202, 400, 404, 422), response.get_data(as_text=True)
     assert response.mimetype == "application/json"
+    if response.status_code != 202:
+        error = response.get_json()["error"]
+        problems = error.get("details", []) if error["code"] == "invalid_arguments" else []
+        for message in [error["message"], *(problem["message"] for problem in problems)]:
+            assert not PYTHON_WORDS.search(message), message
 
 
 def test_an_unexpected_error_is_a_logged_json_500(
@@ -374,6 +465,16 @@ def test_readiness_follows_the_broker(make_client: ClientFactory) -> None:
     assert down.get("/livez").get_json() == {"status": "alive"}
     response = down.get("/readyz")
     assert_error(response, 503, "not_ready")
+    assert response.headers["Retry-After"].isdigit()
+
+
+def test_readiness_follows_a_separate_result_backend(make_client: ClientFactory) -> None:
+    down = make_client(CELERY_RESULT_BACKEND=f"redis://127.0.0.1:{free_port()}/0")
+
+    response = down.get("/readyz")
+
+    error = assert_error(response, 503, "not_ready")
+    assert error["message"] == "unreachable: result_backend"  # the broker is up
     assert response.headers["Retry-After"].isdigit()
 
 
@@ -489,31 +590,141 @@ def test_gunicorn_serves_the_api(
     assert '"POST /tasks/apply_credit HTTP/1.1" 202' in web.logs()  # the access log
 
 
-def test_gunicorn_configuration(app_env: dict[str, str]) -> None:
-    env = {**app_env, "WEB_PORT": "8123", "WEB_THREADS": "3", "WEB_REQUEST_TIMEOUT": "17"}
+def exchange(port: int, request: bytes, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as it is and read one response: status, headers (lowercase), body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+
+
+def chunked(body: bytes, size: int = 8192) -> bytes:
+    """``body`` in the chunked transfer coding."""
+    pieces = [body[start : start + size] for start in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+
+
+POST_CHUNKED = (
+    b"POST /tasks/noop HTTP/1.1\r\nHost: web\r\nContent-Type: application/json\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+
+
+def test_gunicorn_holds_a_chunked_body_to_the_size_limit(
+    app_env: dict[str, str], tmp_path: Path, processes: list[AppProcess], redis_client: redis.Redis
+) -> None:
+    _, port = start_web({**app_env, "WEB_MAX_BODY_BYTES": "1000"}, tmp_path, processes)
+
+    # Valid JSON of any length: cut at the limit, it would still be the empty object.
+    at_limit = exchange(port, POST_CHUNKED + chunked(b"{}".ljust(1000)))
+    over_limit = exchange(port, POST_CHUNKED + chunked(b"{}".ljust(50_000)))
+
+    assert at_limit[0] == 202, at_limit
+    status, headers, body = over_limit
+    assert (status, headers["content-type"]) == (413, JSON), over_limit
+    assert json.loads(body)["error"]["code"] == "request_entity_too_large"
+    assert redis_client.llen("default") == 1
+
+
+#: Requests gunicorn refuses (all but the last before the app sees them), with the status and
+#: error code each must get.
+REFUSED_BY_GUNICORN = [
+    (
+        "request line too long",
+        b"GET /" + b"a" * 3000 + b" HTTP/1.1\r\nHost: web\r\n\r\n",
+        400,
+        "bad_request",
+    ),
+    (
+        "too many headers",
+        b"GET /livez HTTP/1.1\r\n" + b"".join(b"X-H%d: 1\r\n" % i for i in range(60)) + b"\r\n",
+        431,
+        "request_header_fields_too_large",
+    ),
+    (
+        "header too large",
+        b"GET /livez HTTP/1.1\r\nHost: web\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n",
+        431,
+        "request_header_fields_too_large",
+    ),
+    ("not HTTP", b"HELLO\r\n\r\n", 400, "bad_request"),
+    (
+        "invalid header name",
+        b"GET /livez HTTP/1.1\r\nHost: web\r\nBad Header: 1\r\n\r\n",
+        400,
+        "bad_request",
+    ),
+    (
+        "unsupported transfer coding",
+        b"POST /tasks/noop HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: rot13\r\n\r\n",
+        501,
+        "not_implemented",
+    ),
+    ("malformed chunk", POST_CHUNKED + b"zz\r\n{}\r\n0\r\n\r\n", 400, "bad_request"),
+]
+
+
+def test_errors_from_gunicorn_have_the_json_error_shape(
+    app_env: dict[str, str], tmp_path: Path, processes: list[AppProcess]
+) -> None:
+    _, port = start_web(app_env, tmp_path, processes)
+
+    for case, request, status, code in REFUSED_BY_GUNICORN:
+        got, headers, body = exchange(port, request)
+
+        assert (got, headers["content-type"]) == (status, JSON), (case, got, headers, body)
+        error = json.loads(body)["error"]
+        assert set(error) == {"code", "message"}, case
+        assert error["code"] == code, case
+        assert isinstance(error["message"], str) and error["message"], case
+        assert int(headers["content-length"]) == len(body), case
+
+
+def gunicorn_config(env: dict[str, str]) -> dict[str, str]:
+    """The settings gunicorn resolves from the container's command in ``env`` (--print-config)."""
     argv = gunicorn_argv()
     argv.insert(-1, "--print-config")  # gunicorn resolves the settings, prints them, exits
     printed = subprocess.run(
-        argv,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
+        argv, env=env, capture_output=True, text=True, timeout=30, check=True
     ).stdout
-    config = dict(
-        (name.strip(), value.strip())
+    return {
+        name.strip(): value.strip()
         for name, _, value in (line.partition("=") for line in printed.splitlines())
-    )
+    }
+
+
+def test_gunicorn_configuration(app_env: dict[str, str]) -> None:
+    env = {**app_env, "WEB_PORT": "8123", "WEB_THREADS": "3", "WEB_REQUEST_TIMEOUT": "17"}
+    config = gunicorn_config(env)
 
     assert config["bind"] == "['0.0.0.0:8123']"
-    assert config["worker_class"] == "gthread"
+    assert config["worker_class"] == "app.gunicorn_worker.JsonErrorWorker"
+    assert issubclass(JsonErrorWorker, ThreadWorker)  # gthread, with JSON errors
     assert config["threads"] == "3"
     assert config["timeout"] == config["graceful_timeout"] == "17"
     assert config["worker_tmp_dir"] == "/dev/shm"
     assert config["accesslog"] == "-"
     assert config["preload_app"] == "False"
     assert int(config["keepalive"]) > 60  # above the load balancer's idle timeout
+
+
+@pytest.mark.parametrize(
+    ("request_timeout", "idle_timeout"), [(1, 60), (30, 60), (56, 61), (110, 115)]
+)
+def test_gunicorn_keeps_idle_connections_longer_than_the_load_balancer(
+    app_env: dict[str, str], request_timeout: int, idle_timeout: int
+) -> None:
+    # The balancer, not gunicorn, must close an idle connection: if gunicorn closed it first,
+    # the balancer could send a request on it just then and answer 502.
+    run = run_program({"web": {"requestTimeout": request_timeout}})
+    balancer = run.one("aws:lb/loadBalancer:LoadBalancer").inputs
+    web = run.task_definitions()["web"]
+
+    assert balancer["idleTimeout"] == idle_timeout == max(60, request_timeout + 5)
+    config = gunicorn_config({**app_env, **web.environment})
+    assert int(config["timeout"]) == request_timeout  # the rendered environment reached it
+    assert int(config["keepalive"]) > balancer["idleTimeout"]
 
 
 @pytest.mark.parametrize(
