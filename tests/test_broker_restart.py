@@ -61,7 +61,7 @@ def test_a_busy_worker_survives_a_broker_restart_and_every_task_completes(
         )  # fmt: skip
     wait_for(lambda: completed(client, keys) >= 10, 60, what="the first tasks to complete")
 
-    restartable_redis.restart(downtime=3)
+    restartable_redis.restart(downtime=1)
 
     client = redis.Redis.from_url(url, decode_responses=True)
     wait_for(lambda: completed(client, keys) == TASKS, 120, interval=0.5,
