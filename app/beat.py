@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from redbeat import RedBeatScheduler
 
-from app.celery_app import settings
+from app.celery_app import BROKER_OUTAGE_ERRORS, settings
 from app.health import HeartbeatFile
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two attempts while Redis is unreachable.
+OUTAGE_RETRY_SECONDS = 1.0
 
 
 class HeartbeatRedBeatScheduler(RedBeatScheduler):
     """RedBeat keeps last-run times and a lock in Redis; this touches the heartbeat each tick.
 
     The lock is extended on every tick (``beat_max_loop_interval``), so a beat whose loop is
-    stuck stops touching the file and loses the lock at about the same time.
+    stuck stops touching the file and loses the lock at about the same time. A tick that cannot
+    reach Redis (a restart, a failover) is retried instead of ending beat; the heartbeat stays
+    stale meanwhile, so a long outage fails the health check. A lock lost meanwhile (expired)
+    still ends beat when the next tick cannot extend it: never two beats.
     """
 
     heartbeat = HeartbeatFile("beat", settings.heartbeat_dir)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        interval = super().tick(*args, **kwargs)
+        try:
+            interval = super().tick(*args, **kwargs)
+        except BROKER_OUTAGE_ERRORS as error:
+            log.warning("beat: Redis unreachable (%r); next attempt in %g s", error,
+                        OUTAGE_RETRY_SECONDS)  # fmt: skip
+            return OUTAGE_RETRY_SECONDS
         self.heartbeat.touch()
-        return interval
+        return float(interval)

@@ -1,4 +1,4 @@
-"""A broker restart under load loses nothing and kills no worker.
+"""A broker restart under load loses nothing and kills no worker, and beat rides it out.
 
 ElastiCache restarts nodes for maintenance, node replacement and failover: every connection
 drops, the endpoint refuses connections for a while, and the data comes back. Here a real
@@ -9,6 +9,7 @@ stays reachable, which is not the same failure.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from redis.retry import Retry
 
 from devtools.redis_server import RedisServer, free_port, start_redis
 from tests.support import AppProcess, app_environment, send_task, start_worker, wait_for
+from tests.test_beat import HOURLY, install_schedule, make_overdue, sent_tasks, start_beat
 
 TASKS = 100
 AMOUNT = 1
@@ -88,3 +90,26 @@ def test_a_task_that_cannot_reach_redis_is_requeued_not_failed(
 
     assert rejected.value.requeue is True
     assert isinstance(rejected.value.__cause__, redis.ConnectionError)
+
+
+def test_beat_rides_out_a_broker_restart_and_keeps_scheduling(
+    restartable_redis: RedisServer, tmp_path: Path, processes: list[AppProcess],
+) -> None:
+    url = restartable_redis.url
+    env = app_environment(url, tmp_path)
+    client = redis.Redis.from_url(url, decode_responses=True)
+    install_schedule(env, tmp_path, client)
+    beat = start_beat(env, tmp_path, "beat")
+    processes.append(beat)
+    wait_for(lambda: "Acquired lock" in beat.logs(), 30, what="beat to hold its lock")
+
+    restartable_redis.restart(downtime=2)
+
+    client = redis.Redis.from_url(url, decode_responses=True)
+    # Due now: its last run long ago, and first in the schedule beat reads each tick.
+    make_overdue(client, HOURLY.name)
+    client.zadd("redbeat::schedule", {f"redbeat:{HOURLY.name}": time.time() - 1})
+    wait_for(lambda: sent_tasks(client, HOURLY.queue), 30, what="beat to send the due entry")
+    assert beat.alive(), beat.logs()
+    assert "Redis unreachable" in beat.logs()  # it met the outage, and waited it out
+    assert client.exists("redbeat::lock")
