@@ -1,9 +1,10 @@
-"""Container health checks: ``python -m app.health worker`` or ``python -m app.health beat``.
+"""Container health checks: ``python -m app.health worker|beat|web``.
 
-Cheap and local: it reads the age of the heartbeat file the process touches from its own event
-loop (see ``app.celery_app.WorkerHeartbeat`` and ``app.beat``). No broker round trip and no
-broadcast to other workers, so a hundred workers checking every 30 s cost nothing. Imports
-nothing from Celery, so it starts in milliseconds.
+Cheap and local. The worker and beat: the age of the heartbeat file the process touches from its
+own event loop (see ``app.celery_app.WorkerHeartbeat`` and ``app.beat``); no broker round trip
+and no broadcast to other workers, so a hundred workers checking every 30 s cost nothing. The
+web: its liveness endpoint (``/livez``, no broker call) on the local port. Imports nothing from
+Celery, so it starts in milliseconds.
 """
 
 from __future__ import annotations
@@ -13,14 +14,20 @@ import logging
 import os
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-from app.settings import HEARTBEAT_DIR
+from app.settings import HEARTBEAT_DIR, WebSettings
 
 log = logging.getLogger(__name__)
 
 #: A heartbeat older than this (seconds) means the process is stuck or lost its broker.
 MAX_AGE = 60.0
+#: Seconds the web's liveness endpoint may take to answer (below the check's own timeout).
+WEB_TIMEOUT = 3.0
+#: What the web answers when alive: no broker involved, so a broker outage never fails it.
+LIVENESS_PATH = "/livez"
 
 
 def heartbeat_path(role: str, heartbeat_dir: str | None = None) -> Path:
@@ -70,9 +77,11 @@ class HeartbeatFile:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.health", description=__doc__)
-    parser.add_argument("role", choices=["worker", "beat"])
+    parser.add_argument("role", choices=["worker", "beat", "web"])
     parser.add_argument("--max-age", type=float, default=MAX_AGE, help="seconds (default 60)")
     args = parser.parse_args(argv)
+    if args.role == "web":
+        return check_web()
     path = heartbeat_path(args.role)
     try:
         age = time.time() - path.stat().st_mtime
@@ -86,6 +95,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unhealthy: {args.role} heartbeat is {age:.0f}s old", file=sys.stderr)
         return 1
     print(f"healthy: {args.role} heartbeat {age:.0f}s old")
+    return 0
+
+
+def check_web() -> int:
+    url = f"http://127.0.0.1:{WebSettings.from_env().port}{LIVENESS_PATH}"
+    # Straight to the local port: an HTTP(S)_PROXY of the app must not route the check.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=WEB_TIMEOUT) as response:
+            status = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code
+    except (OSError, ValueError) as error:  # refused, timed out, not HTTP
+        print(f"unhealthy: web does not answer {url}: {error}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"unhealthy: web answers {url} with {status}", file=sys.stderr)
+        return 1
+    print(f"healthy: web answers {url}")
     return 0
 
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.arguments import whole
+from app.health import LIVENESS_PATH
 
 #: Celery's task ids: lowercase UUIDs.
 TASK_ID = whole("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -228,7 +229,7 @@ def document(
                     },
                 }
             },
-            "/livez": {
+            LIVENESS_PATH: {
                 "get": {
                     "operationId": "livez",
                     "summary": "The process answers (no broker call)",

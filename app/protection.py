@@ -35,6 +35,7 @@ from celery import bootsteps
 from celery.worker import state as worker_state
 
 from app.periodic import PeriodicThread
+from app.settings import PROTECTION_IDLE_GRACE_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ MAX_EXPIRES_IN_MINUTES = 2880
 #: How often the worker checks whether it has tasks, in seconds.
 POLL_INTERVAL_SECONDS = 1.0
 #: Idle seconds before protection is turned off (read when the worker starts).
-IDLE_GRACE_SECONDS = 30.0
+IDLE_GRACE_SECONDS = float(PROTECTION_IDLE_GRACE_SECONDS)
 
 
 # The agent is a link-local address: an HTTP(S)_PROXY set for the app must not capture it.

@@ -41,6 +41,10 @@ WEB_THREADS = "WEB_THREADS"
 # shutdown (see infra/budget.py for when that is chosen).
 REMAP_SIGTERM = "REMAP_SIGTERM"
 
+#: Seconds a worker keeps ECS scale-in protection after its last task (``app.protection``); the
+#: infrastructure sizes deployment waits with it (``infra.budget``).
+PROTECTION_IDLE_GRACE_SECONDS = 30
+
 # name -> (default, meaning). The README's table is checked against this by a test.
 ENV_VARS: dict[str, tuple[str, str]] = {
     BROKER_URL: ("(required)", "Redis URL. `rediss://` needs `ssl_cert_reqs=required`."),

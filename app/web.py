@@ -49,6 +49,7 @@ from werkzeug.wsgi import get_input_stream
 from app import arguments, openapi, tasks
 from app.celery_app import app as celery_app
 from app.celery_app import publish_only
+from app.health import LIVENESS_PATH
 from app.settings import Settings, WebSettings
 
 log = logging.getLogger(__name__)
@@ -439,7 +440,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     def openapi_document() -> Response:
         return app.json.response(document)
 
-    @app.get("/livez")
+    @app.get(LIVENESS_PATH)
     def livez() -> Response:
         return app.json.response(status="alive")
 

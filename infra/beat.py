@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra.budget import BEAT_STOP_TIMEOUT
+from infra.budget import BEAT_STOP_TIMEOUT, beat_deployment_timeout
 from infra.cluster import (
     Cluster,
     ContainerInputs,
@@ -78,6 +78,7 @@ class Beat(pulumi.ComponentResource):
             service=args.service,
             task_definition=task_definition,
             placement=args.placement,
+            deployment_timeout=beat_deployment_timeout(),
             desired_count=1,
             parent=self,
             autoscaled=False,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from app import settings as env_names
+from app.settings import PROTECTION_IDLE_GRACE_SECONDS
 
 #: Fargate's ceiling for a container's ``stopTimeout`` (seconds between SIGTERM and SIGKILL).
 FARGATE_STOP_TIMEOUT_CAP = 120
@@ -28,6 +29,12 @@ MAX_TASK_TIMEOUT = 86_400
 #: Seconds beat gets to release its Redis lock and exit; a short stop keeps the schedule gap
 #: of a beat deployment (old beat stopped before the new one starts) short.
 BEAT_STOP_TIMEOUT = 10
+#: Seconds a new Fargate task may take to be placed, pull the image, start and pass its health
+#: checks (start period 60 s, then up to 3 checks 30 s apart), with room for a slow pull and a
+#: retry of a failed placement.
+TASK_START_ALLOWANCE = 600
+#: Seconds the web's load balancer health checks are ignored after a task starts.
+WEB_HEALTH_CHECK_GRACE = 60
 
 ShutdownMode = Literal["warm", "cold"]
 
@@ -64,6 +71,19 @@ class WorkerBudget:
     stop_timeout: int
     visibility_timeout: int
     task_protection: bool
+
+    @property
+    def deployment_timeout(self) -> int:
+        """Seconds ``pulumi up`` waits for a deployment of the pool to reach steady state.
+
+        The new tasks start and turn healthy, then each old one stops within its
+        ``stopTimeout``. A protected (cold-shutdown) worker is not stopped while it holds a task:
+        it first finishes the one it runs (at most the hard time limit) and stays protected for
+        its idle grace. A pool that never goes idle holds a deployment longer: ``up`` then
+        fails on this timeout and the deployment goes on in ECS.
+        """
+        hold = self.time_limit + PROTECTION_IDLE_GRACE_SECONDS if self.task_protection else 0
+        return TASK_START_ALLOWANCE + hold + self.stop_timeout
 
     @property
     def longest_unacked(self) -> int:
@@ -163,8 +183,25 @@ class WebBudget:
     stop_timeout: int
     idle_timeout: int
 
+    @property
+    def deployment_timeout(self) -> int:
+        """Seconds ``pulumi up`` waits for a web deployment: new tasks start and pass the load
+        balancer's checks after its grace period; old ones drain, then stop."""
+        return (
+            TASK_START_ALLOWANCE
+            + WEB_HEALTH_CHECK_GRACE
+            + self.deregistration_delay
+            + self.stop_timeout
+        )
+
     def environment(self) -> dict[str, str]:
         return {env_names.WEB_REQUEST_TIMEOUT: str(self.request_timeout)}
+
+
+def beat_deployment_timeout() -> int:
+    """Seconds ``pulumi up`` waits for a beat deployment: the old beat stops, then the new one
+    starts (never both at once)."""
+    return BEAT_STOP_TIMEOUT + TASK_START_ALLOWANCE
 
 
 def web_budget(request_timeout: int) -> WebBudget:

@@ -317,6 +317,7 @@ def fargate_service(
     task_definition: aws.ecs.TaskDefinition,
     placement: TaskPlacement,
     desired_count: int,
+    deployment_timeout: int,
     parent: pulumi.Resource,
     autoscaled: bool,
     minimum_healthy_percent: int = 100,
@@ -327,10 +328,15 @@ def fargate_service(
 ) -> aws.ecs.Service:
     """A Fargate service on the latest platform version that rolls back failed deployments.
 
+    ``pulumi up`` waits until the deployment reaches steady state, for up to
+    ``deployment_timeout`` seconds (from the budget), and fails if it rolled back instead (see
+    ``fail_if_rolled_back``).
+
     ``autoscaled``: the desired count belongs to Application Auto Scaling once the service
     exists, so later updates leave it alone.
     """
-    return aws.ecs.Service(
+    timeout = f"{deployment_timeout}s"
+    ecs_service = aws.ecs.Service(
         name,
         cluster=cluster.cluster.arn,
         task_definition=task_definition.arn,
@@ -347,6 +353,8 @@ def fargate_service(
         deployment_minimum_healthy_percent=minimum_healthy_percent,
         deployment_maximum_percent=maximum_percent,
         deployment_circuit_breaker={"enable": True, "rollback": True},
+        # Without it, up reports success while tasks crash-loop.
+        wait_for_steady_state=True,
         # ECS Exec needs a writable root filesystem for its agent; the containers have none.
         enable_execute_command=False,
         enable_ecs_managed_tags=True,
@@ -356,5 +364,35 @@ def fargate_service(
             parent=parent,
             depends_on=list(depends_on),
             ignore_changes=["desired_count"] if autoscaled else None,
+            custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout, delete=timeout),
         ),
     )
+    fail_if_rolled_back(service, ecs_service, task_definition)
+    return ecs_service
+
+
+class DeploymentRolledBack(pulumi.RunError):
+    """The service is steady, but on another task definition than the one just registered."""
+
+
+def fail_if_rolled_back(
+    service: str, ecs_service: aws.ecs.Service, task_definition: aws.ecs.TaskDefinition
+) -> None:
+    """Make ``up`` fail when ECS's circuit breaker rolled the deployment back.
+
+    ``wait_for_steady_state`` alone reports success then: the service is steady again, on the
+    previous task definition (hashicorp/terraform-provider-aws#20858). After the update the
+    service's ``task_definition`` is read back from ECS; if it is not the one registered, the
+    new revision never took over.
+    """
+
+    def check(arns: list[str]) -> None:
+        running, registered = arns
+        if running != registered and not pulumi.runtime.is_dry_run():
+            raise DeploymentRolledBack(
+                f"service {service}: the deployment of {registered} was rolled back by ECS's "
+                f"circuit breaker; the service runs {running}. See its events (aws ecs "
+                "describe-services) and the stopped tasks' reasons; fix, then run up again."
+            )
+
+    pulumi.Output.all(ecs_service.task_definition, task_definition.arn).apply(check)

@@ -59,7 +59,8 @@ def enqueue_command(entry_name: str, slot: str) -> tuple[str, ...]:
 
 
 def health_check(role: str) -> dict[str, object]:
-    """Container health check of the worker or beat: a stale heartbeat file fails it."""
+    """Container health check (``python -m app.health <role>``): for the worker and beat a stale
+    heartbeat file fails it, for the web a ``/livez`` that does not answer 200."""
     return {
         "command": ["CMD", "python", "-m", "app.health", role],
         "interval": 30,

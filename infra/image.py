@@ -1,19 +1,27 @@
 """The application image: an ECR repository, and the image built from the project's Dockerfile
-and pushed there (unless a prebuilt ``imageUri`` is given)."""
+and pushed there by digest (unless a prebuilt ``imageUri`` is given).
+
+The image is built by ``pulumi-docker-build`` (buildx/BuildKit), which hashes the build context
+itself (``.dockerignore`` applied) to decide when to rebuild, and pushed *by digest*, with no
+tag: the repository's tags are immutable (Security Hub ECR.2), and a push that carries no tag
+cannot collide with an existing one, whatever made the provider rebuild (another checkout path,
+file modes, a provider upgrade, an interrupted ``up``). Task definitions run
+``<repository>@sha256:<digest>``. The context and Dockerfile are given relative to the project
+directory (Pulumi runs the program there), so no input depends on where the checkout lives.
+Previews do not build (``buildOnPreview`` false), so ``pulumi preview`` needs no Docker daemon.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pulumi
 import pulumi_aws as aws
-import pulumi_docker as docker
+import pulumi_docker_build as docker_build
 
 from infra.cluster import AwsContext
 
@@ -24,88 +32,6 @@ _ECR_URI = re.compile(
     r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?P<cn>\.cn)?/"
     r"(?P<repository>[^:@]+)"
 )
-
-
-def _dockerignore_patterns(context: Path) -> list[tuple[bool, re.Pattern[str]]]:
-    """(is_exception, regex) per line of ``.dockerignore``, Docker's syntax: ``*``, ``?`` and
-    ``[...]`` within a path segment, ``**`` across segments, ``!`` re-includes, the last match
-    wins, and a pattern matching a directory covers everything below it."""
-    path = context / ".dockerignore"
-    if not path.is_file():
-        return []
-    patterns = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        exception = line.startswith("!")
-        pattern = os.path.normpath(line.lstrip("!").strip()).lstrip("/")
-        regex = ""
-        index = 0
-        while index < len(pattern):
-            if pattern.startswith("**/", index):
-                regex, index = regex + "(?:.*/)?", index + 3
-            elif pattern.startswith("**", index):
-                regex, index = regex + ".*", index + 2
-            elif pattern[index] == "[" and "]" in pattern[index + 1 :]:
-                end = pattern.index("]", index + 1)
-                regex, index = regex + pattern[index : end + 1], end + 1
-            else:
-                regex += {"*": "[^/]*", "?": "[^/]"}.get(pattern[index], re.escape(pattern[index]))
-                index += 1
-        patterns.append((exception, re.compile(f"^{regex}(?:/.*)?$")))
-    return patterns
-
-
-def dockerignore_excludes(context: Path) -> Callable[[str], bool]:
-    """Whether Docker leaves a path (relative to ``context``) out of the build context."""
-    patterns = _dockerignore_patterns(context)
-
-    def excluded(relative: str) -> bool:
-        result = False
-        for exception, regex in patterns:
-            if regex.match(relative):
-                result = not exception
-        return result
-
-    return excluded
-
-
-def context_tag(context: Path, dockerfile: Path) -> str:
-    """A tag that changes whenever the image's inputs change.
-
-    Hashes the Dockerfile, ``.dockerignore`` and the path and content of every file Docker
-    sends with the context (``.dockerignore`` applied), so an unchanged context keeps its tag
-    (ECR tags are immutable: a rebuilt image must get a new one). When unsure whether a file is
-    excluded, it is hashed: an extra rebuild is harmless, a missed change would be a push to an
-    existing tag.
-    """
-    prune_directories = not any(exception for exception, _ in _dockerignore_patterns(context))
-    excluded = dockerignore_excludes(context)
-
-    digest = hashlib.sha256()
-    # Docker always reads these two, even when .dockerignore lists them.
-    ignore_file = context / ".dockerignore"
-    for always in (dockerfile, ignore_file):
-        digest.update(always.read_bytes() if always.is_file() else b"")
-        digest.update(b"\0")
-    for directory, subdirectories, files in os.walk(context):
-        relative_dir = os.path.relpath(directory, context)
-        if prune_directories:
-            subdirectories[:] = [
-                name
-                for name in subdirectories
-                if not excluded(os.path.normpath(os.path.join(relative_dir, name)))
-            ]
-        subdirectories.sort()
-        for name in sorted(files):
-            relative = os.path.normpath(os.path.join(relative_dir, name))
-            full = Path(directory, name)
-            if excluded(relative) or not full.is_file():
-                continue
-            digest.update(relative.encode() + b"\0")
-            digest.update(hashlib.sha256(full.read_bytes()).digest())
-    return f"ctx-{digest.hexdigest()[:20]}"
 
 
 def ecr_repository(image_uri: str) -> tuple[str, str, str] | None:
@@ -120,8 +46,10 @@ def ecr_repository(image_uri: str) -> tuple[str, str, str] | None:
 class ImageArgs:
     """Arguments of ``Image``.
 
-    - ``context``: the Docker build context (the project root). Required unless ``image_uri``.
-    - ``dockerfile``: path of the Dockerfile. Default ``<context>/Dockerfile``.
+    - ``context``: the Docker build context, relative to the directory Pulumi runs the program
+      in (the project root: "."). Required unless ``image_uri``.
+    - ``dockerfile``: the Dockerfile, relative to the same directory. Default
+      ``<context>/Dockerfile``.
     - ``image_uri``: a prebuilt image; nothing is built or pushed. Default None.
     - ``force_delete``: destroying the stack deletes the repository with its images (dev
       stacks). Default False.
@@ -130,8 +58,8 @@ class ImageArgs:
     """
 
     aws: AwsContext
-    context: Path | None = None
-    dockerfile: Path | None = None
+    context: str | None = None
+    dockerfile: str | None = None
     image_uri: str | None = None
     force_delete: bool = False
     keep_images: int = KEEP_IMAGES
@@ -200,22 +128,35 @@ class Image(pulumi.ComponentResource):
                 )
         else:
             assert args.context is not None and args.dockerfile is not None  # _normalize
-            tag = context_tag(args.context, args.dockerfile)
             token = aws.ecr.get_authorization_token_output(registry_id=self.repository.registry_id)
-            image = docker.Image(
+            image = docker_build.Image(
                 name,
-                build=docker.DockerBuildArgs(
-                    context=str(args.context), dockerfile=str(args.dockerfile), platform=PLATFORM
-                ),
-                image_name=pulumi.Output.concat(self.repository.repository_url, ":", tag),
-                registry=docker.RegistryArgs(
-                    server=self.repository.repository_url,
-                    username=token.user_name,
-                    password=pulumi.Output.secret(token.password),
-                ),
+                context={"location": args.context},
+                dockerfile={"location": args.dockerfile},
+                platforms=[PLATFORM],
+                # No tag: pushed by digest only (see the module docstring).
+                push=False,
+                exports=[
+                    {
+                        "registry": {
+                            "names": [self.repository.repository_url],
+                            "push_by_digest": True,
+                        }
+                    }
+                ],
+                registries=[
+                    {
+                        "address": self.repository.repository_url,
+                        "username": token.user_name,
+                        "password": pulumi.Output.secret(token.password),
+                    }
+                ],
+                build_on_preview=False,
                 opts=child,
             )
-            self.image_ref = image.repo_digest
+            self.image_ref = pulumi.Output.concat(
+                self.repository.repository_url, "@", image.digest
+            )
 
         self.register_outputs(
             {"repositoryUrl": self.repository.repository_url, "imageRef": self.image_ref}
@@ -229,8 +170,10 @@ class Image(pulumi.ComponentResource):
             return args
         if args.context is None:
             raise ValueError("context: required when no image_uri is given")
-        dockerfile = args.dockerfile or args.context / "Dockerfile"
-        if not dockerfile.is_file():
+        if Path(args.context).is_absolute():
+            raise ValueError(f"context: {args.context!r} must be relative to the project directory")
+        dockerfile = os.path.normpath(args.dockerfile or os.path.join(args.context, "Dockerfile"))
+        if not Path(dockerfile).is_file():
             raise ValueError(f"dockerfile: {dockerfile} does not exist")
         return ImageArgs(
             aws=args.aws,

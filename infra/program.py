@@ -7,6 +7,7 @@ half-created stack.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +62,9 @@ class Plan:
     #: ``<project>-<stack>``, safe for task definition families and log group names.
     prefix: str
     metrics_namespace: str
-    #: Build context of the image; None when ``imageUri`` is given.
-    image_context: Path | None
+    #: Build context of the image, relative to the working directory (Pulumi runs the program in
+    #: the project directory: "."); None when ``imageUri`` is given.
+    image_context: str | None
 
 
 def validate(
@@ -86,7 +88,7 @@ def validate(
                 f"imageUri: not set, and there is no Dockerfile in {project_root} to build; "
                 "allowed: a prebuilt image URI, or a Dockerfile at the project root"
             )
-        image_context = project_root
+        image_context = os.path.relpath(project_root)
     prefix = re.sub(r"[^A-Za-z0-9_-]", "-", f"{project}-{stack}")
     return Plan(
         config=config,

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from app.health import LIVENESS_PATH
+from infra.budget import WEB_HEALTH_CHECK_GRACE
 from infra.cluster import (
     Cluster,
     ContainerInputs,
@@ -16,14 +18,13 @@ from infra.cluster import (
     fargate_task_definition,
 )
 from infra.config import WebConfig
-from infra.containers import WEB_COMMAND, WEB_CONTAINER_PORT
+from infra.containers import WEB_COMMAND, WEB_CONTAINER_PORT, health_check
 
 #: TLS 1.3 with TLS 1.2 fallback (Security Hub ELB.17/18).
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
-HEALTH_CHECK_PATH = "/readyz"
-#: Seconds after a task starts before failed load-balancer health checks count: gunicorn
-#: imports the app and connects to Redis first.
-HEALTH_CHECK_GRACE_PERIOD = 60
+#: Liveness, not readiness: /readyz pings Redis, so during a broker outage every web task would
+#: fail it and ECS would replace them all, again and again, while each could answer 503 at once.
+HEALTH_CHECK_PATH = LIVENESS_PATH
 CONTAINER_NAME = "web"
 
 
@@ -167,6 +168,7 @@ class Web(pulumi.ComponentResource):
                 environment=args.environment,
                 stop_timeout=config.budget.stop_timeout,
                 port=WEB_CONTAINER_PORT,
+                health_check=health_check("web"),
             ),
             task_role=task_role,
             parent=self,
@@ -177,6 +179,7 @@ class Web(pulumi.ComponentResource):
             service=args.service,
             task_definition=task_definition,
             placement=args.placement,
+            deployment_timeout=config.budget.deployment_timeout,
             desired_count=config.min_count,
             parent=self,
             autoscaled=True,
@@ -187,7 +190,7 @@ class Web(pulumi.ComponentResource):
                     "container_port": WEB_CONTAINER_PORT,
                 }
             ],
-            health_check_grace_period=HEALTH_CHECK_GRACE_PERIOD,
+            health_check_grace_period=WEB_HEALTH_CHECK_GRACE,
             # ECS refuses a target group that no listener uses yet.
             depends_on=listeners,
         )

@@ -90,6 +90,7 @@ class Worker(pulumi.ComponentResource):
             service=args.service,
             task_definition=task_definition,
             placement=args.placement,
+            deployment_timeout=pool.budget.deployment_timeout,
             desired_count=pool.min_count,
             parent=self,
             autoscaled=True,

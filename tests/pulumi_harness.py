@@ -158,9 +158,8 @@ def _extra_state(typ: str, physical: str, state: Mapping[str, Any]) -> dict[str,
         return {"arnSuffix": f"targetgroup/{physical}/0123456789abcdef"}
     if typ == "random:index/randomPassword:RandomPassword":
         return {"result": MOCK_AUTH_TOKEN}
-    if typ == "docker:index/image:Image":
-        repository = str(state["imageName"]).rsplit(":", 1)[0]
-        return {"repoDigest": f"{repository}@sha256:{'0' * 64}"}
+    if typ == "docker-build:index:Image":
+        return {"digest": f"sha256:{'0' * 64}", "contextHash": "0" * 64, "ref": ""}
     return {}
 
 
@@ -171,6 +170,11 @@ class ProgramRun:
     resources: list[Registration]
     outputs: dict[str, Any] = field(default_factory=dict)
     secret_outputs: set[str] = field(default_factory=set)
+    #: Resource name -> its custom timeouts (create, update, delete), where the program set any:
+    #: the mocks do not see resource options, a stack transformation records them.
+    custom_timeouts: dict[str, tuple[str | None, str | None, str | None]] = field(
+        default_factory=dict
+    )
 
     def of_type(self, typ: str) -> list[Registration]:
         return [resource for resource in self.resources if resource.type == typ]
@@ -297,7 +301,18 @@ def run_program(
             }
         )
 
+        def record_options(
+            args: pulumi.ResourceTransformationArgs,
+        ) -> pulumi.ResourceTransformationResult | None:
+            timeouts = args.opts.custom_timeouts
+            if timeouts is not None:
+                result.custom_timeouts[args.name] = (
+                    timeouts.create, timeouts.update, timeouts.delete
+                )
+            return None
+
         async def run() -> None:
+            pulumi.runtime.register_stack_transformation(record_options)
             outputs = program.main(project_root=root)
             for name, value in outputs.items():
                 output = pulumi.Output.from_input(value)

@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from docker.utils.build import exclude_paths
 
 from devtools.twin.image import Stage, dockerfile_stages
 from infra import containers
 from infra.config import load as load_stack_config
-from infra.image import dockerignore_excludes
 from tests.support import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -130,23 +130,25 @@ def test_the_final_stage_installs_nothing(final: Stage) -> None:
     assert not final.arguments("HEALTHCHECK")  # ECS ignores it; task definitions hold them
 
 
-def test_the_build_context_is_the_app_only() -> None:
-    # The same reading of .dockerignore as the image tag's (infra/image.py).
-    excluded = dockerignore_excludes(ROOT)
-    included = {entry.name for entry in ROOT.iterdir() if not excluded(entry.name)}
+def test_the_build_context_is_the_app_only(tmp_path: Path) -> None:
+    # Docker's own reading of .dockerignore (the Docker SDK's), over a context holding a file
+    # of every kind the checkout has, including the ones that must never reach the image.
+    for path in ("app/web.py", "app/requirements.txt", "app/__pycache__/web.cpython-311.pyc",
+                 "app/web.pyc", "tests/test_web.py", "infra/web.py", ".git/HEAD",
+                 ".venv/bin/python", ".twin/x", "Pulumi.dev.yaml", "README.md"):  # fmt: skip
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("")
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in ignore if line.strip() and not line.startswith("#")]
+    (tmp_path / "Dockerfile").write_text("")
 
-    assert included == {"app"}
-    for path in ("app/requirements.txt", "app/web.py"):
-        assert not excluded(path), path
-    for path in (
-        "app/__pycache__/web.cpython-311.pyc",
-        "app/web.pyc",
-        "tests/test_web.py",
-        "infra/web.py",
-        ".git/HEAD",
-        ".venv/bin/python",
-    ):
-        assert excluded(path), path
+    sent = exclude_paths(str(tmp_path), patterns, dockerfile="Dockerfile")
+
+    # Docker always sends the Dockerfile and .dockerignore; everything else is app/'s sources.
+    assert {path for path in sent if not path.startswith("app")} == {"Dockerfile"}
+    assert {path for path in sent if path.startswith("app/")} == {
+        "app/web.py", "app/requirements.txt"
+    }  # fmt: skip
 
 
 # --- What app/ imports is what the image has ----------------------------------------------------

@@ -103,10 +103,10 @@ def test_every_service_of_the_stack_starts_passes_its_health_check_and_stops_cle
     started = {service: run(image, task, redis_url, tmp_path, containers)
                for service, task in tasks.items()}  # fmt: skip
 
-    for service in ("worker-default", "worker-long", "beat"):
+    for service in started:
         wait_for(lambda s=service: healthy(started[s]), START_LIMIT, interval=1,
                  what=f"{service}'s container health check to pass")  # fmt: skip
-    # The web has no container health check: the load balancer's target group checks it.
+    # The web is also checked by the load balancer's target group, on its own path.
     web_port = tasks["web"].container["portMappings"][0]["containerPort"]
     health_url = f"http://127.0.0.1:{web_port}{target_group_health_path(beat_stack)}"
     wait_for(lambda: started["web"].alive() and answers(health_url), START_LIMIT, interval=1,

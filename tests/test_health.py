@@ -12,7 +12,8 @@ import redis
 
 from app.celery_app import HEARTBEAT_INTERVAL, app
 from devtools.processes import python_argv
-from infra.containers import BEAT_COMMAND, worker_command
+from devtools.redis_server import free_port
+from infra.containers import BEAT_COMMAND, WEB_COMMAND, worker_command
 from tests.support import ROOT, AppProcess, send_task, start_process, wait_for
 
 #: Seconds between two beat ticks at most (``beat_max_loop_interval``).
@@ -99,3 +100,26 @@ def test_a_beat_that_cannot_write_its_heartbeat_keeps_scheduling_and_fails_its_c
     assert redis_client.exists("redbeat::lock")
     assert beat.logs().count("cannot write the beat heartbeat file") == 1
     assert check("beat", heartbeats).returncode == 1
+
+
+def test_the_web_check_asks_liveness_so_a_broker_outage_does_not_fail_it(
+    app_env: dict[str, str], tmp_path: Path, processes: list[AppProcess]
+) -> None:
+    # The broker is unreachable: readiness fails, but ECS must not replace a web task that can
+    # answer 503 at once, so its health check asks /livez.
+    port = free_port()
+    env = {**app_env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",
+           "WEB_PORT": str(port)}  # fmt: skip
+    web = start_process("web", python_argv(WEB_COMMAND), env, tmp_path)
+    processes.append(web)
+    health = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "WEB_PORT": str(port)}
+
+    def web_check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "app.health", "web"], env=health,
+                              capture_output=True, text=True, timeout=30)  # fmt: skip
+
+    wait_for(lambda: web_check().returncode == 0, 30, what="the web to answer /livez")
+    web.kill_all()
+    stopped = web_check()
+    assert stopped.returncode == 1
+    assert f"web does not answer http://127.0.0.1:{port}/livez" in stopped.stderr

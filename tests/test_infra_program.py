@@ -9,6 +9,8 @@ against an existing VPC with a prebuilt image. The dev stack file gets its own t
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +19,17 @@ from urllib.parse import quote
 
 import pulumi
 import pytest
+from pulumi.runtime.mocks import MockResourceArgs
 
 from app import settings as env_names
 from app.schedule import SCHEDULE, Every, PeriodicEntry
+from app.settings import PROTECTION_IDLE_GRACE_SECONDS
 from infra import program
 from infra.broker import broker_url
-from infra.budget import BEAT_STOP_TIMEOUT, FARGATE_STOP_TIMEOUT_CAP
+from infra.budget import BEAT_STOP_TIMEOUT, FARGATE_STOP_TIMEOUT_CAP, TASK_START_ALLOWANCE
+from infra.cluster import DeploymentRolledBack
 from infra.config import ConfigError, ExistingVpc, NewVpc, StackConfig, load
+from infra.containers import health_check
 from infra.schedule_expr import to_eventbridge_expression
 from tests.ecs_model import problems
 from tests.pulumi_harness import (
@@ -36,6 +42,7 @@ from tests.pulumi_harness import (
     run_program,
     stack_file_config,
 )
+from tests.support import ROOT
 
 CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"
 ECR_IMAGE = "210987654321.dkr.ecr.eu-west-1.amazonaws.com/shared/celery-ecs@sha256:" + "a" * 64
@@ -102,6 +109,7 @@ INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
 RULE = "aws:cloudwatch/eventRule:EventRule"
 TARGET = "aws:cloudwatch/eventTarget:EventTarget"
+IMAGE = "docker-build:index:Image"
 ROLE = "aws:iam/role:Role"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 
@@ -617,6 +625,40 @@ def test_task_protection_rights_only_for_cold_shutdown_pools(deployed: Deployed)
 # --- services, load balancer, image, outputs ------------------------------------------------
 
 
+def test_up_waits_for_every_service_to_be_steady_within_its_budget(deployed: Deployed) -> None:
+    config, run = deployed.config, deployed.run
+    expected = {"web": config.web.budget.deployment_timeout}
+    expected |= {f"worker-{p.name}": p.budget.deployment_timeout for p in config.workers}
+    if config.scheduler == "beat":
+        expected["beat"] = BEAT_STOP_TIMEOUT + TASK_START_ALLOWANCE
+    for service, seconds in expected.items():
+        registration = deployed.service(service)
+        assert registration.inputs["waitForSteadyState"] is True, service
+        timeout = f"{seconds}s"
+        assert run.custom_timeouts[registration.name] == (timeout, timeout, timeout), service
+    for pool in config.workers:
+        # A protected pool's old workers finish the task they run before they may stop.
+        hold = pool.budget.time_limit + PROTECTION_IDLE_GRACE_SECONDS
+        assert pool.budget.deployment_timeout == TASK_START_ALLOWANCE + pool.budget.stop_timeout + (
+            hold if pool.budget.task_protection else 0
+        ), pool.name
+
+
+def test_up_fails_loudly_when_ecs_rolls_a_deployment_back() -> None:
+    class RolledBack(RecordingMocks):
+        """ECS read back after the update: the circuit breaker went back to revision 0."""
+
+        def new_resource(self, args: MockResourceArgs) -> tuple[str, dict[str, Any]]:
+            resource_id, state = super().new_resource(args)
+            if args.typ == "aws:ecs/service:Service" and args.name == "worker-default-service":
+                state["taskDefinition"] = str(state["taskDefinition"]).rsplit(":", 1)[0] + ":0"
+            return resource_id, state
+
+    with pytest.raises(DeploymentRolledBack, match=r"service worker-default: the deployment of "
+                       r"\S+:1 was rolled back by ECS's circuit breaker; the service runs \S+:0"):
+        run_program({}, mocks=RolledBack())
+
+
 def test_services_run_fargate_latest_with_rollback(deployed: Deployed) -> None:
     for service in deployed.run.of_type(SERVICE):
         inputs = service.inputs
@@ -641,7 +683,9 @@ def test_load_balancer_follows_the_web_budget(deployed: Deployed) -> None:
         assert balancer["accessLogs"]["enabled"] is True
     group = run.one("aws:lb/targetGroup:TargetGroup").inputs
     assert (group["targetType"], group["port"], group["protocol"]) == ("ip", 8000, "HTTP")
-    assert group["healthCheck"]["path"] == "/readyz"
+    # Liveness: a broker outage must not make ECS replace web tasks that can answer 503.
+    assert group["healthCheck"]["path"] == "/livez"
+    assert run.task_definitions()["web"].container["healthCheck"] == health_check("web")
     assert group["deregistrationDelay"] == web.budget.deregistration_delay
     listeners = {
         listener.inputs["port"]: listener.inputs
@@ -686,14 +730,20 @@ def test_image_is_built_and_pushed_or_taken_as_given(deployed: Deployed) -> None
     images = {task.container["image"] for task in run.task_definitions().values()}
     url = run.outputs["imageRepositoryUrl"]
     if config.image_uri:
-        assert run.of_type("docker:index/image:Image") == []
+        assert run.of_type(IMAGE) == []
         assert images == {config.image_uri}
         return
-    image = run.one("docker:index/image:Image").inputs
-    assert image["build"]["platform"] == "linux/amd64"
-    assert image["build"]["dockerfile"].endswith("/Dockerfile")
-    assert image["imageName"].startswith(f"{url}:ctx-")
-    assert image["registry"] == {"server": url, "username": "AWS", "password": "mock-ecr-password"}
+    image = run.one(IMAGE).inputs
+    assert image["platforms"] == ["linux/amd64"]
+    # Pushed by digest only: no tag can collide with an immutable one already in ECR.
+    assert image.get("tags") in (None, []) and image["push"] is False
+    assert image["exports"] == [{"registry": {"names": [url], "pushByDigest": True}}]
+    assert image["registries"] == [
+        {"address": url, "username": "AWS", "password": "mock-ecr-password"}
+    ]
+    assert image["buildOnPreview"] is False  # previews need no Docker daemon
+    assert not Path(image["context"]["location"]).is_absolute()
+    assert not Path(image["dockerfile"]["location"]).is_absolute()
     assert images == {f"{url}@sha256:{'0' * 64}"}
 
 
@@ -730,6 +780,42 @@ def test_dev_stack_file_deploys() -> None:
         f"worker-{pool.name}" for pool in config.workers if pool.budget.task_protection
     }
     assert protected and len(protected) < len(config.workers)
+
+
+def checkout_copy(destination: Path, *, umask: int, file_mode: int) -> Path:
+    """What ``git clone`` leaves under another path, umask and file modes: the image's inputs."""
+    previous = os.umask(umask)
+    try:
+        destination.mkdir(parents=True)
+        shutil.copy(ROOT / "Dockerfile", destination / "Dockerfile")
+        shutil.copy(ROOT / ".dockerignore", destination / ".dockerignore")
+        shutil.copytree(ROOT / "app", destination / "app",
+                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    finally:
+        os.umask(previous)
+    for path in destination.rglob("*"):
+        if path.is_file():
+            path.chmod(file_mode)
+    return destination
+
+
+def test_the_rendered_program_does_not_depend_on_where_or_how_the_checkout_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A laptop, then CI: another path, umask and file modes. pulumi up runs the program in the
+    # project directory; every input must come out the same, or the image would be rebuilt.
+    renders = []
+    for name, umask, mode in (("laptop", 0o022, 0o644), ("ci-runner", 0o077, 0o755)):
+        checkout = checkout_copy(tmp_path / name / "celery-ecs", umask=umask, file_mode=mode)
+        monkeypatch.chdir(checkout)
+        run = run_program(stack_file_config("dev"), project_root=checkout)
+        # Registration order follows Pulumi's scheduling, not the program: compare by URN parts.
+        renders.append(sorted(((r.type, r.name, r.inputs) for r in run.resources),
+                              key=lambda resource: resource[:2]))  # fmt: skip
+    assert renders[0] == renders[1]
+    (image,) = [inputs for typ, _, inputs in renders[0] if typ == IMAGE]
+    assert image["context"] == {"location": "."}
+    assert image["dockerfile"] == {"location": "Dockerfile"}
 
 
 # --- nothing is registered when validation fails --------------------------------------------

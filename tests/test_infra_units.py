@@ -1,10 +1,9 @@
-"""Pure helpers of the Pulumi program: image tag, broker URL, subnets, metric math, schedule
+"""Pure helpers of the Pulumi program: image source, broker URL, subnets, metric math, schedule
 planning, and the rendered task definitions other tests start processes from."""
 
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
@@ -13,70 +12,12 @@ from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
 from app.settings import check_redis_url
 from infra.broker import AUTH_TOKEN_SPECIALS, broker_url
 from infra.eventbridge import plan_schedule
-from infra.image import context_tag, ecr_repository
+from infra.image import ecr_repository
 from infra.network import subnet_cidrs
 from infra.scaling import BacklogTarget, backlog_metric_queries
 from infra.schedule_expr import ScheduleError, to_eventbridge_expression
 from tests.ecs_model import problems
 from tests.pulumi_harness import render_task_definitions
-
-
-def write(root: Path, files: dict[str, str]) -> Path:
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-    return root
-
-
-def tag_of(root: Path) -> str:
-    return context_tag(root, root / "Dockerfile")
-
-
-def test_context_tag_follows_the_build_context(tmp_path: Path) -> None:
-    root = write(
-        tmp_path,
-        {
-            "Dockerfile": "FROM scratch\n",
-            "app/a.py": "a = 1\n",
-            ".dockerignore": "Dockerfile\n.venv\n**/__pycache__\n*.md\n**/*.py[cod]\n",
-        },
-    )
-    tag = tag_of(root)
-    assert tag.startswith("ctx-") and tag == tag_of(root)
-    # Files Docker never sees do not change the tag.
-    write(
-        root,
-        {".venv/lib/big.py": "x", "app/__pycache__/a.pyc": "x", "NOTES.md": "x", "app/b.pyc": "x"},
-    )
-    assert tag_of(root) == tag
-    # Anything it sends does, and so does the Dockerfile even when .dockerignore lists it.
-    for change in (
-        {"app/a.py": "a = 2\n"},
-        {"app/c.py": ""},
-        {"Dockerfile": "FROM busybox\n"},
-        {".dockerignore": ".venv\n"},
-    ):
-        write(root, change)
-        assert tag_of(root) != tag, change
-        tag = tag_of(root)
-
-
-def test_context_tag_honours_exceptions(tmp_path: Path) -> None:
-    root = write(
-        tmp_path,
-        {
-            "Dockerfile": "FROM scratch\n",
-            "docs/keep.md": "1",
-            ".dockerignore": "*.md\n**/*.md\n!docs/keep.md\n",
-        },
-    )
-    tag = tag_of(root)
-    write(root, {"docs/keep.md": "2"})
-    assert tag_of(root) != tag
-    tag = tag_of(root)
-    write(root, {"docs/other.md": "ignored"})
-    assert tag_of(root) == tag
 
 
 def test_ecr_repository_of_an_image_uri() -> None:
