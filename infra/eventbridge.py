@@ -1,5 +1,12 @@
 """The EventBridge alternative to beat (``scheduler: eventbridge``): one scheduled rule per
-periodic entry, each starting a one-off Fargate task that enqueues the entry's task once."""
+periodic entry, each starting a one-off Fargate task that enqueues the entry's task once.
+
+A failed ``RunTask`` (no capacity, throttling) is retried for as long as the slot is still the
+latest one (until the entry's next fire, at most a day); what still fails lands in an encrypted
+SQS dead-letter queue, with EventBridge's error code and message as attributes, instead of
+vanishing. The enqueue command claims each slot, so a retried or twice-delivered slot enqueues
+once.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +24,11 @@ from infra.cluster import (
     ContainerInputs,
     TaskPlacement,
     fargate_task_definition,
+    policy_document,
     role_with_policy,
 )
 from infra.containers import ENQUEUE_DEFAULT_COMMAND, enqueue_command
-from infra.schedule_expr import ScheduleError, to_eventbridge_expression
+from infra.schedule_expr import ScheduleError, shortest_gap, to_eventbridge_expression
 
 CONTAINER_NAME = "enqueue"
 #: Stop timeout of the enqueue task: it publishes one message and exits.
@@ -30,14 +38,20 @@ SLOT_PLACEHOLDER = "<time>"
 #: Entry names become rule names (with the component's name and an 8-character suffix; rule
 #: names are at most 64 characters).
 RULE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,40}$")
+#: EventBridge's bounds of a target's retry policy (PutTargets RetryPolicy).
+MIN_EVENT_AGE, MAX_EVENT_AGE, MAX_RETRY_ATTEMPTS = 60, 86_400, 185
+#: Days SQS keeps what lands in the dead-letter queue: its maximum, to leave time to look.
+DEAD_LETTER_RETENTION_SECONDS = 14 * 24 * 3600
 
 
 @dataclass(frozen=True)
 class ScheduledEntry:
-    """A periodic entry with its EventBridge schedule expression (``rate(...)``/``cron(...)``)."""
+    """A periodic entry with its EventBridge schedule expression (``rate(...)``/``cron(...)``)
+    and how long a failed invocation of one slot is retried (seconds: until the next slot)."""
 
     entry: PeriodicEntry
     expression: str
+    retry_window: int
 
 
 def plan_schedule(entries: Sequence[PeriodicEntry]) -> tuple[ScheduledEntry, ...]:
@@ -53,7 +67,8 @@ def plan_schedule(entries: Sequence[PeriodicEntry]) -> tuple[ScheduledEntry, ...
             expression = to_eventbridge_expression(entry.schedule)
         except ScheduleError as error:
             raise ScheduleError(f"{entry.name!r}: {error}") from None
-        planned.append(ScheduledEntry(entry=entry, expression=expression))
+        retry_window = min(MAX_EVENT_AGE, max(MIN_EVENT_AGE, shortest_gap(entry.schedule)))
+        planned.append(ScheduledEntry(entry, expression, retry_window))
     return tuple(planned)
 
 
@@ -103,6 +118,7 @@ class ScheduleArgs:
 
 class Schedule(pulumi.ComponentResource):
     rules: dict[str, aws.cloudwatch.EventRule]
+    dead_letter_queue: aws.sqs.Queue
 
     def __init__(
         self, name: str, args: ScheduleArgs, opts: pulumi.ResourceOptions | None = None
@@ -152,6 +168,12 @@ class Schedule(pulumi.ComponentResource):
             context=cluster.aws,
             parent=self,
         )
+        self.dead_letter_queue = aws.sqs.Queue(
+            f"{name}-dead-letters",
+            message_retention_seconds=DEAD_LETTER_RETENTION_SECONDS,
+            sqs_managed_sse_enabled=True,  # encrypted at rest (SQS.1)
+            opts=child,
+        )
         self.rules = {}
         for scheduled in args.entries:
             entry = scheduled.entry
@@ -182,10 +204,48 @@ class Schedule(pulumi.ComponentResource):
                     "input_paths": {"time": "$.time"},
                     "input_template": run_task_input_template(entry.name),
                 },
+                retry_policy={
+                    "maximum_event_age_in_seconds": scheduled.retry_window,
+                    "maximum_retry_attempts": MAX_RETRY_ATTEMPTS,
+                },
+                dead_letter_config={"arn": self.dead_letter_queue.arn},
                 opts=child,
             )
             self.rules[entry.name] = rule
-        self.register_outputs({"ruleNames": {key: rule.name for key, rule in self.rules.items()}})
+        aws.sqs.QueuePolicy(
+            f"{name}-dead-letters",
+            queue_url=self.dead_letter_queue.id,
+            policy=policy_document(self._dead_letter_statements()),
+            opts=child,
+        )
+        self.register_outputs(
+            {
+                "ruleNames": {key: rule.name for key, rule in self.rules.items()},
+                "deadLetterQueueUrl": self.dead_letter_queue.url,
+            }
+        )
+
+    def _dead_letter_statements(self) -> list[dict[str, object]]:
+        """EventBridge may send this stack's rules' failures, and only those; nothing may reach
+        the queue without TLS."""
+        return [
+            {
+                "Sid": "ScheduleFailures",
+                "Effect": "Allow",
+                "Principal": {"Service": "events.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": self.dead_letter_queue.arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": [r.arn for r in self.rules.values()]}},
+            },
+            {
+                "Sid": "TlsOnly",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "sqs:*",
+                "Resource": self.dead_letter_queue.arn,
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            },
+        ]
 
     @staticmethod
     def _normalize(args: ScheduleArgs) -> ScheduleArgs:

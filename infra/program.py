@@ -236,8 +236,10 @@ def deploy(plan: Plan) -> dict[str, Any]:
             ),
         )
         service_names["beat"] = beat.service.name
-    elif plan.schedule:
-        Schedule(
+
+    schedule_outputs: dict[str, Any] = {}
+    if plan.schedule:
+        schedule = Schedule(
             "schedule",
             ScheduleArgs(
                 entries=plan.schedule,
@@ -248,6 +250,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
                 placement=background,
             ),
         )
+        schedule_outputs["scheduleDeadLetterQueueUrl"] = schedule.dead_letter_queue.url
 
     return {
         "webUrl": web.url,
@@ -256,6 +259,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
         "serviceNames": service_names,
         "imageRepositoryUrl": image.repository.repository_url,
         "scheduler": config.scheduler,
+        **schedule_outputs,
     }
 
 

@@ -21,6 +21,7 @@ Rules (EventBridge scheduled rules, all times UTC):
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -94,6 +95,22 @@ def to_eventbridge_expression(schedule: Every | Cron) -> str:
         # isolated minutes, 12 hours, 16 days, 6 months) is under 200 characters.
         return _cron_expression(schedule)
     raise ScheduleError(f"{schedule!r}: not an app.schedule.Every or Cron")
+
+
+def shortest_gap(schedule: Every | Cron) -> int:
+    """Seconds between the two closest consecutive fires of ``schedule`` (at most a day is
+    reported for schedules that fire once a day or less: only closer fires matter to callers)."""
+    day = 24 * 3600
+    if isinstance(schedule, Every):
+        return min(schedule.seconds, day)
+    minutes = _parse(schedule, schedule.minute, _MINUTE)
+    hours = _parse(schedule, schedule.hour, _HOUR)
+    times = sorted(hour * 3600 + minute * 60 for hour in hours for minute in minutes)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    # The last fire of one day and the first of the next are closer still on schedules that fire
+    # every day; on others the next firing day is further away.
+    gaps.append(day - times[-1] + times[0])
+    return min(gaps)
 
 
 def _rate_expression(schedule: Every) -> str:

@@ -156,6 +156,8 @@ def _extra_state(typ: str, physical: str, state: Mapping[str, Any]) -> dict[str,
         }
     if typ == "aws:lb/targetGroup:TargetGroup":
         return {"arnSuffix": f"targetgroup/{physical}/0123456789abcdef"}
+    if typ == "aws:sqs/queue:Queue":
+        return {"url": f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{physical}"}
     if typ == "random:index/randomPassword:RandomPassword":
         return {"result": MOCK_AUTH_TOKEN}
     if typ == "docker-build:index:Image":

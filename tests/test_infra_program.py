@@ -30,7 +30,7 @@ from infra.budget import BEAT_STOP_TIMEOUT, FARGATE_STOP_TIMEOUT_CAP, TASK_START
 from infra.cluster import DeploymentRolledBack
 from infra.config import ConfigError, ExistingVpc, NewVpc, StackConfig, load
 from infra.containers import health_check
-from infra.schedule_expr import to_eventbridge_expression
+from infra.schedule_expr import shortest_gap, to_eventbridge_expression
 from tests.ecs_model import problems
 from tests.pulumi_harness import (
     ACCOUNT,
@@ -110,6 +110,7 @@ EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
 RULE = "aws:cloudwatch/eventRule:EventRule"
 TARGET = "aws:cloudwatch/eventTarget:EventTarget"
 IMAGE = "docker-build:index:Image"
+QUEUE = "aws:sqs/queue:Queue"
 ROLE = "aws:iam/role:Role"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 
@@ -213,6 +214,35 @@ def test_one_rule_and_target_per_schedule_entry(deployed: Deployed) -> None:
                 }
             ]
         }
+        # A failed RunTask is retried until the entry's next slot, then dead-lettered.
+        retry = target["retryPolicy"]
+        assert retry["maximumRetryAttempts"] == 185
+        assert retry["maximumEventAgeInSeconds"] == min(86400, shortest_gap(entry.schedule))
+        queue = deployed.physical_name(QUEUE, run.one(QUEUE).name)
+        dead_letters = f"arn:aws:sqs:{REGION}:{ACCOUNT}:queue/{queue}"
+        assert target["deadLetterConfig"] == {"arn": dead_letters}
+
+
+@pytest.mark.parametrize("deployed", EVENTBRIDGE_STACKS, indirect=True)
+def test_schedule_failures_land_in_an_encrypted_queue_only_the_rules_may_write(
+    deployed: Deployed,
+) -> None:
+    run = deployed.run
+    queue = run.one(QUEUE)
+    assert queue.inputs["sqsManagedSseEnabled"] is True
+    assert queue.inputs["messageRetentionSeconds"] == 14 * 24 * 3600
+    policy = json.loads(run.one("aws:sqs/queuePolicy:QueuePolicy").inputs["policy"])
+    allow, deny = policy["Statement"]
+    rule_arns = sorted(
+        f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:eventrule/{deployed.physical_name(RULE, rule.name)}"
+        for rule in run.of_type(RULE)
+    )
+    assert allow["Effect"] == "Allow" and allow["Action"] == "sqs:SendMessage"
+    assert allow["Principal"] == {"Service": "events.amazonaws.com"}
+    assert sorted(allow["Condition"]["ArnEquals"]["aws:SourceArn"]) == rule_arns
+    assert deny["Effect"] == "Deny"
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert run.outputs["scheduleDeadLetterQueueUrl"].startswith("https://sqs.")
 
 
 @pytest.mark.parametrize("deployed", EVENTBRIDGE_STACKS, indirect=True)
@@ -756,6 +786,7 @@ def test_outputs(deployed: Deployed) -> None:
         "serviceNames",
         "imageRepositoryUrl",
         "scheduler",
+        *(["scheduleDeadLetterQueueUrl"] if config.scheduler == "eventbridge" else []),
     }
     expected = {"web", *(f"worker-{pool.name}" for pool in config.workers)}
     if config.scheduler == "beat":

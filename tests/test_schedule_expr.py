@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
-from infra.schedule_expr import ScheduleError, to_eventbridge_expression
+from infra.schedule_expr import ScheduleError, shortest_gap, to_eventbridge_expression
 
 # ---------------------------------------------------------------------------------------------
 # Table-driven cases
@@ -364,3 +364,18 @@ def test_any_crontab_is_either_refused_or_translated_exactly(spec: Cron, start: 
         return
     event("translated")
     assert_same_fire_times(spec, expression, start)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "gap"),
+    [
+        (Every(seconds=3600), 3600),
+        (Every(seconds=7 * 24 * 3600), 24 * 3600),  # only closer fires matter: capped at a day
+        (Cron(minute="30", hour="2"), 24 * 3600),
+        (Cron(minute="0,30", hour="*"), 1800),
+        (Cron(minute="0", hour="0,23"), 3600),  # 23:00 then 00:00 the next day
+        (Cron(minute="*/15", hour="9-17", day_of_week="mon-fri"), 900),
+    ],
+)
+def test_shortest_gap_between_fires(schedule: Every | Cron, gap: int) -> None:
+    assert shortest_gap(schedule) == gap
