@@ -48,6 +48,8 @@ class Broker(pulumi.ComponentResource):
     primary_endpoint: pulumi.Output[str]
     port: int
     secret: aws.secretsmanager.Secret
+    #: Changes whenever the broker URL does (a new token): services redeploy on it.
+    secret_version: pulumi.Output[str]
 
     def __init__(
         self, name: str, args: BrokerArgs, opts: pulumi.ResourceOptions | None = None
@@ -71,6 +73,8 @@ class Broker(pulumi.ComponentResource):
             length=AUTH_TOKEN_LENGTH,
             special=True,
             override_special=AUTH_TOKEN_SPECIALS,
+            # A new generation, a new token (the README's token rotation).
+            keepers={"generation": str(config.auth_token_generation)},
             opts=child,
         )
         highly_available = config.replicas >= 1
@@ -93,6 +97,11 @@ class Broker(pulumi.ComponentResource):
             transit_encryption_enabled=True,
             transit_encryption_mode="required",
             auth_token=token.result,
+            # A new token replaces the old one at once (SET, not ROTATE: the old one never
+            # stays valid), now rather than in the next maintenance window, while the secret
+            # already holds it; the services then roll onto it (``secret_version``).
+            auth_token_update_strategy="SET",
+            apply_immediately=True,
             auto_minor_version_upgrade=True,
             snapshot_retention_limit=config.snapshot_retention_days,
             opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["authToken"]),
@@ -107,9 +116,10 @@ class Broker(pulumi.ComponentResource):
         url = pulumi.Output.all(token.result, group.primary_endpoint_address).apply(
             lambda values: broker_url(values[0], values[1])
         )
-        aws.secretsmanager.SecretVersion(
+        version = aws.secretsmanager.SecretVersion(
             name, secret_id=self.secret.id, secret_string=pulumi.Output.secret(url), opts=child
         )
+        self.secret_version = version.version_id
         self.primary_endpoint = group.primary_endpoint_address
         self.port = REDIS_PORT
         self.register_outputs(

@@ -103,6 +103,8 @@ class ClusterArgs:
     - ``log_group_prefix``: log groups are ``<prefix>/<service>``. Required.
     - ``log_retention_days``: days CloudWatch keeps the logs. Default 30.
     - ``broker_secret_arn``: the one secret tasks may read (the broker URL). Required.
+    - ``broker_secret_version``: the secret's current version; every service redeploys when it
+      changes, so its tasks read the new broker URL. Required.
     - ``pull_repository_arns``: ECR repositories the image comes from (empty for a public
       image). Default none.
     - ``container_insights``: per-service metrics, needed for backlog scaling
@@ -114,6 +116,7 @@ class ClusterArgs:
     services: Sequence[str]
     log_group_prefix: str
     broker_secret_arn: pulumi.Input[str]
+    broker_secret_version: pulumi.Input[str]
     aws: AwsContext
     log_retention_days: int = 30
     pull_repository_arns: Sequence[pulumi.Input[str]] = ()
@@ -126,6 +129,7 @@ class Cluster(pulumi.ComponentResource):
     log_groups: dict[str, aws.cloudwatch.LogGroup]
     aws: AwsContext
     broker_secret_arn: pulumi.Output[str]
+    broker_secret_version: pulumi.Output[str]
 
     def __init__(
         self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None
@@ -135,6 +139,7 @@ class Cluster(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self.aws = args.aws
         self.broker_secret_arn = pulumi.Output.from_input(args.broker_secret_arn)
+        self.broker_secret_version = pulumi.Output.from_input(args.broker_secret_version)
         self.cluster = aws.ecs.Cluster(
             args.cluster_name,
             settings=[
@@ -355,6 +360,10 @@ def fargate_service(
         deployment_circuit_breaker={"enable": True, "rollback": True},
         # Without it, up reports success while tasks crash-loop.
         wait_for_steady_state=True,
+        # ECS reads the broker URL secret when a task starts: a new URL (a rotated token) must
+        # start new tasks, although the task definition is the same.
+        triggers={"brokerUrlVersion": cluster.broker_secret_version},
+        force_new_deployment=True,
         # ECS Exec needs a writable root filesystem for its agent; the containers have none.
         enable_execute_command=False,
         enable_ecs_managed_tags=True,

@@ -128,6 +128,8 @@ class BrokerConfig:
     node_type: str
     replicas: int
     snapshot_retention_days: int
+    #: Changing it generates a new AUTH token (see the README's token rotation).
+    auth_token_generation: int
 
 
 @dataclass(frozen=True)
@@ -329,7 +331,10 @@ WEB_KEYS = (
     "cpu", "memory", "minCount", "maxCount", "requestTimeout", "certificateArn",
     "deletionProtection", "targetCpuPercent", "targetRequestsPerTask", "accessLogsBucket",
 )  # fmt: skip
-BROKER_KEYS = ("engine", "engineVersion", "nodeType", "replicas", "snapshotRetentionDays")
+BROKER_KEYS = (
+    "engine", "engineVersion", "nodeType", "replicas", "snapshotRetentionDays",
+    "authTokenGeneration",
+)  # fmt: skip
 NEW_VPC_KEYS = ("cidr", "natGateways")
 EXISTING_VPC_KEYS = ("vpcId", "publicSubnetIds", "privateSubnetIds")
 
@@ -560,6 +565,9 @@ def _load_broker(raw: object, production: bool) -> BrokerConfig:
         ),
         snapshot_retention_days=fields.integer(
             "snapshotRetentionDays", 7 if production else 1, 0, 35, "days"
+        ),
+        auth_token_generation=fields.integer(
+            "authTokenGeneration", 1, 1, None, "change it to rotate the AUTH token"
         ),
     )
 

@@ -159,6 +159,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
             services=services,
             log_group_prefix=f"/ecs/{plan.prefix}",
             broker_secret_arn=broker.secret.arn,
+            broker_secret_version=broker.secret_version,
             aws=context,
             log_retention_days=config.log_retention_days,
             pull_repository_arns=image.pull_repository_arns,

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import hashlib
 import json
 import shutil
 import tempfile
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -156,10 +158,17 @@ def _extra_state(typ: str, physical: str, state: Mapping[str, Any]) -> dict[str,
         }
     if typ == "aws:lb/targetGroup:TargetGroup":
         return {"arnSuffix": f"targetgroup/{physical}/0123456789abcdef"}
+    if typ == "aws:secretsmanager/secretVersion:SecretVersion":
+        # AWS gives every new value a new version id.
+        digest = hashlib.sha256(str(state.get("secretString")).encode()).hexdigest()
+        return {"versionId": str(uuid.UUID(digest[:32]))}
     if typ == "aws:sqs/queue:Queue":
         return {"url": f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{physical}"}
     if typ == "random:index/randomPassword:RandomPassword":
-        return {"result": MOCK_AUTH_TOKEN}
+        # Like the provider: new keepers, a new password.
+        generation = (state.get("keepers") or {}).get("generation", "1")
+        token = MOCK_AUTH_TOKEN if generation == "1" else f"{MOCK_AUTH_TOKEN}-{generation}"
+        return {"result": token}
     if typ == "docker-build:index:Image":
         return {"digest": f"sha256:{'0' * 64}", "contextHash": "0" * 64, "ref": ""}
     return {}

@@ -30,6 +30,7 @@ def test_empty_config_gives_a_deployable_default_stack() -> None:
     assert config.broker.parameter_group_family == "redis7"
     assert config.broker.node_type == "cache.t4g.micro"
     assert config.broker.replicas == 0
+    assert config.broker.auth_token_generation == 1
     assert config.web.certificate_arn is None
     (pool,) = config.workers
     assert pool.name == "default"
@@ -236,6 +237,10 @@ INVALID = [
         id="engine-version",
     ),
     pytest.param({"broker": {"replicas": 6}}, "broker.replicas", "0..5", id="replicas"),
+    pytest.param(
+        {"broker": {"authTokenGeneration": 0}}, "broker.authTokenGeneration", ">= 1",
+        id="token-generation",
+    ),  # fmt: skip
     pytest.param({"network": {"cidr": "10.0.0.0/28"}}, "network.cidr", "/16../24", id="cidr"),
     pytest.param(
         {

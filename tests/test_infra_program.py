@@ -110,6 +110,7 @@ EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
 RULE = "aws:cloudwatch/eventRule:EventRule"
 TARGET = "aws:cloudwatch/eventTarget:EventTarget"
 IMAGE = "docker-build:index:Image"
+REPLICATION_GROUP = "aws:elasticache/replicationGroup:ReplicationGroup"
 QUEUE = "aws:sqs/queue:Queue"
 ROLE = "aws:iam/role:Role"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
@@ -454,6 +455,27 @@ def test_broker_is_encrypted_authenticated_and_never_evicts(deployed: Deployed) 
     password = run.one("random:index/randomPassword:RandomPassword").inputs
     assert password["overrideSpecial"] == "!&#$^<>-"
     assert 16 <= password["length"] <= 128
+    # A token change applies at once and invalidates the old token (no window where both work,
+    # none where the secret holds a token the broker does not take yet).
+    assert group["authTokenUpdateStrategy"] == "SET"
+    assert group["applyImmediately"] is True
+    assert password["keepers"] == {"generation": str(broker.auth_token_generation)}
+
+
+def test_a_new_token_generation_rolls_every_service_onto_the_new_broker_url() -> None:
+    runs = {generation: run_program({"broker": {"authTokenGeneration": generation}})
+            for generation in (1, 2)}  # fmt: skip
+    tokens, triggers = {}, {}
+    for generation, run in runs.items():
+        tokens[generation] = run.one(REPLICATION_GROUP).inputs["authToken"]
+        services = run.of_type("aws:ecs/service:Service")
+        assert {service.inputs["forceNewDeployment"] for service in services} == {True}
+        triggers[generation] = {service.name: service.inputs["triggers"] for service in services}
+        # One version for all: the secret's, which every new value changes.
+        assert len({json.dumps(t) for t in triggers[generation].values()}) == 1
+    assert tokens[1] != tokens[2]
+    assert set(triggers[1]) == set(triggers[2])
+    assert all(triggers[1][name] != triggers[2][name] for name in triggers[1])
 
 
 def test_broker_url_reaches_containers_only_as_a_secret(deployed: Deployed) -> None:
