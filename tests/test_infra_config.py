@@ -238,9 +238,11 @@ INVALID = [
     ),
     pytest.param({"broker": {"replicas": 6}}, "broker.replicas", "0..5", id="replicas"),
     pytest.param(
-        {"broker": {"authTokenGeneration": 0}}, "broker.authTokenGeneration", ">= 1",
+        {"broker": {"authTokenGeneration": 0}},
+        "broker.authTokenGeneration",
+        ">= 1",
         id="token-generation",
-    ),  # fmt: skip
+    ),
     pytest.param({"network": {"cidr": "10.0.0.0/28"}}, "network.cidr", "/16../24", id="cidr"),
     pytest.param(
         {

@@ -56,6 +56,8 @@ class ContainerPlan:
 
     name: str
     hostname: str
+    #: The task's network namespace (``devtools.twin.network``); None: this machine's network.
+    network_namespace: str | None
     state_dir: str
     rootfs: str
     #: (container path, octal mode) created in the root filesystem, owned by root.
@@ -174,11 +176,13 @@ def plan_container(
     secrets: Mapping[str, str],
     hostname: str,
     state_dir: Path,
+    network_namespace: str | None = None,
     extra_env: Mapping[str, str] | None = None,
 ) -> ContainerPlan:
     """Plan one container of ``task``. ``secrets``: environment variable -> resolved value for
-    every ``secrets`` entry (the twin has no Secrets Manager); ``extra_env``: what the platform
-    adds (e.g. ``ECS_AGENT_URI``). Creates ``state_dir`` and the task's volume directories."""
+    every ``secrets`` entry (the twin has no Secrets Manager); ``network_namespace``: the
+    task's (None: this machine's network); ``extra_env``: what the platform adds (e.g.
+    ``ECS_AGENT_URI``). Creates ``state_dir`` and the task's volume directories."""
     name = definition["name"]
     unresolved = sorted(
         item["name"] for item in definition.get("secrets") or [] if item["name"] not in secrets
@@ -217,6 +221,7 @@ def plan_container(
     return ContainerPlan(
         name=name,
         hostname=hostname,
+        network_namespace=network_namespace,
         state_dir=str(state_dir),
         rootfs=str(state_dir / "rootfs"),
         directories=directories,
@@ -296,7 +301,7 @@ class Container:
         """Run ``argv`` inside the container as its user (``docker exec``), with its
         environment, root and working directory. A timeout kills it and raises."""
         command = [
-            "nsenter", f"--target={self.init_pid()}", "--mount", "--pid", "--uts",
+            "nsenter", f"--target={self.init_pid()}", "--mount", "--pid", "--uts", "--net",
             "--root", "--wd",
             *self.plan.privileges, "--", *argv,
         ]  # fmt: skip

@@ -4,7 +4,8 @@
 
 What happens, in the order Docker/Fargate does it:
 
-1. This process enters new mount, PID and UTS namespaces and forks the container's PID 1.
+1. This process joins the task's network namespace (its awsvpc interface), enters new mount, PID
+   and UTS namespaces and forks the container's PID 1.
    It stays outside, as the engine does: it forwards the signals it gets to PID 1 and exits with
    the container's exit code (128 + signal when PID 1 was killed; 137 after a SIGKILL).
 2. PID 1, still root, assembles the root filesystem on a fresh tmpfs (the container's writable
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWPID = 0x20000000
 MS_RDONLY = 0x1
@@ -67,6 +69,15 @@ def _check(result: int, what: str) -> None:
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
+
+
+def enter_network(namespace: str) -> None:
+    """Join the task's network namespace (``/run/netns/<name>``, set up by the twin)."""
+    fd = os.open(namespace, os.O_RDONLY)
+    try:
+        _check(_libc.setns(fd, CLONE_NEWNET), f"setns {namespace}")
+    finally:
+        os.close(fd)
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
@@ -193,6 +204,8 @@ def run_container(plan: dict[str, Any]) -> None:
 
 def main(argv: list[str]) -> int:
     plan = json.loads(Path(argv[0]).read_text())
+    if plan["network_namespace"]:
+        enter_network(plan["network_namespace"])
     unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS)
     hold_signals()  # inherited by PID 1, which forwards them once the application exists
     init = os.fork()  # PID 1 of the new PID namespace
