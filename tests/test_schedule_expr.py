@@ -1,15 +1,15 @@
 """The EventBridge translation of ``app.schedule``, proven against Celery's own scheduler.
 
 The property tests walk the fire times of a crontab with Celery's ``crontab.remaining_delta`` (what
-beat uses) and the fire times of the produced ``cron(...)`` with a small evaluator of
-EventBridge's documented 6-field syntax, written here independently of the translator.
+beat uses) and the fire times of the produced ``cron(...)`` with the ECS twin's evaluator of
+EventBridge's documented 6-field syntax (``devtools.twin.events``), written independently of
+the translator.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 
 import pytest
 from celery import Celery
@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
+from devtools.twin.events import eventbridge_fire_times, eventbridge_matcher
 from infra.schedule_expr import ScheduleError, shortest_gap, to_eventbridge_expression
 
 # ---------------------------------------------------------------------------------------------
@@ -117,91 +118,6 @@ def test_untranslatable_schedules_are_refused(schedule: Every | Cron, message: s
     with pytest.raises(ScheduleError, match=re.escape(message)) as raised:
         to_eventbridge_expression(schedule)
     assert repr(schedule) in str(raised.value), "the message names the schedule"
-
-
-# ---------------------------------------------------------------------------------------------
-# An evaluator of the EventBridge cron syntax this module emits (per the EventBridge cron
-# expressions reference: ',', '-', '*', '/', '?' and '#'; 'L' and 'W' are never emitted).
-
-_EB_DAY_NAMES = {name: number for number, name in enumerate(
-    ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"), start=1)}  # fmt: skip
-_EB_MONTH_NAMES = {name: number for number, name in enumerate(
-    ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"),
-    start=1)}  # fmt: skip
-
-
-def _eb_values(text: str, low: int, high: int, names: dict[str, int]) -> set[int]:
-    def number(token: str) -> int:
-        value = names[token] if token in names else int(token)
-        assert low <= value <= high, f"{token} outside {low}..{high}"
-        return value
-
-    values: set[int] = set()
-    for item in text.split(","):
-        if item == "*":
-            values.update(range(low, high + 1))
-        elif "/" in item:
-            start, step = item.split("/")
-            values.update(range(number(start), high + 1, int(step)))
-        elif "-" in item:
-            first, last = (number(token) for token in item.split("-"))
-            assert first <= last, f"descending range {item}"
-            values.update(range(first, last + 1))
-        else:
-            values.add(number(item))
-    return values
-
-
-def eventbridge_matcher(expression: str) -> tuple[Callable[[date], bool], list[time]]:
-    """(does the rule fire on this UTC date?, the times of day it fires at, in order)."""
-    match = re.fullmatch(r"cron\((\S+) (\S+) (\S+) (\S+) (\S+) (\S+)\)", expression)
-    assert match, expression
-    minute, hour, dom, month, dow, year = match.groups()
-    assert year == "*"
-    assert (dom == "?") != (dow == "?"), "exactly one day field must be '?'"
-    minutes = _eb_values(minute, 0, 59, {})
-    hours = _eb_values(hour, 0, 23, {})
-    months = _eb_values(month, 1, 12, _EB_MONTH_NAMES)
-    nth: tuple[int, int] | None = None
-    if dow == "?":
-        days_of_month, days_of_week = _eb_values(dom, 1, 31, {}), set(range(1, 8))
-    else:
-        days_of_month = set(range(1, 32))
-        if "#" in dow:
-            weekday, occurrence = dow.split("#")
-            nth = (int(weekday), int(occurrence))
-            days_of_week = {int(weekday)}
-        else:
-            assert "/" not in dow, "EventBridge has no '/' in day-of-week"
-            days_of_week = _eb_values(dow, 1, 7, _EB_DAY_NAMES)
-
-    def fires_on(day: date) -> bool:
-        weekday = day.isoweekday() % 7 + 1  # EventBridge: SUN = 1 .. SAT = 7
-        return (
-            day.month in months
-            and day.day in days_of_month
-            and weekday in days_of_week
-            and (nth is None or (day.day - 1) // 7 + 1 == nth[1])
-        )
-
-    return fires_on, [time(h, m) for h in sorted(hours) for m in sorted(minutes)]
-
-
-def eventbridge_fire_times(expression: str, after: datetime) -> Iterator[datetime]:
-    """Fire times strictly after ``after``, in order. The calendar repeats every 400 years, so
-    a rule that has not fired for 400 years never will: that fails."""
-    fires_on, times = eventbridge_matcher(expression)
-    day = after.date()
-    last_fire = day
-    while day.year < last_fire.year + 400:
-        if fires_on(day):
-            for at in times:
-                moment = datetime.combine(day, at, tzinfo=UTC)
-                if moment > after:
-                    last_fire = day
-                    yield moment
-        day += timedelta(days=1)
-    raise AssertionError(f"{expression} has not fired for 400 years after {last_fire}")
 
 
 _CELERY = Celery("schedule-expr-tests", set_as_current=False)

@@ -1,0 +1,250 @@
+"""The twin of a deployed stack: the services, load balancer and schedule the program renders,
+running on this machine as ECS would run them.
+
+``TwinCluster.from_program(run, ...)`` takes what the Pulumi program registers under mocks
+(``devtools.render``): each ECS service with its task definition, desired count, deployment
+settings, circuit breaker and health-check grace; the web's target group and listener; the
+EventBridge rules and targets. A control loop (ECS's service scheduler, every ``TICK`` seconds)
+keeps every service at its desired count and rolls deployments; ``deploy`` registers a new
+revision of a service's task definition and updates the service; ``fire`` runs a rule's target
+for a schedule slot. ``status()`` is a table of what runs.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from devtools.twin.agent import AgentEndpoint
+from devtools.twin.events import Rule
+from devtools.twin.image import Image, parse_image
+from devtools.twin.loadbalancer import LoadBalancer, TargetGroupSettings
+from devtools.twin.network import HOST_ADDRESS, ensure_bridge
+from devtools.twin.service import Service
+from devtools.twin.task import Revision, Status, Task, TaskOptions
+
+#: Seconds between two passes of the service scheduler.
+TICK = 0.2
+SERVICE = "aws:ecs/service:Service"
+TASK_DEFINITION = "aws:ecs/taskDefinition:TaskDefinition"
+TARGET_GROUP = "aws:lb/targetGroup:TargetGroup"
+RULE = "aws:cloudwatch/eventRule:EventRule"
+TARGET = "aws:cloudwatch/eventTarget:EventTarget"
+
+
+class Registration(Protocol):
+    type: str
+    name: str
+    inputs: dict[str, Any]
+
+
+class ProgramRun(Protocol):
+    """What ``devtools.render.run_program`` returns (the parts the twin reads)."""
+
+    resources: list[Any]
+
+    def of_type(self, typ: str) -> list[Any]: ...
+
+
+@dataclass
+class TwinCluster:
+    services: dict[str, Service]
+    rules: dict[str, Rule]
+    revisions: dict[str, Revision]  # by family: the latest registered
+    options: TaskOptions
+    agent: AgentEndpoint
+    load_balancer: LoadBalancer | None
+    on_event: Callable[[str], None]
+    #: Every task started, by id (the agent endpoint finds tasks here).
+    tasks_by_id: dict[str, Task]
+    standalone: list[Task] = field(default_factory=list)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    # --- construction ----------------------------------------------------------------------
+
+    @staticmethod
+    def from_program(
+        run: ProgramRun,
+        *,
+        broker_url: str,
+        state_root: Path,
+        front_door_port: int = 0,
+        time_scale: float = 1.0,
+        image: Image | None = None,
+        on_event: Callable[[str], None] = print,
+    ) -> TwinCluster:
+        """The twin of ``run``. ``broker_url``: what the broker URL secret resolves to (reachable
+        from tasks, i.e. on the bridge's address); ``time_scale`` shortens health-check intervals,
+        start periods and the deregistration delay (not stop timeouts: those come from the
+        budget)."""
+        ensure_bridge()
+        tasks_by_id: dict[str, Task] = {}
+        agent = AgentEndpoint(HOST_ADDRESS, tasks_by_id.get)
+        options = TaskOptions(
+            state_root=state_root,
+            secrets={"CELERY_BROKER_URL": broker_url},
+            image=image or parse_image(),
+            agent_uri=agent.uri_for,
+            health_check_scale=time_scale,
+        )
+        revisions = {
+            definition["family"]: Revision(definition["family"], 1, definition)
+            for definition in map(_definition, run.of_type(TASK_DEFINITION))
+        }
+        load_balancer = None
+        target_groups = run.of_type(TARGET_GROUP)
+        if target_groups:
+            (group,) = target_groups
+            settings = TargetGroupSettings.of(group.inputs, time_scale)
+            load_balancer = LoadBalancer(settings, front_door_port)
+        cluster = TwinCluster(
+            services={}, rules={}, revisions=revisions, options=options, agent=agent,
+            load_balancer=load_balancer, on_event=on_event, tasks_by_id=tasks_by_id,
+        )  # fmt: skip
+        for registration in run.of_type(SERVICE):
+            inputs = registration.inputs
+            name = inputs["tags"]["Service"]
+            family = _family_of(inputs["taskDefinition"])
+            breaker = inputs.get("deploymentCircuitBreaker") or {}
+            cluster.services[name] = Service(
+                name=name,
+                revision=revisions[family],
+                desired_count=int(inputs["desiredCount"]),
+                launch=cluster._launch,
+                minimum_healthy_percent=int(inputs.get("deploymentMinimumHealthyPercent", 100)),
+                maximum_percent=int(inputs.get("deploymentMaximumPercent", 200)),
+                circuit_breaker=bool(breaker.get("enable")),
+                rollback=bool(breaker.get("rollback")),
+                target_group=load_balancer if inputs.get("loadBalancers") else None,
+                health_check_grace=float(inputs.get("healthCheckGracePeriodSeconds") or 0)
+                * time_scale,
+                on_event=on_event,
+            )
+        rules = {rule.name: rule for rule in run.of_type(RULE)}
+        for target in run.of_type(TARGET):
+            (rule,) = [r for r in rules.values() if r.physical_name == target.inputs["rule"]]
+            cluster.rules[rule.name] = Rule.of(rule.inputs, target.inputs, rule.name)
+        return cluster
+
+    # --- running ---------------------------------------------------------------------------
+
+    def start(self) -> TwinCluster:
+        self._thread = threading.Thread(target=self._schedule, name="twin-scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def service(self, name: str) -> Service:
+        return self.services[name]
+
+    def steady(self) -> bool:
+        return all(service.steady() for service in self.services.values())
+
+    def wait_steady(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.steady():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not steady after {timeout:.0f} s:\n{self.status()}")
+            time.sleep(0.1)
+
+    def deploy(
+        self, service: str, edit: Callable[[dict[str, Any]], None] | None = None
+    ) -> Revision:
+        """Register a new revision of ``service``'s task definition (``edit`` changes its single
+        container definition in place) and update the service to it."""
+        current = self.services[service].revision
+        definition = json.loads(json.dumps(current.definition))
+        if edit is not None:
+            edit(definition["containerDefinitions"][0])
+        revision = Revision(current.family, self.revisions[current.family].number + 1, definition)
+        self.revisions[current.family] = revision
+        self.services[service].update(revision)
+        return revision
+
+    def fire(self, rule: str, slot: datetime | None = None) -> Task:
+        """EventBridge invokes ``rule``'s target for the event of ``slot`` (default: now):
+        a standalone task of the target's task definition with the transformed overrides."""
+        target = self.rules[rule]
+        slot = slot or datetime.now(UTC).replace(microsecond=0)
+        revision = self.revisions[_family_of(target.task_definition_arn)]
+        task = Task(revision, f"family:{revision.family}", self.options,
+                    command=target.command(slot))  # fmt: skip
+        self.tasks_by_id[task.id] = task
+        self.on_event(f"(rule {rule}) RunTask {task.id[:8]} for {slot.isoformat()}")
+        task.start()
+        self.standalone.append(task)
+        return task
+
+    def stop(self) -> None:
+        """Stop every task, producers first (the web, then beat), then the workers; as a
+        service deletion does: SIGTERM, stop timeout, SIGKILL."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        order = sorted(self.services, key=lambda name: (not name.startswith("web"),
+                                                         not name.startswith("beat")))  # fmt: skip
+        for name in order:
+            tasks = [t for t in self.services[name].tasks() if t.status != Status.STOPPED]
+            drain = self.services[name].target_group
+            for task in tasks:
+                task.stop("service deleted", drain.drain if drain is not None else None)
+            for task in tasks:
+                task.wait_stopped()
+        for task in self.standalone:
+            task.stop("cluster stopped")
+            task.wait_stopped()
+        if self.load_balancer is not None:
+            self.load_balancer.close()
+        self.agent.close()
+
+    def status(self) -> str:
+        """One line per service, then one per task."""
+        lines = []
+        for name, service in sorted(self.services.items()):
+            deployments = ", ".join(f"{d.id}:{d.revision.number}:{d.rollout.value}"
+                                    for d in service.deployments)  # fmt: skip
+            lines.append(f"{name:<20} desired {service.desired_count}  running "
+                         f"{len(service.running())}  deployments [{deployments}]")  # fmt: skip
+            targets = self.load_balancer.states() if self.load_balancer else {}
+            for task in service.tasks():
+                target = targets.get(task.id, "") if service.target_group is not None else ""
+                lines.append(
+                    f"    {task.id[:8]} rev {task.revision.number} {task.status.value:<12} "
+                    f"{task.health.value:<9} {'protected' if task.protected else '':<9} "
+                    f"{task.address or '':<13} {target}"
+                )
+        return "\n".join(lines)
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _launch(self, service: Service, revision: Revision) -> Task:
+        task = Task(revision, f"service:{service.name}", self.options)
+        self.tasks_by_id[task.id] = task
+        task.start()
+        return task
+
+    def _schedule(self) -> None:
+        while not self._stopping.wait(TICK):
+            for service in list(self.services.values()):
+                service.reconcile()
+
+
+def _definition(registration: Registration) -> dict[str, Any]:
+    """RegisterTaskDefinition's input from the program's inputs (containers as a list)."""
+    inputs = dict(registration.inputs)
+    containers = inputs["containerDefinitions"]
+    if isinstance(containers, str):
+        inputs["containerDefinitions"] = json.loads(containers)
+    return inputs
+
+
+def _family_of(task_definition_arn: str) -> str:
+    return task_definition_arn.rsplit("/", 1)[-1].rsplit(":", 1)[0]
+
+
