@@ -93,8 +93,14 @@ def _wait_until_answering(server: RedisServer, timeout: float) -> None:
             time.sleep(0.05)
 
 
-def start_redis(executable: str = "redis-server", timeout: float = 10.0) -> RedisServer:
-    """Start redis-server with the broker's settings (``noeviction``, no periodic snapshots)."""
+def start_redis(
+    executable: str = "redis-server", timeout: float = 10.0, bind: Sequence[str] = ("127.0.0.1",)
+) -> RedisServer:
+    """Start redis-server with the broker's settings (``noeviction``, no periodic snapshots).
+
+    ``bind``: the addresses it listens on (the ECS twin's tasks reach it on the twin's bridge).
+    Only this machine and its tasks can reach those, so protected mode is off.
+    """
     binary = shutil.which(executable)
     if binary is None:
         raise RedisUnavailable(
@@ -106,7 +112,8 @@ def start_redis(executable: str = "redis-server", timeout: float = 10.0) -> Redi
     argv = [
         binary,
         "--port", str(port),
-        "--bind", "127.0.0.1",
+        "--bind", *bind,
+        "--protected-mode", "no",
         "--save", "",
         "--appendonly", "no",
         "--maxmemory-policy", "noeviction",
