@@ -24,6 +24,17 @@ from pulumi.runtime.mocks import MockResourceArgs
 from app import settings as env_names
 from app.schedule import SCHEDULE, Every, PeriodicEntry
 from app.settings import PROTECTION_IDLE_GRACE_SECONDS
+from devtools.render import (
+    ACCOUNT,
+    MOCK_AUTH_TOKEN,
+    ProgramRun,
+    RecordingMocks,
+    Registration,
+    stack_file_config,
+)
+from devtools.render import (
+    DEFAULT_REGION as REGION,
+)
 from infra import program
 from infra.broker import broker_url
 from infra.budget import BEAT_STOP_TIMEOUT, FARGATE_STOP_TIMEOUT_CAP, TASK_START_ALLOWANCE
@@ -32,17 +43,7 @@ from infra.config import ConfigError, ExistingVpc, NewVpc, StackConfig, load
 from infra.containers import health_check
 from infra.schedule_expr import shortest_gap, to_eventbridge_expression
 from tests.ecs_model import problems
-from tests.pulumi_harness import (
-    ACCOUNT,
-    MOCK_AUTH_TOKEN,
-    REGION,
-    ProgramRun,
-    RecordingMocks,
-    Registration,
-    run_program,
-    stack_file_config,
-)
-from tests.support import ROOT
+from tests.support import ROOT, run_program
 
 CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"
 ECR_IMAGE = "210987654321.dkr.ecr.eu-west-1.amazonaws.com/shared/celery-ecs@sha256:" + "a" * 64
@@ -94,9 +95,6 @@ STACKS: dict[str, dict[str, object]] = {
     },
 }
 
-BROKER_SECRET_ARN = (
-    f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret/celery-ecs-test/broker-url-abc1234"
-)
 ALL_STACKS = list(STACKS)
 BEAT_STACKS = [name for name, raw in STACKS.items() if raw.get("scheduler", "beat") == "beat"]
 EVENTBRIDGE_STACKS = [name for name in STACKS if name not in BEAT_STACKS]
@@ -219,9 +217,7 @@ def test_one_rule_and_target_per_schedule_entry(deployed: Deployed) -> None:
         retry = target["retryPolicy"]
         assert retry["maximumRetryAttempts"] == 185
         assert retry["maximumEventAgeInSeconds"] == min(86400, shortest_gap(entry.schedule))
-        queue = deployed.physical_name(QUEUE, run.one(QUEUE).name)
-        dead_letters = f"arn:aws:sqs:{REGION}:{ACCOUNT}:queue/{queue}"
-        assert target["deadLetterConfig"] == {"arn": dead_letters}
+        assert target["deadLetterConfig"] == {"arn": run.one(QUEUE).state["arn"]}
 
 
 @pytest.mark.parametrize("deployed", EVENTBRIDGE_STACKS, indirect=True)
@@ -234,10 +230,7 @@ def test_schedule_failures_land_in_an_encrypted_queue_only_the_rules_may_write(
     assert queue.inputs["messageRetentionSeconds"] == 14 * 24 * 3600
     policy = json.loads(run.one("aws:sqs/queuePolicy:QueuePolicy").inputs["policy"])
     allow, deny = policy["Statement"]
-    rule_arns = sorted(
-        f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:eventrule/{deployed.physical_name(RULE, rule.name)}"
-        for rule in run.of_type(RULE)
-    )
+    rule_arns = sorted(rule.state["arn"] for rule in run.of_type(RULE))
     assert allow["Effect"] == "Allow" and allow["Action"] == "sqs:SendMessage"
     assert allow["Principal"] == {"Service": "events.amazonaws.com"}
     assert sorted(allow["Condition"]["ArnEquals"]["aws:SourceArn"]) == rule_arns
@@ -342,8 +335,9 @@ def test_web_scales_on_cpu_and_optionally_requests(deployed: Deployed) -> None:
         spec = requests[0].inputs["targetTrackingScalingPolicyConfiguration"]
         assert spec["predefinedMetricSpecification"] == {
             "predefinedMetricType": "ALBRequestCountPerTarget",
-            "resourceLabel": "app/web-alb-abc1234/0123456789abcdef/"
-            "targetgroup/web-tg-abc1234/0123456789abcdef",
+            "resourceLabel": run.one("aws:lb/loadBalancer:LoadBalancer").state["arnSuffix"]
+            + "/"
+            + run.one("aws:lb/targetGroup:TargetGroup").state["arnSuffix"],
         }
         assert spec["targetValue"] == web.target_requests_per_task
 
@@ -354,7 +348,7 @@ def test_web_scales_on_cpu_and_optionally_requests(deployed: Deployed) -> None:
 @pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
 def test_only_the_load_balancer_is_open_to_the_internet(deployed: Deployed) -> None:
     run = deployed.run
-    groups = {f"{g.name}-id": g.name for g in run.of_type("aws:ec2/securityGroup:SecurityGroup")}
+    groups = {g.id: g.name for g in run.of_type("aws:ec2/securityGroup:SecurityGroup")}
     ingress = [(groups[r.inputs["securityGroupId"]], r.inputs) for r in run.of_type(INGRESS)]
     public = [(group, rule["fromPort"]) for group, rule in ingress if "cidrIpv4" in rule]
     https = deployed.config.web.certificate_arn is not None
@@ -421,7 +415,9 @@ def test_created_vpc_has_two_azs_and_a_closed_default_group(deployed: Deployed) 
         placement = service.inputs["networkConfiguration"]
         assert placement["assignPublicIp"] == (nat_count == 0)
         kind = "public" if nat_count == 0 else "private"
-        assert placement["subnets"] == [f"network-{kind}-0-id", f"network-{kind}-1-id"]
+        assert placement["subnets"] == [
+            run.named("aws:ec2/subnet:Subnet", f"network-{kind}-{index}").id for index in (0, 1)
+        ]
     flow_logs = run.of_type("aws:ec2/flowLog:FlowLog")
     assert len(flow_logs) == (1 if deployed.config.production else 0)
 
@@ -481,11 +477,13 @@ def test_a_new_token_generation_rolls_every_service_onto_the_new_broker_url() ->
 def test_broker_url_reaches_containers_only_as_a_secret(deployed: Deployed) -> None:
     run = deployed.run
     secret = run.one("aws:secretsmanager/secret:Secret")
-    secret_arn = BROKER_SECRET_ARN
+    secret_arn = secret.state["arn"]
     version_registration = run.one("aws:secretsmanager/secretVersion:SecretVersion")
     assert "secretString" in version_registration.secret_inputs
     version = version_registration.inputs
-    host = "master.broker-abc1234.mock.use1.cache.amazonaws.com"
+    host = run.one("aws:elasticache/replicationGroup:ReplicationGroup").state[
+        "primaryEndpointAddress"
+    ]
     url = broker_url(MOCK_AUTH_TOKEN, host)
     assert version["secretString"] == url
     assert url.startswith("rediss://:") and url.endswith(f"@{host}:6379/0?ssl_cert_reqs=required")
@@ -627,7 +625,9 @@ def test_execution_role_reads_exactly_the_broker_secret(deployed: Deployed) -> N
     by_action = {
         action: s["Resource"] for s in statements(policy) for action in as_list(s["Action"])
     }
-    assert by_action["secretsmanager:GetSecretValue"] == [BROKER_SECRET_ARN]
+    secret = run.one("aws:secretsmanager/secret:Secret").state["arn"]
+    assert secret.startswith(f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:")
+    assert by_action["secretsmanager:GetSecretValue"] == [secret]
     groups = sorted(
         f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{g.inputs['name']}:*"
         for g in run.of_type("aws:cloudwatch/logGroup:LogGroup")
@@ -785,7 +785,8 @@ def test_image_is_built_and_pushed_or_taken_as_given(deployed: Deployed) -> None
         assert run.of_type(IMAGE) == []
         assert images == {config.image_uri}
         return
-    image = run.one(IMAGE).inputs
+    built = run.one(IMAGE)
+    image = built.inputs
     assert image["platforms"] == ["linux/amd64"]
     # Pushed by digest only: no tag can collide with an immutable one already in ECR.
     assert image.get("tags") in (None, []) and image["push"] is False
@@ -796,7 +797,7 @@ def test_image_is_built_and_pushed_or_taken_as_given(deployed: Deployed) -> None
     assert image["buildOnPreview"] is False  # previews need no Docker daemon
     assert not Path(image["context"]["location"]).is_absolute()
     assert not Path(image["dockerfile"]["location"]).is_absolute()
-    assert images == {f"{url}@sha256:{'0' * 64}"}
+    assert images == {f"{url}@{built.state['digest']}"}
 
 
 def test_outputs(deployed: Deployed) -> None:
