@@ -52,6 +52,7 @@ limit_request_fields = 50
 limit_request_field_size = 4096
 
 accesslog = "-"  # stdout, collected by the awslogs driver
+logger_class = "app.gunicorn_worker.HealthChecksUnlogged"
 errorlog = "-"  # stderr
 loglevel = _settings.log_level.lower()
 access_log_format = (

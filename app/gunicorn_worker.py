@@ -6,7 +6,8 @@ with an HTML page. This worker keeps everything gunicorn decides for such a requ
 the log lines, the access log) and replaces only what goes on the wire with the documented
 ``{"error": {"code", "message"}}`` and ``Content-Type: application/json``.
 
-The worker class of ``app.gunicorn_conf``; the gunicorn master imports it, so no Flask or Celery.
+The worker class of ``app.gunicorn_conf``, with its logger class (``HealthChecksUnlogged``); the
+gunicorn master imports it, so no Flask or Celery.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from http import HTTPStatus
 from typing import Any
 
 from gunicorn import util
+from gunicorn.glogging import Logger
 from gunicorn.workers.gthread import ThreadWorker
+
+from app.health import LIVENESS_PATH
 
 INTERNAL_ERROR = "the server failed to handle the request"
 
@@ -77,3 +81,17 @@ class JsonErrorWorker(ThreadWorker):
             util.write_nonblock(client, json_error_response(status, reason, message))
         except OSError as error:  # the client is gone or not reading: nobody to tell
             self.log.debug("Failed to send error message: %s", error)
+
+
+class HealthChecksUnlogged(Logger):
+    """gunicorn's logger, without an access-log line for each passing liveness check.
+
+    The load balancer and the container health check ask ``/livez`` every few seconds on every
+    task: logged, those lines would drown the requests in CloudWatch (and cost its ingestion).
+    A failing check is still logged.
+    """
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        if req.path == LIVENESS_PATH and resp.status_code == 200:
+            return
+        super().access(resp, req, environ, request_time)

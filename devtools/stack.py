@@ -1,46 +1,67 @@
-"""The local stack: Redis, the web, one worker and beat, with one command.
+"""The local stack: the deployed stack's services, run on the ECS twin, with one command.
 
-    python -m devtools.stack [--broker-url URL] [--port 8000] [--concurrency 2]
+    python -m devtools.stack [--stack dev] [--scheduler beat|eventbridge] [--broker-url URL]
+                             [--port 8000] [--time-scale 0.1]
 
-Without ``--broker-url`` a throwaway redis-server is started on a free loopback port. Every
-process runs the same command as its ECS container, in a session of its own: the terminal's
-Ctrl-C reaches only this process, which stops the others in order: the web and beat first, then
-the worker with a warm shutdown (running tasks finish), then Redis. A Ctrl-C while the stack
-is stopping stops what is still running at once (the worker's cold shutdown cancels its tasks).
+The program is rendered under Pulumi mocks from ``Pulumi.<stack>.yaml`` and every service runs
+on the twin (``devtools.twin``) as Fargate would run it: the same task definitions, commands,
+environments and health checks, each task in its own namespaces and network, the web behind a
+front door that routes like its load balancer. Without ``--broker-url`` a throwaway redis-server
+is started (on loopback and the twin's bridge); with it, tasks reach that Redis through a relay
+on the bridge. ``--time-scale`` shortens health-check intervals, start periods and the
+deregistration delay (1 = AWS's timing); stop timeouts are the budget's.
+
+Every process the stack starts is in a session of its own: the terminal's Ctrl-C reaches only
+this process, which stops the rest in order: the web and beat first, then the workers (each as
+ECS stops it: SIGTERM, its stop timeout, SIGKILL; warm pools finish their tasks), then Redis. A
+Ctrl-C while the stack is stopping stops what still runs at once (the workers' cold shutdown
+cancels their tasks and puts them back on their queues).
+
+While it runs, ``curl <control>/status`` shows what runs; ``curl -X POST
+<control>/rules/<name>/fire`` fires an EventBridge rule now, ``curl -X POST
+<control>/services/<name>/deploy`` rolls a service onto a new revision (both printed at start).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import signal
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import redis
 
-from app import routing
 from app.schedule import SCHEDULE
-from app.settings import WEB_REQUEST_TIMEOUT, Settings
-from devtools.processes import ROOT, AppProcess, python_argv, start_process
+from devtools.processes import ROOT
 from devtools.redis_server import RedisUnavailable, free_port, start_redis
-from infra.budget import BEAT_STOP_TIMEOUT, EXIT_MARGIN, web_budget
-from infra.containers import BEAT_COMMAND, ENQUEUE_MODULE, WEB_COMMAND, worker_command
+from devtools.render import read_stack_file, run_program
+from devtools.twin.cluster import TwinCluster
+from devtools.twin.control import ControlEndpoint
+from devtools.twin.network import HOST_ADDRESS, ensure_bridge
+from devtools.twin.relay import Relay
+from devtools.twin.task import Status, Task
+from infra.budget import EXIT_MARGIN
+from infra.containers import ENQUEUE_MODULE
 
-#: Stop order: the producers first, so nothing new is enqueued while the worker drains; Redis
-#: stops after all of them. With each, the signal that stops it at once when the stack is told
-#: to hurry: gunicorn's quick shutdown, Celery's cold shutdown; beat's SIGTERM is already quick.
+#: Stop order by service name prefix: the producers first, so nothing new is enqueued while the
+#: workers drain; Redis stops after all of them. With each, the signal that stops it at once
+#: when the stack is told to hurry: gunicorn's quick shutdown, Celery's cold shutdown; beat's
+#: SIGTERM is already quick.
 STOP_ORDER: tuple[tuple[str, signal.Signals], ...] = (
     ("web", signal.SIGQUIT),
     ("beat", signal.SIGTERM),
-    ("worker", signal.SIGQUIT),
+    ("worker-", signal.SIGQUIT),
 )
+#: Seconds the web may take to answer through the front door once the stack starts.
+READY_TIMEOUT = 120.0
 
 
 class Interrupts:
@@ -59,166 +80,178 @@ class Interrupts:
         self.count += 1
 
 
-def stop_timeouts(env: dict[str, str]) -> dict[str, float]:
-    """Seconds each process gets after SIGTERM: the same budget as the ECS stop timeouts."""
-    settings = Settings.from_env(env)
-    web = web_budget(int(env.get(WEB_REQUEST_TIMEOUT) or 30))
-    return {
-        "web": web.stop_timeout,
-        "beat": BEAT_STOP_TIMEOUT,
-        "worker": settings.time_limit + EXIT_MARGIN,
-    }
+class Followers:
+    """Copies every task's output to this terminal, each line prefixed with its service."""
 
+    def __init__(self) -> None:
+        self._followed: set[str] = set()
+        self._threads: list[threading.Thread] = []
+        self.done = threading.Event()
 
-def follow(process: AppProcess, stopped: threading.Event) -> None:
-    """Copy a process's log to this terminal, each line prefixed with the process name."""
-    with process.log_path.open("rb") as log:
-        while True:
-            # Decided before reading: a process's last lines, written just before it exits,
-            # are still read.
-            finished = stopped.is_set() and not process.alive()
-            line = log.readline()
-            if line:
-                sys.stdout.write(f"{process.name:>6} | {line.decode(errors='replace')}")
-                sys.stdout.flush()
-            elif finished:
-                return
-            else:
-                time.sleep(0.1)
+    def follow_new(self, cluster: TwinCluster) -> None:
+        for name, service in cluster.services.items():
+            for task in service.tasks():
+                if task.id not in self._followed and task.container is not None:
+                    self._followed.add(task.id)
+                    thread = threading.Thread(target=self._copy, args=(name, task), daemon=True)
+                    thread.start()
+                    self._threads.append(thread)
+
+    def join(self) -> None:
+        self.done.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def _copy(self, name: str, task: Task) -> None:
+        assert task.container is not None
+        label = f"{name}/{task.id[:4]}"
+        with task.container.log_path.open("rb") as log:
+            while True:
+                # Decided before reading: a task's last lines, written just before it stops,
+                # are still read.
+                finished = self.done.is_set() or task.status == Status.STOPPED
+                line = log.readline()
+                if line:
+                    sys.stdout.write(f"{label:>19} | {line.decode(errors='replace')}")
+                    sys.stdout.flush()
+                elif finished:
+                    return
+                else:
+                    time.sleep(0.1)
 
 
 @contextmanager
-def broker(url: str | None) -> Iterator[str]:
+def broker(url: str | None) -> Iterator[tuple[str, str]]:
+    """(the URL for this machine, the URL tasks reach the same Redis at)."""
     if url:
-        yield url
+        with Relay.to_url(url) as relay:
+            yield url, relay.url_for_tasks
         return
-    server = start_redis()
+    server = start_redis(bind=("127.0.0.1", HOST_ADDRESS))
     try:
-        yield server.url
+        yield server.url, f"redis://{HOST_ADDRESS}:{server.port}/0"
     finally:
         print("stopping redis...", flush=True)
         server.stop()
 
 
-def wait_until_ready(
-    url: str, web: AppProcess, interrupts: Interrupts, timeout: float = 30.0
-) -> None:
-    """Return once the web answers ``/readyz``, or as soon as a stop is asked for."""
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
+def wait_until_ready(url: str, cluster: TwinCluster, interrupts: Interrupts) -> None:
+    """Return once the web answers ``/readyz`` through the front door, or a stop is asked."""
+    deadline = time.monotonic() + READY_TIMEOUT
     while not interrupts.count:
-        if not web.alive():
-            raise RuntimeError(f"web exited:\n{web.logs()}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"web not ready at {url} after {timeout:.0f}s:\n{web.logs()}")
+            raise RuntimeError(f"web not ready at {url} after {READY_TIMEOUT:.0f}s:\n"
+                               f"{cluster.status()}")  # fmt: skip
         try:
             with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.2)
+            time.sleep(0.3)
 
 
-def stop(process: AppProcess, timeout: float, at_once: signal.Signals,
-         hurry: Callable[[], bool]) -> int:
-    """Stop like ECS: SIGTERM, up to ``timeout`` seconds, then SIGKILL. Once ``hurry()``, send
-    ``at_once`` instead and wait at most EXIT_MARGIN seconds more. Returns the exit status."""
-    deadline = time.monotonic() + timeout
-    sent: signal.Signals | None = None
-    while process.alive():
-        hurried = hurry()
-        wanted = at_once if hurried else signal.SIGTERM
-        if wanted != sent:
-            print(f"stopping {process.name}{' at once' if hurried else ''}...", flush=True)
-            process.signal(wanted)
-            sent = wanted
-            if hurried:
-                deadline = min(deadline, time.monotonic() + EXIT_MARGIN)
-        elif time.monotonic() > deadline:
-            process.kill_all()
-        else:
-            time.sleep(0.1)
-    return int(process.process.returncode)
+def stop_service(
+    cluster: TwinCluster, name: str, at_once: signal.Signals, hurry: Callable[[], bool]
+) -> list[int]:
+    """Stop a service's tasks as ECS does; once ``hurry()``, send ``at_once`` and give them at
+    most EXIT_MARGIN seconds more. Returns the exit codes."""
+    service = cluster.services[name]
+    tasks = [task for task in service.tasks() if task.status != Status.STOPPED]
+    if not tasks:
+        return []
+    print(f"stopping {name}...", flush=True)
+    drain = service.target_group.drain if service.target_group is not None else None
+    for task in tasks:
+        task.stop("the local stack is stopping", drain)
+    hurried_at: float | None = None
+    while any(task.status != Status.STOPPED for task in tasks):
+        if hurried_at is None and hurry():
+            hurried_at = time.monotonic()
+            print(f"stopping {name} at once...", flush=True)
+            for task in tasks:
+                if task.container is not None and task.container.alive():
+                    task.container.signal(at_once)
+        if hurried_at is not None and time.monotonic() - hurried_at > EXIT_MARGIN:
+            for task in tasks:
+                if task.container is not None:
+                    task.container.kill()
+        time.sleep(0.1)
+    return [task.exit_code or 0 for task in tasks]
 
 
-def banner(web_url: str, broker_url: str, log_dir: Path) -> str:
-    """What the stack prints once the web is ready: what to try, and how to stop."""
+def banner(web_url: str, broker_url: str, control_url: str, cluster: TwinCluster) -> str:
+    """What the stack prints once the web answers: what to try, and how to stop."""
     interpreter = Path(sys.executable)
     if interpreter.is_relative_to(ROOT):
         interpreter = interpreter.relative_to(ROOT)  # `python -m app…` runs from the repository
     # The schedule is hourly and nightly, so nothing periodic runs in a short session: fire an
-    # entry by hand with the command EventBridge runs (less its --slot, so it fires every time).
+    # entry by hand with the command EventBridge runs (less its --slot, so it fires every time),
+    # or, with --scheduler eventbridge, fire its rule.
     enqueue = shlex.join([str(interpreter), "-m", ENQUEUE_MODULE, "--entry", SCHEDULE[0].name])
+    rules = "".join(
+        f"  curl -s -X POST {control_url}/rules/{rule}/fire\n" for rule in sorted(cluster.rules)
+    )
     return (
-        f"\nweb listening on {web_url}  (broker {broker_url}, logs in {log_dir})\n"
+        f"\nweb listening on {web_url}  (broker {broker_url}, twin control {control_url})\n"
         f"  curl -s -X POST {web_url}/tasks/apply_credit -H 'Content-Type: "
         "application/json' -d '{\"idempotency_key\": \"k1\", \"account\": \"alice\", "
         "\"amount\": 5}'\n"
         f"  curl -s {web_url}/tasks/<id>\n"
         f"run a schedule entry now ({', '.join(entry.name for entry in SCHEDULE)}):\n"
         f"  CELERY_BROKER_URL={shlex.quote(broker_url)} {enqueue}\n"
+        f"{rules}"
+        f"what runs: curl -s {control_url}/status   "
+        f"roll a service: curl -s -X POST {control_url}/services/<name>/deploy\n"
         "Ctrl-C stops everything; running tasks finish first (a second Ctrl-C cancels them).\n"
     )
 
 
-def run(broker_url: str | None, port: int, concurrency: int) -> int:
+def run(
+    stack: str, scheduler: str | None, broker_url: str | None, port: int, time_scale: float
+) -> int:
     # Before anything starts: a Ctrl-C during startup stops the stack in order too.
     interrupts = Interrupts()
-    log_dir = Path(tempfile.mkdtemp(prefix="celery-ecs-local-"))
-    with broker(broker_url) as url:
+    stack_file = read_stack_file(stack)
+    config = {**stack_file.config, **({"scheduler": scheduler} if scheduler else {})}
+    rendered = run_program(config, stack=stack, region=stack_file.region or "us-east-1")
+    ensure_bridge()
+    state_root = Path(tempfile.mkdtemp(prefix="celery-ecs-local-"))
+    status = 0
+    with broker(broker_url) as (url, url_for_tasks):
         redis.Redis.from_url(url, socket_connect_timeout=5).ping()
-        env = {
-            **os.environ,
-            "CELERY_BROKER_URL": url,
-            "CELERY_HEARTBEAT_DIR": str(log_dir),
-            "WEB_PORT": str(port),
-            "PYTHONPATH": str(ROOT),
-            "PYTHONUNBUFFERED": "1",
-        }
-        timeouts = stop_timeouts(env)
-        worker = worker_command("local", routing.QUEUES, concurrency)
-        processes = {
-            "worker": start_process("worker", python_argv(worker), env, log_dir),
-            "beat": start_process("beat", python_argv(BEAT_COMMAND), env, log_dir),
-            "web": start_process("web", python_argv(WEB_COMMAND), env, log_dir),
-        }
-        stopped = threading.Event()
-        followers = [threading.Thread(target=follow, args=(p, stopped), daemon=True)
-                     for p in processes.values()]
-        for thread in followers:
-            thread.start()
-
-        web_url = f"http://127.0.0.1:{port}"
-        status = 0
+        cluster = TwinCluster.from_program(
+            rendered, broker_url=url_for_tasks, state_root=state_root, front_door_port=port,
+            time_scale=time_scale, on_event=lambda message: print(message, flush=True),
+        ).start()  # fmt: skip
+        control = ControlEndpoint(cluster)
+        followers = Followers()
+        web_url = cluster.load_balancer.url if cluster.load_balancer else ""
         try:
-            wait_until_ready(web_url, processes["web"], interrupts)
+            wait_until_ready(web_url, cluster, interrupts)
             if not interrupts.count:
-                print(banner(web_url, url, log_dir), flush=True)
+                print(banner(web_url, url, control.url, cluster), flush=True)
             while not interrupts.count:
-                dead = [p for p in processes.values() if not p.alive()]
-                if dead:
-                    print(f"{dead[0].name} exited with {dead[0].process.returncode}; stopping",
-                          file=sys.stderr)
-                    status = 1
-                    break
-                time.sleep(0.5)
+                followers.follow_new(cluster)
+                time.sleep(0.3)
         except RuntimeError as exc:
             print(exc, file=sys.stderr)
             status = 1
         finally:
             def hurry() -> bool:
-                # The first stop request (Ctrl-C, SIGTERM, a process that exited or never got
-                # ready) stops in order; any later one stops what is still running at once.
+                # The first stop request (Ctrl-C, SIGTERM, a failed start) stops in order; any
+                # later one stops what is still running at once.
                 return interrupts.count + status >= 2
 
-            codes = {name: stop(processes[name], timeouts[name], at_once, hurry)
-                     for name, at_once in STOP_ORDER}
-            stopped.set()
-            for thread in followers:
-                thread.join(timeout=5)
-            if any(codes.values()):
+            cluster.stop_scheduling()
+            followers.follow_new(cluster)
+            codes: dict[str, list[int]] = {}
+            for prefix, at_once in STOP_ORDER:
+                for name in sorted(n for n in cluster.services if n.startswith(prefix)):
+                    codes[name] = stop_service(cluster, name, at_once, hurry)
+            cluster.close()
+            control.close()
+            followers.join()
+            if any(code for exits in codes.values() for code in exits):
                 print(f"exit statuses: {codes}", file=sys.stderr)
                 status = 1
     return status
@@ -227,13 +260,18 @@ def run(broker_url: str | None, port: int, concurrency: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stack", default="dev", help="Pulumi.<stack>.yaml to run (default dev)")
+    parser.add_argument("--scheduler", choices=["beat", "eventbridge"],
+                        help="override the stack's scheduler")
     parser.add_argument("--broker-url", help="use this Redis instead of starting one")
     parser.add_argument("--port", type=int, default=8000,
-                        help="web port (default 8000; 0 picks a free one)")
-    parser.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
+                        help="the front door's port (default 8000; 0 picks a free one)")
+    parser.add_argument("--time-scale", type=float, default=0.1,
+                        help="health-check intervals and delays x this (default 0.1; 1: AWS's)")
     args = parser.parse_args(argv)
     try:
-        return run(args.broker_url, args.port or free_port(), args.concurrency)
+        return run(args.stack, args.scheduler, args.broker_url, args.port or free_port(),
+                   args.time_scale)  # fmt: skip
     except RedisUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

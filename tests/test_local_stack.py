@@ -1,7 +1,8 @@
 """The local stack (``python -m devtools.stack``) run the way a terminal runs it.
 
-The stack is started in a process group of its own, like a shell's foreground job, with its
-embedded Redis, and Ctrl-C is what a terminal sends: SIGINT to the whole group.
+The stack runs the dev stack's services on the ECS twin. It is started in a process group of its
+own, like a shell's foreground job, with its embedded Redis, and Ctrl-C is what a terminal
+sends: SIGINT to the whole group.
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ def test_ctrl_c_lets_the_running_task_finish_then_stops_redis_last(
     assert stack.wait() == 0, stack.output()
     output = stack.output()
     assert stop_lines(output) == [
-        "stopping web...", "stopping beat...", "stopping worker...", "stopping redis...",
+        "stopping web...", "stopping beat...", "stopping worker-default...",
+        "stopping worker-long...", "stopping redis...",
     ], output
     success = re.search(
         rf"Task app\.tasks\.apply_credit\[{task_id}\] succeeded in .*'applied': True", output
@@ -205,13 +207,16 @@ def test_a_second_ctrl_c_cancels_the_running_task_and_requeues_it(
     wait_for(lambda: redis_client.get(f"attempts:{key}") == "1", 60, what="the task to start")
 
     stack.ctrl_c()
-    wait_for(lambda: "stopping worker..." in stack.output(), 60, what="the worker's warm shutdown")
+    wait_for(lambda: "stopping worker-default..." in stack.output(), 60,
+             what="the worker's warm shutdown")  # fmt: skip
     stack.ctrl_c()
 
     assert stack.wait() == 0, stack.output()
     output = stack.output()
     assert stop_lines(output) == [
-        "stopping web...", "stopping beat...", "stopping worker...", "stopping worker at once...",
+        "stopping web...", "stopping beat...", "stopping worker-default...",
+        "stopping worker-default at once...", "stopping worker-long...",
+        "stopping worker-long at once...",
     ], output
     assert " succeeded in " not in output
     assert not redis_client.exists(f"idem:{key}")  # cancelled before its effect

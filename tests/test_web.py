@@ -844,3 +844,15 @@ def test_sigterm_lets_the_request_in_flight_finish(
         assert web.wait(timeout=request_timeout) == 0
     finally:
         relay.close()
+
+
+def test_passing_liveness_checks_stay_out_of_the_access_log(
+    app_env: dict[str, str], tmp_path: Path, processes: list[AppProcess]
+) -> None:
+    # The load balancer and ECS ask /livez every few seconds on every task.
+    web, port = start_web(app_env, tmp_path, processes)
+    for _ in range(5):
+        assert call(port, "GET", "/livez")[0] == 200
+    assert call(port, "GET", "/readyz")[0] == 200
+    wait_for(lambda: '"GET /readyz HTTP/1.1" 200' in web.logs(), 30, what="the access log")
+    assert '"GET /livez' not in web.logs()

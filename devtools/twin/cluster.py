@@ -181,24 +181,33 @@ class TwinCluster:
         self.standalone.append(task)
         return task
 
-    def stop(self) -> None:
-        """Stop every task, producers first (the web, then beat), then the workers; as a
-        service deletion does: SIGTERM, stop timeout, SIGKILL."""
+    def stop_scheduling(self) -> None:
+        """Stop the service scheduler: nothing is started or replaced any more."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+    def stop(self) -> None:
+        """Stop every task, producers first (the web, then beat), then the workers, as a
+        service deletion does (draining, SIGTERM, stop timeout, SIGKILL); then ``close``."""
+        self.stop_scheduling()
         order = sorted(self.services, key=lambda name: (not name.startswith("web"),
                                                          not name.startswith("beat")))  # fmt: skip
         for name in order:
-            tasks = [t for t in self.services[name].tasks() if t.status != Status.STOPPED]
-            drain = self.services[name].target_group
+            service = self.services[name]
+            drain = service.target_group.drain if service.target_group is not None else None
+            tasks = [t for t in service.tasks() if t.status != Status.STOPPED]
             for task in tasks:
-                task.stop("service deleted", drain.drain if drain is not None else None)
+                task.stop("service deleted", drain)
             for task in tasks:
                 task.wait_stopped()
         for task in self.standalone:
             task.stop("cluster stopped")
             task.wait_stopped()
+        self.close()
+
+    def close(self) -> None:
+        """Close the front door and the agent endpoint (after the tasks have stopped)."""
         if self.load_balancer is not None:
             self.load_balancer.close()
         self.agent.close()
