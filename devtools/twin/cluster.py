@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,11 +79,12 @@ class TwinCluster:
         time_scale: float = 1.0,
         image: Image | None = None,
         on_event: Callable[[str], None] = print,
+        only: Collection[str] | None = None,
     ) -> TwinCluster:
         """The twin of ``run``. ``broker_url``: what the broker URL secret resolves to (reachable
         from tasks, i.e. on the bridge's address); ``time_scale`` shortens health-check intervals,
         start periods and the deregistration delay (not stop timeouts: those come from the
-        budget)."""
+        budget); ``only``: the services to run (default all)."""
         ensure_bridge()
         tasks_by_id: dict[str, Task] = {}
         agent = AgentEndpoint(HOST_ADDRESS, tasks_by_id.get)
@@ -111,6 +112,8 @@ class TwinCluster:
         for registration in run.of_type(SERVICE):
             inputs = registration.inputs
             name = inputs["tags"]["Service"]
+            if only is not None and name not in only:
+                continue
             family = _family_of(inputs["taskDefinition"])
             breaker = inputs.get("deploymentCircuitBreaker") or {}
             cluster.services[name] = Service(

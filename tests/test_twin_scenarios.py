@@ -1,0 +1,349 @@
+"""Deploys, scale-in and crashes lose nothing: proven on the ECS twin, with the task definitions,
+services, load balancer and rules the program renders.
+
+The stack is scaled down through its own budget inputs (short ``taskTimeout``s, a small
+``maxStopTimeout``, ``maxCountdown`` 0, a short ``web.requestTimeout``), never by special cases
+in the product; the twin shortens its health-check intervals and deregistration delay
+(``time_scale``). Every scenario has at least 100 tasks in flight or queued. "Lost" is a task
+that never completes: each task is ``apply_credit`` with its own idempotency key, which counts
+its attempts and applies its effect once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+
+from devtools.redis_server import RedisServer, start_redis
+from devtools.render import ProgramRun, run_program
+from devtools.twin.cluster import TwinCluster
+from devtools.twin.network import HOST_ADDRESS, ensure_bridge
+from devtools.twin.task import Status
+from tests.support import send_task, wait_for
+from tests.test_beat import HOURLY, make_overdue, sent_tasks
+
+TASKS = 100
+TIME_SCALE = 0.1
+STACK: dict[str, object] = {
+    "maxCountdown": 0,
+    "workers": [
+        # Warm: hard limit 4 s + 10 fits the stop cap; visibility timeout 14 s.
+        {"name": "quick", "queues": ["default"], "concurrency": 4, "taskTimeout": 3,
+         "minCount": 1, "maxCount": 4},
+        # Cold: 30 s tasks, 15 s stop cap: protected while busy; visibility timeout 43 s.
+        {"name": "slow", "queues": ["long"], "concurrency": 2, "taskTimeout": 30,
+         "maxStopTimeout": 15, "minCount": 2, "maxCount": 4},
+    ],
+    "web": {"requestTimeout": 5},
+}  # fmt: skip
+#: Generous: containers start and drain on a loaded 2-core machine.
+LIMIT = 120.0
+
+
+@dataclass
+class Twin:
+    cluster: TwinCluster
+    broker: RedisServer
+    #: The services' events, as ECS shows them: what to read when a scenario fails.
+    events: list[str]
+
+    @property
+    def url(self) -> str:
+        return self.broker.url
+
+    @property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.broker.url, decode_responses=True)
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, ProgramRun]:
+    return {
+        "beat": run_program(STACK, stack="test"),
+        "eventbridge": run_program({**STACK, "scheduler": "eventbridge"}, stack="test"),
+    }
+
+
+@pytest.fixture
+def twin_factory(
+    tmp_path: Path, rendered: dict[str, ProgramRun]
+) -> Iterator[Callable[..., Twin]]:
+    ensure_bridge()
+    started: list[Twin] = []
+
+    def start(*services: str, scheduler: str = "beat") -> Twin:
+        broker = start_redis(bind=("127.0.0.1", HOST_ADDRESS))
+        events: list[str] = []
+        cluster = TwinCluster.from_program(
+            rendered[scheduler], broker_url=f"redis://{HOST_ADDRESS}:{broker.port}/0",
+            state_root=tmp_path / f"twin-{len(started)}", time_scale=TIME_SCALE,
+            on_event=events.append, only=services or None,
+        ).start()  # fmt: skip
+        twin = Twin(cluster, broker, events)
+        started.append(twin)
+        return twin
+
+    yield start
+    for twin in started:
+        twin.cluster.stop()
+        twin.broker.stop()
+
+
+def send_credits(url: str, keys: list[str], queue: str = "default", work: float = 0.2) -> None:
+    for key in keys:
+        send_task(url, "app.tasks.apply_credit", queue=queue,
+                  kwargs={"idempotency_key": key, "account": "acct", "amount": 1,
+                          "work_seconds": work})  # fmt: skip
+
+
+def attempts(client: redis.Redis, keys: list[str]) -> list[int]:
+    return [int(value or 0) for value in client.mget([f"attempts:{key}" for key in keys])]
+
+
+def completed(client: redis.Redis, keys: list[str]) -> int:
+    return sum(client.exists(f"idem:{key}") for key in keys)
+
+
+def assert_all_applied_once(client: redis.Redis, keys: list[str]) -> None:
+    wait_for(lambda: completed(client, keys) == len(keys), LIMIT, interval=0.5,
+             what=f"all {len(keys)} tasks to complete")  # fmt: skip
+    assert client.hget("ledger:balances", "acct") == str(len(keys))
+
+
+# --- First deploy -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheduler", ["beat", "eventbridge"])
+def test_first_deploy_reaches_steady_state_and_serves(
+    twin_factory: Callable[..., Twin], scheduler: str,
+) -> None:
+    twin = twin_factory(scheduler=scheduler)
+    keys = [f"first-{i}" for i in range(TASKS)]
+    send_credits(twin.url, keys, work=0.05)  # queued before anything runs
+
+    twin.cluster.wait_steady(LIMIT)
+
+    expected = {"web", "worker-quick", "worker-slow"} | ({"beat"} if scheduler == "beat" else set())
+    assert set(twin.cluster.services) == expected
+    assert_all_applied_once(twin.redis, keys)
+    assert set(twin.cluster.rules) == (set() if scheduler == "beat" else {
+        f"schedule-{entry}" for entry in ("purge-expired-idempotency-keys", "nightly-report")
+    })  # fmt: skip
+
+
+# --- Rolling deploys ------------------------------------------------------------------------------
+
+
+def test_a_rolling_deploy_of_a_warm_pool_loses_and_repeats_nothing(
+    twin_factory: Callable[..., Twin],
+) -> None:
+    twin = twin_factory("worker-quick")
+    twin.cluster.service("worker-quick").set_desired_count(2)
+    twin.cluster.wait_steady(LIMIT)
+    keys = [f"warm-{i}" for i in range(TASKS)]
+    send_credits(twin.url, keys, work=0.3)
+    wait_for(lambda: completed(twin.redis, keys) >= 10, LIMIT, what="the first tasks to run")
+
+    twin.cluster.deploy("worker-quick")
+
+    twin.cluster.wait_steady(LIMIT)
+    assert_all_applied_once(twin.redis, keys)
+    assert attempts(twin.redis, keys) == [1] * TASKS  # warm shutdown: none ran twice
+    assert {t.revision.number for t in twin.cluster.service("worker-quick").running()} == {2}
+
+
+def test_a_cold_pool_keeps_its_busy_workers_through_a_deploy_and_a_scale_in(
+    twin_factory: Callable[..., Twin],
+) -> None:
+    twin = twin_factory("worker-slow")
+    cluster, service = twin.cluster, twin.cluster.service("worker-slow")
+    cluster.wait_steady(LIMIT)
+    keys = [f"cold-{i}" for i in range(TASKS)]
+    send_credits(twin.url, keys, queue="long", work=0.3)
+    wait_for(lambda: all(t.protected for t in service.running()), LIMIT,
+             what="both busy workers to hold scale-in protection")  # fmt: skip
+    old = {task.id for task in service.running()}
+
+    cluster.deploy("worker-slow")
+    service.set_desired_count(1)
+    # While they are busy and protected, neither the deployment nor the scale-in stops them.
+    busy_until = time.monotonic() + 5
+    while time.monotonic() < busy_until and completed(twin.redis, keys) < TASKS:
+        assert all(t.status == Status.RUNNING for t in service.tasks() if t.id in old)
+        time.sleep(0.2)
+
+    cluster.wait_steady(LIMIT)  # once idle, protection ends and the deployment completes
+    assert_all_applied_once(twin.redis, keys)
+    assert [t.revision.number for t in service.running()] == [2]
+    assert not any(t.failed for t in service.tasks())
+
+
+def test_a_beat_deploy_never_has_two_beats_scheduling_and_sends_a_due_entry_once(
+    twin_factory: Callable[..., Twin],
+) -> None:
+    twin = twin_factory("beat")
+    queued = [f"queued-{i}" for i in range(TASKS)]
+    send_credits(twin.url, queued)  # no worker runs: 100 tasks wait in the queue
+    twin.cluster.wait_steady(LIMIT)
+    wait_for(lambda: twin.redis.exists(f"redbeat:{HOURLY.name}"), LIMIT, what="the schedule")
+    holders: set[str] = set()
+    stop = threading.Event()
+
+    def watch_lock() -> None:
+        # The lock names one beat at a time; it changes hands only through a release.
+        previous = None
+        while not stop.is_set():
+            holder = twin.redis.get("redbeat::lock")
+            if holder and previous and holder != previous:
+                raise AssertionError("the lock changed hands without a release")
+            if holder:
+                holders.add(holder)
+            previous = holder
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch_lock, daemon=True)
+    watcher.start()
+    make_overdue(twin.redis, HOURLY.name)
+    twin.redis.zadd("redbeat::schedule", {f"redbeat:{HOURLY.name}": time.time() - 1})
+    twin.cluster.deploy("beat")
+    twin.cluster.wait_steady(LIMIT)
+    wait_for(lambda: sent_tasks(twin.redis, HOURLY.queue).count(HOURLY.task) >= 1, LIMIT,
+             what="the due entry")  # fmt: skip
+    time.sleep(2)  # several ticks of the new beat
+    stop.set()
+    watcher.join()
+
+    assert sent_tasks(twin.redis, HOURLY.queue).count(HOURLY.task) == 1
+    assert len(holders) == 2  # the old beat, then the new one
+    assert twin.redis.llen("default") >= TASKS
+
+
+# --- Failures -------------------------------------------------------------------------------------
+
+
+def test_a_killed_worker_is_replaced_and_its_tasks_run_again(
+    twin_factory: Callable[..., Twin],
+) -> None:
+    twin = twin_factory("worker-quick")
+    service = twin.cluster.service("worker-quick")
+    twin.cluster.wait_steady(LIMIT)
+    keys = [f"kill-{i}" for i in range(TASKS)]
+    send_credits(twin.url, keys, work=0.3)
+    wait_for(lambda: completed(twin.redis, keys) >= 10, LIMIT, what="the first tasks to run")
+    (victim,) = service.running()
+    assert victim.container is not None
+
+    victim.container.kill()  # the container dies: no shutdown, its messages stay unacked
+
+    wait_for(lambda: any(t.id != victim.id and t.status == Status.RUNNING
+                         for t in service.tasks()), LIMIT, what="a replacement")  # fmt: skip
+    assert victim.failed and "Essential container in task exited (137)" in victim.stopped_reason
+    assert_all_applied_once(twin.redis, keys)  # the unacked ones after the visibility timeout
+
+
+def test_a_web_task_that_fails_its_health_check_is_replaced(
+    twin_factory: Callable[..., Twin],
+) -> None:
+    twin = twin_factory("web")
+    service = twin.cluster.service("web")
+    twin.cluster.wait_steady(LIMIT)
+    (frozen,) = service.running()
+    assert frozen.container is not None
+    queued = [f"health-{i}" for i in range(TASKS)]
+    send_credits(twin.url, queued)
+
+    # Every process of the container stops answering (tini, PID 1, cannot be signalled).
+    result = frozen.container.exec(["sh", "-c", "kill -STOP -1"], timeout=30)
+    assert result.returncode in (0, 1), result.stderr
+
+    wait_for(lambda: frozen.status == Status.STOPPED, LIMIT, what="the frozen task to be stopped")
+    assert frozen.failed and "health checks" in frozen.stopped_reason
+    twin.cluster.wait_steady(LIMIT)
+    assert frozen not in service.running()
+    assert twin.redis.llen("default") == TASKS  # nothing consumed them, nothing lost them
+
+
+def test_a_broker_restart_under_load_loses_nothing(
+    twin_factory: Callable[..., Twin],
+) -> None:
+    twin = twin_factory("worker-quick")
+    twin.cluster.wait_steady(LIMIT)
+    keys = [f"restart-{i}" for i in range(TASKS)]
+    send_credits(twin.url, keys, work=0.2)
+    wait_for(lambda: completed(twin.redis, keys) >= 10, LIMIT, what="the first tasks to run")
+
+    twin.broker.restart(downtime=1)
+
+    assert_all_applied_once(twin.redis, keys)
+    assert all(t.status == Status.RUNNING for t in twin.cluster.service("worker-quick").tasks())
+
+
+# --- The front door and the schedule -------------------------------------------------------------
+
+
+def test_a_web_rolling_deploy_under_load_answers_every_request(
+    twin_factory: Callable[..., Twin],
+) -> None:
+    twin = twin_factory("web")
+    cluster = twin.cluster
+    cluster.wait_steady(LIMIT)
+    assert cluster.load_balancer is not None
+    url = f"{cluster.load_balancer.url}/tasks/noop"
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def post() -> None:
+        while not stop.is_set():
+            request = urllib.request.Request(url, data=b"{}", method="POST",
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    statuses.append(response.status)
+            except urllib.error.HTTPError as error:
+                statuses.append(error.code)
+            except OSError:
+                statuses.append(0)  # refused or reset at the front door
+
+    clients = [threading.Thread(target=post, daemon=True) for _ in range(2)]
+    for client in clients:
+        client.start()
+    wait_for(lambda: len(statuses) >= 20, LIMIT, what="requests before the deploy")
+    cluster.deploy("web")
+    cluster.wait_steady(LIMIT)
+    wait_for(lambda: len(statuses) >= TASKS, LIMIT, what=f"{TASKS} requests")
+    stop.set()
+    for client in clients:
+        client.join()
+
+    assert set(statuses) == {202}, sorted(set(statuses))
+    assert {t.revision.number for t in cluster.service("web").running()} == {2}
+
+
+def test_a_twice_delivered_eventbridge_slot_enqueues_once(
+    twin_factory: Callable[..., Twin],
+) -> None:
+    twin = twin_factory("worker-quick", scheduler="eventbridge")
+    keys = [f"slot-{i}" for i in range(TASKS)]
+    send_credits(twin.url, keys, queue="long")  # queued: no worker consumes long here
+    slot = datetime(2026, 12, 1, 2, 30, tzinfo=UTC)
+    rule = "schedule-purge-expired-idempotency-keys"
+
+    first, second = twin.cluster.fire(rule, slot), twin.cluster.fire(rule, slot)
+
+    for task in (first, second):
+        assert task.wait_stopped(LIMIT) and task.exit_code == 0, task.logs()
+    outcomes = sorted(json.loads(t.logs().strip().splitlines()[-1])["status"]
+                      for t in (first, second))  # fmt: skip
+    assert outcomes == ["duplicate", "enqueued"]
+    wait_for(lambda: twin.redis.exists("maintenance:last-purge"), LIMIT, what="the purge to run")
+    assert twin.redis.llen("long") == TASKS
