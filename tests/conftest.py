@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, settings
 
 from devtools.redis_server import RedisServer, start_redis
+from devtools.twin.container import Container
 from tests.support import AppProcess, ClientFactory, app_environment
 
 # Property tests: the suite must pass every time on a loaded machine, so the default profile
@@ -60,6 +61,15 @@ def app_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
         CELERY_VISIBILITY_TIMEOUT="60",
         CELERY_MAX_COUNTDOWN="30",
     )
+
+
+@pytest.fixture
+def containers() -> Iterator[list[Container]]:
+    """Containers a test runs on the ECS twin; whatever still runs at the end is killed."""
+    started: list[Container] = []
+    yield started
+    for container in started:
+        container.kill()
 
 
 @pytest.fixture

@@ -1,29 +1,22 @@
 """Run a worker exactly as its rendered ECS task definition says, and stop it as ECS does.
 
-The command, environment and ``stopTimeout`` come from the worker task definition the Pulumi
-program renders under mocks (``devtools.render``). Only what cannot exist on this machine
-is replaced:
-
-- the broker URL, which ECS injects from the task definition's ``secrets``, becomes the local
-  Redis URL (any other secret is an error: the harness would not know what to put there);
-- ``CELERY_HEARTBEAT_DIR`` points at a directory of the worker's own, as each container has
-  its own ``/tmp``;
-- argv[0] ``celery`` / ``gunicorn`` / ``python`` becomes this interpreter (``python -m ...``).
-
-Stopping follows ECS: SIGTERM, wait the rendered ``stopTimeout``, then SIGKILL.
+The worker task definition the Pulumi program renders under mocks (``devtools.render``) runs
+on the ECS twin (``devtools.twin``) as Fargate runs it; only the broker URL secret resolves to
+the local Redis. Stopping follows ECS: SIGTERM, wait the rendered ``stopTimeout``, SIGKILL.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from app import settings as env_names
-from devtools.processes import ROOT, AppProcess, python_argv, start_process
 from devtools.render import RenderedTaskDefinition
+from devtools.twin.container import Container, plan_container, start_container
+from devtools.twin.image import Image, parse_image
 from tests.support import run_program, wait_for
 
 
@@ -57,33 +50,9 @@ def render_workers(stack_config: Mapping[str, object]) -> dict[str, WorkerDefini
     }
 
 
-def local_environment(
-    worker: WorkerDefinition, broker_url: str, heartbeat_dir: Path
-) -> dict[str, str]:
-    """The container's environment with the broker secret resolved to ``broker_url``."""
-    unknown = sorted(set(worker.rendered.secrets) - {env_names.BROKER_URL})
-    if unknown:
-        raise ValueError(f"{worker.pool}: no local value for the secrets {unknown}")
-    if env_names.BROKER_URL not in worker.rendered.secrets:
-        raise ValueError(f"{worker.pool}: the broker URL is not among the secrets")
-    # This process's variables minus anything the app or Celery would read: the container
-    # starts with only what the task definition gives it.
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("CELERY_", "WEB_", "APP_", "ECS_")) and name != "REMAP_SIGTERM"
-    }
-    env.update(worker.environment)
-    env.update(
-        {
-            env_names.BROKER_URL: broker_url,
-            env_names.HEARTBEAT_DIR: str(heartbeat_dir),
-            # The image's working directory and module path: the checkout.
-            "PYTHONPATH": str(ROOT),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    return env
+@cache
+def image() -> Image:
+    return parse_image()
 
 
 def start_rendered_worker(
@@ -91,36 +60,35 @@ def start_rendered_worker(
     broker_url: str,
     workdir: Path,
     name: str,
-    ready_timeout: float = 30.0,
-) -> AppProcess:
-    """Start the pool's container command; return once its consumer runs (heartbeat file)."""
-    heartbeat_dir = workdir / name
-    heartbeat_dir.mkdir()
-    process = start_process(
-        name,
-        python_argv(worker.command),
-        local_environment(worker, broker_url, heartbeat_dir),
-        workdir,
-    )
+    ready_timeout: float = 60.0,
+) -> Container:
+    """Start the pool's container on the twin; return once it passes its health check (its
+    consumer runs). On this machine's network, so a loopback Redis is reachable."""
+    plan = plan_container(
+        image(), worker.rendered.inputs, worker.rendered.container,
+        secrets={env_names.BROKER_URL: broker_url}, hostname=f"ip-{name}",
+        state_dir=workdir / name,
+    )  # fmt: skip
+    container = start_container(plan)
 
     def consuming() -> bool:
-        if not process.alive():
-            raise AssertionError(f"{name} exited early:\n{process.logs()}")
-        return (heartbeat_dir / "celery-worker.heartbeat").exists()
+        if not container.alive():
+            raise AssertionError(f"{name} exited early:\n{container.logs()}")
+        return container.health()[0]
 
-    wait_for(consuming, ready_timeout, what=f"{name} to start consuming")
-    return process
+    wait_for(consuming, ready_timeout, interval=0.5, what=f"{name} to start consuming")
+    return container
 
 
 @dataclass(frozen=True)
 class StopOutcome:
     exit_code: int
-    #: Seconds from SIGTERM until the process was gone.
+    #: Seconds from SIGTERM until the container was gone.
     elapsed: float
 
 
-def ecs_stop(process: AppProcess, worker: WorkerDefinition) -> StopOutcome:
+def ecs_stop(container: Container) -> StopOutcome:
     """SIGTERM, wait the rendered stopTimeout, SIGKILL: what ECS does to a stopping task."""
     started = time.monotonic()
-    exit_code = process.stop(worker.stop_timeout)
+    exit_code = container.stop()
     return StopOutcome(exit_code, time.monotonic() - started)

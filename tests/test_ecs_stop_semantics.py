@@ -1,8 +1,8 @@
 """ECS stop semantics, reproduced locally with the worker the program renders.
 
-Each worker here runs the command and environment of its pool's task definition as rendered by
-the Pulumi program under mocks (``tests.ecs_stop``), against a real redis-server, and is stopped
-as ECS stops a task: SIGTERM, wait the rendered ``stopTimeout``, SIGKILL. The tasks are
+Each worker here is its pool's task definition as rendered by the Pulumi program under mocks,
+run on the ECS twin as Fargate runs it (``tests.ecs_stop``), against a real redis-server, and is
+stopped as ECS stops a task: SIGTERM, wait the rendered ``stopTimeout``, SIGKILL. The tasks are
 ``app.tasks.apply_credit``: they count their attempts and apply their effect once per key.
 
 The pools are scaled down so the tests take seconds (``maxCountdown`` 0):
@@ -26,6 +26,7 @@ from celery.bin.celery import celery as celery_cli
 
 from app import settings as env_names
 from app.settings import Settings
+from devtools.twin.container import Container
 from infra.budget import worker_budget
 from tests.ecs_stop import (
     WorkerDefinition,
@@ -33,7 +34,7 @@ from tests.ecs_stop import (
     render_workers,
     start_rendered_worker,
 )
-from tests.support import AppProcess, run_program, send_task, wait_for
+from tests.support import run_program, send_task, wait_for
 
 STACK: dict[str, object] = {
     "maxCountdown": 0,
@@ -114,15 +115,15 @@ def test_warm_stop_lets_tasks_in_flight_finish_and_exits_before_the_sigkill(
     redis_url: str,
     redis_client: redis.Redis,
     tmp_path: Path,
-    processes: list[AppProcess],
+    containers: list[Container],
 ) -> None:
     worker = start_rendered_worker(quick, redis_url, tmp_path, "worker")
-    processes.append(worker)
+    containers.append(worker)
     keys = [f"warm-{i}" for i in range(TASKS)]
     send_credits(redis_url, "default", keys, work_seconds=2)
     wait_for(lambda: attempts(redis_client, keys) == [1] * TASKS, 30, what="all tasks to start")
 
-    outcome = ecs_stop(worker, quick)
+    outcome = ecs_stop(worker)
 
     assert outcome.exit_code == 0, worker.logs()  # exited by itself: not SIGKILLed
     assert_each_applied_once(redis_client, keys)
@@ -136,10 +137,10 @@ def test_cold_stop_finishes_short_tasks_and_requeues_long_ones_at_once(
     redis_url: str,
     redis_client: redis.Redis,
     tmp_path: Path,
-    processes: list[AppProcess],
+    containers: list[Container],
 ) -> None:
     first = start_rendered_worker(slow, redis_url, tmp_path, "first")
-    processes.append(first)
+    containers.append(first)
     # Short tasks end within the 5 s soft shutdown; long ones cannot (they fit the pool's 30 s
     # taskTimeout but not the 15 s stop cap).
     short, long = ["short-0", "short-1"], ["long-0", "long-1"]
@@ -151,10 +152,10 @@ def test_cold_stop_finishes_short_tasks_and_requeues_long_ones_at_once(
 
     with ThreadPoolExecutor(max_workers=1) as stopper:
         sigterm_at = time.monotonic()
-        stopping = stopper.submit(ecs_stop, first, slow)
+        stopping = stopper.submit(ecs_stop, first)
         # ECS starts the replacement while the old task drains.
         second = start_rendered_worker(slow, redis_url, tmp_path, "second")
-        processes.append(second)
+        containers.append(second)
         # Back on the queue when the soft shutdown ends, not after the 43 s visibility timeout:
         # the wait gives up before the visibility timeout could have brought them back.
         wait_for(
@@ -180,11 +181,11 @@ def test_killed_worker_tasks_come_back_after_the_budgeted_visibility_timeout_and
     redis_url: str,
     redis_client: redis.Redis,
     tmp_path: Path,
-    processes: list[AppProcess],
+    containers: list[Container],
 ) -> None:
     visibility = visibility_timeout(quick)
     first = start_rendered_worker(quick, redis_url, tmp_path, "first")
-    processes.append(first)
+    containers.append(first)
     keys = [f"crash-{i}" for i in range(TASKS)]
     send_credits(redis_url, "default", keys, work_seconds=2)
     wait_for(lambda: attempts(redis_client, keys) == [1] * TASKS, 30, what="all tasks to start")
@@ -194,8 +195,8 @@ def test_killed_worker_tasks_come_back_after_the_budgeted_visibility_timeout_and
     ]
     assert len(delivered) == TASKS
 
-    first.kill_all()  # the container dies: no shutdown, nothing restored
-    processes.append(start_rendered_worker(quick, redis_url, tmp_path, "second"))
+    first.kill()  # the container dies: no shutdown, nothing restored
+    containers.append(start_rendered_worker(quick, redis_url, tmp_path, "second"))
 
     # While the first runs could still be alive, the running second worker must not take them.
     time.sleep(max(0.0, min(delivered) + visibility - 0.5 - time.time()))

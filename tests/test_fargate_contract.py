@@ -14,7 +14,6 @@ import json
 import signal
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,14 +43,6 @@ def beat_stack() -> ProgramRun:
 @pytest.fixture(scope="module")
 def eventbridge_stack() -> ProgramRun:
     return run_program({**stack_file_config("dev"), "scheduler": "eventbridge"})
-
-
-@pytest.fixture
-def containers() -> Iterator[list[Container]]:
-    started: list[Container] = []
-    yield started
-    for container in started:
-        container.kill()
 
 
 def run(
