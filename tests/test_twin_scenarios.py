@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -347,3 +347,45 @@ def test_a_twice_delivered_eventbridge_slot_enqueues_once(
     assert outcomes == ["duplicate", "enqueued"]
     wait_for(lambda: twin.redis.exists("maintenance:last-purge"), LIMIT, what="the purge to run")
     assert twin.redis.llen("long") == TASKS
+
+
+def test_rules_fire_on_their_schedule_once_per_slot(
+    twin_factory: Callable[..., Twin],
+) -> None:
+    twin = twin_factory("worker-quick", scheduler="eventbridge")
+    created = twin.cluster.created
+    hourly = "schedule-purge-expired-idempotency-keys"  # rate(1 hour), from the rule's creation
+
+    assert twin.cluster.fire_due(created + timedelta(minutes=59)) == []
+    (task,) = twin.cluster.fire_due(created + timedelta(hours=1, seconds=1))
+    assert twin.cluster.fire_due(created + timedelta(hours=1, seconds=2)) == []  # same slot
+
+    assert task.wait_stopped(LIMIT) and task.exit_code == 0, task.logs()
+    outcome = json.loads(task.logs().strip().splitlines()[-1])
+    slot = (created + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert (outcome["status"], outcome["slot"]) == ("enqueued", slot)
+    assert twin.cluster._fired == {hourly: created + timedelta(hours=1)}
+
+
+def test_a_deployment_whose_tasks_keep_failing_is_rolled_back(
+    twin_factory: Callable[..., Twin],
+) -> None:
+    twin = twin_factory("worker-quick")
+    service = twin.cluster.service("worker-quick")
+    twin.cluster.wait_steady(LIMIT)
+    queued = [f"breaker-{i}" for i in range(TASKS)]
+    send_credits(twin.url, queued, work=0.05)
+
+    def crash(container: dict[str, object]) -> None:
+        container["command"] = ["python", "-c", "raise SystemExit(3)"]
+
+    broken = twin.cluster.deploy("worker-quick", crash)
+
+    # Three failed tasks (the threshold's minimum) fail the deployment; the last completed one
+    # is deployed again.
+    wait_for(lambda: service.primary.rollback, LIMIT, what="the circuit breaker's rollback")
+    twin.cluster.wait_steady(LIMIT)
+    assert [t.revision.number for t in service.running()] == [1]
+    assert any("circuit breaker threshold 3" in event for event in twin.events), twin.events
+    assert service.revision.number == 1 and broken.number == 2
+    assert_all_applied_once(twin.redis, queued)

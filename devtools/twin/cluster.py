@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from devtools.twin.agent import AgentEndpoint
-from devtools.twin.events import Rule
+from devtools.twin.events import Rule, eventbridge_fire_times
 from devtools.twin.image import Image, parse_image
 from devtools.twin.loadbalancer import LoadBalancer, TargetGroupSettings
 from devtools.twin.network import HOST_ADDRESS, ensure_bridge
@@ -64,6 +64,10 @@ class TwinCluster:
     #: Every task started, by id (the agent endpoint finds tasks here).
     tasks_by_id: dict[str, Task]
     standalone: list[Task] = field(default_factory=list)
+    #: When the rules were created (``rate()`` rules count from then).
+    created: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
+    #: Each rule's last slot fired on its schedule.
+    _fired: dict[str, datetime] = field(default_factory=dict)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -184,6 +188,19 @@ class TwinCluster:
         self.standalone.append(task)
         return task
 
+    def fire_due(self, now: datetime | None = None) -> list[Task]:
+        """Fire every rule whose next slot (after the last one fired, or the rules' creation)
+        has come, once per slot, as EventBridge's scheduler does."""
+        now = now or datetime.now(UTC)
+        started = []
+        for name, rule in self.rules.items():
+            after = self._fired.get(name, self.created)
+            slot = next(eventbridge_fire_times(rule.expression, after, created=self.created))
+            if slot <= now:
+                self._fired[name] = slot
+                started.append(self.fire(name, slot))
+        return started
+
     def stop_scheduling(self) -> None:
         """Stop the service scheduler: nothing is started or replaced any more."""
         self._stopping.set()
@@ -245,6 +262,7 @@ class TwinCluster:
         while not self._stopping.wait(TICK):
             for service in list(self.services.values()):
                 service.reconcile()
+            self.fire_due()
 
 
 def _definition(registration: Registration) -> dict[str, Any]:
