@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 
 .PHONY: run test lint bench clean system-packages
 
-$(BIN)/.installed: requirements.txt app/requirements.txt app/constraints.txt requirements-dev.txt
+$(BIN)/.installed: requirements.txt app/requirements.txt app/constraints.txt requirements-dev.txt \
+		policy/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt

@@ -21,7 +21,7 @@ import hashlib
 import json
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -444,11 +444,14 @@ def run_program(
     region: str = DEFAULT_REGION,
     project_root: Path = ROOT,
     mocks: RecordingMocks | None = None,
+    transformations: Sequence[pulumi.ResourceTransformation] = (),
 ) -> ProgramRun:
     """Run ``infra.program.main`` with ``config`` (the ``celery-ecs:`` keys, unprefixed, values
     as in Pulumi.<stack>.yaml) in ``region``. ``project_root`` is where the program looks for
     the Dockerfile to build. Exceptions of the program propagate; pass ``mocks`` to inspect
-    what was registered before one."""
+    what was registered before one. ``transformations`` are registered as stack
+    transformations before the program runs (tests use them to break one invariant on purpose;
+    they see each resource's Python-named props, e.g. ``deployment_maximum_percent``)."""
     mocks = mocks if mocks is not None else RecordingMocks(region)
     result = ProgramRun(resources=mocks.registrations)
     loop = asyncio.new_event_loop()
@@ -478,6 +481,8 @@ def run_program(
 
         async def run() -> None:
             pulumi.runtime.register_stack_transformation(record_options)
+            for transformation in transformations:
+                pulumi.runtime.register_stack_transformation(transformation)
             outputs = program.main(project_root=project_root)
             for name, value in outputs.items():
                 output = pulumi.Output.from_input(value)

@@ -12,6 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import TypeVar
 
+import pulumi
 from flask.testing import FlaskClient
 
 from devtools import render
@@ -41,6 +42,7 @@ def run_program(
     *,
     project_root: Path | None = None,
     mocks: render.RecordingMocks | None = None,
+    transformations: Sequence[pulumi.ResourceTransformation] = (),
 ) -> render.ProgramRun:
     """The program rendered under mocks (``devtools.render``) as the stack ``test`` in
     us-east-1, building from ``fixture_build_context()`` unless told otherwise."""
@@ -49,6 +51,7 @@ def run_program(
         stack=STACK,
         project_root=project_root or fixture_build_context(),
         mocks=mocks,
+        transformations=transformations,
     )
 
 

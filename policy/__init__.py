@@ -1,0 +1,1 @@
+"""The celery-ecs policy pack: ``__main__.py`` builds it, ``invariants.py`` holds the policies."""
