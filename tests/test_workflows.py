@@ -116,6 +116,22 @@ def test_dependencies_are_cached_and_the_tests_run_first(workflow: dict[str, Any
     assert any("make test" in str(step.get("run")) for step in jobs["test"]["steps"])
 
 
+def test_previews_and_deploys_run_the_policy_pack(workflow: dict[str, Any]) -> None:
+    for name in ("preview", "deploy"):
+        steps = workflow["jobs"][name]["steps"]
+        (pulumi,) = [s for s in steps if str(s.get("uses", "")).startswith("pulumi/actions")]
+        assert pulumi["with"]["policyPacks"] == "policy", name
+        runs = [str(step.get("run", "")) for step in steps[: steps.index(pulumi)]]
+        # The pack's own virtualenv (PulumiPolicy.yaml: virtualenv venv), installed before.
+        assert any(
+            "python -m venv policy/venv" in run
+            and "policy/venv/bin/pip install -r policy/requirements.txt" in run
+            for run in runs
+        ), name
+    runtime = yaml.safe_load((ROOT / "policy" / "PulumiPolicy.yaml").read_text())["runtime"]
+    assert runtime == {"name": "python", "options": {"toolchain": "pip", "virtualenv": "venv"}}
+
+
 def test_the_readme_shows_both_trust_policies() -> None:
     readme = (ROOT / "README.md").read_text()
     assert '"token.actions.githubusercontent.com:sub": "repo:OWNER/REPO:pull_request"' in readme
