@@ -1,7 +1,7 @@
 """Run a worker exactly as its rendered ECS task definition says, and stop it as ECS does.
 
 The command, environment and ``stopTimeout`` come from the worker task definition the Pulumi
-program renders under mocks (``tests.pulumi_harness``). Only what cannot exist on this machine
+program renders under mocks (``devtools.render``). Only what cannot exist on this machine
 is replaced:
 
 - the broker URL, which ECS injects from the task definition's ``secrets``, becomes the local
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from app import settings as env_names
 from devtools.processes import ROOT, AppProcess, python_argv, start_process
-from tests.pulumi_harness import RenderedTaskDefinition, render_task_definitions
-from tests.support import wait_for
+from devtools.render import RenderedTaskDefinition
+from tests.support import run_program, wait_for
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def render_workers(stack_config: Mapping[str, object]) -> dict[str, WorkerDefini
     prefix = "worker-"
     return {
         service[len(prefix) :]: WorkerDefinition(service[len(prefix) :], rendered)
-        for service, rendered in render_task_definitions(stack_config).items()
+        for service, rendered in run_program(stack_config).task_definitions().items()
         if service.startswith(prefix)
     }
 

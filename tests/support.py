@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import cache
 from pathlib import Path
 from typing import TypeVar
 
 from flask.testing import FlaskClient
 
+from devtools import render
 from devtools.processes import ROOT, AppProcess, python_argv, start_process
 from infra.containers import worker_command
 
@@ -17,6 +22,34 @@ __all__ = ["ROOT", "AppProcess", "start_process"]
 T = TypeVar("T")
 #: Builds a test client of the web app: ``make(**environment_overrides)``.
 ClientFactory = Callable[..., FlaskClient]
+#: The stack the tests render: task definition families and log groups carry its name.
+STACK = "test"
+
+
+@cache
+def fixture_build_context() -> Path:
+    """A tiny Docker build context, so tests that render the program neither need nor hash the
+    real project. One per test process, removed when it exits."""
+    directory = Path(tempfile.mkdtemp(prefix="celery-ecs-context-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    (directory / "Dockerfile").write_text("FROM scratch\n")
+    return directory
+
+
+def run_program(
+    config: Mapping[str, object] | None = None,
+    *,
+    project_root: Path | None = None,
+    mocks: render.RecordingMocks | None = None,
+) -> render.ProgramRun:
+    """The program rendered under mocks (``devtools.render``) as the stack ``test`` in
+    us-east-1, building from ``fixture_build_context()`` unless told otherwise."""
+    return render.run_program(
+        config,
+        stack=STACK,
+        project_root=project_root or fixture_build_context(),
+        mocks=mocks,
+    )
 
 
 def wait_for(

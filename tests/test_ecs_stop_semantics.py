@@ -33,8 +33,7 @@ from tests.ecs_stop import (
     render_workers,
     start_rendered_worker,
 )
-from tests.pulumi_harness import render_task_definitions
-from tests.support import AppProcess, send_task, wait_for
+from tests.support import AppProcess, run_program, send_task, wait_for
 
 STACK: dict[str, object] = {
     "maxCountdown": 0,
@@ -308,7 +307,7 @@ def celery_cli_environment(subcommand: str) -> set[str]:
 
 def rendered_celery_processes() -> Iterator[tuple[str, str, Mapping[str, str]]]:
     for stack in (STACK, {}):
-        for service, rendered in render_task_definitions(stack).items():
+        for service, rendered in run_program(stack).task_definitions().items():
             command = rendered.command
             if command[:1] == ["celery"]:
                 subcommand = next(arg for arg in command[1:] if arg in celery_cli.commands)

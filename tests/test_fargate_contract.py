@@ -21,10 +21,10 @@ import pytest
 import redis
 
 from app.schedule import SCHEDULE
+from devtools.render import ProgramRun, RenderedTaskDefinition, stack_file_config
 from devtools.twin.container import Container, plan_container, start_container
 from devtools.twin.image import ROOT, Image, parse_image
-from tests.pulumi_harness import ProgramRun, RenderedTaskDefinition, run_program, stack_file_config
-from tests.support import wait_for
+from tests.support import run_program, wait_for
 
 #: Generous: a container imports Celery and connects on a loaded 2-core machine.
 START_LIMIT = 60.0

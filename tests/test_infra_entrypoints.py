@@ -16,7 +16,8 @@ import sys
 import pytest
 
 from app.schedule import SCHEDULE
-from tests.pulumi_harness import ROOT, RenderedTaskDefinition, run_program
+from devtools.render import RenderedTaskDefinition
+from tests.support import ROOT, run_program
 
 STACKS = {
     "beat": {

@@ -20,22 +20,24 @@ import pytest
 
 from app import settings as env_names
 from app.schedule import SCHEDULE, Every, PeriodicEntry
+from devtools.render import (
+    ACCOUNT,
+    MOCK_AUTH_TOKEN,
+    ProgramRun,
+    RecordingMocks,
+    Registration,
+    stack_file_config,
+)
+from devtools.render import (
+    DEFAULT_REGION as REGION,
+)
 from infra import program
 from infra.broker import broker_url
 from infra.budget import BEAT_STOP_TIMEOUT, FARGATE_STOP_TIMEOUT_CAP
 from infra.config import ConfigError, ExistingVpc, NewVpc, StackConfig, load
 from infra.schedule_expr import to_eventbridge_expression
 from tests.ecs_model import problems
-from tests.pulumi_harness import (
-    ACCOUNT,
-    MOCK_AUTH_TOKEN,
-    REGION,
-    ProgramRun,
-    RecordingMocks,
-    Registration,
-    run_program,
-    stack_file_config,
-)
+from tests.support import run_program
 
 CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"
 ECR_IMAGE = "210987654321.dkr.ecr.eu-west-1.amazonaws.com/shared/celery-ecs@sha256:" + "a" * 64
@@ -87,9 +89,6 @@ STACKS: dict[str, dict[str, object]] = {
     },
 }
 
-BROKER_SECRET_ARN = (
-    f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret/celery-ecs-test/broker-url-abc1234"
-)
 ALL_STACKS = list(STACKS)
 BEAT_STACKS = [name for name, raw in STACKS.items() if raw.get("scheduler", "beat") == "beat"]
 EVENTBRIDGE_STACKS = [name for name in STACKS if name not in BEAT_STACKS]
@@ -303,8 +302,9 @@ def test_web_scales_on_cpu_and_optionally_requests(deployed: Deployed) -> None:
         spec = requests[0].inputs["targetTrackingScalingPolicyConfiguration"]
         assert spec["predefinedMetricSpecification"] == {
             "predefinedMetricType": "ALBRequestCountPerTarget",
-            "resourceLabel": "app/web-alb-abc1234/0123456789abcdef/"
-            "targetgroup/web-tg-abc1234/0123456789abcdef",
+            "resourceLabel": run.one("aws:lb/loadBalancer:LoadBalancer").state["arnSuffix"]
+            + "/"
+            + run.one("aws:lb/targetGroup:TargetGroup").state["arnSuffix"],
         }
         assert spec["targetValue"] == web.target_requests_per_task
 
@@ -315,7 +315,7 @@ def test_web_scales_on_cpu_and_optionally_requests(deployed: Deployed) -> None:
 @pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
 def test_only_the_load_balancer_is_open_to_the_internet(deployed: Deployed) -> None:
     run = deployed.run
-    groups = {f"{g.name}-id": g.name for g in run.of_type("aws:ec2/securityGroup:SecurityGroup")}
+    groups = {g.id: g.name for g in run.of_type("aws:ec2/securityGroup:SecurityGroup")}
     ingress = [(groups[r.inputs["securityGroupId"]], r.inputs) for r in run.of_type(INGRESS)]
     public = [(group, rule["fromPort"]) for group, rule in ingress if "cidrIpv4" in rule]
     https = deployed.config.web.certificate_arn is not None
@@ -382,7 +382,9 @@ def test_created_vpc_has_two_azs_and_a_closed_default_group(deployed: Deployed) 
         placement = service.inputs["networkConfiguration"]
         assert placement["assignPublicIp"] == (nat_count == 0)
         kind = "public" if nat_count == 0 else "private"
-        assert placement["subnets"] == [f"network-{kind}-0-id", f"network-{kind}-1-id"]
+        assert placement["subnets"] == [
+            run.named("aws:ec2/subnet:Subnet", f"network-{kind}-{index}").id for index in (0, 1)
+        ]
     flow_logs = run.of_type("aws:ec2/flowLog:FlowLog")
     assert len(flow_logs) == (1 if deployed.config.production else 0)
 
@@ -421,11 +423,13 @@ def test_broker_is_encrypted_authenticated_and_never_evicts(deployed: Deployed) 
 def test_broker_url_reaches_containers_only_as_a_secret(deployed: Deployed) -> None:
     run = deployed.run
     secret = run.one("aws:secretsmanager/secret:Secret")
-    secret_arn = BROKER_SECRET_ARN
+    secret_arn = secret.state["arn"]
     version_registration = run.one("aws:secretsmanager/secretVersion:SecretVersion")
     assert "secretString" in version_registration.secret_inputs
     version = version_registration.inputs
-    host = "master.broker-abc1234.mock.use1.cache.amazonaws.com"
+    host = run.one("aws:elasticache/replicationGroup:ReplicationGroup").state[
+        "primaryEndpointAddress"
+    ]
     url = broker_url(MOCK_AUTH_TOKEN, host)
     assert version["secretString"] == url
     assert url.startswith("rediss://:") and url.endswith(f"@{host}:6379/0?ssl_cert_reqs=required")
@@ -567,7 +571,9 @@ def test_execution_role_reads_exactly_the_broker_secret(deployed: Deployed) -> N
     by_action = {
         action: s["Resource"] for s in statements(policy) for action in as_list(s["Action"])
     }
-    assert by_action["secretsmanager:GetSecretValue"] == [BROKER_SECRET_ARN]
+    secret = run.one("aws:secretsmanager/secret:Secret").state["arn"]
+    assert secret.startswith(f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:")
+    assert by_action["secretsmanager:GetSecretValue"] == [secret]
     groups = sorted(
         f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{g.inputs['name']}:*"
         for g in run.of_type("aws:cloudwatch/logGroup:LogGroup")
@@ -689,12 +695,14 @@ def test_image_is_built_and_pushed_or_taken_as_given(deployed: Deployed) -> None
         assert run.of_type("docker:index/image:Image") == []
         assert images == {config.image_uri}
         return
-    image = run.one("docker:index/image:Image").inputs
+    built = run.one("docker:index/image:Image")
+    image = built.inputs
     assert image["build"]["platform"] == "linux/amd64"
     assert image["build"]["dockerfile"].endswith("/Dockerfile")
     assert image["imageName"].startswith(f"{url}:ctx-")
     assert image["registry"] == {"server": url, "username": "AWS", "password": "mock-ecr-password"}
-    assert images == {f"{url}@sha256:{'0' * 64}"}
+    assert images == {built.state["repoDigest"]}
+    assert built.state["repoDigest"].startswith(f"{url}@sha256:")
 
 
 def test_outputs(deployed: Deployed) -> None:

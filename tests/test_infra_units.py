@@ -18,7 +18,7 @@ from infra.network import subnet_cidrs
 from infra.scaling import BacklogTarget, backlog_metric_queries
 from infra.schedule_expr import ScheduleError, to_eventbridge_expression
 from tests.ecs_model import problems
-from tests.pulumi_harness import render_task_definitions
+from tests.support import run_program
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
@@ -138,15 +138,15 @@ def test_schedule_plan_names_the_entry_it_cannot_run(entry: PeriodicEntry, probl
 
 
 def test_rendered_task_definitions_for_local_processes() -> None:
-    """What ``render_task_definitions`` hands to tests that start the real processes."""
-    tasks = render_task_definitions(
+    """What ``run_program(...).task_definitions()`` hands to tests that start the real processes."""
+    tasks = run_program(
         {
             "workers": [
                 {"name": "fast", "queues": ["default"], "concurrency": 3},
                 {"name": "slow", "queues": ["long"], "taskTimeout": 1800},
             ]
         }
-    )
+    ).task_definitions()
     assert set(tasks) == {"web", "worker-fast", "worker-slow", "beat"}
     fast = tasks["worker-fast"]
     assert fast.command[:4] == ["celery", "--app", "app.celery_app", "worker"]

@@ -38,8 +38,14 @@ from app.gunicorn_worker import JsonErrorWorker
 from app.web import ALLOWED_TASKS, TaskResults
 from devtools.redis_server import free_port
 from infra.containers import WEB_COMMAND
-from tests.pulumi_harness import run_program
-from tests.support import AppProcess, ClientFactory, start_process, start_worker, wait_for
+from tests.support import (
+    AppProcess,
+    ClientFactory,
+    run_program,
+    start_process,
+    start_worker,
+    wait_for,
+)
 
 CREDIT = {"idempotency_key": "order-1:credit", "account": "acct-1", "amount": 25}
 

@@ -1,0 +1,498 @@
+"""Run the Pulumi program under mocks and hand back plain data.
+
+Each ``run_program`` call gets a fresh event loop, fresh mocks and its own config, runs the real
+program (``infra.program.main``) to completion and returns every registered resource with its
+resolved inputs, its parent and the state the mocks answered with, plus the resolved stack
+outputs. Nothing talks to AWS or Docker: the offline plan (``devtools.plan``) and the tests
+render the program this way.
+
+The mocks answer the way AWS and the providers do, so what depends on those answers is
+exercised as it will be deployed: ids in each service's format (``vpc-…``, ``sg-…``, a role's
+name, a service's ARN), ARNs in each service's format (a secret's ``secret:<name>-AbCdEf``,
+a target group's ``targetgroup/<name>/<hex>``), auto-names as the logical name plus a
+7-character suffix. Every id is derived from the resource's type and name, so the same config
+always renders the same resources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
+from pulumi.runtime.stack import run_pulumi_func
+
+from infra import program
+
+PROJECT = "celery-ecs"
+DEFAULT_REGION = "us-east-1"
+ACCOUNT = "123456789012"
+ROOT = program.PROJECT_ROOT
+#: What the mocked RandomPassword returns as the broker's AUTH token (uses every allowed
+#: special character, so URL encoding is exercised).
+MOCK_AUTH_TOKEN = "MockToken0!&#$^<>-MockToken1"
+MOCK_ECR_PASSWORD = "mock-ecr-password"
+#: The suffix auto-naming appends (Pulumi appends 7 random hex characters).
+AUTONAME_SUFFIX = "abc1234"
+
+#: Resource type -> prefix of the id EC2 gives that kind of resource.
+_EC2_ID_PREFIXES = {
+    "aws:ec2/vpc:Vpc": "vpc",
+    "aws:ec2/subnet:Subnet": "subnet",
+    "aws:ec2/securityGroup:SecurityGroup": "sg",
+    "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": "sg",
+    "aws:ec2/internetGateway:InternetGateway": "igw",
+    "aws:ec2/routeTable:RouteTable": "rtb",
+    "aws:ec2/routeTableAssociation:RouteTableAssociation": "rtbassoc",
+    "aws:ec2/natGateway:NatGateway": "nat",
+    "aws:ec2/eip:Eip": "eipalloc",
+    "aws:ec2/flowLog:FlowLog": "fl",
+    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": "sgr",
+    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": "sgr",
+}
+#: Resource types whose Pulumi id is their ARN (the others use their name).
+_ARN_IDS = frozenset(
+    {
+        "aws:ecs/cluster:Cluster",
+        "aws:ecs/service:Service",
+        "aws:lb/loadBalancer:LoadBalancer",
+        "aws:lb/targetGroup:TargetGroup",
+        "aws:lb/listener:Listener",
+        "aws:secretsmanager/secret:Secret",
+        "aws:appautoscaling/policy:Policy",
+    }
+)
+
+
+def _hex(*parts: str, length: int) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:length]
+
+
+def region_code(region: str) -> str:
+    """AWS's short form of a region, as in AZ ids and endpoints: us-east-1 -> use1."""
+    first, *middle, last = region.split("-")
+    return first + "".join(word[0] for word in middle) + last
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One registered resource: its type token, logical name and resolved inputs (camelCase,
+    secrets unwrapped; ``secret_inputs`` names the top-level inputs that arrived as secrets),
+    with the id and state the mocks answered and the URNs of it and its parent."""
+
+    type: str
+    name: str
+    inputs: dict[str, Any]
+    secret_inputs: frozenset[str] = frozenset()
+    id: str = ""
+    state: dict[str, Any] = field(default_factory=dict)
+    urn: str = ""
+    parent: str = ""
+    #: False for component resources (the program's own groupings), True for real ones.
+    custom: bool = True
+
+    @property
+    def physical_name(self) -> str:
+        """The name the resource has in AWS (given, or auto-named by the provider)."""
+        return str(self.state.get("name", self.name))
+
+
+def _is_secret(value: object) -> bool:
+    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig
+
+
+def _unwrap(value: Any) -> Any:
+    """Replace the mock monitor's secret envelopes with their values, at any depth."""
+    if _is_secret(value):
+        return _unwrap(value["value"])
+    if isinstance(value, dict):
+        return {key: _unwrap(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(item) for item in value]
+    return value
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Records every registration and answers with AWS-shaped state for ``region``."""
+
+    def __init__(self, region: str = DEFAULT_REGION) -> None:
+        self.region = region
+        self.registrations: list[Registration] = []
+        self.calls: list[str] = []
+        # The engine registers resources from a thread pool; each registration's new_resource
+        # call runs on the thread of its RegisterResource request, which knows the parent.
+        self._request = threading.local()
+        self._lock = threading.Lock()
+
+    def monitor(self) -> MockMonitor:
+        """A mock monitor that tells ``new_resource`` each resource's parent."""
+        mocks = self
+
+        class ParentAwareMonitor(MockMonitor):
+            def RegisterResource(self, request: Any) -> Any:
+                mocks._request.parent = request.parent
+                mocks._request.urn = self.make_urn(request.parent, request.type, request.name)
+                try:
+                    return super().RegisterResource(request)
+                finally:
+                    mocks._request.parent = mocks._request.urn = ""
+
+        return ParentAwareMonitor(self)
+
+    def new_resource(self, args: MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        inputs = _unwrap(dict(args.inputs))
+        secrets = frozenset(key for key, value in args.inputs.items() if _is_secret(value))
+        parent = getattr(self._request, "parent", "")
+        urn = getattr(self._request, "urn", "")
+        state = dict(inputs)
+        # Auto-naming: the provider appends a random suffix to namePrefix or the logical name.
+        physical = state.get("name") or (
+            f"{state.get('namePrefix') or args.name + '-'}{AUTONAME_SUFFIX}"
+        )
+        state.setdefault("name", physical)
+        state.setdefault("arn", self._arn(args.typ, physical, state))
+        state.update(self._extra_state(args.typ, physical, state))
+        resource_id = self._id(args.typ, args.name, physical, state)
+        registration = Registration(
+            type=args.typ,
+            name=args.name,
+            inputs=inputs,
+            secret_inputs=secrets,
+            id=resource_id,
+            state=state,
+            urn=urn,
+            parent=parent,
+            custom=bool(args.custom),
+        )
+        with self._lock:
+            self.registrations.append(registration)
+        return resource_id, state
+
+    def call(self, args: MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
+        self.calls.append(args.token)
+        region = self.region
+        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            return {
+                "id": region,
+                "names": [f"{region}{suffix}" for suffix in "abc"],
+                "zoneIds": [f"{region_code(region)}-az{i}" for i in (1, 2, 3)],
+                "groupNames": [region] * 3,
+            }
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {
+                "id": ACCOUNT,
+                "accountId": ACCOUNT,
+                "userId": "AIDAMOCKUSER0000000000",
+                "arn": f"arn:aws:iam::{ACCOUNT}:user/mock",
+            }
+        if args.token == "aws:index/getRegion:getRegion":
+            return {
+                "id": region,
+                "region": region,
+                "name": region,
+                "endpoint": f"ec2.{region}.amazonaws.com",
+                "description": "mock",
+            }
+        if args.token == "aws:index/getPartition:getPartition":
+            return {
+                "id": "aws",
+                "partition": "aws",
+                "dnsSuffix": "amazonaws.com",
+                "reverseDnsPrefix": "com.amazonaws",
+            }
+        if args.token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+            return {
+                "id": region,
+                "userName": "AWS",
+                "password": MOCK_ECR_PASSWORD,
+                "authorizationToken": "bW9jaw==",
+                "expiresAt": "2030-01-01T00:00:00Z",
+                "proxyEndpoint": f"https://{ACCOUNT}.dkr.ecr.{region}.amazonaws.com",
+                "region": region,
+            }
+        raise AssertionError(f"the mocks do not answer {args.token}; add it to RecordingMocks")
+
+    def _arn(self, typ: str, physical: str, state: Mapping[str, Any]) -> str:
+        """The ARN AWS gives a resource of this type (the format of each service)."""
+        prefix = f"arn:aws:{{}}:{self.region}:{ACCOUNT}:"
+        suffix = _hex(typ, physical, length=16)
+        formats = {
+            "aws:iam/role:Role": f"arn:aws:iam::{ACCOUNT}:role/{physical}",
+            "aws:ecs/taskDefinition:TaskDefinition": prefix.format("ecs")
+            + f"task-definition/{state.get('family')}:1",
+            "aws:ecs/cluster:Cluster": prefix.format("ecs") + f"cluster/{physical}",
+            "aws:ecs/service:Service": prefix.format("ecs")
+            + f"service/{_name_of(state.get('cluster', ''))}/{physical}",
+            "aws:cloudwatch/logGroup:LogGroup": prefix.format("logs") + f"log-group:{physical}",
+            "aws:cloudwatch/eventRule:EventRule": prefix.format("events") + f"rule/{physical}",
+            "aws:lb/loadBalancer:LoadBalancer": prefix.format("elasticloadbalancing")
+            + f"loadbalancer/app/{physical}/{suffix}",
+            "aws:lb/targetGroup:TargetGroup": prefix.format("elasticloadbalancing")
+            + f"targetgroup/{physical}/{suffix}",
+            "aws:lb/listener:Listener": prefix.format("elasticloadbalancing")
+            + f"listener/{str(state.get('loadBalancerArn', '')).partition(':loadbalancer/')[2]}/"
+            + suffix,
+            "aws:secretsmanager/secret:Secret": prefix.format("secretsmanager")
+            + f"secret:{physical}-{_hex(physical, length=6)}",
+            "aws:elasticache/replicationGroup:ReplicationGroup": prefix.format("elasticache")
+            + f"replicationgroup:{physical}",
+            "aws:elasticache/parameterGroup:ParameterGroup": prefix.format("elasticache")
+            + f"parametergroup:{physical}",
+            "aws:elasticache/subnetGroup:SubnetGroup": prefix.format("elasticache")
+            + f"subnetgroup:{physical}",
+            "aws:ecr/repository:Repository": prefix.format("ecr") + f"repository/{physical}",
+            "aws:appautoscaling/policy:Policy": prefix.format("autoscaling")
+            + f"scalingPolicy:{_hex(typ, physical, length=8)}:resource/ecs/"
+            + f"{state.get('resourceId', '')}:policyName/{physical}",
+        }
+        if typ in formats:
+            return formats[typ]
+        service = typ.split(":")[1].split("/")[0]
+        return prefix.format(service) + f"{typ.split(':')[-1].lower()}/{physical}"
+
+    def _extra_state(self, typ: str, physical: str, state: Mapping[str, Any]) -> dict[str, Any]:
+        region = self.region
+        if typ == "aws:elasticache/replicationGroup:ReplicationGroup":
+            return {
+                "primaryEndpointAddress": (
+                    f"master.{physical}.{_hex(physical, length=6)}."
+                    f"{region_code(region)}.cache.amazonaws.com"
+                )
+            }
+        if typ == "aws:ecr/repository:Repository":
+            return {
+                "repositoryUrl": f"{ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{physical}",
+                "registryId": ACCOUNT,
+            }
+        if typ == "aws:lb/loadBalancer:LoadBalancer":
+            number = int(_hex(physical, length=8), 16)
+            return {
+                "dnsName": f"{physical}-{number}.{region}.elb.amazonaws.com",
+                "arnSuffix": str(state["arn"]).split(":loadbalancer/", 1)[1],
+            }
+        if typ == "aws:lb/targetGroup:TargetGroup":
+            return {"arnSuffix": str(state["arn"]).split(":", 5)[5]}
+        if typ == "aws:cloudwatch/eventTarget:EventTarget":
+            # The provider generates a target id when none is given.
+            return {"targetId": state.get("targetId") or physical}
+        if typ == "random:index/randomPassword:RandomPassword":
+            return {"result": MOCK_AUTH_TOKEN}
+        if typ == "docker:index/image:Image":
+            repository = str(state["imageName"]).rsplit(":", 1)[0]
+            return {"repoDigest": f"{repository}@sha256:{_hex(str(state['imageName']), length=64)}"}
+        return {}
+
+    @staticmethod
+    def _id(typ: str, name: str, physical: str, state: Mapping[str, Any]) -> str:
+        """The id Pulumi's AWS provider gives a resource of this type."""
+        if typ in _EC2_ID_PREFIXES:
+            return f"{_EC2_ID_PREFIXES[typ]}-{_hex(typ, name, length=17)}"
+        if typ in _ARN_IDS:
+            return str(state["arn"])
+        if typ == "aws:ecs/taskDefinition:TaskDefinition":
+            return str(state.get("family"))
+        if typ == "aws:iam/rolePolicy:RolePolicy":
+            return f"{state.get('role')}:{physical}"
+        if typ.startswith("aws:"):
+            return physical
+        return f"{name}-id"
+
+
+def _name_of(arn: str) -> str:
+    """The last path segment of an ARN's resource part: NAME of ``cluster/NAME``."""
+    return str(arn).split(":")[-1].split("/")[-1] if arn else ""
+
+
+@dataclass
+class ProgramRun:
+    """Result of one program run: registrations, and the resolved outputs."""
+
+    resources: list[Registration]
+    outputs: dict[str, Any] = field(default_factory=dict)
+    secret_outputs: set[str] = field(default_factory=set)
+
+    def of_type(self, typ: str) -> list[Registration]:
+        return sorted(
+            (resource for resource in self.resources if resource.type == typ),
+            key=lambda resource: resource.name,
+        )
+
+    def one(self, typ: str) -> Registration:
+        found = self.of_type(typ)
+        assert len(found) == 1, f"expected one {typ}, found {[r.name for r in found]}"
+        return found[0]
+
+    def named(self, typ: str, name: str) -> Registration:
+        found = [resource for resource in self.of_type(typ) if resource.name == name]
+        assert len(found) == 1, f"no single {typ} named {name}"
+        return found[0]
+
+    def by_reference(self) -> dict[str, Registration]:
+        """Every id, ARN and physical name -> the resource it refers to (inputs that reference
+        another resource hold one of these)."""
+        index: dict[str, Registration] = {}
+        for resource in self.resources:
+            if not resource.custom:
+                continue
+            for key in (resource.state.get("arn"), resource.physical_name, resource.id):
+                if isinstance(key, str) and key:
+                    index.setdefault(key, resource)
+        return index
+
+    def task_definitions(self) -> dict[str, RenderedTaskDefinition]:
+        return {
+            rendered.service: rendered
+            for rendered in map(
+                RenderedTaskDefinition.of, self.of_type("aws:ecs/taskDefinition:TaskDefinition")
+            )
+        }
+
+    def policy_documents(self) -> list[tuple[str, dict[str, Any]]]:
+        """(resource name, parsed document) of every IAM policy and trust policy."""
+        documents = [
+            (role.name, json.loads(role.inputs["assumeRolePolicy"]))
+            for role in self.of_type("aws:iam/role:Role")
+        ]
+        documents += [
+            (policy.name, json.loads(policy.inputs["policy"]))
+            for policy in self.of_type("aws:iam/rolePolicy:RolePolicy")
+        ]
+        return documents
+
+
+@dataclass(frozen=True)
+class RenderedTaskDefinition:
+    """A task definition as the program registers it; one container per task."""
+
+    service: str
+    family: str
+    cpu: int
+    memory: int
+    containers: list[dict[str, Any]]
+    inputs: dict[str, Any]
+
+    @staticmethod
+    def of(registration: Registration) -> RenderedTaskDefinition:
+        inputs = registration.inputs
+        return RenderedTaskDefinition(
+            service=inputs["tags"]["Service"],
+            family=inputs["family"],
+            cpu=int(inputs["cpu"]),
+            memory=int(inputs["memory"]),
+            containers=json.loads(inputs["containerDefinitions"]),
+            inputs=inputs,
+        )
+
+    @property
+    def container(self) -> dict[str, Any]:
+        (container,) = self.containers
+        return container
+
+    @property
+    def command(self) -> list[str]:
+        return list(self.container.get("command", []))
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """The container's ``environment`` as a dict (secrets excluded: see ``secrets``)."""
+        return {item["name"]: item["value"] for item in self.container.get("environment", [])}
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        """Environment variable -> Secrets Manager ARN, injected by ECS at start."""
+        return {item["name"]: item["valueFrom"] for item in self.container.get("secrets", [])}
+
+
+def config_value(value: object) -> str:
+    """A value as the Pulumi CLI hands it to the program: scalars as text, objects as JSON."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def run_program(
+    config: Mapping[str, object] | None = None,
+    *,
+    stack: str,
+    region: str = DEFAULT_REGION,
+    project_root: Path = ROOT,
+    mocks: RecordingMocks | None = None,
+) -> ProgramRun:
+    """Run ``infra.program.main`` with ``config`` (the ``celery-ecs:`` keys, unprefixed, values
+    as in Pulumi.<stack>.yaml) in ``region``. ``project_root`` is where the program looks for
+    the Dockerfile to build. Exceptions of the program propagate; pass ``mocks`` to inspect
+    what was registered before one."""
+    mocks = mocks if mocks is not None else RecordingMocks(region)
+    result = ProgramRun(resources=mocks.registrations)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        pulumi.runtime.set_mocks(
+            mocks, project=PROJECT, stack=stack, preview=False, monitor=mocks.monitor()
+        )
+        pulumi.runtime.set_all_config(
+            {
+                "aws:region": region,
+                **{
+                    f"{PROJECT}:{key}": config_value(value) for key, value in (config or {}).items()
+                },
+            }
+        )
+
+        async def run() -> None:
+            outputs = program.main(project_root=project_root)
+            for name, value in outputs.items():
+                output = pulumi.Output.from_input(value)
+                result.outputs[name] = await output.future()
+                if await output.is_secret():
+                    result.secret_outputs.add(name)
+
+        loop.run_until_complete(run_pulumi_func(run))
+    finally:
+        pulumi.runtime.set_all_config({})
+        pulumi.runtime.reset_options()
+        asyncio.set_event_loop(None)
+        loop.close()
+    return result
+
+
+@dataclass(frozen=True)
+class StackFile:
+    """A ``Pulumi.<stack>.yaml``: the stack's name, region and ``celery-ecs:`` keys."""
+
+    stack: str
+    path: Path
+    region: str | None
+    config: dict[str, object]
+
+
+def read_stack_file(stack: str, root: Path = ROOT) -> StackFile:
+    """Read ``Pulumi.<stack>.yaml``; raises ``FileNotFoundError`` naming the file."""
+    path = root / f"Pulumi.{stack}.yaml"
+    document = yaml.safe_load(path.read_text()) or {}
+    values = document.get("config") or {}
+    prefix = f"{PROJECT}:"
+    region = values.get("aws:region")
+    config = {key[len(prefix) :]: value for key, value in values.items() if key.startswith(prefix)}
+    return StackFile(
+        stack=stack,
+        path=path,
+        region=str(region) if region is not None else None,
+        config=config,
+    )
+
+
+def stack_file_config(stack: str = "dev") -> dict[str, object]:
+    """The ``celery-ecs:`` keys of ``Pulumi.<stack>.yaml``, unprefixed."""
+    return read_stack_file(stack).config
