@@ -19,7 +19,8 @@ from infra.cluster import AwsContext
 
 #: Images the lifecycle policy keeps (rollback targets); older ones are expired (ECR.3).
 KEEP_IMAGES = 20
-PLATFORM = "linux/amd64"
+#: The image's platform for each task CPU architecture (``cpuArchitecture``).
+PLATFORMS = {"X86_64": "linux/amd64", "ARM64": "linux/arm64"}
 _ECR_URI = re.compile(
     r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?P<cn>\.cn)?/"
     r"(?P<repository>[^:@]+)"
@@ -126,6 +127,8 @@ class ImageArgs:
     - ``force_delete``: destroying the stack deletes the repository with its images (dev
       stacks). Default False.
     - ``keep_images``: images the lifecycle policy keeps. Default 20.
+    - ``cpu_architecture``: the tasks' CPU architecture; the image is built for it. Default
+      X86_64.
     - ``aws``: partition/region/account. Required.
     """
 
@@ -135,6 +138,7 @@ class ImageArgs:
     image_uri: str | None = None
     force_delete: bool = False
     keep_images: int = KEEP_IMAGES
+    cpu_architecture: str = "X86_64"
 
 
 class Image(pulumi.ComponentResource):
@@ -205,7 +209,9 @@ class Image(pulumi.ComponentResource):
             image = docker.Image(
                 name,
                 build=docker.DockerBuildArgs(
-                    context=str(args.context), dockerfile=str(args.dockerfile), platform=PLATFORM
+                    context=str(args.context),
+                    dockerfile=str(args.dockerfile),
+                    platform=PLATFORMS[args.cpu_architecture],
                 ),
                 image_name=pulumi.Output.concat(self.repository.repository_url, ":", tag),
                 registry=docker.RegistryArgs(
@@ -225,6 +231,8 @@ class Image(pulumi.ComponentResource):
     def _normalize(args: ImageArgs) -> ImageArgs:
         if args.keep_images < 1:
             raise ValueError("keep_images: must be >= 1")
+        if args.cpu_architecture not in PLATFORMS:
+            raise ValueError(f"cpu_architecture: one of {', '.join(PLATFORMS)}")
         if args.image_uri is not None:
             return args
         if args.context is None:
@@ -238,4 +246,5 @@ class Image(pulumi.ComponentResource):
             dockerfile=dockerfile,
             force_delete=args.force_delete,
             keep_images=args.keep_images,
+            cpu_architecture=args.cpu_architecture,
         )

@@ -39,6 +39,17 @@ def test_empty_config_gives_a_deployable_default_stack() -> None:
     assert config.web.budget == web_budget(30)
 
 
+def test_cpu_architecture_and_fargate_spot() -> None:
+    assert load({}).cpu_architecture == "X86_64"
+    assert load({}).uses_fargate_spot is False
+    spot = {"name": "short", "queues": list(QUEUES), "taskTimeout": 100, "fargateSpot": True}
+    config = load({"cpuArchitecture": "X86_64", "workers": [spot]})
+    (pool,) = config.workers
+    assert pool.fargate_spot is True and config.uses_fargate_spot is True
+    assert pool.budget.shutdown == "warm" and pool.budget.finishes_within_spot_notice
+    assert load({"cpuArchitecture": "ARM64"}).cpu_architecture == "ARM64"
+
+
 def test_production_switches_to_safe_defaults() -> None:
     config = load({"production": "true"})
     assert config.network == NewVpc(cidr="10.0.0.0/16", nat_gateways="perAz")
@@ -260,6 +271,31 @@ INVALID = [
         "network.natGateways",
         "single, perAz",
         id="production-public-ip",
+    ),
+    pytest.param({"cpuArchitecture": "arm64"}, "cpuArchitecture", "X86_64, ARM64", id="enum-arch"),
+    pytest.param(
+        {"workers": pools({"fargateSpot": "yes"})},
+        "workers[0].fargateSpot",
+        "true, false",
+        id="type-spot",
+    ),
+    pytest.param(
+        {"workers": pools({"taskTimeout": 101, "fargateSpot": True})},
+        "workers[0].fargateSpot",
+        "false, or taskTimeout <= 100",
+        id="spot-cold-pool",
+    ),
+    pytest.param(
+        {"workers": pools({"taskTimeout": 46, "maxStopTimeout": 60, "fargateSpot": True})},
+        "workers[0].fargateSpot",
+        "false, or taskTimeout <= 45",
+        id="spot-cold-pool-lower-cap",
+    ),
+    pytest.param(
+        {"cpuArchitecture": "ARM64", "workers": pools({"taskTimeout": 60, "fargateSpot": True})},
+        "workers[0].fargateSpot",
+        "false, or cpuArchitecture: X86_64",
+        id="spot-arm64",
     ),
 ]
 

@@ -55,6 +55,7 @@ STACKS: dict[str, dict[str, object]] = {
                 "taskTimeout": 30,
                 "minCount": 2,
                 "maxCount": 10,
+                "fargateSpot": True,
             },
             {
                 "name": "long",
@@ -80,6 +81,7 @@ STACKS: dict[str, dict[str, object]] = {
     },
     "existing-vpc-prebuilt-image": {
         "imageUri": ECR_IMAGE,
+        "cpuArchitecture": "ARM64",
         "scheduler": "eventbridge",
         "network": {
             "vpcId": "vpc-0123456789abcdef0",
@@ -491,7 +493,7 @@ def test_containers_are_hardened(deployed: Deployed) -> None:
         assert inputs["networkMode"] == "awsvpc"
         assert inputs["runtimePlatform"] == {
             "operatingSystemFamily": "LINUX",
-            "cpuArchitecture": "X86_64",
+            "cpuArchitecture": deployed.config.cpu_architecture,
         }
 
 
@@ -624,13 +626,46 @@ def test_task_protection_rights_only_for_cold_shutdown_pools(deployed: Deployed)
 
 
 def test_services_run_fargate_latest_with_rollback(deployed: Deployed) -> None:
+    spot_services = {f"worker-{p.name}-service" for p in deployed.config.workers if p.fargate_spot}
     for service in deployed.run.of_type(SERVICE):
         inputs = service.inputs
-        assert inputs["launchType"] == "FARGATE", service.name
+        if service.name not in spot_services:
+            assert inputs["launchType"] == "FARGATE", service.name
+            assert "capacityProviderStrategies" not in inputs, service.name
         assert inputs["platformVersion"] == "LATEST", service.name
         assert inputs["deploymentCircuitBreaker"] == {"enable": True, "rollback": True}
         assert inputs["enableExecuteCommand"] is False
         assert inputs["propagateTags"] == "SERVICE"
+
+
+@pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
+def test_spot_pools_keep_one_task_on_regular_fargate(deployed: Deployed) -> None:
+    """A Spot pool's first task runs on regular Fargate (its queues keep a consumer when Spot
+    capacity runs out), every other on Spot; the cluster has both capacity providers."""
+    run, config = deployed.run, deployed.config
+    providers = run.of_type("aws:ecs/clusterCapacityProviders:ClusterCapacityProviders")
+    assert bool(providers) is config.uses_fargate_spot
+    if providers:
+        (association,) = providers
+        assert association.inputs["capacityProviders"] == ["FARGATE", "FARGATE_SPOT"]
+        assert association.inputs["clusterName"] == run.outputs["clusterName"]
+    for pool in config.workers:
+        service = deployed.service(f"worker-{pool.name}").inputs
+        if not pool.fargate_spot:
+            continue
+        assert pool.budget.finishes_within_spot_notice, pool.name
+        assert "launchType" not in service
+        assert service["capacityProviderStrategies"] == [
+            {"capacityProvider": "FARGATE", "base": 1, "weight": 0},
+            {"capacityProvider": "FARGATE_SPOT", "weight": 1},
+        ]
+
+
+def test_arm64_tasks_run_an_arm64_image() -> None:
+    run = run_program({"cpuArchitecture": "ARM64"})
+    assert run.one("docker:index/image:Image").inputs["build"]["platform"] == "linux/arm64"
+    for service, task in run.task_definitions().items():
+        assert task.inputs["runtimePlatform"]["cpuArchitecture"] == "ARM64", service
 
 
 def test_load_balancer_follows_the_web_budget(deployed: Deployed) -> None:
@@ -697,7 +732,9 @@ def test_image_is_built_and_pushed_or_taken_as_given(deployed: Deployed) -> None
         return
     built = run.one("docker:index/image:Image")
     image = built.inputs
-    assert image["build"]["platform"] == "linux/amd64"
+    assert image["build"]["platform"] == {"X86_64": "linux/amd64", "ARM64": "linux/arm64"}[
+        config.cpu_architecture
+    ]
     assert image["build"]["dockerfile"].endswith("/Dockerfile")
     assert image["imageName"].startswith(f"{url}:ctx-")
     assert image["registry"] == {"server": url, "username": "AWS", "password": "mock-ecr-password"}
