@@ -31,12 +31,12 @@ from devtools.render import (
 from devtools.render import (
     DEFAULT_REGION as REGION,
 )
+from devtools.validate import validate
 from infra import program
 from infra.broker import broker_url
 from infra.budget import BEAT_STOP_TIMEOUT, FARGATE_STOP_TIMEOUT_CAP
 from infra.config import ConfigError, ExistingVpc, NewVpc, StackConfig, load
 from infra.schedule_expr import to_eventbridge_expression
-from tests.ecs_model import problems
 from tests.support import run_program
 
 CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"
@@ -451,10 +451,14 @@ def test_broker_url_reaches_containers_only_as_a_secret(deployed: Deployed) -> N
 # --- task definitions -----------------------------------------------------------------------
 
 
-def test_container_definitions_match_the_ecs_api(deployed: Deployed) -> None:
+@pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
+def test_aws_would_accept_every_request_and_policy(deployed: Deployed) -> None:
+    """Every API request the providers would send passes botocore's models, and every policy
+    parliament (tests/test_validate.py proves each check catches a mistake)."""
+    report = validate(deployed.run)
+    assert report.findings == (), "\n".join(map(str, report.findings))
     for service, task in deployed.run.task_definitions().items():
         assert len(task.containers) == 1, service
-        assert problems(task.container) == [], service
 
 
 def test_containers_are_hardened(deployed: Deployed) -> None:
@@ -764,8 +768,7 @@ def test_dev_stack_file_deploys() -> None:
     config, run = load(raw), run_program(raw)
     tasks = run.task_definitions()
     assert set(tasks) == {"web", "beat", *(f"worker-{pool.name}" for pool in config.workers)}
-    for service, task in tasks.items():
-        assert problems(task.container) == [], service
+    assert validate(run).ok
     protected = {
         name.removesuffix("-task")
         for name in (p.name for p in run.of_type(ROLE_POLICY))
