@@ -11,12 +11,19 @@ import pytest
 from app.routing import QUEUES
 from infra.budget import web_budget, worker_budget
 from infra.config import (
+    BROKER_KEYS,
+    EXISTING_VPC_KEYS,
     FARGATE_MEMORY,
+    NEW_VPC_KEYS,
+    POOL_KEYS,
+    TOP_LEVEL_KEYS,
+    WEB_KEYS,
     ConfigError,
     ExistingVpc,
     NewVpc,
     load,
 )
+from tests.support import ROOT
 
 POOL = {"name": "all", "queues": list(QUEUES)}
 
@@ -314,3 +321,21 @@ def test_invalid_config_names_key_and_allowed_values(
 def test_error_lists_memory_sizes_for_the_cpu_given() -> None:
     with pytest.raises(ConfigError, match=re.escape("allowed: 512, 1024, 2048")):
         load({"web": {"cpu": 256, "memory": 4096}})
+
+
+def test_the_readme_documents_every_key() -> None:
+    """Every key the config accepts has a row in the README's configuration table."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("### Configuration (namespace `celery-ecs`)", 1)[1].split("\n### ", 1)[0]
+    documented = set()
+    for row in table.splitlines():
+        if not row.startswith("| `"):
+            continue
+        names = re.findall(r"`([^`]+)`", row.split("|")[1])
+        prefix = names[0].rpartition(".")[0]
+        documented |= {name if "." in name else f"{prefix}.{name}".lstrip(".") for name in names}
+    expected = {key for key in TOP_LEVEL_KEYS if key not in ("workers", "web", "broker", "network")}
+    expected |= {"workers"} | {f"workers[].{key}" for key in POOL_KEYS}
+    expected |= {f"web.{key}" for key in WEB_KEYS} | {f"broker.{key}" for key in BROKER_KEYS}
+    expected |= {f"network.{key}" for key in NEW_VPC_KEYS + EXISTING_VPC_KEYS}
+    assert expected <= documented, sorted(expected - documented)
