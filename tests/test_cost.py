@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import cache
 
 import pytest
 
@@ -30,7 +31,14 @@ POOLS = [
 
 
 def priced(config: dict[str, object], region: str = REGION) -> Estimate:
-    return estimate(run_program(config, stack="test", region=region), load(config), region)
+    return _priced(json.dumps(config, sort_keys=True), region)
+
+
+@cache
+def _priced(config: str, region: str) -> Estimate:
+    """One rendering per config and region (several tests price the same ones)."""
+    raw = json.loads(config)
+    return estimate(run_program(raw, stack="test", region=region), load(raw), region)
 
 
 def line(result: Estimate, start: str) -> tuple[float, float]:
