@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -39,9 +39,9 @@ LOAD_BALANCER_LCUS = 1.0
 LOG_GB_PER_TASK_MONTH = 1.0
 FLOW_LOG_GB_MONTH = 1.0
 IMAGE_GB = 0.15
-#: Container Insights metrics of a Fargate cluster, per dimension set (billed as custom
-#: metrics): its performance log events per running task and month.
+#: Container Insights metrics of a Fargate cluster, per dimension set: billed as custom metrics.
 INSIGHTS_METRICS = {"cluster": 12, "service": 15, "task family": 10}
+#: Container Insights performance log events, per running task and month.
 INSIGHTS_LOG_GB_PER_TASK_MONTH = 0.05
 #: A one-off task is billed for at least a minute (Fargate's minimum).
 ENQUEUE_MINUTES_PER_RUN = 1.0
@@ -104,8 +104,12 @@ class Estimate:
     refused: tuple[str, ...] = ()
     assumptions: tuple[str, ...] = ()
 
-    def total(self, which: Callable[[Line], float | None]) -> float:
-        return sum(value for line in self.lines if (value := which(line)) is not None)
+    @property
+    def totals(self) -> tuple[float, float]:
+        """The monthly total at the minimum and at the maximum counts (priced lines only)."""
+        low = sum(line.low for line in self.lines if line.low is not None)
+        high = sum(line.high for line in self.lines if line.high is not None)
+        return low, high
 
     @property
     def unpriced(self) -> list[str]:
@@ -187,16 +191,16 @@ class _Builder:
         self.config = config
         self.prices = prices
         self.references = run.by_reference()
-        self.tasks = tasks(run, self.references)
+        self.tasks = task_sets(run, self.references)
 
     # --- the lines ---------------------------------------------------------------------
 
     def lines(self) -> Iterable[Line]:
-        for tasks in self.tasks:
+        for service in self.tasks:
             yield Line(
-                f"Fargate {tasks.name}: {tasks.describe()}",
-                self._fargate(tasks, tasks.low),
-                self._fargate(tasks, tasks.high),
+                f"Fargate {service.name}: {service.describe()}",
+                self._fargate(service, service.low),
+                self._fargate(service, service.high),
             )
         yield from self._network()
         yield from self._broker()
@@ -239,9 +243,9 @@ class _Builder:
                     addresses * ip_hour,
                     addresses * ip_hour,
                 )
-        public = [tasks for tasks in self.tasks if tasks.public_ip]
+        public = [service for service in self.tasks if service.public_ip]
         if public:
-            names = ", ".join(tasks.name for tasks in public)
+            names = ", ".join(service.name for service in public)
             yield Line(
                 f"Public IPv4: tasks ({names})",
                 sum(t.low * t.hours for t in public) * self.prices["publicIpv4Hour"],
@@ -331,18 +335,19 @@ class _Builder:
                 (low, low),
                 (high, high),
             )
+        spot_runs_here = self.config.cpu_architecture == "X86_64"
         for index, pool in enumerate(self.config.workers):
-            if pool.fargate_spot or not self._spot_possible(
-                pool.budget.finishes_within_spot_notice
+            if pool.fargate_spot or not (
+                pool.budget.finishes_within_spot_notice and spot_runs_here
             ):
                 continue
-            tasks = self._tasks_named(f"worker-{pool.name}")
+            (service,) = [s for s in self.tasks if s.name == f"worker-{pool.name}"]
             yield Saving(
                 f"workers[{index}].fargateSpot: true",
                 f"worker-{pool.name}: its tasks finish within the 2-minute notice (warm "
                 "shutdown); the first task stays on regular Fargate",
-                self._spot_saving(tasks, tasks.low),
-                self._spot_saving(tasks, tasks.high),
+                self._spot_saving(service, service.low),
+                self._spot_saving(service, service.high),
             )
         for group in self.run.of_type("aws:elasticache/replicationGroup:ReplicationGroup"):
             if group.inputs["engine"] != "redis":
@@ -359,9 +364,6 @@ class _Builder:
                     (saved, saved),
                 )
 
-    def _spot_possible(self, warm: bool) -> bool:
-        return warm and self.config.cpu_architecture == "X86_64"
-
     def _spot_saving(self, tasks: Tasks, count: float) -> tuple[float, float]:
         spot = self.prices["fargateSpotDiscount"]
         full = self._fargate(tasks, count)
@@ -369,10 +371,6 @@ class _Builder:
             full - self._fargate(tasks, count, spot=(1, spot[end])) for end in ("low", "high")
         )
         return low, high
-
-    def _tasks_named(self, name: str) -> Tasks:
-        (found,) = [tasks for tasks in self.tasks if tasks.name == name]
-        return found
 
     def refused(self) -> Iterable[str]:
         for index, pool in enumerate(self.config.workers):
@@ -414,7 +412,7 @@ def _custom_metrics(run: ProgramRun) -> set[tuple[str, str, str]]:
     return found
 
 
-def tasks(run: ProgramRun, references: Mapping[str, Registration]) -> list[Tasks]:
+def task_sets(run: ProgramRun, references: Mapping[str, Registration]) -> list[Tasks]:
     """Every service's tasks, and the one-off tasks EventBridge starts."""
     bounds = {
         target.inputs["resourceId"].rsplit("/", 1)[1]: target.inputs
@@ -521,7 +519,7 @@ def render(estimate: Estimate) -> list[str]:
     if estimate.prices is None:
         regions = ", ".join(available_regions())
         return [
-            _wrap(
+            wrap(
                 f"No price table for {estimate.region}: devtools/prices/ has {regions}. Prices "
                 "differ by region; add devtools/prices/<region>.json from the AWS pricing pages "
                 "to get an estimate.",
@@ -531,13 +529,7 @@ def render(estimate: Estimate) -> list[str]:
         ]
     prices = estimate.prices
     rows = [(line.item, money(line.low), money(line.high)) for line in estimate.lines]
-    rows.append(
-        (
-            "Total",
-            money(estimate.total(lambda line: line.low)),
-            money(estimate.total(lambda line: line.high)),
-        )
-    )
+    rows.append(("Total", *map(money, estimate.totals)))
     width = max(len(item) for item, _, _ in rows)
     lines = [
         f"Prices: {prices.region} of {prices.date} (devtools/prices/{prices.path.name}), USD "
@@ -553,7 +545,7 @@ def render(estimate: Estimate) -> list[str]:
         lines.append("Cheaper, with the same guarantees (stack config key: saving per month):")
         for saving in estimate.savings:
             lines.append(
-                _wrap(
+                wrap(
                     f"{saving.setting}: saves {money_range(saving.low)} at min count, "
                     f"{money_range(saving.high)} at max count ({saving.why}).",
                     "  ",
@@ -561,14 +553,16 @@ def render(estimate: Estimate) -> list[str]:
             )
     else:
         lines.append("Cheaper, with the same guarantees: nothing the table knows of.")
-    lines += [_wrap(f"Not offered: {refusal}.", "  ") for refusal in estimate.refused]
+    lines += [wrap(f"Not offered: {refusal}.", "  ") for refusal in estimate.refused]
     lines.append("")
     lines.append("Assumptions:")
-    lines += [_wrap(assumption, "  - ", "    ") for assumption in estimate.assumptions]
+    lines += [wrap(assumption, "  - ", "    ") for assumption in estimate.assumptions]
     return lines
 
 
-def _wrap(text: str, first: str, rest: str | None = None) -> str:
+def wrap(text: str, first: str, rest: str | None = None) -> str:
+    """``text`` filled to WIDTH, its first line indented by ``first``, the others by ``rest``
+    (default: two more spaces)."""
     indent = rest if rest is not None else first + "  "
     return textwrap.fill(
         text, WIDTH, initial_indent=first, subsequent_indent=indent, break_on_hyphens=False
@@ -580,10 +574,8 @@ def markdown(estimate: Estimate) -> str:
     assert estimate.prices is not None, "no price table"
     rows = ["| Item | At min count | At max count |", "| --- | ---: | ---: |"]
     rows += [f"| {line.item} | {money(line.low)} | {money(line.high)} |" for line in estimate.lines]
-    rows.append(
-        f"| **Total** | **{money(estimate.total(lambda line: line.low))}** | "
-        f"**{money(estimate.total(lambda line: line.high))}** |"
-    )
+    low, high = estimate.totals
+    rows.append(f"| **Total** | **{money(low)}** | **{money(high)}** |")
     rows += [
         "",
         "| Cheaper, same guarantees | Saves at min count | Saves at max count |",

@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +92,11 @@ def _with_text_chunk(png: bytes, keyword: bytes, text: bytes) -> bytes:
     return png[:header_end] + chunk + png[header_end:]
 
 
-@contextmanager
-def _drawing(title: str) -> Iterator[Diagram]:
+def _build(run: ProgramRun, config: StackConfig, title: str) -> Any:
+    """The diagram as a graphviz ``Digraph``."""
+    services = _services(run, run.by_reference(), config)
+    public_tasks = any(service["public_ip"] for service in services)
+    rules = run.of_type("aws:cloudwatch/eventRule:EventRule")
     with _Drawing(
         title,
         direction="LR",
@@ -110,15 +111,6 @@ def _drawing(title: str) -> Iterator[Diagram]:
         },
         node_attr={"fontsize": "12"},
     ) as drawing:
-        yield drawing
-
-
-def _build(run: ProgramRun, config: StackConfig, title: str) -> Any:
-    """The diagram as a graphviz ``Digraph``."""
-    services = _services(run, run.by_reference(), config)
-    public_tasks = any(service["public_ip"] for service in services)
-    rules = run.of_type("aws:cloudwatch/eventRule:EventRule")
-    with _drawing(title) as drawing:
         users = Users("Internet", nodeid="internet")
         with Cluster(_vpc_label(run)):
             with Cluster("public subnets"):
@@ -205,10 +197,6 @@ def _services(
                 {"name": "enqueue", "label": "enqueue\none-off task per slot", "public_ip": False}
             )
     return sorted(found, key=lambda service: service["name"])
-
-
-def _node_id(resource: Registration) -> str:
-    return resource.name.replace(" ", "-")
 
 
 def _vpc_label(run: ProgramRun) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,6 @@ from devtools.render import (
 )
 from devtools.validate import Report, validate, versions
 from infra.config import ConfigError, StackConfig, load
-from infra.program import InvalidStackConfig
 
 #: Where ``make plan`` writes the diagram of a stack (not committed).
 DIAGRAM_DIRECTORY = ROOT / ".plan"
@@ -43,7 +41,6 @@ DOCS_DIAGRAM = ROOT / "docs" / "plan-dev.png"
 README = ROOT / "README.md"
 README_COST_START = "<!-- plan: cost of Pulumi.dev.yaml -->"
 README_COST_END = "<!-- /plan -->"
-WIDTH = 100
 #: Components in the order a reader meets them; others follow, by name.
 _COMPONENT_ORDER = (
     "Network", "Broker", "Image", "Cluster", "Web", "Worker", "Beat", "Schedule", "ServiceScaling",
@@ -61,7 +58,8 @@ class Plan:
 
 
 def make_plan(stack: str, config: dict[str, object], region: str) -> Plan:
-    """Render, validate and price ``config``; raises ``ConfigError`` for an invalid config."""
+    """Render, validate and price ``config``; an invalid config raises the program's
+    ``InvalidStackConfig`` (a ``ConfigError``) before any resource is registered."""
     run = run_program(config, stack=stack, region=region, project_root=ROOT)
     stack_config = load(config)
     return Plan(
@@ -103,13 +101,13 @@ def _relative(path: Path) -> str:
 
 def _summary(plan: Plan) -> list[str]:
     run, config = plan.run, plan.config
+    references = run.by_reference()
     services = ", ".join(
         f"{tasks.name} {cost.count_text(tasks.low, tasks.high)}"
-        for tasks in cost.tasks(run, run.by_reference())
+        for tasks in cost.task_sets(run, references)
         if not tasks.name.startswith("enqueue (")
     )
     ingress = [rule for rule in run.of_type(_INGRESS) if rule.inputs.get("cidrIpv4") == "0.0.0.0/0"]
-    references = run.by_reference()
     public = [
         f"{_name(references, r.inputs['securityGroupId'])} accepts {_ports(r.inputs)} from "
         "0.0.0.0/0"
@@ -137,10 +135,9 @@ def _summary(plan: Plan) -> list[str]:
         f"Schedule:    {schedule}",
     ]
     if plan.estimate.prices is not None:
-        total = plan.estimate.total
+        low, high = plan.estimate.totals
         lines.append(
-            f"Cost:        {cost.money(total(lambda line: line.low))} a month at min count, "
-            f"{cost.money(total(lambda line: line.high))} at max count"
+            f"Cost:        {cost.money(low)} a month at min count, {cost.money(high)} at max count"
         )
     return lines
 
@@ -156,14 +153,8 @@ def _validation(report: Report) -> list[str]:
         return [f"OK: {counts} follow AWS's rules."]
     return [
         f"FAILED: {len(report.findings)} problem(s) in {counts}:",
-        *(_wrap(str(finding), "  - ", "    ") for finding in report.findings),
+        *(cost.wrap(str(finding), "  - ", "    ") for finding in report.findings),
     ]
-
-
-def _wrap(text: str, first: str, rest: str) -> str:
-    return textwrap.fill(
-        text, WIDTH, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False
-    )
 
 
 def _resources(plan: Plan) -> list[str]:
@@ -179,11 +170,15 @@ def _resources(plan: Plan) -> list[str]:
         component = components.get(urn)
         title = f"{component.name} ({component.type.rsplit(':', 1)[1]})" if component else "(stack)"
         lines.append(title)
-        lines += [_wrap(line, "  ", "    ") for line in _component_notes(component, plan.config)]
+        lines += [
+            cost.wrap(line, "  ", "    ") for line in _component_notes(component, plan.config)
+        ]
         for resource in sorted(groups[urn], key=lambda r: (r.type, r.name)):
             lines.append(f"  {resource.type.rsplit(':', 1)[1]} {resource.name}")
             summarize = SUMMARIES.get(resource.type, _default_summary)
-            lines += [_wrap(item, "      ", "        ") for item in summarize(resource, references)]
+            lines += [
+                cost.wrap(item, "      ", "        ") for item in summarize(resource, references)
+            ]
         lines.append("")
     return lines
 
@@ -613,10 +608,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     region = stack_file.region or DEFAULT_REGION
     try:
         plan = make_plan(stack, stack_file.config, region)
-    except (ConfigError, InvalidStackConfig) as error:
-        message = str(error)
-        prefix = "" if message.startswith("invalid stack config: ") else "invalid stack config: "
-        print(f"{prefix}{message}", file=sys.stderr)
+    except ConfigError as error:
+        # The program's own message: "invalid stack config: <key>: <problem>; allowed: ...".
+        print(error, file=sys.stderr)
         return 1
     diagram_path = None
     if not args.no_diagram:
