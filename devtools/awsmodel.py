@@ -407,22 +407,13 @@ def _limits(shape: Shape, measure: float, what: str) -> list[tuple[str, str]]:
     return found
 
 
-def check(
-    value: Any,
-    shape: Shape,
-    *,
-    service: str,
-    path: str = "",
-    documented: Mapping[tuple[str, str, str], Documented] = DOCUMENTED,
-) -> list[Violation]:
-    """Every way ``value`` violates ``shape`` of ``service``'s model, with its path.
-
-    ``documented`` adds the rules the documentation states, keyed by (service, shape, member).
-    """
+def check(value: Any, shape: Shape, *, service: str, path: str = "") -> list[Violation]:
+    """Every way ``value`` violates ``shape`` of ``service``'s model, with its path: the
+    model's constraints, and the rules its documentation states (``DOCUMENTED``)."""
     where = path or shape.name
 
     def walk(item: Any, item_shape: Shape, item_path: str) -> list[Violation]:
-        return check(item, item_shape, service=service, path=item_path, documented=documented)
+        return check(item, item_shape, service=service, path=item_path)
 
     def violation(rule: str, message: str) -> list[Violation]:
         return [Violation(where, rule, message)]
@@ -445,7 +436,7 @@ def check(
                 )
                 continue
             found += walk(item, shape.members[name], member_path)
-            rule = documented.get((service, shape.name, name))
+            rule = DOCUMENTED.get((service, shape.name, name))
             if rule is not None:
                 problem = rule.rule.problem(item)
                 if problem:
