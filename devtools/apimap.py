@@ -159,9 +159,11 @@ class ListOf:
 
 @dataclass(frozen=True)
 class Attributes:
-    """Key/Value attributes (load balancers, target groups), values as the API's text."""
+    """Attributes whose values the API takes as text: a list of Key/Value structures (load
+    balancers, target groups), or a map (``as_map``: SQS queues)."""
 
     keys: Mapping[str, Source]
+    as_map: bool = False
 
     @property
     def origin(self) -> str:
@@ -171,12 +173,14 @@ class Attributes:
         return self.keys[key].origin if key in self.keys else self.origin
 
     def value(self, inputs: Inputs) -> Any:
-        attributes = [
-            {"Key": key, "Value": awsmodel.text(value)}
+        values = {
+            key: awsmodel.text(value)
             for key, source in self.keys.items()
             if (value := source.value(inputs)) is not MISSING
-        ]
-        return attributes or MISSING
+        }
+        if self.as_map:
+            return values or MISSING
+        return [{"Key": key, "Value": value} for key, value in values.items()] or MISSING
 
 
 Source = In | Known | Struct | ListOf | Attributes
@@ -831,6 +835,41 @@ MAPPINGS: dict[str, Api] = {
     "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": api(
         call("ec2", "CreateTags", Resources=ListOf(ID), Tags=In("tags", tag_list())),
         provider_only={"vpcId": "finds the VPC's default group (DescribeSecurityGroups filter)"},
+    ),
+    # A dead-letter queue (EventBridge targets) and the policy that lets EventBridge send to it.
+    "aws:sqs/queue:Queue": api(
+        call(
+            "sqs",
+            "CreateQueue",
+            QueueName=NAME,
+            Attributes=Attributes(
+                {
+                    "MessageRetentionPeriod": In("messageRetentionSeconds"),
+                    "VisibilityTimeout": In("visibilityTimeoutSeconds"),
+                    "DelaySeconds": In("delaySeconds"),
+                    "MaximumMessageSize": In("maxMessageSize"),
+                    "ReceiveMessageWaitTimeSeconds": In("receiveWaitTimeSeconds"),
+                    "SqsManagedSseEnabled": In("sqsManagedSseEnabled"),
+                    "KmsMasterKeyId": In("kmsMasterKeyId"),
+                    "KmsDataKeyReusePeriodSeconds": In("kmsDataKeyReusePeriodSeconds"),
+                    "FifoQueue": In("fifoQueue"),
+                    "ContentBasedDeduplication": In("contentBasedDeduplication"),
+                    "RedrivePolicy": In("redrivePolicy"),
+                    "RedriveAllowPolicy": In("redriveAllowPolicy"),
+                    "Policy": In("policy"),
+                },
+                as_map=True,
+            ),
+            tags="tags",
+        )
+    ),
+    "aws:sqs/queuePolicy:QueuePolicy": api(
+        call(
+            "sqs",
+            "SetQueueAttributes",
+            QueueUrl="queueUrl",
+            Attributes=In("policy", lambda policy: {"Policy": policy}),
+        )
     ),
     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": security_group_rule("Ingress"),
     "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": security_group_rule("Egress"),

@@ -156,7 +156,8 @@ def _first_segment(path: str) -> tuple[str, str]:
 
 
 def policy_documents(run: ProgramRun) -> list[tuple[Registration, str, dict[str, Any]]]:
-    """(resource, input, document) of every policy the program renders.
+    """(resource, input, document) of every policy the program renders: the roles' policies
+    and trust policies, and queue policies.
 
     A trust policy is a resource policy without ``Resource``: its resource is the role it is
     attached to. It is linted with the role's ARN as ``Resource``, so parliament checks its
@@ -169,8 +170,9 @@ def policy_documents(run: ProgramRun) -> list[tuple[Registration, str, dict[str,
         for statement in statements if isinstance(statements, list) else [statements]:
             statement.setdefault("Resource", role.state["arn"])
         documents.append((role, "assumeRolePolicy", trust))
-    for policy in run.of_type("aws:iam/rolePolicy:RolePolicy"):
-        documents.append((policy, "policy", json.loads(policy.inputs["policy"])))
+    for typ in ("aws:iam/rolePolicy:RolePolicy", "aws:sqs/queuePolicy:QueuePolicy"):
+        for policy in run.of_type(typ):
+            documents.append((policy, "policy", json.loads(policy.inputs["policy"])))
     return documents
 
 

@@ -347,6 +347,44 @@ def test_a_resource_type_without_mapping_is_a_finding(everything: ProgramRun) ->
     )
 
 
+def test_a_dead_letter_queue_and_its_policy(everything: ProgramRun) -> None:
+    """SQS is mapped too (an EventBridge target's dead-letter queue): attributes by the model's
+    names, and the queue policy linted like the IAM ones."""
+    queue_arn = "arn:aws:sqs:us-east-1:123456789012:schedule-dead-letters-abc1234"
+    queue = Registration(
+        type="aws:sqs/queue:Queue",
+        name="schedule-dead-letters",
+        inputs={"messageRetentionSeconds": 1209600, "sqsManagedSseEnabled": True},
+        state={"name": "schedule-dead-letters-abc1234", "arn": queue_arn},
+    )
+    statement = {
+        "Effect": "Allow",
+        "Principal": {"Service": "events.amazonaws.com"},
+        "Action": "sqs:SendMessage",
+        "Resource": queue_arn,
+    }
+    policy = Registration(
+        type="aws:sqs/queuePolicy:QueuePolicy",
+        name="schedule-dead-letters",
+        inputs={
+            "queueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/dead-letters",
+            "policy": json.dumps({"Version": "2012-10-17", "Statement": [statement]}),
+        },
+    )
+    run = ProgramRun(resources=[*everything.resources, queue, policy])
+    assert validate(run).ok, validate(run).findings
+    wrong = json.dumps(
+        {"Version": "2012-10-17", "Statement": [{**statement, "Action": "sqs:Send"}]}
+    )
+    broken = mutated(run, policy.type, policy.name, lambda i: i.update(policy=wrong))
+    assert [(f.resource, f.rule) for f in validate(broken).findings] == [
+        ("schedule-dead-letters", "parliament UNKNOWN_ACTION")
+    ]
+    misspelt = mutated(run, queue.type, queue.name, lambda i: i.update(messageRetention=60))
+    (finding,) = validate(misspelt).findings
+    assert (finding.field, finding.rule) == ("messageRetention", "mapped to the AWS API")
+
+
 def test_trust_policies_are_linted_against_the_role_they_belong_to(everything: ProgramRun) -> None:
     role = everything.named("aws:iam/role:Role", "cluster-execution")
     # sts:AssumeRole on a role is right; the same statement about a log group is not.
@@ -452,4 +490,3 @@ def test_lifecycle_policy_rules() -> None:
     assert lifecycle_policy_problems({"rules": [rule, later]}) == [
         "rules: a rule with tagStatus any must have the highest rulePriority"
     ]
-
