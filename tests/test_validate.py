@@ -337,11 +337,11 @@ def test_a_finding_names_resource_field_and_rule(everything: ProgramRun) -> None
 
 
 def test_a_resource_type_without_mapping_is_a_finding(everything: ProgramRun) -> None:
-    queue = Registration(type="aws:sqs/queue:Queue", name="dead-letters", inputs={"name": "dl"})
-    run = ProgramRun(resources=[*everything.resources, queue])
+    topic = Registration(type="aws:sns/topic:Topic", name="alarms", inputs={"name": "alarms"})
+    run = ProgramRun(resources=[*everything.resources, topic])
     (finding,) = validate(run).findings
     assert (finding.resource, finding.field, finding.rule) == (
-        "dead-letters",
+        "alarms",
         "(type)",
         "mapped to the AWS API",
     )
