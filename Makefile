@@ -1,13 +1,16 @@
 # Two commands do everything on a fresh clone:
 #   make run    the local stack (Redis, web, worker, beat)
 #   make test   the whole test suite
-# Both create .venv and install what they need first.
+# Both create .venv and install what they need first. And:
+#   make plan [STACK=prod]   the offline plan of Pulumi.<stack>.yaml: resources, validation
+#                            against AWS's rules, diagram (.plan/<stack>.png), monthly cost
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+STACK ?= dev
 
-.PHONY: run test lint bench clean system-packages
+.PHONY: run test lint bench bench-plan plan plan-docs clean system-packages
 
 $(BIN)/.installed: requirements.txt app/requirements.txt app/constraints.txt requirements-dev.txt \
 		policy/requirements.txt
@@ -29,5 +32,15 @@ test: $(BIN)/.installed system-packages
 bench: $(BIN)/.installed system-packages
 	$(BIN)/python -m bench.worker_budget
 
+bench-plan: $(BIN)/.installed system-packages
+	$(BIN)/python -m bench.plan
+
+plan: $(BIN)/.installed system-packages
+	@$(BIN)/python -m devtools.plan --stack $(STACK)
+
+# The README's diagram (docs/plan-dev.png) and cost table, from Pulumi.dev.yaml.
+plan-docs: $(BIN)/.installed system-packages
+	@$(BIN)/python -m devtools.plan --stack dev --write-docs >/dev/null
+
 clean:
-	rm -rf $(VENV) .twin .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .twin .plan .pytest_cache .ruff_cache .hypothesis

@@ -511,7 +511,12 @@ class StackFile:
 
 def read_stack_file(stack: str, root: Path = ROOT) -> StackFile:
     """Read ``Pulumi.<stack>.yaml``; raises ``FileNotFoundError`` naming the file."""
-    path = root / f"Pulumi.{stack}.yaml"
+    return read_stack_path(root / f"Pulumi.{stack}.yaml")
+
+
+def read_stack_path(path: Path) -> StackFile:
+    """Read a stack file; the stack's name is the file's (``Pulumi.<stack>.yaml``)."""
+    stack = path.name.removeprefix("Pulumi.").removesuffix(".yaml")
     document = yaml.safe_load(path.read_text()) or {}
     values = document.get("config") or {}
     prefix = f"{PROJECT}:"

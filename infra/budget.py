@@ -35,6 +35,10 @@ BEAT_STOP_TIMEOUT = 10
 TASK_START_ALLOWANCE = 600
 #: Seconds the web's load balancer health checks are ignored after a task starts.
 WEB_HEALTH_CHECK_GRACE = 60
+#: Seconds between a Fargate Spot interruption notice and the end of the task: ECS sends the
+#: notice as SIGTERM, then the container's ``stopTimeout`` runs as for any stop, and the capacity
+#: is reclaimed two minutes after the notice.
+SPOT_INTERRUPTION_NOTICE = 120
 
 ShutdownMode = Literal["warm", "cold"]
 
@@ -89,6 +93,19 @@ class WorkerBudget:
     def longest_unacked(self) -> int:
         """Longest a message can legitimately stay delivered but unacknowledged."""
         return self.prefetch_multiplier * self.time_limit + self.max_countdown
+
+    @property
+    def finishes_within_spot_notice(self) -> bool:
+        """Whether a Fargate Spot interruption lets every running task finish.
+
+        The notice is a SIGTERM; SIGKILL follows at ``stopTimeout`` (never above 120 s, so
+        before the capacity is reclaimed). Warm shutdown lets running tasks finish, and the hard
+        limit ends the longest one EXIT_MARGIN before SIGKILL: nothing is lost or run twice.
+        A cold pool loses nothing either (its unfinished tasks are requeued at once), but its
+        long tasks start over at every interruption, and scale-in protection does not hold off
+        Spot: such a task may never finish.
+        """
+        return self.shutdown == "warm" and self.stop_timeout <= SPOT_INTERRUPTION_NOTICE
 
     def environment(self) -> dict[str, str]:
         """The container environment that carries these values into the app."""
@@ -172,6 +189,19 @@ def worker_budget(
         visibility_timeout=visibility,
         task_protection=shutdown == "cold",
     )
+
+
+def longest_warm_task_timeout(max_stop_timeout: int = FARGATE_STOP_TIMEOUT_CAP) -> int | None:
+    """The longest ``taskTimeout`` whose pool still shuts down warm under ``max_stop_timeout``
+    (its longest task, hard limit included, ends before SIGKILL): 100 s for the 120 s cap.
+    None when even a 1-second task would not (a cap below 12 s)."""
+    _require_whole_seconds(maxStopTimeout=max_stop_timeout)
+    fits = [
+        timeout
+        for timeout in range(1, max_stop_timeout)
+        if timeout + cleanup_grace(timeout) + EXIT_MARGIN <= max_stop_timeout
+    ]
+    return fits[-1] if fits else None
 
 
 @dataclass(frozen=True)

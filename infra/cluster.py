@@ -109,6 +109,9 @@ class ClusterArgs:
       image). Default none.
     - ``container_insights``: per-service metrics, needed for backlog scaling
       (``RunningTaskCount``). Default True.
+    - ``cpu_architecture``: ``X86_64`` or ``ARM64``, of every task definition. Default X86_64.
+    - ``capacity_providers``: Fargate capacity providers associated with the cluster, needed by
+      services with a capacity provider strategy (``FARGATE``, ``FARGATE_SPOT``). Default none.
     - ``aws``: partition/region/account. Required.
     """
 
@@ -121,6 +124,8 @@ class ClusterArgs:
     log_retention_days: int = 30
     pull_repository_arns: Sequence[pulumi.Input[str]] = ()
     container_insights: bool = True
+    cpu_architecture: str = "X86_64"
+    capacity_providers: Sequence[str] = ()
 
 
 class Cluster(pulumi.ComponentResource):
@@ -130,6 +135,9 @@ class Cluster(pulumi.ComponentResource):
     aws: AwsContext
     broker_secret_arn: pulumi.Output[str]
     broker_secret_version: pulumi.Output[str]
+    cpu_architecture: str
+    #: The cluster's capacity providers, once associated (None without capacity providers).
+    capacity_providers: aws.ecs.ClusterCapacityProviders | None
 
     def __init__(
         self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None
@@ -140,6 +148,7 @@ class Cluster(pulumi.ComponentResource):
         self.aws = args.aws
         self.broker_secret_arn = pulumi.Output.from_input(args.broker_secret_arn)
         self.broker_secret_version = pulumi.Output.from_input(args.broker_secret_version)
+        self.cpu_architecture = args.cpu_architecture
         self.cluster = aws.ecs.Cluster(
             args.cluster_name,
             settings=[
@@ -149,6 +158,16 @@ class Cluster(pulumi.ComponentResource):
                 }
             ],
             opts=child,
+        )
+        self.capacity_providers = (
+            aws.ecs.ClusterCapacityProviders(
+                f"{name}-capacity-providers",
+                cluster_name=self.cluster.name,
+                capacity_providers=list(args.capacity_providers),
+                opts=child,
+            )
+            if args.capacity_providers
+            else None
         )
         self.log_groups = {
             service: aws.cloudwatch.LogGroup(
@@ -303,7 +322,10 @@ def fargate_task_definition(
         memory=str(memory),
         network_mode="awsvpc",
         requires_compatibilities=["FARGATE"],
-        runtime_platform={"operating_system_family": "LINUX", "cpu_architecture": "X86_64"},
+        runtime_platform={
+            "operating_system_family": "LINUX",
+            "cpu_architecture": cluster.cpu_architecture,
+        },
         execution_role_arn=cluster.execution_role.arn,
         task_role_arn=task_role.arn,
         # Fargate ephemeral storage: the writable /tmp of a read-only root filesystem.
@@ -330,6 +352,7 @@ def fargate_service(
     load_balancers: Sequence[Mapping[str, Any]] = (),
     health_check_grace_period: int | None = None,
     depends_on: Sequence[pulumi.Resource] = (),
+    capacity_provider_strategy: Sequence[Mapping[str, Any]] = (),
 ) -> aws.ecs.Service:
     """A Fargate service on the latest platform version that rolls back failed deployments.
 
@@ -338,15 +361,25 @@ def fargate_service(
     ``fail_if_rolled_back``).
 
     ``autoscaled``: the desired count belongs to Application Auto Scaling once the service
-    exists, so later updates leave it alone.
+    exists, so later updates leave it alone. ``capacity_provider_strategy``: where the tasks
+    run (``FARGATE``, ``FARGATE_SPOT``) instead of the FARGATE launch type; the cluster must
+    have the capacity providers.
     """
+    if capacity_provider_strategy:
+        if cluster.capacity_providers is None:
+            raise ValueError("capacity_provider_strategy: the cluster has no capacity providers")
+        depends_on = [*depends_on, cluster.capacity_providers]
     timeout = f"{deployment_timeout}s"
     ecs_service = aws.ecs.Service(
         name,
         cluster=cluster.cluster.arn,
         task_definition=task_definition.arn,
         desired_count=desired_count,
-        launch_type="FARGATE",
+        # The API takes one or the other: a launch type, or a capacity provider strategy.
+        launch_type=None if capacity_provider_strategy else "FARGATE",
+        capacity_provider_strategies=(
+            [dict(item) for item in capacity_provider_strategy] or None
+        ),
         platform_version="LATEST",
         network_configuration={
             "subnets": list(placement.subnet_ids),

@@ -17,17 +17,28 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar, cast
 
 from app.routing import QUEUES
-from infra.budget import BudgetError, WebBudget, WorkerBudget, web_budget, worker_budget
+from infra.budget import (
+    EXIT_MARGIN,
+    BudgetError,
+    WebBudget,
+    WorkerBudget,
+    longest_warm_task_timeout,
+    web_budget,
+    worker_budget,
+)
 
 Scheduler = Literal["beat", "eventbridge"]
 NatGateways = Literal["none", "single", "perAz"]
 BrokerEngine = Literal["redis", "valkey"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+CpuArchitecture = Literal["X86_64", "ARM64"]
 
 SCHEDULERS: tuple[Scheduler, ...] = ("beat", "eventbridge")
 NAT_GATEWAYS: tuple[NatGateways, ...] = ("none", "single", "perAz")
 BROKER_ENGINES: tuple[BrokerEngine, ...] = ("redis", "valkey")
 LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: CPU architectures of Fargate Linux tasks (ARM64: Graviton).
+CPU_ARCHITECTURES: tuple[CpuArchitecture, ...] = ("X86_64", "ARM64")
 #: Retention periods CloudWatch Logs accepts (days).
 LOG_RETENTION_DAYS: tuple[int, ...] = (
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
@@ -100,6 +111,9 @@ class WorkerPool:
     #: running task.
     backlog_per_task: int
     budget: WorkerBudget
+    #: Every task but the first runs on Fargate Spot (only pools whose tasks finish within the
+    #: interruption notice: ``WorkerBudget.finishes_within_spot_notice``).
+    fargate_spot: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,6 +177,12 @@ class StackConfig:
     web: WebConfig
     broker: BrokerConfig
     network: NewVpc | ExistingVpc
+    #: CPU architecture of every task definition, and the platform the image is built for.
+    cpu_architecture: CpuArchitecture = "X86_64"
+
+    @property
+    def uses_fargate_spot(self) -> bool:
+        return any(pool.fargate_spot for pool in self.workers)
 
     @property
     def tasks_in_public_subnets(self) -> bool:
@@ -321,11 +341,11 @@ def _parse_scalar_text(value: str) -> object:
 
 TOP_LEVEL_KEYS = (
     "production", "scheduler", "maxCountdown", "logLevel", "logRetentionDays", "imageUri",
-    "workers", "web", "broker", "network",
+    "cpuArchitecture", "workers", "web", "broker", "network",
 )  # fmt: skip
 POOL_KEYS = (
     "name", "queues", "concurrency", "taskTimeout", "minCount", "maxCount", "cpu", "memory",
-    "maxStopTimeout", "backlogPerTask",
+    "maxStopTimeout", "backlogPerTask", "fargateSpot",
 )  # fmt: skip
 WEB_KEYS = (
     "cpu", "memory", "minCount", "maxCount", "requestTimeout", "certificateArn",
@@ -362,6 +382,15 @@ def load(raw: Mapping[str, object]) -> StackConfig:
         if workers_raw is not None
         else (_default_pool(max_countdown),)
     )
+    cpu_architecture = top.choice("cpuArchitecture", CPU_ARCHITECTURES, "X86_64")
+    for index, pool in enumerate(workers):
+        if pool.fargate_spot and cpu_architecture != "X86_64":
+            # AWS: "Fargate Spot only supports Linux tasks with the X86_64 architecture."
+            raise _fail(
+                f"workers[{index}].fargateSpot",
+                f"Fargate Spot runs X86_64 tasks only, and cpuArchitecture is {cpu_architecture}",
+                "false, or cpuArchitecture: X86_64",
+            )
 
     return StackConfig(
         production=production,
@@ -376,6 +405,7 @@ def load(raw: Mapping[str, object]) -> StackConfig:
         network=_load_network(
             _parse_json_text(top.raw.get("network"), "network") or {}, production
         ),
+        cpu_architecture=cpu_architecture,
     )
 
 
@@ -447,6 +477,17 @@ def _load_pool(raw: object, path: str, max_countdown: int) -> WorkerPool:
             task_timeout, max_stop_timeout=max_stop_timeout, max_countdown=max_countdown
         ),
     )
+    fargate_spot = fields.boolean("fargateSpot", False)
+    if fargate_spot and not budget.finishes_within_spot_notice:
+        longest = longest_warm_task_timeout(max_stop_timeout)
+        raise _fail(
+            f"{path}.fargateSpot",
+            f"the pool's tasks do not finish within Fargate Spot's interruption notice (hard "
+            f"limit {budget.time_limit} s + {EXIT_MARGIN} s to exit > maxStopTimeout "
+            f"{max_stop_timeout} s: cold shutdown); they would start over at every interruption, "
+            "and scale-in protection does not hold off Spot",
+            "false" if longest is None else f"false, or taskTimeout <= {longest}",
+        )
     return WorkerPool(
         name=name,
         queues=queues,
@@ -465,6 +506,7 @@ def _load_pool(raw: object, path: str, max_countdown: int) -> WorkerPool:
             "waiting messages per running task",
         ),
         budget=budget,
+        fargate_spot=fargate_spot,
     )
 
 

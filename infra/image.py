@@ -27,7 +27,8 @@ from infra.cluster import AwsContext
 
 #: Images the lifecycle policy keeps (rollback targets); older ones are expired (ECR.3).
 KEEP_IMAGES = 20
-PLATFORM = "linux/amd64"
+#: The image's platform for each task CPU architecture (``cpuArchitecture``).
+PLATFORMS = {"X86_64": "linux/amd64", "ARM64": "linux/arm64"}
 _ECR_URI = re.compile(
     r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?P<cn>\.cn)?/"
     r"(?P<repository>[^:@]+)"
@@ -54,6 +55,8 @@ class ImageArgs:
     - ``force_delete``: destroying the stack deletes the repository with its images (dev
       stacks). Default False.
     - ``keep_images``: images the lifecycle policy keeps. Default 20.
+    - ``cpu_architecture``: the tasks' CPU architecture; the image is built for it. Default
+      X86_64.
     - ``aws``: partition/region/account. Required.
     """
 
@@ -63,6 +66,7 @@ class ImageArgs:
     image_uri: str | None = None
     force_delete: bool = False
     keep_images: int = KEEP_IMAGES
+    cpu_architecture: str = "X86_64"
 
 
 class Image(pulumi.ComponentResource):
@@ -133,7 +137,7 @@ class Image(pulumi.ComponentResource):
                 name,
                 context={"location": args.context},
                 dockerfile={"location": args.dockerfile},
-                platforms=[PLATFORM],
+                platforms=[PLATFORMS[args.cpu_architecture]],
                 # No tag: pushed by digest only (see the module docstring).
                 push=False,
                 exports=[
@@ -166,6 +170,8 @@ class Image(pulumi.ComponentResource):
     def _normalize(args: ImageArgs) -> ImageArgs:
         if args.keep_images < 1:
             raise ValueError("keep_images: must be >= 1")
+        if args.cpu_architecture not in PLATFORMS:
+            raise ValueError(f"cpu_architecture: one of {', '.join(PLATFORMS)}")
         if args.image_uri is not None:
             return args
         if args.context is None:
@@ -181,4 +187,5 @@ class Image(pulumi.ComponentResource):
             dockerfile=dockerfile,
             force_delete=args.force_delete,
             keep_images=args.keep_images,
+            cpu_architecture=args.cpu_architecture,
         )

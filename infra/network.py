@@ -243,11 +243,13 @@ class Network(pulumi.ComponentResource):
                         "Action": [
                             "logs:CreateLogStream",
                             "logs:PutLogEvents",
-                            "logs:DescribeLogGroups",
                             "logs:DescribeLogStreams",
                         ],
                         "Resource": [group.arn, pulumi.Output.concat(group.arn, ":*")],
-                    }
+                    },
+                    # Listing log groups has no resource-level permissions: scoped to the group,
+                    # the statement would grant nothing (parliament: RESOURCE_MISMATCH).
+                    {"Effect": "Allow", "Action": ["logs:DescribeLogGroups"], "Resource": "*"},
                 ]
             ),
             opts=child,

@@ -150,6 +150,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
             context=plan.image_context,
             image_uri=config.image_uri,
             force_delete=not config.production,
+            cpu_architecture=config.cpu_architecture,
         ),
     )
     cluster = Cluster(
@@ -163,6 +164,8 @@ def deploy(plan: Plan) -> dict[str, Any]:
             aws=context,
             log_retention_days=config.log_retention_days,
             pull_repository_arns=image.pull_repository_arns,
+            cpu_architecture=config.cpu_architecture,
+            capacity_providers=("FARGATE", "FARGATE_SPOT") if config.uses_fargate_spot else (),
         ),
     )
     background = network.task_placement(network.background_security_group_id)

@@ -20,6 +20,12 @@ from infra.config import WorkerPool
 from infra.containers import health_check, worker_command
 
 CONTAINER_NAME = "worker"
+#: Where a Fargate Spot pool's tasks run: the first on regular Fargate, so the pool's queues
+#: keep a consumer when Spot capacity runs out; every other on Spot.
+SPOT_STRATEGY = (
+    {"capacity_provider": "FARGATE", "base": 1, "weight": 0},
+    {"capacity_provider": "FARGATE_SPOT", "weight": 1},
+)
 #: What a worker needs to hold scale-in protection while it runs tasks (cold-shutdown pools).
 TASK_PROTECTION_ACTIONS = ("ecs:GetTaskProtection", "ecs:UpdateTaskProtection")
 
@@ -94,6 +100,7 @@ class Worker(pulumi.ComponentResource):
             desired_count=pool.min_count,
             parent=self,
             autoscaled=True,
+            capacity_provider_strategy=SPOT_STRATEGY if pool.fargate_spot else (),
         )
         self.register_outputs({"serviceName": self.service.name})
 

@@ -18,8 +18,10 @@ from infra.budget import (
     FARGATE_STOP_TIMEOUT_CAP,
     MAX_TASK_TIMEOUT,
     MIN_VISIBILITY_MARGIN,
+    SPOT_INTERRUPTION_NOTICE,
     BudgetError,
     WorkerBudget,
+    longest_warm_task_timeout,
     web_budget,
     worker_budget,
 )
@@ -252,3 +254,35 @@ def test_out_of_range_web_inputs_name_the_key(request_timeout: int) -> None:
 def test_non_whole_numbers_are_refused(kwargs: dict[str, object], key: str) -> None:
     with pytest.raises(BudgetError, match=f"{key}: must be a whole number"):
         worker_budget(**kwargs)  # type: ignore[arg-type]
+
+
+@given(budgets())
+def test_a_spot_interruption_is_an_ordinary_stop_within_the_notice(budget: WorkerBudget) -> None:
+    """Fargate Spot's notice is a SIGTERM, then ``stopTimeout`` as for any stop, and the capacity
+    is gone 120 s after the notice. Every budget's SIGKILL comes before that, so the worker's
+    shutdown (warm or cold, both tested as ECS stops) always runs to its end: nothing is lost.
+    Warm pools, the only ones allowed on Spot, also finish every running task: nothing runs
+    twice."""
+    assert budget.stop_timeout <= SPOT_INTERRUPTION_NOTICE
+    if budget.finishes_within_spot_notice:
+        assert budget.shutdown == "warm"
+        assert budget.time_limit + EXIT_MARGIN <= budget.stop_timeout <= SPOT_INTERRUPTION_NOTICE
+    else:
+        # Cold: the unfinished tasks are requeued before SIGKILL, and start over elsewhere.
+        assert budget.soft_shutdown_timeout + EXIT_MARGIN <= budget.stop_timeout
+        assert budget.task_protection  # which Spot ignores: hence no Spot for these pools
+
+
+@given(max_stop_timeouts)
+def test_longest_warm_task_timeout_is_the_warm_cold_boundary(max_stop_timeout: int) -> None:
+    longest = longest_warm_task_timeout(max_stop_timeout)
+    first_cold = 1 if longest is None else longest + 1
+    if longest is not None:
+        assert worker_budget(longest, max_stop_timeout=max_stop_timeout).shutdown == "warm"
+    assert worker_budget(first_cold, max_stop_timeout=max_stop_timeout).shutdown == "cold"
+
+
+def test_longest_warm_task_timeout_for_fargates_cap() -> None:
+    assert longest_warm_task_timeout() == 100
+    assert longest_warm_task_timeout(12) == 1
+    assert longest_warm_task_timeout(11) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -41,7 +42,9 @@ def test_missing_or_stale_heartbeat_is_unhealthy(tmp_path: Path) -> None:
     old = time.time() - 120
     os.utime(stale, (old, old))
     result = check("beat", tmp_path)
-    assert result.returncode == 1 and "heartbeat is 120s old" in result.stderr
+    # At least 120 s: the check's interpreter may take a second or more to start on a busy host.
+    age = re.search(r"beat heartbeat is (\d+)s old", result.stderr)
+    assert result.returncode == 1 and age is not None and int(age[1]) >= 120, result.stderr
 
 
 def test_health_check_does_not_import_celery() -> None:

@@ -11,12 +11,19 @@ import pytest
 from app.routing import QUEUES
 from infra.budget import web_budget, worker_budget
 from infra.config import (
+    BROKER_KEYS,
+    EXISTING_VPC_KEYS,
     FARGATE_MEMORY,
+    NEW_VPC_KEYS,
+    POOL_KEYS,
+    TOP_LEVEL_KEYS,
+    WEB_KEYS,
     ConfigError,
     ExistingVpc,
     NewVpc,
     load,
 )
+from tests.support import ROOT
 
 POOL = {"name": "all", "queues": list(QUEUES)}
 
@@ -38,6 +45,17 @@ def test_empty_config_gives_a_deployable_default_stack() -> None:
     assert pool.min_count >= 1
     assert pool.budget == worker_budget(pool.task_timeout, max_stop_timeout=120, max_countdown=300)
     assert config.web.budget == web_budget(30)
+
+
+def test_cpu_architecture_and_fargate_spot() -> None:
+    assert load({}).cpu_architecture == "X86_64"
+    assert load({}).uses_fargate_spot is False
+    spot = {"name": "short", "queues": list(QUEUES), "taskTimeout": 100, "fargateSpot": True}
+    config = load({"cpuArchitecture": "X86_64", "workers": [spot]})
+    (pool,) = config.workers
+    assert pool.fargate_spot is True and config.uses_fargate_spot is True
+    assert pool.budget.shutdown == "warm" and pool.budget.finishes_within_spot_notice
+    assert load({"cpuArchitecture": "ARM64"}).cpu_architecture == "ARM64"
 
 
 def test_production_switches_to_safe_defaults() -> None:
@@ -268,6 +286,31 @@ INVALID = [
         "single, perAz",
         id="production-public-ip",
     ),
+    pytest.param({"cpuArchitecture": "arm64"}, "cpuArchitecture", "X86_64, ARM64", id="enum-arch"),
+    pytest.param(
+        {"workers": pools({"fargateSpot": "yes"})},
+        "workers[0].fargateSpot",
+        "true, false",
+        id="type-spot",
+    ),
+    pytest.param(
+        {"workers": pools({"taskTimeout": 101, "fargateSpot": True})},
+        "workers[0].fargateSpot",
+        "false, or taskTimeout <= 100",
+        id="spot-cold-pool",
+    ),
+    pytest.param(
+        {"workers": pools({"taskTimeout": 46, "maxStopTimeout": 60, "fargateSpot": True})},
+        "workers[0].fargateSpot",
+        "false, or taskTimeout <= 45",
+        id="spot-cold-pool-lower-cap",
+    ),
+    pytest.param(
+        {"cpuArchitecture": "ARM64", "workers": pools({"taskTimeout": 60, "fargateSpot": True})},
+        "workers[0].fargateSpot",
+        "false, or cpuArchitecture: X86_64",
+        id="spot-arm64",
+    ),
 ]
 
 
@@ -285,3 +328,21 @@ def test_invalid_config_names_key_and_allowed_values(
 def test_error_lists_memory_sizes_for_the_cpu_given() -> None:
     with pytest.raises(ConfigError, match=re.escape("allowed: 512, 1024, 2048")):
         load({"web": {"cpu": 256, "memory": 4096}})
+
+
+def test_the_readme_documents_every_key() -> None:
+    """Every key the config accepts has a row in the README's configuration table."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("### Configuration (namespace `celery-ecs`)", 1)[1].split("\n### ", 1)[0]
+    documented = set()
+    for row in table.splitlines():
+        if not row.startswith("| `"):
+            continue
+        names = re.findall(r"`([^`]+)`", row.split("|")[1])
+        prefix = names[0].rpartition(".")[0]
+        documented |= {name if "." in name else f"{prefix}.{name}".lstrip(".") for name in names}
+    expected = {key for key in TOP_LEVEL_KEYS if key not in ("workers", "web", "broker", "network")}
+    expected |= {"workers"} | {f"workers[].{key}" for key in POOL_KEYS}
+    expected |= {f"web.{key}" for key in WEB_KEYS} | {f"broker.{key}" for key in BROKER_KEYS}
+    expected |= {f"network.{key}" for key in NEW_VPC_KEYS + EXISTING_VPC_KEYS}
+    assert expected <= documented, sorted(expected - documented)

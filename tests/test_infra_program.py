@@ -35,6 +35,7 @@ from devtools.render import (
 from devtools.render import (
     DEFAULT_REGION as REGION,
 )
+from devtools.validate import validate
 from infra import program
 from infra.broker import broker_url
 from infra.budget import BEAT_STOP_TIMEOUT, FARGATE_STOP_TIMEOUT_CAP, TASK_START_ALLOWANCE
@@ -42,7 +43,6 @@ from infra.cluster import DeploymentRolledBack
 from infra.config import ConfigError, ExistingVpc, NewVpc, StackConfig, load
 from infra.containers import health_check
 from infra.schedule_expr import shortest_gap, to_eventbridge_expression
-from tests.ecs_model import problems
 from tests.support import ROOT, run_program
 
 CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"
@@ -61,6 +61,7 @@ STACKS: dict[str, dict[str, object]] = {
                 "taskTimeout": 30,
                 "minCount": 2,
                 "maxCount": 10,
+                "fargateSpot": True,
             },
             {
                 "name": "long",
@@ -86,6 +87,7 @@ STACKS: dict[str, dict[str, object]] = {
     },
     "existing-vpc-prebuilt-image": {
         "imageUri": ECR_IMAGE,
+        "cpuArchitecture": "ARM64",
         "scheduler": "eventbridge",
         "network": {
             "vpcId": "vpc-0123456789abcdef0",
@@ -503,10 +505,14 @@ def test_broker_url_reaches_containers_only_as_a_secret(deployed: Deployed) -> N
 # --- task definitions -----------------------------------------------------------------------
 
 
-def test_container_definitions_match_the_ecs_api(deployed: Deployed) -> None:
+@pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
+def test_aws_would_accept_every_request_and_policy(deployed: Deployed) -> None:
+    """Every API request the providers would send passes botocore's models, and every policy
+    parliament (tests/test_validate.py proves each check catches a mistake)."""
+    report = validate(deployed.run)
+    assert report.findings == (), "\n".join(map(str, report.findings))
     for service, task in deployed.run.task_definitions().items():
         assert len(task.containers) == 1, service
-        assert problems(task.container) == [], service
 
 
 def test_containers_are_hardened(deployed: Deployed) -> None:
@@ -545,7 +551,7 @@ def test_containers_are_hardened(deployed: Deployed) -> None:
         assert inputs["networkMode"] == "awsvpc"
         assert inputs["runtimePlatform"] == {
             "operatingSystemFamily": "LINUX",
-            "cpuArchitecture": "X86_64",
+            "cpuArchitecture": deployed.config.cpu_architecture,
         }
 
 
@@ -712,13 +718,46 @@ def test_up_fails_loudly_when_ecs_rolls_a_deployment_back() -> None:
 
 
 def test_services_run_fargate_latest_with_rollback(deployed: Deployed) -> None:
+    spot_services = {f"worker-{p.name}-service" for p in deployed.config.workers if p.fargate_spot}
     for service in deployed.run.of_type(SERVICE):
         inputs = service.inputs
-        assert inputs["launchType"] == "FARGATE", service.name
+        if service.name not in spot_services:
+            assert inputs["launchType"] == "FARGATE", service.name
+            assert "capacityProviderStrategies" not in inputs, service.name
         assert inputs["platformVersion"] == "LATEST", service.name
         assert inputs["deploymentCircuitBreaker"] == {"enable": True, "rollback": True}
         assert inputs["enableExecuteCommand"] is False
         assert inputs["propagateTags"] == "SERVICE"
+
+
+@pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
+def test_spot_pools_keep_one_task_on_regular_fargate(deployed: Deployed) -> None:
+    """A Spot pool's first task runs on regular Fargate (its queues keep a consumer when Spot
+    capacity runs out), every other on Spot; the cluster has both capacity providers."""
+    run, config = deployed.run, deployed.config
+    providers = run.of_type("aws:ecs/clusterCapacityProviders:ClusterCapacityProviders")
+    assert bool(providers) is config.uses_fargate_spot
+    if providers:
+        (association,) = providers
+        assert association.inputs["capacityProviders"] == ["FARGATE", "FARGATE_SPOT"]
+        assert association.inputs["clusterName"] == run.outputs["clusterName"]
+    for pool in config.workers:
+        service = deployed.service(f"worker-{pool.name}").inputs
+        if not pool.fargate_spot:
+            continue
+        assert pool.budget.finishes_within_spot_notice, pool.name
+        assert "launchType" not in service
+        assert service["capacityProviderStrategies"] == [
+            {"capacityProvider": "FARGATE", "base": 1, "weight": 0},
+            {"capacityProvider": "FARGATE_SPOT", "weight": 1},
+        ]
+
+
+def test_arm64_tasks_run_an_arm64_image() -> None:
+    run = run_program({"cpuArchitecture": "ARM64"})
+    assert run.one(IMAGE).inputs["platforms"] == ["linux/arm64"]
+    for service, task in run.task_definitions().items():
+        assert task.inputs["runtimePlatform"]["cpuArchitecture"] == "ARM64", service
 
 
 def test_load_balancer_follows_the_web_budget(deployed: Deployed) -> None:
@@ -787,7 +826,9 @@ def test_image_is_built_and_pushed_or_taken_as_given(deployed: Deployed) -> None
         return
     built = run.one(IMAGE)
     image = built.inputs
-    assert image["platforms"] == ["linux/amd64"]
+    assert image["platforms"] == [
+        {"X86_64": "linux/amd64", "ARM64": "linux/arm64"}[config.cpu_architecture]
+    ]
     # Pushed by digest only: no tag can collide with an immutable one already in ECR.
     assert image.get("tags") in (None, []) and image["push"] is False
     assert image["exports"] == [{"registry": {"names": [url], "pushByDigest": True}}]
@@ -823,8 +864,7 @@ def test_dev_stack_file_deploys() -> None:
     config, run = load(raw), run_program(raw)
     tasks = run.task_definitions()
     assert set(tasks) == {"web", "beat", *(f"worker-{pool.name}" for pool in config.workers)}
-    for service, task in tasks.items():
-        assert problems(task.container) == [], service
+    assert validate(run).ok
     protected = {
         name.removesuffix("-task")
         for name in (p.name for p in run.of_type(ROLE_POLICY))

@@ -16,7 +16,6 @@ from infra.image import ecr_repository
 from infra.network import subnet_cidrs
 from infra.scaling import BacklogTarget, backlog_metric_queries
 from infra.schedule_expr import ScheduleError, to_eventbridge_expression
-from tests.ecs_model import problems
 from tests.support import run_program
 
 
@@ -94,27 +93,3 @@ def test_rendered_task_definitions_for_local_processes() -> None:
     assert fast.environment["CELERY_POOL_NAME"] == "fast"
     assert set(fast.secrets) == {"CELERY_BROKER_URL"}
     assert tasks["worker-slow"].environment["REMAP_SIGTERM"] == "SIGQUIT"
-
-
-def test_ecs_model_check_rejects_what_the_api_would() -> None:
-    found = problems(
-        {
-            "name": 1,
-            "colour": "red",
-            "essential": "yes",
-            "logConfiguration": {"logDriver": "stdout"},
-            "healthCheck": {"interval": 30},
-            "portMappings": [{"containerPort": "8000"}],
-        }
-    )
-    assert sorted(found) == sorted(
-        [
-            "name: expected a string, got int",
-            "colour: unknown member of ContainerDefinition",
-            "essential: expected a boolean, got str",
-            "logConfiguration.logDriver: 'stdout' is not one of ['json-file', 'syslog', "
-            "'journald', 'gelf', 'fluentd', 'awslogs', 'splunk', 'awsfirelens']",
-            "healthCheck: missing required member 'command'",
-            "portMappings[0].containerPort: expected an integer, got str",
-        ]
-    )

@@ -1,0 +1,589 @@
+"""A monthly cost estimate of a rendered stack, line by line, from a dated price table.
+
+Everything is counted from what the program renders (task sizes and architectures, scaling
+bounds, capacity strategies, public IPs, NAT gateways, broker nodes, log groups, scaling
+policies and their metrics) and priced with ``devtools/prices/<region>.json``, which records
+its date and the AWS pricing pages it comes from. A region without a table gets no numbers,
+only the statement that there is no table. Usage that the program does not decide (log volume,
+load balancer capacity units...) is an assumption, printed with the estimate.
+
+Each figure is given at the services' minimum and maximum task counts. Cheaper choices with
+the same guarantees are priced as what they would save: ARM64 tasks (Graviton), Fargate Spot
+for pools whose tasks finish within the 2-minute interruption notice, Valkey instead of Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from celery.schedules import crontab
+
+from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
+from devtools.render import ProgramRun, Registration
+from infra.config import StackConfig
+from infra.image import KEEP_IMAGES
+from infra.scaling import BACKLOG_METRIC
+
+PRICES = Path(__file__).resolve().parent / "prices"
+#: Width of the text the estimate renders to.
+WIDTH = 100
+HOURS_PER_MONTH = 730
+#: Usage the program does not decide, priced as stated (printed with every estimate).
+LOAD_BALANCER_LCUS = 1.0
+LOG_GB_PER_TASK_MONTH = 1.0
+FLOW_LOG_GB_MONTH = 1.0
+IMAGE_GB = 0.15
+#: Container Insights metrics of a Fargate cluster, per dimension set: billed as custom metrics.
+INSIGHTS_METRICS = {"cluster": 12, "service": 15, "task family": 10}
+#: Container Insights performance log events, per running task and month.
+INSIGHTS_LOG_GB_PER_TASK_MONTH = 0.05
+#: A one-off task is billed for at least a minute (Fargate's minimum).
+ENQUEUE_MINUTES_PER_RUN = 1.0
+#: A reference year for averaging a cron schedule's runs per month.
+_REFERENCE_YEAR = 2026
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    region: str
+    date: str
+    path: Path
+    data: Mapping[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+
+def price_table(region: str, directory: Path = PRICES) -> PriceTable | None:
+    """The table for ``region``, or None when the repository has none."""
+    path = directory / f"{region}.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return PriceTable(region=data["region"], date=data["date"], path=path, data=data)
+
+
+def available_regions(directory: Path = PRICES) -> list[str]:
+    return sorted(path.stem for path in directory.glob("*.json"))
+
+
+@dataclass(frozen=True)
+class Line:
+    """One priced item, per month, at the minimum and the maximum task counts (None: the table
+    has no price for it)."""
+
+    item: str
+    low: float | None
+    high: float | None
+
+
+@dataclass(frozen=True)
+class Saving:
+    """A cheaper choice with the same guarantees, and what it saves per month (a range where
+    the price varies: Fargate Spot) at the minimum and maximum counts."""
+
+    setting: str
+    why: str
+    low: tuple[float, float]
+    high: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    region: str
+    prices: PriceTable | None
+    lines: tuple[Line, ...] = ()
+    savings: tuple[Saving, ...] = ()
+    #: Cheaper choices that would break a guarantee here, and why.
+    refused: tuple[str, ...] = ()
+    assumptions: tuple[str, ...] = ()
+
+    @property
+    def totals(self) -> tuple[float, float]:
+        """The monthly total at the minimum and at the maximum counts (priced lines only)."""
+        low = sum(line.low for line in self.lines if line.low is not None)
+        high = sum(line.high for line in self.lines if line.high is not None)
+        return low, high
+
+    @property
+    def unpriced(self) -> list[str]:
+        return [line.item for line in self.lines if line.low is None]
+
+
+@dataclass(frozen=True)
+class Tasks:
+    """One service's (or the enqueue task's) tasks: size, architecture, counts."""
+
+    name: str
+    cpu: int
+    memory: int
+    architecture: str
+    low: float
+    high: float
+    public_ip: bool
+    #: Tasks that stay on regular Fargate when the rest run on Spot; None: no Spot.
+    spot_base: int | None = None
+    #: Hours a task runs per month (a service runs all month; one-off tasks do not).
+    hours: float = HOURS_PER_MONTH
+
+    def describe(self) -> str:
+        counts = count_text(self.low, self.high)
+        spot = "" if self.spot_base is None else f", Spot above {self.spot_base}"
+        return (
+            f"{counts} x {self.cpu / 1024:g} vCPU {self.memory / 1024:g} GB "
+            f"{self.architecture}{spot}"
+        )
+
+
+def count_text(low: float, high: float) -> str:
+    return f"{low:g}" if low == high else f"{low:g}-{high:g}"
+
+
+def estimate(run: ProgramRun, config: StackConfig, region: str) -> Estimate:
+    prices = price_table(region)
+    if prices is None:
+        return Estimate(region=region, prices=None)
+    builder = _Builder(run, config, prices)
+    return Estimate(
+        region=region,
+        prices=prices,
+        lines=tuple(builder.lines()),
+        savings=tuple(builder.savings()),
+        refused=tuple(builder.refused()),
+        assumptions=ASSUMPTIONS,
+    )
+
+
+ASSUMPTIONS: tuple[str, ...] = (
+    f"{HOURS_PER_MONTH} hours a month; services run all month at the count shown.",
+    f"Load balancer: {LOAD_BALANCER_LCUS:g} LCU on average (light traffic); each LCU more "
+    "is another LCU-hour price.",
+    f"Logs: {LOG_GB_PER_TASK_MONTH:g} GB ingested per running task and month, kept for the "
+    "retention period without compression (an upper bound); flow logs (REJECT only) "
+    f"{FLOW_LOG_GB_MONTH:g} GB a month.",
+    "Container Insights: "
+    + ", ".join(f"{count} metrics per {what}" for what, count in INSIGHTS_METRICS.items())
+    + f", billed as custom metrics, and {INSIGHTS_LOG_GB_PER_TASK_MONTH:g} GB of performance "
+    "events per running task and month.",
+    "Custom metrics: one Backlog metric per queue (every pool reports a queue under the same "
+    "dimension). Alarms: target tracking creates two per policy, billed per metric they read.",
+    f"ECR: {KEEP_IMAGES} images kept of {IMAGE_GB:g} GB each, without layer sharing (an upper "
+    "bound).",
+    f"EventBridge one-off tasks: {ENQUEUE_MINUTES_PER_RUN:g} minute billed per run (Fargate's "
+    "minimum); scheduled rules themselves are free.",
+    "Fargate Spot: 50-70 % below on-demand, its price moving with supply and demand; Spot "
+    "tasks of the lines above are priced at 50 % below.",
+    "Not included: data transfer, NAT gateway per-GB processing, Fargate ephemeral storage "
+    "beyond the free 20 GB (none is configured), API requests, backups within the free "
+    "allowance, taxes.",
+)
+
+
+class _Builder:
+    def __init__(self, run: ProgramRun, config: StackConfig, prices: PriceTable) -> None:
+        self.run = run
+        self.config = config
+        self.prices = prices
+        self.references = run.by_reference()
+        self.tasks = task_sets(run, self.references)
+
+    # --- the lines ---------------------------------------------------------------------
+
+    def lines(self) -> Iterable[Line]:
+        for service in self.tasks:
+            yield Line(
+                f"Fargate {service.name}: {service.describe()}",
+                self._fargate(service, service.low),
+                self._fargate(service, service.high),
+            )
+        yield from self._network()
+        yield from self._broker()
+        yield from self._monitoring()
+        secrets = len(self.run.of_type("aws:secretsmanager/secret:Secret"))
+        if secrets:
+            price = secrets * self.prices["secretsManager"]["secretMonth"]
+            yield Line(f"Secrets Manager: {secrets} secret", price, price)
+        if self.run.of_type("aws:ecr/repository:Repository"):
+            price = KEEP_IMAGES * IMAGE_GB * self.prices["ecr"]["storageGbMonth"]
+            yield Line(f"ECR storage: {KEEP_IMAGES} images", price, price)
+
+    def _fargate(
+        self,
+        tasks: Tasks,
+        count: float,
+        architecture: str | None = None,
+        spot: tuple[int, float] | None = None,
+    ) -> float:
+        """Monthly price of ``count`` tasks. ``spot``: (tasks kept on regular Fargate, Spot
+        discount); by default the service's own strategy, at the conservative discount."""
+        rates = self.prices["fargate"][architecture or tasks.architecture]
+        hourly = tasks.cpu / 1024 * rates["vcpuHour"] + tasks.memory / 1024 * rates["gbHour"]
+        if spot is None and tasks.spot_base is not None:
+            spot = (tasks.spot_base, self.prices["fargateSpotDiscount"]["low"])
+        on_spot = 0.0 if spot is None else max(0.0, count - spot[0])
+        discount = 0.0 if spot is None else spot[1]
+        return hourly * tasks.hours * (count - on_spot * discount)
+
+    def _network(self) -> Iterable[Line]:
+        ip_hour = self.prices["publicIpv4Hour"] * HOURS_PER_MONTH
+        for balancer in self.run.of_type("aws:lb/loadBalancer:LoadBalancer"):
+            lb = self.prices["loadBalancer"]
+            price = HOURS_PER_MONTH * (lb["hour"] + LOAD_BALANCER_LCUS * lb["lcuHour"])
+            yield Line(f"Load balancer {balancer.name} ({LOAD_BALANCER_LCUS:g} LCU)", price, price)
+            if not balancer.inputs.get("internal"):
+                addresses = len(balancer.inputs.get("subnets", []))
+                yield Line(
+                    f"Public IPv4: load balancer, {addresses} (one per AZ)",
+                    addresses * ip_hour,
+                    addresses * ip_hour,
+                )
+        public = [service for service in self.tasks if service.public_ip]
+        if public:
+            names = ", ".join(service.name for service in public)
+            yield Line(
+                f"Public IPv4: tasks ({names})",
+                sum(t.low * t.hours for t in public) * self.prices["publicIpv4Hour"],
+                sum(t.high * t.hours for t in public) * self.prices["publicIpv4Hour"],
+            )
+        gateways = len(self.run.of_type("aws:ec2/natGateway:NatGateway"))
+        if gateways:
+            price = gateways * HOURS_PER_MONTH * self.prices["natGateway"]["hour"]
+            yield Line(f"NAT gateways: {gateways}", price, price)
+        addresses = len(self.run.of_type("aws:ec2/eip:Eip"))
+        if addresses:
+            price = addresses * ip_hour
+            yield Line(f"Public IPv4: NAT gateways, {addresses}", price, price)
+
+    def _broker(self) -> Iterable[Line]:
+        for group in self.run.of_type("aws:elasticache/replicationGroup:ReplicationGroup"):
+            engine, node = group.inputs["engine"], group.inputs["nodeType"]
+            nodes = int(group.inputs.get("numCacheClusters", 1))
+            hourly = self.prices["elasticacheNodeHour"].get(engine, {}).get(node)
+            price = None if hourly is None else nodes * hourly * HOURS_PER_MONTH
+            yield Line(f"ElastiCache {engine}: {nodes} x {node}", price, price)
+
+    def _monitoring(self) -> Iterable[Line]:
+        cloudwatch = self.prices["cloudwatch"]
+        metrics = _custom_metrics(self.run)
+        if metrics:
+            price = len(metrics) * cloudwatch["metricMonth"]
+            yield Line(f"CloudWatch metrics: {len(metrics)} {BACKLOG_METRIC}", price, price)
+        alarm_metrics = sum(2 * _policy_metrics(p) for p in self.run.of_type(_POLICY))
+        if alarm_metrics:
+            price = alarm_metrics * cloudwatch["alarmMetricMonth"]
+            alarms = 2 * len(self.run.of_type(_POLICY))
+            yield Line(f"CloudWatch alarms: {alarms} (target tracking)", price, price)
+        if self._container_insights:
+            services = len(self.run.of_type("aws:ecs/service:Service"))
+            families = len(self.run.of_type("aws:ecs/taskDefinition:TaskDefinition"))
+            count = (
+                INSIGHTS_METRICS["cluster"]
+                + services * INSIGHTS_METRICS["service"]
+                + families * INSIGHTS_METRICS["task family"]
+            )
+            low, high = (
+                count * cloudwatch["metricMonth"]
+                + self._task_months(which)
+                * INSIGHTS_LOG_GB_PER_TASK_MONTH
+                * cloudwatch["logIngestGb"]
+                for which in ("low", "high")
+            )
+            yield Line(f"Container Insights: {count} metrics, performance logs", low, high)
+        months = self.config.log_retention_days / 30
+        per_gb = cloudwatch["logIngestGb"] + months * cloudwatch["logStorageGbMonth"]
+        low, high = (
+            self._task_months(which) * LOG_GB_PER_TASK_MONTH * per_gb for which in ("low", "high")
+        )
+        retention = self.config.log_retention_days
+        yield Line(f"CloudWatch Logs: tasks, kept {retention} days", low, high)
+        if self.run.of_type("aws:ec2/flowLog:FlowLog"):
+            price = FLOW_LOG_GB_MONTH * per_gb
+            yield Line(f"CloudWatch Logs: VPC flow logs, kept {retention} days", price, price)
+
+    @property
+    def _container_insights(self) -> bool:
+        return any(
+            setting == {"name": "containerInsights", "value": "enabled"}
+            for cluster in self.run.of_type("aws:ecs/cluster:Cluster")
+            for setting in cluster.inputs.get("settings", [])
+        )
+
+    def _task_months(self, which: str) -> float:
+        return sum(getattr(t, which) * t.hours / HOURS_PER_MONTH for t in self.tasks)
+
+    # --- cheaper choices -----------------------------------------------------------------
+
+    def savings(self) -> Iterable[Saving]:
+        if self.config.cpu_architecture == "X86_64" and not self.config.uses_fargate_spot:
+            low, high = (
+                sum(
+                    self._fargate(t, getattr(t, which))
+                    - self._fargate(t, getattr(t, which), "ARM64")
+                    for t in self.tasks
+                )
+                for which in ("low", "high")
+            )
+            yield Saving(
+                "cpuArchitecture: ARM64",
+                "Graviton tasks, same sizes; the image is built for linux/arm64",
+                (low, low),
+                (high, high),
+            )
+        spot_runs_here = self.config.cpu_architecture == "X86_64"
+        for index, pool in enumerate(self.config.workers):
+            if pool.fargate_spot or not (
+                pool.budget.finishes_within_spot_notice and spot_runs_here
+            ):
+                continue
+            (service,) = [s for s in self.tasks if s.name == f"worker-{pool.name}"]
+            yield Saving(
+                f"workers[{index}].fargateSpot: true",
+                f"worker-{pool.name}: its tasks finish within the 2-minute notice (warm "
+                "shutdown); the first task stays on regular Fargate",
+                self._spot_saving(service, service.low),
+                self._spot_saving(service, service.high),
+            )
+        for group in self.run.of_type("aws:elasticache/replicationGroup:ReplicationGroup"):
+            if group.inputs["engine"] != "redis":
+                continue
+            table = self.prices["elasticacheNodeHour"]
+            node = group.inputs["nodeType"]
+            if node in table["redis"] and node in table["valkey"]:
+                nodes = int(group.inputs.get("numCacheClusters", 1))
+                saved = nodes * (table["redis"][node] - table["valkey"][node]) * HOURS_PER_MONTH
+                yield Saving(
+                    "broker.engine: valkey",
+                    "the same protocol, commands and ElastiCache features",
+                    (saved, saved),
+                    (saved, saved),
+                )
+
+    def _spot_saving(self, tasks: Tasks, count: float) -> tuple[float, float]:
+        spot = self.prices["fargateSpotDiscount"]
+        full = self._fargate(tasks, count)
+        low, high = (
+            full - self._fargate(tasks, count, spot=(1, spot[end])) for end in ("low", "high")
+        )
+        return low, high
+
+    def refused(self) -> Iterable[str]:
+        for index, pool in enumerate(self.config.workers):
+            if pool.fargate_spot:
+                continue
+            if not pool.budget.finishes_within_spot_notice:
+                yield (
+                    f"workers[{index}].fargateSpot (worker-{pool.name}): its tasks outlast "
+                    "Spot's 2-minute notice (cold shutdown) and would start over at every "
+                    "interruption"
+                )
+            elif self.config.cpu_architecture != "X86_64":
+                yield f"workers[{index}].fargateSpot (worker-{pool.name}): Spot runs X86_64 only"
+        if self.config.cpu_architecture == "X86_64" and self.config.uses_fargate_spot:
+            yield "cpuArchitecture: ARM64: Fargate Spot, used by a pool here, runs X86_64 only"
+
+
+_POLICY = "aws:appautoscaling/policy:Policy"
+
+
+def _policy_metrics(policy: Registration) -> int:
+    """Metrics a target tracking policy's alarms read: one predefined metric, or each metric
+    of its metric math."""
+    tracking = policy.inputs.get("targetTrackingScalingPolicyConfiguration", {})
+    queries = tracking.get("customizedMetricSpecification", {}).get("metrics", [])
+    return sum(1 for query in queries if "metricStat" in query) or 1
+
+
+def _custom_metrics(run: ProgramRun) -> set[tuple[str, str, str]]:
+    """(namespace, metric, dimensions) of the custom metrics the scaling policies read."""
+    found = set()
+    for policy in run.of_type(_POLICY):
+        tracking = policy.inputs.get("targetTrackingScalingPolicyConfiguration", {})
+        for query in tracking.get("customizedMetricSpecification", {}).get("metrics", []):
+            metric = query.get("metricStat", {}).get("metric", {})
+            if metric.get("metricName") == BACKLOG_METRIC:
+                dimensions = json.dumps(metric.get("dimensions", []), sort_keys=True)
+                found.add((metric["namespace"], metric["metricName"], dimensions))
+    return found
+
+
+def task_sets(run: ProgramRun, references: Mapping[str, Registration]) -> list[Tasks]:
+    """Every service's tasks, and the one-off tasks EventBridge starts."""
+    bounds = {
+        target.inputs["resourceId"].rsplit("/", 1)[1]: target.inputs
+        for target in run.of_type("aws:appautoscaling/target:Target")
+    }
+    found = []
+    for service in run.of_type("aws:ecs/service:Service"):
+        desired = service.inputs["desiredCount"]
+        target = bounds.get(service.physical_name, {})
+        strategy = service.inputs.get("capacityProviderStrategies", [])
+        regular = [item for item in strategy if item["capacityProvider"] == "FARGATE"]
+        found.append(
+            _sized(
+                references[service.inputs["taskDefinition"]],
+                name=service.inputs["tags"]["Service"],
+                low=target.get("minCapacity", desired),
+                high=target.get("maxCapacity", desired),
+                network=service.inputs["networkConfiguration"],
+                spot_base=int(regular[0].get("base", 0)) if regular else (0 if strategy else None),
+            )
+        )
+    for target in run.of_type("aws:cloudwatch/eventTarget:EventTarget"):
+        ecs = target.inputs["ecsTarget"]
+        entry = _schedule_entry(references[target.inputs["rule"]])
+        found.append(
+            _sized(
+                references[ecs["taskDefinitionArn"]],
+                name=f"enqueue ({entry.name})",
+                low=1,
+                high=1,
+                network=ecs["networkConfiguration"],
+                hours=runs_per_month(entry.schedule) * ENQUEUE_MINUTES_PER_RUN / 60,
+            )
+        )
+    return sorted(found, key=lambda tasks: tasks.name)
+
+
+def _sized(
+    definition: Registration,
+    *,
+    name: str,
+    low: float,
+    high: float,
+    network: Mapping[str, Any],
+    spot_base: int | None = None,
+    hours: float = HOURS_PER_MONTH,
+) -> Tasks:
+    return Tasks(
+        name=name,
+        cpu=int(definition.inputs["cpu"]),
+        memory=int(definition.inputs["memory"]),
+        architecture=definition.inputs["runtimePlatform"]["cpuArchitecture"],
+        low=low,
+        high=high,
+        public_ip=bool(network.get("assignPublicIp")),
+        spot_base=spot_base,
+        hours=hours,
+    )
+
+
+def _schedule_entry(rule: Registration) -> PeriodicEntry:
+    """The app.schedule entry a rule runs (infra/eventbridge.py names it after the entry)."""
+    (entry,) = [entry for entry in SCHEDULE if rule.name.endswith(f"-{entry.name}")]
+    return entry
+
+
+def runs_per_month(schedule: Every | Cron) -> float:
+    """How often a month a schedule fires, on average over a year (UTC)."""
+    if isinstance(schedule, Every):
+        return HOURS_PER_MONTH * 3600 / schedule.seconds
+    spec = crontab(
+        minute=schedule.minute,
+        hour=schedule.hour,
+        day_of_month=schedule.day_of_month,
+        month_of_year=schedule.month_of_year,
+        day_of_week=schedule.day_of_week,
+    )
+    start = date(_REFERENCE_YEAR, 1, 1)
+    days = sum(
+        1
+        for offset in range(365)
+        if (day := start + timedelta(days=offset)).day in spec.day_of_month
+        and day.month in spec.month_of_year
+        # Celery counts Sunday as 0; Python's weekday() counts Monday as 0.
+        and (day.weekday() + 1) % 7 in spec.day_of_week
+    )
+    return len(spec.minute) * len(spec.hour) * days / 12
+
+
+# --- text ---------------------------------------------------------------------------------
+
+
+def money(value: float | None) -> str:
+    return "no price" if value is None else f"${value:,.2f}"
+
+
+def money_range(values: tuple[float, float]) -> str:
+    low, high = values
+    return money(low) if round(low, 2) == round(high, 2) else f"{money(low)}-{money(high)}"
+
+
+def render(estimate: Estimate) -> list[str]:
+    """The estimate as text lines (the plan's cost section)."""
+    if estimate.prices is None:
+        regions = ", ".join(available_regions())
+        return [
+            wrap(
+                f"No price table for {estimate.region}: devtools/prices/ has {regions}. Prices "
+                "differ by region; add devtools/prices/<region>.json from the AWS pricing pages "
+                "to get an estimate.",
+                "",
+                "",
+            )
+        ]
+    prices = estimate.prices
+    rows = [(line.item, money(line.low), money(line.high)) for line in estimate.lines]
+    rows.append(("Total", *map(money, estimate.totals)))
+    width = max(len(item) for item, _, _ in rows)
+    lines = [
+        f"Prices: {prices.region} of {prices.date} (devtools/prices/{prices.path.name}), USD "
+        "a month.",
+        f"  {'':{width}}  {'at min count':>13}  {'at max count':>13}",
+    ]
+    lines += [f"  {item:{width}}  {low:>13}  {high:>13}" for item, low, high in rows]
+    if estimate.unpriced:
+        unpriced = ", ".join(estimate.unpriced)
+        lines.append(f"  The total leaves out what the table has no price for: {unpriced}.")
+    lines.append("")
+    if estimate.savings:
+        lines.append("Cheaper, with the same guarantees (stack config key: saving per month):")
+        for saving in estimate.savings:
+            lines.append(
+                wrap(
+                    f"{saving.setting}: saves {money_range(saving.low)} at min count, "
+                    f"{money_range(saving.high)} at max count ({saving.why}).",
+                    "  ",
+                )
+            )
+    else:
+        lines.append("Cheaper, with the same guarantees: nothing the table knows of.")
+    lines += [wrap(f"Not offered: {refusal}.", "  ") for refusal in estimate.refused]
+    lines.append("")
+    lines.append("Assumptions:")
+    lines += [wrap(assumption, "  - ", "    ") for assumption in estimate.assumptions]
+    return lines
+
+
+def wrap(text: str, first: str, rest: str | None = None) -> str:
+    """``text`` filled to WIDTH, its first line indented by ``first``, the others by ``rest``
+    (default: two more spaces)."""
+    indent = rest if rest is not None else first + "  "
+    return textwrap.fill(
+        text, WIDTH, initial_indent=first, subsequent_indent=indent, break_on_hyphens=False
+    )
+
+
+def markdown(estimate: Estimate) -> str:
+    """The estimate's line items and savings as Markdown tables (the README's)."""
+    assert estimate.prices is not None, "no price table"
+    rows = ["| Item | At min count | At max count |", "| --- | ---: | ---: |"]
+    rows += [f"| {line.item} | {money(line.low)} | {money(line.high)} |" for line in estimate.lines]
+    low, high = estimate.totals
+    rows.append(f"| **Total** | **{money(low)}** | **{money(high)}** |")
+    rows += [
+        "",
+        "| Cheaper, same guarantees | Saves at min count | Saves at max count |",
+        "| --- | ---: | ---: |",
+    ]
+    rows += [
+        f"| `{saving.setting}` ({saving.why}) | {money_range(saving.low)} | "
+        f"{money_range(saving.high)} |"
+        for saving in estimate.savings
+    ]
+    return "\n".join(rows) + "\n"

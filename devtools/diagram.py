@@ -1,0 +1,230 @@
+"""A diagram of a rendered stack, drawn with ``diagrams`` (AWS icons, laid out by Graphviz).
+
+Everything drawn is read from what the program renders: the VPC and where tasks run (public
+subnets with public IPs, or private subnets behind NAT), the load balancer and its listeners,
+every service with its task counts and Spot use, the broker, the schedule source, and the
+scaling loop (the workers' Backlog metric and Container Insights feed Application Auto
+Scaling, which sets the services' counts).
+
+The drawing is deterministic: node ids come from resource names, never from ``diagrams``'
+random ones, so the same stack gives the same Graphviz source. The PNG carries the SHA-256 of
+that source (with the icon directory made relative) in a text chunk, so a test can tell that a
+committed image is current without depending on Graphviz's or the fonts' exact pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import diagrams
+from diagrams import Cluster, Diagram, Edge
+from diagrams.aws.compute import ApplicationAutoScaling, Fargate
+from diagrams.aws.database import Elasticache
+from diagrams.aws.general import Users
+from diagrams.aws.integration import EventbridgeRule
+from diagrams.aws.management import Cloudwatch
+from diagrams.aws.network import ALB, NATGateway
+
+from devtools.render import ProgramRun, Registration
+from infra.config import StackConfig
+
+#: The PNG text chunk keyword that carries the digest of the Graphviz source.
+DIGEST_KEYWORD = b"celery-ecs:dot-sha256"
+_ICONS = str(Path(diagrams.__file__).resolve().parent.parent / "resources")
+
+
+class _Drawing(Diagram):
+    """A ``Diagram`` that builds the graph and leaves rendering to the caller (``Diagram``
+    renders to a file named after the diagram when its ``with`` block ends)."""
+
+    def __exit__(self, *exc_info: object) -> None:
+        diagrams.setdiagram(None)
+
+
+def graph_source(run: ProgramRun, config: StackConfig, title: str) -> str:
+    """The stack's diagram as Graphviz source, icon paths made relative (stable anywhere)."""
+    return _build(run, config, title).source.replace(_ICONS, "<diagrams>")
+
+
+def digest(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+def write_png(run: ProgramRun, config: StackConfig, title: str, path: Path) -> str:
+    """Render the diagram to ``path`` (PNG, digest embedded); returns the digest."""
+    graph = _build(run, config, title)
+    source = graph.source.replace(_ICONS, "<diagrams>")
+    # quiet: Graphviz's notes on labels wider than diagrams' fixed-size icons are not errors.
+    png = graph.pipe(format="png", quiet=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_with_text_chunk(png, DIGEST_KEYWORD, digest(source).encode()))
+    return digest(source)
+
+
+def embedded_digest(path: Path) -> str | None:
+    """The Graphviz source digest a PNG written by ``write_png`` carries."""
+    data = path.read_bytes()
+    offset = 8
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        body = data[offset + 8 : offset + 8 + length]
+        if kind == b"tEXt" and body.startswith(DIGEST_KEYWORD + b"\0"):
+            return body[len(DIGEST_KEYWORD) + 1 :].decode()
+        offset += 12 + length
+    return None
+
+
+def _with_text_chunk(png: bytes, keyword: bytes, text: bytes) -> bytes:
+    """``png`` with a tEXt chunk right after IHDR (PNG: length, type, data, CRC of type+data)."""
+    body = keyword + b"\0" + text
+    chunk = (
+        struct.pack(">I", len(body))
+        + b"tEXt"
+        + body
+        + struct.pack(">I", zlib.crc32(b"tEXt" + body))
+    )
+    header_end = 8 + 12 + struct.unpack(">I", png[8:12])[0]
+    return png[:header_end] + chunk + png[header_end:]
+
+
+def _build(run: ProgramRun, config: StackConfig, title: str) -> Any:
+    """The diagram as a graphviz ``Digraph``."""
+    services = _services(run, run.by_reference(), config)
+    public_tasks = any(service["public_ip"] for service in services)
+    rules = run.of_type("aws:cloudwatch/eventRule:EventRule")
+    with _Drawing(
+        title,
+        direction="LR",
+        show=False,
+        # Splines, not diagrams' default orthogonal edges: those lose their labels.
+        graph_attr={
+            "pad": "0.4",
+            "fontsize": "20",
+            "nodesep": "0.4",
+            "ranksep": "1.0",
+            "splines": "spline",
+        },
+        node_attr={"fontsize": "12"},
+    ) as drawing:
+        users = Users("Internet", nodeid="internet")
+        with Cluster(_vpc_label(run)):
+            with Cluster("public subnets"):
+                balancer = ALB(_balancer_label(run), nodeid="alb")
+                for nat in run.of_type("aws:ec2/natGateway:NatGateway"):
+                    NATGateway(f"{nat.name}\n(tasks' egress)", nodeid=nat.name)
+                if public_tasks:
+                    tasks = _draw_services(run, services, public=True)
+            with Cluster("private subnets"):
+                broker = Elasticache(_broker_label(run), nodeid="broker")
+                if not public_tasks:
+                    tasks = _draw_services(run, services, public=False)
+        with Cluster("scaling"):
+            metrics = Cloudwatch(
+                "CloudWatch\nBacklog per queue,\nRunningTaskCount", nodeid="cloudwatch"
+            )
+            scaling = ApplicationAutoScaling("Application\nAuto Scaling", nodeid="autoscaling")
+        users >> Edge(label=_listener_ports(run)) >> balancer
+        balancer >> Edge(label="8000") >> tasks["web"]
+        for node in tasks.values():
+            node >> Edge(color="#C7131F") >> broker
+        for name, node in tasks.items():
+            if name.startswith("worker-"):
+                node >> Edge(style="dashed", color="#7B8894") >> metrics
+        metrics >> Edge(label="backlog per task", style="dashed") >> scaling
+        for name, node in tasks.items():
+            if name.startswith(("worker-", "web")):
+                scaling >> Edge(style="dashed", color="#7B8894") >> node
+        if rules and "enqueue" in tasks:
+            expressions = "\n".join(rule.inputs["scheduleExpression"] for rule in rules)
+            schedule = EventbridgeRule(f"EventBridge\n{expressions}", nodeid="eventbridge")
+            schedule >> Edge(label="RunTask") >> tasks["enqueue"]
+        return drawing.dot
+
+
+def _draw_services(run: ProgramRun, services: list[dict[str, Any]], public: bool) -> dict[str, Any]:
+    cluster = run.one("aws:ecs/cluster:Cluster")
+    placement = "public IPs" if public else "no public IPs"
+    label = (
+        f"ECS cluster {cluster.physical_name}: Fargate, {placement}\n"
+        "image from ECR, broker URL from Secrets Manager"
+    )
+    with Cluster(label):
+        return {
+            service["name"]: Fargate(service["label"], nodeid=f"task-{service['name']}")
+            for service in services
+        }
+
+
+def _services(
+    run: ProgramRun, references: dict[str, Registration], config: StackConfig
+) -> list[dict[str, Any]]:
+    pools = {pool.name: pool for pool in config.workers}
+    bounds = {
+        target.inputs["resourceId"].rsplit("/", 1)[1]: target.inputs
+        for target in run.of_type("aws:appautoscaling/target:Target")
+    }
+    found = []
+    for service in run.of_type("aws:ecs/service:Service"):
+        name = service.inputs["tags"]["Service"]
+        definition = references[service.inputs["taskDefinition"]].inputs
+        target = bounds.get(service.physical_name)
+        counts = (
+            f"{target['minCapacity']:g}-{target['maxCapacity']:g} tasks"
+            if target
+            else f"{service.inputs['desiredCount']:g} task"
+        )
+        spot = " (Spot above 1)" if service.inputs.get("capacityProviderStrategies") else ""
+        size = f"{int(definition['cpu']) / 1024:g} vCPU, {int(definition['memory']) / 1024:g} GB"
+        pool = pools.get(name.removeprefix("worker-")) if name.startswith("worker-") else None
+        shutdown = (
+            f"\ntaskTimeout {pool.task_timeout} s, {pool.budget.shutdown} stop" if pool else ""
+        )
+        found.append(
+            {
+                "name": name,
+                "label": f"{name}\n{counts}{spot}\n{size}{shutdown}",
+                "public_ip": service.inputs["networkConfiguration"].get("assignPublicIp", False),
+            }
+        )
+    for definition in run.of_type("aws:ecs/taskDefinition:TaskDefinition"):
+        if definition.inputs["tags"]["Service"] == "enqueue":
+            found.append(
+                {"name": "enqueue", "label": "enqueue\none-off task per slot", "public_ip": False}
+            )
+    return sorted(found, key=lambda service: service["name"])
+
+
+def _vpc_label(run: ProgramRun) -> str:
+    vpcs = run.of_type("aws:ec2/vpc:Vpc")
+    if not vpcs:
+        return "existing VPC"
+    zones = sorted({s.inputs["availabilityZone"] for s in run.of_type("aws:ec2/subnet:Subnet")})
+    return f"VPC {vpcs[0].inputs['cidrBlock']} ({', '.join(zones)})"
+
+
+def _listener_ports(run: ProgramRun) -> str:
+    listeners = run.of_type("aws:lb/listener:Listener")
+    return ", ".join(
+        f"{listener.inputs['protocol']} {listener.inputs['port']:g}"
+        for listener in sorted(listeners, key=lambda listener: listener.inputs["port"])
+    )
+
+
+def _balancer_label(run: ProgramRun) -> str:
+    balancer = run.one("aws:lb/loadBalancer:LoadBalancer")
+    scheme = "internal" if balancer.inputs.get("internal") else "internet-facing"
+    return f"ALB {balancer.name}\n{scheme}"
+
+
+def _broker_label(run: ProgramRun) -> str:
+    group = run.one("aws:elasticache/replicationGroup:ReplicationGroup").inputs
+    nodes = int(group.get("numCacheClusters", 1))
+    return (
+        f"ElastiCache {group['engine']} {group['engineVersion']}\n"
+        f"{nodes} x {group['nodeType']}\nTLS, port {group['port']:g}"
+    )

@@ -1,0 +1,64 @@
+"""The pull request comment of the offline plan: what changes against the base branch, then
+the whole plan.
+
+    python -m devtools.plan_comment --stack dev --head head.txt [--base base.txt] --status N
+        [--errors head.err]
+
+The workflow (.github/workflows/pulumi.yml, job ``offline-plan``) runs ``make plan`` on the
+pull request and on its base, then posts this, replacing its previous comment (found by
+``MARKER``). Plans are byte-stable, so the diff shows exactly what the change does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+
+MARKER = "<!-- celery-ecs offline plan -->"
+#: GitHub refuses comments over 65,536 characters; the plan is cut to stay below.
+LIMIT = 60_000
+
+
+def comment(stack: str, head: str, base: str | None, status: int, errors: str = "") -> str:
+    verdict = {
+        0: "**Valid**: every API request and IAM policy follows AWS's rules.",
+        1: "**Refused**: the config is invalid or breaks an AWS rule (see the plan).",
+    }.get(status, f"**No plan**: `make plan` exited with status {status}.")
+    parts = [MARKER, f"### Offline plan of stack `{stack}`", "", verdict, ""]
+    if errors.strip():
+        parts += ["```text", errors.strip(), "```", ""]
+    if base is None:
+        parts.append("The base branch has no plan to compare with.")
+    elif base == head:
+        parts.append("No change against the base branch.")
+    else:
+        diff = difflib.unified_diff(
+            base.splitlines(), head.splitlines(), "base", "pull request", n=2, lineterm=""
+        )
+        parts += ["Changes against the base branch:", "", "```diff", *diff, "```"]
+    body = "\n".join(parts)
+    room = LIMIT - len(body)
+    if len(head) > room:
+        head = head[: max(0, room - 100)] + "\n[... cut here: the whole plan is an artifact]\n"
+    details = f"<details><summary>The whole plan</summary>\n\n```text\n{head}```\n</details>"
+    return f"{body}\n\n{details}\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devtools.plan_comment")
+    parser.add_argument("--stack", required=True)
+    parser.add_argument("--head", type=Path, required=True, help="the pull request's plan")
+    parser.add_argument("--base", type=Path, help="the base branch's plan, if it has one")
+    parser.add_argument("--status", type=int, required=True, help="exit status of the plan")
+    parser.add_argument("--errors", type=Path, help="what the plan wrote to stderr")
+    args = parser.parse_args(argv)
+    base = args.base.read_text() if args.base and args.base.is_file() else None
+    errors = args.errors.read_text() if args.errors and args.errors.is_file() else ""
+    print(comment(args.stack, args.head.read_text(), base or None, args.status, errors), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

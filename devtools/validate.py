@@ -1,0 +1,197 @@
+"""Validate a rendered stack against AWS's own rules, before AWS sees it.
+
+Every resource the program registers is either mapped to the API calls its provider makes
+(``devtools.apimap.MAPPINGS``) or declared as no AWS call (``NOT_AWS``); a type that is neither
+is a finding, so a new kind of resource cannot go unchecked. For each call the request is built
+from the resource's inputs and checked against the operation's input shape in botocore's models
+(``devtools.awsmodel``: enums, ranges, lengths, patterns, required members, types, and the rules
+the models' documentation states). Every input must reach some request member or be declared
+provider-only with its reason, so a new input cannot slip past unmapped.
+
+IAM policies and trust policies are linted with parliament: unknown actions, prefixes and
+condition keys, resources that match no resource type of the action, condition operators and
+value types. A ``Finding`` names the resource, the field and the rule it breaks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Any
+
+import regex
+
+from devtools import awsmodel
+from devtools.apimap import (
+    MAPPINGS,
+    MISSING,
+    NOT_AWS,
+    Attributes,
+    Inputs,
+    ListOf,
+    Source,
+    Struct,
+    json_text,
+)
+from devtools.render import ProgramRun, Registration
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One rule a resource breaks."""
+
+    resource: str
+    type: str
+    field: str
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.resource} ({self.type}): {self.field}: {self.message} [{self.rule}]"
+
+
+@dataclass(frozen=True)
+class Report:
+    """The outcome of validating one rendered stack."""
+
+    findings: tuple[Finding, ...]
+    #: API requests built and checked against the models.
+    requests: int
+    #: IAM policy documents linted.
+    policies: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+def validate(run: ProgramRun) -> Report:
+    findings: list[Finding] = []
+    requests = 0
+    for resource in sorted(run.resources, key=lambda r: (r.type, r.name)):
+        resource_findings, resource_requests = check_resource(resource)
+        findings += resource_findings
+        requests += resource_requests
+    documents = policy_documents(run)
+    for resource, field, document in documents:
+        findings += [
+            Finding(resource.name, resource.type, field, rule, message)
+            for rule, message in lint_policy(document)
+        ]
+    return Report(findings=tuple(findings), requests=requests, policies=len(documents))
+
+
+def check_resource(resource: Registration) -> tuple[list[Finding], int]:
+    """Every rule ``resource`` breaks, and how many requests were checked to find out."""
+
+    def finding(field: str, rule: str, message: str) -> Finding:
+        return Finding(resource.name, resource.type, field, rule, message)
+
+    if not resource.custom or resource.type in NOT_AWS:
+        return [], 0
+    mapping = MAPPINGS.get(resource.type)
+    if mapping is None:
+        message = (
+            "no API mapping for this resource type: add it to devtools/apimap.py MAPPINGS "
+            "(or NOT_AWS if it makes no AWS call)"
+        )
+        return [finding("(type)", "mapped to the AWS API", message)], 0
+    inputs = Inputs(resource)
+    findings = []
+    requests = 0
+    for call in mapping.calls:
+        resolved = {name: source.value(inputs) for name, source in call.members.items()}
+        request = {name: value for name, value in resolved.items() if value is not MISSING}
+        if call.when is not None and call.when not in request:
+            continue
+        requests += 1
+        shape = awsmodel.operation_input(call.service, call.operation)
+        for violation in awsmodel.check(request, shape, service=call.service):
+            field = f"{call.operation}.{violation.path}{_origin(call.members, violation.path)}"
+            findings.append(finding(field, violation.rule, violation.message))
+    for path, check_document in mapping.documents.items():
+        document = inputs.get(path)
+        if document is not MISSING:
+            for problem in check_document(json_text(document)):
+                findings.append(finding(path, "document rules", problem))
+    for path in inputs.unread():
+        if path.split(".")[0] not in mapping.provider_only:
+            message = (
+                "this input reaches no API member: map it in devtools/apimap.py, or declare it "
+                "provider-only with the reason"
+            )
+            findings.append(finding(path, "mapped to the AWS API", message))
+    return findings, requests
+
+
+def _origin(members: Mapping[str, Source], path: str) -> str:
+    """ " (from <input>)": the input the value at ``path`` of a request was built from."""
+    name, rest = _first_segment(path)
+    source = members.get(name)
+    while source is not None:
+        if isinstance(source, ListOf):
+            source, rest = source.item, regex.sub(r"^\[\d+\]\.?", "", rest)
+        elif isinstance(source, Struct) and rest:
+            name, rest = _first_segment(rest)
+            if name not in source.members:
+                break
+            source = source.members[name]
+        elif isinstance(source, Attributes) and (key := regex.search(r"<([^>]+)>", rest)):
+            return f" (from {source.origin_of(key[1])})"
+        else:
+            break
+    return f" (from {source.origin})" if source is not None else ""
+
+
+def _first_segment(path: str) -> tuple[str, str]:
+    """("IpPermissions", "[0].IpRanges[0].CidrIp") of "IpPermissions[0].IpRanges[0].CidrIp"."""
+    match = regex.match(r"([^.\[<]*)\.?(.*)", path)
+    assert match is not None
+    name, rest = match[1], match[2]
+    if path[len(name) : len(name) + 1] in ("[", "<"):
+        rest = path[len(name) :]
+    return name, rest
+
+
+def policy_documents(run: ProgramRun) -> list[tuple[Registration, str, dict[str, Any]]]:
+    """(resource, input, document) of every policy the program renders: the roles' policies
+    and trust policies, and queue policies.
+
+    A trust policy is a resource policy without ``Resource``: its resource is the role it is
+    attached to. It is linted with the role's ARN as ``Resource``, so parliament checks its
+    actions against the resource they act on (``sts:AssumeRole`` on a role).
+    """
+    documents: list[tuple[Registration, str, dict[str, Any]]] = []
+    for role in run.of_type("aws:iam/role:Role"):
+        trust = json.loads(role.inputs["assumeRolePolicy"])
+        statements = trust.get("Statement", [])
+        for statement in statements if isinstance(statements, list) else [statements]:
+            statement.setdefault("Resource", role.state["arn"])
+        documents.append((role, "assumeRolePolicy", trust))
+    for typ in ("aws:iam/rolePolicy:RolePolicy", "aws:sqs/queuePolicy:QueuePolicy"):
+        for policy in run.of_type(typ):
+            documents.append((policy, "policy", json.loads(policy.inputs["policy"])))
+    return documents
+
+
+def lint_policy(document: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(rule, message) of every finding parliament has for ``document``, whatever its severity:
+    a policy this program renders has no reason for any."""
+    # Imported here: parliament loads its 10 MB of IAM definitions at import.
+    import parliament
+
+    policy = parliament.analyze_policy_string(json.dumps(document, sort_keys=True))
+    return sorted(
+        (f"parliament {finding.issue}", _detail(finding.detail)) for finding in policy.findings
+    )
+
+
+def _detail(detail: Any) -> str:
+    return detail if isinstance(detail, str) else json.dumps(detail, sort_keys=True, default=str)
+
+
+def versions() -> dict[str, str]:
+    """The packages whose rules the validation applies, with their versions."""
+    return {name: version(name) for name in ("botocore", "parliament")}

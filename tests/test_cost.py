@@ -1,0 +1,180 @@
+"""The monthly cost estimate (devtools/cost.py): each line from the dated price table, the
+totals, the savings of the cheaper choices checked against pricing those choices, and no number
+at all for a region without a table."""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import cache
+
+import pytest
+
+from app.schedule import Cron, Every
+from devtools.cost import (
+    HOURS_PER_MONTH,
+    PRICES,
+    Estimate,
+    estimate,
+    price_table,
+    render,
+    runs_per_month,
+)
+from devtools.render import run_program, stack_file_config
+from infra.config import load
+
+REGION = "us-east-1"
+POOLS = [
+    {"name": "short", "queues": ["default"], "taskTimeout": 60, "minCount": 2, "maxCount": 6},
+    {"name": "long", "queues": ["long"], "taskTimeout": 1800},
+]
+
+
+def priced(config: dict[str, object], region: str = REGION) -> Estimate:
+    return _priced(json.dumps(config, sort_keys=True), region)
+
+
+@cache
+def _priced(config: str, region: str) -> Estimate:
+    """One rendering per config and region (several tests price the same ones)."""
+    raw = json.loads(config)
+    return estimate(run_program(raw, stack="test", region=region), load(raw), region)
+
+
+def line(result: Estimate, start: str) -> tuple[float, float]:
+    (found,) = [item for item in result.lines if item.item.startswith(start)]
+    assert found.low is not None and found.high is not None
+    return found.low, found.high
+
+
+def fargate(result: Estimate) -> tuple[float, float]:
+    lines = [item for item in result.lines if item.item.startswith("Fargate ")]
+    return sum(item.low or 0 for item in lines), sum(item.high or 0 for item in lines)
+
+
+def test_every_price_table_is_dated_and_sourced() -> None:
+    tables = sorted(PRICES.glob("*.json"))
+    assert tables
+    for path in tables:
+        data = json.loads(path.read_text())
+        assert data["region"] == path.stem and data["currency"] == "USD"
+        assert len(data["date"]) == 10 and data["date"].startswith("20")
+        sections = set(data) - {"region", "date", "currency", "note", "sources"}
+        sources = {"fargateSpotDiscount": "fargateSpot", "publicIpv4Hour": "publicIpv4"}
+        sources |= {"elasticacheNodeHour": "elasticache"}
+        for section in sections:
+            assert sources.get(section, section) in data["sources"], section
+        # Graviton tasks cost about 20 % less, for CPU and memory alike.
+        x86, arm = data["fargate"]["X86_64"], data["fargate"]["ARM64"]
+        for unit in ("vcpuHour", "gbHour"):
+            assert arm[unit] / x86[unit] == pytest.approx(0.8, abs=0.01)
+        for node_type, redis in data["elasticacheNodeHour"]["redis"].items():
+            # AWS prices Valkey nodes 20 % below Redis OSS.
+            assert math.isclose(data["elasticacheNodeHour"]["valkey"][node_type], 0.8 * redis)
+
+
+def test_fargate_lines_are_size_times_price_times_count() -> None:
+    result = priced({"workers": POOLS, "web": {"minCount": 1, "maxCount": 3}})
+    rates = price_table(REGION)["fargate"]["X86_64"]  # type: ignore[index]
+    web_hour = 0.25 * rates["vcpuHour"] + 0.5 * rates["gbHour"]
+    assert line(result, "Fargate web:") == pytest.approx(
+        (web_hour * HOURS_PER_MONTH, 3 * web_hour * HOURS_PER_MONTH)
+    )
+    worker_hour = 0.5 * rates["vcpuHour"] + 1 * rates["gbHour"]
+    assert line(result, "Fargate worker-short:") == pytest.approx(
+        (2 * worker_hour * HOURS_PER_MONTH, 6 * worker_hour * HOURS_PER_MONTH)
+    )
+
+
+def test_totals_are_the_sum_of_the_lines() -> None:
+    result = priced(stack_file_config("dev"))
+    low, high = result.totals
+    assert low == pytest.approx(sum(item.low for item in result.lines if item.low is not None))
+    assert high == pytest.approx(sum(item.high for item in result.lines if item.high is not None))
+    assert low < high
+
+
+def test_nat_gateways_and_their_addresses_are_priced_per_gateway() -> None:
+    single = priced({"network": {"natGateways": "single"}})
+    per_az = priced({"network": {"natGateways": "perAz"}})
+    assert line(per_az, "NAT gateways: 2")[0] == pytest.approx(
+        2 * line(single, "NAT gateways: 1")[0]
+    )
+    assert line(per_az, "Public IPv4: NAT gateways, 2")[0] == pytest.approx(2 * 3.65)
+    # Behind NAT, tasks get no public IP of their own.
+    assert not [item for item in per_az.lines if item.item.startswith("Public IPv4: tasks")]
+
+
+def test_arm64_saving_is_what_arm64_tasks_cost_less() -> None:
+    config = {"workers": POOLS}
+    x86, arm = priced(config), priced({**config, "cpuArchitecture": "ARM64"})
+    (saving,) = [s for s in x86.savings if s.setting == "cpuArchitecture: ARM64"]
+    assert saving.low[0] == pytest.approx(fargate(x86)[0] - fargate(arm)[0])
+    assert saving.high[0] == pytest.approx(fargate(x86)[1] - fargate(arm)[1])
+    assert not [s for s in arm.savings if s.setting.startswith("cpuArchitecture")]
+
+
+def test_spot_saving_is_offered_for_warm_pools_only_and_matches_pricing_spot() -> None:
+    plain = priced({"workers": POOLS})
+    settings = [saving.setting for saving in plain.savings]
+    assert "workers[0].fargateSpot: true" in settings
+    assert "workers[1].fargateSpot: true" not in settings  # cold: tasks outlast the notice
+    assert any("workers[1].fargateSpot" in refusal for refusal in plain.refused)
+    spot = priced({"workers": [{**POOLS[0], "fargateSpot": True}, POOLS[1]]})
+    (saving,) = [s for s in plain.savings if s.setting == "workers[0].fargateSpot: true"]
+    # The lines price Spot at the conservative end of its discount, as the saving's low end.
+    before, after = line(plain, "Fargate worker-short:"), line(spot, "Fargate worker-short:")
+    assert saving.low[0] == pytest.approx(before[0] - after[0])
+    assert saving.high[0] == pytest.approx(before[1] - after[1])
+    assert saving.high[1] > saving.high[0]  # and up to 70 % off
+    # The first task stays on regular Fargate: at a count of one, Spot saves nothing.
+    one = priced({"workers": [{**POOLS[0], "minCount": 1}, POOLS[1]]})
+    (single,) = [s for s in one.savings if s.setting == "workers[0].fargateSpot: true"]
+    assert single.low == (0.0, 0.0) and single.high[0] > 0
+    # Spot in use rules out ARM64, and the estimate says why.
+    assert any(refusal.startswith("cpuArchitecture: ARM64") for refusal in spot.refused)
+
+
+def test_valkey_saving_is_what_valkey_nodes_cost_less() -> None:
+    redis, valkey = priced({}), priced({"broker": {"engine": "valkey"}})
+    (saving,) = [s for s in redis.savings if s.setting == "broker.engine: valkey"]
+    assert saving.low[0] == pytest.approx(
+        line(redis, "ElastiCache redis")[0] - line(valkey, "ElastiCache valkey")[0]
+    )
+    assert not [s for s in valkey.savings if s.setting.startswith("broker.engine")]
+
+
+def test_a_node_type_without_price_is_said_not_guessed() -> None:
+    result = priced({"broker": {"nodeType": "cache.r7g.4xlarge"}})
+    (broker,) = [item for item in result.lines if item.item.startswith("ElastiCache")]
+    assert broker.low is None and broker.item in result.unpriced
+    text = "\n".join(render(result))
+    assert "no price" in text and "leaves out what the table has no price for" in text
+
+
+def test_a_region_without_a_table_gets_no_numbers() -> None:
+    result = priced({}, region="eu-west-1")
+    assert result.prices is None and result.lines == ()
+    (text,) = render(result)
+    assert text.startswith("No price table for eu-west-1") and "$" not in text
+
+
+@pytest.mark.parametrize(
+    "schedule, runs",
+    [
+        (Every(3600), HOURS_PER_MONTH),
+        (Every(60), HOURS_PER_MONTH * 60),
+        (Cron(minute="30", hour="2"), 365 / 12),
+        (Cron(minute="0", hour="*/6", day_of_week="mon-fri"), 4 * 261 / 12),
+    ],
+)
+def test_runs_per_month(schedule: Every | Cron, runs: float) -> None:
+    assert runs_per_month(schedule) == pytest.approx(runs)
+
+
+def test_eventbridge_tasks_are_priced_per_run() -> None:
+    result = priced({"scheduler": "eventbridge"})
+    hourly = line(result, "Fargate enqueue (purge-expired-idempotency-keys)")[0]
+    # Hourly runs of one billed minute: 730 runs x 1/60 h of a 0.25 vCPU / 0.5 GB task.
+    rates = price_table(REGION)["fargate"]["X86_64"]  # type: ignore[index]
+    assert hourly == pytest.approx(730 / 60 * (0.25 * rates["vcpuHour"] + 0.5 * rates["gbHour"]))

@@ -1,0 +1,165 @@
+"""The offline plan (devtools/plan.py, `make plan`): stable text, every resource, exit status
+for a broken rule or config, the README's diagram and cost table current, the PR comment."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devtools import cost, diagram, plan
+from devtools.plan_comment import LIMIT, MARKER, comment
+from devtools.render import MOCK_AUTH_TOKEN, read_stack_file
+from infra.containers import health_check
+from tests.support import ROOT
+
+
+@pytest.fixture(scope="module")
+def dev() -> plan.Plan:
+    stack = read_stack_file("dev")
+    assert stack.region is not None
+    return plan.make_plan("dev", stack.config, stack.region)
+
+
+def test_the_same_config_gives_byte_identical_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once in a new interpreter (as `make plan` runs it: another hash seed), once here."""
+    png = tmp_path / "dev.png"
+    arguments = ["--stack", "dev", "--diagram", str(png)]
+    process = subprocess.run(
+        [sys.executable, "-m", "devtools.plan", *arguments],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.returncode == 0, process.stderr
+    first_digest = diagram.embedded_digest(png)
+    assert plan.main(arguments) == 0
+    assert capsys.readouterr().out == process.stdout
+    assert diagram.embedded_digest(png) == first_digest is not None
+    for section in ("Summary", "Validation", "Resources, by component", "Monthly cost", "Diagram"):
+        assert f"\n{section}\n{'=' * len(section)}\n" in process.stdout
+    assert "\nOK: " in process.stdout
+
+
+def test_every_resource_is_listed_under_its_component(dev: plan.Plan) -> None:
+    text = plan.render(dev, None)
+    components = {r.urn: r for r in dev.run.resources if not r.custom}
+    for resource in dev.run.resources:
+        if not resource.custom:
+            continue
+        component = components[resource.parent]
+        heading = f"\n{component.name} ({component.type.rsplit(':', 1)[1]})\n"
+        section = text.split(heading, 1)[1].split("\n\n", 1)[0]
+        assert f"  {resource.type.rsplit(':', 1)[1]} {resource.name}\n" in section, resource.name
+
+
+def test_the_plan_shows_what_a_reviewer_checks(dev: plan.Plan) -> None:
+    text = plan.render(dev, None)
+    long_pool = "budget: taskTimeout 1800 s -> soft 1800 s / hard 1860 s, cold shutdown"
+    for expected in (
+        long_pool,
+        "network-alb <- tcp 80 from 0.0.0.0/0 PUBLIC",
+        "internet-facing PUBLIC application load balancer",
+        "TLS required, encrypted at rest on",
+        "target tracking: 40 waiting messages per running task (queues default)",
+        "1-4 tasks of worker-default-service",
+        "allow secretsmanager:GetSecretValue on broker",
+        "Tasks:       beat 1, web 1-2, worker-default 1-4, worker-long 1-2 (X86_64)",
+    ):
+        assert expected in text, expected
+    # Secrets never reach the plan, in any form.
+    assert MOCK_AUTH_TOKEN not in text and "rediss://" not in text
+    assert "MockToken" not in text
+
+
+def test_a_broken_rule_fails_the_plan_naming_resource_field_and_rule(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A code change AWS would refuse: a worker health check every 400 s (5-300 allowed)."""
+
+    def every_400_seconds(role: str) -> dict[str, object]:
+        return {**health_check(role), "interval": 400}
+
+    monkeypatch.setattr("infra.worker.health_check", every_400_seconds)
+    assert plan.main(["--stack", "dev", "--no-diagram"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: 2 problem(s)" in out
+    assert (
+        "worker-default-task (aws:ecs/taskDefinition:TaskDefinition): RegisterTaskDefinition."
+        "containerDefinitions[0].healthCheck.interval (from containerDefinitions): 400 is out of "
+        'range 5..300 [documented: "You may specify between 5 and 300 seconds."]'
+    ) in out.replace("\n    ", " ")
+
+
+def test_an_invalid_config_fails_with_its_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = tmp_path / "Pulumi.broken.yaml"
+    stack.write_text("config:\n  aws:region: us-east-1\n  celery-ecs:scheduler: cron\n")
+    assert plan.main(["--file", str(stack), "--no-diagram"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "invalid stack config: scheduler: unknown value 'cron'; allowed: beat, eventbridge\n"
+    )
+
+
+def test_a_missing_stack_file_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert plan.main(["--stack", "nonexistent"]) == 2
+    assert "no stack file Pulumi.nonexistent.yaml; stacks here: dev" in capsys.readouterr().err
+
+
+def test_a_region_without_prices_is_planned_without_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = tmp_path / "Pulumi.ireland.yaml"
+    stack.write_text("config:\n  aws:region: eu-west-1\n")
+    assert plan.main(["--file", str(stack), "--no-diagram"]) == 0
+    out = capsys.readouterr().out
+    assert "Offline plan of stack ireland, region eu-west-1" in out
+    assert "No price table for eu-west-1" in out
+    assert "us-east-1a" not in out and "eu-west-1a" in out
+
+
+def test_the_readme_shows_the_current_dev_plan(dev: plan.Plan) -> None:
+    """`make plan-docs` writes both; they must be what Pulumi.dev.yaml renders now."""
+    readme = (ROOT / "README.md").read_text()
+    assert plan.readme_cost(readme) == cost.markdown(dev.estimate)
+    source = diagram.graph_source(dev.run, dev.config, plan._title(dev))
+    assert diagram.embedded_digest(plan.DOCS_DIAGRAM) == diagram.digest(source), (
+        "docs/plan-dev.png is out of date: run make plan-docs"
+    )
+    assert "![Diagram of the dev stack](docs/plan-dev.png)" in readme
+
+
+def test_the_diagram_is_drawn_from_the_rendered_stack(dev: plan.Plan) -> None:
+    source = diagram.graph_source(dev.run, dev.config, "dev")
+    assert source == diagram.graph_source(dev.run, dev.config, "dev")
+    for label in (
+        "worker-long\n1-2 tasks",
+        "taskTimeout 1800 s, cold stop",
+        "ElastiCache valkey 8.0",
+        "VPC 10.0.0.0/16 (us-east-1a, us-east-1b)",
+        "public subnets",
+        "HTTP 80",
+    ):
+        assert label in source, label
+    assert "<diagrams>/aws/compute/fargate.png" in source
+    assert str(ROOT) not in source
+
+
+def test_the_pull_request_comment() -> None:
+    head = "plan\nline two\n"
+    assert comment("dev", head, None, 0).startswith(f"{MARKER}\n### Offline plan of stack `dev`")
+    assert "No change against the base branch." in comment("dev", head, head, 0)
+    changed = comment("dev", head, "plan\nline 2\n", 1)
+    assert "```diff" in changed and "-line 2" in changed and "+line two" in changed
+    assert "**Refused**" in changed
+    assert "`make plan` exited with status 2" in comment("dev", "", None, 2, "no stack file")
+    huge = comment("dev", "x" * (2 * LIMIT), None, 0)
+    assert len(huge) < 65_536 and "cut here" in huge

@@ -1,0 +1,479 @@
+"""Validation against AWS's own rules (devtools/validate.py, apimap.py, awsmodel.py).
+
+Every shipped stack file passes; every kind of check catches a deliberate mistake, named by
+resource, field and rule. (Every tested configuration passes too: tests/test_infra_program.py.)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from botocore.model import ListShape, MapShape, Shape, StructureShape
+
+from devtools import awsmodel
+from devtools.apimap import MAPPINGS, lifecycle_policy_problems
+from devtools.render import ProgramRun, Registration, read_stack_file, run_program
+from devtools.validate import validate
+from tests.support import ROOT
+
+CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"
+#: Everything the program can register at once: EventBridge, HTTPS, access logs, NAT and flow
+#: logs (production), a Fargate Spot pool.
+EVERYTHING: dict[str, object] = {
+    "production": True,
+    "scheduler": "eventbridge",
+    "workers": [
+        {"name": "short", "queues": ["default"], "taskTimeout": 60, "fargateSpot": True},
+        {"name": "long", "queues": ["long"], "taskTimeout": 1800},
+    ],
+    "web": {
+        "certificateArn": CERTIFICATE,
+        "accessLogsBucket": "alb-logs-bucket",
+        "targetRequestsPerTask": 100,
+    },
+    "network": {"natGateways": "perAz"},
+}
+
+
+@pytest.fixture(scope="module")
+def everything() -> ProgramRun:
+    return run_program(EVERYTHING, stack="test")
+
+
+@pytest.mark.parametrize("stack", sorted(p.name.split(".")[1] for p in ROOT.glob("Pulumi.*.yaml")))
+def test_every_shipped_stack_passes(stack: str) -> None:
+    stack_file = read_stack_file(stack)
+    run = run_program(stack_file.config, stack=stack, region=stack_file.region or "us-east-1")
+    report = validate(run)
+    assert report.ok, "\n".join(map(str, report.findings))
+    assert report.requests > 50 and report.policies >= 5
+
+
+def test_everything_the_program_registers_is_mapped_and_passes(everything: ProgramRun) -> None:
+    report = validate(everything)
+    assert report.ok, "\n".join(map(str, report.findings))
+    custom = {r.type for r in everything.resources if r.custom}
+    assert {typ for typ in custom if typ.startswith("aws:")} <= set(MAPPINGS)
+
+
+def mutated(
+    run: ProgramRun, typ: str, name: str, change: Callable[[dict[str, Any]], Any]
+) -> ProgramRun:
+    """``run`` with one resource's inputs changed."""
+    resources = []
+    for resource in run.resources:
+        if resource.type == typ and resource.name == name:
+            inputs = copy.deepcopy(resource.inputs)
+            change(inputs)
+            resource = dataclasses.replace(resource, inputs=inputs)
+        resources.append(resource)
+    assert resources != run.resources, f"no {typ} named {name}"
+    return ProgramRun(resources=resources, outputs=run.outputs)
+
+
+def container(change: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], None]:
+    def apply(inputs: dict[str, Any]) -> None:
+        definitions = json.loads(inputs["containerDefinitions"])
+        change(definitions[0])
+        inputs["containerDefinitions"] = json.dumps(definitions)
+
+    return apply
+
+
+def policy(
+    change: Callable[[dict[str, Any]], Any], key: str = "policy"
+) -> Callable[[dict[str, Any]], None]:
+    def apply(inputs: dict[str, Any]) -> None:
+        document = json.loads(inputs[key])
+        change(document["Statement"][0])
+        inputs[key] = json.dumps(document)
+
+    return apply
+
+
+TASK = "aws:ecs/taskDefinition:TaskDefinition"
+SERVICE = "aws:ecs/service:Service"
+MISTAKES = [
+    # (id, type, resource, change, field contains, rule contains)
+    pytest.param(
+        TASK, "web-task", container(lambda c: c.update(stopTimeout=150)),
+        "containerDefinitions[0].stopTimeout", "The valid values for Fargate are 2-120 seconds",
+        id="task-stop-timeout-above-fargate-cap",
+    ),
+    pytest.param(
+        TASK, "worker-long-task", container(lambda c: c["healthCheck"].update(retries=0)),
+        "containerDefinitions[0].healthCheck.retries", "between 1 and 10 retries",
+        id="task-health-check-retries",
+    ),
+    pytest.param(
+        TASK, "web-task", container(lambda c: c.update(readOnlyRootFilesystem=True)),
+        "containerDefinitions[0].readOnlyRootFilesystem", "unknown member",
+        id="task-misspelt-member",
+    ),
+    pytest.param(
+        TASK, "web-task", container(lambda c: c["logConfiguration"].update(logDriver="cloudwatch")),
+        "logConfiguration.logDriver", "enum", id="task-log-driver",
+    ),
+    pytest.param(
+        TASK, "web-task", lambda i: i["runtimePlatform"].update(cpuArchitecture="AMD64"),
+        "runtimePlatform.cpuArchitecture", "enum", id="task-cpu-architecture",
+    ),
+    pytest.param(
+        TASK, "web-task", lambda i: i.update(family="celery ecs web"),
+        "RegisterTaskDefinition.family", "Up to 255 letters", id="task-family-characters",
+    ),
+    pytest.param(
+        SERVICE, "web-service", lambda i: i["networkConfiguration"].pop("subnets"),
+        "networkConfiguration.awsvpcConfiguration", "required", id="service-without-subnets",
+    ),
+    pytest.param(
+        SERVICE, "worker-short-service",
+        lambda i: i["capacityProviderStrategies"][1].update(weight=2000),
+        "capacityProviderStrategy[1].weight", "max", id="service-spot-weight",
+    ),
+    pytest.param(
+        SERVICE, "web-service", lambda i: i.update(propagateTags="TASK"),
+        "CreateService.propagateTags", "enum", id="service-propagate-tags",
+    ),
+    pytest.param(
+        "aws:lb/targetGroup:TargetGroup", "web-tg", lambda i: i["healthCheck"].update(timeout=1),
+        "HealthCheckTimeoutSeconds (from healthCheck.timeout)", "min", id="target-group-timeout",
+    ),
+    pytest.param(
+        "aws:lb/targetGroup:TargetGroup", "web-tg", lambda i: i.update(deregistrationDelay=3601),
+        "<deregistration_delay.timeout_seconds> (from deregistrationDelay)", "0-3600",
+        id="target-group-deregistration-delay",
+    ),
+    pytest.param(
+        "aws:lb/listener:Listener", "web-http",
+        lambda i: i["defaultActions"][0]["redirect"].update(statusCode="HTTP_308"),
+        "DefaultActions[0].RedirectConfig.StatusCode", "enum", id="listener-redirect-status",
+    ),
+    pytest.param(
+        "aws:lb/listener:Listener", "web-https", lambda i: i.update(port=0),
+        "CreateListener.Port (from port)", "min", id="listener-port",
+    ),
+    pytest.param(
+        "aws:lb/loadBalancer:LoadBalancer", "web-alb", lambda i: i.update(idleTimeout=4001),
+        "<idle_timeout.timeout_seconds> (from idleTimeout)", "valid range is 1-4000",
+        id="alb-idle-timeout",
+    ),
+    pytest.param(
+        "aws:lb/loadBalancer:LoadBalancer", "web-alb",
+        lambda i: i.update(desyncMitigationMode="off"),
+        "<routing.http.desync_mitigation_mode> (from desyncMitigationMode)",
+        "monitor, defensive, and strictest", id="alb-desync-mitigation",
+    ),
+    pytest.param(
+        "aws:lb/loadBalancer:LoadBalancer", "web-alb", lambda i: i.update(loadBalancerType="app"),
+        "CreateLoadBalancer.Type", "enum", id="alb-type",
+    ),
+    pytest.param(
+        "aws:elasticache/replicationGroup:ReplicationGroup", "broker",
+        lambda i: i.update(nodeType="cache.t4g.mikro"),
+        "CacheNodeType (from nodeType)", "node types are supported", id="broker-node-type",
+    ),
+    pytest.param(
+        "aws:elasticache/replicationGroup:ReplicationGroup", "broker",
+        lambda i: i.update(numCacheClusters=7),
+        "NumCacheClusters", "maximum permitted value", id="broker-too-many-nodes",
+    ),
+    pytest.param(
+        "aws:elasticache/replicationGroup:ReplicationGroup", "broker",
+        lambda i: i.update(authToken="short!"),
+        "AuthToken", "at least 16 characters", id="broker-auth-token",
+    ),
+    pytest.param(
+        "aws:elasticache/parameterGroup:ParameterGroup", "broker",
+        lambda i: i.update(family="valkey9"),
+        "CacheParameterGroupFamily (from family)", "Valid values are", id="parameter-group-family",
+    ),
+    pytest.param(
+        "aws:appautoscaling/target:Target", "web-scaling",
+        lambda i: i.update(serviceNamespace="fargate"),
+        "RegisterScalableTarget.ServiceNamespace", "enum", id="scaling-target-namespace",
+    ),
+    pytest.param(
+        "aws:appautoscaling/policy:Policy", "web-scaling-cpu",
+        lambda i: i["targetTrackingScalingPolicyConfiguration"][
+            "predefinedMetricSpecification"
+        ].update(predefinedMetricType="ECSServiceCPU"),
+        "PredefinedMetricSpecification.PredefinedMetricType", "enum", id="scaling-policy-metric",
+    ),
+    pytest.param(
+        "aws:appautoscaling/policy:Policy", "worker-short-scaling-backlog",
+        lambda i: i["targetTrackingScalingPolicyConfiguration"]["customizedMetricSpecification"][
+            "metrics"
+        ][0].pop("id"),
+        "Metrics[0]", "required", id="scaling-policy-metric-query-id",
+    ),
+    pytest.param(
+        "aws:cloudwatch/eventRule:EventRule", "schedule-nightly-report",
+        lambda i: i.update(state="ON"), "PutRule.State", "enum", id="rule-state",
+    ),
+    pytest.param(
+        "aws:cloudwatch/eventRule:EventRule", "schedule-nightly-report",
+        lambda i: i.update(scheduleExpression="cron(" + "0 " * 200 + ")"),
+        "PutRule.ScheduleExpression", "max", id="rule-expression-length",
+    ),
+    pytest.param(
+        "aws:cloudwatch/eventTarget:EventTarget", "schedule-nightly-report",
+        lambda i: i["ecsTarget"].update(taskCount=0),
+        "EcsParameters.TaskCount", "min", id="target-task-count",
+    ),
+    pytest.param(
+        "aws:cloudwatch/eventTarget:EventTarget", "schedule-nightly-report",
+        lambda i: i["inputTransformer"]["inputPaths"].update({"!": "$.time"}),
+        "InputPathsMap<key '!'>", "pattern", id="target-input-path-key",
+    ),
+    pytest.param(
+        "aws:cloudwatch/logGroup:LogGroup", "cluster-web", lambda i: i.update(retentionInDays=45),
+        "PutRetentionPolicy.retentionInDays", "Possible values are", id="log-retention",
+    ),
+    pytest.param(
+        "aws:cloudwatch/logGroup:LogGroup", "cluster-web", lambda i: i.update(name="/" + "a" * 512),
+        "CreateLogGroup.logGroupName", "max", id="log-group-name-length",
+    ),
+    pytest.param(
+        "aws:ecr/repository:Repository", "celery-ecs-test",
+        lambda i: i.update(imageTagMutability="FROZEN"),
+        "CreateRepository.imageTagMutability", "enum", id="ecr-tag-mutability",
+    ),
+    pytest.param(
+        "aws:ecr/lifecyclePolicy:LifecyclePolicy", "celery-ecs-test",
+        lambda i: i.update(policy=json.dumps({"rules": [{"rulePriority": 1}]})),
+        "PutLifecyclePolicy.lifecyclePolicyText", "min", id="ecr-lifecycle-policy-length",
+    ),
+    pytest.param(
+        "aws:ecr/lifecyclePolicy:LifecyclePolicy", "celery-ecs-test",
+        lambda i: i.update(policy=i["policy"].replace("imageCountMoreThan", "imageCountAbove")),
+        "policy", "document rules", id="ecr-lifecycle-count-type",
+    ),
+    pytest.param(
+        "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule", "network-alb-https-in",
+        lambda i: i.update(cidrIpv4="0.0.0.0/40"),
+        "IpRanges[0].CidrIp (from cidrIpv4)", "/32 prefix length", id="ingress-cidr",
+    ),
+    pytest.param(
+        "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule", "network-web-https-out",
+        lambda i: i.update(fromPort="443"),
+        "IpPermissions[0].FromPort (from fromPort)", "type", id="egress-port-type",
+    ),
+    pytest.param(
+        "aws:ec2/securityGroup:SecurityGroup", "network-web",
+        lambda i: i.update(description="Web tasks — from the ALB"),
+        "CreateSecurityGroup.Description", "Valid characters", id="security-group-description",
+    ),
+    pytest.param(
+        "aws:secretsmanager/secret:Secret", "broker", lambda i: i.update(recoveryWindowInDays=3),
+        "DeleteSecret.RecoveryWindowInDays", "from 7 to 30", id="secret-recovery-window",
+    ),
+    pytest.param(
+        SERVICE, "web-service", lambda i: i.update(availabilityZoneRebalancing="ENABLED"),
+        "availabilityZoneRebalancing", "mapped to the AWS API", id="unmapped-input",
+    ),
+    pytest.param(
+        "aws:iam/rolePolicy:RolePolicy", "schedule-events",
+        policy(lambda s: s.update(Action=["ecs:RunTasks"])),
+        "policy", "parliament UNKNOWN_ACTION", id="iam-unknown-action",
+    ),
+    pytest.param(
+        "aws:iam/rolePolicy:RolePolicy", "cluster-execution",
+        policy(lambda s: s.update(Action=["s3:GetObject"])),
+        "policy", "parliament RESOURCE_MISMATCH", id="iam-resource-does-not-match-action",
+    ),
+    pytest.param(
+        "aws:iam/rolePolicy:RolePolicy", "schedule-events",
+        policy(lambda s: s.update(Condition={"ArnEqual": s["Condition"]["ArnEquals"]})),
+        "policy", "parliament UNKNOWN_OPERATOR", id="iam-malformed-condition",
+    ),
+    pytest.param(
+        "aws:iam/rolePolicy:RolePolicy", "schedule-events",
+        policy(lambda s: s.update(Condition={"StringEquals": {"ecs:cluster": "default"}})),
+        "policy", "parliament MISMATCHED_TYPE", id="iam-condition-value-type",
+    ),
+    pytest.param(
+        "aws:iam/role:Role", "cluster-execution",
+        policy(lambda s: s.update(Action="sts:AssumeRoles"), key="assumeRolePolicy"),
+        "assumeRolePolicy", "parliament UNKNOWN_ACTION", id="iam-trust-policy-action",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("typ, name, change, field, rule", MISTAKES)
+def test_each_check_catches_a_deliberate_mistake(
+    everything: ProgramRun,
+    typ: str,
+    name: str,
+    change: Callable[[dict[str, Any]], Any],
+    field: str,
+    rule: str,
+) -> None:
+    findings = validate(mutated(everything, typ, name, change)).findings
+    assert findings, "the mistake went through"
+    assert all(finding.resource == name and finding.type == typ for finding in findings), findings
+    assert any(field in finding.field and rule in finding.rule for finding in findings), findings
+
+
+def test_a_finding_names_resource_field_and_rule(everything: ProgramRun) -> None:
+    run = mutated(
+        everything,
+        "aws:lb/loadBalancer:LoadBalancer",
+        "web-alb",
+        lambda i: i.update(idleTimeout=5000),
+    )
+    (finding,) = validate(run).findings
+    assert str(finding) == (
+        "web-alb (aws:lb/loadBalancer:LoadBalancer): ModifyLoadBalancerAttributes.Attributes[0]"
+        "<idle_timeout.timeout_seconds> (from idleTimeout): 5000 is out of range 1..4000 "
+        '[documented: "idle_timeout.timeout_seconds - The idle timeout value, in seconds. The '
+        'valid range is 1-4000 seconds."]'
+    )
+
+
+def test_a_resource_type_without_mapping_is_a_finding(everything: ProgramRun) -> None:
+    topic = Registration(type="aws:sns/topic:Topic", name="alarms", inputs={"name": "alarms"})
+    run = ProgramRun(resources=[*everything.resources, topic])
+    (finding,) = validate(run).findings
+    assert (finding.resource, finding.field, finding.rule) == (
+        "alarms",
+        "(type)",
+        "mapped to the AWS API",
+    )
+
+
+def test_a_dead_letter_queue_and_its_policy(everything: ProgramRun) -> None:
+    """SQS is mapped too (the EventBridge targets' dead-letter queue): attributes by the model's
+    names, and the queue policy linted like the IAM ones."""
+    (queue,) = everything.of_type("aws:sqs/queue:Queue")
+    (policy,) = everything.of_type("aws:sqs/queuePolicy:QueuePolicy")
+    assert validate(everything).ok, validate(everything).findings
+
+    def misspell_send(inputs: dict[str, Any]) -> None:
+        document = json.loads(inputs["policy"])
+        for statement in document["Statement"]:
+            if statement["Effect"] == "Allow":
+                statement["Action"] = "sqs:Send"
+        inputs["policy"] = json.dumps(document)
+
+    broken = mutated(everything, policy.type, policy.name, misspell_send)
+    assert {(f.resource, f.rule) for f in validate(broken).findings} == {
+        (policy.name, "parliament UNKNOWN_ACTION")
+    }
+    misspelt = mutated(
+        everything, queue.type, queue.name, lambda i: i.update(messageRetention=60)
+    )
+    (finding,) = validate(misspelt).findings
+    assert (finding.field, finding.rule) == ("messageRetention", "mapped to the AWS API")
+
+
+def test_trust_policies_are_linted_against_the_role_they_belong_to(everything: ProgramRun) -> None:
+    role = everything.named("aws:iam/role:Role", "cluster-execution")
+    # sts:AssumeRole on a role is right; the same statement about a log group is not.
+    wrong = mutated(
+        everything,
+        role.type,
+        role.name,
+        policy(
+            lambda s: s.update(Resource="arn:aws:logs:us-east-1:123456789012:log-group:x"),
+            "assumeRolePolicy",
+        ),
+    )
+    assert [f.rule for f in validate(wrong).findings] == ["parliament RESOURCE_MISMATCH"]
+
+
+def test_the_documented_rules_are_still_what_aws_documents() -> None:
+    """Every rule taken from the models' documentation quotes a sentence the installed botocore
+    still has: a rule AWS changes fails here, not silently in the plan."""
+    assert awsmodel.stale_quotes() == []
+    assert "cache.t4g.micro" in awsmodel.current_node_types()
+    assert "cache.t1.micro" not in awsmodel.current_node_types()  # previous generation
+
+
+def _shapes(shape: Shape, seen: set[str]) -> list[Shape]:
+    if shape.name in seen:
+        return []
+    seen.add(shape.name)
+    found = [shape]
+    if isinstance(shape, StructureShape):
+        for member in shape.members.values():
+            found += _shapes(member, seen)
+    elif isinstance(shape, ListShape):
+        found += _shapes(shape.member, seen)
+    elif isinstance(shape, MapShape):
+        found += _shapes(shape.key, seen) + _shapes(shape.value, seen)
+    return found
+
+
+def test_every_pattern_of_the_mapped_operations_compiles() -> None:
+    """Smithy patterns are ECMAScript with Java-style properties: each one the table can meet
+    must compile, or a check would be skipped."""
+    patterns = {
+        (call.service, shape.name): shape.metadata["pattern"]
+        for mapping in MAPPINGS.values()
+        for call in mapping.calls
+        for shape in _shapes(awsmodel.operation_input(call.service, call.operation), set())
+        if "pattern" in shape.metadata
+    }
+    assert len(patterns) > 20
+    assert [where for where, pattern in patterns.items() if not awsmodel.compiles(pattern)] == []
+
+
+def test_the_model_walk_reports_every_kind_of_violation() -> None:
+    shape = awsmodel.operation_input("ecs", "RegisterTaskDefinition")
+    found = awsmodel.check(
+        {
+            "family": "web",
+            "containerDefinitions": [
+                {
+                    "name": 1,
+                    "colour": "red",
+                    "essential": "yes",
+                    "logConfiguration": {"logDriver": "stdout"},
+                    "healthCheck": {"interval": 30},
+                    "portMappings": [{"containerPort": 80.5}],
+                }
+            ],
+            "tags": [{"key": "", "value": "x"}],
+        },
+        shape,
+        service="ecs",
+    )
+    assert sorted((v.path, v.rule) for v in found) == sorted(
+        [
+            ("containerDefinitions[0].name", "type"),
+            ("containerDefinitions[0].colour", "unknown member"),
+            ("containerDefinitions[0].essential", "type"),
+            ("containerDefinitions[0].logConfiguration.logDriver", "enum"),
+            ("containerDefinitions[0].healthCheck", "required"),
+            ("containerDefinitions[0].portMappings[0].containerPort", "type"),
+            ("tags[0].key", "min"),
+        ]
+    )
+
+
+def test_patterns_follow_smithy_not_python() -> None:
+    # Not anchored, \p{L} classes, and supplementary characters written as surrogate pairs.
+    assert awsmodel.compiles(r"[\p{L}\p{Z}\p{N}_.:/=+\-@]*")
+    pattern = awsmodel._compiled(r"^[\u0020-\uD7FF\uE000-\uFFFD\uD800\uDC00-\uDBFF\uDFFF]*$")
+    assert pattern.search("emoji \N{ROCKET}")
+    assert not pattern.search("bell \a")
+
+
+def test_lifecycle_policy_rules() -> None:
+    keep = {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": 20}
+    rule = {"rulePriority": 1, "selection": keep, "action": {"type": "expire"}}
+    assert lifecycle_policy_problems({"rules": [rule]}) == []
+    tagged = {**rule, "selection": {**keep, "tagStatus": "tagged"}}
+    assert lifecycle_policy_problems({"rules": [tagged]}) != []
+    aged = {**rule, "selection": {**keep, "countType": "sinceImagePushed"}}
+    assert "'countUnit' is a required property" in lifecycle_policy_problems({"rules": [aged]})[0]
+    later = {**rule, "rulePriority": 2, "selection": {**keep, "tagStatus": "untagged"}}
+    assert lifecycle_policy_problems({"rules": [rule, later]}) == [
+        "rules: a rule with tagStatus any must have the highest rulePriority"
+    ]
