@@ -50,7 +50,7 @@ def install_schedule(env: dict[str, str], workdir: Path, client: redis.Redis) ->
         wait_for(lambda: client.exists(f"redbeat:{HOURLY.name}"), 30, what="the stored schedule")
     finally:
         beat.signal(signal.SIGTERM)
-        beat.wait(timeout=10)
+        beat.wait(timeout=30)
     assert not client.exists("redbeat::lock")
     assert sent_tasks(client, HOURLY.queue) == []  # a new entry waits one interval
 
@@ -93,5 +93,5 @@ def test_second_beat_waits_for_the_lock_and_sends_nothing(
 
     # A deploy: the old beat stops and releases the lock; the waiting one takes over at once.
     first.signal(signal.SIGTERM)
-    assert first.wait(timeout=10) == 0
+    assert first.wait(timeout=30) == 0
     wait_for(lambda: "Acquired lock" in second.logs(), 30, what="the second beat to take over")
