@@ -207,9 +207,15 @@ def test_one_round_is_one_round_trip(redis_url: str) -> None:
     lines: list[str] = []
     publisher = publisher_for(redis_url, lines)
     publisher.publish()  # connects
-    with mock.patch.object(
-        redis.client.Pipeline, "execute", autospec=True, side_effect=redis.client.Pipeline.execute
-    ) as execute, mock.patch.object(redis.Redis, "execute_command") as single:
+    with (
+        mock.patch.object(
+            redis.client.Pipeline,
+            "execute",
+            autospec=True,
+            side_effect=redis.client.Pipeline.execute,
+        ) as execute,
+        mock.patch.object(redis.Redis, "execute_command") as single,
+    ):
         publisher.publish()
     assert execute.call_count == 1 and single.call_count == 0
     assert len(lines) == 6
@@ -275,15 +281,15 @@ def test_the_message_factory_stamps_every_publish(
     assert message["headers"][PUBLISHED_AT_HEADER] == 1234.5
     # A retry is a new publish through the same factory: its wait starts again.
     task = app.tasks.noop
-    with mock.patch.object(app.celery_app, "time", SimpleNamespace(time=lambda: 2000.0)):
-        with celery_app.connection_for_write(redis_url) as connection:
-            task.apply_async(connection=connection, queue="long", ignore_result=True, retries=1)
+    with (
+        mock.patch.object(app.celery_app, "time", SimpleNamespace(time=lambda: 2000.0)),
+        celery_app.connection_for_write(redis_url) as connection,
+    ):
+        task.apply_async(connection=connection, queue="long", ignore_result=True, retries=1)
     assert head_stamp(redis_client, "long") == 2000.0
 
 
-def test_the_web_stamps_what_it_publishes(
-    make_client: Any, redis_client: redis.Redis
-) -> None:
+def test_the_web_stamps_what_it_publishes(make_client: Any, redis_client: redis.Redis) -> None:
     response = make_client().post("/tasks/noop", json={})
     assert response.status_code == 202, response.get_json()
     stamp = head_stamp(redis_client, "default")
