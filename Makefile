@@ -27,6 +27,8 @@ test: $(BIN)/.installed system-packages
 
 bench: $(BIN)/.installed system-packages
 	$(BIN)/python -m bench.worker_budget
+	$(BIN)/python -m bench.metrics_cost
+	$(BIN)/python -m bench.scaling_sim
 
 clean:
 	rm -rf $(VENV) .twin .pytest_cache .ruff_cache .hypothesis

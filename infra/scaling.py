@@ -52,8 +52,10 @@ STEP_SCALE_OUT_COOLDOWN = 120
 #: (backlog per worker as a multiple of the target, percent of capacity added from there on).
 #: Each step adds what its lower bound asks for, (multiple - 1) x 100 %: proportional, rounded
 #: down, so the pool never grows past what the backlog asks for.
+#: Doubling multiples, up to 129 x: a burst on a one-task pool reaches its maximum at once.
 SCALE_OUT_STEPS: tuple[tuple[float, int], ...] = (
     (1.25, 25), (1.5, 50), (2.0, 100), (3.0, 200), (5.0, 400), (9.0, 800), (17.0, 1600),
+    (33.0, 3200), (65.0, 6400), (129.0, 12800),
 )  # fmt: skip
 
 

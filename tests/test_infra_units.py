@@ -16,6 +16,7 @@ from infra.eventbridge import plan_schedule
 from infra.image import ecr_repository
 from infra.network import subnet_cidrs
 from infra.scaling import (
+    SCALE_OUT_STEPS,
     SCALE_OUT_THRESHOLD,
     BacklogTarget,
     backlog_metric_queries,
@@ -83,7 +84,7 @@ def test_scale_out_steps_cover_every_breach_and_never_add_more_than_asked(per_ta
     for below, above in itertools.pairwise(steps):
         assert below["metric_interval_upper_bound"] == above["metric_interval_lower_bound"]
     assert "metric_interval_upper_bound" not in steps[-1]
-    breaches = [threshold + per_task * k / 8 for k in range(0, 400)]
+    breaches = [threshold + per_task * k / 8 for k in range(0, 2400)]
     for metric in breaches:
         (step,) = [
             s for s in steps
@@ -93,7 +94,7 @@ def test_scale_out_steps_cover_every_breach_and_never_add_more_than_asked(per_ta
         growth = 1 + step["scaling_adjustment"] / 100
         wanted = metric / per_task
         assert growth <= wanted + 1e-9, (metric, step)
-        if wanted < 17:
+        if wanted < 2 * SCALE_OUT_STEPS[-1][0]:
             assert growth > wanted / 2, (metric, step)
 
 
