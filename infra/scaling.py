@@ -194,12 +194,12 @@ def scale_out_steps(per_task: int) -> list[dict[str, Any]]:
     steps = []
     for index, (multiple, percent) in enumerate(SCALE_OUT_STEPS):
         step: dict[str, Any] = {
-            "metric_interval_lower_bound": f"{multiple * per_task - threshold:g}",
+            "metric_interval_lower_bound": f"{multiple * per_task - threshold:.12g}",
             "scaling_adjustment": percent,
         }
         if index + 1 < len(SCALE_OUT_STEPS):
             upper = SCALE_OUT_STEPS[index + 1][0] * per_task - threshold
-            step["metric_interval_upper_bound"] = f"{upper:g}"
+            step["metric_interval_upper_bound"] = f"{upper:.12g}"
         steps.append(step)
     return steps
 
