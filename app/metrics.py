@@ -216,10 +216,9 @@ class QueueMetricsPublisher:
             pipe.zcard(layout.registry)
             pipe.expire(layout.registry, int(WORKER_TTL_SECONDS))
             replies = pipe.execute()
-        lists = layout.lists
         queues = {}
         position = 0
-        for queue, keys in lists.items():
+        for queue, keys in layout.lists.items():
             backlog = 0
             stamps = []
             for _ in keys:
