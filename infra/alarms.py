@@ -18,6 +18,7 @@ import pulumi_aws as aws
 
 from app.metrics import BEAT_HEARTBEAT_METRIC, OLDEST_AGE_METRIC, QUEUE_DIMENSION
 from infra.config import AlertsConfig, WorkerPool
+from infra.scaling import across
 
 #: Period of the operator alarms, seconds: AWS metrics (ECS, ELB, ElastiCache) are one-minute.
 PERIOD = 60
@@ -108,11 +109,6 @@ def expression(expr: str, label: str) -> dict[str, Any]:
     return {"id": "result", "expression": expr, "label": label, "return_data": True}
 
 
-def maximum_of(ids: Sequence[str]) -> str:
-    """The largest of several time series, datapoint by datapoint."""
-    return ids[0] if len(ids) == 1 else f"MAX([{', '.join(ids)}])"
-
-
 class Alarms(pulumi.ComponentResource):
     #: Alarm name -> alarm, for the dashboard's status widget.
     alarms: dict[str, aws.cloudwatch.MetricAlarm]
@@ -127,6 +123,13 @@ class Alarms(pulumi.ComponentResource):
             self._pool_alarms(service)
         if args.beat:
             self._beat_alarm()
+        self._schedule_alarms()
+        self._web_alarms()
+        self._broker_alarms()
+        self.register_outputs({"alarmNames": sorted(self.alarms)})
+
+    def _schedule_alarms(self) -> None:
+        args = self.args
         for entry, rule in (args.rules or {}).items():
             self._add(
                 f"schedule-failed-{entry}",
@@ -171,9 +174,6 @@ class Alarms(pulumi.ComponentResource):
                 evaluated=1,
                 missing="notBreaching",
             )
-        self._web_alarms()
-        self._broker_alarms()
-        self.register_outputs({"alarmNames": sorted(self.alarms)})
 
     def _add(
         self,
@@ -221,7 +221,7 @@ class Alarms(pulumi.ComponentResource):
             f"maxQueueSeconds ({pool.max_queue_seconds} s) for {QUEUE_AGE_MINUTES} minutes. "
             "Are the tasks running (pool at maxCount? tasks failing to start)? Raise maxCount "
             "or lower backlogPerTask.",
-            [*ages, expression(maximum_of([q["id"] for q in ages]), "Oldest message age")],
+            [*ages, expression(across("MAX", [q["id"] for q in ages]), "Oldest message age")],
             threshold=pool.max_queue_seconds,
             breaching=QUEUE_AGE_MINUTES,
             evaluated=QUEUE_AGE_MINUTES,
@@ -344,7 +344,7 @@ class Alarms(pulumi.ComponentResource):
             self._add(
                 what,
                 description,
-                [*nodes, expression(maximum_of([q["id"] for q in nodes]), metric_name)],
+                [*nodes, expression(across("MAX", [q["id"] for q in nodes]), metric_name)],
                 threshold=threshold,
                 breaching=minutes,
                 evaluated=minutes,

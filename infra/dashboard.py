@@ -23,7 +23,7 @@ from app.metrics import (
     WORKERS_METRIC,
 )
 from infra.config import AlertsConfig, WorkerPool
-from infra.scaling import HIGH_RESOLUTION_PERIOD, SCALE_OUT_THRESHOLD
+from infra.scaling import HIGH_RESOLUTION_PERIOD, SCALE_OUT_THRESHOLD, across
 
 WIDTH, HEIGHT = 12, 6
 CONTAINER_INSIGHTS = "ECS/ContainerInsights"
@@ -94,7 +94,7 @@ def pool_widgets(spec: DashboardSpec, pool: WorkerPool) -> list[dict[str, Any]]:
     ns, region = spec.namespace, spec.region
     service = {"ClusterName": spec.cluster_name, "ServiceName": spec.service_names[pool.name]}
     queue_ids = [f"b{index}" for index in range(len(pool.queues))]
-    total = queue_ids[0] if len(queue_ids) == 1 else f"SUM([{','.join(queue_ids)}])"
+    total = across("SUM", queue_ids)
     return [
         metric_widget(
             f"Pool {pool.name}: waiting messages and oldest message age",

@@ -51,8 +51,8 @@ SCALE_OUT_THRESHOLD = 1.25
 STEP_SCALE_OUT_COOLDOWN = 120
 #: (backlog per worker as a multiple of the target, percent of capacity added from there on).
 #: Each step adds what its lower bound asks for, (multiple - 1) x 100 %: proportional, rounded
-#: down, so the pool never grows past what the backlog asks for.
-#: Doubling multiples, up to 129 x: a burst on a one-task pool reaches its maximum at once.
+#: down, so the pool never grows past what the backlog asks for. The multiples double up to
+#: 129 x: a burst on a one-task pool reaches its maximum at once.
 SCALE_OUT_STEPS: tuple[tuple[float, int], ...] = (
     (1.25, 25), (1.5, 50), (2.0, 100), (3.0, 200), (5.0, 400), (9.0, 800), (17.0, 1600),
     (33.0, 3200), (65.0, 6400), (129.0, 12800),
@@ -108,11 +108,16 @@ def backlog_metric(namespace: str, queue: str) -> dict[str, Any]:
     }
 
 
+def across(function: str, ids: Sequence[str]) -> str:
+    """Metric math combining time series datapoint by datapoint (``SUM``, ``MAX``); one series
+    is itself."""
+    return ids[0] if len(ids) == 1 else f"{function}([{', '.join(ids)}])"
+
+
 def summed_backlog(target: BacklogTarget) -> tuple[list[tuple[str, str]], str]:
     """(query id, queue) of each queue's backlog, and the expression summing them."""
     ids = [(f"backlog{index}", queue) for index, queue in enumerate(target.queues)]
-    total = ids[0][0] if len(ids) == 1 else f"SUM([{', '.join(i for i, _ in ids)}])"
-    return ids, total
+    return ids, across("SUM", [query_id for query_id, _ in ids])
 
 
 def backlog_metric_queries(
