@@ -11,6 +11,7 @@ import pytest
 from app.routing import QUEUES
 from infra.budget import web_budget, worker_budget
 from infra.config import (
+    ALERTS_KEYS,
     BROKER_KEYS,
     EXISTING_VPC_KEYS,
     FARGATE_MEMORY,
@@ -408,8 +409,10 @@ def test_the_readme_documents_every_key() -> None:
         names = re.findall(r"`([^`]+)`", row.split("|")[1])
         prefix = names[0].rpartition(".")[0]
         documented |= {name if "." in name else f"{prefix}.{name}".lstrip(".") for name in names}
-    expected = {key for key in TOP_LEVEL_KEYS if key not in ("workers", "web", "broker", "network")}
+    sections = ("workers", "web", "broker", "network", "alerts")
+    expected = {key for key in TOP_LEVEL_KEYS if key not in sections}
     expected |= {"workers"} | {f"workers[].{key}" for key in POOL_KEYS}
     expected |= {f"web.{key}" for key in WEB_KEYS} | {f"broker.{key}" for key in BROKER_KEYS}
     expected |= {f"network.{key}" for key in NEW_VPC_KEYS + EXISTING_VPC_KEYS}
+    expected |= {f"alerts.{key}" for key in ALERTS_KEYS}
     assert expected <= documented, sorted(expected - documented)
