@@ -195,6 +195,39 @@ _ALARM_PERIOD = Period((10, 20, 30))
 _ALARM_PERIOD_QUOTE = "Valid values are 10, 20, 30, and any multiple of 60."
 _MISSING_DATA_QUOTE = "Valid Values: breaching | notBreaching | ignore | missing"
 
+
+# The documentation readers some rules below call, defined before the table that refers to them.
+
+
+def _member_documentation(service: str, shape_name: str, member: str) -> str:
+    shape = service_model(service).shape_for(shape_name)
+    assert isinstance(shape, StructureShape), shape_name
+    return shape.members[member].documentation
+
+
+@cache
+def current_node_types() -> frozenset[str]:
+    """ElastiCache node types of the current generation, as the CacheNodeType documentation of
+    CreateReplicationGroup lists them (previous-generation types cannot be created)."""
+    text = plain_text(
+        _member_documentation("elasticache", "CreateReplicationGroupMessage", "CacheNodeType")
+    )
+    current = regex.findall(
+        r"Current generation:(.*?)(?=Previous generation|Current generation:|$)", text
+    )
+    return frozenset(regex.findall(r"cache\.[a-z0-9]+\.[a-z0-9]+", " ".join(current)))
+
+
+@cache
+def sns_protocols() -> frozenset[str]:
+    """The protocols the documentation of Subscribe's Protocol lists: the code that starts each
+    item (``<code>email</code>``, an en dash, ``delivery of message via SMTP``)."""
+    documentation = _member_documentation("sns", "SubscribeInput", "Protocol")
+    return frozenset(
+        regex.findall(r"<li>\s*<p>\s*<code>([a-z-]+)</code>\s*\N{EN DASH}", documentation)
+    )
+
+
 #: (service, shape, member) -> the rule its documentation states.
 DOCUMENTED: dict[tuple[str, str, str], Documented] = {
     ("ecs", "ContainerDefinition", "stopTimeout"): Documented(
@@ -381,41 +414,12 @@ DOCUMENTED_ATTRIBUTES: dict[tuple[str, str], dict[str, Documented]] = {
 }
 
 
-def _member_documentation(service: str, shape_name: str, member: str) -> str:
-    shape = service_model(service).shape_for(shape_name)
-    assert isinstance(shape, StructureShape), shape_name
-    return shape.members[member].documentation
-
-
 @cache
 def documented_attribute_keys(service: str, shape_name: str) -> frozenset[str]:
     """Every attribute key the documentation of ``<shape>.Key`` lists (``<code>a.b</code>``)."""
     documentation = _member_documentation(service, shape_name, "Key")
     return frozenset(
         key for key in regex.findall(r"<code>([a-z0-9_.]+)</code>", documentation) if "." in key
-    )
-
-
-@cache
-def current_node_types() -> frozenset[str]:
-    """ElastiCache node types of the current generation, as the CacheNodeType documentation of
-    CreateReplicationGroup lists them (previous-generation types cannot be created)."""
-    text = plain_text(
-        _member_documentation("elasticache", "CreateReplicationGroupMessage", "CacheNodeType")
-    )
-    current = regex.findall(
-        r"Current generation:(.*?)(?=Previous generation|Current generation:|$)", text
-    )
-    return frozenset(regex.findall(r"cache\.[a-z0-9]+\.[a-z0-9]+", " ".join(current)))
-
-
-@cache
-def sns_protocols() -> frozenset[str]:
-    """The protocols the documentation of Subscribe's Protocol lists: the code that starts each
-    item (``<code>email</code>``, an en dash, ``delivery of message via SMTP``)."""
-    documentation = _member_documentation("sns", "SubscribeInput", "Protocol")
-    return frozenset(
-        regex.findall(r"<li>\s*<p>\s*<code>([a-z-]+)</code>\s*\N{EN DASH}", documentation)
     )
 
 
