@@ -190,7 +190,7 @@ def policy_documents(run: ProgramRun) -> list[PolicyDocument]:
     actions against the resource they act on (``sts:AssumeRole`` on a role).
 
     A key policy says ``"Resource": "*"``, which in a key policy means the key it is attached
-    to (KMS Developer Guide, "Key policies"); parliament reads it as every resource
+    to (KMS Developer Guide, "Elements in a key policy"); parliament reads it as every resource
     (RESOURCE_STAR). It is linted with the key's ARN instead, like a trust policy with its
     role's. The alias operations (CreateAlias, UpdateAlias, DeleteAlias) need permission on the
     alias as well as on the key, and the alias side is granted by IAM policies, never by a key
