@@ -31,6 +31,8 @@ test: $(BIN)/.installed system-packages
 
 bench: $(BIN)/.installed system-packages
 	$(BIN)/python -m bench.worker_budget
+	$(BIN)/python -m bench.metrics_cost
+	$(BIN)/python -m bench.scaling_sim
 
 bench-plan: $(BIN)/.installed system-packages
 	$(BIN)/python -m bench.plan

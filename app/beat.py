@@ -9,6 +9,7 @@ from redbeat import RedBeatScheduler
 
 from app.celery_app import BROKER_OUTAGE_ERRORS, settings
 from app.health import HeartbeatFile
+from app.metrics import BeatHeartbeat
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,10 @@ class HeartbeatRedBeatScheduler(RedBeatScheduler):
     """
 
     heartbeat = HeartbeatFile("beat", settings.heartbeat_dir)
+    #: The ``BeatHeartbeat`` metric (only with ``CELERY_METRICS_NAMESPACE``): an alarm notices a
+    #: beat that stopped scheduling, which a health check of the task cannot see once ECS has
+    #: nothing left to replace.
+    heartbeat_metric = BeatHeartbeat(settings.metrics_namespace)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:
@@ -36,4 +41,5 @@ class HeartbeatRedBeatScheduler(RedBeatScheduler):
                         OUTAGE_RETRY_SECONDS)  # fmt: skip
             return OUTAGE_RETRY_SECONDS
         self.heartbeat.touch()
+        self.heartbeat_metric.tick()
         return float(interval)

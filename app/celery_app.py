@@ -7,6 +7,7 @@ refused here, at import, before any process connects to anything.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,7 @@ from kombu.exceptions import OperationalError
 from app import routing
 from app.consumer import RestoreLostDeliveries
 from app.health import HeartbeatFile
-from app.metrics import BacklogMetricsStep
+from app.metrics import QueueMetricsStep, stamp_published_at
 from app.protection import TaskProtectionStep
 from app.recovery import UnackedSweepStep
 from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
@@ -85,7 +86,10 @@ class LimitedDelayAmqp(AMQP):
                 f"{name}: a countdown of {delay:.0f}s exceeds CELERY_MAX_COUNTDOWN="
                 f"{settings.max_countdown}s (the visibility timeout is sized for it)"
             )
-        return super().as_task_v2(task_id, name, args, kwargs, countdown, eta, *more, **options)
+        message = super().as_task_v2(task_id, name, args, kwargs, countdown, eta, *more, **options)
+        # Every message carries its publish time: the queue-age metric reads it (app.metrics).
+        stamp_published_at(message.headers, time.time())
+        return message
 
 
 app = Celery(
@@ -195,7 +199,7 @@ app.steps["worker"].add(UnackedSweepStep)
 if settings.task_protection:
     app.steps["worker"].add(TaskProtectionStep)
 if settings.metrics_namespace:
-    app.steps["worker"].add(BacklogMetricsStep)
+    app.steps["worker"].add(QueueMetricsStep)
 
 
 @signals.setup_logging.connect

@@ -1,19 +1,34 @@
-"""Queue backlog metrics for worker autoscaling, as CloudWatch embedded metric format (EMF).
+"""Queue metrics for worker autoscaling and alarms, as CloudWatch embedded metric format (EMF).
 
-When ``CELERY_METRICS_NAMESPACE`` is set, the worker's main process writes, every 60 seconds and
-for each queue it consumes, one JSON line to its standard output::
+When ``CELERY_METRICS_NAMESPACE`` is set, the worker's main process writes, every 10 seconds,
+one JSON line per queue it consumes and one for its pool to its standard output::
 
     {"_aws": {"Timestamp": 1700000000000, "CloudWatchMetrics": [{"Namespace": "<namespace>",
-     "Dimensions": [["Queue"]], "Metrics": [{"Name": "Backlog", "Unit": "Count"}]}]},
-     "Queue": "default", "Backlog": 12}
+     "Dimensions": [["Queue"]], "Metrics": [{"Name": "Backlog", "Unit": "Count",
+     "StorageResolution": 1}, {"Name": "OldestMessageAge", "Unit": "Seconds",
+     "StorageResolution": 1}]}]}, "Queue": "default", "Backlog": 12, "OldestMessageAge": 4.2}
+    {"_aws": {... "Dimensions": [["Pool"]], "Metrics": [{"Name": "Workers", ...}]}, "Pool":
+     "default", "Workers": 3}
 
 The ``awslogs`` log driver ships each line as a log event and CloudWatch Logs turns an EMF event
-into the metric ``<namespace>/Backlog{Queue=...}``: no agent, no header, no ``PutMetricData``
-permission. The backlog is the number of messages waiting in the queue (not those already
-delivered to a worker), counted by kombu, so every priority list of the queue is included.
+into metrics: no agent, no ``PutMetricData`` permission. ``StorageResolution: 1`` stores them as
+high-resolution metrics, so an alarm can evaluate them every 10 seconds.
 
-Every worker task of a pool publishes the same number: scale on the Maximum or Average
-statistic, never on Sum.
+- ``Backlog``: messages waiting in the queue (not those already delivered to a worker), summed
+  over kombu's priority lists.
+- ``OldestMessageAge``: seconds since the oldest waiting message was published. Every message
+  the app publishes carries its publish time (``PUBLISHED_AT_HEADER``, stamped by the message
+  factory in ``app.celery_app``). kombu's Redis transport LPUSHes and BRPOPs, so the next
+  message of each priority list is its right end: read with ``LINDEX key -1``, nothing removed.
+  A message without the stamp (an older publisher) is skipped; when no list's next message has
+  one, the line carries no age at all rather than a wrong one.
+- ``Workers``: workers of the pool seen in the last ``WORKER_TTL_SECONDS``. Each round registers
+  the worker in a Redis sorted set; this is the denominator of the high-resolution
+  backlog-per-task alarm (Container Insights' task counts have one-minute resolution only, and
+  an alarm's metrics must share one period).
+
+Every worker of a pool publishes the same numbers: use the Maximum statistic, never Sum. One
+round is one pipelined round trip to Redis, whatever the number of queues.
 """
 
 from __future__ import annotations
@@ -22,9 +37,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery import Celery, bootsteps
 from kombu.exceptions import OperationalError
 
@@ -33,28 +50,83 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two publications: CloudWatch's standard resolution is one minute.
-PUBLISH_INTERVAL_SECONDS = 60.0
+#: Seconds between two publications: a high-resolution alarm evaluates 10-second periods.
+PUBLISH_INTERVAL_SECONDS = 10.0
 #: Seconds the broker may take to connect or answer before this round is skipped.
-BROKER_TIMEOUT_SECONDS = 10.0
-METRIC_NAME = "Backlog"
+BROKER_TIMEOUT_SECONDS = 5.0
+#: A worker that has not published for this long no longer counts in ``Workers``.
+WORKER_TTL_SECONDS = 3 * PUBLISH_INTERVAL_SECONDS
+#: Message header holding the publish time (seconds since the epoch, a float).
+PUBLISHED_AT_HEADER = "published_at"
+
+BACKLOG_METRIC = "Backlog"
+OLDEST_AGE_METRIC = "OldestMessageAge"
+WORKERS_METRIC = "Workers"
+BEAT_HEARTBEAT_METRIC = "BeatHeartbeat"
+QUEUE_DIMENSION = "Queue"
+POOL_DIMENSION = "Pool"
+SERVICE_DIMENSION = "Service"
+#: Seconds between two beat heartbeats: every one-minute period gets at least one.
+BEAT_HEARTBEAT_INTERVAL_SECONDS = 30.0
+#: EMF storage resolutions: 1 = high resolution (1-second storage), 60 = standard.
+HIGH_RESOLUTION = 1
+STANDARD_RESOLUTION = 60
 
 
-def emf_line(namespace: str, queue: str, backlog: int, timestamp_ms: int) -> str:
-    """One EMF document for one queue's backlog, as a single line without its newline."""
-    document = {
+def workers_key(pool: str) -> str:
+    """The sorted set of a pool's live workers (member: worker name, score: last round)."""
+    return f"celery-ecs:workers:{pool}"
+
+
+def stamp_published_at(headers: MutableMapping[str, Any], now: float) -> None:
+    """Record the publish time in a message's headers (the message factory calls this)."""
+    headers[PUBLISHED_AT_HEADER] = now
+
+
+def published_at(payload: bytes | str | None) -> float | None:
+    """The publish time of a message as kombu's Redis transport stores it, or None when it has
+    none (an older publisher, or something that is not a kombu message)."""
+    if payload is None:
+        return None
+    try:
+        value = json.loads(payload)["headers"][PUBLISHED_AT_HEADER]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One value of an EMF document."""
+
+    name: str
+    value: float
+    unit: str
+    resolution: int = HIGH_RESOLUTION
+
+
+def emf_line(
+    namespace: str, dimensions: Mapping[str, str], metrics: Sequence[Metric], timestamp_ms: int
+) -> str:
+    """One EMF document, as a single line without its newline."""
+    document: dict[str, Any] = {
         "_aws": {
             "Timestamp": timestamp_ms,
             "CloudWatchMetrics": [
                 {
                     "Namespace": namespace,
-                    "Dimensions": [["Queue"]],
-                    "Metrics": [{"Name": METRIC_NAME, "Unit": "Count"}],
+                    "Dimensions": [sorted(dimensions)],
+                    "Metrics": [
+                        {"Name": m.name, "Unit": m.unit, "StorageResolution": m.resolution}
+                        for m in metrics
+                    ],
                 }
             ],
         },
-        "Queue": queue,
-        METRIC_NAME: backlog,
+        **dimensions,
+        **{m.name: m.value for m in metrics},
     }
     return json.dumps(document, separators=(",", ":"))
 
@@ -73,8 +145,30 @@ def write_to_stdout(line: str) -> None:
         data = data[written:]
 
 
-class BacklogPublisher:
-    """Counts each queue's waiting messages and writes them as EMF lines.
+@dataclass(frozen=True)
+class QueueState:
+    backlog: int
+    #: Publish time of the oldest message at the head of a priority list; None: none stamped.
+    oldest_published_at: float | None
+
+
+@dataclass(frozen=True)
+class _Layout:
+    connection: Any
+    client: redis.Redis
+    #: Queue -> its priority lists' keys, in kombu's order.
+    lists: dict[str, list[str]]
+    registry: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    queues: dict[str, QueueState]
+    workers: int
+
+
+class QueueMetricsPublisher:
+    """Reads the pool's queues and live workers in one round trip and writes EMF lines.
 
     ``publish`` never raises for broker trouble: it logs and the next round tries again.
     """
@@ -82,6 +176,8 @@ class BacklogPublisher:
     def __init__(
         self,
         app: Celery,
+        pool: str,
+        worker: str,
         queues: Sequence[str],
         namespace: str,
         *,
@@ -90,6 +186,8 @@ class BacklogPublisher:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
+        self.pool = pool
+        self.worker = worker
         self.queues = tuple(queues)
         self.namespace = namespace
         self.broker_url = broker_url  # None: the app's
@@ -99,68 +197,164 @@ class BacklogPublisher:
         # an unconnected Connection only reads them from its transport class.
         transport = app.connection_for_read(broker_url)
         self._broker_errors: tuple[type[BaseException], ...] = (
-            OperationalError, *transport.connection_errors, *transport.channel_errors,
+            OperationalError, redis.RedisError,
+            *transport.connection_errors, *transport.channel_errors,
         )  # fmt: skip
+        self._cached: _Layout | None = None
 
-    def backlogs(self) -> dict[str, int]:
-        """Queue name -> messages waiting in it. Raises the transport's errors.
+    def read(self, now: float) -> Snapshot:
+        """The queues' backlogs and oldest publish times, and the pool's live workers (this one
+        registered first). Raises the transport's errors."""
+        layout = self._layout()
+        with layout.client.pipeline(transaction=False) as pipe:
+            for keys in layout.lists.values():
+                for key in keys:
+                    pipe.llen(key)
+                    pipe.lindex(key, -1)
+            pipe.zadd(layout.registry, {self.worker: now})
+            pipe.zremrangebyscore(layout.registry, "-inf", now - WORKER_TTL_SECONDS)
+            pipe.zcard(layout.registry)
+            pipe.expire(layout.registry, int(WORKER_TTL_SECONDS))
+            replies = pipe.execute()
+        queues = {}
+        position = 0
+        for queue, keys in layout.lists.items():
+            backlog = 0
+            stamps = []
+            for _ in keys:
+                length, head = replies[position], replies[position + 1]
+                position += 2
+                backlog += length
+                stamp = published_at(head)
+                if stamp is not None:
+                    stamps.append(stamp)
+            queues[queue] = QueueState(backlog, min(stamps) if stamps else None)
+        return Snapshot(queues=queues, workers=replies[position + 2])
+
+    def _layout(self) -> _Layout:
+        """The client and key names, kept from round to round: a new connection every round
+        would cost the broker a TLS handshake (and a PING) each time.
 
         A connection of its own, so as not to share the consumer's (kombu connections are not
-        thread-safe), with timeouts so a broker that hangs cannot hold this thread forever.
-        The transport options are the app's, so key names (priority lists, a global key prefix)
-        are the ones the workers use.
+        thread-safe), with timeouts so a broker that hangs cannot hold this thread forever. Key
+        names (priority lists, a global key prefix) come from the app's transport options, so
+        they are the ones the workers consume from.
         """
-        timeouts = {
-            "socket_timeout": BROKER_TIMEOUT_SECONDS,
-            "socket_connect_timeout": BROKER_TIMEOUT_SECONDS,
-        }
-        with self.app.connection_for_read(
-            self.broker_url, transport_options=timeouts
-        ) as connection:
-            channel = connection.channel()
+        if self._cached is None:
+            timeouts = {
+                "socket_timeout": BROKER_TIMEOUT_SECONDS,
+                "socket_connect_timeout": BROKER_TIMEOUT_SECONDS,
+            }
+            connection = self.app.connection_for_read(self.broker_url, transport_options=timeouts)
             try:
-                # A declare without ``passive`` creates nothing with the Redis transport; it
-                # returns kombu's own count, the sum of LLEN over the queue's priority lists.
-                return {
-                    queue: channel.queue_declare(queue=queue).message_count for queue in self.queues
-                }
-            finally:
-                channel.close()
+                channel: Any = connection.default_channel
+            except BaseException:
+                connection.release()
+                raise
+            prefix = channel.global_keyprefix
+            self._cached = _Layout(
+                connection=connection,
+                # A plain client: kombu's prefixing client knows LLEN but not LINDEX or the
+                # sorted set commands, so every key below carries the prefix already.
+                client=redis.Redis(connection_pool=channel.pool),
+                lists={
+                    queue: [
+                        prefix + channel._q_for_pri(queue, step) for step in channel.priority_steps
+                    ]
+                    for queue in self.queues
+                },
+                registry=prefix + workers_key(self.pool),
+            )
+        return self._cached
+
+    def close(self) -> None:
+        if self._cached is not None:
+            self._cached.connection.release()
+            self._cached = None
+
+    def lines(self, snapshot: Snapshot, now: float) -> list[str]:
+        timestamp_ms = int(now * 1000)
+        lines = []
+        for queue, state in snapshot.queues.items():
+            metrics = [Metric(BACKLOG_METRIC, state.backlog, "Count")]
+            if state.backlog == 0:
+                metrics.append(Metric(OLDEST_AGE_METRIC, 0.0, "Seconds"))
+            elif state.oldest_published_at is not None:
+                # Clocks of publishers and workers differ a little: never a negative age.
+                age = max(0.0, now - state.oldest_published_at)
+                metrics.append(Metric(OLDEST_AGE_METRIC, round(age, 3), "Seconds"))
+            lines.append(emf_line(self.namespace, {QUEUE_DIMENSION: queue}, metrics, timestamp_ms))
+        workers = [Metric(WORKERS_METRIC, snapshot.workers, "Count")]
+        lines.append(emf_line(self.namespace, {POOL_DIMENSION: self.pool}, workers, timestamp_ms))
+        return lines
 
     def publish(self) -> None:
-        """Write one line per queue; on a broker error, log it and write nothing."""
+        """Write one line per queue and one for the pool; on a broker error, log it and write
+        nothing."""
+        now = self.clock()
         try:
-            backlogs = self.backlogs()
+            snapshot = self.read(now)
         except self._broker_errors as error:
-            log.warning(
-                "backlog metrics: could not count the queues, skipping this round: %r", error
-            )
+            log.warning("queue metrics: could not read the queues, skipping this round: %r", error)
+            # Connect afresh next round (the broker may have moved: a failover, a restart).
+            self.close()
             return
-        timestamp_ms = int(self.clock() * 1000)
-        for queue, backlog in backlogs.items():
-            self.write(emf_line(self.namespace, queue, backlog, timestamp_ms))
+        for line in self.lines(snapshot, now):
+            self.write(line)
 
 
-class BacklogMetricsStep(bootsteps.StartStopStep):
-    """Worker bootstep: publishes the backlog of every queue the worker consumes (``-Q``).
+class QueueMetricsStep(bootsteps.StartStopStep):
+    """Worker bootstep: publishes the metrics of every queue the worker consumes (``-Q``).
 
-    Register with ``app.steps["worker"].add(BacklogMetricsStep)`` when
+    Register with ``app.steps["worker"].add(QueueMetricsStep)`` when
     ``CELERY_METRICS_NAMESPACE`` is set. Publishes from a thread of the main process
-    (``app.periodic``): counting needs a broker round trip that must not hold up the
-    worker's event loop.
+    (``app.periodic``): reading needs a broker round trip that must not hold up the worker's
+    event loop.
     """
 
     # Threads start once the pool has forked its children (see ``app.periodic``).
     requires = ("celery.worker.components:Pool",)
-    label = "Backlog metrics"
+    label = "Queue metrics"
 
     def create(self, worker: Any) -> PeriodicThread:
+        settings = Settings.from_env()
         queues = sorted(worker.app.amqp.queues.consume_from)
-        publisher = BacklogPublisher(worker.app, queues, Settings.from_env().metrics_namespace)
-        log.info("backlog metrics: publishing %s every %g s", queues, PUBLISH_INTERVAL_SECONDS)
+        publisher = QueueMetricsPublisher(
+            worker.app, settings.worker_pool, worker.hostname, queues, settings.metrics_namespace
+        )
+        log.info("queue metrics: publishing %s every %g s", queues, PUBLISH_INTERVAL_SECONDS)
         return PeriodicThread(
-            "backlog-metrics",
+            "queue-metrics",
             PUBLISH_INTERVAL_SECONDS,
             publisher.publish,
             join_timeout=2 * BROKER_TIMEOUT_SECONDS,
         )
+
+
+class BeatHeartbeat:
+    """Beat's liveness as a metric: one ``BeatHeartbeat`` line at most every
+    ``BEAT_HEARTBEAT_INTERVAL_SECONDS``, written from beat's tick. The alarm on it treats
+    missing data as breaching: a beat that stopped ticking (dead, stuck, waiting for a lock it
+    never gets) writes nothing."""
+
+    def __init__(
+        self,
+        namespace: str,
+        *,
+        write: Callable[[str], None] = write_to_stdout,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.namespace = namespace
+        self.write = write
+        self.clock = clock
+        self._last: float | None = None
+
+    def tick(self) -> None:
+        if not self.namespace:
+            return
+        now = self.clock()
+        if self._last is not None and now - self._last < BEAT_HEARTBEAT_INTERVAL_SECONDS:
+            return
+        self._last = now
+        metric = Metric(BEAT_HEARTBEAT_METRIC, 1, "Count", STANDARD_RESOLUTION)
+        self.write(emf_line(self.namespace, {SERVICE_DIMENSION: "beat"}, [metric], int(now * 1000)))

@@ -79,7 +79,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     ),
     METRICS_NAMESPACE: (
         "(empty: off)",
-        "CloudWatch namespace the worker publishes queue backlog to (embedded metric format).",
+        "CloudWatch namespace of the queue metrics the workers publish and of beat's heartbeat "
+        "(embedded metric format).",
     ),
     WEB_PORT: ("8000", "Port the web server listens on."),
     WEB_REQUEST_TIMEOUT: (

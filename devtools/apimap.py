@@ -251,7 +251,69 @@ def json_text(text: str) -> Any:
     return json.loads(text)
 
 
+def cloudwatch_dimensions(dimensions: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Pulumi's dimension map -> CloudWatch's list of Name/Value structures (sorted: the
+    provider reads a map, whose order carries no meaning)."""
+    return [{"Name": name, "Value": value} for name, value in sorted(dimensions.items())]
+
+
+def metric_queries(queries: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A MetricAlarm's ``metricQueries`` -> PutMetricAlarm's ``Metrics``. A query's ``metric``
+    becomes ``MetricStat``: its period, stat and unit beside ``Metric`` (namespace, name,
+    dimensions), as the API nests them. Any other key is passed on, so the model names it."""
+
+    def convert(query: Mapping[str, Any]) -> dict[str, Any]:
+        converted: dict[str, Any] = pascal()({k: v for k, v in query.items() if k != "metric"})
+        if "metric" in query:
+            metric = dict(query["metric"])
+            stat = {key: metric.pop(key) for key in ("period", "stat", "unit") if key in metric}
+            if "dimensions" in metric:
+                metric["dimensions"] = cloudwatch_dimensions(metric["dimensions"])
+            converted["MetricStat"] = {**pascal()(stat), "Metric": pascal()(metric)}
+        return converted
+
+    return [convert(query) for query in queries]
+
+
+_STEP_BOUNDS = ("MetricIntervalLowerBound", "MetricIntervalUpperBound")
+
+
+def step_scaling(configuration: Mapping[str, Any]) -> dict[str, Any]:
+    """``stepScalingPolicyConfiguration`` -> the API's structure. Pulumi takes the step bounds
+    as text, so that a bound of 0 differs from none; the provider parses them as numbers
+    (terraform-provider-aws ``expandStepAdjustments``) and leaves an empty one out. Text that
+    is no number stays text: the model check reports it, as the provider refuses it."""
+    converted: dict[str, Any] = pascal()(configuration)
+
+    def bound(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return float(value)
+        except ValueError:
+            return value
+
+    converted["StepAdjustments"] = [
+        {
+            key: bound(value) if key in _STEP_BOUNDS else value
+            for key, value in step.items()
+            if not (key in _STEP_BOUNDS and value == "")
+        }
+        for step in converted.get("StepAdjustments", [])
+    ]
+    if not converted["StepAdjustments"]:
+        del converted["StepAdjustments"]
+    return converted
+
+
 # --- documents the API takes as text ---------------------------------------------------------
+
+
+def json_only(_: Any) -> list[str]:
+    """A document whose only known rule is that it is JSON (which the validator checks before
+    any document rule): the CloudWatch dashboard body, whose structure botocore's models and
+    their documentation do not describe (they point to the CloudWatch user guide)."""
+    return []
 
 
 def lifecycle_policy_problems(document: Any) -> list[str]:
@@ -409,6 +471,30 @@ def security_group_rule(direction: str) -> Api:
             TagSpecifications=ec2_tags("security-group-rule"),
         ),
         provider_only={"description": "sent as the description of the rule's peer"},
+    )
+
+
+def topic_attribute(name: str, path: str) -> Call:
+    """One SNS topic attribute: the provider creates the topic with none but FifoTopic, then
+    sets each attribute with its own SetTopicAttributes call (terraform-provider-aws
+    ``putTopicAttributes``)."""
+    return call(
+        "sns",
+        "SetTopicAttributes",
+        when="AttributeValue",
+        TopicArn=ARN,
+        AttributeName=const(name),
+        AttributeValue=In(path, awsmodel.text),
+    )
+
+
+def key_id_when(path: str, value: bool) -> Known:
+    """The KMS key's id, only when the boolean input ``path`` is ``value``: the provider makes
+    a call of its own for it after CreateKey (EnableKeyRotation, DisableKey)."""
+    return Known(
+        f"the key's id (when {path} is {str(value).lower()})",
+        lambda r: r.id if r.inputs.get(path) is value else MISSING,
+        (path,),
     )
 
 
@@ -649,7 +735,7 @@ MAPPINGS: dict[str, Api] = {
             TargetTrackingScalingPolicyConfiguration=In(
                 "targetTrackingScalingPolicyConfiguration", pascal()
             ),
-            StepScalingPolicyConfiguration=In("stepScalingPolicyConfiguration", pascal()),
+            StepScalingPolicyConfiguration=In("stepScalingPolicyConfiguration", step_scaling),
         )
     ),
     "aws:cloudwatch/eventRule:EventRule": api(
@@ -879,6 +965,134 @@ MAPPINGS: dict[str, Api] = {
             QueueUrl="queueUrl",
             Attributes=In("policy", lambda policy: {"Policy": policy}),
         )
+    ),
+    # Alarms: the operator alarms and the step policies' high-resolution scale-out alarms.
+    "aws:cloudwatch/metricAlarm:MetricAlarm": api(
+        call(
+            "cloudwatch",
+            "PutMetricAlarm",
+            AlarmName=NAME,
+            AlarmDescription="alarmDescription",
+            # The provider sends its defaults: actions on, missing data treated as missing.
+            ActionsEnabled=In("actionsEnabled", default=True),
+            AlarmActions="alarmActions",
+            OKActions="okActions",
+            InsufficientDataActions="insufficientDataActions",
+            ComparisonOperator="comparisonOperator",
+            Threshold="threshold",
+            ThresholdMetricId="thresholdMetricId",
+            EvaluationPeriods="evaluationPeriods",
+            DatapointsToAlarm="datapointsToAlarm",
+            TreatMissingData=In("treatMissingData", default="missing"),
+            EvaluateLowSampleCountPercentile="evaluateLowSampleCountPercentiles",
+            # One metric...
+            Namespace="namespace",
+            MetricName="metricName",
+            Dimensions=In("dimensions", cloudwatch_dimensions),
+            Period="period",
+            Statistic="statistic",
+            ExtendedStatistic="extendedStatistic",
+            Unit="unit",
+            # ...or metric math, each metric with its own period.
+            Metrics=In("metricQueries", metric_queries),
+            Tags=TAGS,
+        )
+    ),
+    "aws:cloudwatch/dashboard:Dashboard": api(
+        call(
+            "cloudwatch",
+            "PutDashboard",
+            DashboardName="dashboardName",
+            DashboardBody="dashboardBody",
+        ),
+        documents={"dashboardBody": json_only},
+    ),
+    # The alert topic, its key, its policy and the e-mail subscription.
+    "aws:kms/key:Key": api(
+        call(
+            "kms",
+            "CreateKey",
+            Description="description",
+            Policy="policy",
+            # The provider always sends these three, with its defaults.
+            KeyUsage=In("keyUsage", default="ENCRYPT_DECRYPT"),
+            CustomerMasterKeySpec=In("customerMasterKeySpec", default="SYMMETRIC_DEFAULT"),
+            BypassPolicyLockoutSafetyCheck=In("bypassPolicyLockoutSafetyCheck", default=False),
+            MultiRegion="multiRegion",
+            CustomKeyStoreId="customKeyStoreId",
+            XksKeyId="xksKeyId",
+            Tags=In("tags", tag_list("TagKey", "TagValue")),
+        ),
+        call(
+            "kms",
+            "EnableKeyRotation",
+            when="KeyId",
+            KeyId=key_id_when("enableKeyRotation", True),
+            RotationPeriodInDays="rotationPeriodInDays",
+        ),
+        call("kms", "DisableKey", when="KeyId", KeyId=key_id_when("isEnabled", False)),
+        # At `pulumi destroy`: the key is deleted after the window, restorable until then.
+        call(
+            "kms",
+            "ScheduleKeyDeletion",
+            KeyId=ID,
+            PendingWindowInDays="deletionWindowInDays",
+        ),
+    ),
+    "aws:sns/topic:Topic": api(
+        call(
+            "sns",
+            "CreateTopic",
+            Name=NAME,
+            Attributes=Attributes({"FifoTopic": In("fifoTopic")}, as_map=True),
+            Tags=TAGS,
+        ),
+        topic_attribute("KmsMasterKeyId", "kmsMasterKeyId"),
+        topic_attribute("Policy", "policy"),
+        topic_attribute("DisplayName", "displayName"),
+        topic_attribute("DeliveryPolicy", "deliveryPolicy"),
+        topic_attribute("SignatureVersion", "signatureVersion"),
+        topic_attribute("TracingConfig", "tracingConfig"),
+        topic_attribute("MaximumMessageSize", "maximumMessageSize"),
+        topic_attribute("ContentBasedDeduplication", "contentBasedDeduplication"),
+        topic_attribute("ArchivePolicy", "archivePolicy"),
+        topic_attribute("FifoThroughputScope", "fifoThroughputScope"),
+    ),
+    "aws:sns/topicPolicy:TopicPolicy": api(
+        call(
+            "sns",
+            "SetTopicAttributes",
+            TopicArn="arn",
+            AttributeName=const("Policy"),
+            AttributeValue="policy",
+        )
+    ),
+    "aws:sns/topicSubscription:TopicSubscription": api(
+        call(
+            "sns",
+            "Subscribe",
+            TopicArn="topic",
+            Protocol="protocol",
+            Endpoint="endpoint",
+            Attributes=Attributes(
+                {
+                    "DeliveryPolicy": In("deliveryPolicy"),
+                    "FilterPolicy": In("filterPolicy"),
+                    "FilterPolicyScope": In("filterPolicyScope"),
+                    "RawMessageDelivery": In("rawMessageDelivery"),
+                    "RedrivePolicy": In("redrivePolicy"),
+                    "ReplayPolicy": In("replayPolicy"),
+                    "SubscriptionRoleArn": In("subscriptionRoleArn"),
+                },
+                as_map=True,
+            ),
+            # The provider asks for the ARN at once, even before the address confirms.
+            ReturnSubscriptionArn=const(True),
+        ),
+        provider_only={
+            "confirmationTimeoutInMinutes": "how long the provider waits for a confirmation",
+            "endpointAutoConfirms": "whether the provider waits for a confirmation at all",
+        },
     ),
     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": security_group_rule("Ingress"),
     "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": security_group_rule("Egress"),

@@ -126,11 +126,48 @@ class Listed:
 
 
 @dataclass(frozen=True)
-class Documented:
-    """A rule AWS states in a member's documentation, and the sentence it states it in."""
+class Period:
+    """Seconds: one of the ``short`` periods, or a whole number of minutes."""
 
-    rule: Range | OneOf | Matches | Cidr | Listed
+    short: tuple[int, ...]
+
+    def problem(self, value: object) -> str | None:
+        number = _number(value)
+        if number is None:
+            return f"{value!r} is not a number"
+        if number in self.short or (number > 0 and number % 60 == 0):
+            return None
+        shown = ", ".join(map(str, self.short))
+        return f"{_show(number)} s is neither {shown} nor a multiple of 60"
+
+
+@dataclass(frozen=True)
+class Counted:
+    """A list in which exactly ``count`` items pass ``test`` (``what`` says what it looks for)."""
+
+    test: Callable[[Any], bool]
+    what: str
+    count: int = 1
+
+    def problem(self, value: object) -> str | None:
+        if not isinstance(value, list):
+            return f"{value!r} is not a list"
+        found = sum(1 for item in value if self.test(item))
+        if found != self.count:
+            return f"{found} items {self.what}, not {self.count}"
+        return None
+
+
+@dataclass(frozen=True)
+class Documented:
+    """A rule AWS states in a member's documentation, and the sentence it states it in.
+
+    ``stated_in``: the (service, shape, member) whose documentation holds the sentence, when
+    it is not the member's own (a rule one member states for another)."""
+
+    rule: Range | OneOf | Matches | Cidr | Listed | Period | Counted
     quote: str
+    stated_in: tuple[str, str, str] | None = None
 
 
 def _values_after(quote: str, marker: str, separator: str) -> tuple[str, ...]:
@@ -154,6 +191,42 @@ _FAMILY_QUOTE = (
 )
 _SECURITY_GROUP_TEXT = r"[a-zA-Z0-9 ._\-:/()#,@\[\]+=&;{}!$*]"
 _SECURITY_GROUP_QUOTE = "Valid characters: a-z, A-Z, 0-9, spaces, and ._-:/()#,@[]+=&;{}!$*"
+_ALARM_PERIOD = Period((10, 20, 30))
+_ALARM_PERIOD_QUOTE = "Valid values are 10, 20, 30, and any multiple of 60."
+_MISSING_DATA_QUOTE = "Valid Values: breaching | notBreaching | ignore | missing"
+
+
+# The documentation readers some rules below call, defined before the table that refers to them.
+
+
+def _member_documentation(service: str, shape_name: str, member: str) -> str:
+    shape = service_model(service).shape_for(shape_name)
+    assert isinstance(shape, StructureShape), shape_name
+    return shape.members[member].documentation
+
+
+@cache
+def current_node_types() -> frozenset[str]:
+    """ElastiCache node types of the current generation, as the CacheNodeType documentation of
+    CreateReplicationGroup lists them (previous-generation types cannot be created)."""
+    text = plain_text(
+        _member_documentation("elasticache", "CreateReplicationGroupMessage", "CacheNodeType")
+    )
+    current = regex.findall(
+        r"Current generation:(.*?)(?=Previous generation|Current generation:|$)", text
+    )
+    return frozenset(regex.findall(r"cache\.[a-z0-9]+\.[a-z0-9]+", " ".join(current)))
+
+
+@cache
+def sns_protocols() -> frozenset[str]:
+    """The protocols the documentation of Subscribe's Protocol lists: the code that starts each
+    item (``<code>email</code>``, an en dash, ``delivery of message via SMTP``)."""
+    documentation = _member_documentation("sns", "SubscribeInput", "Protocol")
+    return frozenset(
+        regex.findall(r"<li>\s*<p>\s*<code>([a-z-]+)</code>\s*\N{EN DASH}", documentation)
+    )
+
 
 #: (service, shape, member) -> the rule its documentation states.
 DOCUMENTED: dict[tuple[str, str, str], Documented] = {
@@ -254,6 +327,49 @@ DOCUMENTED: dict[tuple[str, str, str], Documented] = {
     ("ec2", "IpRange", "CidrIp"): Documented(
         Cidr(), "To specify a single IPv4 address, use the /32 prefix length."
     ),
+    ("cloudwatch", "PutMetricAlarmInput", "Period"): Documented(_ALARM_PERIOD, _ALARM_PERIOD_QUOTE),
+    # With metric math each metric carries its period, and PutMetricAlarm's Period states the
+    # rule for them ("you specify the period for each metric within the objects in the Metrics
+    # array"). MetricStat also serves GetMetricData (1 and 5 s allowed there), but the only
+    # request built here that carries one is PutMetricAlarm.
+    ("cloudwatch", "MetricStat", "Period"): Documented(
+        _ALARM_PERIOD, _ALARM_PERIOD_QUOTE, ("cloudwatch", "PutMetricAlarmInput", "Period")
+    ),
+    ("cloudwatch", "PutMetricAlarmInput", "TreatMissingData"): Documented(
+        OneOf(_values_after(_MISSING_DATA_QUOTE, "Valid Values:", r"\s*\|\s*")),
+        _MISSING_DATA_QUOTE,
+    ),
+    ("cloudwatch", "PutMetricAlarmInput", "Metrics"): Documented(
+        # ReturnData defaults to true when omitted (MetricDataQuery.ReturnData).
+        Counted(
+            lambda query: isinstance(query, Mapping) and query.get("ReturnData") is not False,
+            "with ReturnData true (or omitted)",
+        ),
+        "One item in the Metrics array is the expression that the alarm watches.",
+    ),
+    ("cloudwatch", "MetricDataQuery", "Id"): Documented(
+        Matches(r"[a-z][A-Za-z0-9_]*", "letters, digits and underscores, from a lowercase letter"),
+        "The valid characters are letters, numbers, and underscore. The first character must "
+        "be a lowercase letter.",
+    ),
+    ("cloudwatch", "PutDashboardInput", "DashboardName"): Documented(
+        Matches(r"[A-Za-z0-9_-]{1,255}", "1-255 of A-Z a-z 0-9 - _"),
+        'The maximum length is 255, and valid characters are A-Z, a-z, 0-9, "-", and "_".',
+    ),
+    ("sns", "CreateTopicInput", "Name"): Documented(
+        Matches(
+            r"[A-Za-z0-9_-]{1,251}\.fifo|[A-Za-z0-9_-]{1,256}",
+            "1-256 ASCII letters, digits, underscores or hyphens (a FIFO topic's ending .fifo)",
+        ),
+        "Topic names must be made up of only uppercase and lowercase ASCII letters, numbers, "
+        "underscores, and hyphens, and must be between 1 and 256 characters long.",
+    ),
+    ("sns", "SubscribeInput", "Protocol"): Documented(
+        Listed(lambda: sns_protocols(), "a protocol SNS supports"), "Supported protocols include:"
+    ),
+    ("kms", "ScheduleKeyDeletionRequest", "PendingWindowInDays"): Documented(
+        Range(7, 30), "If you include a value, it must be between 7 and 30, inclusive."
+    ),
 }
 
 _TRUE_FALSE = OneOf(("true", "false"))
@@ -298,12 +414,6 @@ DOCUMENTED_ATTRIBUTES: dict[tuple[str, str], dict[str, Documented]] = {
 }
 
 
-def _member_documentation(service: str, shape_name: str, member: str) -> str:
-    shape = service_model(service).shape_for(shape_name)
-    assert isinstance(shape, StructureShape), shape_name
-    return shape.members[member].documentation
-
-
 @cache
 def documented_attribute_keys(service: str, shape_name: str) -> frozenset[str]:
     """Every attribute key the documentation of ``<shape>.Key`` lists (``<code>a.b</code>``)."""
@@ -313,24 +423,12 @@ def documented_attribute_keys(service: str, shape_name: str) -> frozenset[str]:
     )
 
 
-@cache
-def current_node_types() -> frozenset[str]:
-    """ElastiCache node types of the current generation, as the CacheNodeType documentation of
-    CreateReplicationGroup lists them (previous-generation types cannot be created)."""
-    text = plain_text(
-        _member_documentation("elasticache", "CreateReplicationGroupMessage", "CacheNodeType")
-    )
-    current = regex.findall(
-        r"Current generation:(.*?)(?=Previous generation|Current generation:|$)", text
-    )
-    return frozenset(regex.findall(r"cache\.[a-z0-9]+\.[a-z0-9]+", " ".join(current)))
-
-
 def stale_quotes() -> list[str]:
     """Quotes of ``DOCUMENTED``/``DOCUMENTED_ATTRIBUTES`` the installed models no longer say."""
     stale = []
     for (service, shape, member), documented in DOCUMENTED.items():
-        if documented.quote not in plain_text(_member_documentation(service, shape, member)):
+        source = documented.stated_in or (service, shape, member)
+        if documented.quote not in plain_text(_member_documentation(*source)):
             stale.append(f"{service} {shape}.{member}: {documented.quote!r}")
     for (service, shape), keys in DOCUMENTED_ATTRIBUTES.items():
         text = plain_text(_member_documentation(service, shape, "Key"))

@@ -1,8 +1,9 @@
 """A monthly cost estimate of a rendered stack, line by line, from a dated price table.
 
 Everything is counted from what the program renders (task sizes and architectures, scaling
-bounds, capacity strategies, public IPs, NAT gateways, broker nodes, log groups, scaling
-policies and their metrics) and priced with ``devtools/prices/<region>.json``, which records
+bounds, capacity strategies, public IPs, NAT gateways, broker nodes, log groups, the metrics
+the app's containers write, alarms and the metrics they read, the dashboard, the alert topic's
+key) and priced with ``devtools/prices/<region>.json``, which records
 its date and the AWS pricing pages it comes from. A region without a table gets no numbers,
 only the statement that there is no table. Usage that the program does not decide (log volume,
 load balancer capacity units...) is an assumption, printed with the estimate.
@@ -24,11 +25,23 @@ from typing import Any
 
 from celery.schedules import crontab
 
+from app import settings
+from app.metrics import (
+    BACKLOG_METRIC,
+    BEAT_HEARTBEAT_METRIC,
+    OLDEST_AGE_METRIC,
+    POOL_DIMENSION,
+    PUBLISH_INTERVAL_SECONDS,
+    QUEUE_DIMENSION,
+    SERVICE_DIMENSION,
+    WORKERS_METRIC,
+    Metric,
+    emf_line,
+)
 from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
-from devtools.render import ProgramRun, Registration
+from devtools.render import ProgramRun, Registration, RenderedTaskDefinition
 from infra.config import StackConfig
 from infra.image import KEEP_IMAGES
-from infra.scaling import BACKLOG_METRIC
 
 PRICES = Path(__file__).resolve().parent / "prices"
 #: Width of the text the estimate renders to.
@@ -47,6 +60,28 @@ INSIGHTS_LOG_GB_PER_TASK_MONTH = 0.05
 ENQUEUE_MINUTES_PER_RUN = 1.0
 #: A reference year for averaging a cron schedule's runs per month.
 _REFERENCE_YEAR = 2026
+#: An alarm evaluating periods under this many seconds is a high-resolution alarm (PutMetricAlarm:
+#: "Specifying 10, 20, or 30 also sets this alarm as a high-resolution alarm").
+HIGH_RESOLUTION_BELOW = 60
+#: Application Auto Scaling creates two alarms per target tracking policy (scale out, scale in).
+TARGET_TRACKING_ALARMS = 2
+
+
+def _emf_gb_per_line_month() -> float:
+    """GB a month of one EMF line written every ``PUBLISH_INTERVAL_SECONDS`` (a queue's line:
+    Backlog and OldestMessageAge of a queue named ``default``, as app.metrics writes it)."""
+    line = emf_line(
+        "CeleryEcs/celery-ecs-prod",
+        {QUEUE_DIMENSION: "default"},
+        [Metric(BACKLOG_METRIC, 1234, "Count"), Metric(OLDEST_AGE_METRIC, 12.345, "Seconds")],
+        1_700_000_000_000,
+    )
+    return (len(line) + 1) * HOURS_PER_MONTH * 3600 / PUBLISH_INTERVAL_SECONDS / 1e9
+
+
+#: GB a month a worker task writes as metrics, per line it writes each round (one per queue it
+#: consumes, one for its pool).
+EMF_GB_PER_LINE_MONTH = _emf_gb_per_line_month()
 
 
 @dataclass(frozen=True)
@@ -156,7 +191,20 @@ def estimate(run: ProgramRun, config: StackConfig, region: str) -> Estimate:
         lines=tuple(builder.lines()),
         savings=tuple(builder.savings()),
         refused=tuple(builder.refused()),
-        assumptions=ASSUMPTIONS,
+        assumptions=(*ASSUMPTIONS, free_tiers(prices)),
+    )
+
+
+def free_tiers(prices: PriceTable) -> str:
+    """What the estimate leaves free, and what it does not, from the table."""
+    free = prices["cloudwatch"]["freeTier"]
+    emails = prices["sns"]["freeEmailNotificationsMonth"]
+    return (
+        f"CloudWatch's free tier ({free['metrics']} custom metrics, "
+        f"{free['standardAlarmMetrics']} standard alarm metrics, {free['dashboards']} dashboards "
+        "a month) is not deducted: it is the account's, shared with everything else in it. "
+        f"Alert e-mails are not priced: SNS sends the first {emails:,} a month free, and alarm "
+        "state changes are far fewer."
     )
 
 
@@ -171,8 +219,14 @@ ASSUMPTIONS: tuple[str, ...] = (
     + ", ".join(f"{count} metrics per {what}" for what, count in INSIGHTS_METRICS.items())
     + f", billed as custom metrics, and {INSIGHTS_LOG_GB_PER_TASK_MONTH:g} GB of performance "
     "events per running task and month.",
-    "Custom metrics: one Backlog metric per queue (every pool reports a queue under the same "
-    "dimension). Alarms: target tracking creates two per policy, billed per metric they read.",
+    "Custom metrics: what the app writes (embedded metric format): Backlog and "
+    "OldestMessageAge per queue, Workers per pool, BeatHeartbeat with beat; each counted once, "
+    "however many tasks write it. Their lines are log events, inside the log volume above: a "
+    f"worker task writes one per queue and one for its pool every {PUBLISH_INTERVAL_SECONDS:g} "
+    f"s, about {EMF_GB_PER_LINE_MONTH:.2f} GB a month each.",
+    f"Alarms: billed per metric they read (metric math: each metric), high-resolution ones "
+    f"(periods under {HIGH_RESOLUTION_BELOW} s) at their own price; target tracking creates "
+    f"{TARGET_TRACKING_ALARMS} per policy.",
     f"ECR: {KEEP_IMAGES} images kept of {IMAGE_GB:g} GB each, without layer sharing (an upper "
     "bound).",
     f"EventBridge one-off tasks: {ENQUEUE_MINUTES_PER_RUN:g} minute billed per run (Fargate's "
@@ -270,15 +324,30 @@ class _Builder:
 
     def _monitoring(self) -> Iterable[Line]:
         cloudwatch = self.prices["cloudwatch"]
-        metrics = _custom_metrics(self.run)
+        metrics = app_metrics(self.run)
         if metrics:
             price = len(metrics) * cloudwatch["metricMonth"]
-            yield Line(f"CloudWatch metrics: {len(metrics)} {BACKLOG_METRIC}", price, price)
-        alarm_metrics = sum(2 * _policy_metrics(p) for p in self.run.of_type(_POLICY))
-        if alarm_metrics:
-            price = alarm_metrics * cloudwatch["alarmMetricMonth"]
-            alarms = 2 * len(self.run.of_type(_POLICY))
-            yield Line(f"CloudWatch alarms: {alarms} (target tracking)", price, price)
+            names = [name for _, name, _ in metrics]
+            counts = ", ".join(
+                f"{name} {names.count(name)}"
+                for name in (
+                    BACKLOG_METRIC,
+                    OLDEST_AGE_METRIC,
+                    WORKERS_METRIC,
+                    BEAT_HEARTBEAT_METRIC,
+                )
+                if name in names
+            )
+            yield Line(f"CloudWatch metrics: {len(metrics)} from the app ({counts})", price, price)
+        yield from self._alarms()
+        dashboards = len(self.run.of_type(_DASHBOARD))
+        if dashboards:
+            price = dashboards * cloudwatch["dashboardMonth"]
+            yield Line(f"CloudWatch dashboard: {dashboards}", price, price)
+        keys = len(self.run.of_type(_KEY))
+        if keys:
+            price = keys * self.prices["kms"]["keyMonth"]
+            yield Line(f"KMS key: {keys} (alert topic encryption)", price, price)
         if self._container_insights:
             services = len(self.run.of_type("aws:ecs/service:Service"))
             families = len(self.run.of_type("aws:ecs/taskDefinition:TaskDefinition"))
@@ -305,6 +374,36 @@ class _Builder:
         if self.run.of_type("aws:ec2/flowLog:FlowLog"):
             price = FLOW_LOG_GB_MONTH * per_gb
             yield Line(f"CloudWatch Logs: VPC flow logs, kept {retention} days", price, price)
+
+    def _alarms(self) -> Iterable[Line]:
+        """Standard alarms (target tracking's and the program's) and high-resolution ones, each
+        priced per metric it reads."""
+        cloudwatch = self.prices["cloudwatch"]
+        tracking = [
+            policy
+            for policy in self.run.of_type(_POLICY)
+            if policy.inputs.get("policyType") == "TargetTrackingScaling"
+        ]
+        standard = [a for a in self.run.of_type(_ALARM) if not high_resolution(a)]
+        fast = [a for a in self.run.of_type(_ALARM) if high_resolution(a)]
+        count = TARGET_TRACKING_ALARMS * len(tracking) + len(standard)
+        if count:
+            metrics = TARGET_TRACKING_ALARMS * sum(map(tracking_metrics, tracking)) + sum(
+                map(alarm_metrics, standard)
+            )
+            price = metrics * cloudwatch["alarmMetricMonth"]
+            yield Line(
+                f"CloudWatch alarms: {count} standard ({TARGET_TRACKING_ALARMS * len(tracking)} "
+                f"of target tracking), {metrics} metrics",
+                price,
+                price,
+            )
+        if fast:
+            metrics = sum(map(alarm_metrics, fast))
+            price = metrics * cloudwatch["highResolutionAlarmMetricMonth"]
+            yield Line(
+                f"CloudWatch alarms: {len(fast)} high-resolution, {metrics} metrics", price, price
+            )
 
     @property
     def _container_insights(self) -> bool:
@@ -389,27 +488,61 @@ class _Builder:
 
 
 _POLICY = "aws:appautoscaling/policy:Policy"
+_ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
+_DASHBOARD = "aws:cloudwatch/dashboard:Dashboard"
+_KEY = "aws:kms/key:Key"
 
 
-def _policy_metrics(policy: Registration) -> int:
-    """Metrics a target tracking policy's alarms read: one predefined metric, or each metric
-    of its metric math."""
+def tracking_metrics(policy: Registration) -> int:
+    """Metrics each alarm of a target tracking policy reads: one predefined metric, or each
+    metric of its metric math."""
     tracking = policy.inputs.get("targetTrackingScalingPolicyConfiguration", {})
     queries = tracking.get("customizedMetricSpecification", {}).get("metrics", [])
     return sum(1 for query in queries if "metricStat" in query) or 1
 
 
-def _custom_metrics(run: ProgramRun) -> set[tuple[str, str, str]]:
-    """(namespace, metric, dimensions) of the custom metrics the scaling policies read."""
-    found = set()
-    for policy in run.of_type(_POLICY):
-        tracking = policy.inputs.get("targetTrackingScalingPolicyConfiguration", {})
-        for query in tracking.get("customizedMetricSpecification", {}).get("metrics", []):
-            metric = query.get("metricStat", {}).get("metric", {})
-            if metric.get("metricName") == BACKLOG_METRIC:
-                dimensions = json.dumps(metric.get("dimensions", []), sort_keys=True)
-                found.add((metric["namespace"], metric["metricName"], dimensions))
-    return found
+def alarm_metrics(alarm: Registration) -> int:
+    """Metrics an alarm reads: one, or each metric of its metric math."""
+    queries = alarm.inputs.get("metricQueries", [])
+    return sum(1 for query in queries if "metric" in query) or 1
+
+
+def high_resolution(alarm: Registration) -> bool:
+    """Whether an alarm evaluates periods under a minute (its own, or its metrics')."""
+    periods: list[float] = [alarm.inputs.get("period", HIGH_RESOLUTION_BELOW)]
+    periods += [
+        query["metric"].get("period", HIGH_RESOLUTION_BELOW)
+        for query in alarm.inputs.get("metricQueries", [])
+        if "metric" in query
+    ]
+    return min(periods) < HIGH_RESOLUTION_BELOW
+
+
+def app_metrics(run: ProgramRun) -> list[tuple[str, str, str]]:
+    """(namespace, metric, dimension) of each custom metric the app's containers write, sorted.
+
+    What app.metrics writes when a container has ``CELERY_METRICS_NAMESPACE``: a worker,
+    ``Backlog`` and ``OldestMessageAge`` of each queue it consumes (its ``--queues``) and
+    ``Workers`` of its pool (``CELERY_POOL_NAME``); beat, ``BeatHeartbeat``. A metric is one
+    whoever writes it: pools sharing a queue, and every task of a pool, write the same one.
+    """
+    found: set[tuple[str, str, str]] = set()
+    for registration in run.of_type("aws:ecs/taskDefinition:TaskDefinition"):
+        definition = RenderedTaskDefinition.of(registration)
+        environment, command = definition.environment, definition.command
+        namespace = environment.get(settings.METRICS_NAMESPACE)
+        if not namespace:
+            continue
+        if "worker" in command:
+            queues = command[command.index("--queues") + 1].split(",")
+            for queue in queues:
+                for name in (BACKLOG_METRIC, OLDEST_AGE_METRIC):
+                    found.add((namespace, name, f"{QUEUE_DIMENSION}={queue}"))
+            pool = environment[settings.WORKER_POOL]
+            found.add((namespace, WORKERS_METRIC, f"{POOL_DIMENSION}={pool}"))
+        elif "beat" in command:
+            found.add((namespace, BEAT_HEARTBEAT_METRIC, f"{SERVICE_DIMENSION}=beat"))
+    return sorted(found)
 
 
 def task_sets(run: ProgramRun, references: Mapping[str, Registration]) -> list[Tasks]:

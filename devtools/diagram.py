@@ -2,9 +2,11 @@
 
 Everything drawn is read from what the program renders: the VPC and where tasks run (public
 subnets with public IPs, or private subnets behind NAT), the load balancer and its listeners,
-every service with its task counts and Spot use, the broker, the schedule source, and the
-scaling loop (the workers' Backlog metric and Container Insights feed Application Auto
-Scaling, which sets the services' counts).
+every service with its task counts and Spot use, the broker, the schedule source, the scaling
+loop (the metrics the workers write and Container Insights feed Application Auto Scaling,
+which sets the services' counts), and monitoring (the operator alarms, the dashboard, and
+where the alarms notify: the stack's encrypted topic and its e-mail subscription, an existing
+topic, or nobody).
 
 The drawing is deterministic: node ids come from resource names, never from ``diagrams``'
 random ones, so the same stack gives the same Graphviz source. The PNG carries the SHA-256 of
@@ -25,13 +27,20 @@ from diagrams import Cluster, Diagram, Edge
 from diagrams.aws.compute import ApplicationAutoScaling, Fargate
 from diagrams.aws.database import Elasticache
 from diagrams.aws.general import Users
-from diagrams.aws.integration import EventbridgeRule
-from diagrams.aws.management import Cloudwatch
+from diagrams.aws.integration import (
+    EventbridgeRule,
+    SimpleNotificationServiceSnsEmailNotification,
+    SimpleNotificationServiceSnsTopic,
+)
+from diagrams.aws.management import Cloudwatch, CloudwatchAlarm
 from diagrams.aws.network import ALB, NATGateway
 
+from app.metrics import BEAT_HEARTBEAT_METRIC
+from devtools.cost import app_metrics, high_resolution
 from devtools.render import ProgramRun, Registration
 from infra.config import StackConfig
 
+_ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 #: The PNG text chunk keyword that carries the digest of the Graphviz source.
 DIGEST_KEYWORD = b"celery-ecs:dot-sha256"
 _ICONS = str(Path(diagrams.__file__).resolve().parent.parent / "resources")
@@ -124,18 +133,19 @@ def _build(run: ProgramRun, config: StackConfig, title: str) -> Any:
                 if not public_tasks:
                     tasks = _draw_services(run, services, public=False)
         with Cluster("scaling"):
-            metrics = Cloudwatch(
-                "CloudWatch\nBacklog per queue,\nRunningTaskCount", nodeid="cloudwatch"
-            )
+            metrics = Cloudwatch(_metrics_label(run), nodeid="cloudwatch")
             scaling = ApplicationAutoScaling("Application\nAuto Scaling", nodeid="autoscaling")
         users >> Edge(label=_listener_ports(run)) >> balancer
         balancer >> Edge(label="8000") >> tasks["web"]
         for node in tasks.values():
             node >> Edge(color="#C7131F") >> broker
+        # The workers write their queues' metrics; beat its heartbeat, when it writes one.
+        beat_writes = any(name == BEAT_HEARTBEAT_METRIC for _, name, _ in app_metrics(run))
         for name, node in tasks.items():
-            if name.startswith("worker-"):
+            if name.startswith("worker-") or (name == "beat" and beat_writes):
                 node >> Edge(style="dashed", color="#7B8894") >> metrics
-        metrics >> Edge(label="backlog per task", style="dashed") >> scaling
+        metrics >> Edge(label=_scaling_edge_label(run), style="dashed") >> scaling
+        _draw_monitoring(run, metrics)
         for name, node in tasks.items():
             if name.startswith(("worker-", "web")):
                 scaling >> Edge(style="dashed", color="#7B8894") >> node
@@ -144,6 +154,52 @@ def _build(run: ProgramRun, config: StackConfig, title: str) -> Any:
             schedule = EventbridgeRule(f"EventBridge\n{expressions}", nodeid="eventbridge")
             schedule >> Edge(label="RunTask") >> tasks["enqueue"]
         return drawing.dot
+
+
+def _metrics_label(run: ProgramRun) -> str:
+    """The metrics the app writes (by name), and Container Insights' task counts."""
+    names = sorted({name for _, name, _ in app_metrics(run)})
+    rows = [", ".join(names[i : i + 2]) for i in range(0, len(names), 2)]
+    return "\n".join(["CloudWatch", *rows, "+ Container Insights"])
+
+
+def _scaling_edge_label(run: ProgramRun) -> str:
+    """What drives scaling: backlog per task (target tracking, one-minute data) and, with the
+    step policies' alarms, backlog per worker every 10 s."""
+    fast = [alarm for alarm in run.of_type(_ALARM) if high_resolution(alarm)]
+    return "backlog per task" + ("\n(+ per worker, 10 s alarms)" if fast else "")
+
+
+def _draw_monitoring(run: ProgramRun, metrics: Any) -> None:
+    """The operator alarms (the scale-out ones belong to scaling), the dashboard, and where the
+    alarms notify."""
+    alarms = [alarm for alarm in run.of_type(_ALARM) if not high_resolution(alarm)]
+    dashboards = run.of_type("aws:cloudwatch/dashboard:Dashboard")
+    if not alarms and not dashboards:
+        return
+    notified = sorted({arn for alarm in alarms for arn in alarm.inputs.get("okActions", [])})
+    topics = run.of_type("aws:sns/topic:Topic")
+    subscriptions = run.of_type("aws:sns/topicSubscription:TopicSubscription")
+    with Cluster("monitoring"):
+        if alarms:
+            quiet = "" if notified else "\nnotifying nobody\n(alerts.* unset)"
+            node = CloudwatchAlarm(f"{len(alarms)} alarms{quiet}", nodeid="alarms")
+            metrics >> Edge(style="dashed", color="#7B8894") >> node
+        for dashboard in dashboards:
+            Cloudwatch(f"dashboard\n{dashboard.inputs['dashboardName']}", nodeid=dashboard.name)
+        if alarms and notified:
+            encrypted = any("kmsMasterKeyId" in topic.inputs for topic in topics)
+            label = "SNS topic\n(KMS-encrypted)" if encrypted else "SNS topic"
+            if not topics:
+                label = "SNS topic\n(existing: alerts.topicArn)"
+            topic = SimpleNotificationServiceSnsTopic(label, nodeid="topic")
+            node >> Edge(label="ALARM, OK") >> topic
+            for subscription in subscriptions:
+                protocol = subscription.inputs["protocol"]
+                email = SimpleNotificationServiceSnsEmailNotification(
+                    f"{protocol} subscription", nodeid=subscription.name
+                )
+                topic >> email
 
 
 def _draw_services(run: ProgramRun, services: list[dict[str, Any]], public: bool) -> dict[str, Any]:

@@ -44,6 +44,7 @@ README_COST_END = "<!-- /plan -->"
 #: Components in the order a reader meets them; others follow, by name.
 _COMPONENT_ORDER = (
     "Network", "Broker", "Image", "Cluster", "Web", "Worker", "Beat", "Schedule", "ServiceScaling",
+    "Alarms", "Notifications", "Dashboard",
 )  # fmt: skip
 
 
@@ -128,11 +129,23 @@ def _summary(plan: Plan) -> list[str]:
         if config.scheduler == "beat"
         else f"EventBridge, {len(run.of_type(_RULE))} rules starting one-off tasks"
     )
+    alarms = run.of_type(_ALARM)
+    # The operator alarms notify on OK too; the scale-out alarms only start a scaling policy.
+    notified = sorted({_name(references, a) for x in alarms for a in x.inputs.get("okActions", [])})
     lines = [
         f"Tasks:       {services} ({config.cpu_architecture})",
         *_labelled("Public:", public),
         *_labelled("Encryption:", encryption),
         f"Schedule:    {schedule}",
+        *_labelled(
+            "Alarms:",
+            [
+                f"{len(alarms)} ({sum(map(cost.high_resolution, alarms))} high-resolution, for "
+                "scale-out)",
+                "notifying "
+                + (", ".join(notified) or "nobody (alerts.email and alerts.topicArn unset)"),
+            ],
+        ),
     ]
     if plan.estimate.prices is not None:
         low, high = plan.estimate.totals
@@ -148,9 +161,12 @@ def _labelled(label: str, items: Sequence[str]) -> list[str]:
 
 def _validation(report: Report) -> list[str]:
     rules = ", ".join(f"{name} {version}" for name, version in sorted(versions().items()))
-    counts = f"{report.requests} API requests and {report.policies} IAM policies ({rules})"
+    counts = (
+        f"{report.requests} API requests and {report.policies} IAM, key and resource policies "
+        f"({rules})"
+    )
     if report.ok:
-        return [f"OK: {counts} follow AWS's rules."]
+        return [cost.wrap(f"OK: {counts} follow AWS's rules.", "", "")]
     return [
         f"FAILED: {len(report.findings)} problem(s) in {counts}:",
         *(cost.wrap(str(finding), "  - ", "    ") for finding in report.findings),
@@ -231,6 +247,7 @@ _INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 _SERVICE = "aws:ecs/service:Service"
 _LISTENER = "aws:lb/listener:Listener"
 _RULE = "aws:cloudwatch/eventRule:EventRule"
+_ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 _REPLICATION_GROUP = "aws:elasticache/replicationGroup:ReplicationGroup"
 
 
@@ -288,14 +305,37 @@ def _role(resource: Registration, _: dict[str, Registration]) -> list[str]:
 
 
 def _policy(resource: Registration, refs: dict[str, Registration]) -> list[str]:
+    return _statement_lines(json.loads(resource.inputs["policy"]), refs)
+
+
+def _statement_lines(
+    document: dict[str, Any], refs: dict[str, Registration], star: str = "*"
+) -> list[str]:
+    """One line per statement: effect, principal (resource policies), actions, resources,
+    condition. ``star``: how to show ``"Resource": "*"`` (in a key policy: the key itself)."""
     found = []
-    for statement in _statements(json.loads(resource.inputs["policy"])):
+    for statement in _statements(document):
         actions = ", ".join(_as_list(statement["Action"]))
-        resources = ", ".join(_name(refs, r) for r in _as_list(statement["Resource"]))
+        resources = ", ".join(
+            star if r == "*" else _name(refs, r) for r in _as_list(statement["Resource"])
+        )
         condition = statement.get("Condition")
         when = f" when {json.dumps(condition, sort_keys=True)}" if condition else ""
-        found.append(f"{statement['Effect'].lower()} {actions} on {resources}{when}")
+        principal = _principal(statement.get("Principal"))
+        who = f" {principal}:" if principal else ""
+        found.append(f"{statement['Effect'].lower()}{who} {actions} on {resources}{when}")
     return found
+
+
+def _principal(principal: object) -> str:
+    """A statement's principal as a reader says it ("" for an identity policy: it has none)."""
+    if principal is None:
+        return ""
+    if principal == "*":
+        return "anyone"
+    if isinstance(principal, dict):
+        return ", ".join(str(p) for value in principal.values() for p in _as_list(value))
+    return str(principal)
 
 
 def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -370,7 +410,14 @@ def _service(resource: Registration, refs: dict[str, Registration]) -> list[str]
     return lines
 
 
+#: The task count a backlog-per-task policy divides by, as a reader says it.
+_TASK_COUNTS = {"DesiredTaskCount": "desired task", "RunningTaskCount": "running task"}
+
+
 def _scaling_policy(resource: Registration, _: dict[str, Registration]) -> list[str]:
+    step = resource.inputs.get("stepScalingPolicyConfiguration")
+    if step is not None:
+        return _step_policy(step)
     tracking = resource.inputs["targetTrackingScalingPolicyConfiguration"]
     predefined = tracking.get("predefinedMetricSpecification", {}).get("predefinedMetricType")
     if predefined == "ECSServiceAverageCPUUtilization":
@@ -378,17 +425,113 @@ def _scaling_policy(resource: Registration, _: dict[str, Registration]) -> list[
     elif predefined == "ALBRequestCountPerTarget":
         metric = "requests per task and minute"
     else:
-        metrics = tracking.get("customizedMetricSpecification", {}).get("metrics", [])
+        metrics = [
+            query["metricStat"]["metric"]
+            for query in tracking.get("customizedMetricSpecification", {}).get("metrics", [])
+            if "metricStat" in query
+        ]
         queues = sorted(
             dimension["value"]
-            for query in metrics
-            for dimension in query.get("metricStat", {}).get("metric", {}).get("dimensions", [])
+            for metric_of in metrics
+            for dimension in metric_of.get("dimensions", [])
             if dimension["name"] == "Queue"
         )
-        metric = f"waiting messages per running task (queues {', '.join(queues)})"
+        counts = [
+            _TASK_COUNTS.get(m["metricName"], m["metricName"])
+            for m in metrics
+            if m["metricName"] in _TASK_COUNTS or m["namespace"].startswith("ECS/")
+        ]
+        per = counts[0] if counts else "task"
+        metric = f"waiting messages per {per} (queues {', '.join(queues)})"
     return [
         f"target tracking: {tracking['targetValue']:g} {metric}; scale out after "
         f"{tracking['scaleOutCooldown']:g} s, in after {tracking['scaleInCooldown']:g} s"
+    ]
+
+
+def _step_policy(step: dict[str, Any]) -> list[str]:
+    """The steps above the alarm's threshold, and how the policy adds capacity."""
+    unit = {"PercentChangeInCapacity": " %", "ChangeInCapacity": " tasks"}.get(
+        step.get("adjustmentType", ""), ""
+    )
+    steps = ", ".join(
+        f"{adjustment['scalingAdjustment']:+g}{unit} from "
+        f"{adjustment.get('metricIntervalLowerBound', '-inf')}"
+        for adjustment in step.get("stepAdjustments", [])
+    )
+    least = step.get("minAdjustmentMagnitude")
+    return [
+        f"step scaling on its alarm ({step.get('adjustmentType')}): above the threshold by {steps}",
+        f"{step.get('metricAggregationType', 'Average')} of the readings; cooldown "
+        f"{step.get('cooldown', 300):g} s"
+        + (f"; at least {least:g} task a step" if least is not None else ""),
+    ]
+
+
+_COMPARISONS = {
+    "GreaterThanOrEqualToThreshold": ">=",
+    "GreaterThanThreshold": ">",
+    "LessThanOrEqualToThreshold": "<=",
+    "LessThanThreshold": "<",
+}
+
+
+def _alarm(resource: Registration, refs: dict[str, Registration]) -> list[str]:
+    """What it watches against what, over which periods, what it reads, whom it tells."""
+    inputs = resource.inputs
+    queries = inputs.get("metricQueries", [])
+    returned = [q for q in queries if q.get("returnData")]
+    watched = (
+        returned[0].get("label") or returned[0].get("expression")
+        if returned
+        else inputs.get("metricName")
+    )
+    metrics = [q["metric"] for q in queries if "metric" in q]
+    # Metric math: each metric has its period; a single-metric alarm has its own.
+    periods = sorted({m.get("period", 60) for m in metrics} or {inputs.get("period", 60)})
+    read = "; ".join(
+        f"{m['namespace']} {m['metricName']} "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(m.get('dimensions', {}).items()))}) "
+        f"{m.get('stat')}"
+        for m in metrics
+    )
+    expression = returned[0].get("expression") if returned and len(metrics) > 1 else None
+    operator = _COMPARISONS.get(inputs["comparisonOperator"], inputs["comparisonOperator"])
+    evaluated = inputs["evaluationPeriods"]
+    breaching = inputs.get("datapointsToAlarm", evaluated)
+    actions = [_name(refs, a) for a in inputs.get("alarmActions", [])]
+    ok = [_name(refs, a) for a in inputs.get("okActions", [])]
+    told = f"on ALARM {', '.join(actions)}" if actions else "notifies nobody"
+    if ok:
+        told += f", on OK {', '.join(ok)}"
+    return [
+        f"{inputs.get('name', resource.physical_name)}: {watched} {operator} "
+        f"{inputs['threshold']:g} in {breaching:g} of {evaluated:g} periods of "
+        f"{'/'.join(f'{p:g}' for p in periods)} s; missing data "
+        f"{inputs.get('treatMissingData', 'missing')}",
+        f"reads {read}" + (f"; {expression}" if expression else ""),
+        told,
+    ]
+
+
+def _key(resource: Registration, refs: dict[str, Registration]) -> list[str]:
+    inputs = resource.inputs
+    lines = [
+        f"{inputs.get('description', '(no description)')}; rotation "
+        f"{_on(inputs.get('enableKeyRotation'))}; deleted "
+        f"{_days(inputs.get('deletionWindowInDays', 30))} after destroy"
+    ]
+    if "policy" in inputs:
+        lines += _statement_lines(json.loads(inputs["policy"]), refs, star="the key")
+    return lines
+
+
+def _dashboard(resource: Registration, _: dict[str, Registration]) -> list[str]:
+    widgets = json.loads(resource.inputs["dashboardBody"]).get("widgets", [])
+    kinds = [widget.get("type") for widget in widgets]
+    return [
+        f"{resource.inputs['dashboardName']}: {len(widgets)} widgets ({kinds.count('alarm')} "
+        f"of alarm states, {kinds.count('metric')} graphs)"
     ]
 
 
@@ -573,6 +716,21 @@ SUMMARIES: dict[str, Summary] = {
         f"{r.inputs['scheduleExpression']} {r.inputs['state']}: {r.inputs['description']}"
     ],
     "aws:cloudwatch/eventTarget:EventTarget": _enqueue_target,
+    "aws:sqs/queuePolicy:QueuePolicy": _policy,
+    _ALARM: _alarm,
+    "aws:cloudwatch/dashboard:Dashboard": _dashboard,
+    "aws:kms/key:Key": _key,
+    "aws:sns/topic:Topic": lambda r, refs: [
+        f"encrypted with {_name(refs, r.inputs['kmsMasterKeyId'])}"
+        if "kmsMasterKeyId" in r.inputs
+        else "not encrypted"
+    ],
+    "aws:sns/topicPolicy:TopicPolicy": _policy,
+    "aws:sns/topicSubscription:TopicSubscription": lambda r, refs: [
+        f"{r.inputs['protocol']} to {r.inputs['endpoint']} from "
+        f"{_name(refs, r.inputs['topic'])}"
+        + ("; pending until the address confirms" if r.inputs["protocol"] == "email" else "")
+    ],
 }
 
 

@@ -251,6 +251,11 @@ class RecordingMocks(pulumi.runtime.Mocks):
             "aws:elasticache/subnetGroup:SubnetGroup": prefix.format("elasticache")
             + f"subnetgroup:{physical}",
             "aws:ecr/repository:Repository": prefix.format("ecr") + f"repository/{physical}",
+            "aws:cloudwatch/metricAlarm:MetricAlarm": prefix.format("cloudwatch")
+            + f"alarm:{physical}",
+            "aws:sns/topic:Topic": prefix.format("sns") + physical,
+            "aws:kms/key:Key": prefix.format("kms")
+            + f"key/{uuid.UUID(_hex(typ, physical, length=32))}",
             "aws:appautoscaling/policy:Policy": prefix.format("autoscaling")
             + f"scalingPolicy:{_hex(typ, physical, length=8)}:resource/ecs/"
             + f"{state.get('resourceId', '')}:policyName/{physical}",

@@ -50,6 +50,9 @@ class Broker(pulumi.ComponentResource):
     secret: aws.secretsmanager.Secret
     #: Changes whenever the broker URL does (a new token): services redeploy on it.
     secret_version: pulumi.Output[str]
+    #: Cache cluster id of every node (``CacheClusterId`` of ElastiCache's metrics): a
+    #: replication group's nodes are ``<group id>-001``, ``-002``…
+    node_ids: list[pulumi.Output[str]]
 
     def __init__(
         self, name: str, args: BrokerArgs, opts: pulumi.ResourceOptions | None = None
@@ -121,6 +124,9 @@ class Broker(pulumi.ComponentResource):
         )
         self.secret_version = version.version_id
         self.primary_endpoint = group.primary_endpoint_address
+        self.node_ids = [
+            pulumi.Output.concat(group.id, f"-{node:03d}") for node in range(1, 2 + config.replicas)
+        ]
         self.port = REDIS_PORT
         self.register_outputs(
             {"primaryEndpoint": self.primary_endpoint, "secretArn": self.secret.arn}

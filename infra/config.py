@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeVar, cast
 
 from app.routing import QUEUES
@@ -59,6 +60,14 @@ DEFAULT_CONCURRENCY = 2
 #: Default backlog-per-task target = this x concurrency: every slot of a task has about this many
 #: messages waiting behind it before the pool grows (see ``WorkerPool.backlog_per_task``).
 BACKLOG_ROUNDS = 10
+#: Seconds a message may wait in its queue by default before the queue-age alarm fires.
+DEFAULT_MAX_QUEUE_SECONDS = 300
+MIN_MAX_QUEUE_SECONDS = 30
+#: Share of the acceptable latency a message waits when the pool holds its backlog target; the
+#: rest is left for a burst's scale-out (a decision within a minute, a task start of about one).
+TARGET_LATENCY_SHARE = 0.5
+#: ElastiCache (Redis OSS, Valkey) accepts at most this many client connections per node.
+ELASTICACHE_MAX_CONNECTIONS = 65_000
 
 
 def _fargate_memory_choices() -> dict[int, tuple[int, ...]]:
@@ -107,13 +116,18 @@ class WorkerPool:
     memory: int
     #: Seconds ECS may wait between SIGTERM and SIGKILL (Fargate caps it at 120).
     max_stop_timeout: int
-    #: Target of the scaling policy: waiting messages (summed over the pool's queues) per
-    #: running task.
+    #: Target of the scaling policies: waiting messages (summed over the pool's queues) per
+    #: task. ``backlogPerTask`` if given, else derived from ``max_queue_seconds`` and
+    #: ``typical_task_seconds`` (see ``backlog_target``), else ``BACKLOG_ROUNDS`` x concurrency.
     backlog_per_task: int
     budget: WorkerBudget
     #: Every task but the first runs on Fargate Spot (only pools whose tasks finish within the
     #: interruption notice: ``WorkerBudget.finishes_within_spot_notice``).
     fargate_spot: bool = False
+    #: Seconds a message may wait in a queue of the pool: the queue-age alarm's threshold.
+    max_queue_seconds: int = DEFAULT_MAX_QUEUE_SECONDS
+    #: Seconds a typical task of the pool takes; None when not given.
+    typical_task_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +158,30 @@ class BrokerConfig:
     snapshot_retention_days: int
     #: Changing it generates a new AUTH token (see the README's token rotation).
     auth_token_generation: int
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """Where alarm notifications go and the thresholds no other setting decides."""
+
+    #: An address to subscribe to a topic this stack creates; None: no subscription.
+    email: str | None
+    #: An existing SNS topic to notify instead; None: the stack's own topic (if ``email``).
+    topic_arn: str | None
+    #: Percent of the load balancer's requests answered 5xx (by itself, or by the targets)
+    #: above which the web alarms fire.
+    http_5xx_percent: int
+    #: ``DatabaseMemoryUsagePercentage`` above which the broker alarm fires (``noeviction``:
+    #: at 100 % every publish is refused).
+    broker_memory_percent: int
+    #: ``EngineCPUUtilization`` (the Redis thread) above which the broker alarm fires.
+    broker_cpu_percent: int
+    #: ``CurrConnections`` above which the broker alarm fires.
+    broker_connections: int
+
+    @property
+    def notifies(self) -> bool:
+        return self.email is not None or self.topic_arn is not None
 
 
 @dataclass(frozen=True)
@@ -179,6 +217,7 @@ class StackConfig:
     network: NewVpc | ExistingVpc
     #: CPU architecture of every task definition, and the platform the image is built for.
     cpu_architecture: CpuArchitecture = "X86_64"
+    alerts: AlertsConfig = field(default_factory=lambda: _load_alerts({}))
 
     @property
     def uses_fargate_spot(self) -> bool:
@@ -264,6 +303,19 @@ class _Fields:
             raise _fail(path, f"{value} is out of range", allowed)
         return value
 
+    def number(self, key: str, above: float, at_most: float, why: str) -> float | None:
+        """An optional number (integer or decimal) in ``(above, at_most]``; None when absent."""
+        path = self.key_path(key)
+        allowed = f"a number > {above:g} and <= {at_most:g} ({why})"
+        value = self.value(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(path, f"expected a number, got {_describe(value)}", allowed)
+        if not above < value <= at_most:
+            raise _fail(path, f"{value:g} is out of range", allowed)
+        return float(value)
+
     def boolean(self, key: str, default: bool) -> bool:
         value = self.value(key)
         if value is None:
@@ -341,11 +393,15 @@ def _parse_scalar_text(value: str) -> object:
 
 TOP_LEVEL_KEYS = (
     "production", "scheduler", "maxCountdown", "logLevel", "logRetentionDays", "imageUri",
-    "cpuArchitecture", "workers", "web", "broker", "network",
+    "cpuArchitecture", "workers", "web", "broker", "network", "alerts",
 )  # fmt: skip
 POOL_KEYS = (
     "name", "queues", "concurrency", "taskTimeout", "minCount", "maxCount", "cpu", "memory",
-    "maxStopTimeout", "backlogPerTask", "fargateSpot",
+    "maxStopTimeout", "backlogPerTask", "fargateSpot", "maxQueueSeconds", "typicalTaskSeconds",
+)  # fmt: skip
+ALERTS_KEYS = (
+    "email", "topicArn", "http5xxPercent", "brokerMemoryPercent", "brokerCpuPercent",
+    "brokerConnections",
 )  # fmt: skip
 WEB_KEYS = (
     "cpu", "memory", "minCount", "maxCount", "requestTimeout", "certificateArn",
@@ -406,6 +462,7 @@ def load(raw: Mapping[str, object]) -> StackConfig:
             _parse_json_text(top.raw.get("network"), "network") or {}, production
         ),
         cpu_architecture=cpu_architecture,
+        alerts=_load_alerts(_parse_json_text(top.raw.get("alerts"), "alerts") or {}),
     )
 
 
@@ -488,6 +545,21 @@ def _load_pool(raw: object, path: str, max_countdown: int) -> WorkerPool:
             "and scale-in protection does not hold off Spot",
             "false" if longest is None else f"false, or taskTimeout <= {longest}",
         )
+    max_queue_seconds = fields.integer(
+        "maxQueueSeconds",
+        DEFAULT_MAX_QUEUE_SECONDS,
+        MIN_MAX_QUEUE_SECONDS,
+        86_400,
+        "seconds a message may wait in the queue",
+    )
+    typical = fields.number(
+        "typicalTaskSeconds", 0.0, float(task_timeout), "seconds, at most taskTimeout"
+    )
+    backlog_per_task = (
+        fields.integer("backlogPerTask", None, 1, None, "waiting messages per running task")
+        if fields.has("backlogPerTask")
+        else backlog_target(concurrency, max_queue_seconds, typical)
+    )
     return WorkerPool(
         name=name,
         queues=queues,
@@ -498,16 +570,28 @@ def _load_pool(raw: object, path: str, max_countdown: int) -> WorkerPool:
         cpu=cpu,
         memory=memory,
         max_stop_timeout=max_stop_timeout,
-        backlog_per_task=fields.integer(
-            "backlogPerTask",
-            BACKLOG_ROUNDS * concurrency,
-            1,
-            None,
-            "waiting messages per running task",
-        ),
+        backlog_per_task=backlog_per_task,
         budget=budget,
         fargate_spot=fargate_spot,
+        max_queue_seconds=max_queue_seconds,
+        typical_task_seconds=typical,
     )
+
+
+def backlog_target(
+    concurrency: int, max_queue_seconds: int, typical_task_seconds: float | None
+) -> int:
+    """Waiting messages per task the pool holds, from the latency the user accepts.
+
+    A task works ``concurrency`` messages at a time, each ``typical_task_seconds`` long, so the
+    last of ``n`` messages waiting behind it starts after ``n x typical / concurrency`` seconds.
+    The target lets that be ``TARGET_LATENCY_SHARE`` of ``max_queue_seconds``. Without a
+    typical duration nothing can be derived: ``BACKLOG_ROUNDS`` messages per slot.
+    """
+    if typical_task_seconds is None:
+        return BACKLOG_ROUNDS * concurrency
+    wait = TARGET_LATENCY_SHARE * max_queue_seconds
+    return max(1, math.floor(wait * concurrency / typical_task_seconds))
 
 
 def _catch_budget(path: str, derive: Callable[[], T]) -> T:
@@ -665,4 +749,36 @@ def _load_existing_vpc(raw: Mapping[str, object]) -> ExistingVpc:
         vpc_id=vpc_id,
         public_subnet_ids=subnets["publicSubnetIds"],
         private_subnet_ids=subnets["privateSubnetIds"],
+    )
+
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}$")
+
+
+def _load_alerts(raw: object) -> AlertsConfig:
+    fields = _Fields(raw, "alerts", ALERTS_KEYS)
+    email = fields.text("email", _EMAIL, "an e-mail address")
+    topic_arn = fields.text("topicArn", _TOPIC_ARN, "an SNS topic ARN (arn:aws:sns:…)")
+    if email is not None and topic_arn is not None:
+        raise _fail(
+            "alerts.topicArn",
+            "cannot be combined with alerts.email",
+            "either email (a topic this stack creates) or topicArn (an existing topic)",
+        )
+    return AlertsConfig(
+        email=email,
+        topic_arn=topic_arn,
+        http_5xx_percent=fields.integer("http5xxPercent", 5, 1, 100, "percent of requests"),
+        broker_memory_percent=fields.integer(
+            "brokerMemoryPercent", 80, 10, 95, "percent; at 100 noeviction refuses every write"
+        ),
+        broker_cpu_percent=fields.integer("brokerCpuPercent", 90, 10, 100, "percent"),
+        broker_connections=fields.integer(
+            "brokerConnections",
+            ELASTICACHE_MAX_CONNECTIONS * 8 // 10,
+            1,
+            ELASTICACHE_MAX_CONNECTIONS,
+            "client connections; ElastiCache accepts at most 65000",
+        ),
     )

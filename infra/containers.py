@@ -94,6 +94,11 @@ def publisher_environment(config: StackConfig) -> dict[str, str]:
     }
 
 
+def beat_environment(config: StackConfig, namespace: str) -> dict[str, str]:
+    """Beat publishes, and writes its heartbeat metric to ``namespace``."""
+    return {**publisher_environment(config), env_names.METRICS_NAMESPACE: namespace}
+
+
 def web_environment(config: StackConfig) -> dict[str, str]:
     return {
         **publisher_environment(config),

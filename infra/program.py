@@ -18,19 +18,23 @@ import pulumi_aws as aws
 from pulumi.runtime.config import CONFIG, get_config_env
 
 from app.schedule import SCHEDULE
+from infra.alarms import Alarms, AlarmsArgs, PoolService
 from infra.beat import Beat, BeatArgs
 from infra.broker import Broker, BrokerArgs
 from infra.cluster import AwsContext, Cluster, ClusterArgs
 from infra.config import ConfigError, NewVpc, StackConfig, load
 from infra.containers import (
+    beat_environment,
     metrics_namespace,
     publisher_environment,
     web_environment,
     worker_environment,
 )
+from infra.dashboard import Dashboard, DashboardArgs
 from infra.eventbridge import Schedule, ScheduleArgs, ScheduledEntry, plan_schedule
 from infra.image import Image, ImageArgs
 from infra.network import AZ_COUNT, Network, NetworkArgs
+from infra.notifications import Notifications, NotificationsArgs
 from infra.scaling import BacklogTarget, ServiceScaling, ServiceScalingArgs
 from infra.schedule_expr import ScheduleError
 from infra.web import Web, WebArgs
@@ -197,6 +201,8 @@ def deploy(plan: Plan) -> dict[str, Any]:
         ),
     )
     service_names: dict[str, pulumi.Output[str]] = {"web": web.service.name}
+    pool_services: list[PoolService] = []
+    scaling_alarms: list[pulumi.Output[str]] = []
 
     for pool in config.workers:
         service = worker_services[pool.name]
@@ -212,7 +218,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
                 placement=background,
             ),
         )
-        ServiceScaling(
+        scaling = ServiceScaling(
             f"{service}-scaling",
             ServiceScalingArgs(
                 cluster_name=cluster.cluster.name,
@@ -221,12 +227,17 @@ def deploy(plan: Plan) -> dict[str, Any]:
                 max_count=pool.max_count,
                 backlog=BacklogTarget(
                     namespace=plan.metrics_namespace,
+                    pool=pool.name,
                     queues=pool.queues,
                     per_task=pool.backlog_per_task,
+                    alarm_name=f"{plan.prefix}-scale-out-{pool.name}",
                 ),
             ),
         )
         service_names[service] = worker.service.name
+        pool_services.append(PoolService(pool, worker.service.name))
+        if scaling.scale_out_alarm is not None:
+            scaling_alarms.append(scaling.scale_out_alarm.arn)
 
     if config.scheduler == "beat":
         beat = Beat(
@@ -235,13 +246,15 @@ def deploy(plan: Plan) -> dict[str, Any]:
                 cluster=cluster,
                 family=f"{plan.prefix}-beat",
                 image=image.image_ref,
-                environment=publisher_environment(config),
+                environment=beat_environment(config, plan.metrics_namespace),
                 placement=background,
             ),
         )
         service_names["beat"] = beat.service.name
 
     schedule_outputs: dict[str, Any] = {}
+    rules: dict[str, pulumi.Output[str]] = {}
+    dead_letter_queue: pulumi.Output[str] | None = None
     if plan.schedule:
         schedule = Schedule(
             "schedule",
@@ -255,6 +268,20 @@ def deploy(plan: Plan) -> dict[str, Any]:
             ),
         )
         schedule_outputs["scheduleDeadLetterQueueUrl"] = schedule.dead_letter_queue.url
+        rules = {entry: rule.name for entry, rule in schedule.rules.items()}
+        dead_letter_queue = schedule.dead_letter_queue.name
+
+    monitoring = monitor(
+        plan,
+        context=context,
+        cluster_name=cluster.cluster.name,
+        pools=pool_services,
+        scaling_alarms=scaling_alarms,
+        load_balancer=web.load_balancer_label,
+        broker_nodes=broker.node_ids,
+        rules=rules,
+        dead_letter_queue=dead_letter_queue,
+    )
 
     return {
         "webUrl": web.url,
@@ -264,7 +291,75 @@ def deploy(plan: Plan) -> dict[str, Any]:
         "imageRepositoryUrl": image.repository.repository_url,
         "scheduler": config.scheduler,
         **schedule_outputs,
+        **monitoring,
     }
+
+
+def monitor(
+    plan: Plan,
+    *,
+    context: AwsContext,
+    cluster_name: pulumi.Output[str],
+    pools: list[PoolService],
+    scaling_alarms: list[pulumi.Output[str]],
+    load_balancer: pulumi.Output[str],
+    broker_nodes: list[pulumi.Output[str]],
+    rules: dict[str, pulumi.Output[str]],
+    dead_letter_queue: pulumi.Output[str] | None,
+) -> dict[str, Any]:
+    """Notifications, alarms and the dashboard; returns their stack outputs."""
+    config = plan.config
+    notifications = Notifications(
+        "notifications",
+        NotificationsArgs(
+            alerts=config.alerts,
+            alarm_name_prefix=plan.prefix,
+            aws=context,
+            key_deletion_window_days=30 if config.production else 7,
+        ),
+    )
+    topic = notifications.topic_arn
+    alarms = Alarms(
+        "alarms",
+        AlarmsArgs(
+            prefix=plan.prefix,
+            namespace=plan.metrics_namespace,
+            cluster_name=cluster_name,
+            pools=pools,
+            load_balancer=load_balancer,
+            broker_nodes=broker_nodes,
+            alerts=config.alerts,
+            beat=config.scheduler == "beat",
+            rules=rules,
+            dead_letter_queue=dead_letter_queue,
+            actions=[topic] if topic is not None else [],
+        ),
+    )
+    dashboard = Dashboard(
+        "dashboard",
+        DashboardArgs(
+            name=plan.prefix,
+            inputs={
+                "region": context.region,
+                "namespace": plan.metrics_namespace,
+                "cluster_name": cluster_name,
+                "pools": list(config.workers),
+                "service_names": {service.pool.name: service.service_name for service in pools},
+                "load_balancer": load_balancer,
+                "broker_nodes": broker_nodes,
+                "alerts": config.alerts,
+                "alarm_arns": [alarm.arn for alarm in alarms.alarms.values()],
+                "scaling_alarm_arns": scaling_alarms,
+                "beat": config.scheduler == "beat",
+                "rules": rules,
+                "dead_letter_queue": dead_letter_queue,
+            },
+        ),
+    )
+    outputs: dict[str, Any] = {"dashboardUrl": dashboard.url}
+    if topic is not None:
+        outputs["alertTopicArn"] = topic
+    return outputs
 
 
 class InvalidStackConfig(ConfigError, pulumi.RunError):

@@ -61,6 +61,8 @@ class Web(pulumi.ComponentResource):
     service: aws.ecs.Service
     #: ``app/<lb>/<id>/targetgroup/<tg>/<id>``: the request-count scaling metric's label.
     request_count_label: pulumi.Output[str]
+    #: ``app/<lb>/<id>``: the ``LoadBalancer`` dimension of the ALB's metrics.
+    load_balancer_label: pulumi.Output[str]
 
     def __init__(
         self, name: str, args: WebArgs, opts: pulumi.ResourceOptions | None = None
@@ -195,6 +197,7 @@ class Web(pulumi.ComponentResource):
             depends_on=listeners,
         )
         self.url = pulumi.Output.concat(scheme, "://", balancer.dns_name)
+        self.load_balancer_label = balancer.arn_suffix
         self.request_count_label = pulumi.Output.concat(
             balancer.arn_suffix, "/", target_group.arn_suffix
         )

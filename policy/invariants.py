@@ -84,6 +84,11 @@ POLICY_DOCUMENTS: Mapping[str, tuple[str, ...]] = {
     "aws:sqs/queuePolicy:QueuePolicy": ("policy",),
     "aws:sqs/queue:Queue": ("policy",),
     "aws:sns/topicPolicy:TopicPolicy": ("policy",),
+    "aws:sns/topic:Topic": ("policy",),
+    # A key policy grants on "*", which in a key policy means the key itself: only its actions
+    # are checked here, like every other document's.
+    "aws:kms/key:Key": ("policy",),
+    "aws:kms/keyPolicy:KeyPolicy": ("policy",),
     "aws:secretsmanager/secretPolicy:SecretPolicy": ("policy",),
     "aws:ecr/repositoryPolicy:RepositoryPolicy": ("policy",),
     "aws:s3/bucketPolicy:BucketPolicy": ("policy",),
@@ -962,7 +967,8 @@ POLICIES: tuple[ResourceValidationPolicy | StackValidationPolicy, ...] = (
     ),
     ResourceValidationPolicy(
         name="iam-no-wildcard-actions",
-        description="No IAM policy document allows a wildcard action or NotAction.",
+        description="No IAM policy document (identity, trust, resource or KMS key policy) "
+        "allows a wildcard action or NotAction.",
         validate=validate_iam_actions,
     ),
     ResourceValidationPolicy(

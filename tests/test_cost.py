@@ -178,3 +178,46 @@ def test_eventbridge_tasks_are_priced_per_run() -> None:
     # Hourly runs of one billed minute: 730 runs x 1/60 h of a 0.25 vCPU / 0.5 GB task.
     rates = price_table(REGION)["fargate"]["X86_64"]  # type: ignore[index]
     assert hourly == pytest.approx(730 / 60 * (0.25 * rates["vcpuHour"] + 0.5 * rates["gbHour"]))
+
+
+def test_monitoring_is_priced_from_what_the_program_renders() -> None:
+    """Custom metrics are what the app writes (per queue, per pool, beat's heartbeat), alarms
+    are billed per metric they read (high-resolution ones at their own price), the dashboard,
+    and the alert topic's key only when alerts.email creates one."""
+    cloudwatch = price_table(REGION)["cloudwatch"]  # type: ignore[index]
+    beat = priced({"workers": POOLS})
+    # Backlog and OldestMessageAge of default and long, Workers of short and long, BeatHeartbeat.
+    assert line(beat, "CloudWatch metrics: 7 from the app") == pytest.approx(
+        (7 * cloudwatch["metricMonth"],) * 2
+    )
+    # Target tracking: 2 alarms each for short and long (a queue and DesiredTaskCount) and the
+    # web's CPU (one metric): 6 alarms, 10 metrics. The program's: queue age and tasks below
+    # minimum per pool (one metric each), beat silent, the two 5xx rates (errors and requests),
+    # three broker alarms over its one node: 10 alarms, 12 metrics.
+    assert line(beat, "CloudWatch alarms: 16 standard (6 of target tracking), 22 metrics") == (
+        pytest.approx((22 * cloudwatch["alarmMetricMonth"],) * 2)
+    )
+    # The step policies' alarms read a queue's backlog and the pool's workers every 10 s.
+    assert line(beat, "CloudWatch alarms: 2 high-resolution, 4 metrics") == pytest.approx(
+        (4 * cloudwatch["highResolutionAlarmMetricMonth"],) * 2
+    )
+    assert line(beat, "CloudWatch dashboard: 1") == (cloudwatch["dashboardMonth"],) * 2
+    assert not [item for item in beat.lines if item.item.startswith("KMS")]
+    # No beat, no heartbeat; a pool sharing both queues adds only its Workers metric.
+    eventbridge = priced({"workers": POOLS, "scheduler": "eventbridge"})
+    assert line(eventbridge, "CloudWatch metrics: 6 from the app")
+    overflow = {"name": "overflow", "queues": ["default", "long"], "minCount": 1, "maxCount": 2}
+    assert line(priced({"workers": [*POOLS, overflow]}), "CloudWatch metrics: 8 from the app")
+    # The alert topic's key, with alerts.email only (an existing topic needs none).
+    emailed = priced({"workers": POOLS, "alerts": {"email": "ops@example.com"}})
+    kms = price_table(REGION)["kms"]  # type: ignore[index]
+    assert line(emailed, "KMS key: 1") == (kms["keyMonth"],) * 2
+    topic = {"topicArn": "arn:aws:sns:us-east-1:123456789012:ops"}
+    assert not [i for i in priced({"alerts": topic}).lines if i.item.startswith("KMS")]
+    assert emailed.totals[0] == pytest.approx(beat.totals[0] + kms["keyMonth"])
+
+
+def test_the_assumptions_state_the_free_tiers_from_the_table() -> None:
+    text = "\n".join(priced({}).assumptions)
+    assert "free tier (10 custom metrics, 10 standard alarm metrics, 3 dashboards" in text
+    assert "first 1,000 a month free" in text

@@ -11,6 +11,7 @@ import pytest
 from app.routing import QUEUES
 from infra.budget import web_budget, worker_budget
 from infra.config import (
+    ALERTS_KEYS,
     BROKER_KEYS,
     EXISTING_VPC_KEYS,
     FARGATE_MEMORY,
@@ -237,6 +238,47 @@ INVALID = [
         id="max-stop-timeout-low",
     ),
     pytest.param(
+        {"workers": pools({"maxQueueSeconds": 10})},
+        "workers[0].maxQueueSeconds",
+        "30..86400",
+        id="max-queue-seconds-low",
+    ),
+    pytest.param(
+        {"workers": pools({}, {"typicalTaskSeconds": 0})},
+        "workers[1].typicalTaskSeconds",
+        "a number > 0 and <= 300",
+        id="typical-task-seconds-zero",
+    ),
+    pytest.param(
+        {"workers": pools({"taskTimeout": 30, "typicalTaskSeconds": 31})},
+        "workers[0].typicalTaskSeconds",
+        "<= 30",
+        id="typical-task-longer-than-timeout",
+    ),
+    pytest.param(
+        {"workers": pools({"typicalTaskSeconds": "fast"})},
+        "workers[0].typicalTaskSeconds",
+        "a number",
+        id="typical-task-seconds-type",
+    ),
+    pytest.param(
+        {
+            "alerts": {
+                "email": "ops@example.com",
+                "topicArn": "arn:aws:sns:eu-west-1:123456789012:a",
+            }
+        },
+        "alerts.topicArn",
+        "either email",
+        id="alerts-both-targets",
+    ),
+    pytest.param(
+        {"alerts": {"brokerMemoryPercent": 96}},
+        "alerts.brokerMemoryPercent",
+        "10..95",
+        id="alerts-memory",
+    ),
+    pytest.param(
         {"web": {"requestTimeout": 111}},
         "web.requestTimeout",
         "1..110",
@@ -325,6 +367,32 @@ def test_invalid_config_names_key_and_allowed_values(
     assert allowed in message, message
 
 
+@pytest.mark.parametrize(
+    "pool, target",
+    [
+        ({}, 20),  # nothing to derive from: 10 messages per slot, concurrency 2
+        ({"typicalTaskSeconds": 1}, 300),  # half of the default 300 s, 2 slots, 1 s tasks
+        ({"typicalTaskSeconds": 2.5, "maxQueueSeconds": 60, "concurrency": 4}, 48),
+        ({"typicalTaskSeconds": 250, "maxQueueSeconds": 60}, 1),  # never below one
+        ({"typicalTaskSeconds": 1, "backlogPerTask": 7}, 7),  # the direct knob wins
+        ({"maxQueueSeconds": 60}, 20),  # a latency alone says nothing of throughput
+    ],
+)
+def test_backlog_target_from_latency_and_task_duration(
+    pool: dict[str, object], target: int
+) -> None:
+    (loaded,) = load({"workers": [{**POOL, **pool}]}).workers
+    assert loaded.backlog_per_task == target
+
+
+def test_alerts_default_to_no_target_and_derived_thresholds() -> None:
+    alerts = load({}).alerts
+    assert (alerts.email, alerts.topic_arn, alerts.notifies) == (None, None, False)
+    assert (alerts.http_5xx_percent, alerts.broker_memory_percent) == (5, 80)
+    assert (alerts.broker_cpu_percent, alerts.broker_connections) == (90, 52_000)
+    assert load({"alerts": json.dumps({"email": "a@example.com"})}).alerts.notifies
+
+
 def test_error_lists_memory_sizes_for_the_cpu_given() -> None:
     with pytest.raises(ConfigError, match=re.escape("allowed: 512, 1024, 2048")):
         load({"web": {"cpu": 256, "memory": 4096}})
@@ -341,8 +409,10 @@ def test_the_readme_documents_every_key() -> None:
         names = re.findall(r"`([^`]+)`", row.split("|")[1])
         prefix = names[0].rpartition(".")[0]
         documented |= {name if "." in name else f"{prefix}.{name}".lstrip(".") for name in names}
-    expected = {key for key in TOP_LEVEL_KEYS if key not in ("workers", "web", "broker", "network")}
+    sections = ("workers", "web", "broker", "network", "alerts")
+    expected = {key for key in TOP_LEVEL_KEYS if key not in sections}
     expected |= {"workers"} | {f"workers[].{key}" for key in POOL_KEYS}
     expected |= {f"web.{key}" for key in WEB_KEYS} | {f"broker.{key}" for key in BROKER_KEYS}
     expected |= {f"network.{key}" for key in NEW_VPC_KEYS + EXISTING_VPC_KEYS}
+    expected |= {f"alerts.{key}" for key in ALERTS_KEYS}
     assert expected <= documented, sorted(expected - documented)

@@ -62,6 +62,8 @@ STACKS: dict[str, dict[str, object]] = {
                 "minCount": 2,
                 "maxCount": 10,
                 "fargateSpot": True,
+                "maxQueueSeconds": 120,
+                "typicalTaskSeconds": 0.5,
             },
             {
                 "name": "long",
@@ -84,6 +86,7 @@ STACKS: dict[str, dict[str, object]] = {
         },
         "broker": {"engine": "valkey", "replicas": 2, "snapshotRetentionDays": 14},
         "network": {"natGateways": "single"},
+        "alerts": {"email": "ops@example.com", "http5xxPercent": 2, "brokerMemoryPercent": 70},
     },
     "existing-vpc-prebuilt-image": {
         "imageUri": ECR_IMAGE,
@@ -94,6 +97,7 @@ STACKS: dict[str, dict[str, object]] = {
             "publicSubnetIds": ["subnet-000000a1", "subnet-000000a2"],
             "privateSubnetIds": ["subnet-000000b1", "subnet-000000b2", "subnet-000000b3"],
         },
+        "alerts": {"topicArn": "arn:aws:sns:us-east-1:123456789012:ops-alerts"},
     },
 }
 
@@ -114,6 +118,11 @@ REPLICATION_GROUP = "aws:elasticache/replicationGroup:ReplicationGroup"
 QUEUE = "aws:sqs/queue:Queue"
 ROLE = "aws:iam/role:Role"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
+TOPIC = "aws:sns/topic:Topic"
+KEY = "aws:kms/key:Key"
+PREFIX = "celery-ecs-test"
+NAMESPACE = "CeleryEcs/celery-ecs-test"
 
 
 @dataclass(frozen=True)
@@ -306,9 +315,11 @@ def test_every_pool_has_a_consuming_service_and_scales_on_backlog(deployed: Depl
             assert stat["metric"]["namespace"] == "CeleryEcs/celery-ecs-test"
             assert stat["metric"]["metricName"] == "Backlog"
             assert stat["metric"]["dimensions"][0]["name"] == "Queue"
+        # The desired count: tasks the step policy asked for count at once, however long they
+        # take to start, so target tracking does not ask for them a second time.
         tasks = metrics["tasks"]["metricStat"]["metric"]
         assert tasks["namespace"] == "ECS/ContainerInsights"
-        assert tasks["metricName"] == "RunningTaskCount"
+        assert tasks["metricName"] == "DesiredTaskCount"
         assert tasks["dimensions"] == [
             {"name": "ClusterName", "value": cluster},
             {"name": "ServiceName", "value": name},
@@ -317,6 +328,75 @@ def test_every_pool_has_a_consuming_service_and_scales_on_backlog(deployed: Depl
         assert len(result) == 1 and result[0]["expression"].endswith("/ tasks")
         for key in backlog_ids:
             assert key in result[0]["expression"]
+
+
+def test_every_pool_scales_out_within_a_minute_on_a_high_resolution_alarm(
+    deployed: Deployed,
+) -> None:
+    run = deployed.run
+    for pool in deployed.config.workers:
+        target = pool.backlog_per_task
+        tracking = run.named(SCALING_POLICY, f"worker-{pool.name}-scaling-backlog").inputs[
+            "targetTrackingScalingPolicyConfiguration"
+        ]
+        # Scale-in stays with target tracking, as slow as before.
+        assert tracking["scaleInCooldown"] == 300 and not tracking.get("disableScaleIn")
+        step = run.named(SCALING_POLICY, f"worker-{pool.name}-scaling-burst")
+        assert step.inputs["policyType"] == "StepScaling"
+        assert step.inputs["resourceId"] == tracking_resource(run, pool.name)
+        config = step.inputs["stepScalingPolicyConfiguration"]
+        assert config["adjustmentType"] == "PercentChangeInCapacity"
+        assert config["minAdjustmentMagnitude"] == 1
+        assert config["metricAggregationType"] == "Maximum"
+        assert config["cooldown"] == 120
+        adjustments = config["stepAdjustments"]
+        assert all(a["scalingAdjustment"] > 0 for a in adjustments), "scale-out only"
+        # Proportional: from k x target on, (k - 1) x 100 % more tasks; bounds relative to the
+        # alarm's threshold of 1.25 x target.
+        for adjustment in adjustments:
+            multiple = 1.25 + float(adjustment["metricIntervalLowerBound"]) / target
+            assert adjustment["scalingAdjustment"] == pytest.approx((multiple - 1) * 100)
+
+        alarm = run.named(ALARM, f"worker-{pool.name}-scaling-burst").inputs
+        assert alarm["name"] == f"{PREFIX}-scale-out-{pool.name}"
+        assert alarm["alarmActions"] == [step.state["arn"]]
+        assert alarm["threshold"] == 1.25 * target
+        assert alarm["comparisonOperator"] == "GreaterThanOrEqualToThreshold"
+        queries = {q["id"]: q for q in alarm["metricQueries"]}
+        stats = [q["metric"] for q in queries.values() if "metric" in q]
+        # High resolution: 10 s periods, CloudWatch evaluates such an alarm every 10 s. Two
+        # breaching periods: the decision comes 20 s after the data (the simulator adds the
+        # publication and delivery delays: bench/scaling_sim.py).
+        assert {m["period"] for m in stats} == {10}
+        assert alarm["evaluationPeriods"] == alarm["datapointsToAlarm"] == 2
+        assert {m["stat"] for m in stats} == {"Maximum"}
+        backlogs = {m["dimensions"]["Queue"] for m in stats if m["metricName"] == "Backlog"}
+        assert backlogs == set(pool.queues)
+        (workers,) = [m for m in stats if m["metricName"] == "Workers"]
+        assert workers["dimensions"] == {"Pool": pool.name}
+        assert {m["namespace"] for m in stats} == {NAMESPACE}
+        (result,) = [q for q in queries.values() if q.get("returnData")]
+        assert result["expression"].endswith("/ workers")
+        assert "alarmActions" in alarm and not alarm.get("okActions"), "scaling, not paging"
+
+
+def tracking_resource(run: ProgramRun, pool: str) -> str:
+    return run.named(SCALING_TARGET, f"worker-{pool}-scaling").inputs["resourceId"]
+
+
+def test_backlog_target_comes_from_latency_unless_given() -> None:
+    pools = load(STACKS["production-eventbridge"]).workers
+    by_name = {pool.name: pool for pool in pools}
+    # 120 s acceptable, 0.5 s tasks, 8 at a time: half of 120 s of work per task = 960.
+    assert by_name["default"].backlog_per_task == 960
+    assert by_name["long"].backlog_per_task == 1, "backlogPerTask wins"
+    assert by_name["overflow"].backlog_per_task == 20, "nothing to derive from: 10 x concurrency"
+    run = run_program(STACKS["production-eventbridge"])
+    for pool in pools:
+        tracking = run.named(SCALING_POLICY, f"worker-{pool.name}-scaling-backlog").inputs
+        assert tracking["targetTrackingScalingPolicyConfiguration"]["targetValue"] == (
+            pool.backlog_per_task
+        )
 
 
 def test_web_scales_on_cpu_and_optionally_requests(deployed: Deployed) -> None:
@@ -591,6 +671,9 @@ def test_environments_carry_the_budget(deployed: Deployed) -> None:
     assert web.container["portMappings"] == [
         {"containerPort": 8000, "protocol": "tcp", "name": "http"}
     ]
+    if config.scheduler == "beat":
+        # Beat writes its heartbeat metric into the stack's namespace.
+        assert tasks["beat"].environment[env_names.METRICS_NAMESPACE] == NAMESPACE
     for service, task in tasks.items():
         assert task.environment[env_names.MAX_COUNTDOWN] == str(config.max_countdown), service
         assert task.environment[env_names.LOG_LEVEL] == config.log_level, service
@@ -613,15 +696,24 @@ def test_every_environment_passes_the_apps_own_checks(deployed: Deployed) -> Non
 # --- IAM ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
 def test_no_policy_grants_wildcard_actions(deployed: Deployed) -> None:
-    documents = deployed.run.policy_documents()
+    run = deployed.run
+    documents = run.policy_documents()
+    # The alert topic's key and topic policies (when the stack creates the topic).
+    documents += [(key.name, json.loads(key.inputs["policy"])) for key in run.of_type(KEY)]
+    documents += [
+        (policy.name, json.loads(policy.inputs["policy"]))
+        for policy in run.of_type("aws:sns/topicPolicy:TopicPolicy")
+    ]
     assert documents
     for name, document in documents:
         for statement in statements(document):
             assert "NotAction" not in statement and "NotResource" not in statement, name
             for action in as_list(statement["Action"]):
                 assert "*" not in action, (name, action)
-            assert statement["Effect"] == "Allow", name
+            # The one Deny: the alert topic refuses publishes without TLS.
+            assert statement["Effect"] == "Allow" or statement.get("Sid") == "TlsOnly", name
 
 
 @pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
@@ -850,8 +942,14 @@ def test_outputs(deployed: Deployed) -> None:
         "serviceNames",
         "imageRepositoryUrl",
         "scheduler",
+        "dashboardUrl",
         *(["scheduleDeadLetterQueueUrl"] if config.scheduler == "eventbridge" else []),
+        *(["alertTopicArn"] if config.alerts.notifies else []),
     }
+    assert outputs["dashboardUrl"] == (
+        "https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=us-east-1"
+        f"#dashboards/dashboard/{PREFIX}"
+    )
     expected = {"web", *(f"worker-{pool.name}" for pool in config.workers)}
     if config.scheduler == "beat":
         expected.add("beat")

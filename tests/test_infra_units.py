@@ -4,6 +4,7 @@ planning, and the rendered task definitions other tests start processes from."""
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from urllib.parse import unquote, urlsplit
 
 import pytest
@@ -14,7 +15,14 @@ from infra.broker import AUTH_TOKEN_SPECIALS, broker_url
 from infra.eventbridge import plan_schedule
 from infra.image import ecr_repository
 from infra.network import subnet_cidrs
-from infra.scaling import BacklogTarget, backlog_metric_queries
+from infra.scaling import (
+    SCALE_OUT_STEPS,
+    SCALE_OUT_THRESHOLD,
+    BacklogTarget,
+    backlog_metric_queries,
+    scale_out_alarm_queries,
+    scale_out_steps,
+)
 from infra.schedule_expr import ScheduleError, to_eventbridge_expression
 from tests.support import run_program
 
@@ -49,11 +57,44 @@ def test_subnets_fit_the_vpc_and_do_not_overlap(cidr: str) -> None:
     assert not any(a.overlaps(b) for i, a in enumerate(subnets) for b in subnets[i + 1 :])
 
 
+def backlog_target(*queues: str, per_task: int = 10) -> BacklogTarget:
+    return BacklogTarget("ns", "pool", queues, per_task, "stack-scale-out-pool")
+
+
 def test_backlog_of_one_queue_needs_no_sum() -> None:
-    queries = backlog_metric_queries(BacklogTarget("ns", ["default"], 10), "c", "s")
-    assert queries[-1]["expression"] == "backlog0 / tasks"
-    queries = backlog_metric_queries(BacklogTarget("ns", ["a", "b"], 10), "c", "s")
-    assert queries[-1]["expression"] == "SUM([backlog0, backlog1]) / tasks"
+    one, two = backlog_target("default"), backlog_target("a", "b")
+    assert backlog_metric_queries(one, "c", "s")[-1]["expression"] == "backlog0 / tasks"
+    assert scale_out_alarm_queries(one)[-1]["expression"] == "backlog0 / workers"
+    assert (
+        backlog_metric_queries(two, "c", "s")[-1]["expression"]
+        == "SUM([backlog0, backlog1]) / tasks"
+    )
+    assert scale_out_alarm_queries(two)[-1]["expression"] == "SUM([backlog0, backlog1]) / workers"
+
+
+@pytest.mark.parametrize("per_task", [1, 3, 20, 120, 999])
+def test_scale_out_steps_cover_every_breach_and_never_add_more_than_asked(per_task: int) -> None:
+    """Contiguous from the threshold up, the last open-ended; at any backlog per worker ``m``, the
+    step taken adds p % with 1 + p/100 <= m / target (proportional, rounded down) and at least
+    half of that (so a large burst is not served in many small steps)."""
+    steps = scale_out_steps(per_task)
+    threshold = SCALE_OUT_THRESHOLD * per_task
+    assert float(steps[0]["metric_interval_lower_bound"]) == 0
+    for below, above in itertools.pairwise(steps):
+        assert below["metric_interval_upper_bound"] == above["metric_interval_lower_bound"]
+    assert "metric_interval_upper_bound" not in steps[-1]
+    breaches = [threshold + per_task * k / 8 for k in range(0, 2400)]
+    for metric in breaches:
+        (step,) = [
+            s for s in steps
+            if float(s["metric_interval_lower_bound"]) <= metric - threshold
+            and metric - threshold < float(s.get("metric_interval_upper_bound", "inf"))
+        ]  # fmt: skip
+        growth = 1 + step["scaling_adjustment"] / 100
+        wanted = metric / per_task
+        assert growth <= wanted + 1e-9, (metric, step)
+        if wanted < 2 * SCALE_OUT_STEPS[-1][0]:
+            assert growth > wanted / 2, (metric, step)
 
 
 def test_schedule_plan_translates_every_entry() -> None:

@@ -61,20 +61,51 @@ def test_every_resource_is_listed_under_its_component(dev: plan.Plan) -> None:
 def test_the_plan_shows_what_a_reviewer_checks(dev: plan.Plan) -> None:
     text = plan.render(dev, None)
     long_pool = "budget: taskTimeout 1800 s -> soft 1800 s / hard 1860 s, cold shutdown"
+    text = text.replace("\n        ", " ")  # lines the plan wrapped
     for expected in (
         long_pool,
         "network-alb <- tcp 80 from 0.0.0.0/0 PUBLIC",
         "internet-facing PUBLIC application load balancer",
         "TLS required, encrypted at rest on",
-        "target tracking: 40 waiting messages per running task (queues default)",
+        # Target tracking divides by the desired count (tasks still starting count at once).
+        "target tracking: 40 waiting messages per desired task (queues default)",
+        "step scaling on its alarm (PercentChangeInCapacity): above the threshold by +25 % from 0",
+        "celery-ecs-dev-scale-out-default: Waiting messages per worker (10 s) >= 50 in 2 of 2 "
+        "periods of 10 s",
+        "on ALARM worker-default-scaling-burst",
+        "celery-ecs-dev-queue-age-default: Oldest message age > 300 in 2 of 2 periods of 60 s",
+        "celery-ecs-dev: 13 widgets (2 of alarm states, 11 graphs)",
         "1-4 tasks of worker-default-service",
         "allow secretsmanager:GetSecretValue on broker",
         "Tasks:       beat 1, web 1-2, worker-default 1-4, worker-long 1-2 (X86_64)",
+        "Alarms:      12 (2 high-resolution, for scale-out)",
+        "notifying nobody (alerts.email and alerts.topicArn unset)",
     ):
         assert expected in text, expected
     # Secrets never reach the plan, in any form.
     assert MOCK_AUTH_TOKEN not in text and "rediss://" not in text
     assert "MockToken" not in text
+
+
+def test_the_alert_topic_its_key_and_their_policies_are_shown() -> None:
+    config = {**read_stack_file("dev").config, "alerts": {"email": "ops@example.com"}}
+    emailed = plan.make_plan("dev", config, "us-east-1")
+    assert emailed.report.ok, emailed.report.findings
+    text = plan.render(emailed, None).replace("\n        ", " ")
+    for expected in (
+        "notifying notifications-topic",
+        "\nnotifications (Notifications)\n",
+        "rotation on; deleted 7 days after destroy",
+        "allow cloudwatch.amazonaws.com: kms:Decrypt, kms:GenerateDataKey on the key when",
+        "encrypted with notifications-key",
+        "deny anyone: sns:Publish on notifications-topic when",
+        "email to ops@example.com from notifications-topic; pending until the address confirms",
+        "on ALARM notifications-topic, on OK notifications-topic",
+        "KMS key: 1 (alert topic encryption)",
+    ):
+        assert expected in text, expected
+    source = diagram.graph_source(emailed.run, emailed.config, "dev")
+    assert "SNS topic\n(KMS-encrypted)" in source and "email subscription" in source
 
 
 def test_a_broken_rule_fails_the_plan_naming_resource_field_and_rule(
@@ -147,6 +178,10 @@ def test_the_diagram_is_drawn_from_the_rendered_stack(dev: plan.Plan) -> None:
         "VPC 10.0.0.0/16 (us-east-1a, us-east-1b)",
         "public subnets",
         "HTTP 80",
+        "CloudWatch\nBacklog, BeatHeartbeat\nOldestMessageAge, Workers\n+ Container Insights",
+        "(+ per worker, 10 s alarms)",
+        "10 alarms\nnotifying nobody",
+        "dashboard\ncelery-ecs-dev",
     ):
         assert label in source, label
     assert "<diagrams>/aws/compute/fargate.png" in source

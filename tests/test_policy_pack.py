@@ -48,8 +48,9 @@ from policy.invariants import POLICIES, container_role, secret_reason, stop_time
 from tests.support import ROOT, run_program
 
 CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"
-#: Production with a warm and a cold pool, HTTPS and access logs; everything else production's
-#: defaults (NAT per AZ, flow logs, a broker replica, 365-day logs, deletion protection).
+#: Production with a warm and a cold pool, HTTPS, access logs and alarms e-mailed (the stack's
+#: own encrypted topic: a KMS key, a topic policy); everything else production's defaults (NAT
+#: per AZ, flow logs, a broker replica, 365-day logs, deletion protection).
 PRODUCTION: dict[str, object] = {
     "production": True,
     "workers": [
@@ -57,8 +58,9 @@ PRODUCTION: dict[str, object] = {
         {"name": "long", "queues": ["long"], "taskTimeout": 3600, "maxStopTimeout": 60},
     ],
     "web": {"certificateArn": CERTIFICATE, "accessLogsBucket": "alb-logs-bucket"},
+    "alerts": {"email": "ops@example.com"},
 }
-#: Dev is Pulumi.dev.yaml (a warm and a cold pool, no NAT, plain HTTP).
+#: Dev is Pulumi.dev.yaml (a warm and a cold pool, no NAT, plain HTTP, no alert e-mail).
 STACKS = ("dev-beat", "dev-eventbridge", "production-beat", "production-eventbridge")
 
 
@@ -778,6 +780,23 @@ TLS_ONLY = {
 }
 
 
+#: The alert topic's key policy and topic policy, as infra/notifications.py writes them.
+KEY_OWNER = {
+    "Effect": "Allow",
+    "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+    "Action": ["kms:Decrypt", "kms:DescribeKey", "kms:PutKeyPolicy"],
+    # In a key policy "*" is the key itself.
+    "Resource": "*",
+}
+TOPIC_PUBLISH = {
+    "Effect": "Allow",
+    "Principal": {"Service": "cloudwatch.amazonaws.com"},
+    "Action": "sns:Publish",
+    "Resource": "arn:aws:sns:us-east-1:123456789012:alerts",
+}
+TOPIC_TLS_ONLY = {**TLS_ONLY, "Action": "sns:Publish", "Resource": TOPIC_PUBLISH["Resource"]}
+
+
 def test_exact_iam_actions_pass() -> None:
     # A resource wildcard is not an action wildcard; a Deny with a wildcard only takes away.
     assert (
@@ -786,14 +805,12 @@ def test_exact_iam_actions_pass() -> None:
         )
         == []
     )
-    assert (
-        validate(
-            "iam-no-wildcard-actions",
-            "aws:sqs/queuePolicy:QueuePolicy",
-            {"policy": document(TLS_ONLY)},
-        )
-        == []
-    )
+    for resource_type, props in (
+        ("aws:sqs/queuePolicy:QueuePolicy", {"policy": document(TLS_ONLY)}),
+        ("aws:kms/key:Key", {"policy": document(KEY_OWNER), "enableKeyRotation": True}),
+        ("aws:sns/topicPolicy:TopicPolicy", {"policy": document(TOPIC_PUBLISH, TOPIC_TLS_ONLY)}),
+    ):
+        assert validate("iam-no-wildcard-actions", resource_type, props) == [], resource_type
 
 
 @pytest.mark.parametrize(
@@ -837,6 +854,26 @@ def test_exact_iam_actions_pass() -> None:
             "aws:sqs/queuePolicy:QueuePolicy",
             {"policy": document(TLS_ONLY, {**EXACT, "Action": "sqs:*"})},
             "Action 'sqs:*'",
+        ),
+        (
+            "aws:kms/key:Key",
+            {"policy": document({**KEY_OWNER, "Action": "kms:*"})},
+            "Action 'kms:*'",
+        ),
+        (
+            "aws:kms/keyPolicy:KeyPolicy",
+            {"policy": document({**KEY_OWNER, "Action": ["kms:Decrypt", "kms:Generate*"]})},
+            "Action 'kms:Generate*'",
+        ),
+        (
+            "aws:sns/topicPolicy:TopicPolicy",
+            {"policy": document({**TOPIC_PUBLISH, "Action": "sns:*"}, TOPIC_TLS_ONLY)},
+            "Action 'sns:*'",
+        ),
+        (
+            "aws:sns/topic:Topic",
+            {"policy": document({**TOPIC_PUBLISH, "NotAction": "sns:Subscribe"})},
+            'NotAction ["sns:Subscribe"]',
         ),
     ],
 )
@@ -916,6 +953,9 @@ def test_the_program_violates_no_policy(stack: str) -> None:
         "aws:iam/rolePolicy:RolePolicy",
     ):
         assert run.of_type(typ), typ
+    # Production e-mails its alarms: the pack has seen the topic's key and policies.
+    alerting = ("aws:kms/key:Key", "aws:sns/topicPolicy:TopicPolicy")
+    assert all(bool(run.of_type(typ)) is stack.startswith("production") for typ in alerting)
 
 
 @pytest.mark.parametrize("scheduler", ["beat", "eventbridge"])
@@ -1011,12 +1051,20 @@ def first_statement(**values: Any) -> Edit:
 
 
 class Break:
-    """One invariant broken in the program, and the one violation the pack must report."""
+    """One invariant broken in the program, and the one violation the pack must report
+    (rendering ``stack``, one of ``STACKS``)."""
 
     def __init__(
-        self, policy: str, resource_type: str, name: str, edit: Edit, expected: str
+        self,
+        policy: str,
+        resource_type: str,
+        name: str,
+        edit: Edit,
+        expected: str,
+        stack: str = "dev-beat",
     ) -> None:
         self.policy, self.resource, self.expected = policy, name, expected
+        self.stack = stack
         self.transformation = breaking(resource_type, name, edit)
 
     def __repr__(self) -> str:
@@ -1141,6 +1189,22 @@ BREAKS = [
         "'worker-long-task' (policy) allows Action 'ecs:*'",
     ),
     Break(
+        "iam-no-wildcard-actions",
+        "aws:kms/key:Key",
+        "notifications-key",
+        first_statement(Action="kms:*"),
+        "'notifications-key' (policy) allows Action 'kms:*'",
+        stack="production-beat",
+    ),
+    Break(
+        "iam-no-wildcard-actions",
+        "aws:sns/topicPolicy:TopicPolicy",
+        "notifications-topic",
+        first_statement(Action=["sns:*"]),
+        "'notifications-topic' (policy) allows Action 'sns:*'",
+        stack="production-eventbridge",
+    ),
+    Break(
         "load-balancer-drops-invalid-headers",
         "aws:lb/loadBalancer:LoadBalancer",
         "web-alb",
@@ -1152,7 +1216,7 @@ BREAKS = [
 
 @pytest.mark.parametrize("broken", BREAKS, ids=repr)
 def test_a_broken_invariant_is_caught_and_nothing_else(broken: Break) -> None:
-    run = run_program(stack_config("dev-beat"), transformations=[broken.transformation])
+    run = run_program(stack_config(broken.stack), transformations=[broken.transformation])
     violations = check(run)
     assert [(v.policy, v.resource) for v in violations] == [(broken.policy, broken.resource)]
     assert broken.expected in violations[0].message

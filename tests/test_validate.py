@@ -18,12 +18,12 @@ from botocore.model import ListShape, MapShape, Shape, StructureShape
 from devtools import awsmodel
 from devtools.apimap import MAPPINGS, lifecycle_policy_problems
 from devtools.render import ProgramRun, Registration, read_stack_file, run_program
-from devtools.validate import validate
+from devtools.validate import KMS_ALIAS_FORMAT, lint_policy, policy_documents, validate
 from tests.support import ROOT
 
 CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"
 #: Everything the program can register at once: EventBridge, HTTPS, access logs, NAT and flow
-#: logs (production), a Fargate Spot pool.
+#: logs (production), a Fargate Spot pool, the alert topic with its key and e-mail subscription.
 EVERYTHING: dict[str, object] = {
     "production": True,
     "scheduler": "eventbridge",
@@ -37,6 +37,7 @@ EVERYTHING: dict[str, object] = {
         "targetRequestsPerTask": 100,
     },
     "network": {"natGateways": "perAz"},
+    "alerts": {"email": "ops@example.com"},
 }
 
 
@@ -98,6 +99,8 @@ def policy(
 
 TASK = "aws:ecs/taskDefinition:TaskDefinition"
 SERVICE = "aws:ecs/service:Service"
+ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
+KEY = "aws:kms/key:Key"
 MISTAKES = [
     # (id, type, resource, change, field contains, rule contains)
     pytest.param(
@@ -302,6 +305,75 @@ MISTAKES = [
         policy(lambda s: s.update(Action="sts:AssumeRoles"), key="assumeRolePolicy"),
         "assumeRolePolicy", "parliament UNKNOWN_ACTION", id="iam-trust-policy-action",
     ),
+    pytest.param(
+        ALARM, "worker-short-scaling-burst",
+        lambda i: i["metricQueries"][0]["metric"].update(period=15),
+        "Metrics[0].MetricStat.Period (from metricQueries)",
+        "Valid values are 10, 20, 30, and any multiple of 60.", id="alarm-period-15-seconds",
+    ),
+    pytest.param(
+        ALARM, "alarm-web-elb-5xx", lambda i: i.update(comparisonOperator="GreaterThan"),
+        "PutMetricAlarm.ComparisonOperator", "enum", id="alarm-comparison-operator",
+    ),
+    pytest.param(
+        ALARM, "alarm-web-elb-5xx", lambda i: i.update(treatMissingData="notbreaching"),
+        "PutMetricAlarm.TreatMissingData", "breaching | notBreaching | ignore | missing",
+        id="alarm-missing-data-typo",
+    ),
+    pytest.param(
+        ALARM, "alarm-web-elb-5xx", lambda i: i["metricQueries"][0].update(returnData=True),
+        "PutMetricAlarm.Metrics", "the expression that the alarm watches",
+        id="alarm-two-returned-series",
+    ),
+    pytest.param(
+        ALARM, "alarm-web-elb-5xx", lambda i: i["metricQueries"][0].update(id="Errors"),
+        "Metrics[0].Id", "must be a lowercase letter", id="alarm-query-id",
+    ),
+    pytest.param(
+        "aws:appautoscaling/policy:Policy", "worker-short-scaling-burst",
+        lambda i: i["stepScalingPolicyConfiguration"].update(adjustmentType="PercentChange"),
+        "StepScalingPolicyConfiguration.AdjustmentType", "enum", id="step-adjustment-type",
+    ),
+    pytest.param(
+        "aws:appautoscaling/policy:Policy", "worker-short-scaling-burst",
+        lambda i: i["stepScalingPolicyConfiguration"]["stepAdjustments"][1].update(
+            metricIntervalLowerBound="five"
+        ),
+        "StepAdjustments[1].MetricIntervalLowerBound", "type", id="step-bound-not-a-number",
+    ),
+    pytest.param(
+        "aws:cloudwatch/dashboard:Dashboard", "dashboard",
+        lambda i: i.update(dashboardName="celery ecs"),
+        "PutDashboard.DashboardName", "valid characters are", id="dashboard-name",
+    ),
+    pytest.param(
+        "aws:cloudwatch/dashboard:Dashboard", "dashboard",
+        lambda i: i.update(dashboardBody=i["dashboardBody"][:-1]),
+        "dashboardBody", "document rules", id="dashboard-body-not-json",
+    ),
+    pytest.param(
+        "aws:sns/topicSubscription:TopicSubscription", "notifications-email",
+        lambda i: i.update(protocol="e-mail"),
+        "Subscribe.Protocol", "Supported protocols include", id="subscription-protocol",
+    ),
+    pytest.param(
+        "aws:sns/topicPolicy:TopicPolicy", "notifications-topic",
+        policy(lambda s: s.update(Action="sns:Publishes")),
+        "policy", "parliament UNKNOWN_ACTION", id="topic-policy-action",
+    ),
+    pytest.param(
+        KEY, "notifications-key",
+        policy(lambda s: s.update(Action=[*s["Action"], "kms:GenerateDataKeys"])),
+        "policy", "parliament UNKNOWN_ACTION", id="key-policy-action",
+    ),
+    pytest.param(
+        KEY, "notifications-key", policy(lambda s: s.update(Action="kms:*")),
+        "policy", "parliament RESOURCE_MISMATCH", id="key-policy-wildcard-action",
+    ),
+    pytest.param(
+        KEY, "notifications-key", lambda i: i.update(deletionWindowInDays=3),
+        "ScheduleKeyDeletion.PendingWindowInDays", "between 7 and 30", id="key-deletion-window",
+    ),
 ]  # fmt: skip
 
 
@@ -337,11 +409,12 @@ def test_a_finding_names_resource_field_and_rule(everything: ProgramRun) -> None
 
 
 def test_a_resource_type_without_mapping_is_a_finding(everything: ProgramRun) -> None:
-    topic = Registration(type="aws:sns/topic:Topic", name="alarms", inputs={"name": "alarms"})
-    run = ProgramRun(resources=[*everything.resources, topic])
+    # A type the program never registers (SNS and CloudWatch alarms are mapped now).
+    bucket = Registration(type="aws:s3/bucket:Bucket", name="logs", inputs={"bucket": "logs"})
+    run = ProgramRun(resources=[*everything.resources, bucket])
     (finding,) = validate(run).findings
     assert (finding.resource, finding.field, finding.rule) == (
-        "alarms",
+        "logs",
         "(type)",
         "mapped to the AWS API",
     )
@@ -365,9 +438,7 @@ def test_a_dead_letter_queue_and_its_policy(everything: ProgramRun) -> None:
     assert {(f.resource, f.rule) for f in validate(broken).findings} == {
         (policy.name, "parliament UNKNOWN_ACTION")
     }
-    misspelt = mutated(
-        everything, queue.type, queue.name, lambda i: i.update(messageRetention=60)
-    )
+    misspelt = mutated(everything, queue.type, queue.name, lambda i: i.update(messageRetention=60))
     (finding,) = validate(misspelt).findings
     assert (finding.field, finding.rule) == ("messageRetention", "mapped to the AWS API")
 
@@ -385,6 +456,36 @@ def test_trust_policies_are_linted_against_the_role_they_belong_to(everything: P
         ),
     )
     assert [f.rule for f in validate(wrong).findings] == ["parliament RESOURCE_MISMATCH"]
+
+
+def test_a_key_policy_is_linted_as_about_its_key(everything: ProgramRun) -> None:
+    """A key policy's "Resource": "*" is the key: linted with the key's ARN (no RESOURCE_STAR),
+    its alias operations without parliament's demand for an alias resource (IAM policies grant
+    that side), and anything else that is not about a key still caught."""
+    key = everything.named(KEY, "notifications-key")
+    (linted,) = [d for d in policy_documents(everything) if d.resource is key]
+    arn = key.state["arn"]
+    assert {s["Resource"] for s in linted.document["Statement"]} == {arn}
+    assert "kms:CreateAlias" in linted.document["Statement"][0]["Action"]
+    assert lint_policy(linted.document, linted.not_granted_here) == []
+    # Without the exemption parliament wants an alias for the alias operations, and only that.
+    (mismatch,) = lint_policy(linted.document)
+    assert mismatch[0] == "parliament RESOURCE_MISMATCH"
+    assert {m["required_format"] for m in json.loads(mismatch[1])} == {KMS_ALIAS_FORMAT}
+    wrong = mutated(everything, KEY, key.name, policy(lambda s: s.update(Action="s3:GetObject")))
+    assert [f.rule for f in validate(wrong).findings] == ["parliament RESOURCE_MISMATCH"]
+
+
+def test_a_topic_policy_is_linted_against_its_topic(everything: ProgramRun) -> None:
+    topic_policy = everything.named("aws:sns/topicPolicy:TopicPolicy", "notifications-topic")
+    assert any(d.resource is topic_policy for d in policy_documents(everything))
+    elsewhere = mutated(
+        everything,
+        topic_policy.type,
+        topic_policy.name,
+        policy(lambda s: s.update(Resource="arn:aws:sqs:us-east-1:123456789012:queue")),
+    )
+    assert [f.rule for f in validate(elsewhere).findings] == ["parliament RESOURCE_MISMATCH"]
 
 
 def test_the_documented_rules_are_still_what_aws_documents() -> None:
