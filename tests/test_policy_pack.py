@@ -995,6 +995,20 @@ def test_dev_and_production_differ_where_the_baseline_says(scheduler: str) -> No
         for task in run.of_type(TASK_DEFINITION):
             assert "pidMode" not in task.inputs and task.inputs["networkMode"] == "awsvpc"
         assert not run.of_type("aws:ecs/taskSet:TaskSet")
+        # SNS.1, KMS.4: production's alert topic is encrypted with its own key, rotated yearly;
+        # dev e-mails nobody, so it has neither.
+        topics = run.of_type("aws:sns/topic:Topic")
+        keys = run.of_type("aws:kms/key:Key")
+        assert len(topics) == len(keys) == int(is_production)
+        for topic, key in zip(topics, keys, strict=True):
+            assert topic.inputs["kmsMasterKeyId"] == key.state["arn"]
+        assert all(k.inputs["enableKeyRotation"] is True for k in keys)
+        # CloudWatch.15: every alarm acts. Scaling alarms drive their policy; the operator's
+        # alarms notify the topic, which only production has.
+        for alarm in run.of_type("aws:cloudwatch/metricAlarm:MetricAlarm"):
+            actions = alarm.inputs.get("alarmActions") or []
+            drives_scaling = any(":scalingPolicy:" in a for a in actions)
+            assert bool(actions) is (is_production or drives_scaling), alarm.name
 
 
 # --- a deliberate break of each invariant is caught, and nothing else ---------------------------
