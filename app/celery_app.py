@@ -151,7 +151,8 @@ app.conf.beat_schedule = {
         "schedule": celery_schedule(entry),
         "args": entry.args,
         "kwargs": entry.kwargs,
-        "options": {"queue": entry.queue},
+        # Nobody learns the ids of what beat sends, so nobody could read their results.
+        "options": {"queue": entry.queue, "ignore_result": True},
     }
     for entry in SCHEDULE
 }

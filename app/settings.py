@@ -87,6 +87,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
 }
 
 
+#: Celery's ``module:Class+URL`` form of ``result_backend``.
+RESULT_BACKEND_CLASS = "app.results:ResultBackend"
+
+
 class ConfigError(ValueError):
     """A configuration that would run unsafely. The message names the variable."""
 
@@ -213,7 +217,8 @@ class Settings:
         }
         return {
             "broker_url": self.broker_url,
-            "result_backend": self.result_backend,
+            # Celery's Redis backend with each state stored in one atomic script (app.results).
+            "result_backend": f"{RESULT_BACKEND_CLASS}+{self.result_backend}",
             "result_expires": self.result_expires,
             # Acknowledge after the task ran, so a crash re-queues instead of losing it.
             "task_acks_late": True,
@@ -233,7 +238,9 @@ class Settings:
             "result_backend_transport_options": {"visibility_timeout": self.visibility_timeout},
             "worker_soft_shutdown_timeout": float(self.soft_shutdown_timeout),
             "worker_enable_soft_shutdown_on_idle": self.soft_shutdown_on_idle,
-            "task_track_started": True,
+            # STARTED costs a result write per task: tasks long enough for someone to see it
+            # running declare ``track_started`` themselves (app.tasks).
+            "task_track_started": False,
             "worker_hijack_root_logger": True,
             "worker_send_task_events": False,
             # If the broker connection drops, kombu restores this worker's unacked messages; the
