@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -40,7 +41,8 @@ def test_missing_or_stale_heartbeat_is_unhealthy(tmp_path: Path) -> None:
     old = time.time() - 120
     os.utime(stale, (old, old))
     result = check("beat", tmp_path)
-    assert result.returncode == 1 and "heartbeat is 120s old" in result.stderr
+    # 120 s, and whatever the check took to start on a busy machine.
+    assert result.returncode == 1 and re.search(r"heartbeat is 1[2-9]\ds old", result.stderr)
 
 
 def test_health_check_does_not_import_celery() -> None:
