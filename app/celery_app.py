@@ -22,9 +22,10 @@ from kombu.exceptions import OperationalError
 from app import routing
 from app.consumer import RestoreLostDeliveries
 from app.health import HeartbeatFile
+from app.liveness import ConsumerLiveness, Deadlines, Lease, LivenessStep, WorkerKeys
 from app.metrics import BacklogMetricsStep
 from app.protection import TaskProtectionStep
-from app.recovery import UnackedSweepStep
+from app.recovery import RestoreGoneWorkers, UnackedSweepStep
 from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
 from app.settings import Settings
 
@@ -126,6 +127,18 @@ def beat_publishes_only(**_: Any) -> None:
     publish_only()
 
 
+@signals.celeryd_init.connect
+def keys_of_this_worker(sender: str, instance: Any, conf: Any, **_: Any) -> None:
+    """Give this worker process keys of its own (``app.liveness``) before anything connects.
+
+    ``sender`` is the worker's hostname; the keys add a random part, so two processes never
+    share them, whatever their hostnames.
+    """
+    keys = WorkerKeys.new(settings.worker_pool, sender)
+    conf.broker_transport_options = {**conf.broker_transport_options, **keys.transport_options()}
+    instance.liveness = Lease(keys, Deadlines(settings.liveness_timeout))
+
+
 #: Seconds between heartbeats of the worker and beat (see ``app.health``).
 HEARTBEAT_INTERVAL = 10.0
 
@@ -191,7 +204,10 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
 
 
 app.steps["consumer"].add(WorkerHeartbeat)
+app.steps["consumer"].add(ConsumerLiveness)
 app.steps["consumer"].add(RestoreLostDeliveries)
+app.steps["consumer"].add(RestoreGoneWorkers)
+app.steps["worker"].add(LivenessStep)
 app.steps["worker"].add(UnackedSweepStep)
 if settings.task_protection:
     app.steps["worker"].add(TaskProtectionStep)

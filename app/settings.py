@@ -26,6 +26,7 @@ PREFETCH_MULTIPLIER = "CELERY_PREFETCH_MULTIPLIER"
 MAX_COUNTDOWN = "CELERY_MAX_COUNTDOWN"
 # Not CELERY_WORKER_POOL: the celery CLI reads that one as `worker --pool`.
 WORKER_POOL = "CELERY_POOL_NAME"
+LIVENESS_TIMEOUT = "CELERY_LIVENESS_TIMEOUT"
 SOFT_SHUTDOWN_TIMEOUT = "CELERY_SOFT_SHUTDOWN_TIMEOUT"
 SOFT_SHUTDOWN_ON_IDLE = "CELERY_SOFT_SHUTDOWN_ON_IDLE"
 TASK_PROTECTION = "CELERY_TASK_PROTECTION"
@@ -56,7 +57,13 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     PREFETCH_MULTIPLIER: ("1", "Messages reserved per pool slot."),
     WORKER_POOL: (
         "default",
-        "Worker pool name; each pool tracks its unacknowledged messages under its own keys.",
+        "Worker pool name; with the visibility timeout, it decides which unacknowledged "
+        "messages a worker's sweep may put back after that timeout.",
+    ),
+    LIVENESS_TIMEOUT: (
+        "15",
+        "Seconds a worker's liveness key lives without a refresh; a crashed worker's messages "
+        "go back on their queues within 4/3 of it. See app/liveness.py for the deadlines.",
     ),
     MAX_COUNTDOWN: (
         "300",
@@ -89,6 +96,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
 
 #: Celery's ``module:Class+URL`` form of ``result_backend``.
 RESULT_BACKEND_CLASS = "app.results:ResultBackend"
+#: Shortest liveness timeout: its deadlines (app.liveness) are fractions of it, the smallest a
+#: fifteenth, and a worker must be able to refresh within that on a busy machine.
+MIN_LIVENESS_TIMEOUT = 3
 
 
 class ConfigError(ValueError):
@@ -144,6 +154,7 @@ class Settings:
     prefetch_multiplier: int
     max_countdown: int
     worker_pool: str
+    liveness_timeout: int
     soft_shutdown_timeout: int
     soft_shutdown_on_idle: bool
     task_protection: bool
@@ -196,6 +207,7 @@ class Settings:
             prefetch_multiplier=prefetch,
             max_countdown=max_countdown,
             worker_pool=pool,
+            liveness_timeout=_int(env, LIVENESS_TIMEOUT, 15, minimum=MIN_LIVENESS_TIMEOUT),
             soft_shutdown_timeout=_int(env, SOFT_SHUTDOWN_TIMEOUT, 0),
             soft_shutdown_on_idle=_bool(env, SOFT_SHUTDOWN_ON_IDLE, False),
             task_protection=_bool(env, TASK_PROTECTION, False),
@@ -206,17 +218,18 @@ class Settings:
 
     def celery_config(self) -> dict[str, object]:
         """The Celery settings these values imply, with the reliable defaults fixed."""
+        # Pool-level keys: what processes that never consume would use. Each worker replaces
+        # the first two with keys of its own when it starts (app.liveness.WorkerKeys).
         transport = {
             "visibility_timeout": self.visibility_timeout,
-            # kombu's restore sweep requeues every message in its unacked index that is older
-            # than the sweeping worker's visibility timeout. Separate keys per pool keep a pool
-            # with short tasks (short timeout) from requeueing a long pool's running tasks.
             "unacked_key": f"unacked:{self.worker_pool}",
             "unacked_index_key": f"unacked_index:{self.worker_pool}",
             "unacked_mutex_key": f"unacked_mutex:{self.worker_pool}",
         }
         return {
             "broker_url": self.broker_url,
+            # kombu's Redis transport, taking a message and recording it in one round trip.
+            "broker_transport": "app.transport:Transport",
             # Celery's Redis backend with each state stored in one atomic script (app.results).
             "result_backend": f"{RESULT_BACKEND_CLASS}+{self.result_backend}",
             "result_expires": self.result_expires,
