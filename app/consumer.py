@@ -14,10 +14,11 @@ which it handles the same way):
   nothing, so nothing is restored twice),
 - cancels the running tasks without writing anything to the broker (their messages are among
   those deliveries; a cancelled task runs again, as at-least-once delivery allows),
-- after reconnecting, and before it consumes anything new, puts back at the head of their
-  queues every message of its own unacknowledged set (``RestoreLostDeliveries``): a consumer
-  that starts holds nothing, so all of them are messages it held at the loss, including one
-  whose delivery reached Redis but whose reply never reached the worker.
+- after reconnecting, and before it consumes anything new, sends again the acknowledgements
+  whose reply it never got, then puts back at the head of their queues every message of its
+  own unacknowledged set (``RestoreLostDeliveries``): a consumer that starts holds nothing, so
+  all of them are messages it held at the loss, including one whose delivery reached Redis but
+  whose reply never reached the worker.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ log = logging.getLogger(__name__)
 
 class Consumer(CeleryConsumer):
     """``worker_consumer`` of the app (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Acknowledgements sent with a FETCH whose reply never came (``app.transport``): sent
+        #: again before the own set is put back, so that no completed task runs again.
+        self.unconfirmed_acks: list[str] = []
 
     def on_connection_error_after_connected(self, exc: BaseException) -> None:
         self._drop_unacked_deliveries(exc)
@@ -59,6 +66,7 @@ class Consumer(CeleryConsumer):
         held = sum(1 for tag in qos._delivered if tag not in qos._dirty)
         qos._delivered.clear()
         qos._dirty.clear()
+        self.unconfirmed_acks.extend(channel.acks_in_flight)
         log.warning(
             "%s with %d unacknowledged message(s): running tasks are cancelled and every "
             "message this worker holds goes back on its queue before it consumes again",
@@ -75,5 +83,12 @@ class RestoreLostDeliveries(bootsteps.StartStopStep):
     requires = ("app.liveness:ConsumerLiveness",)
     label = "Restore lost deliveries"
 
-    def start(self, c: Any) -> None:
-        recovery_for(c.controller).restore_own(c.connection.default_channel)
+    def start(self, c: Consumer) -> None:
+        channel = c.connection.default_channel
+        if c.unconfirmed_acks:
+            with channel.conn_or_acquire() as client, client.pipeline() as pipe:
+                for tag in c.unconfirmed_acks:
+                    channel.qos._remove_from_indices(tag, pipe)
+                pipe.execute()
+            c.unconfirmed_acks.clear()
+        recovery_for(c.controller).restore_own(channel)

@@ -34,12 +34,21 @@ from kombu.utils.json import dumps, loads
 
 log = logging.getLogger(__name__)
 
-#: Takes the first message of the first non-empty list and records it as kombu's QoS does.
-#: KEYS: the unacked hash, the unacked index, the worker registry, then the queue lists in
-#: BRPOP's order (priority steps, then queues). ARGV: the delivery time, the registry member
-#: ('' for none). Returns {list, message}, or false when every list is empty. A message that is
-#: not kombu's JSON is returned unrecorded, to fail in Python as it does after BRPOP.
+#: Acknowledges the given messages, then takes the first message of the first non-empty list
+#: and records it as kombu's QoS does. KEYS: the unacked hash, the unacked index, the worker
+#: registry, then the queue lists in BRPOP's order (priority steps, then queues). ARGV: the
+#: delivery time, the registry member ('' for none), then the delivery tags to acknowledge.
+#: Returns {list, message, tags acknowledged but already gone...}, list and message '' when
+#: every list is empty. A message that is not kombu's JSON is returned unrecorded, to fail in
+#: Python as it does after BRPOP.
 FETCH = """
+local gone = {}
+for j = 3, #ARGV do
+  redis.call('ZREM', KEYS[2], ARGV[j])
+  if redis.call('HDEL', KEYS[1], ARGV[j]) == 0 then
+    gone[#gone + 1] = ARGV[j]
+  end
+end
 for i = 4, #KEYS do
   local item = redis.call('RPOP', KEYS[i])
   if item then
@@ -55,11 +64,21 @@ for i = 4, #KEYS do
         redis.call('SADD', KEYS[3], ARGV[2])
       end
     end
-    return {KEYS[i], item}
+    return {KEYS[i], item, unpack(gone)}
   end
 end
-return false
+return {'', '', unpack(gone)}
 """
+
+
+def log_taken_back(tags: list[str]) -> None:
+    for tag in tags:
+        log.warning(
+            "message %s was acknowledged after another worker had taken it back (this worker "
+            "lost its liveness, or the visibility timeout passed): its task ran here and runs, "
+            "or ran, there too",
+            tag,
+        )
 
 
 class QoS(kombu_redis.QoS):
@@ -84,15 +103,14 @@ class QoS(kombu_redis.QoS):
         VirtualQoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
+        # The freed prefetch slot is known at once; the acknowledgement rides on the FETCH
+        # that refills it, when the event loop's connection is free for one.
+        VirtualQoS.ack(self, delivery_tag)
+        if self.channel.fetch_now(acks=[delivery_tag]):
+            return
         _, removed = self._remove_from_indices(delivery_tag).execute()
         if not removed:
-            log.warning(
-                "message %s was acknowledged after another worker had taken it back (this "
-                "worker lost its liveness, or the visibility timeout passed): its task ran "
-                "here and runs, or ran, there too",
-                delivery_tag,
-            )
-        VirtualQoS.ack(self, delivery_tag)
+            log_taken_back([delivery_tag])
 
 
 class Channel(kombu_redis.Channel):
@@ -117,6 +135,9 @@ class Channel(kombu_redis.Channel):
         self._queues_were_empty = False
         #: The message being delivered is already recorded (read by ``QoS.append``).
         self.delivering_recorded = False
+        #: Acknowledgements sent with the FETCH in flight; whether they reached Redis is only
+        #: known with its reply (the consumer sends them again after a lost connection).
+        self.acks_in_flight: list[str] = []
         self._sync_client: redis.Redis | None = None
 
     @contextmanager
@@ -136,19 +157,34 @@ class Channel(kombu_redis.Channel):
     def _brpop_start(self, timeout: float | None = None) -> None:
         if self._queues_were_empty:
             super()._brpop_start(timeout)
-            return
+        else:
+            self._fetch([])
+
+    def fetch_now(self, acks: list[str]) -> bool:
+        """Send FETCH, carrying ``acks``, if the event loop is polling this channel and its
+        connection is free; False if not (nothing sent)."""
+        polling = (self, self.client, "BRPOP") in self.connection.cycle._chan_to_sock
+        if not polling or self._in_poll or self._queues_were_empty or self.closed:
+            return False
+        if not self.active_queues or not self.qos.can_consume():
+            return False
+        return self._fetch(acks)
+
+    def _fetch(self, acks: list[str]) -> bool:
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
-            return
+            return False
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
         qos = self.qos
         self._in_poll = self.client.connection
         self._fetch_in_flight = True
+        self.acks_in_flight = acks
         self.client.connection.send_command(
             "EVAL", FETCH, 3 + len(keys),
             qos.unacked_key, qos.unacked_index_key, self.worker_registry_key or "-", *keys,
-            time(), self.worker_member,
+            time(), self.worker_member, *acks,
         )  # fmt: skip
+        return True
 
     def _brpop_read(self, **options: Any) -> bool:
         if not self._fetch_in_flight:
@@ -162,15 +198,17 @@ class Channel(kombu_redis.Channel):
                 # As kombu after a failed BRPOP: the next poll reconnects.
                 self.client.connection.disconnect()
                 raise
-            if not reply:
+            self.acks_in_flight = []
+            queue_key, item, *gone = (bytes_to_str(part) for part in reply)
+            log_taken_back(gone)
+            if not item:
                 self._queues_were_empty = True
                 raise Empty()
-            queue_key, item = reply
-            queue = bytes_to_str(queue_key).rsplit(self.sep, 1)[0]
+            queue = queue_key.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
             self.delivering_recorded = True
             try:
-                self.connection._deliver(loads(bytes_to_str(item)), queue)
+                self.connection._deliver(loads(item), queue)
             finally:
                 self.delivering_recorded = False
             return True

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -347,18 +347,25 @@ def test_concurrent_full_sweeps_restore_and_forget_a_gone_worker_once(
 # --- the transport ------------------------------------------------------------------------------
 
 
-def consume(url: str, keys: WorkerKeys, count: int, transport: str | None = None) -> list[Any]:
-    """Deliver ``count`` messages through the event-loop path (FETCH, or kombu's BRPOP)."""
+def consume(
+    url: str, keys: WorkerKeys, count: int, transport: str | None = None,
+    on_message: Callable[[Any], None] = lambda message: None,
+) -> list[Any]:  # fmt: skip
+    """Deliver ``count`` messages through the event-loop path (FETCH, or kombu's BRPOP);
+    ``on_message`` is called for each after its delivery, as Celery acknowledges."""
     options = {**app.conf.broker_transport_options, **keys.transport_options()}
     received: list[Any] = []
-    with Connection(url, transport=transport or app.conf.broker_transport,
-                    transport_options=options) as connection:  # fmt: skip
-        with Consumer(connection, [Queue(QUEUE)], callbacks=[lambda _, m: received.append(m)],
-                      accept=["json"]):  # fmt: skip
-            while len(received) < count:
-                connection.drain_events(timeout=10)
-        for message in received:
-            message.channel.qos._delivered.clear()
+
+    connection = Connection(url, transport=transport or app.conf.broker_transport,
+                            transport_options=options)  # fmt: skip
+    with connection, Consumer(connection, [Queue(QUEUE)], accept=["json"],
+                              callbacks=[lambda _, message: received.append(message)]):
+        while len(received) < count:
+            connection.drain_events(timeout=10)
+            on_message(received[-1])
+        channel = connection.default_channel
+        channel.qos._delivered.clear()  # nothing restored at close: the test looks at Redis
+        channel.close()  # reads the reply of a FETCH still in flight
     return received
 
 
@@ -417,6 +424,49 @@ def test_a_consumer_of_empty_queues_waits_and_gets_what_comes(
 
     assert message.headers["id"] == task_id
     assert redis_client.hexists(worker.unacked.hash, message.delivery_tag)
+
+
+def test_acknowledgements_ride_on_the_next_fetch(
+    redis_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = WorkerKeys("default", "w/1")
+    publish_noops(redis_url, 3)
+    commands_before = eval_calls(redis_client)
+
+    with caplog.at_level(logging.WARNING, logger="app.transport"):
+        received = consume(redis_url, worker, 3, on_message=lambda message: message.ack())
+
+    assert redis_client.hlen(worker.unacked.hash) == 0  # every ack reached Redis
+    assert not redis_client.exists(worker.unacked.index)
+    # Three messages, three acks: one FETCH for each message, one more carrying the last ack.
+    assert eval_calls(redis_client) - commands_before == 4
+    assert not any(m.acknowledged is False for m in received)
+    assert caplog.records == []
+
+
+def eval_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0))
+
+
+def test_an_ack_riding_on_a_fetch_of_a_message_taken_back_is_logged(
+    redis_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = WorkerKeys("default", "w/1")
+    publish_noops(redis_url, 2)
+
+    def take_back_then_ack(message: Any) -> None:
+        with sweeper_channel(redis_url) as sweeper:
+            recovery("sweeper/1").restore(sweeper, worker.unacked, [message.delivery_tag],
+                                          unless_alive=True)  # fmt: skip
+        message.ack()
+
+    with caplog.at_level(logging.WARNING, logger="app.transport"):
+        # The FETCH carrying the ack also brings the second message (restored at the close).
+        first = consume(redis_url, worker, 1, on_message=take_back_then_ack)[0]
+
+    [record] = caplog.records
+    assert first.delivery_tag in record.getMessage()
+    assert "another worker had taken it back" in record.getMessage()
 
 
 def test_an_ack_of_a_message_another_worker_took_back_is_logged(
