@@ -46,6 +46,7 @@ from typing import Any
 
 import redis
 from celery import bootsteps
+from celery.worker import state as worker_state
 from kombu.utils.encoding import bytes_to_str
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -329,7 +330,8 @@ class LivenessStep(bootsteps.StartStopStep):
         refresh = LeaseRefresher(worker.app.conf.broker_url, lease.keys.lease, lease.deadlines)
 
         def tick() -> None:
-            if lease.tick(refresh):
+            # Nothing to stop when the event loop already cancelled every running task.
+            if lease.tick(refresh) and worker_state.active_requests:
                 killed = kill_pool_processes(worker.pool)
                 log.error(
                     "liveness lost and not yet handled by the event loop: killed the %d pool "
