@@ -32,6 +32,7 @@ SOFT_SHUTDOWN_ON_IDLE = "CELERY_SOFT_SHUTDOWN_ON_IDLE"
 TASK_PROTECTION = "CELERY_TASK_PROTECTION"
 # Not CELERY_LOG_LEVEL: the Celery worker sets that variable itself for its pool processes.
 LOG_LEVEL = "APP_LOG_LEVEL"
+LOG_TASKS = "APP_LOG_TASKS"
 HEARTBEAT_DIR = "CELERY_HEARTBEAT_DIR"
 METRICS_NAMESPACE = "CELERY_METRICS_NAMESPACE"
 WEB_PORT = "WEB_PORT"
@@ -76,6 +77,11 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "Hold ECS task scale-in protection while tasks run (needs `ECS_AGENT_URI`).",
     ),
     LOG_LEVEL: ("INFO", "Log level of every process."),
+    LOG_TASKS: (
+        "false",
+        "Log Celery's line for every task received and every task succeeded. Failures, retries "
+        "and rejections are logged either way.",
+    ),
     HEARTBEAT_DIR: (
         "/tmp",
         "Where the worker and beat touch their heartbeat files, read by `python -m app.health`.",
@@ -159,6 +165,7 @@ class Settings:
     soft_shutdown_on_idle: bool
     task_protection: bool
     log_level: str
+    log_tasks: bool
     heartbeat_dir: str
     metrics_namespace: str
 
@@ -212,6 +219,7 @@ class Settings:
             soft_shutdown_on_idle=_bool(env, SOFT_SHUTDOWN_ON_IDLE, False),
             task_protection=_bool(env, TASK_PROTECTION, False),
             log_level=level,
+            log_tasks=_bool(env, LOG_TASKS, False),
             heartbeat_dir=env.get(HEARTBEAT_DIR, "").strip() or "/tmp",
             metrics_namespace=env.get(METRICS_NAMESPACE, "").strip(),
         )

@@ -177,6 +177,8 @@ def run(broker_url: str | None, port: int, concurrency: int) -> int:
             "PYTHONPATH": str(ROOT),
             "PYTHONUNBUFFERED": "1",
         }
+        # Locally, a line per task shows what runs (off in ECS: APP_LOG_TASKS).
+        env.setdefault("APP_LOG_TASKS", "true")
         timeouts = stop_timeouts(env)
         worker = worker_command("local", routing.QUEUES, concurrency)
         processes = {

@@ -52,6 +52,21 @@ def test_sigterm_lets_the_running_task_finish(
     assert redis_client.llen("default") == 0
 
 
+def test_a_line_per_task_only_when_asked(
+    app_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis,
+    processes: list[AppProcess],
+) -> None:
+    worker = start_worker({**app_env, "APP_LOG_TASKS": "false"}, tmp_path)
+    processes.append(worker)
+    send_credit(app_env["CELERY_BROKER_URL"], "quiet-1", work_seconds=0)
+    wait_for(lambda: redis_client.hget("ledger:balances", "acct") == "10", 30, what="the credit")
+    wait_for(lambda: unacked(redis_client) == 0, 30, what="the ack")
+
+    logs = worker.logs()
+    assert "ready." in logs  # the worker's own lines are still there
+    assert "apply_credit[" not in logs, logs  # Celery's received and succeeded lines are not
+
+
 def test_killed_pool_process_requeues_the_task(
     app_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis,
     processes: list[AppProcess]
