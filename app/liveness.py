@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 #: Every worker that may hold unacknowledged messages, as ``<pool>:<worker>``.
 REGISTRY_KEY = "liveness:workers"
+#: Seconds between two sweeps at most (see ``Deadlines.sweep_interval``).
+MAX_SWEEP_INTERVAL = 5.0
 
 
 class LivenessLost(redis.ConnectionError):
@@ -160,8 +162,10 @@ class Deadlines:
 
     @property
     def sweep_interval(self) -> float:
-        """Between two sweeps for gone workers (app.recovery)."""
-        return self.timeout / 3
+        """Between two sweeps (app.recovery): a third of the timeout, at most 5 s, so a gone
+        worker's messages wait little past its key's expiry, and the visibility timeout's last
+        resort comes at most 5 s late."""
+        return min(MAX_SWEEP_INTERVAL, self.timeout / 3)
 
     @property
     def latest_kill(self) -> float:

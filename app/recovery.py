@@ -1,7 +1,7 @@
 """Put unacknowledged messages back on their queues: a gone worker's within seconds, any late.
 
-Every worker sweeps every ``L/3`` seconds (``L`` = ``CELERY_LIVENESS_TIMEOUT``) on a thread of
-its main process, and once in its consumer before it consumes (``RestoreGoneWorkers``):
+Every worker sweeps every ``min(5, L/3)`` seconds (``L`` = ``CELERY_LIVENESS_TIMEOUT``) on a
+thread of its main process, and once in its consumer before it consumes (``RestoreGoneWorkers``):
 
 1. Gone workers, of every pool: each registered worker (``app.liveness``) whose lease key has
    expired had all its messages put back at the head of their queues, oldest delivery first in
@@ -223,8 +223,8 @@ def recovery_for(worker: Any) -> Recovery:
 
 
 class UnackedSweepStep(bootsteps.StartStopStep):
-    """Worker bootstep running ``UnackedSweeper.sweep`` every ``L/3`` s on a thread of the main
-    process."""
+    """Worker bootstep running ``UnackedSweeper.sweep`` every ``min(5, L/3)`` s on a thread of
+    the main process."""
 
     # Threads start once the pool has forked its children (see ``app.periodic``).
     requires = ("celery.worker.components:Pool",)

@@ -64,7 +64,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     LIVENESS_TIMEOUT: (
         "15",
         "Seconds a worker's liveness key lives without a refresh; a crashed worker's messages "
-        "go back on their queues within 4/3 of it. See app/liveness.py for the deadlines.",
+        "go back on their queues at most 5 s after that. Deadlines: README, Liveness.",
     ),
     MAX_COUNTDOWN: (
         "300",
