@@ -73,8 +73,6 @@ class UnackedSet:
     index: str
     #: The owner's lease key; None for a set without an owner (the pool-level keys).
     lease: str | None
-    #: The owner's registry member; None for a set without an owner.
-    member: str | None
 
 
 @dataclass(frozen=True)
@@ -108,7 +106,6 @@ class WorkerKeys:
             hash=f"unacked:{self.member}",
             index=f"unacked_index:{self.member}",
             lease=self.lease,
-            member=self.member,
         )
 
     def transport_options(self) -> dict[str, str]:
@@ -123,8 +120,7 @@ class WorkerKeys:
 
 def pool_unacked(pool: str) -> UnackedSet:
     """The pool-level set: what workers without keys of their own (older versions) used."""
-    return UnackedSet(hash=f"unacked:{pool}", index=f"unacked_index:{pool}", lease=None,
-                      member=None)  # fmt: skip
+    return UnackedSet(hash=f"unacked:{pool}", index=f"unacked_index:{pool}", lease=None)
 
 
 def registered_workers(client: redis.Redis) -> list[WorkerKeys]:

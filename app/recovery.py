@@ -131,7 +131,7 @@ class Recovery:
 
     def restore_gone(self, channel: Any, client: redis.Redis, worker: WorkerKeys) -> int:
         """Put back every message of a worker whose lease expired, then forget the worker."""
-        claim = f"liveness:restoring:{worker.member}"
+        claim = f"liveness-claim:{worker.member}"
         if not client.set(claim, self.keys.member, nx=True, px=self.claim_ms):
             return 0  # another sweeper is on it; the claim expires should it die meanwhile
         unacked = worker.unacked
