@@ -9,31 +9,39 @@ transport and left unacknowledged. Real workers dying and pausing are in
 from __future__ import annotations
 
 import logging
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import redis
+from celery.worker import state as worker_state
 from hypothesis import given
 from hypothesis import strategies as st
 from kombu import Connection, Consumer, Queue
 from kombu.utils.json import loads
 
 from app.celery_app import app, settings
+from app.consumer import RestoreLostDeliveries
 from app.liveness import (
     REGISTRY_KEY,
     Deadlines,
     Lease,
+    LivenessStep,
     UnackedSet,
     WorkerKeys,
     pool_unacked,
     unacked_count,
 )
 from app.recovery import Recovery
+from devtools.redis_server import free_port
 from tests.support import send_task
 
 QUEUE = "default"
@@ -489,3 +497,57 @@ def test_an_ack_of_a_message_another_worker_took_back_is_logged(
     assert taken.delivery_tag in record.getMessage()
     assert "another worker had taken it back" in record.getMessage()
     assert held_task_ids(redis_client, worker.unacked) == set()
+
+
+# --- the worker's side: the kill, and acknowledgements whose reply was lost ---------------------
+
+
+def test_the_thread_kills_the_pool_processes_once_when_tasks_still_run_at_three_quarters(
+    clock: FakeClock, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pool process running a task, and an event loop that does nothing about the loss (as if
+    # stuck); Redis unreachable for the thread (nothing listens on the port).
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lease = Lease(WorkerKeys("default", "w/1"), Deadlines(15), clock=clock)
+        lease.acquire(redis_client)
+        unreachable = f"redis://127.0.0.1:{free_port()}/0"
+        worker = SimpleNamespace(
+            liveness=lease, pool=SimpleNamespace(info={"processes": [child.pid]}),
+            app=SimpleNamespace(conf=SimpleNamespace(broker_url=unreachable)),
+        )  # fmt: skip
+        monkeypatch.setattr(worker_state, "active_requests", {"a running request"})
+        thread = LivenessStep(SimpleNamespace()).create(worker)
+
+        for second in range(1, 20):
+            clock.now += 1
+            thread.function()
+            if second < 11.25:
+                assert child.poll() is None, f"killed at {second} s"
+        assert child.wait(timeout=10) == -signal.SIGKILL
+        assert lease.lost() is not None
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_acknowledgements_whose_reply_was_lost_are_sent_again_before_the_own_set_is_restored(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    keys = WorkerKeys("default", "w/1")
+    publish_noops(redis_url, 2)
+    completed, held = hold(redis_url, keys, 2)
+    lease = Lease(keys, Deadlines(15))
+    with app.connection_for_read(redis_url, transport_options=keys.transport_options()) as conn:
+        consumer = SimpleNamespace(
+            unconfirmed_acks=[completed], connection=conn,
+            controller=SimpleNamespace(liveness=lease, app=app),
+        )  # fmt: skip
+        RestoreLostDeliveries(SimpleNamespace()).start(consumer)
+
+    # The completed task's message is gone, not restored to run again; the other is back.
+    assert redis_client.llen(QUEUE) == 1
+    assert loads(redis_client.lindex(QUEUE, 0))["properties"]["delivery_tag"] == held
+    assert redis_client.hlen(keys.unacked.hash) == 0
+    assert consumer.unconfirmed_acks == []
