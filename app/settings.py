@@ -52,8 +52,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     TIME_LIMIT: ("330", "Seconds before the pool kills a task; above the soft limit."),
     VISIBILITY_TIMEOUT: (
         "3600",
-        "Seconds a delivered, unacknowledged message waits before Redis redelivers it. Must "
-        "exceed prefetch multiplier x time limit + max countdown.",
+        "Seconds a delivered, unacknowledged message waits before a sweep takes it back even "
+        "from a live worker (the last resort). Must exceed prefetch multiplier x time limit + "
+        "max countdown.",
     ),
     PREFETCH_MULTIPLIER: ("1", "Messages reserved per pool slot."),
     WORKER_POOL: (

@@ -584,11 +584,12 @@ def report(
         ),
         f"   With results stored, against Celery defaults storing theirs: "
         f"{with_results.ratio(defaults_with_results):.2f}.",
-        "   The project acks late with prefetch 1, arms time limits, logs each task at INFO and "
-        "stores SUCCESS (one",
-        "   script) unless the sender ignores the result; the defaults ack early, prefetch 4 per "
-        "process, log warnings only",
-        "   and store SUCCESS (a read, then a write) only with a result backend.",
+        "   The project acks late with prefetch 1, arms time limits, restores a crashed worker's "
+        "tasks (liveness) and stores",
+        "   SUCCESS (one script) unless the sender ignores the result; the defaults ack early, "
+        "prefetch 4 per process and",
+        "   store SUCCESS (a read, then a write) only with a result backend. Neither logs a line "
+        "per task (APP_LOG_TASKS).",
     ])
 
 
