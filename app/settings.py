@@ -59,8 +59,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     PREFETCH_MULTIPLIER: ("1", "Messages reserved per pool slot."),
     WORKER_POOL: (
         "default",
-        "Worker pool name; with the visibility timeout, it decides which unacknowledged "
-        "messages a worker's sweep may put back after that timeout.",
+        "Worker pool name: in its workers' keys, and the visibility-timeout sweep takes back "
+        "only its own pool's messages.",
     ),
     LIVENESS_TIMEOUT: (
         "15",
@@ -103,6 +103,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
 
 #: Celery's ``module:Class+URL`` form of ``result_backend``.
 RESULT_BACKEND_CLASS = "app.results:ResultBackend"
+#: Seconds a worker's liveness key lives without a refresh, unless CELERY_LIVENESS_TIMEOUT says.
+DEFAULT_LIVENESS_TIMEOUT = 15
 #: Shortest liveness timeout: its deadlines (app.liveness) are fractions of it, the smallest a
 #: fifteenth, and a worker must be able to refresh within that on a busy machine.
 MIN_LIVENESS_TIMEOUT = 3
@@ -215,7 +217,8 @@ class Settings:
             prefetch_multiplier=prefetch,
             max_countdown=max_countdown,
             worker_pool=pool,
-            liveness_timeout=_int(env, LIVENESS_TIMEOUT, 15, minimum=MIN_LIVENESS_TIMEOUT),
+            liveness_timeout=_int(env, LIVENESS_TIMEOUT, DEFAULT_LIVENESS_TIMEOUT,
+                                  minimum=MIN_LIVENESS_TIMEOUT),
             soft_shutdown_timeout=_int(env, SOFT_SHUTDOWN_TIMEOUT, 0),
             soft_shutdown_on_idle=_bool(env, SOFT_SHUTDOWN_ON_IDLE, False),
             task_protection=_bool(env, TASK_PROTECTION, False),
@@ -265,8 +268,9 @@ class Settings:
             "task_track_started": False,
             "worker_hijack_root_logger": True,
             "worker_send_task_events": False,
-            # If the broker connection drops, kombu restores this worker's unacked messages; the
-            # running copies are cancelled so each task keeps one live run (Celery 6 default).
+            # If the broker connection (or the liveness) is lost, the worker puts its unacked
+            # messages back (app.consumer); the running copies are cancelled so each task keeps
+            # one live run (Celery 6 default).
             "worker_cancel_long_running_tasks_on_connection_loss": True,
         }
 

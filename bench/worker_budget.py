@@ -114,7 +114,8 @@ class WorkerConfig:
 
     @property
     def liveness_timeout(self) -> int:
-        return int(self.environment.get(env_names.LIVENESS_TIMEOUT, "15"))
+        return int(self.environment.get(env_names.LIVENESS_TIMEOUT,
+                                        env_names.DEFAULT_LIVENESS_TIMEOUT))
 
 
 def project_worker(
