@@ -53,8 +53,8 @@ for i = 4, #KEYS do
   local item = redis.call('RPOP', KEYS[i])
   if item then
     local ok, message = pcall(cjson.decode, item)
-    if ok and type(message) == 'table' and type(message['properties']) == 'table' then
-      local properties = message['properties']
+    local properties = ok and type(message) == 'table' and message['properties']
+    if type(properties) == 'table' and type(properties['delivery_tag']) == 'string' then
       local info = properties['delivery_info'] or {}
       local tag = properties['delivery_tag']
       redis.call('ZADD', KEYS[2], ARGV[1], tag)

@@ -41,6 +41,7 @@ from app.liveness import (
     unacked_count,
 )
 from app.recovery import Recovery
+from app.transport import FETCH
 from devtools.redis_server import free_port
 from tests.support import send_task
 
@@ -412,6 +413,18 @@ def test_fetch_takes_messages_in_the_order_kombus_brpop_does(
                                                transport="redis")]  # fmt: skip
 
     assert ours == kombus
+
+
+def test_fetch_hands_back_unrecorded_what_is_not_a_kombu_message(
+    redis_client: redis.Redis,
+) -> None:
+    # As after BRPOP, the message fails in Python; the script must not fail halfway (a Lua error
+    # after the RPOP would lose it without a word).
+    redis_client.lpush(QUEUE, "not json", '{"properties": {}}')
+    replies = [redis_client.eval(FETCH, 4, "hash", "index", "registry", QUEUE, "1", "member")
+               for _ in range(2)]  # fmt: skip
+    assert [item for _, item, *_ in replies] == ["not json", '{"properties": {}}']
+    assert not redis_client.exists("hash", "index", "registry")
 
 
 def test_a_consumer_of_empty_queues_waits_and_gets_what_comes(
