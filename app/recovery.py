@@ -99,14 +99,17 @@ class Recovery:
                 restored += outcome == "restored"
         return restored
 
+    def restore_set(self, channel: Any, unacked: UnackedSet, *, unless_alive: bool) -> int:
+        """Put back every message of ``unacked``, the oldest delivery first in line."""
+        with channel.conn_or_acquire() as client, client.pipeline() as pipe:  # one snapshot
+            newest_first, held = pipe.zrevrange(unacked.index, 0, -1).hkeys(unacked.hash).execute()
+        return self.restore(channel, unacked, oldest_last(newest_first, held),
+                            unless_alive=unless_alive)  # fmt: skip
+
     def restore_own(self, channel: Any) -> int:
         """Put back everything in this worker's own set: at a consumer (re)start, all of it is
         what the worker held when it lost its connection or its liveness."""
-        unacked = self.keys.unacked
-        with channel.conn_or_acquire() as client, client.pipeline() as pipe:
-            newest_first, held = pipe.zrevrange(unacked.index, 0, -1).hkeys(unacked.hash).execute()
-        restored = self.restore(channel, unacked, oldest_last(newest_first, held),
-                                unless_alive=False)  # fmt: skip
+        restored = self.restore_set(channel, self.keys.unacked, unless_alive=False)
         if restored:
             log.warning(
                 "%d message(s) held when the connection or the liveness was lost are back at "
@@ -123,33 +126,26 @@ class Recovery:
                 for worker in others:
                     pipe.exists(worker.lease)
                 alive = pipe.execute()
-            for worker, is_alive in zip(others, alive, strict=True):
-                if not is_alive:
-                    self.restore_gone(channel, client, worker)
-            pool = [worker.unacked for worker in workers if worker.pool == self.keys.pool]
-            self.restore_expired(channel, client, [*pool, pool_unacked(self.keys.pool)])
+        for worker, is_alive in zip(others, alive, strict=True):
+            if not is_alive:
+                self.restore_gone(channel, worker)
+        pool = [worker.unacked for worker in workers if worker.pool == self.keys.pool]
+        self.restore_expired(channel, [*pool, pool_unacked(self.keys.pool)])
 
-    def restore_gone(self, channel: Any, client: redis.Redis, worker: WorkerKeys) -> int:
+    def restore_gone(self, channel: Any, worker: WorkerKeys) -> int:
         """Put back every message of a worker whose lease expired, then forget the worker."""
-        claim = f"liveness-claim:{worker.member}"
-        if not client.set(claim, self.keys.member, nx=True, px=self.claim_ms):
-            return 0  # another sweeper is on it; the claim expires should it die meanwhile
-        unacked = worker.unacked
-        with client.pipeline() as pipe:  # MULTI: one snapshot
-            alive, newest_first, held = (
-                pipe.exists(worker.lease).zrevrange(unacked.index, 0, -1).hkeys(unacked.hash)
-                .execute()
-            )  # fmt: skip
-        if alive:
-            return 0
-        restored = self.restore(channel, unacked, oldest_last(newest_first, held),
-                                unless_alive=True)  # fmt: skip
-        if restored:
-            log.warning(
-                "worker %s is gone (its liveness key expired): %d of its message(s) are back "
-                "at the head of their queues", worker.member, restored,
-            )  # fmt: skip
-        self.forget(client, worker)
+        with channel.conn_or_acquire() as client:
+            claim = f"liveness-claim:{worker.member}"
+            if not client.set(claim, self.keys.member, nx=True, px=self.claim_ms):
+                return 0  # another sweeper is on it; the claim expires should it die meanwhile
+            # Each restore checks the lease again: a worker back meanwhile keeps the rest.
+            restored = self.restore_set(channel, worker.unacked, unless_alive=True)
+            if restored:
+                log.warning(
+                    "worker %s is gone (its liveness key expired): %d of its message(s) are "
+                    "back at the head of their queues", worker.member, restored,
+                )  # fmt: skip
+            self.forget(client, worker)
         return restored
 
     @staticmethod
@@ -168,10 +164,10 @@ class Recovery:
         return bool(client.transaction(remove, worker.lease, unacked.hash,
                                        value_from_callable=True))  # fmt: skip
 
-    def restore_expired(self, channel: Any, client: redis.Redis, sets: list[UnackedSet]) -> int:
+    def restore_expired(self, channel: Any, sets: list[UnackedSet]) -> int:
         """Put back this pool's messages unacknowledged for longer than the visibility timeout."""
         ceiling = time.time() - self.visibility_timeout
-        with client.pipeline(transaction=False) as pipe:
+        with channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
             for unacked in sets:
                 pipe.zrevrangebyscore(unacked.index, ceiling, "-inf")
             expired = pipe.execute()
