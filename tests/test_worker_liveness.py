@@ -27,7 +27,8 @@ from app.liveness import Deadlines, WorkerKeys, registered_workers
 from infra.budget import MAX_TASK_TIMEOUT, worker_budget
 from tests.support import AppProcess, send_task, start_worker, wait_for
 
-#: The crash tests' liveness timeout: a crashed worker's tasks are back within 4/3 of it.
+#: The crash tests' liveness timeout: a crashed worker's tasks are back within 4/3 of it
+#: (``Deadlines.recovery_bound``).
 LIVENESS_TIMEOUT = 8
 #: The pause tests': shorter, as they wait for a whole timeout and then a rerun.
 PAUSE_LIVENESS_TIMEOUT = 6
@@ -54,6 +55,10 @@ def keys_of(client: redis.Redis, name: str) -> WorkerKeys:
     """The liveness keys of the worker started as ``name`` (``--hostname name@%h``)."""
     [keys] = [w for w in registered_workers(client) if w.worker.startswith(f"{name}@")]
     return keys
+
+
+def unacked_of(client: redis.Redis, name: str) -> int:
+    return int(client.hlen(keys_of(client, name).unacked.hash))
 
 
 def freeze(worker: AppProcess) -> None:
@@ -182,10 +187,6 @@ def test_a_worker_frozen_for_less_than_its_liveness_timeout_keeps_its_tasks(
     assert redis_client.llen("default") == 0
     assert "liveness lost" not in frozen.logs()
     assert frozen.alive()
-
-
-def unacked_of(client: redis.Redis, name: str) -> int:
-    return int(client.hlen(keys_of(client, name).unacked.hash))
 
 
 def test_a_worker_frozen_past_its_liveness_timeout_loses_its_tasks_and_stops_its_run(
