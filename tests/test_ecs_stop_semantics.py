@@ -10,6 +10,8 @@ The pools are scaled down so the tests take seconds (``maxCountdown`` 0):
 - ``quick``: taskTimeout 3 -> warm shutdown, stopTimeout 14, visibility timeout 14.
 - ``slow``: taskTimeout 30, maxStopTimeout 15 -> cold shutdown (SIGTERM remapped to SIGQUIT)
   after a 5 s soft shutdown, stopTimeout 15, visibility timeout 43.
+
+The liveness timeout is the app's default (15 s): the rendered environment does not set it.
 """
 
 from __future__ import annotations
@@ -209,7 +211,6 @@ def test_killed_worker_tasks_come_back_within_seconds_long_before_the_visibility
     # of the crash, whatever the visibility timeout.
     wait_for(lambda: min(attempts(redis_client, keys)) == 2,
              30 - (time.monotonic() - killed_at), what="every task to run again")  # fmt: skip
-    assert time.monotonic() - killed_at < visibility_timeout(slow)
     wait_for(lambda: all(applied(redis_client, keys)), 60, what="the redelivered tasks")
     wait_for(lambda: unacked(redis_client, "slow") == 0, 30, what="the acks")
     assert_each_applied_once(redis_client, keys)
