@@ -7,29 +7,31 @@ fail: the cancellation records a RETRY state in the result backend (the same Red
 error ends the worker; kombu's restore fails and marks the messages as restored anyway, so they
 only come back after the visibility timeout.
 
-This consumer instead:
+This consumer instead, when the connection is lost (or the worker's liveness, ``app.liveness``,
+which it handles the same way):
 
-- takes the channel's unacknowledged deliveries into its own keeping when the connection is
-  lost (kombu then restores nothing, so nothing is restored twice),
+- drops the channel's unacknowledged deliveries from kombu's keeping (kombu then restores
+  nothing, so nothing is restored twice),
 - cancels the running tasks without writing anything to the broker (their messages are among
   those deliveries; a cancelled task runs again, as at-least-once delivery allows),
-- after reconnecting, and before it consumes anything new, puts those messages back at the
-  head of their queues.
-
-A message whose delivery is older than the visibility timeout is left to the pool's unacked
-sweep (``app.recovery``), which may already have put it back: restoring it here as well could
-run a redelivered copy twice at once.
+- after reconnecting, and before it consumes anything new, sends again the acknowledgements
+  whose reply it never got, then puts back at the head of their queues every message of its
+  own unacknowledged set (``RestoreLostDeliveries``): a consumer that starts holds nothing, so
+  all of them are messages it held at the loss, including one whose delivery reached Redis but
+  whose reply never reached the worker.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from celery import bootsteps
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.state import active_requests
+
+from app.liveness import LivenessLost
+from app.recovery import recovery_for
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,12 @@ class Consumer(CeleryConsumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: Delivery tags this worker held unacknowledged when its broker connection was lost.
-        self.lost_deliveries: set[str] = set()
+        #: Acknowledgements sent with a FETCH whose reply never came (``app.transport``): sent
+        #: again before the own set is put back, so that no completed task runs again.
+        self.unconfirmed_acks: list[str] = []
 
     def on_connection_error_after_connected(self, exc: BaseException) -> None:
-        self._keep_unacked_deliveries()
+        self._drop_unacked_deliveries(exc)
         # Cancel first, without the RETRY state Celery would write to the unreachable result
         # backend. Cancelled requests leave ``active_requests``, so Celery's own loop below
         # finds only requests that never started, and it writes nothing for those.
@@ -53,58 +56,39 @@ class Consumer(CeleryConsumer):
                     request.cancel(self.pool, emit_retry=False)
         super().on_connection_error_after_connected(exc)
 
-    def _keep_unacked_deliveries(self) -> None:
+    def _drop_unacked_deliveries(self, exc: BaseException) -> None:
         channel = getattr(self.task_consumer, "channel", None)
         qos = getattr(channel, "qos", None) if channel is not None else None
         if qos is None:
             return
         # kombu's private bookkeeping (kombu is pinned): delivered messages, minus the tags
         # acknowledged since the last flush.
-        unacked = [tag for tag in qos._delivered if tag not in qos._dirty]
+        held = sum(1 for tag in qos._delivered if tag not in qos._dirty)
         qos._delivered.clear()
         qos._dirty.clear()
-        if unacked:
-            self.lost_deliveries.update(unacked)
-            log.warning(
-                "broker connection lost with %d unacknowledged message(s); running tasks are "
-                "cancelled and every message goes back on its queue once the broker answers",
-                len(unacked),
-            )
-
-    def restore_lost_deliveries(self) -> None:
-        """Put the messages held at the last connection loss back at the head of their queues.
-
-        Raises the transport's errors while the broker is unreachable: the consumer then
-        reconnects and calls this again, with the tags not yet restored.
-        """
-        if not self.lost_deliveries:
-            return
-        qos = self.connection.default_channel.qos
-        client = self.connection.default_channel.client
-        oldest_safe = time.time() - qos.visibility_timeout
-        restored = left_to_sweep = 0
-        for tag in sorted(self.lost_deliveries):
-            delivered_at = client.zscore(qos.unacked_index_key, tag)
-            if delivered_at is not None and delivered_at >= oldest_safe:
-                # Atomic (WATCH/MULTI): a concurrent sweep and this cannot both requeue it.
-                qos.restore_by_tag(tag, client=client)
-                restored += 1
-            elif delivered_at is not None:
-                left_to_sweep += 1
-            self.lost_deliveries.discard(tag)
-        log.info(
-            "after the connection loss: %d message(s) back on their queues, %d left to the "
-            "visibility-timeout sweep, the rest already acknowledged or restored",
-            restored, left_to_sweep,
-        )  # fmt: skip
+        self.unconfirmed_acks.extend(channel.acks_in_flight)
+        log.warning(
+            "%s with %d unacknowledged message(s): running tasks are cancelled and every "
+            "message this worker holds goes back on its queue before it consumes again",
+            "liveness lost" if isinstance(exc, LivenessLost) else "broker connection lost",
+            held,
+        )
 
 
 class RestoreLostDeliveries(bootsteps.StartStopStep):
-    """Consumer bootstep: restores the lost deliveries once the task consumer is set up again,
-    before the event loop (always the last step) consumes new messages."""
+    """Consumer bootstep: puts back this worker's own unacknowledged set once the task consumer
+    is set up again (with its lease, ``app.liveness``), before the event loop (always the last
+    step) consumes new messages."""
 
-    requires = ("celery.worker.consumer.tasks:Tasks",)
+    requires = ("app.liveness:ConsumerLiveness",)
     label = "Restore lost deliveries"
 
     def start(self, c: Consumer) -> None:
-        c.restore_lost_deliveries()
+        channel = c.connection.default_channel
+        if c.unconfirmed_acks:
+            with channel.conn_or_acquire() as client, client.pipeline() as pipe:
+                for tag in c.unconfirmed_acks:
+                    channel.qos._remove_from_indices(tag, pipe)
+                pipe.execute()
+            c.unconfirmed_acks.clear()
+        recovery_for(c.controller).restore_own(channel)

@@ -1,66 +1,244 @@
-"""Bring back a crashed worker's tasks soon after the visibility timeout.
+"""Put unacknowledged messages back on their queues: a gone worker's within seconds, any late.
 
-A worker that dies without shutting down (SIGKILL, OOM, host loss) leaves its messages in its
-pool's unacked index in Redis. kombu puts back those older than the visibility timeout when a
-worker starts and then only every ~100 s (every 10th call of a 10 s timer), so recovery takes
-up to visibility timeout + 100 s. This step sweeps every few seconds instead; kombu's Redis
-mutex keeps the sweeps of a pool's workers from overlapping, and the budget's visibility
-timeout keeps them from touching a message whose first run could still be alive.
+Every worker sweeps every ``min(5, L/3)`` seconds (``L`` = ``CELERY_LIVENESS_TIMEOUT``) on a
+thread of its main process, and once in its consumer before it consumes (``RestoreGoneWorkers``):
+
+1. Gone workers, of every pool: each registered worker (``app.liveness``) whose lease key has
+   expired had all its messages put back at the head of their queues, oldest delivery first in
+   line, then leaves the registry. Its tasks run again as soon as a worker has a free slot.
+2. The visibility timeout, this pool only: any message of the pool delivered longer ago than
+   the pool's visibility timeout is put back, as kombu's ``restore_visible`` does: the last
+   resort for what liveness cannot decide (a worker alive but stuck holding a message). The
+   pool-level keys, where workers of versions before per-worker keys kept their messages, are
+   swept this way too.
+
+Each message is put back in a transaction that watches its set's hash (and, for a gone worker,
+its lease): of two sweepers, or a sweeper and a worker acknowledging, restoring or revived, one
+wins and the other finds nothing to do, so no message is put back twice, and none is taken from
+a worker that has its lease again. The destination list (queue and priority) is kombu's choice
+(``Channel._do_restore_message``), and a claim key keeps concurrent sweepers from repeating each
+other's work on one gone worker (an optimisation; the transactions alone are exactly-once).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import redis
 from celery import Celery, bootsteps
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
 
+from app.liveness import (
+    REGISTRY_KEY,
+    Lease,
+    UnackedSet,
+    WorkerKeys,
+    pool_unacked,
+    registered_workers,
+)
 from app.periodic import PeriodicThread
 
 log = logging.getLogger(__name__)
 
-#: Seconds between sweeps: the most a crashed worker's task waits past the visibility timeout.
-SWEEP_INTERVAL_SECONDS = 5.0
-#: Seconds a broker round trip may take before this sweep gives up until the next one.
+#: Seconds a broker round trip of the sweep thread may take before it gives up until next time.
 BROKER_TIMEOUT_SECONDS = 5.0
 
 
-class UnackedSweeper:
-    def __init__(self, app: Celery) -> None:
+def oldest_last(newest_first: Iterable[bytes], held: Iterable[bytes]) -> list[str]:
+    """The order to push a set's messages to the head of their queues, so the oldest delivery
+    is taken first: the messages without an index entry first, then the newest first."""
+    indexed = [bytes_to_str(tag) for tag in newest_first]
+    known = set(indexed)
+    return [tag for tag in map(bytes_to_str, held) if tag not in known] + indexed
+
+
+class Recovery:
+    """The sweeps of one worker (see the module docstring)."""
+
+    def __init__(self, app: Celery, lease: Lease, visibility_timeout: float) -> None:
         self.app = app
-        transport = app.connection_for_read()
+        self.keys: WorkerKeys = lease.keys
+        self.claim_ms = int(lease.deadlines.timeout * 1000)
+        self.visibility_timeout = visibility_timeout
+
+    def restore(
+        self, channel: Any, unacked: UnackedSet, tags: Sequence[str], *, unless_alive: bool
+    ) -> int:
+        """Put each message of ``tags`` still in ``unacked`` back at the head of its queue.
+
+        ``unless_alive``: not if the set's owner has a lease (then it keeps the rest). Returns
+        how many this call put back; the others were acknowledged, or put back by someone else.
+        """
+        guard = unacked.lease if unless_alive else None
+        watched = [unacked.hash] if guard is None else [unacked.hash, guard]
+        restored = 0
+        with channel.conn_or_acquire() as client:
+            for tag in tags:
+
+                def put_back(pipe: Any, tag: str = tag) -> str:
+                    if guard is not None and pipe.exists(guard):
+                        return "owner alive"
+                    raw = pipe.hget(unacked.hash, tag)
+                    pipe.multi()
+                    pipe.zrem(unacked.index, tag)
+                    pipe.hdel(unacked.hash, tag)
+                    if raw is None:
+                        return "gone"
+                    message, exchange, routing_key = loads(bytes_to_str(raw))
+                    # kombu decides the list (queue, priority); RPUSH: the consuming end.
+                    channel._do_restore_message(message, exchange, routing_key, pipe)
+                    return "restored"
+
+                outcome = client.transaction(put_back, *watched, value_from_callable=True)
+                if outcome == "owner alive":
+                    break  # the owner took a lease again: what is left is its own
+                restored += outcome == "restored"
+        return restored
+
+    def restore_set(self, channel: Any, unacked: UnackedSet, *, unless_alive: bool) -> int:
+        """Put back every message of ``unacked``, the oldest delivery first in line."""
+        with channel.conn_or_acquire() as client, client.pipeline() as pipe:  # one snapshot
+            newest_first, held = pipe.zrevrange(unacked.index, 0, -1).hkeys(unacked.hash).execute()
+        return self.restore(channel, unacked, oldest_last(newest_first, held),
+                            unless_alive=unless_alive)  # fmt: skip
+
+    def restore_own(self, channel: Any) -> int:
+        """Put back everything in this worker's own set: at a consumer (re)start, all of it is
+        what the worker held when it lost its connection or its liveness."""
+        restored = self.restore_set(channel, self.keys.unacked, unless_alive=False)
+        if restored:
+            log.warning(
+                "%d message(s) held when the connection or the liveness was lost are back at "
+                "the head of their queues", restored,
+            )  # fmt: skip
+        return restored
+
+    def sweep(self, channel: Any) -> None:
+        """Both passes of the module docstring."""
+        with channel.conn_or_acquire() as client:
+            workers = registered_workers(client)
+            others = [worker for worker in workers if worker != self.keys]
+            with client.pipeline(transaction=False) as pipe:
+                for worker in others:
+                    pipe.exists(worker.lease)
+                alive = pipe.execute()
+        for worker, is_alive in zip(others, alive, strict=True):
+            if not is_alive:
+                self.restore_gone(channel, worker)
+        pool = [worker.unacked for worker in workers if worker.pool == self.keys.pool]
+        self.restore_expired(channel, [*pool, pool_unacked(self.keys.pool)])
+
+    def restore_gone(self, channel: Any, worker: WorkerKeys) -> int:
+        """Put back every message of a worker whose lease expired, then forget the worker."""
+        with channel.conn_or_acquire() as client:
+            claim = f"liveness-claim:{worker.member}"
+            if not client.set(claim, self.keys.member, nx=True, px=self.claim_ms):
+                return 0  # another sweeper is on it; the claim expires should it die meanwhile
+            # Each restore checks the lease again: a worker back meanwhile keeps the rest.
+            restored = self.restore_set(channel, worker.unacked, unless_alive=True)
+            if restored:
+                log.warning(
+                    "worker %s is gone (its liveness key expired): %d of its message(s) are "
+                    "back at the head of their queues", worker.member, restored,
+                )  # fmt: skip
+            self.forget(client, worker)
+        return restored
+
+    @staticmethod
+    def forget(client: redis.Redis, worker: WorkerKeys) -> bool:
+        """Remove a worker without lease and without messages from the registry."""
+        unacked = worker.unacked
+
+        def remove(pipe: Any) -> bool:
+            if pipe.exists(worker.lease) or pipe.hlen(unacked.hash):
+                return False
+            pipe.multi()
+            pipe.srem(REGISTRY_KEY, worker.member)
+            pipe.delete(unacked.index)  # entries kombu's shutdown restore left behind
+            return True
+
+        return bool(client.transaction(remove, worker.lease, unacked.hash,
+                                       value_from_callable=True))  # fmt: skip
+
+    def restore_expired(self, channel: Any, sets: list[UnackedSet]) -> int:
+        """Put back this pool's messages unacknowledged for longer than the visibility timeout."""
+        ceiling = time.time() - self.visibility_timeout
+        with channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            for unacked in sets:
+                pipe.zrevrangebyscore(unacked.index, ceiling, "-inf")
+            expired = pipe.execute()
+        total = 0
+        for unacked, tags in zip(sets, expired, strict=True):
+            if tags:
+                restored = self.restore(channel, unacked, [bytes_to_str(t) for t in tags],
+                                        unless_alive=False)  # fmt: skip
+                if restored:
+                    log.warning(
+                        "%d message(s) of %s unacknowledged for longer than the visibility "
+                        "timeout (%g s) are back at the head of their queues",
+                        restored, unacked.hash, self.visibility_timeout,
+                    )  # fmt: skip
+                total += restored
+        return total
+
+
+class UnackedSweeper:
+    """One sweep on a connection of its own (kombu's are not thread-safe), short timeouts."""
+
+    def __init__(self, recovery: Recovery) -> None:
+        self.recovery = recovery
+        transport = recovery.app.connection_for_read()
         self._broker_errors: tuple[type[BaseException], ...] = (
             *transport.connection_errors,
             *transport.channel_errors,
         )
 
     def sweep(self) -> None:
-        """Requeue every message of this pool unacknowledged for longer than the timeout."""
         timeouts = {
             "socket_timeout": BROKER_TIMEOUT_SECONDS,
             "socket_connect_timeout": BROKER_TIMEOUT_SECONDS,
         }
         try:
-            # A connection of its own (kombu's are not thread-safe) with the app's transport
-            # options: the pool's unacked keys and visibility timeout.
-            with self.app.connection_for_read(transport_options=timeouts) as connection:
+            with self.recovery.app.connection_for_read(transport_options=timeouts) as connection:
                 channel = connection.channel()
                 try:
-                    # interval=1: sweep now (kombu's own caller passes 10 and skips 9 in 10).
-                    channel.qos.restore_visible(num=channel.unacked_restore_limit, interval=1)
+                    self.recovery.sweep(channel)
                 finally:
                     channel.close()  # restores nothing: this channel received no message
         except self._broker_errors as error:
             log.warning("unacked sweep: broker unreachable, retrying next round: %r", error)
 
 
+def recovery_for(worker: Any) -> Recovery:
+    visibility_timeout = worker.app.conf.broker_transport_options["visibility_timeout"]
+    return Recovery(worker.app, worker.liveness, visibility_timeout)
+
+
 class UnackedSweepStep(bootsteps.StartStopStep):
-    """Worker bootstep running ``UnackedSweeper.sweep`` on a thread of the main process."""
+    """Worker bootstep running ``UnackedSweeper.sweep`` every ``min(5, L/3)`` s on a thread of
+    the main process."""
 
     # Threads start once the pool has forked its children (see ``app.periodic``).
     requires = ("celery.worker.components:Pool",)
     label = "Unacked sweep"
 
     def create(self, worker: Any) -> PeriodicThread:
-        sweeper = UnackedSweeper(worker.app)
-        return PeriodicThread("unacked-sweep", SWEEP_INTERVAL_SECONDS, sweeper.sweep)
+        sweeper = UnackedSweeper(recovery_for(worker))
+        return PeriodicThread(
+            "unacked-sweep", worker.liveness.deadlines.sweep_interval, sweeper.sweep
+        )
+
+
+class RestoreGoneWorkers(bootsteps.StartStopStep):
+    """Consumer bootstep: sweeps once before the event loop (always the last step) consumes, so
+    a replacement puts a gone worker's messages ahead of newer ones before it takes any."""
+
+    requires = ("app.consumer:RestoreLostDeliveries",)
+    label = "Restore gone workers"
+
+    def start(self, c: Any) -> None:
+        recovery_for(c.controller).sweep(c.connection.default_channel)

@@ -26,11 +26,13 @@ PREFETCH_MULTIPLIER = "CELERY_PREFETCH_MULTIPLIER"
 MAX_COUNTDOWN = "CELERY_MAX_COUNTDOWN"
 # Not CELERY_WORKER_POOL: the celery CLI reads that one as `worker --pool`.
 WORKER_POOL = "CELERY_POOL_NAME"
+LIVENESS_TIMEOUT = "CELERY_LIVENESS_TIMEOUT"
 SOFT_SHUTDOWN_TIMEOUT = "CELERY_SOFT_SHUTDOWN_TIMEOUT"
 SOFT_SHUTDOWN_ON_IDLE = "CELERY_SOFT_SHUTDOWN_ON_IDLE"
 TASK_PROTECTION = "CELERY_TASK_PROTECTION"
 # Not CELERY_LOG_LEVEL: the Celery worker sets that variable itself for its pool processes.
 LOG_LEVEL = "APP_LOG_LEVEL"
+LOG_TASKS = "APP_LOG_TASKS"
 HEARTBEAT_DIR = "CELERY_HEARTBEAT_DIR"
 METRICS_NAMESPACE = "CELERY_METRICS_NAMESPACE"
 WEB_PORT = "WEB_PORT"
@@ -54,13 +56,20 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     TIME_LIMIT: ("330", "Seconds before the pool kills a task; above the soft limit."),
     VISIBILITY_TIMEOUT: (
         "3600",
-        "Seconds a delivered, unacknowledged message waits before Redis redelivers it. Must "
-        "exceed prefetch multiplier x time limit + max countdown.",
+        "Seconds a delivered, unacknowledged message waits before a sweep takes it back even "
+        "from a live worker (the last resort). Must exceed prefetch multiplier x time limit + "
+        "max countdown.",
     ),
     PREFETCH_MULTIPLIER: ("1", "Messages reserved per pool slot."),
     WORKER_POOL: (
         "default",
-        "Worker pool name; each pool tracks its unacknowledged messages under its own keys.",
+        "Worker pool name: in its workers' keys, and the visibility-timeout sweep takes back "
+        "only its own pool's messages.",
+    ),
+    LIVENESS_TIMEOUT: (
+        "15",
+        "Seconds a worker's liveness key lives without a refresh; a crashed worker's messages "
+        "go back on their queues at most 5 s after that. Deadlines: README, Liveness.",
     ),
     MAX_COUNTDOWN: (
         "300",
@@ -73,6 +82,11 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "Hold ECS task scale-in protection while tasks run (needs `ECS_AGENT_URI`).",
     ),
     LOG_LEVEL: ("INFO", "Log level of every process."),
+    LOG_TASKS: (
+        "false",
+        "Log Celery's line for every task received and every task succeeded. Failures, retries "
+        "and rejections are logged either way.",
+    ),
     HEARTBEAT_DIR: (
         "/tmp",
         "Where the worker and beat touch their heartbeat files, read by `python -m app.health`.",
@@ -90,6 +104,15 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     WEB_MAX_BODY_BYTES: ("65536", "Largest accepted request body; larger gets 413."),
     WEB_THREADS: ("8", "Request threads in the web process."),
 }
+
+
+#: Celery's ``module:Class+URL`` form of ``result_backend``.
+RESULT_BACKEND_CLASS = "app.results:ResultBackend"
+#: Seconds a worker's liveness key lives without a refresh, unless CELERY_LIVENESS_TIMEOUT says.
+DEFAULT_LIVENESS_TIMEOUT = 15
+#: Shortest liveness timeout: its deadlines (app.liveness) are fractions of it, the smallest a
+#: fifteenth, and a worker must be able to refresh within that on a busy machine.
+MIN_LIVENESS_TIMEOUT = 3
 
 
 class ConfigError(ValueError):
@@ -145,10 +168,12 @@ class Settings:
     prefetch_multiplier: int
     max_countdown: int
     worker_pool: str
+    liveness_timeout: int
     soft_shutdown_timeout: int
     soft_shutdown_on_idle: bool
     task_protection: bool
     log_level: str
+    log_tasks: bool
     heartbeat_dir: str
     metrics_namespace: str
 
@@ -197,28 +222,33 @@ class Settings:
             prefetch_multiplier=prefetch,
             max_countdown=max_countdown,
             worker_pool=pool,
+            liveness_timeout=_int(env, LIVENESS_TIMEOUT, DEFAULT_LIVENESS_TIMEOUT,
+                                  minimum=MIN_LIVENESS_TIMEOUT),
             soft_shutdown_timeout=_int(env, SOFT_SHUTDOWN_TIMEOUT, 0),
             soft_shutdown_on_idle=_bool(env, SOFT_SHUTDOWN_ON_IDLE, False),
             task_protection=_bool(env, TASK_PROTECTION, False),
             log_level=level,
+            log_tasks=_bool(env, LOG_TASKS, False),
             heartbeat_dir=env.get(HEARTBEAT_DIR, "").strip() or "/tmp",
             metrics_namespace=env.get(METRICS_NAMESPACE, "").strip(),
         )
 
     def celery_config(self) -> dict[str, object]:
         """The Celery settings these values imply, with the reliable defaults fixed."""
+        # Pool-level keys: what processes that never consume would use. Each worker replaces
+        # the first two with keys of its own when it starts (app.liveness.WorkerKeys).
         transport = {
             "visibility_timeout": self.visibility_timeout,
-            # kombu's restore sweep requeues every message in its unacked index that is older
-            # than the sweeping worker's visibility timeout. Separate keys per pool keep a pool
-            # with short tasks (short timeout) from requeueing a long pool's running tasks.
             "unacked_key": f"unacked:{self.worker_pool}",
             "unacked_index_key": f"unacked_index:{self.worker_pool}",
             "unacked_mutex_key": f"unacked_mutex:{self.worker_pool}",
         }
         return {
             "broker_url": self.broker_url,
-            "result_backend": self.result_backend,
+            # kombu's Redis transport, taking a message and recording it in one round trip.
+            "broker_transport": "app.transport:Transport",
+            # Celery's Redis backend with each state stored in one atomic script (app.results).
+            "result_backend": f"{RESULT_BACKEND_CLASS}+{self.result_backend}",
             "result_expires": self.result_expires,
             # Acknowledge after the task ran, so a crash re-queues instead of losing it.
             "task_acks_late": True,
@@ -238,11 +268,14 @@ class Settings:
             "result_backend_transport_options": {"visibility_timeout": self.visibility_timeout},
             "worker_soft_shutdown_timeout": float(self.soft_shutdown_timeout),
             "worker_enable_soft_shutdown_on_idle": self.soft_shutdown_on_idle,
-            "task_track_started": True,
+            # STARTED costs a result write per task: tasks long enough for someone to see it
+            # running declare ``track_started`` themselves (app.tasks).
+            "task_track_started": False,
             "worker_hijack_root_logger": True,
             "worker_send_task_events": False,
-            # If the broker connection drops, kombu restores this worker's unacked messages; the
-            # running copies are cancelled so each task keeps one live run (Celery 6 default).
+            # If the broker connection (or the liveness) is lost, the worker puts its unacked
+            # messages back (app.consumer); the running copies are cancelled so each task keeps
+            # one live run (Celery 6 default).
             "worker_cancel_long_running_tasks_on_connection_loss": True,
         }
 

@@ -40,7 +40,8 @@ return {0, tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')}
 """
 
 
-@app.task(name="app.tasks.apply_credit", bind=True)
+# track_started: the tasks that can run long enough for someone to see them running.
+@app.task(name="app.tasks.apply_credit", bind=True, track_started=True)
 def apply_credit(
     self: Task, idempotency_key: str, account: str, amount: int, work_seconds: float = 0.0
 ) -> dict[str, object]:
@@ -79,7 +80,7 @@ def purge_expired_records(retention_seconds: int = RECORD_TTL) -> dict[str, int]
     return {"removed": int(removed)}
 
 
-@app.task(name="app.tasks.generate_report", bind=True, max_retries=100)
+@app.task(name="app.tasks.generate_report", bind=True, max_retries=100, track_started=True)
 def generate_report(
     self: Task, report_id: str, steps: int = 10, step_seconds: float = 1.0
 ) -> dict[str, object]:

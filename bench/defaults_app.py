@@ -2,7 +2,10 @@
 
 Only the broker URL is set: no ``acks_late`` (a task is acknowledged when it starts), prefetch
 multiplier 4, visibility timeout 3600 s, no time limits, no result backend, SIGTERM = warm
-shutdown. The task bodies behave like ``app.tasks`` (same names, arguments and Redis keys) but
+shutdown. With ``BENCH_STORE_RESULTS=1``, the broker's Redis is also the result backend, Celery's
+own way to store results (SUCCESS only: no STARTED by default).
+
+The task bodies behave like ``app.tasks`` (same names, arguments and Redis keys) but
 do not import the project's app, so none of its configuration leaks in.
 """
 
@@ -15,7 +18,11 @@ from functools import lru_cache
 import redis
 from celery import Celery
 
-app = Celery("bench_defaults", broker=os.environ["CELERY_BROKER_URL"])
+app = Celery(
+    "bench_defaults",
+    broker=os.environ["CELERY_BROKER_URL"],
+    backend=os.environ["CELERY_BROKER_URL"] if os.environ.get("BENCH_STORE_RESULTS") else None,
+)
 
 
 @lru_cache(maxsize=1)

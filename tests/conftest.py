@@ -60,6 +60,8 @@ def app_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
         CELERY_TASK_TIME_LIMIT="22",
         CELERY_VISIBILITY_TIMEOUT="60",
         CELERY_MAX_COUNTDOWN="30",
+        # The tests read Celery's per-task lines (off in the product, see APP_LOG_TASKS).
+        APP_LOG_TASKS="true",
     )
 
 

@@ -68,6 +68,9 @@ def test_due_entry_is_sent_once(
     time.sleep(6)  # more than one scheduler tick (beat_max_loop_interval = 5 s)
 
     assert sent_tasks(redis_client, HOURLY.queue) == [HOURLY.task]
+    # Nobody learns the ids of what beat sends: its tasks store no result.
+    [raw] = redis_client.lrange(HOURLY.queue, 0, -1)
+    assert json.loads(raw)["headers"]["ignore_result"] is True
     assert (tmp_path / "celery-beat.heartbeat").exists()
 
 

@@ -19,6 +19,7 @@ from celery.exceptions import Reject
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from app.liveness import unacked_count
 from devtools.redis_server import RedisServer, free_port, start_redis
 from tests.support import AppProcess, app_environment, send_task, start_worker, wait_for
 from tests.test_beat import HOURLY, install_schedule, make_overdue, sent_tasks, start_beat
@@ -69,7 +70,7 @@ def test_a_busy_worker_survives_a_broker_restart_and_every_task_completes(
     wait_for(lambda: completed(client, keys) == TASKS, 120, interval=0.5,
              what=f"all {TASKS} tasks to complete")
     assert client.hget("ledger:balances", "acct") == str(TASKS * AMOUNT)
-    wait_for(lambda: client.zcard("unacked_index:default") == 0, 30, what="every ack")
+    wait_for(lambda: unacked_count(client, "default") == 0, 30, what="every ack")
     assert worker.alive(), worker.logs()
     assert "Unrecoverable error" not in worker.logs()
 

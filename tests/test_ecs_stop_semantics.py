@@ -10,6 +10,8 @@ The pools are scaled down so the tests take seconds (``maxCountdown`` 0):
 - ``quick``: taskTimeout 3 -> warm shutdown, stopTimeout 14, visibility timeout 14.
 - ``slow``: taskTimeout 30, maxStopTimeout 15 -> cold shutdown (SIGTERM remapped to SIGQUIT)
   after a 5 s soft shutdown, stopTimeout 15, visibility timeout 43.
+
+The liveness timeout is the app's default (15 s): the rendered environment does not set it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import redis
 from celery.bin.celery import celery as celery_cli
 
 from app import settings as env_names
+from app.liveness import Deadlines, unacked_count
 from app.settings import Settings
 from devtools.twin.container import Container
 from infra.budget import worker_budget
@@ -98,7 +101,7 @@ def applied(client: redis.Redis, keys: list[str]) -> list[bool]:
 
 
 def unacked(client: redis.Redis, pool: str) -> int:
-    return int(client.zcard(f"unacked_index:{pool}"))
+    return unacked_count(client, pool)
 
 
 def visibility_timeout(worker: WorkerDefinition) -> int:
@@ -176,39 +179,40 @@ def test_cold_stop_finishes_short_tasks_and_requeues_long_ones_at_once(
     assert redis_client.llen("long") == 0
 
 
-def test_killed_worker_tasks_come_back_after_the_budgeted_visibility_timeout_and_not_before(
-    quick: WorkerDefinition,
+def test_killed_worker_tasks_come_back_within_seconds_long_before_the_visibility_timeout(
+    slow: WorkerDefinition,
     redis_url: str,
     redis_client: redis.Redis,
     tmp_path: Path,
     containers: list[Container],
 ) -> None:
-    visibility = visibility_timeout(quick)
-    first = start_rendered_worker(quick, redis_url, tmp_path, "first")
+    # The rendered environment leaves the liveness timeout at the app's default (15 s); the
+    # pool's visibility timeout is 43 s.
+    deadlines = Deadlines(Settings.from_env(
+        {**slow.environment, env_names.BROKER_URL: redis_url}).liveness_timeout)  # fmt: skip
+    first = start_rendered_worker(slow, redis_url, tmp_path, "first")
     containers.append(first)
     keys = [f"crash-{i}" for i in range(TASKS)]
-    send_credits(redis_url, "default", keys, work_seconds=2)
+    send_credits(redis_url, "long", keys, work_seconds=2)
     wait_for(lambda: attempts(redis_client, keys) == [1] * TASKS, 30, what="all tasks to start")
-    # kombu's own record of when each message was delivered (wall clock, like its sweep).
-    delivered = [
-        score for _, score in redis_client.zrange("unacked_index:quick", 0, -1, withscores=True)
-    ]
-    assert len(delivered) == TASKS
 
     first.kill()  # the container dies: no shutdown, nothing restored
-    containers.append(start_rendered_worker(quick, redis_url, tmp_path, "second"))
+    killed_at = time.monotonic()
+    containers.append(start_rendered_worker(slow, redis_url, tmp_path, "second"))
 
-    # While the first runs could still be alive, the running second worker must not take them.
-    time.sleep(max(0.0, min(delivered) + visibility - 0.5 - time.time()))
+    # While the first worker's lease may still live, the running second worker must not take
+    # its messages: it cannot tell it from a live one.
+    time.sleep(max(0.0, deadlines.timeout - deadlines.tick - 1 - (time.monotonic() - killed_at)))
     assert attempts(redis_client, keys) == [1] * TASKS
-    assert unacked(redis_client, "quick") == TASKS
-    assert redis_client.llen("default") == 0
+    assert unacked(redis_client, "slow") == TASKS
+    assert redis_client.llen("long") == 0
 
-    # Past the window, the running second worker's sweep (app.recovery, every few seconds)
-    # restores them; no restart is needed, nor kombu's own sweep (about every 100 s).
-    wait_for(lambda: max(attempts(redis_client, keys)) == 2, 60, what="the first redelivery")
+    # Then the second worker's sweep (app.recovery) puts them back and runs them: within 30 s
+    # of the crash, whatever the visibility timeout.
+    wait_for(lambda: min(attempts(redis_client, keys)) == 2,
+             30 - (time.monotonic() - killed_at), what="every task to run again")  # fmt: skip
     wait_for(lambda: all(applied(redis_client, keys)), 60, what="the redelivered tasks")
-    wait_for(lambda: unacked(redis_client, "quick") == 0, 30, what="the acks")
+    wait_for(lambda: unacked(redis_client, "slow") == 0, 30, what="the acks")
     assert_each_applied_once(redis_client, keys)
     assert attempts(redis_client, keys) == [2] * TASKS  # at-least-once: each ran twice
 
@@ -275,7 +279,8 @@ def test_rendered_worker_environment_yields_the_budget(
         assert env.get(env_names.REMAP_SIGTERM) == (
             "SIGQUIT" if budget.shutdown == "cold" else None
         ), pool
-        # What kombu ends up with: the visibility timeout on the pool's own unacked keys.
+        # What kombu ends up with: the visibility timeout, and the pool-level unacked keys
+        # (each worker replaces the first two with keys of its own, app.liveness).
         transport = settings.celery_config()["broker_transport_options"]
         assert transport == {
             "visibility_timeout": budget.visibility_timeout,

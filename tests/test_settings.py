@@ -26,12 +26,17 @@ def test_defaults_are_the_reliable_ones() -> None:
     assert config["result_accept_content"] == ["json"]
     assert config["task_serializer"] == config["result_serializer"] == "json"
     assert config["result_expires"] == 86400
-    assert config["result_backend"] == BROKER["CELERY_BROKER_URL"]
+    # Celery's Redis backend, each state stored in one atomic script (app.results).
+    assert config["result_backend"] == f"app.results:ResultBackend+{BROKER['CELERY_BROKER_URL']}"
+    assert config["broker_transport"] == "app.transport:Transport"
+    assert config["task_track_started"] is False  # only tasks that declare it
     vt = config["broker_transport_options"]["visibility_timeout"]
     assert vt == config["result_backend_transport_options"]["visibility_timeout"] == 3600
 
 
-def test_each_pool_tracks_unacked_messages_under_its_own_keys() -> None:
+def test_pool_level_keys_are_named_after_the_pool() -> None:
+    # Workers keep their messages under keys of their own (app.liveness); the pool-level keys
+    # are what workers of earlier versions used, swept after the pool's visibility timeout.
     config = Settings.from_env({**BROKER, "CELERY_POOL_NAME": "long"}).celery_config()
 
     options = config["broker_transport_options"]
@@ -66,6 +71,7 @@ def test_verified_tls_is_accepted() -> None:
         ({**BROKER, "CELERY_TASK_PROTECTION": "maybe"}, "expected true or false"),
         ({**BROKER, "APP_LOG_LEVEL": "LOUD"}, "APP_LOG_LEVEL='LOUD'"),
         ({**BROKER, "CELERY_POOL_NAME": "a b"}, "CELERY_POOL_NAME='a b'"),
+        ({**BROKER, "CELERY_LIVENESS_TIMEOUT": "2"}, "CELERY_LIVENESS_TIMEOUT=2: must be >= 3"),
     ],
 )
 def test_unsafe_configuration_is_refused(env: dict[str, str], message: str) -> None:

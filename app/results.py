@@ -1,0 +1,67 @@
+"""The result backend: Celery's Redis backend, storing a task state in one atomic round trip.
+
+Celery reads the task's current state and then writes the new one, skipping the write if the
+state read was SUCCESS (so a second run of a redelivered message cannot overwrite a success).
+That costs two round trips per state, and the check is not atomic: a run that reads just before
+another run stores SUCCESS still overwrites it. Here one Lua script does both, atomically.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.backends.redis import RedisBackend
+from celery.exceptions import BackendStoreError
+from kombu.utils.encoding import bytes_to_str
+
+#: KEYS[1]: the task's meta key. ARGV: the new meta (JSON), its expiry in seconds (0: none).
+#: Stores and publishes it unless the stored state is SUCCESS; returns 1 if stored, else 0.
+STORE_UNLESS_SUCCEEDED = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then
+    return 0
+  end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+class ResultBackend(RedisBackend):
+    """``result_backend = "app.results:ResultBackend+redis://…"`` (see ``app.settings``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._store_script: Any = None
+
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = bytes_to_str(task_id)
+        value = self.encode(meta)
+        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError("value too large for Redis backend", state=state,
+                                    task_id=task_id)  # fmt: skip
+        self.ensure(self._store, (self.get_key_for_task(task_id), value))
+        return result
+
+    def _store(self, key: bytes | str, value: bytes | str) -> None:
+        if self._store_script is None:
+            self._store_script = self.client.register_script(STORE_UNLESS_SUCCEEDED)
+        self._store_script(keys=[key], args=[value, int(self.expires or 0)], client=self.client)

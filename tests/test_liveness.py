@@ -1,0 +1,566 @@
+"""Liveness and recovery against a real Redis: the protocol's pieces, one at a time.
+
+The deadlines' arithmetic, the lease's state machine on a fake clock, the transport's one-trip
+delivery, and the sweeps (``app.recovery``) on sets of messages a "worker" took with the app's own
+transport and left unacknowledged. Real workers dying and pausing are in
+``tests/test_worker_reliability.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import redis
+from celery.worker import state as worker_state
+from hypothesis import given
+from hypothesis import strategies as st
+from kombu import Connection, Consumer, Queue
+from kombu.utils.json import loads
+
+from app.celery_app import app, settings
+from app.consumer import RestoreLostDeliveries
+from app.liveness import (
+    REGISTRY_KEY,
+    Deadlines,
+    Lease,
+    LivenessStep,
+    UnackedSet,
+    WorkerKeys,
+    pool_unacked,
+    unacked_count,
+)
+from app.recovery import Recovery
+from app.transport import FETCH
+from devtools.redis_server import free_port
+from tests.support import send_task
+
+QUEUE = "default"
+#: A visibility timeout no test here waits for.
+LONG_VISIBILITY = 3600
+
+
+# --- deadlines and the lease, on a fake clock ---------------------------------------------------
+
+
+@given(st.floats(min_value=settings.liveness_timeout / 5, max_value=600))
+def test_the_worker_stops_its_tasks_before_its_key_can_expire(timeout: float) -> None:
+    deadlines = Deadlines(timeout)
+    assert deadlines.tick < deadlines.lost_after < deadlines.kill_after
+    # The kill lands at most a tick (sleep) and a refresh's timeout (a tick) after kill_after.
+    assert deadlines.latest_kill < timeout
+
+
+def test_a_crashed_workers_tasks_are_found_within_30_seconds_by_default() -> None:
+    deadlines = Deadlines(settings.liveness_timeout)
+    assert settings.liveness_timeout == 15
+    assert deadlines.recovery_bound <= 20  # + the restore itself: well within 30 s
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Refreshes:
+    """What each refresh answers, and when it is asked."""
+
+    def __init__(self, clock: FakeClock, answer: bool | None = True) -> None:
+        self.clock = clock
+        self.answer = answer
+        self.calls: list[float] = []
+
+    def __call__(self) -> bool | None:
+        self.calls.append(self.clock.now)
+        return self.answer
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def lease(clock: FakeClock, redis_client: redis.Redis) -> Lease:
+    lease = Lease(WorkerKeys("default", "w/1"), Deadlines(15), clock=clock)
+    lease.acquire(redis_client)
+    return lease
+
+
+def test_acquiring_sets_the_key_with_its_time_to_live_and_registers(
+    lease: Lease, redis_client: redis.Redis
+) -> None:
+    assert 14_000 < redis_client.pttl(lease.keys.lease) <= 15_000
+    assert redis_client.smembers(REGISTRY_KEY) == {lease.keys.member}
+
+
+def test_failed_refreshes_lose_the_liveness_at_half_the_timeout_and_kill_at_three_quarters(
+    lease: Lease, clock: FakeClock
+) -> None:
+    failing = Refreshes(clock, answer=None)
+    kills = []
+    for _ in range(20):  # 20 x 1 s
+        clock.now += 1
+        kills.append(lease.tick(failing))
+        if clock.now - 1000 < 7.5:
+            assert lease.lost() is None
+    assert lease.lost() is not None
+    assert "no successful refresh" in str(lease.lost())
+    assert kills.index(True) + 1 == 12  # the first tick at or past 11.25 s
+    assert kills.count(True) == 1  # once per loss
+    # Once lost (at 8 s), the key is left to expire: no more refreshes.
+    assert max(failing.calls) == 1000 + 8
+
+
+def test_a_refresh_that_succeeds_late_keeps_the_liveness(lease: Lease, clock: FakeClock) -> None:
+    # A pause past half the timeout but short of it: the key is still there, so no one could
+    # have taken anything, and nothing is cancelled.
+    clock.now += 12
+    assert lease.tick(Refreshes(clock, answer=True)) is False
+    assert lease.lost() is None
+
+
+def test_a_refresh_that_finds_the_key_gone_loses_the_liveness_and_kills_at_once(
+    lease: Lease, clock: FakeClock
+) -> None:
+    clock.now += 1
+    assert lease.tick(Refreshes(clock, answer=False)) is True
+    assert "expired" in str(lease.lost())
+
+
+def test_acquiring_again_resets_the_loss(
+    lease: Lease, clock: FakeClock, redis_client: redis.Redis
+) -> None:
+    clock.now += 1
+    lease.tick(Refreshes(clock, answer=False))
+    lease.acquire(redis_client)
+    assert lease.lost() is None
+    clock.now += 1
+    assert lease.tick(Refreshes(clock, answer=True)) is False
+
+
+def test_nothing_happens_before_the_first_acquire(clock: FakeClock) -> None:
+    lease = Lease(WorkerKeys("default", "w/1"), Deadlines(15), clock=clock)
+    refreshes = Refreshes(clock, answer=None)
+    clock.now += 100
+    assert lease.tick(refreshes) is False
+    assert refreshes.calls == []
+    assert lease.lost() is None
+
+
+# --- sets of unacknowledged messages, as workers leave them -------------------------------------
+
+
+@contextmanager
+def worker_channel(url: str, keys: WorkerKeys) -> Iterator[Any]:
+    """A channel of the app's transport that keeps its messages in ``keys``'s set."""
+    with app.connection_for_read(url, transport_options=keys.transport_options()) as connection:
+        yield connection.channel()
+
+
+def hold(url: str, keys: WorkerKeys, count: int, queue: str = QUEUE) -> list[str]:
+    """Take ``count`` messages off ``queue`` as ``keys``'s worker, then die holding them."""
+    with worker_channel(url, keys) as channel:
+        tags = [channel.basic_get(queue).delivery_tag for _ in range(count)]
+        channel.qos._delivered.clear()  # dead: nothing is restored when the channel closes
+        channel.close()
+    return tags
+
+
+def publish_noops(url: str, count: int, **options: Any) -> list[str]:
+    return [send_task(url, "app.tasks.noop", queue=QUEUE, **options) for _ in range(count)]
+
+
+def queued_task_ids(client: redis.Redis, key: str = QUEUE) -> list[str]:
+    """Task ids in the order a consumer takes them (BRPOP: from the right)."""
+    return [loads(raw)["headers"]["id"] for raw in reversed(client.lrange(key, 0, -1))]
+
+
+def held_task_ids(client: redis.Redis, unacked: UnackedSet) -> set[str]:
+    return {loads(raw)[0]["headers"]["id"] for raw in client.hvals(unacked.hash)}
+
+
+def recovery(worker: str, visibility_timeout: float = LONG_VISIBILITY,
+             pool: str = "default") -> Recovery:  # fmt: skip
+    return Recovery(app, Lease(WorkerKeys(pool, worker), Deadlines(15)), visibility_timeout)
+
+
+@contextmanager
+def sweeper_channel(url: str) -> Iterator[Any]:
+    with app.connection_for_read(url) as connection:
+        channel = connection.channel()
+        yield channel
+        channel.close()
+
+
+def test_a_gone_workers_messages_go_back_ahead_of_newer_ones_oldest_first(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    gone = WorkerKeys("default", "gone/1")
+    held = publish_noops(redis_url, 3)
+    hold(redis_url, gone, 3)
+    newer = publish_noops(redis_url, 2)
+    assert redis_client.smembers(REGISTRY_KEY) == {gone.member}  # registered by its records
+
+    with sweeper_channel(redis_url) as channel:
+        recovery("sweeper/1").sweep(channel)
+
+    assert queued_task_ids(redis_client) == held + newer
+    assert redis_client.hlen(gone.unacked.hash) == 0
+    assert not redis_client.exists(gone.unacked.index)
+    assert redis_client.smembers(REGISTRY_KEY) == set()  # forgotten
+
+
+def test_a_restored_message_keeps_its_priority_list(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    gone = WorkerKeys("default", "gone/1")
+    [urgent] = publish_noops(redis_url, 1, priority=9)
+    hold(redis_url, gone, 1)
+
+    with sweeper_channel(redis_url) as channel:
+        recovery("sweeper/1").sweep(channel)
+
+    lists = [key for key in redis_client.keys(f"{QUEUE}*") if redis_client.type(key) == "list"]
+    assert len(lists) == 1 and lists[0] != QUEUE  # kombu's priority list, not the plain queue
+    assert queued_task_ids(redis_client, lists[0]) == [urgent]
+
+
+def test_a_live_workers_messages_stay_until_the_visibility_timeout(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    alive = WorkerKeys("default", "alive/1")
+    publish_noops(redis_url, 2)
+    lease = Lease(alive, Deadlines(15))
+    lease.acquire(redis_client)
+    old, young = hold(redis_url, alive, 2)
+    # One of them was delivered longer ago than the visibility timeout: a stuck worker's.
+    redis_client.zadd(alive.unacked.index, {old: time.time() - 120})
+
+    with sweeper_channel(redis_url) as channel:
+        recovery("sweeper/1", visibility_timeout=60).sweep(channel)
+
+    assert redis_client.llen(QUEUE) == 1  # the old one, as a last resort
+    assert redis_client.hkeys(alive.unacked.hash) == [young]
+    assert alive.member in redis_client.smembers(REGISTRY_KEY)
+
+
+def test_the_visibility_sweep_covers_the_pool_level_keys_and_no_other_pool(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    # What a worker of an older version left in the pool-level keys, and a live worker of
+    # another pool (with its own, longer, visibility timeout) holding an old message.
+    legacy = pool_unacked("default")
+    publish_noops(redis_url, 1)
+    with app.connection_for_read(redis_url) as connection:
+        channel = connection.channel()
+        [tag] = [channel.basic_get(QUEUE).delivery_tag]
+        channel.qos._delivered.clear()
+        channel.close()
+    assert redis_client.hkeys(legacy.hash) == [tag]
+    redis_client.zadd(legacy.index, {tag: time.time() - 120})
+    other = WorkerKeys("long", "alive/2")
+    Lease(other, Deadlines(15)).acquire(redis_client)
+    publish_noops(redis_url, 1)
+    [other_tag] = hold(redis_url, other, 1)
+    redis_client.zadd(other.unacked.index, {other_tag: time.time() - 120})
+
+    with sweeper_channel(redis_url) as channel:
+        recovery("sweeper/1", visibility_timeout=60).sweep(channel)
+
+    assert redis_client.llen(QUEUE) == 1
+    assert redis_client.hlen(legacy.hash) == 0
+    assert redis_client.hkeys(other.unacked.hash) == [other_tag]
+
+
+def test_a_sweeper_stops_taking_messages_once_their_worker_has_a_lease_again(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    worker = WorkerKeys("default", "back/1")
+    publish_noops(redis_url, 3)
+    tags = hold(redis_url, worker, 3)
+    Lease(worker, Deadlines(15)).acquire(redis_client)
+
+    with sweeper_channel(redis_url) as channel:
+        restored = recovery("sweeper/1").restore(channel, worker.unacked, tags, unless_alive=True)
+
+    assert restored == 0
+    assert redis_client.hlen(worker.unacked.hash) == 3
+
+
+SWEEPERS = 4
+MESSAGES = 400
+
+
+def test_concurrent_sweepers_put_each_message_back_exactly_once(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    gone = WorkerKeys("default", "gone/1")
+    published = publish_noops(redis_url, MESSAGES)
+    tags = hold(redis_url, gone, MESSAGES)
+    start = threading.Barrier(SWEEPERS)
+
+    def sweep(number: int) -> int:
+        # Each its own connection; all at once, over the same messages in the same order: the
+        # worst case for a race. No claim: the transactions alone must be exactly-once.
+        with sweeper_channel(redis_url) as channel:
+            start.wait()
+            return recovery(f"sweeper/{number}").restore(
+                channel, gone.unacked, tags, unless_alive=True
+            )
+
+    with ThreadPoolExecutor(SWEEPERS) as pool:
+        counts = list(pool.map(sweep, range(SWEEPERS)))
+
+    queued = queued_task_ids(redis_client)
+    assert sorted(queued) == sorted(published)  # each message exactly once
+    assert sum(counts) == MESSAGES
+    assert redis_client.hlen(gone.unacked.hash) == 0
+
+
+def test_concurrent_full_sweeps_restore_and_forget_a_gone_worker_once(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    gone = [WorkerKeys("default", f"gone/{n}") for n in range(3)]
+    published = publish_noops(redis_url, 3 * 50)
+    for worker in gone:
+        hold(redis_url, worker, 50)
+    start = threading.Barrier(SWEEPERS)
+
+    def sweep(number: int) -> None:
+        with sweeper_channel(redis_url) as channel:
+            start.wait()
+            recovery(f"sweeper/{number}").sweep(channel)
+
+    with ThreadPoolExecutor(SWEEPERS) as pool:
+        list(pool.map(sweep, range(SWEEPERS)))
+
+    assert sorted(queued_task_ids(redis_client)) == sorted(published)
+    assert redis_client.smembers(REGISTRY_KEY) == set()
+    assert unacked_count(redis_client, "default") == 0
+
+
+# --- the transport ------------------------------------------------------------------------------
+
+
+def consume(
+    url: str, keys: WorkerKeys, count: int, transport: str | None = None,
+    on_message: Callable[[Any], None] = lambda message: None,
+) -> list[Any]:  # fmt: skip
+    """Deliver ``count`` messages through the event-loop path (FETCH, or kombu's BRPOP);
+    ``on_message`` is called for each after its delivery, as Celery acknowledges."""
+    options = {**app.conf.broker_transport_options, **keys.transport_options()}
+    received: list[Any] = []
+
+    connection = Connection(url, transport=transport or app.conf.broker_transport,
+                            transport_options=options)  # fmt: skip
+    with connection, Consumer(connection, [Queue(QUEUE)], accept=["json"],
+                              callbacks=[lambda _, message: received.append(message)]):
+        while len(received) < count:
+            connection.drain_events(timeout=10)
+            on_message(received[-1])
+        channel = connection.default_channel
+        channel.qos._delivered.clear()  # nothing restored at close: the test looks at Redis
+        channel.close()  # reads the reply of a FETCH still in flight
+    return received
+
+
+def test_a_fetched_message_is_recorded_as_kombu_records_it(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    worker = WorkerKeys("default", "w/1")
+    publish_noops(redis_url, 1)
+    before = time.time()
+
+    [message] = consume(redis_url, worker, 1)
+
+    tag = message.delivery_tag
+    stored = loads(redis_client.hget(worker.unacked.hash, tag))
+    info = message.delivery_info
+    # kombu's QoS.append: [payload, exchange, routing_key] under the tag, the time as score.
+    assert stored == [message._raw, info["exchange"], info["routing_key"]]
+    assert before <= redis_client.zscore(worker.unacked.index, tag) <= time.time()
+    assert redis_client.smembers(REGISTRY_KEY) == {worker.member}
+    assert redis_client.llen(QUEUE) == 0
+
+
+def test_fetch_takes_messages_in_the_order_kombus_brpop_does(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    priorities = [0, 9, 3, 6, 0, 9]
+    for priority in priorities:
+        publish_noops(redis_url, 1, priority=priority)
+    snapshot = {key: redis_client.lrange(key, 0, -1) for key in redis_client.keys(f"{QUEUE}*")
+                if redis_client.type(key) == "list"}  # fmt: skip
+
+    ours = [m.headers["id"] for m in consume(redis_url, WorkerKeys("default", "a/1"), 6)]
+    for key, items in snapshot.items():
+        redis_client.rpush(key, *items)
+    kombus = [m.headers["id"] for m in consume(redis_url, WorkerKeys("default", "b/1"), 6,
+                                               transport="redis")]  # fmt: skip
+
+    assert ours == kombus
+
+
+def test_fetch_hands_back_unrecorded_what_is_not_a_kombu_message(
+    redis_client: redis.Redis,
+) -> None:
+    # As after BRPOP, the message fails in Python; the script must not fail halfway (a Lua error
+    # after the RPOP would lose it without a word).
+    redis_client.lpush(QUEUE, "not json", '{"properties": {}}')
+    replies = [redis_client.eval(FETCH, 4, "hash", "index", "registry", QUEUE, "1", "member")
+               for _ in range(2)]  # fmt: skip
+    assert [item for _, item, *_ in replies] == ["not json", '{"properties": {}}']
+    assert not redis_client.exists("hash", "index", "registry")
+
+
+def test_a_consumer_of_empty_queues_waits_and_gets_what_comes(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    worker = WorkerKeys("default", "w/1")
+    [task_id] = [None]
+
+    def publish_later() -> None:
+        time.sleep(1.5)  # FETCH finds nothing, the channel waits on BRPOP
+        nonlocal task_id
+        task_id = publish_noops(redis_url, 1)[0]
+
+    publisher = threading.Thread(target=publish_later)
+    publisher.start()
+    [message] = consume(redis_url, worker, 1)
+    publisher.join()
+
+    assert message.headers["id"] == task_id
+    assert redis_client.hexists(worker.unacked.hash, message.delivery_tag)
+
+
+def test_acknowledgements_ride_on_the_next_fetch(
+    redis_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = WorkerKeys("default", "w/1")
+    publish_noops(redis_url, 3)
+    commands_before = eval_calls(redis_client)
+
+    with caplog.at_level(logging.WARNING, logger="app.transport"):
+        received = consume(redis_url, worker, 3, on_message=lambda message: message.ack())
+
+    assert redis_client.hlen(worker.unacked.hash) == 0  # every ack reached Redis
+    assert not redis_client.exists(worker.unacked.index)
+    # Three messages, three acks: one FETCH for each message, one more carrying the last ack.
+    assert eval_calls(redis_client) - commands_before == 4
+    assert not any(m.acknowledged is False for m in received)
+    assert caplog.records == []
+
+
+def eval_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0))
+
+
+def test_an_ack_riding_on_a_fetch_of_a_message_taken_back_is_logged(
+    redis_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = WorkerKeys("default", "w/1")
+    publish_noops(redis_url, 2)
+
+    def take_back_then_ack(message: Any) -> None:
+        with sweeper_channel(redis_url) as sweeper:
+            recovery("sweeper/1").restore(sweeper, worker.unacked, [message.delivery_tag],
+                                          unless_alive=True)  # fmt: skip
+        message.ack()
+
+    with caplog.at_level(logging.WARNING, logger="app.transport"):
+        # The FETCH carrying the ack also brings the second message (restored at the close).
+        first = consume(redis_url, worker, 1, on_message=take_back_then_ack)[0]
+
+    [record] = caplog.records
+    assert first.delivery_tag in record.getMessage()
+    assert "another worker had taken it back" in record.getMessage()
+
+
+def test_an_ack_of_a_message_another_worker_took_back_is_logged(
+    redis_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = WorkerKeys("default", "w/1")
+    publish_noops(redis_url, 2)
+    with worker_channel(redis_url, worker) as channel:
+        taken, kept = channel.basic_get(QUEUE), channel.basic_get(QUEUE)
+        with sweeper_channel(redis_url) as sweeper:
+            recovery("sweeper/1").restore(sweeper, worker.unacked, [taken.delivery_tag],
+                                          unless_alive=True)  # fmt: skip
+
+        with caplog.at_level(logging.WARNING, logger="app.transport"):
+            kept.ack()
+            assert caplog.records == []
+            taken.ack()
+
+    [record] = caplog.records
+    assert taken.delivery_tag in record.getMessage()
+    assert "another worker had taken it back" in record.getMessage()
+    assert held_task_ids(redis_client, worker.unacked) == set()
+
+
+# --- the worker's side: the kill, and acknowledgements whose reply was lost ---------------------
+
+
+def test_the_thread_kills_the_pool_processes_once_when_tasks_still_run_at_three_quarters(
+    clock: FakeClock, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pool process running a task, and an event loop that does nothing about the loss (as if
+    # stuck); Redis unreachable for the thread (nothing listens on the port).
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lease = Lease(WorkerKeys("default", "w/1"), Deadlines(15), clock=clock)
+        lease.acquire(redis_client)
+        unreachable = f"redis://127.0.0.1:{free_port()}/0"
+        worker = SimpleNamespace(
+            liveness=lease, pool=SimpleNamespace(info={"processes": [child.pid]}),
+            app=SimpleNamespace(conf=SimpleNamespace(broker_url=unreachable)),
+        )  # fmt: skip
+        monkeypatch.setattr(worker_state, "active_requests", {"a running request"})
+        thread = LivenessStep(SimpleNamespace()).create(worker)
+
+        for second in range(1, 20):
+            clock.now += 1
+            thread.function()
+            if second < 11.25:
+                assert child.poll() is None, f"killed at {second} s"
+        assert child.wait(timeout=10) == -signal.SIGKILL
+        assert lease.lost() is not None
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_acknowledgements_whose_reply_was_lost_are_sent_again_before_the_own_set_is_restored(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    keys = WorkerKeys("default", "w/1")
+    publish_noops(redis_url, 2)
+    completed, held = hold(redis_url, keys, 2)
+    lease = Lease(keys, Deadlines(15))
+    with app.connection_for_read(redis_url, transport_options=keys.transport_options()) as conn:
+        consumer = SimpleNamespace(
+            unconfirmed_acks=[completed], connection=conn,
+            controller=SimpleNamespace(liveness=lease, app=app),
+        )  # fmt: skip
+        RestoreLostDeliveries(SimpleNamespace()).start(consumer)
+
+    # The completed task's message is gone, not restored to run again; the other is back.
+    assert redis_client.llen(QUEUE) == 1
+    assert loads(redis_client.lindex(QUEUE, 0))["properties"]["delivery_tag"] == held
+    assert redis_client.hlen(keys.unacked.hash) == 0
+    assert consumer.unconfirmed_acks == []
