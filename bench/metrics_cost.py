@@ -1,14 +1,17 @@
 """What publishing the queue metrics costs a worker's throughput.
 
-    python -m bench.metrics_cost        (``make bench`` runs it too)
+    python -m bench.metrics_cost        (``make bench`` runs it too; as root)
 
-One worker per subject, each started with the command and environment the program renders for
-the stack's default pool (``bench.worker_budget.project_worker``), on a database of its own of
-one local redis-server: metrics off, metrics on as deployed (a round every 10 s), and metrics
-on every 0.1 s (a hundred times as often: an upper bound on the cost). Each round releases
-no-op tasks at once and times them until the last is acknowledged; rounds are taken in turns
-(A, B, C, A, B, C…), so load on the machine touches every subject alike, and the ratio to
-"metrics off" in the same run is the figure to read.
+One worker per subject, each a container on the ECS twin run from the task definition the
+program renders for the stack's default pool (``bench.worker_budget.project_worker``), on a
+database of its own of one redis-server on the twin's bridge: metrics off, metrics on as deployed
+(a round every 10 s) and metrics on every 0.1 s (a hundred times as often: an upper bound on the
+cost). The rendered definition publishes (it names the stack's namespace) and no stack config key
+turns that off: "metrics off" is a container environment override that empties the namespace,
+and the 0.1 s worker a command override (both as a RunTask ``containerOverrides`` would be).
+Each round releases no-op tasks at once and times them until the last is acknowledged; rounds
+are taken in turns (A, B, C, A, B, C…), so load on the machine touches every subject alike, and
+the ratio to "metrics off" in the same run is the figure to read.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import platform
 import statistics
 import sys
 import time
+from functools import cache
 
 import celery
 import kombu
+import redis
 
 from app import settings as env_names
 from app.metrics import PUBLISH_INTERVAL_SECONDS
@@ -33,106 +38,109 @@ from bench.worker_budget import (
     project_worker,
     redis_version,
     release_noops,
-    scratch_directory,
+    require_root,
+    running_bench,
     table,
 )
-from devtools.redis_server import start_redis
+from devtools.rendered_worker import image
+from devtools.twin.container import Container
+from devtools.twin.image import image_venv
 from infra import config as stack_config
 
 TASKS_PER_ROUND = 3000
 ROUNDS = 5
 FAST_INTERVAL = 0.1
-NAMESPACE = "CeleryEcs/bench"
 
-BASE = project_worker(
-    "metrics off",
-    task_timeout=stack_config.DEFAULT_TASK_TIMEOUT,
-    concurrency=THROUGHPUT_CONCURRENCY,
-)
-ON = dataclasses.replace(
-    BASE,
-    label=f"metrics on, every {PUBLISH_INTERVAL_SECONDS:g} s (as deployed)",
-    environment={**BASE.environment, env_names.METRICS_NAMESPACE: NAMESPACE},
-)
-# The worker command, with the module's interval shortened before Celery starts.
-FAST = dataclasses.replace(
-    ON,
-    label=f"metrics on, every {FAST_INTERVAL:g} s (100x as often)",
-    argv=[
-        "python",
-        "-c",
-        f"import sys, app.metrics; app.metrics.PUBLISH_INTERVAL_SECONDS = {FAST_INTERVAL}; "
-        "from celery.__main__ import main; sys.argv[0] = 'celery'; main()",
-        *BASE.argv[1:],
-    ],
-)
-SUBJECTS: tuple[WorkerConfig, ...] = (BASE, ON, FAST)
+
+@cache
+def subjects() -> tuple[WorkerConfig, ...]:
+    on = project_worker(
+        f"metrics on, every {PUBLISH_INTERVAL_SECONDS:g} s (as deployed)",
+        task_timeout=stack_config.DEFAULT_TASK_TIMEOUT,
+        concurrency=THROUGHPUT_CONCURRENCY,
+    )
+    # Empty: off (app.settings). No stack config key does it: a container override.
+    off = dataclasses.replace(
+        on, label="metrics off", environment_overrides={env_names.METRICS_NAMESPACE: ""}
+    )
+    # The worker command, with the module's interval shortened before Celery starts.
+    fast = dataclasses.replace(
+        on,
+        label=f"metrics on, every {FAST_INTERVAL:g} s (100x as often)",
+        command=[
+            "python",
+            "-c",
+            f"import sys, app.metrics; app.metrics.PUBLISH_INTERVAL_SECONDS = {FAST_INTERVAL}; "
+            "from celery.__main__ import main; sys.argv[0] = 'celery'; main()",
+            *on.definition.command[1:],
+        ],
+    )
+    return off, on, fast
 
 
 def measure(bench: Bench) -> dict[str, list[float]]:
-    workers = {}
-    for index, subject in enumerate(SUBJECTS):
+    workers: dict[str, tuple[Container, str, redis.Redis]] = {}
+    for index, subject in enumerate(subjects()):
         broker_url, store = bench.database()
         worker = bench.start_worker(subject, broker_url, f"metrics-cost-{index}")
         workers[subject.label] = (worker, broker_url, store)
-        release_noops(bench, broker_url, store, subject, WARMUP_TASKS)
-    rates: dict[str, list[float]] = {subject.label: [] for subject in SUBJECTS}
+        # Warm-up; it also waits until the worker consumes.
+        release_noops(bench, worker, broker_url, store, subject, WARMUP_TASKS)
+    rates: dict[str, list[float]] = {subject.label: [] for subject in subjects()}
     for _ in range(ROUNDS):
-        for subject in SUBJECTS:
-            _, broker_url, store = workers[subject.label]
+        for subject in subjects():
+            worker, broker_url, store = workers[subject.label]
             rates[subject.label].append(
-                release_noops(bench, broker_url, store, subject, TASKS_PER_ROUND)
+                release_noops(bench, worker, broker_url, store, subject, TASKS_PER_ROUND).rate
             )
+    off = subjects()[0]
     for label, (worker, _, _) in workers.items():
-        worker.stop(30)
+        worker.stop()  # as ECS stops it
         logs = worker.logs()
         if "ERROR" in logs or "Traceback" in logs:
             raise RuntimeError(f"{label}: the worker logged errors:\n{logs[-3000:]}")
-        if label != BASE.label and '"Backlog"' not in logs:
+        if label != off.label and '"Backlog"' not in logs:
             raise RuntimeError(f"{label}: no metric line was written:\n{logs[-3000:]}")
     return rates
 
 
 def main() -> int:
+    if not require_root():
+        return 2
     began = time.monotonic()
     print("Measuring (about two minutes)...", file=sys.stderr, flush=True)
-    with scratch_directory() as workdir:
-        server = start_redis()
-        bench = Bench(server, workdir)
-        try:
-            rates = measure(bench)
-            baseline = statistics.median(rates[BASE.label])
-            print(
-                f"Queue metrics cost, measured {time.strftime('%Y-%m-%d %H:%M')}: "
-                f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
-                f"{platform.python_version()}, celery {celery.__version__}, kombu "
-                f"{kombu.__version__}, redis-server {redis_version(server)}. Run took "
-                f"{time.monotonic() - began:.0f} s.\n"
-                f"{TASKS_PER_ROUND} no-op tasks released at once into one worker (concurrency "
-                f"{THROUGHPUT_CONCURRENCY}), tasks/s until the last is acknowledged, median of "
-                f"{ROUNDS} rounds taken in turns."
-            )
-            print(
-                table(
-                    ["worker", "median", "vs metrics off", "rounds (tasks/s)"],
+    subjects()
+    image_venv(image())  # built once per set of requirements, before anything is timed
+    with running_bench() as bench:
+        rates = measure(bench)
+        baseline = statistics.median(rates[subjects()[0].label])
+        print(
+            f"Queue metrics cost, measured {time.strftime('%Y-%m-%d %H:%M')}: "
+            f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
+            f"{platform.python_version()}, celery {celery.__version__}, kombu "
+            f"{kombu.__version__}, redis-server {redis_version(bench.server)}. Run took "
+            f"{time.monotonic() - began:.0f} s.\n"
+            f"{TASKS_PER_ROUND} no-op tasks released at once into one worker (concurrency "
+            f"{THROUGHPUT_CONCURRENCY}), tasks/s until the last is acknowledged, median of "
+            f"{ROUNDS} rounds taken in turns. Each worker a container on the ECS twin, from "
+            "the rendered task definition\nof the stack's default pool; \"metrics off\": "
+            f"environment override {env_names.METRICS_NAMESPACE}= (empty), the 0.1 s one a "
+            "command override."
+        )
+        print(
+            table(
+                ["worker", "median", "vs metrics off", "rounds (tasks/s)"],
+                [
                     [
-                        [
-                            label,
-                            f"{statistics.median(values):.0f} tasks/s",
-                            f"{statistics.median(values) / baseline:.2f}",
-                            ", ".join(f"{value:.0f}" for value in values),
-                        ]
-                        for label, values in rates.items()
-                    ],
-                )
+                        label,
+                        f"{statistics.median(values):.0f} tasks/s",
+                        f"{statistics.median(values) / baseline:.2f}",
+                        ", ".join(f"{value:.0f}" for value in values),
+                    ]
+                    for label, values in rates.items()
+                ],
             )
-        except BaseException:
-            for process in bench.processes:
-                print(f"--- {process.name} ---\n{process.logs()[-3000:]}", file=sys.stderr)
-            raise
-        finally:
-            bench.stop_everything()
-            server.stop()
+        )
     return 0
 
 

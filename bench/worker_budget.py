@@ -1,22 +1,32 @@
 """Measure what the worker timeout budget buys and costs, against Celery's defaults.
 
-    python -m bench.worker_budget        (``make bench``)
+    python -m bench.worker_budget        (``make bench``; as root: the workers are containers)
 
 One run on this machine, against a redis-server it starts on a free port, with real Celery
-worker processes. Three measurements:
+workers run as containers on the ECS twin (``devtools.twin``). Three measurements:
 
-- Crash recovery: the whole worker is SIGKILLed (the container dies) while a task runs; a
-  replacement worker starts at once, as ECS starts one. Seconds until the task runs again, for
-  pools of taskTimeout 60, 300 and 3600 (liveness), against the visibility timeout alone (what
-  brought a crashed worker's tasks back before liveness), measured at a scale one can wait for.
+- Crash recovery: the whole worker container is SIGKILLed (the container dies) while a task
+  runs; a replacement worker starts at once, as ECS starts one. Seconds until the task runs
+  again, for pools of taskTimeout 60, 300 and 3600 (liveness), against the visibility timeout
+  alone (what brought a crashed worker's tasks back before liveness), measured at a scale one
+  can wait for.
 - Drain: ECS stops a worker with one task running (SIGTERM, wait ``stopTimeout``, SIGKILL).
-  Seconds until the worker is gone, and tasks lost, for a short and a long task.
+  Seconds until the container is gone, and tasks lost, for a short and a long task.
 - Throughput: no-op tasks per second through one worker, with and without result storage,
   rounds taken in turns; with the CPU time and the Redis commands each task costs.
 
-"This project" is a worker started with the command and environment the program renders for a
-pool (``infra.config`` + ``infra.containers``, the same functions the Pulumi program calls).
-"Celery defaults" is ``bench.defaults_app``: the same task bodies, only a broker URL set.
+"This project" is the worker task definition the Pulumi program renders (under mocks,
+``devtools.render``) for a pool of a stack configuration that holds the bench's pools
+(``taskTimeout``, ``concurrency``, ``maxStopTimeout``, ``maxCountdown``), run on the twin as
+Fargate runs it (``devtools.rendered_worker``): its command, environment, user, read-only root,
+``/tmp`` volume, init (tini) and ``stopTimeout``. What no stack config key sets is a container
+environment override, as a RunTask ``containerOverrides`` is: only the SCALED row's liveness
+timeout. "Celery defaults" is ``bench.defaults_app`` (the same task bodies, only a broker URL
+set) in a task definition derived from the rendered one: its command, environment, health check
+and ``stopTimeout`` replaced, its image the project's plus ``bench/defaults_app.py``; so both
+sides pay the same container: namespaces, tini, user, image venv. Every container gets a network
+namespace of its own on the twin's bridge (awsvpc), and reaches redis-server there, as a Fargate
+task reaches its broker over its own interface.
 
 Stop timeouts are scaled down so the run takes about four minutes: the stop cap is 20 s instead
 of Fargate's 120 s, and the defaults get ECS's default ``stopTimeout`` of 30 s at the same scale
@@ -25,10 +35,10 @@ of Fargate's 120 s, and the defaults get ECS's default ``stopTimeout`` of 30 s a
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -37,7 +47,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 
 import celery
@@ -47,20 +58,33 @@ from celery import Celery
 
 from app import settings as env_names
 from app.liveness import MAX_SWEEP_INTERVAL, Deadlines, unacked_count
-from devtools.processes import ROOT, AppProcess, python_argv, start_process
+from devtools import render
+from devtools.processes import ROOT
 from devtools.redis_server import RedisServer, start_redis
+from devtools.rendered_worker import (
+    WorkerDefinition,
+    image,
+    start_worker_container,
+    worker_definitions,
+)
+from devtools.twin.container import Container
+from devtools.twin.image import Image, image_venv
+from devtools.twin.network import HOST_ADDRESS, TaskNetwork, allocate, ensure_bridge
 from infra import config as stack_config
-from infra.budget import FARGATE_STOP_TIMEOUT_CAP, WorkerBudget
-from infra.containers import worker_command, worker_environment
+from infra.budget import FARGATE_STOP_TIMEOUT_CAP
 
+#: The stack name the bench renders the program as (it only names families and log groups).
+BENCH_STACK = "bench"
 #: The stop cap every scaled row uses, instead of Fargate's 120 s.
 SCALED_STOP_CAP = 20
 STOP_SCALE = SCALED_STOP_CAP / FARGATE_STOP_TIMEOUT_CAP
 #: ECS's default container stopTimeout, and the same at the bench's scale (what the defaults get).
 ECS_DEFAULT_STOP_TIMEOUT = 30
-DEFAULTS_STOP_TIMEOUT = ECS_DEFAULT_STOP_TIMEOUT * STOP_SCALE
+DEFAULTS_STOP_TIMEOUT = round(ECS_DEFAULT_STOP_TIMEOUT * STOP_SCALE)  # stopTimeout is an integer
 #: Celery's default visibility timeout of the Redis transport (kombu), seconds.
 CELERY_DEFAULT_VISIBILITY = 3600
+#: Docker's exit code of a container whose PID 1 was SIGKILLed (the twin's too).
+SIGKILL_EXIT_CODE = 137
 
 SHORT_TASK_SECONDS = 2.0
 LONG_TASK_SECONDS = 60.0
@@ -85,6 +109,7 @@ THROUGHPUT_CONCURRENCY = os.cpu_count() or 1
 #: rounds are staged before they are released all at once.
 QUEUE = "default"
 STAGING_QUEUE = "bench-staging"
+#: The pool the bench's stack configurations put on ``QUEUE``.
 POOL = "bench"
 WORKER_START_TIMEOUT = 30.0
 #: Read by ``bench.defaults_app``: give the defaults a Redis result backend (the broker's).
@@ -93,24 +118,49 @@ STORE_RESULTS = "BENCH_STORE_RESULTS"
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """How to start one kind of worker, and what the ECS stop does to it."""
+    """One kind of worker: the task definition its container runs, and how it is run."""
 
     label: str
-    argv: Sequence[str]
-    #: The configuration variables (the broker URL and local paths are added at start).
-    environment: Mapping[str, str]
-    #: Seconds between SIGTERM and SIGKILL.
-    stop_timeout: float
-    visibility_timeout: int
-    shutdown: str
+    definition: WorkerDefinition
+    #: Set over the definition's environment, as a RunTask ``containerOverrides`` is: only what
+    #: no stack config key sets.
+    environment_overrides: Mapping[str, str] = field(default_factory=dict)
+    #: A RunTask ``containerOverrides`` command; None: the definition's.
+    command: Sequence[str] | None = None
+    #: The image the definition's ``image`` stands for; None: the project's Dockerfile.
+    image: Image | None = None
     celery_defaults: bool = False
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """The configuration variables the worker gets (the broker URL secret aside)."""
+        return {**self.definition.environment, **self.environment_overrides}
+
+    @property
+    def stop_timeout(self) -> int:
+        """Seconds between SIGTERM and SIGKILL: the definition's ``stopTimeout``."""
+        return self.definition.stop_timeout
+
+    @property
+    def visibility_timeout(self) -> int:
+        if self.celery_defaults:
+            return CELERY_DEFAULT_VISIBILITY
+        return int(self.environment[env_names.VISIBILITY_TIMEOUT])
+
+    @property
+    def shutdown(self) -> str:
+        """What SIGTERM starts, as the rendered environment says (Celery reads REMAP_SIGTERM)."""
+        environment = self.environment
+        if environment.get(env_names.REMAP_SIGTERM) == "SIGQUIT":
+            return f"cold, {environment[env_names.SOFT_SHUTDOWN_TIMEOUT]} s soft shutdown"
+        return "warm"
 
     def held(self, store: redis.Redis) -> int:
         """Messages the worker holds delivered and unacknowledged (kombu's hash: the defaults'
         one, or each of this project's workers' own)."""
         if self.celery_defaults:
             return int(store.hlen("unacked"))
-        return unacked_count(store, POOL)
+        return unacked_count(store, self.definition.pool)
 
     @property
     def liveness_timeout(self) -> int:
@@ -118,90 +168,178 @@ class WorkerConfig:
                                         env_names.DEFAULT_LIVENESS_TIMEOUT))
 
 
-def project_worker(
-    label: str, *, task_timeout: int, concurrency: int, max_stop_timeout: int = 120,
-    max_countdown: int = 300, extra: Mapping[str, str] | None = None,
-) -> WorkerConfig:
-    """A worker as the program renders it for a pool of a stack's configuration."""
-    bench_pool = {"name": POOL, "queues": [QUEUE], "taskTimeout": task_timeout,
-                  "concurrency": concurrency, "maxStopTimeout": max_stop_timeout}
+# The program runs under mocks with process-wide state (Pulumi's runtime, an event loop): one
+# rendering at a time.
+_render_lock = threading.Lock()
+
+
+@cache
+def render_pool(
+    task_timeout: int, concurrency: int, max_stop_timeout: int | None, max_countdown: int | None
+) -> WorkerDefinition:
+    """The worker task definition the program renders for the pool ``POOL`` of a stack whose
+    configuration holds it (as a ``Pulumi.<stack>.yaml`` would); None: the key is left out, the
+    stack's default applies."""
+    bench_pool: dict[str, object] = {"name": POOL, "queues": [QUEUE],
+                                     "taskTimeout": task_timeout, "concurrency": concurrency}
+    if max_stop_timeout is not None:
+        bench_pool["maxStopTimeout"] = max_stop_timeout
     # Another pool takes the other queue: a stack must consume every queue of app.routing.
-    stack = stack_config.load({
-        "maxCountdown": str(max_countdown),
-        "workers": [bench_pool, {"name": "others", "queues": ["long"]}],
-    })
-    worker_pool = stack.workers[0]
-    budget: WorkerBudget = worker_pool.budget
-    shutdown = "warm" if budget.shutdown == "warm" else (
-        f"cold, {budget.soft_shutdown_timeout} s soft shutdown")
+    config: dict[str, object] = {"workers": [bench_pool, {"name": "others", "queues": ["long"]}]}
+    if max_countdown is not None:
+        config["maxCountdown"] = max_countdown
+    with _render_lock:
+        run = render.run_program(config, stack=BENCH_STACK)
+    return worker_definitions(run)[POOL]
+
+
+def project_worker(
+    label: str, *, task_timeout: int, concurrency: int, max_stop_timeout: int | None = None,
+    max_countdown: int | None = None, environment_overrides: Mapping[str, str] | None = None,
+) -> WorkerConfig:
+    """A worker as the program renders it for a pool of a stack's configuration (None: the
+    stack's default); ``environment_overrides``: only for what no config key sets."""
     return WorkerConfig(
         label=label,
-        argv=worker_command(worker_pool.name, worker_pool.queues, worker_pool.concurrency),
-        environment={**worker_environment(stack, worker_pool, namespace=""), **(extra or {})},
-        stop_timeout=budget.stop_timeout,
-        visibility_timeout=budget.visibility_timeout,
-        shutdown=shutdown,
+        definition=render_pool(task_timeout, concurrency, max_stop_timeout, max_countdown),
+        environment_overrides=dict(environment_overrides or {}),
     )
 
 
-def defaults_worker(
-    label: str, concurrency: int, stop_timeout: float, *, store_results: bool = False
-) -> WorkerConfig:
+@cache
+def defaults_image() -> Image:
+    """The project's image with the defaults' app added, as ``FROM <it>`` then ``COPY
+    bench/__init__.py bench/defaults_app.py /app/bench/`` would build it: the image holds only
+    ``app/``, and a new image is how one runs other code on Fargate."""
+    project = image()
+    added = {f"{project.workdir}/bench/{name}": ROOT / "bench" / name
+             for name in ("__init__.py", "defaults_app.py")}  # fmt: skip
+    return replace(project, copies={**project.copies, **added})
+
+
+def defaults_definition(concurrency: int, *, store_results: bool) -> WorkerDefinition:
+    """Celery's defaults as a task definition derived from the stack's default pool's, as
+    rendered: the same image, user, read-only root, ``/tmp`` volume, init and dropped
+    capabilities; the defaults' command, no environment but the broker URL secret (and
+    ``STORE_RESULTS``), ECS's default ``stopTimeout`` at the bench's scale, and no health
+    check (it reads the heartbeat file only this project's worker writes)."""
+    # The throughput pool's rendering: what differs between pools is all replaced here.
+    base = throughput_project().definition.rendered
+    container = {key: value for key, value in base.container.items() if key != "healthCheck"}
+    container.update(
+        command=["celery", "--app", "bench.defaults_app", "worker", "--queues", QUEUE,
+                 "--concurrency", str(concurrency), "--hostname", "defaults@%h",
+                 "--without-mingle", "--without-gossip"],
+        environment=[{"name": STORE_RESULTS, "value": "1"}] if store_results else [],
+        stopTimeout=DEFAULTS_STOP_TIMEOUT,
+    )  # fmt: skip
+    family = f"{base.family}-celery-defaults"
+    rendered = replace(
+        base, family=family, containers=[container],
+        inputs={**base.inputs, "family": family, "containerDefinitions": json.dumps([container])},
+    )  # fmt: skip
+    return WorkerDefinition("celery-defaults", rendered)
+
+
+def defaults_worker(label: str, concurrency: int, *, store_results: bool = False) -> WorkerConfig:
     """Celery's defaults, started with the same command line as the project's worker;
     ``store_results``: with a Redis result backend (``bench.defaults_app``)."""
-    argv = [
-        "celery", "--app", "bench.defaults_app", "worker", "--queues", QUEUE,
-        "--concurrency", str(concurrency), "--hostname", "defaults@%h",
-        "--without-mingle", "--without-gossip",
-    ]
     return WorkerConfig(
-        label=label, argv=argv, environment={STORE_RESULTS: "1"} if store_results else {},
-        stop_timeout=stop_timeout, visibility_timeout=CELERY_DEFAULT_VISIBILITY,
-        shutdown="warm", celery_defaults=True,
+        label=label, definition=defaults_definition(concurrency, store_results=store_results),
+        image=defaults_image(), celery_defaults=True,
+    )  # fmt: skip
+
+
+# The workers of the measurements, rendered when first asked for (rendering takes seconds).
+
+@cache
+def long_pool() -> WorkerConfig:
+    """A drain row's pool (maxCountdown 0: it only lengthens the visibility timeout)."""
+    return project_worker("this project, taskTimeout 60", task_timeout=60, concurrency=1,
+                          max_stop_timeout=SCALED_STOP_CAP, max_countdown=0)  # fmt: skip
+
+
+@cache
+def short_pool() -> WorkerConfig:
+    return project_worker("this project, taskTimeout 5", task_timeout=5, concurrency=1,
+                          max_stop_timeout=SCALED_STOP_CAP, max_countdown=0)  # fmt: skip
+
+
+@cache
+def defaults() -> WorkerConfig:
+    return defaults_worker("Celery defaults", concurrency=1)
+
+
+@cache
+def recovery_pools() -> tuple[WorkerConfig, ...]:
+    """Crash recovery: unscaled pools (the stack's default maxCountdown, 300 s)."""
+    return tuple(
+        project_worker(f"this project, taskTimeout {timeout}", task_timeout=timeout, concurrency=1)
+        for timeout in RECOVERY_TASK_TIMEOUTS
     )
 
 
-# The pools the drain rows run (maxCountdown 0: it only lengthens the visibility timeout).
-LONG_POOL = project_worker("this project, taskTimeout 60", task_timeout=60, concurrency=1,
-                           max_stop_timeout=SCALED_STOP_CAP, max_countdown=0)
-SHORT_POOL = project_worker("this project, taskTimeout 5", task_timeout=5, concurrency=1,
-                            max_stop_timeout=SCALED_STOP_CAP, max_countdown=0)
-DEFAULTS = defaults_worker("Celery defaults", concurrency=1, stop_timeout=DEFAULTS_STOP_TIMEOUT)
-# Crash recovery: unscaled pools (the stack's default maxCountdown, 300 s), and the visibility
-# timeout alone at a scale one can wait for.
-RECOVERY_POOLS = tuple(
-    project_worker(f"this project, taskTimeout {timeout}", task_timeout=timeout, concurrency=1)
-    for timeout in RECOVERY_TASK_TIMEOUTS
-)
-VISIBILITY_ALONE = project_worker(
-    f"visibility timeout alone, SCALED (taskTimeout {SCALED_VISIBILITY_TASK_TIMEOUT}, "
-    f"maxCountdown 0, liveness timeout {SCALED_VISIBILITY_LIVENESS} s)",
-    task_timeout=SCALED_VISIBILITY_TASK_TIMEOUT, concurrency=1, max_countdown=0,
-    extra={env_names.LIVENESS_TIMEOUT: str(SCALED_VISIBILITY_LIVENESS)},
-)
-# Throughput: the stack's default pool, unscaled.
-THROUGHPUT_PROJECT = project_worker("this project, default pool (taskTimeout 300)",
-                                    task_timeout=stack_config.DEFAULT_TASK_TIMEOUT,
-                                    concurrency=THROUGHPUT_CONCURRENCY)
-THROUGHPUT_DEFAULTS = defaults_worker("Celery defaults", THROUGHPUT_CONCURRENCY,
-                                      DEFAULTS_STOP_TIMEOUT)
-THROUGHPUT_DEFAULTS_WITH_RESULTS = defaults_worker(
-    "Celery defaults + a Redis result backend", THROUGHPUT_CONCURRENCY, DEFAULTS_STOP_TIMEOUT,
-    store_results=True,
-)
+@cache
+def visibility_alone() -> WorkerConfig:
+    """The visibility timeout alone at a scale one can wait for. No stack config key sets the
+    liveness timeout: a container environment override."""
+    return project_worker(
+        f"visibility timeout alone, SCALED (taskTimeout {SCALED_VISIBILITY_TASK_TIMEOUT}, "
+        f"maxCountdown 0, liveness timeout {SCALED_VISIBILITY_LIVENESS} s)",
+        task_timeout=SCALED_VISIBILITY_TASK_TIMEOUT, concurrency=1, max_countdown=0,
+        environment_overrides={env_names.LIVENESS_TIMEOUT: str(SCALED_VISIBILITY_LIVENESS)},
+    )
+
+
+@cache
+def throughput_project() -> WorkerConfig:
+    """Throughput: the stack's default pool, unscaled."""
+    return project_worker("this project, default pool (taskTimeout 300)",
+                          task_timeout=stack_config.DEFAULT_TASK_TIMEOUT,
+                          concurrency=THROUGHPUT_CONCURRENCY)  # fmt: skip
+
+
+@cache
+def throughput_defaults() -> WorkerConfig:
+    return defaults_worker("Celery defaults", THROUGHPUT_CONCURRENCY)
+
+
+@cache
+def throughput_defaults_with_results() -> WorkerConfig:
+    return defaults_worker("Celery defaults + a Redis result backend", THROUGHPUT_CONCURRENCY,
+                           store_results=True)  # fmt: skip
+
+
+def prepare() -> None:
+    """What a first start would otherwise do inside a measurement: render every definition and
+    build the image venv (once per set of requirements)."""
+    long_pool(), short_pool(), defaults(), recovery_pools(), visibility_alone()
+    throughput_subjects()
+    image_venv(image())
+
+
+def overrides_note(configs: Sequence[WorkerConfig]) -> str:
+    """Which rows got container environment overrides (everything else is stack config)."""
+    notes = sorted({f"{name}={value} ({config.label})" for config in configs
+                    for name, value in config.environment_overrides.items()})  # fmt: skip
+    return "; ".join(notes) or "none"
 
 
 class Bench:
-    """The Redis server, the scratch directory and every process a measurement starts.
+    """The Redis server, the scratch directory and every container a measurement starts.
 
     Each measurement gets a database of its own on the one server, so measurements that only
-    wait (the crash rows) can run beside the others.
+    wait (the crash rows) can run beside the others. The server listens on the twin's bridge:
+    every container has a network namespace of its own (awsvpc) and reaches it there.
     """
 
     def __init__(self, server: RedisServer, workdir: Path) -> None:
         self.server = server
         self.workdir = workdir
-        self.processes: list[AppProcess] = []
+        #: Every container started (their logs are printed if the run fails).
+        self.containers: list[Container] = []
+        #: The task networks not released yet.
+        self.networks: list[TaskNetwork] = []
         self._lock = threading.Lock()
         self._databases = iter(range(16))  # redis-server has 16
         #: Set when one measurement failed: the others stop waiting.
@@ -210,30 +348,34 @@ class Bench:
     def database(self) -> tuple[str, redis.Redis]:
         with self._lock:
             number = next(self._databases)
-        url = f"redis://127.0.0.1:{self.server.port}/{number}"
+        url = f"redis://{HOST_ADDRESS}:{self.server.port}/{number}"
         return url, redis.Redis.from_url(url, decode_responses=True)
 
-    def start_worker(self, config: WorkerConfig, broker_url: str, name: str) -> AppProcess:
-        heartbeat_dir = self.workdir / name
-        heartbeat_dir.mkdir()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("CELERY_", "WEB_", "APP_")) and k != env_names.REMAP_SIGTERM}
-        env.update(config.environment)
-        env.update({
-            # In ECS the broker URL comes from the task definition's secrets.
-            env_names.BROKER_URL: broker_url,
-            env_names.HEARTBEAT_DIR: str(heartbeat_dir),
-            "PYTHONPATH": str(ROOT),
-            "PYTHONUNBUFFERED": "1",
-        })
+    def start_worker(self, config: WorkerConfig, broker_url: str, name: str) -> Container:
+        """Start the worker's container as a task of its own (a standalone RunTask); return at
+        once. In ECS the broker URL comes from the task definition's secrets."""
+        network = allocate()
         with self._lock:
-            worker = start_process(name, python_argv(config.argv), env, self.workdir)
-            self.processes.append(worker)
+            self.networks.append(network)
+        worker = start_worker_container(
+            config.definition, broker_url, self.workdir, name, network=network,
+            command=config.command, environment_overrides=config.environment_overrides,
+            container_image=config.image,
+        )  # fmt: skip
+        with self._lock:
+            self.containers.append(worker)
         return worker
 
     def stop_everything(self) -> None:
-        for process in self.processes:
-            process.kill_all()
+        """Kill every container still running (each at once, as a dying task), then give the
+        task networks back."""
+        with self._lock:
+            containers, networks = list(self.containers), self.networks
+            self.networks = []  # released once only: the address may be someone else's next
+        for container in containers:
+            container.kill()
+        for network in networks:
+            network.release()
 
     def wait_for(self, condition: Callable[[], object], timeout: float, what: str,
                  interval: float = 0.02) -> float:
@@ -262,7 +404,7 @@ def attempts(store: redis.Redis, key: str) -> int:
 
 
 def start_task(bench: Bench, config: WorkerConfig, name: str, work_seconds: float) -> tuple[
-        AppProcess, str, redis.Redis]:
+        Container, str, redis.Redis]:
     """A fresh database and worker, running one ``apply_credit`` of ``work_seconds``."""
     broker_url, store = bench.database()
     worker = bench.start_worker(config, broker_url, name)
@@ -290,7 +432,7 @@ class CrashResult:
 
 def crash_recovery(bench: Bench, config: WorkerConfig, name: str) -> CrashResult:
     worker, broker_url, store = start_task(bench, config, name, CRASH_TASK_SECONDS)
-    worker.kill_all()
+    worker.kill()  # the whole container at once: PID 1's death ends its namespace
     killed_at = time.monotonic()
     held = config.held(store)
     message_after_kill = ("acknowledged before it ran: nowhere" if not held
@@ -322,7 +464,7 @@ class DrainResult:
 def drain(bench: Bench, config: WorkerConfig, name: str, task_seconds: float) -> DrainResult:
     worker, _, store = start_task(bench, config, name, task_seconds)
     started = time.monotonic()
-    exit_code = worker.stop(config.stop_timeout)  # SIGTERM, wait stopTimeout, SIGKILL
+    exit_code = worker.stop()  # SIGTERM, wait the definition's stopTimeout, SIGKILL
     gone_after = time.monotonic() - started
     if store.exists(f"idem:{name}"):
         outcome, lost = "completed", 0
@@ -332,7 +474,7 @@ def drain(bench: Bench, config: WorkerConfig, name: str, task_seconds: float) ->
         outcome, lost = "unacknowledged: back when its liveness expires", 0
     else:
         outcome, lost = "lost (acked early)", 1
-    return DrainResult(config, task_seconds, gone_after, exit_code == -signal.SIGKILL,
+    return DrainResult(config, task_seconds, gone_after, exit_code == SIGKILL_EXIT_CODE,
                        exit_code, outcome, lost)
 
 
@@ -349,8 +491,8 @@ def idle_stop(bench: Bench, config: WorkerConfig, name: str) -> DrainResult:
 
     bench.wait_for(idle, WORKER_START_TIMEOUT, f"{name} to be idle")
     started = time.monotonic()
-    exit_code = worker.stop(config.stop_timeout)
-    return DrainResult(config, 0.0, time.monotonic() - started, exit_code == -signal.SIGKILL,
+    exit_code = worker.stop()
+    return DrainResult(config, 0.0, time.monotonic() - started, exit_code == SIGKILL_EXIT_CODE,
                        exit_code, "no task running", 0)
 
 
@@ -368,6 +510,29 @@ def cpu_seconds(pid: int) -> float:
     except FileNotFoundError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Host PIDs of a process's children (every thread's: a pool may fork from any)."""
+    children: list[int] = []
+    try:
+        for thread in Path(f"/proc/{pid}/task").iterdir():
+            children += map(int, (thread / "children").read_text().split())
+    except FileNotFoundError:
+        return []  # gone
+    return children
+
+
+def worker_pids(worker: Container) -> tuple[int, list[int]]:
+    """Host PIDs of the worker's main process and its pool processes. The container's PID 1
+    is the init (tini, ``initProcessEnabled``) and the worker its one child; inside, they are
+    1 and 2 (a PID namespace of its own), but ``/proc`` here knows them by their host PIDs."""
+    init = worker.init_pid()
+    if worker.plan.init:
+        (main,) = child_pids(init)
+    else:
+        main = init
+    return main, child_pids(main)
 
 
 def worker_commands(admin: redis.Redis) -> int:
@@ -390,7 +555,7 @@ class Round:
 
 
 def release_noops(
-    bench: Bench, worker: AppProcess, broker_url: str, store: redis.Redis, config: WorkerConfig,
+    bench: Bench, worker: Container, broker_url: str, store: redis.Redis, config: WorkerConfig,
     count: int, *, ignore_result: bool = False,
 ) -> Round:
     """Publish ``count`` no-op tasks, release them at once, measure until all are done.
@@ -408,7 +573,7 @@ def release_noops(
             publisher.send_task("app.tasks.noop", queue=STAGING_QUEUE, producer=producer,
                                 ignore_result=ignore_result)
     admin = redis.Redis(port=bench.server.port)
-    main, pool = worker.process.pid, worker.children()
+    main, pool = worker_pids(worker)
     cpu_before = [cpu_seconds(main), sum(map(cpu_seconds, pool)),
                   cpu_seconds(bench.server.process.pid)]  # fmt: skip
     commands_before = worker_commands(admin)
@@ -434,16 +599,19 @@ class ThroughputSubject:
     ignore_result: bool
 
 
-THROUGHPUT_SUBJECTS = (
-    ThroughputSubject(f"{THROUGHPUT_PROJECT.label}, results stored (as the web sends)",
-                      THROUGHPUT_PROJECT, ignore_result=False),
-    ThroughputSubject(f"{THROUGHPUT_PROJECT.label}, no result (as beat sends)",
-                      THROUGHPUT_PROJECT, ignore_result=True),
-    ThroughputSubject(THROUGHPUT_DEFAULTS_WITH_RESULTS.label, THROUGHPUT_DEFAULTS_WITH_RESULTS,
-                      ignore_result=False),
-    # The baseline: last.
-    ThroughputSubject(THROUGHPUT_DEFAULTS.label, THROUGHPUT_DEFAULTS, ignore_result=False),
-)
+@cache
+def throughput_subjects() -> tuple[ThroughputSubject, ...]:
+    project, with_results = throughput_project(), throughput_defaults_with_results()
+    return (
+        ThroughputSubject(f"{project.label}, results stored (as the web sends)", project,
+                          ignore_result=False),
+        ThroughputSubject(f"{project.label}, no result (as beat sends)", project,
+                          ignore_result=True),
+        ThroughputSubject(with_results.label, with_results, ignore_result=False),
+        # The baseline: last.
+        ThroughputSubject(throughput_defaults().label, throughput_defaults(),
+                          ignore_result=False),
+    )
 
 
 @dataclass(frozen=True)
@@ -465,27 +633,28 @@ def throughput(bench: Bench) -> list[ThroughputResult]:
     """Rounds of every subject in turn (A, B, C, D, A, B, C, D...), so a change in the
     machine's load during the run affects them alike; each is compared with the baseline's
     round of the same turn. The workers wait idle on their own databases."""
-    workers: dict[str, tuple[AppProcess, str, redis.Redis]] = {}
-    for index, subject in enumerate(THROUGHPUT_SUBJECTS):
+    subjects = throughput_subjects()
+    workers: dict[str, tuple[Container, str, redis.Redis]] = {}
+    for index, subject in enumerate(subjects):
         if subject.config.label not in workers:
             broker_url, store = bench.database()
             worker = bench.start_worker(subject.config, broker_url, f"throughput-{index}")
             workers[subject.config.label] = worker, broker_url, store
             # Warm-up; it also waits until the worker consumes.
             release_noops(bench, worker, broker_url, store, subject.config, WARMUP_TASKS)
-    rounds: dict[str, list[Round]] = {subject.label: [] for subject in THROUGHPUT_SUBJECTS}
+    rounds: dict[str, list[Round]] = {subject.label: [] for subject in subjects}
     for _ in range(THROUGHPUT_ROUNDS):
-        for subject in THROUGHPUT_SUBJECTS:
+        for subject in subjects:
             worker, broker_url, store = workers[subject.config.label]
             rounds[subject.label].append(release_noops(
                 bench, worker, broker_url, store, subject.config, THROUGHPUT_TASKS,
                 ignore_result=subject.ignore_result))
     for label, (worker, _, _) in workers.items():
-        worker.stop(30)
+        worker.stop()  # as ECS stops it
         # A task that failed or was unknown is acknowledged too: make sure none did.
         if "ERROR" in worker.logs() or "CRITICAL" in worker.logs():
             raise RuntimeError(f"{label}: the worker logged errors:\n{worker.logs()[-3000:]}")
-    return [ThroughputResult(subject, rounds[subject.label]) for subject in THROUGHPUT_SUBJECTS]
+    return [ThroughputResult(subject, rounds[subject.label]) for subject in subjects]
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -517,8 +686,10 @@ def report(
     rates: list[ThroughputResult], elapsed: float,
 ) -> str:
     *subjects, baseline = rates
+    configs = [*(r.config for r in crashes), *(d.config for d in drains),
+               *(r.subject.config for r in rates)]  # fmt: skip
     with_results, _, defaults_with_results = subjects
-    deadlines = Deadlines(RECOVERY_POOLS[0].liveness_timeout)
+    deadlines = Deadlines(recovery_pools()[0].liveness_timeout)
     lost = {is_default: sum(d.lost for d in drains if d.config.celery_defaults == is_default)
             for is_default in (False, True)}
     return "\n".join([
@@ -529,6 +700,12 @@ def report(
         f"SCALED: stop cap {SCALED_STOP_CAP} s instead of Fargate's {FARGATE_STOP_TIMEOUT_CAP} s;"
         f" Celery defaults get ECS's default stopTimeout {ECS_DEFAULT_STOP_TIMEOUT} s at the same "
         f"scale = {DEFAULTS_STOP_TIMEOUT:g} s.",
+        "Every worker is a container on the ECS twin (tini, the image's user, read-only root, a "
+        "network namespace of its own),",
+        "run from the task definition the program renders for the pool (stack config: "
+        "taskTimeout, concurrency, maxStopTimeout,",
+        f"maxCountdown); redis-server on the twin's bridge ({HOST_ADDRESS}). Container "
+        f"environment overrides: {overrides_note(configs)}.",
         "",
         "1. Crash recovery: the whole worker is SIGKILLed (the container dies) while a "
         f"{CRASH_TASK_SECONDS:g} s task runs; a replacement",
@@ -613,20 +790,21 @@ def crashes_and_drains(bench: Bench) -> tuple[list[CrashResult], list[DrainResul
             bench.aborted.set()  # the drains stop too
             raise
 
-    crash_rows = [*RECOVERY_POOLS, VISIBILITY_ALONE, DEFAULTS]
+    crash_rows = [*recovery_pools(), visibility_alone(), defaults()]
+    long, short, celery_defaults = long_pool(), short_pool(), defaults()
     with ThreadPoolExecutor(max_workers=len(crash_rows)) as executor:
         crash_futures = [executor.submit(crash, config, f"crash-{index}")
                          for index, config in enumerate(crash_rows)]
         try:
             drains = [
-                idle_stop(bench, LONG_POOL, "drain-long-pool-idle"),
-                drain(bench, LONG_POOL, "drain-long-pool-short", SHORT_TASK_SECONDS),
-                drain(bench, LONG_POOL, "drain-long-pool-long", LONG_TASK_SECONDS),
-                idle_stop(bench, SHORT_POOL, "drain-short-pool-idle"),
-                drain(bench, SHORT_POOL, "drain-short-pool-short", SHORT_TASK_SECONDS),
-                idle_stop(bench, DEFAULTS, "drain-defaults-idle"),
-                drain(bench, DEFAULTS, "drain-defaults-short", SHORT_TASK_SECONDS),
-                drain(bench, DEFAULTS, "drain-defaults-long", LONG_TASK_SECONDS),
+                idle_stop(bench, long, "drain-long-pool-idle"),
+                drain(bench, long, "drain-long-pool-short", SHORT_TASK_SECONDS),
+                drain(bench, long, "drain-long-pool-long", LONG_TASK_SECONDS),
+                idle_stop(bench, short, "drain-short-pool-idle"),
+                drain(bench, short, "drain-short-pool-short", SHORT_TASK_SECONDS),
+                idle_stop(bench, celery_defaults, "drain-defaults-idle"),
+                drain(bench, celery_defaults, "drain-defaults-short", SHORT_TASK_SECONDS),
+                drain(bench, celery_defaults, "drain-defaults-long", LONG_TASK_SECONDS),
             ]
         except BaseException:
             bench.aborted.set()  # so the executor does not wait out the crash window
@@ -634,25 +812,48 @@ def crashes_and_drains(bench: Bench) -> tuple[list[CrashResult], list[DrainResul
         return [future.result() for future in crash_futures], drains
 
 
-def main() -> int:
-    began = time.monotonic()
-    print("Measuring (about four minutes)...", file=sys.stderr, flush=True)
+def require_root() -> bool:
+    """Whether this process can run containers on the twin; if not, say so."""
+    if os.geteuid() == 0:
+        return True
+    print("The bench runs its workers as containers on the ECS twin (Linux namespaces, mounts, "
+          "a bridge): run it as root.", file=sys.stderr)  # fmt: skip
+    return False
+
+
+@contextmanager
+def running_bench() -> Iterator[Bench]:
+    """A scratch directory and a redis-server on the twin's bridge, where the containers reach
+    it (the bench itself too); every container is killed at the end, and its output printed if
+    the run failed."""
+    ensure_bridge()
     with scratch_directory() as workdir:
-        server = start_redis()
+        server = start_redis(bind=("127.0.0.1", HOST_ADDRESS))
         bench = Bench(server, workdir)
         try:
-            crashes, drains = crashes_and_drains(bench)
-            # Throughput runs alone, so no other worker takes CPU from it.
-            bench.stop_everything()
-            rates = throughput(bench)
-            print(report(server, crashes, drains, rates, time.monotonic() - began))
+            yield bench
         except BaseException:
-            for process in bench.processes:
-                print(f"--- {process.name} ---\n{process.logs()[-3000:]}", file=sys.stderr)
+            for container in bench.containers:
+                print(f"--- {Path(container.plan.state_dir).name} ---\n{container.logs()[-3000:]}",
+                      file=sys.stderr)  # fmt: skip
             raise
         finally:
             bench.stop_everything()
             server.stop()
+
+
+def main() -> int:
+    if not require_root():
+        return 2
+    began = time.monotonic()
+    print("Measuring (about four minutes)...", file=sys.stderr, flush=True)
+    prepare()
+    with running_bench() as bench:
+        crashes, drains = crashes_and_drains(bench)
+        # Throughput runs alone, so no other worker takes CPU from it.
+        bench.stop_everything()
+        rates = throughput(bench)
+        print(report(bench.server, crashes, drains, rates, time.monotonic() - began))
     return 0
 
 

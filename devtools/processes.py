@@ -1,4 +1,6 @@
-"""Start and stop the app's processes the way ECS does (local stack and tests)."""
+"""Run the app's processes directly, outside the twin: for tests of the app's own behaviour
+(Celery, Redis, the web API), where the container is not what is tested (``devtools.twin`` runs
+containers). Stopping follows ECS: SIGTERM, a timeout, SIGKILL."""
 
 from __future__ import annotations
 

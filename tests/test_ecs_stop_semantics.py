@@ -1,9 +1,10 @@
 """ECS stop semantics, reproduced locally with the worker the program renders.
 
 Each worker here is its pool's task definition as rendered by the Pulumi program under mocks,
-run on the ECS twin as Fargate runs it (``tests.ecs_stop``), against a real redis-server, and is
-stopped as ECS stops a task: SIGTERM, wait the rendered ``stopTimeout``, SIGKILL. The tasks are
-``app.tasks.apply_credit``: they count their attempts and apply their effect once per key.
+run on the ECS twin as Fargate runs it (``devtools.rendered_worker``), against a real
+redis-server, and is stopped as ECS stops a task: SIGTERM, wait the rendered ``stopTimeout``,
+SIGKILL. The tasks are ``app.tasks.apply_credit``: they count their attempts and apply their
+effect once per key.
 
 The pools are scaled down so the tests take seconds (``maxCountdown`` 0):
 
@@ -29,14 +30,14 @@ from celery.bin.celery import celery as celery_cli
 from app import settings as env_names
 from app.liveness import Deadlines, unacked_count
 from app.settings import Settings
-from devtools.twin.container import Container
-from infra.budget import worker_budget
-from tests.ecs_stop import (
+from devtools.rendered_worker import (
     WorkerDefinition,
     ecs_stop,
-    render_workers,
     start_rendered_worker,
+    worker_definitions,
 )
+from devtools.twin.container import Container
+from infra.budget import worker_budget
 from tests.support import run_program, send_task, wait_for
 
 STACK: dict[str, object] = {
@@ -55,6 +56,11 @@ STACK: dict[str, object] = {
 #: Tasks in flight per test: one per pool slot (both pools have concurrency 4).
 TASKS = 4
 AMOUNT = 10
+
+
+def render_workers(stack: Mapping[str, object]) -> dict[str, WorkerDefinition]:
+    """Pool name -> its worker task definition, rendered as the tests render the program."""
+    return worker_definitions(run_program(stack))
 
 
 @pytest.fixture(scope="module")

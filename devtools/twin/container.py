@@ -168,6 +168,25 @@ def _passwd_files(image: Image, state_dir: Path) -> list[tuple[str, str, bool]]:
     return files
 
 
+def with_overrides(
+    definition: Mapping[str, Any],
+    *,
+    command: Sequence[str] | None = None,
+    environment: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """``definition`` with a RunTask ``containerOverrides`` applied, as ECS applies one:
+    ``command`` replaces the definition's, ``environment`` is set over its variables (the rest
+    of them stay)."""
+    overridden = dict(definition)
+    if command is not None:
+        overridden["command"] = list(command)
+    if environment:
+        variables = {item["name"]: item["value"] for item in definition.get("environment") or []}
+        variables |= dict(environment)
+        overridden["environment"] = [{"name": k, "value": v} for k, v in variables.items()]
+    return overridden
+
+
 def plan_container(
     image: Image,
     task: Mapping[str, Any],

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devtools.twin.container import Container, plan_container, start_container
+from devtools.twin.container import Container, plan_container, start_container, with_overrides
 from devtools.twin.image import Image
 from devtools.twin.network import TaskNetwork, allocate
 
@@ -122,14 +122,8 @@ class Task:
     def start(self) -> None:
         """Provision (network, container) and run: returns once the container is started."""
         self.network = allocate()
-        definition = dict(self.revision.container)
-        if self.command is not None:
-            definition["command"] = self.command
-        if self.options.environment_overrides:
-            environment = {
-                item["name"]: item["value"] for item in definition.get("environment") or []
-            } | dict(self.options.environment_overrides)
-            definition["environment"] = [{"name": k, "value": v} for k, v in environment.items()]
+        definition = with_overrides(self.revision.container, command=self.command,
+                                    environment=self.options.environment_overrides)  # fmt: skip
         agent = self.options.agent_uri
         extra_env = {"ECS_AGENT_URI": agent(self.id)} if agent else {}
         plan = plan_container(
