@@ -45,7 +45,7 @@ class Consumer(CeleryConsumer):
         #: again before the own set is put back, so that no completed task runs again.
         self.unconfirmed_acks: list[str] = []
 
-    def on_connection_error_after_connected(self, exc: BaseException) -> None:
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
         self._drop_unacked_deliveries(exc)
         # Cancel first, without the RETRY state Celery would write to the unreachable result
         # backend. Cancelled requests leave ``active_requests``, so Celery's own loop below
