@@ -222,6 +222,8 @@ def run(
         cluster = TwinCluster.from_program(
             rendered, broker_url=url_for_tasks, state_root=state_root, front_door_port=port,
             time_scale=time_scale, on_event=lambda message: print(message, flush=True),
+            # Locally, a line per task shows what runs (off in ECS: APP_LOG_TASKS).
+            environment_overrides={"APP_LOG_TASKS": "true"},
         ).start()  # fmt: skip
         control = ControlEndpoint(cluster)
         followers = Followers()

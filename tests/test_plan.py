@@ -196,5 +196,11 @@ def test_the_pull_request_comment() -> None:
     assert "```diff" in changed and "-line 2" in changed and "+line two" in changed
     assert "**Refused**" in changed
     assert "`make plan` exited with status 2" in comment("dev", "", None, 2, "no stack file")
+    # With a preview (the preview job), it comes first; a preview that printed nothing says so.
+    both = comment("dev", head, head, 0, preview="Previewing update (dev)\n+ 3 to create\n")
+    assert both.startswith(f"{MARKER}\n### `pulumi preview` of stack `dev`")
+    assert both.index("+ 3 to create") < both.index("### Offline plan of stack `dev`")
+    assert "see the `preview` job's log" in comment("dev", head, head, 0, preview="")
+    assert "pulumi preview" not in comment("dev", head, head, 0)
     huge = comment("dev", "x" * (2 * LIMIT), None, 0)
     assert len(huge) < 65_536 and "cut here" in huge

@@ -959,6 +959,16 @@ def test_the_program_violates_no_policy(stack: str) -> None:
 
 
 @pytest.mark.parametrize("scheduler", ["beat", "eventbridge"])
+@pytest.mark.parametrize(
+    "stack_file", sorted(p.name.split(".")[1] for p in ROOT.glob("Pulumi.*.yaml"))
+)
+def test_every_shipped_stack_file_violates_no_policy(stack_file: str, scheduler: str) -> None:
+    run = run_program({**stack_file_config(stack_file), "scheduler": scheduler})
+    assert check(run) == []
+    assert run.of_type(SERVICE) and run.of_type(TASK_DEFINITION)
+
+
+@pytest.mark.parametrize("scheduler", ["beat", "eventbridge"])
 def test_dev_and_production_differ_where_the_baseline_says(scheduler: str) -> None:
     """The README's security baseline: what dev leaves off and production turns on."""
     dev, production = rendered(f"dev-{scheduler}"), rendered(f"production-{scheduler}")

@@ -112,7 +112,11 @@ def test_dependencies_are_cached_and_the_tests_run_first(workflow: dict[str, Any
     for name in ("test", "preview", "deploy"):
         (setup,) = [s for s in jobs[name]["steps"] if "setup-python" in str(s.get("uses"))]
         assert setup["with"]["cache"] == "pip", name
-    assert jobs["preview"]["needs"] == jobs["deploy"]["needs"] == "test"
+    assert jobs["deploy"]["needs"] == "test"
+    # The preview waits for the offline plan it comments with, and runs only after the tests
+    # passed, even when the plan was refused (the comment shows both).
+    assert jobs["preview"]["needs"] == ["test", "offline-plan"]
+    assert "needs.test.result == 'success'" in jobs["preview"]["if"]
     assert any("make test" in str(step.get("run")) for step in jobs["test"]["steps"])
 
 
@@ -139,3 +143,62 @@ def test_the_readme_shows_both_trust_policies() -> None:
         '"token.actions.githubusercontent.com:sub": "repo:OWNER/REPO:ref:refs/heads/main"'
         in readme
     )
+
+
+def test_one_comment_holds_the_preview_and_the_offline_plan(workflow: dict[str, Any]) -> None:
+    jobs = workflow["jobs"]
+    steps = jobs["preview"]["steps"]
+    (pulumi,) = [s for s in steps if str(s.get("uses", "")).startswith("pulumi/actions")]
+    assert pulumi["with"]["comment-on-pr"] is False
+    later = steps[steps.index(pulumi) + 1 :]
+    (download,) = [s for s in later if str(s.get("uses", "")).startswith("actions/download-art")]
+    assert download["with"]["name"] == "offline-plan"
+    (post,) = [s for s in later if "scripts/pr-comment" in str(s.get("run"))]
+    assert "--preview" in post["run"] and post["env"]["PREVIEW"] == (
+        "${{ steps." + pulumi["id"] + ".outputs.output }}"
+    )
+    # A failed preview (a policy violation) is still shown.
+    assert download["if"] == post["if"] == "${{ !cancelled() }}"
+    # Forks: no preview, and a read-only token; the plan goes to the job's summary.
+    plan = jobs["offline-plan"]
+    assert plan["permissions"] == {"contents": "read"}
+    (upload,) = [s for s in plan["steps"] if str(s.get("uses", "")).startswith("actions/upload")]
+    assert upload["with"]["name"] == "offline-plan"
+    assert {"head.txt", "base.txt", "head.err", "status"} <= set(upload["with"]["path"].split())
+    (summary,) = [s for s in plan["steps"] if "GITHUB_STEP_SUMMARY" in str(s.get("run"))]
+    assert summary["if"] == "github.event.pull_request.head.repo.full_name != github.repository"
+
+
+@pytest.mark.parametrize("previous", ["", "4242"])
+def test_the_comment_script_replaces_the_previous_comment(tmp_path: Path, previous: str) -> None:
+    """scripts/pr-comment against a stand-in for the gh CLI that records its calls."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    fake_gh = bin_dir / "gh"
+    fake_gh.write_text(
+        "#!/usr/bin/env bash\n"
+        f'printf "%s\\n" "$*" >>{calls}\n'
+        # The listing (with --jq, gh prints the ids of the comments that start with the marker).
+        'case "$*" in *--paginate*) [ -n "$PREVIOUS" ] && echo "$PREVIOUS";; esac\n'
+        "exit 0\n"
+    )
+    fake_gh.chmod(0o755)
+    body = tmp_path / "comment.md"
+    body.write_text("<!-- marker -->\nthe plan\n")
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin", "PREVIOUS": previous,
+        "GITHUB_REPOSITORY": "owner/repo", "PR_NUMBER": "7", "GH_TOKEN": "t",
+    }  # fmt: skip
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "pr-comment"), str(body)], env=env, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    listing, write = calls.read_text().splitlines()
+    assert listing.startswith("api repos/owner/repo/issues/7/comments --paginate --jq")
+    assert 'startswith(\"<!-- marker -->\")' in listing
+    if previous:
+        assert write == f"api -X PATCH repos/owner/repo/issues/comments/{previous} -F body=@{body}"
+    else:
+        assert write == f"api -X POST repos/owner/repo/issues/7/comments -F body=@{body}"

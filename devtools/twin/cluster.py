@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,11 +84,13 @@ class TwinCluster:
         image: Image | None = None,
         on_event: Callable[[str], None] = print,
         only: Collection[str] | None = None,
+        environment_overrides: Mapping[str, str] | None = None,
     ) -> TwinCluster:
         """The twin of ``run``. ``broker_url``: what the broker URL secret resolves to (reachable
         from tasks, i.e. on the bridge's address); ``time_scale`` shortens health-check intervals,
         start periods and the deregistration delay (not stop timeouts: those come from the
-        budget); ``only``: the services to run (default all)."""
+        budget); ``only``: the services to run (default all); ``environment_overrides``: set
+        over every container's environment (``TaskOptions``)."""
         ensure_bridge()
         tasks_by_id: dict[str, Task] = {}
         agent = AgentEndpoint(HOST_ADDRESS, tasks_by_id.get)
@@ -98,6 +100,7 @@ class TwinCluster:
             image=image or parse_image(),
             agent_uri=agent.uri_for,
             health_check_scale=time_scale,
+            environment_overrides=dict(environment_overrides or {}),
         )
         revisions = {
             definition["family"]: Revision(definition["family"], 1, definition)

@@ -73,6 +73,8 @@ class TaskOptions:
     - ``agent_uri``: task id -> its ``ECS_AGENT_URI``; None: no agent endpoint.
     - ``health_check_scale``: multiplies health checks' interval and start period (1 = as
       defined; tests shorten them). Timeouts and retries are kept.
+    - ``environment_overrides``: variables set over every container's ``environment``, as a
+      RunTask ``containerOverrides`` environment is (the local stack turns on per-task logs).
     """
 
     state_root: Path
@@ -80,6 +82,7 @@ class TaskOptions:
     image: Image
     agent_uri: Callable[[str], str] | None = None
     health_check_scale: float = 1.0
+    environment_overrides: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -122,6 +125,11 @@ class Task:
         definition = dict(self.revision.container)
         if self.command is not None:
             definition["command"] = self.command
+        if self.options.environment_overrides:
+            environment = {
+                item["name"]: item["value"] for item in definition.get("environment") or []
+            } | dict(self.options.environment_overrides)
+            definition["environment"] = [{"name": k, "value": v} for k, v in environment.items()]
         agent = self.options.agent_uri
         extra_env = {"ECS_AGENT_URI": agent(self.id)} if agent else {}
         plan = plan_container(
