@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery, Task, bootsteps, signals
-# Private (see publish_only), so not in celery-types.
-from celery._state import _set_task_join_will_block  # type: ignore[attr-defined]
+from celery._state import (  # type: ignore[attr-defined]  # private (see publish_only): no stub
+    _set_task_join_will_block,
+)
 from celery.app import trace
 from celery.app.amqp import AMQP
 from celery.exceptions import Reject
