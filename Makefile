@@ -27,6 +27,7 @@ run: $(BIN)/.installed system-packages
 
 test: $(BIN)/.installed system-packages
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/.installed system-packages
@@ -45,4 +46,4 @@ plan-docs: $(BIN)/.installed system-packages
 	@$(BIN)/python -m devtools.plan --stack dev --write-docs >/dev/null
 
 clean:
-	rm -rf $(VENV) .twin .plan .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .twin .plan .pytest_cache .ruff_cache .mypy_cache .hypothesis

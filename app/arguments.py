@@ -129,8 +129,10 @@ def _is_text(_checker: TypeChecker, value: object) -> bool:
 # I-JSON (RFC 7493), the profile of JSON for APIs: strings are text. A lone surrogate cannot be
 # encoded (as UTF-8 for Redis, the worker's logs...), so a task given one would fail. Schemas
 # cannot name surrogates portably (engines that cannot hold one refuse a surrogate range), so
-# the rule is the "string" type's, for every string of every schema.
-ArgumentsValidator = validators.extend(
+# the rule is the "string" type's, for every string of every schema. (extend makes the class with
+# jsonschema's create(), as Draft202012Validator itself is made: the stubs' type for either;
+# types-jsonschema leaves extend unannotated.)
+ArgumentsValidator: type[Draft202012Validator] = validators.extend(  # type: ignore[no-untyped-call]
     Draft202012Validator,
     type_checker=Draft202012Validator.TYPE_CHECKER.redefine("string", _is_text),
 )
@@ -149,21 +151,28 @@ def problems(validator: Draft202012Validator, arguments: object) -> list[dict[st
 
 
 def _problems(error: ValidationError) -> Iterator[tuple[str, str]]:
-    instance, keyword = error.instance, error.validator
+    # Errors from iter_errors have every field set (the stubs' Unset is for an error made by
+    # hand), each holding JSON: Any.
+    keyword = error.validator
+    instance: Any = error.instance
+    value: Any = error.validator_value
+    schema: Any = error.schema
     # jsonschema names the missing and the unexpected properties only in its (Python) message.
     if keyword == "required":
-        for name in error.validator_value:
+        for name in value:
             if name not in instance:
                 yield name, "is required"
     elif keyword == "additionalProperties":
-        for name in instance.keys() - error.schema.get("properties", {}).keys():
+        for name in instance.keys() - schema.get("properties", {}).keys():
             yield name, "is not an argument of this task"
     else:
         yield (str(error.path[0]) if error.path else ""), _message(error)
 
 
 def _message(error: ValidationError) -> str:
-    keyword, value, schema = error.validator, error.validator_value, error.schema
+    keyword = error.validator
+    value: Any = error.validator_value
+    schema: Any = error.schema
     if keyword == "type":
         types = _as_list(value)
         if "string" in types and isinstance(error.instance, str):

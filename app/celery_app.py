@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery, Task, bootsteps, signals
-from celery._state import _set_task_join_will_block
+from celery._state import (  # type: ignore[attr-defined]  # private (see publish_only): no stub
+    _set_task_join_will_block,
+)
 from celery.app import trace
 from celery.app.amqp import AMQP
 from celery.exceptions import Reject
@@ -37,8 +39,14 @@ settings = Settings.from_env()
 #: unreachable: a restart, failover or network blip, not a bug in the task.
 BROKER_OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, OperationalError)
 
+if TYPE_CHECKING:
+    # celery-types makes Task generic (arguments, result); Celery's class cannot be subscripted.
+    AnyTask = Task[Any, Any]
+else:
+    AnyTask = Task
 
-class RequeueOnBrokerOutage(Task):
+
+class RequeueOnBrokerOutage(AnyTask):
     """Every task of the app: one that fails because Redis is unreachable goes back on its queue.
 
     Celery acknowledges a late-acknowledged message whose task raised, so the task would end as
@@ -88,7 +96,11 @@ class LimitedDelayAmqp(AMQP):
                 f"{name}: a countdown of {delay:.0f}s exceeds CELERY_MAX_COUNTDOWN="
                 f"{settings.max_countdown}s (the visibility timeout is sized for it)"
             )
-        message = super().as_task_v2(task_id, name, args, kwargs, countdown, eta, *more, **options)
+        # Celery takes the ETA as an ISO string too (passed through as is); celery-types says
+        # datetime only.
+        message = super().as_task_v2(
+            task_id, name, args, kwargs, countdown, eta, *more, **options  # type: ignore[arg-type]
+        )
         # Every message carries its publish time: the queue-age metric reads it (app.metrics).
         stamp_published_at(message.headers, time.time())
         return message
@@ -174,8 +186,7 @@ app.conf.beat_schedule = {
     }
     for entry in SCHEDULE
 }
-app.conf.timezone = "UTC"
-app.conf.enable_utc = True
+app.conf.update(timezone="UTC", enable_utc=True)
 
 
 class WorkerHeartbeat(bootsteps.StartStopStep):

@@ -26,12 +26,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import kombu
 from celery import bootsteps
+from celery.worker import WorkController
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.state import active_requests
 
 from app.liveness import LivenessLost
 from app.recovery import recovery_for
+from app.transport import Channel
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +42,18 @@ log = logging.getLogger(__name__)
 class Consumer(CeleryConsumer):
     """``worker_consumer`` of the app (see the module docstring)."""
 
+    # Set by Celery, and not declared by celery-types: the worker this consumer runs in, and the
+    # task message consumer (Celery's Tasks step), None until that step starts.
+    controller: WorkController
+    task_consumer: kombu.Consumer | None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: Acknowledgements sent with a FETCH whose reply never came (``app.transport``): sent
         #: again before the own set is put back, so that no completed task runs again.
         self.unconfirmed_acks: list[str] = []
 
-    def on_connection_error_after_connected(self, exc: BaseException) -> None:
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
         self._drop_unacked_deliveries(exc)
         # Cancel first, without the RETRY state Celery would write to the unreachable result
         # backend. Cancelled requests leave ``active_requests``, so Celery's own loop below
@@ -57,10 +65,11 @@ class Consumer(CeleryConsumer):
         super().on_connection_error_after_connected(exc)
 
     def _drop_unacked_deliveries(self, exc: BaseException) -> None:
-        channel = getattr(self.task_consumer, "channel", None)
-        qos = getattr(channel, "qos", None) if channel is not None else None
-        if qos is None:
+        consumer = self.task_consumer
+        channel = consumer.channel if consumer is not None else None
+        if not isinstance(channel, Channel):  # the app's transport (app.settings) once consuming
             return
+        qos = channel.qos
         # kombu's private bookkeeping (kombu is pinned): delivered messages, minus the tags
         # acknowledged since the last flush.
         held = sum(1 for tag in qos._delivered if tag not in qos._dirty)
@@ -84,7 +93,9 @@ class RestoreLostDeliveries(bootsteps.StartStopStep):
     label = "Restore lost deliveries"
 
     def start(self, c: Consumer) -> None:
+        assert c.connection is not None  # connected: the steps of a consumer start after that
         channel = c.connection.default_channel
+        assert isinstance(channel, Channel)  # the app's transport (app.settings)
         if c.unconfirmed_acks:
             with channel.conn_or_acquire() as client, client.pipeline() as pipe:
                 for tag in c.unconfirmed_acks:

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 import redis
 from kombu.exceptions import OperationalError
@@ -57,6 +57,13 @@ class Request:
     queue: str | None = None
     slot: str | None = None
     key: str = ""  # what the slot is claimed for: the entry name, or the task name
+
+
+class SendOptions(TypedDict, total=False):
+    """The options of ``send_task`` the command sets: the queue only when one is named."""
+
+    task_id: str
+    queue: str
 
 
 def parse(argv: list[str] | None) -> Request:
@@ -133,7 +140,7 @@ def enqueue(request: Request) -> dict[str, object]:
         if not claimed:
             return {"status": "duplicate", "task": request.task, "id": task_id,
                     "slot": request.slot}
-    options: dict[str, object] = {"task_id": task_id}
+    options: SendOptions = {"task_id": task_id}
     if request.queue:
         options["queue"] = request.queue
     try:

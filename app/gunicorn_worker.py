@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import socket
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from gunicorn import util
 from gunicorn.glogging import Logger
@@ -72,7 +72,8 @@ class JsonErrorWorker(ThreadWorker):
         # Overriding only the output keeps gunicorn's mapping of its parser's exceptions to
         # statuses, which changes between releases (23.0 added ObsoleteFolding), in one place.
         recorder = _Recorder(client)
-        super().handle_error(req, recorder, addr, exc)
+        # The recorder stands in for the socket (it passes on all but sendall).
+        super().handle_error(req, cast(socket.socket, recorder), addr, exc)
         status, reason = recorder.status()
         # gunicorn's messages for the requests it refuses say what was wrong (e.g. "Request Line
         # is too large (3000 > 2048)"); a 500 is the server's failure, not to be described.

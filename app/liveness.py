@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery import bootsteps
@@ -124,8 +124,11 @@ def pool_unacked(pool: str) -> UnackedSet:
 
 
 def registered_workers(client: redis.Redis) -> list[WorkerKeys]:
-    return [WorkerKeys.from_member(bytes_to_str(member))
-            for member in sorted(client.smembers(REGISTRY_KEY))]  # fmt: skip
+    # redis-py types a reply for its synchronous and asyncio clients alike (or an awaitable).
+    # Members are bytes, or str from a client that decodes replies; decoded, they sort as the
+    # bytes do (UTF-8 keeps the order).
+    members = cast("set[bytes] | set[str]", client.smembers(REGISTRY_KEY))
+    return [WorkerKeys.from_member(member) for member in sorted(map(bytes_to_str, members))]
 
 
 def unacked_count(client: redis.Redis, pool: str) -> int:
@@ -325,7 +328,8 @@ class LivenessStep(bootsteps.StartStopStep):
     requires = ("celery.worker.components:Pool",)
     label = "Liveness"
 
-    def create(self, worker: Any) -> PeriodicThread:
+    # celery-types has Step.create return None; StartStopStep keeps what it returns as its obj.
+    def create(self, worker: Any) -> PeriodicThread:  # type: ignore[override]
         lease: Lease = worker.liveness
         refresh = LeaseRefresher(worker.app.conf.broker_url, lease.keys.lease, lease.deadlines)
 
@@ -340,7 +344,7 @@ class LivenessStep(bootsteps.StartStopStep):
 
         return PeriodicThread("liveness", lease.deadlines.tick, tick)
 
-    def stop(self, worker: Any) -> None:
+    def stop(self, parent: Any) -> None:
         """Deliberately nothing: see the class docstring."""
 
     terminate = stop

@@ -316,7 +316,8 @@ class QueueMetricsStep(bootsteps.StartStopStep):
     requires = ("celery.worker.components:Pool",)
     label = "Queue metrics"
 
-    def create(self, worker: Any) -> PeriodicThread:
+    # celery-types has Step.create return None; StartStopStep keeps what it returns as its obj.
+    def create(self, worker: Any) -> PeriodicThread:  # type: ignore[override]
         settings = Settings.from_env()
         queues = sorted(worker.app.amqp.queues.consume_from)
         publisher = QueueMetricsPublisher(

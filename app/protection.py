@@ -242,7 +242,8 @@ class TaskProtectionStep(bootsteps.StartStopStep):
         log.info("ECS task protection: %s is not set (not on ECS); staying off", AGENT_URI_ENV)
         return False
 
-    def create(self, worker: Any) -> PeriodicThread:
+    # celery-types has Step.create return None; StartStopStep keeps what it returns as its obj.
+    def create(self, worker: Any) -> PeriodicThread:  # type: ignore[override]
         protection = TaskProtection(
             os.environ[AGENT_URI_ENV], idle_grace_seconds=IDLE_GRACE_SECONDS
         )

@@ -31,6 +31,7 @@ import redis
 from celery import Celery, bootsteps
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis.client import Pipeline
 
 from app.liveness import (
     REGISTRY_KEY,
@@ -153,7 +154,7 @@ class Recovery:
         """Remove a worker without lease and without messages from the registry."""
         unacked = worker.unacked
 
-        def remove(pipe: Any) -> bool:
+        def remove(pipe: Pipeline) -> bool:
             if pipe.exists(worker.lease) or pipe.hlen(unacked.hash):
                 return False
             pipe.multi()
@@ -161,7 +162,8 @@ class Recovery:
             pipe.delete(unacked.index)  # entries kombu's shutdown restore left behind
             return True
 
-        return bool(client.transaction(remove, worker.lease, unacked.hash,
+        # redis-py types the function as returning None: value_from_callable returns its value.
+        return bool(client.transaction(remove, worker.lease, unacked.hash,  # type: ignore[arg-type]
                                        value_from_callable=True))  # fmt: skip
 
     def restore_expired(self, channel: Any, sets: list[UnackedSet]) -> int:
@@ -203,12 +205,12 @@ class UnackedSweeper:
             "socket_connect_timeout": BROKER_TIMEOUT_SECONDS,
         }
         try:
-            with self.recovery.app.connection_for_read(transport_options=timeouts) as connection:
-                channel = connection.channel()
-                try:
-                    self.recovery.sweep(channel)
-                finally:
-                    channel.close()  # restores nothing: this channel received no message
+            # The channel is closed on leaving, which restores nothing: it received no message.
+            with (
+                self.recovery.app.connection_for_read(transport_options=timeouts) as connection,
+                connection.channel() as channel,
+            ):
+                self.recovery.sweep(channel)
         except self._broker_errors as error:
             log.warning("unacked sweep: broker unreachable, retrying next round: %r", error)
 
@@ -226,7 +228,8 @@ class UnackedSweepStep(bootsteps.StartStopStep):
     requires = ("celery.worker.components:Pool",)
     label = "Unacked sweep"
 
-    def create(self, worker: Any) -> PeriodicThread:
+    # celery-types has Step.create return None; StartStopStep keeps what it returns as its obj.
+    def create(self, worker: Any) -> PeriodicThread:  # type: ignore[override]
         sweeper = UnackedSweeper(recovery_for(worker))
         return PeriodicThread(
             "unacked-sweep", worker.liveness.deadlines.sweep_interval, sweeper.sweep

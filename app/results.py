@@ -37,6 +37,9 @@ return 1
 class ResultBackend(RedisBackend):
     """``result_backend = "app.results:ResultBackend+redis://…"`` (see ``app.settings``)."""
 
+    #: Seconds a result is kept (None: forever), set by Celery's backend; celery-types omits it.
+    expires: float | None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._store_script: Any = None
@@ -50,7 +53,8 @@ class ResultBackend(RedisBackend):
         request: Any = None,
         **kwargs: Any,
     ) -> Any:
-        meta = self._get_result_meta(
+        # Celery's own (private, so not in celery-types), as its _store_result calls it.
+        meta: dict[str, Any] = self._get_result_meta(  # type: ignore[attr-defined]
             result=result, state=state, traceback=traceback, request=request
         )
         meta["task_id"] = bytes_to_str(task_id)

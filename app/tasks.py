@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
+from typing import Any, cast
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -43,7 +44,7 @@ return {0, tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')}
 # track_started: the tasks that can run long enough for someone to see them running.
 @app.task(name="app.tasks.apply_credit", bind=True, track_started=True)
 def apply_credit(
-    self: Task, idempotency_key: str, account: str, amount: int, work_seconds: float = 0.0
+    self: Task[Any, Any], idempotency_key: str, account: str, amount: int, work_seconds: float = 0.0
 ) -> dict[str, object]:
     """Credit ``amount`` to ``account`` once per ``idempotency_key``.
 
@@ -54,18 +55,13 @@ def apply_credit(
     store.incr(f"attempts:{idempotency_key}")
     store.expire(f"attempts:{idempotency_key}", RECORD_TTL)
     time.sleep(work_seconds)
-    applied, balance = store.eval(
-        _APPLY_ONCE,
-        3,
-        f"idem:{idempotency_key}",
-        LEDGER,
-        LEDGER_LOG,
-        account,
-        amount,
-        RECORD_TTL,
-        idempotency_key,
-        time.time(),
-    )
+    keys = (f"idem:{idempotency_key}", LEDGER, LEDGER_LOG)
+    arguments = (account, amount, RECORD_TTL, idempotency_key, time.time())
+    # redis-py annotates a script's arguments as strings, though it encodes numbers as for any
+    # command. It types every reply for its synchronous and asyncio clients alike (a value or an
+    # awaitable), so the casts in this module say what this synchronous client returns.
+    reply = store.eval(_APPLY_ONCE, len(keys), *keys, *arguments)  # type: ignore[arg-type]
+    applied, balance = cast(list[int], reply)
     if not applied:
         log.info("credit %s already applied; skipping", idempotency_key)
     return {"applied": bool(applied), "account": account, "balance": int(balance)}
@@ -75,14 +71,14 @@ def apply_credit(
 def purge_expired_records(retention_seconds: int = RECORD_TTL) -> dict[str, int]:
     """Drop ledger log entries older than the retention (idempotency keys expire by TTL)."""
     cutoff = time.time() - retention_seconds
-    removed = client().zremrangebyscore(LEDGER_LOG, "-inf", cutoff)
+    removed = cast(int, client().zremrangebyscore(LEDGER_LOG, "-inf", cutoff))
     client().set("maintenance:last-purge", datetime.now(UTC).isoformat())
     return {"removed": int(removed)}
 
 
 @app.task(name="app.tasks.generate_report", bind=True, max_retries=100, track_started=True)
 def generate_report(
-    self: Task, report_id: str, steps: int = 10, step_seconds: float = 1.0
+    self: Task[Any, Any], report_id: str, steps: int = 10, step_seconds: float = 1.0
 ) -> dict[str, object]:
     """Run ``steps`` steps, saving progress after each.
 
@@ -92,11 +88,11 @@ def generate_report(
     """
     store = client()
     progress_key = f"report:{report_id}:progress"
-    done = int(store.get(progress_key) or 0)
+    done = int(cast(str | None, store.get(progress_key)) or 0)
     try:
         while done < steps:
             time.sleep(step_seconds)
-            done = store.incr(progress_key)
+            done = cast(int, store.incr(progress_key))
             store.expire(progress_key, RECORD_TTL)
     except SoftTimeLimitExceeded:
         log.info("report %s: soft time limit at step %d/%d; continuing", report_id, done, steps)

@@ -26,11 +26,12 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import redis
 from celery import Task, states
-from flask import Flask, Request, Response, current_app, request
+from celery.backends.base import KeyValueStoreBackend
+from flask import Flask, Request, Response, jsonify, request
 from jsonschema import Draft202012Validator
 from kombu import Connection
 from kombu.exceptions import OperationalError
@@ -99,7 +100,7 @@ def error_response(
     error: dict[str, object] = {"code": code, "message": message}
     if details is not None:
         error["details"] = details
-    response = current_app.json.response({"error": error})
+    response = jsonify({"error": error})
     response.status_code = status
     response.headers.update(headers or {})
     return response
@@ -116,7 +117,7 @@ def unavailable(code: str, message: str) -> ApiError:
 class AllowedTask:
     """A task the web may enqueue, and the JSON Schema of the keyword arguments it accepts."""
 
-    task: Task
+    task: Task[Any, Any]
     arguments: Mapping[str, Any]
     validator: Draft202012Validator = field(init=False, repr=False, compare=False)
 
@@ -285,7 +286,7 @@ class TaskPublisher:
         # One connection per request thread: a kombu connection is not thread-safe.
         self.pool = connection.Pool(limit=pool_size)
 
-    def publish(self, task: Task, kwargs: Mapping[str, object]) -> str:
+    def publish(self, task: Task[Any, Any], kwargs: Mapping[str, object]) -> str:
         """Send ``task`` with ``kwargs``; return its id or raise BrokerUnavailable."""
         deadline = time.monotonic() + self.limits.publish
 
@@ -296,7 +297,8 @@ class TaskPublisher:
 
         try:
             with self.pool.acquire(block=True, timeout=self.limits.publish) as connection:
-                result = task.apply_async(
+                # celery-types leaves out the options apply_async hands on to send_task.
+                result = task.apply_async(  # type: ignore[call-arg]
                     kwargs=dict(kwargs),
                     connection=connection,
                     retry=True,
@@ -348,8 +350,10 @@ class TaskResults:
         self.client = client
 
     def status(self, task_id: str) -> dict[str, object]:
-        backend = celery_app.backend  # decoding only: its own connection is never used
-        raw = self.client.get(backend.get_key_for_task(task_id))
+        # Celery's Redis backend (app.settings), for its keys and decoding only: its own connection
+        # is never used. redis-py types a reply for its synchronous and asyncio clients alike.
+        backend = cast(KeyValueStoreBackend, celery_app.backend)
+        raw = cast(bytes | None, self.client.get(backend.get_key_for_task(task_id)))
         # No record: queued, unknown or expired (after CELERY_RESULT_EXPIRES) look the same.
         if raw is None:
             return {"id": task_id, "state": states.PENDING, "result": None}
@@ -417,7 +421,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
                 "the task could not be queued; retry later (with the same idempotency key)",
             ) from None
         status_url = f"/tasks/{task_id}"
-        response = app.json.response(id=task_id, task=name, status_url=status_url)
+        response = jsonify(id=task_id, task=name, status_url=status_url)
         response.status_code = 202
         response.headers["Location"] = status_url
         return response
@@ -429,7 +433,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
                 404, "not_found", f"{json.dumps(task_id)} is not a task id (a lowercase UUID)"
             )
         try:
-            return app.json.response(results.status(task_id))
+            return jsonify(results.status(task_id))
         except redis.RedisError as exc:
             log.error("could not read the state of task %s: %s", task_id, exc)
             raise unavailable(
@@ -438,11 +442,11 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
 
     @app.get("/openapi.json")
     def openapi_document() -> Response:
-        return app.json.response(document)
+        return jsonify(document)
 
     @app.get(LIVENESS_PATH)
     def livez() -> Response:
-        return app.json.response(status="alive")
+        return jsonify(status="alive")
 
     @app.get("/readyz")
     def readyz() -> Response:
@@ -455,7 +459,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
         if unreachable:
             log.warning("not ready: %s", unreachable)
             raise unavailable("not_ready", f"unreachable: {', '.join(unreachable)}")
-        return app.json.response(status="ready")
+        return jsonify(status="ready")
 
     register_error_handlers(app)
     return app

@@ -19,6 +19,7 @@ from functools import cache
 from typing import Any
 
 import jsonschema
+from botocore.model import ServiceModel, StringShape
 
 from devtools import awsmodel
 from devtools.render import Registration
@@ -234,7 +235,9 @@ def awsvpc(subnets: str, security_groups: str, public_ip: str) -> Callable[[Any]
 def ecs_parameters(target: Mapping[str, Any]) -> dict[str, Any]:
     """An EventTarget's ``ecsTarget`` -> PutTargets' ``EcsParameters`` (whose capacity provider
     strategy items keep ECS's camelCase)."""
-    converted = pascal()({key: value for key, value in target.items() if key not in _ECS_OWN})
+    converted: dict[str, Any] = pascal()(
+        {key: value for key, value in target.items() if key not in _ECS_OWN}
+    )
     if "networkConfiguration" in target:
         converted["NetworkConfiguration"] = awsvpc("Subnets", "SecurityGroups", "AssignPublicIp")(
             target["networkConfiguration"]
@@ -334,6 +337,13 @@ def lifecycle_policy_problems(document: Any) -> list[str]:
     return problems
 
 
+def _enum(model: ServiceModel, shape_name: str) -> list[str]:
+    """The values of a string enumeration of ``model``."""
+    shape = model.shape_for(shape_name)
+    assert isinstance(shape, StringShape), f"{shape_name} is not a string shape"
+    return shape.enum
+
+
 @cache
 def _lifecycle_validator() -> jsonschema.Draft202012Validator:
     ecr = awsmodel.service_model("ecr")
@@ -343,7 +353,7 @@ def _lifecycle_validator() -> jsonschema.Draft202012Validator:
         "required": ["tagStatus", "countType", "countNumber"],
         "additionalProperties": False,
         "properties": {
-            "tagStatus": {"enum": [s.lower() for s in ecr.shape_for("TagStatus").enum]},
+            "tagStatus": {"enum": [s.lower() for s in _enum(ecr, "TagStatus")]},
             "tagPatternList": strings,
             "tagPrefixList": strings,
             "storageClass": {"type": "string"},
@@ -378,7 +388,7 @@ def _lifecycle_validator() -> jsonschema.Draft202012Validator:
         "required": ["type"],
         "additionalProperties": False,
         "properties": {
-            "type": {"enum": [a.lower() for a in ecr.shape_for("ImageActionType").enum]},
+            "type": {"enum": [a.lower() for a in _enum(ecr, "ImageActionType")]},
             "targetStorageClass": {"type": "string"},
         },
     }

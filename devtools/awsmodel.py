@@ -25,7 +25,7 @@ from typing import Any
 
 import botocore.session
 import regex
-from botocore.model import ListShape, MapShape, ServiceModel, Shape, StructureShape
+from botocore.model import ListShape, MapShape, ServiceModel, Shape, StringShape, StructureShape
 
 
 @dataclass(frozen=True)
@@ -566,7 +566,7 @@ def check(value: Any, shape: Shape, *, service: str, path: str = "") -> list[Vio
 
 def _scalar(value: Any, shape: Shape) -> list[tuple[str, str]]:
     kind = shape.type_name
-    if kind == "string":
+    if isinstance(shape, StringShape):  # botocore's class for every "string" shape
         if not isinstance(value, str):
             return [("type", f"expected a string, got {type(value).__name__} {value!r}")]
         found = _limits(shape, len(value), "length")

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 from celery.schedules import crontab
 
@@ -277,7 +277,7 @@ class _Builder:
         """Monthly price of ``count`` tasks. ``spot``: (tasks kept on regular Fargate, Spot
         discount); by default the service's own strategy, at the conservative discount."""
         rates = self.prices["fargate"][architecture or tasks.architecture]
-        hourly = tasks.cpu / 1024 * rates["vcpuHour"] + tasks.memory / 1024 * rates["gbHour"]
+        hourly: float = tasks.cpu / 1024 * rates["vcpuHour"] + tasks.memory / 1024 * rates["gbHour"]
         if spot is None and tasks.spot_base is not None:
             spot = (tasks.spot_base, self.prices["fargateSpotDiscount"]["low"])
         on_spot = 0.0 if spot is None else max(0.0, count - spot[0])
@@ -414,7 +414,8 @@ class _Builder:
         )
 
     def _task_months(self, which: str) -> float:
-        return sum(getattr(t, which) * t.hours / HOURS_PER_MONTH for t in self.tasks)
+        months: float = sum(getattr(t, which) * t.hours / HOURS_PER_MONTH for t in self.tasks)
+        return months
 
     # --- cheaper choices -----------------------------------------------------------------
 
@@ -554,15 +555,15 @@ def task_sets(run: ProgramRun, references: Mapping[str, Registration]) -> list[T
     found = []
     for service in run.of_type("aws:ecs/service:Service"):
         desired = service.inputs["desiredCount"]
-        target = bounds.get(service.physical_name, {})
+        scalable = bounds.get(service.physical_name, {})
         strategy = service.inputs.get("capacityProviderStrategies", [])
         regular = [item for item in strategy if item["capacityProvider"] == "FARGATE"]
         found.append(
             _sized(
                 references[service.inputs["taskDefinition"]],
                 name=service.inputs["tags"]["Service"],
-                low=target.get("minCapacity", desired),
-                high=target.get("maxCapacity", desired),
+                low=scalable.get("minCapacity", desired),
+                high=scalable.get("maxCapacity", desired),
                 network=service.inputs["networkConfiguration"],
                 spot_base=int(regular[0].get("base", 0)) if regular else (0 if strategy else None),
             )
@@ -612,16 +613,29 @@ def _schedule_entry(rule: Registration) -> PeriodicEntry:
     return entry
 
 
+class _ExpandedCrontab(Protocol):
+    """A crontab's fields as it expands them, sets of numbers (celery-types leaves them out)."""
+
+    minute: set[int]
+    hour: set[int]
+    day_of_week: set[int]
+    day_of_month: set[int]
+    month_of_year: set[int]
+
+
 def runs_per_month(schedule: Every | Cron) -> float:
     """How often a month a schedule fires, on average over a year (UTC)."""
     if isinstance(schedule, Every):
         return HOURS_PER_MONTH * 3600 / schedule.seconds
-    spec = crontab(
-        minute=schedule.minute,
-        hour=schedule.hour,
-        day_of_month=schedule.day_of_month,
-        month_of_year=schedule.month_of_year,
-        day_of_week=schedule.day_of_week,
+    spec = cast(
+        _ExpandedCrontab,
+        crontab(
+            minute=schedule.minute,
+            hour=schedule.hour,
+            day_of_month=schedule.day_of_month,
+            month_of_year=schedule.month_of_year,
+            day_of_week=schedule.day_of_week,
+        ),
     )
     start = date(_REFERENCE_YEAR, 1, 1)
     days = sum(
@@ -662,7 +676,8 @@ def render(estimate: Estimate) -> list[str]:
         ]
     prices = estimate.prices
     rows = [(line.item, money(line.low), money(line.high)) for line in estimate.lines]
-    rows.append(("Total", *map(money, estimate.totals)))
+    total_low, total_high = estimate.totals
+    rows.append(("Total", money(total_low), money(total_high)))
     width = max(len(item) for item, _, _ in rows)
     lines = [
         f"Prices: {prices.region} of {prices.date} (devtools/prices/{prices.path.name}), USD "

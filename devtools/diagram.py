@@ -56,7 +56,8 @@ class _Drawing(Diagram):
 
 def graph_source(run: ProgramRun, config: StackConfig, title: str) -> str:
     """The stack's diagram as Graphviz source, icon paths made relative (stable anywhere)."""
-    return _build(run, config, title).source.replace(_ICONS, "<diagrams>")
+    source: str = _build(run, config, title).source
+    return source.replace(_ICONS, "<diagrams>")
 
 
 def digest(source: str) -> str:
@@ -247,8 +248,8 @@ def _services(
                 "public_ip": service.inputs["networkConfiguration"].get("assignPublicIp", False),
             }
         )
-    for definition in run.of_type("aws:ecs/taskDefinition:TaskDefinition"):
-        if definition.inputs["tags"]["Service"] == "enqueue":
+    for task_definition in run.of_type("aws:ecs/taskDefinition:TaskDefinition"):
+        if task_definition.inputs["tags"]["Service"] == "enqueue":
             found.append(
                 {"name": "enqueue", "label": "enqueue\none-off task per slot", "public_ip": False}
             )

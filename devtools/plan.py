@@ -231,11 +231,11 @@ def _component_notes(component: Registration | None, config: StackConfig) -> lis
             f"{'yes' if budget.task_protection else 'no'}",
         ]
     if kind == "Web":
-        budget = config.web.budget
+        web_budget = config.web.budget
         return [
-            f"budget: requestTimeout {budget.request_timeout} s -> ALB idle timeout "
-            f"{budget.idle_timeout} s, deregistration delay {budget.deregistration_delay} s, "
-            f"stopTimeout {budget.stop_timeout} s"
+            f"budget: requestTimeout {web_budget.request_timeout} s -> ALB idle timeout "
+            f"{web_budget.idle_timeout} s, deregistration delay "
+            f"{web_budget.deregistration_delay} s, stopTimeout {web_budget.stop_timeout} s"
         ]
     return []
 
@@ -339,7 +339,7 @@ def _principal(principal: object) -> str:
 
 
 def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
-    return _as_list(document["Statement"])  # type: ignore[return-value]
+    return _as_list(document["Statement"])
 
 
 def _as_list(value: object) -> list[Any]:

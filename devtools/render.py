@@ -143,7 +143,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 mocks._request.parent = request.parent
                 mocks._request.urn = self.make_urn(request.parent, request.type, request.name)
                 try:
-                    return super().RegisterResource(request)
+                    # pulumi leaves MockMonitor unannotated.
+                    return super().RegisterResource(request)  # type: ignore[no-untyped-call]
                 finally:
                     mocks._request.parent = mocks._request.urn = ""
 
@@ -178,6 +179,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
             self.registrations.append(registration)
         return resource_id, state
 
+    # pulumi's MockMonitor takes the result alone too, though Mocks.call is typed as a tuple.
     def call(self, args: MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
         self.calls.append(args.token)
         region = self.region

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -90,7 +89,7 @@ def metric(
     dimensions: Mapping[str, pulumi.Input[str]],
     stat: str,
     period: int = PERIOD,
-) -> dict[str, Any]:
+) -> aws.cloudwatch.MetricAlarmMetricQueryArgsDict:
     """One metric of an alarm's metric math (not returned: an expression uses it)."""
     return {
         "id": query_id,
@@ -105,7 +104,7 @@ def metric(
     }
 
 
-def expression(expr: str, label: str) -> dict[str, Any]:
+def expression(expr: str, label: str) -> aws.cloudwatch.MetricAlarmMetricQueryArgsDict:
     return {"id": "result", "expression": expr, "label": label, "return_data": True}
 
 
@@ -179,7 +178,7 @@ class Alarms(pulumi.ComponentResource):
         self,
         what: str,
         description: str,
-        queries: list[dict[str, Any]],
+        queries: list[aws.cloudwatch.MetricAlarmMetricQueryArgsDict],
         *,
         threshold: float,
         breaching: int,
@@ -205,15 +204,16 @@ class Alarms(pulumi.ComponentResource):
 
     def _pool_alarms(self, service: PoolService) -> None:
         args, pool = self.args, service.pool
+        age_ids = [f"age{index}" for index in range(len(pool.queues))]
         ages = [
             metric(
-                f"age{index}",
+                query_id,
                 args.namespace,
                 OLDEST_AGE_METRIC,
                 {QUEUE_DIMENSION: queue},
                 "Maximum",
             )
-            for index, queue in enumerate(pool.queues)
+            for query_id, queue in zip(age_ids, pool.queues, strict=True)
         ]
         self._add(
             f"queue-age-{pool.name}",
@@ -221,7 +221,7 @@ class Alarms(pulumi.ComponentResource):
             f"maxQueueSeconds ({pool.max_queue_seconds} s) for {QUEUE_AGE_MINUTES} minutes. "
             "Are the tasks running (pool at maxCount? tasks failing to start)? Raise maxCount "
             "or lower backlogPerTask.",
-            [*ages, expression(across("MAX", [q["id"] for q in ages]), "Oldest message age")],
+            [*ages, expression(across("MAX", age_ids), "Oldest message age")],
             threshold=pool.max_queue_seconds,
             breaching=QUEUE_AGE_MINUTES,
             evaluated=QUEUE_AGE_MINUTES,
@@ -331,20 +331,21 @@ class Alarms(pulumi.ComponentResource):
                 "new ones at 65000): a connection leak, or far more tasks than planned.",
             ),
         ):
+            node_ids = [f"node{index}" for index in range(len(args.broker_nodes))]
             nodes = [
                 metric(
-                    f"node{index}",
+                    query_id,
                     "AWS/ElastiCache",
                     metric_name,
                     {"CacheClusterId": node},
                     "Maximum",
                 )
-                for index, node in enumerate(args.broker_nodes)
+                for query_id, node in zip(node_ids, args.broker_nodes, strict=True)
             ]
             self._add(
                 what,
                 description,
-                [*nodes, expression(across("MAX", [q["id"] for q in nodes]), metric_name)],
+                [*nodes, expression(across("MAX", node_ids), metric_name)],
                 threshold=threshold,
                 breaching=minutes,
                 evaluated=minutes,

@@ -119,8 +119,10 @@ class Broker(pulumi.ComponentResource):
         url = pulumi.Output.all(token.result, group.primary_endpoint_address).apply(
             lambda values: broker_url(values[0], values[1])
         )
+        # Annotated for mypy, which cannot solve Output.secret's Input[U] (a union) from an Output.
+        secret_url: pulumi.Output[str] = pulumi.Output.secret(url)
         version = aws.secretsmanager.SecretVersion(
-            name, secret_id=self.secret.id, secret_string=pulumi.Output.secret(url), opts=child
+            name, secret_id=self.secret.id, secret_string=secret_url, opts=child
         )
         self.secret_version = version.version_id
         self.primary_endpoint = group.primary_endpoint_address

@@ -132,7 +132,7 @@ class Cluster(pulumi.ComponentResource):
     cluster: aws.ecs.Cluster
     execution_role: aws.iam.Role
     log_groups: dict[str, aws.cloudwatch.LogGroup]
-    aws: AwsContext
+    context: AwsContext
     broker_secret_arn: pulumi.Output[str]
     broker_secret_version: pulumi.Output[str]
     cpu_architecture: str
@@ -145,7 +145,7 @@ class Cluster(pulumi.ComponentResource):
         super().__init__("celery-ecs:infra:Cluster", name, None, opts)
         args = self._normalize(args)
         child = pulumi.ResourceOptions(parent=self)
-        self.aws = args.aws
+        self.context = args.aws
         self.broker_secret_arn = pulumi.Output.from_input(args.broker_secret_arn)
         self.broker_secret_version = pulumi.Output.from_input(args.broker_secret_version)
         self.cpu_architecture = args.cpu_architecture
@@ -238,7 +238,7 @@ class Cluster(pulumi.ComponentResource):
 
     def task_arn_pattern(self) -> pulumi.Output[str]:
         """ARN of any task of this cluster (scope of task-level permissions)."""
-        return self.aws.arn("ecs", pulumi.Output.concat("task/", self.cluster.name, "/*"))
+        return self.context.arn("ecs", pulumi.Output.concat("task/", self.cluster.name, "/*"))
 
     def task_role(
         self, name: str, statements: Sequence[Mapping[str, Any]], parent: pulumi.Resource
@@ -247,7 +247,7 @@ class Cluster(pulumi.ComponentResource):
             name,
             service="ecs-tasks.amazonaws.com",
             statements=statements,
-            context=self.aws,
+            context=self.context,
             parent=parent,
         )
 
@@ -313,7 +313,7 @@ def fargate_task_definition(
         return json.dumps([container_definition(spec)])
 
     definitions = pulumi.Output.all(
-        container.image, cluster.broker_secret_arn, log_group.name, cluster.aws.region
+        container.image, cluster.broker_secret_arn, log_group.name, cluster.context.region
     ).apply(render)
     return aws.ecs.TaskDefinition(
         name,
@@ -349,10 +349,10 @@ def fargate_service(
     autoscaled: bool,
     minimum_healthy_percent: int = 100,
     maximum_percent: int = 200,
-    load_balancers: Sequence[Mapping[str, Any]] = (),
+    load_balancers: Sequence[aws.ecs.ServiceLoadBalancerArgsDict] = (),
     health_check_grace_period: int | None = None,
     depends_on: Sequence[pulumi.Resource] = (),
-    capacity_provider_strategy: Sequence[Mapping[str, Any]] = (),
+    capacity_provider_strategy: Sequence[aws.ecs.ServiceCapacityProviderStrategyArgsDict] = (),
 ) -> aws.ecs.Service:
     """A Fargate service on the latest platform version that rolls back failed deployments.
 
@@ -378,7 +378,7 @@ def fargate_service(
         # The API takes one or the other: a launch type, or a capacity provider strategy.
         launch_type=None if capacity_provider_strategy else "FARGATE",
         capacity_provider_strategies=(
-            [dict(item) for item in capacity_provider_strategy] or None
+            [item.copy() for item in capacity_provider_strategy] or None
         ),
         platform_version="LATEST",
         network_configuration={
@@ -386,7 +386,7 @@ def fargate_service(
             "security_groups": [placement.security_group_id],
             "assign_public_ip": placement.assign_public_ip,
         },
-        load_balancers=[dict(balancer) for balancer in load_balancers] or None,
+        load_balancers=[balancer.copy() for balancer in load_balancers] or None,
         health_check_grace_period_seconds=health_check_grace_period,
         deployment_minimum_healthy_percent=minimum_healthy_percent,
         deployment_maximum_percent=maximum_percent,

@@ -370,7 +370,8 @@ def _describe(value: object) -> str:
     if isinstance(value, (bool, int, float, str)):
         kind = {bool: "boolean", int: "integer", float: "number", str: "string"}[type(value)]
         return f"{kind} {json.dumps(value)}"
-    return {list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+    containers: dict[type[object], str] = {list: "a list", dict: "an object"}
+    return containers.get(type(value), type(value).__name__)
 
 
 def _parse_json_text(value: object, path: str) -> object:
@@ -721,7 +722,8 @@ def _load_network(raw: object, production: bool) -> NewVpc | ExistingVpc:
         raise _fail(
             "network.cidr", f"/{network.prefixlen} is out of range", "an IPv4 CIDR /16../24"
         )
-    nat = fields.choice("natGateways", NAT_GATEWAYS, "perAz" if production else "none")
+    default: NatGateways = "perAz" if production else "none"
+    nat = fields.choice("natGateways", NAT_GATEWAYS, default)
     if production and nat == "none":
         raise _fail(
             "network.natGateways",

@@ -153,7 +153,7 @@ class Schedule(pulumi.ComponentResource):
                     "Effect": "Allow",
                     "Action": ["ecs:RunTask"],
                     # Any revision of this family, and only in this cluster.
-                    "Resource": [cluster.aws.arn("ecs", f"task-definition/{args.family}:*")],
+                    "Resource": [cluster.context.arn("ecs", f"task-definition/{args.family}:*")],
                     "Condition": {"ArnEquals": {"ecs:cluster": cluster.cluster.arn}},
                 },
                 {
@@ -165,7 +165,7 @@ class Schedule(pulumi.ComponentResource):
                     },
                 },
             ],
-            context=cluster.aws,
+            context=cluster.context,
             parent=self,
         )
         self.dead_letter_queue = aws.sqs.Queue(

@@ -28,7 +28,10 @@ from infra.cluster import AwsContext
 #: Images the lifecycle policy keeps (rollback targets); older ones are expired (ECR.3).
 KEEP_IMAGES = 20
 #: The image's platform for each task CPU architecture (``cpuArchitecture``).
-PLATFORMS = {"X86_64": "linux/amd64", "ARM64": "linux/arm64"}
+PLATFORMS = {
+    "X86_64": docker_build.Platform.LINUX_AMD64,
+    "ARM64": docker_build.Platform.LINUX_ARM64,
+}
 _ECR_URI = re.compile(
     r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?P<cn>\.cn)?/"
     r"(?P<repository>[^:@]+)"

@@ -21,10 +21,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pulumi
 import pulumi_aws as aws
+
+# pulumi-aws's argument shapes (TypedDicts: plain dicts at run time) for what this module builds.
+TrackingConfiguration = aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationArgsDict
+CustomizedMetric = (
+    aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationCustomizedMetricSpecificationArgsDict
+)
+PredefinedMetric = (
+    aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationPredefinedMetricSpecificationArgsDict
+)
+TrackingQuery = (
+    aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationCustomizedMetricSpecificationMetricArgsDict
+)
+TrackingQueryMetric = (
+    aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationCustomizedMetricSpecificationMetricMetricStatMetricArgsDict
+)
+StepAdjustment = aws.appautoscaling.PolicyStepScalingPolicyConfigurationStepAdjustmentArgsDict
+AlarmQuery = aws.cloudwatch.MetricAlarmMetricQueryArgsDict
 
 BACKLOG_METRIC = "Backlog"
 WORKERS_METRIC = "Workers"
@@ -100,7 +116,7 @@ class ServiceScalingArgs:
     request_count_label: pulumi.Input[str] | None = None
 
 
-def backlog_metric(namespace: str, queue: str) -> dict[str, Any]:
+def backlog_metric(namespace: str, queue: str) -> TrackingQueryMetric:
     return {
         "namespace": namespace,
         "metric_name": BACKLOG_METRIC,
@@ -122,13 +138,13 @@ def summed_backlog(target: BacklogTarget) -> tuple[list[tuple[str, str]], str]:
 
 def backlog_metric_queries(
     target: BacklogTarget, cluster_name: pulumi.Input[str], service_name: pulumi.Input[str]
-) -> list[dict[str, Any]]:
+) -> list[TrackingQuery]:
     """Target tracking's metric math: SUM(Backlog of each queue, Maximum) / DesiredTaskCount.
 
     Maximum, because every worker consuming a queue publishes its backlog: the copies agree.
     """
     ids, total = summed_backlog(target)
-    queries: list[dict[str, Any]] = [
+    queries: list[TrackingQuery] = [
         {
             "id": query_id,
             "label": f"Backlog of {queue}",
@@ -166,12 +182,12 @@ def backlog_metric_queries(
     return queries
 
 
-def scale_out_alarm_queries(target: BacklogTarget) -> list[dict[str, Any]]:
+def scale_out_alarm_queries(target: BacklogTarget) -> list[AlarmQuery]:
     """The step policy's alarm: SUM(Backlog) / Workers, both high-resolution, in 10 s periods."""
     ids, total = summed_backlog(target)
 
-    def query(query_id: str, metric_name: str, dimension: tuple[str, str]) -> dict[str, Any]:
-        metric = {
+    def query(query_id: str, metric_name: str, dimension: tuple[str, str]) -> AlarmQuery:
+        metric: aws.cloudwatch.MetricAlarmMetricQueryMetricArgsDict = {
             "namespace": target.namespace,
             "metric_name": metric_name,
             "dimensions": dict([dimension]),
@@ -193,12 +209,12 @@ def scale_out_alarm_queries(target: BacklogTarget) -> list[dict[str, Any]]:
     return queries
 
 
-def scale_out_steps(per_task: int) -> list[dict[str, Any]]:
+def scale_out_steps(per_task: int) -> list[StepAdjustment]:
     """Step adjustments relative to the alarm threshold (``SCALE_OUT_THRESHOLD`` x target)."""
     threshold = SCALE_OUT_THRESHOLD * per_task
     steps = []
     for index, (multiple, percent) in enumerate(SCALE_OUT_STEPS):
-        step: dict[str, Any] = {
+        step: StepAdjustment = {
             "metric_interval_lower_bound": f"{multiple * per_task - threshold:.12g}",
             "scaling_adjustment": percent,
         }
@@ -234,12 +250,10 @@ class ServiceScaling(pulumi.ComponentResource):
             self._policy(
                 f"{name}-backlog",
                 args.backlog.per_task,
-                {
-                    "customized_metric_specification": {
-                        "metrics": backlog_metric_queries(
-                            args.backlog, args.cluster_name, args.service_name
-                        )
-                    },
+                customized={
+                    "metrics": backlog_metric_queries(
+                        args.backlog, args.cluster_name, args.service_name
+                    )
                 },
             )
             self._step_scale_out(f"{name}-burst", args.backlog)
@@ -247,38 +261,44 @@ class ServiceScaling(pulumi.ComponentResource):
             self._policy(
                 f"{name}-cpu",
                 args.cpu_percent,
-                {
-                    "predefined_metric_specification": {
-                        "predefined_metric_type": "ECSServiceAverageCPUUtilization"
-                    },
-                },
+                predefined={"predefined_metric_type": "ECSServiceAverageCPUUtilization"},
             )
         if args.requests_per_task is not None:
             self._policy(
                 f"{name}-requests",
                 args.requests_per_task,
-                {
-                    "predefined_metric_specification": {
-                        "predefined_metric_type": "ALBRequestCountPerTarget",
-                        "resource_label": args.request_count_label,
-                    },
+                predefined={
+                    "predefined_metric_type": "ALBRequestCountPerTarget",
+                    "resource_label": args.request_count_label,
                 },
             )
         self.register_outputs({"resourceId": self.target.resource_id})
 
-    def _policy(self, name: str, target_value: float, metric: dict[str, Any]) -> None:
+    def _policy(
+        self,
+        name: str,
+        target_value: float,
+        *,
+        predefined: PredefinedMetric | None = None,
+        customized: CustomizedMetric | None = None,
+    ) -> None:
+        """A target tracking policy holding ``predefined`` or ``customized`` at the target."""
+        configuration: TrackingConfiguration = {
+            "target_value": target_value,
+            "scale_in_cooldown": SCALE_IN_COOLDOWN,
+            "scale_out_cooldown": SCALE_OUT_COOLDOWN,
+        }
+        if predefined is not None:
+            configuration["predefined_metric_specification"] = predefined
+        if customized is not None:
+            configuration["customized_metric_specification"] = customized
         aws.appautoscaling.Policy(
             name,
             policy_type="TargetTrackingScaling",
             service_namespace=self.target.service_namespace,
             scalable_dimension=self.target.scalable_dimension,
             resource_id=self.target.resource_id,
-            target_tracking_scaling_policy_configuration={
-                "target_value": target_value,
-                "scale_in_cooldown": SCALE_IN_COOLDOWN,
-                "scale_out_cooldown": SCALE_OUT_COOLDOWN,
-                **metric,
-            },
+            target_tracking_scaling_policy_configuration=configuration,
             opts=pulumi.ResourceOptions(parent=self),
         )
 

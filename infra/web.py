@@ -72,7 +72,7 @@ class Web(pulumi.ComponentResource):
         config = args.config
         child = pulumi.ResourceOptions(parent=self)
 
-        access_logs = (
+        access_logs: aws.lb.LoadBalancerAccessLogsArgsDict | None = (
             {"bucket": config.access_logs_bucket, "prefix": name, "enabled": True}
             if config.access_logs_bucket
             else None
@@ -109,7 +109,9 @@ class Web(pulumi.ComponentResource):
             },
             opts=child,
         )
-        forward = [{"type": "forward", "target_group_arn": target_group.arn}]
+        forward: list[aws.lb.ListenerDefaultActionArgsDict] = [
+            {"type": "forward", "target_group_arn": target_group.arn}
+        ]
         if config.certificate_arn:
             listeners = [
                 aws.lb.Listener(

@@ -22,7 +22,7 @@ from infra.containers import health_check, worker_command
 CONTAINER_NAME = "worker"
 #: Where a Fargate Spot pool's tasks run: the first on regular Fargate, so the pool's queues
 #: keep a consumer when Spot capacity runs out; every other on Spot.
-SPOT_STRATEGY = (
+SPOT_STRATEGY: tuple[aws.ecs.ServiceCapacityProviderStrategyArgsDict, ...] = (
     {"capacity_provider": "FARGATE", "base": 1, "weight": 0},
     {"capacity_provider": "FARGATE_SPOT", "weight": 1},
 )

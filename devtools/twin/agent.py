@@ -28,7 +28,9 @@ MAX_EXPIRES_IN_MINUTES = 2880
 
 
 class ProtectedTask(Protocol):
-    arn: str
+    @property
+    def arn(self) -> str: ...
+
     #: When protection expires (``time.time()`` seconds), or None when it is off.
     protected_until: float | None
 
@@ -60,6 +62,7 @@ class AgentEndpoint:
     @property
     def base_url(self) -> str:
         host, port = self.server.server_address[:2]
+        assert isinstance(host, str)  # the bound socket's address (typeshed allows bytes)
         return f"http://{host}:{port}"
 
     def uri_for(self, task_id: str) -> str:

@@ -138,7 +138,8 @@ class Stage:
 
 def dockerfile_stages(dockerfile: Path = DOCKERFILE) -> list[Stage]:
     """Every stage of ``dockerfile``, in order."""
-    parser = DockerfileParser(fileobj=io.BytesIO(dockerfile.read_bytes()))
+    # dockerfile-parse reads (and would write) bytes; types-dockerfile-parse says str.
+    parser = DockerfileParser(fileobj=io.BytesIO(dockerfile.read_bytes()))  # type: ignore[arg-type]
     stages: list[tuple[str, str | None, list[tuple[str, str]]]] = []
     for item in parser.structure:
         instruction, value = item["instruction"], item["value"]

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from devtools.twin.task import Health, Revision, Status, Task
 
@@ -59,7 +60,7 @@ class Deployment:
                 and not task._stop_requested.is_set()]  # fmt: skip
 
 
-class TargetGroup:
+class TargetGroup(Protocol):
     """What a service needs of its load balancer (``devtools.twin.loadbalancer``)."""
 
     def register(self, task: Task) -> None: ...

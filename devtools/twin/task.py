@@ -43,6 +43,7 @@ class Revision:
 
     @property
     def container(self) -> Mapping[str, Any]:
+        container: Mapping[str, Any]
         (container,) = self.definition["containerDefinitions"]
         return container
 
