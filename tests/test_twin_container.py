@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from devtools.twin.container import ContractError, plan_container
-from devtools.twin.image import IMAGE_VENV_PATH, ROOT, Image, ImageError, parse_image
+from devtools.twin.image import (
+    IMAGE_VENV_PATH,
+    ROOT,
+    Image,
+    ImageError,
+    image_venv,
+    parse_image,
+)
 
 TASK: dict[str, Any] = {"volumes": [{"name": "scratch"}, {"name": "tmp"}]}
 
@@ -54,6 +61,19 @@ def test_the_image_is_read_from_the_dockerfile(image: Image) -> None:
     assert venv == ("python", "-m", "venv", "--without-pip", IMAGE_VENV_PATH)
     assert install[:4] == ("pip", "--python", f"{IMAGE_VENV_PATH}/bin/python", "install")
     assert set(image.venv_build.files) == {"/tmp/requirements.txt", "/tmp/constraints.txt"}
+
+
+def test_the_image_venv_is_seen_at_its_image_path_only(image: Image, tmp_path: Path) -> None:
+    """A container sees the venv where the image holds it, /opt/venv, and nowhere else: its
+    scripts name no path of this checkout, which a volume may hide (a checkout under /tmp)."""
+    venv = image_venv(image)
+    shebang = (venv / "bin" / "celery").read_text().splitlines()[0]
+    assert shebang == f"#!{IMAGE_VENV_PATH}/bin/python"
+    for script in (venv / "bin").iterdir():
+        if script.is_file() and not script.is_symlink():
+            assert str(venv).encode() not in script.read_bytes(), script.name
+    binds = plan(image, tmp_path).binds
+    assert [target for source, target, _ in binds if source == str(venv)] == [IMAGE_VENV_PATH]
 
 
 def test_a_dockerfile_the_twin_cannot_reproduce_is_refused(tmp_path: Path) -> None:

@@ -228,10 +228,9 @@ def plan_container(
         ("/etc", "/etc", True),
         ("/sys", "/sys", True),
         # The interpreter the venv's python links to (this machine's, at its own path), and the
-        # venv at both its image path and its own (console scripts name it in their #! line).
+        # venv at its image path only, as the image holds it.
         (sys.base_prefix, sys.base_prefix, True),
         (str(venv), IMAGE_VENV_PATH, True),
-        (str(venv), str(venv), True),
         *((str(source), path, True) for path, source in sorted(image.copies.items())),
         *_passwd_files(image, state_dir),
     ]

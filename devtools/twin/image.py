@@ -50,6 +50,9 @@ BASE_IMAGE_ENV: Mapping[str, str] = {
 }
 #: Where the build stage puts the venv the final stage copies (``COPY --from=build``).
 IMAGE_VENV_PATH = "/opt/venv"
+#: Part of every image venv's cache key: raise it when the way one is built here changes, so
+#: that venvs built the old way are not reused.
+VENV_LAYOUT = 2
 
 
 class ImageError(ValueError):
@@ -335,7 +338,23 @@ def _build_key(build: VenvBuild) -> str:
     for path, source in sorted(build.files.items()):
         digest.update(path.encode() + b"\0" + source.read_bytes())
     digest.update(sys.version.encode())
+    digest.update(f"layout {VENV_LAYOUT}".encode())
     return digest.hexdigest()[:16]
+
+
+def _scripts_at_image_path(venv: Path) -> None:
+    """Make the scripts pip wrote in ``venv/bin`` name ``/opt/venv``, as the image's do.
+
+    pip names the venv's interpreter in a console script's ``#!`` line (or, for a path too long
+    for one, in a ``/bin/sh`` trampoline), and ``activate`` names the venv: here that is this
+    checkout's path, which a container cannot rely on seeing (a checkout under ``/tmp`` lies
+    under the task's ``/tmp`` volume). A container sees the venv at ``/opt/venv`` only."""
+    local = str(venv).encode()
+    for script in (venv / "bin").iterdir():
+        if script.is_file() and not script.is_symlink():
+            content = script.read_bytes()
+            if local in content:
+                script.write_bytes(content.replace(local, IMAGE_VENV_PATH.encode()))
 
 
 @contextlib.contextmanager
@@ -353,8 +372,8 @@ def image_venv(image: Image) -> Path:
     """The image's ``/opt/venv``: the build stage's own commands run here, once per input.
 
     ``python``/``pip`` become this interpreter; ``/opt/venv`` and the copied files become local
-    paths. Built in place (console scripts record the venv's path in their ``#!`` line, so it
-    cannot be moved); ``.complete`` marks a finished build.
+    paths; then the console scripts name ``/opt/venv`` in their ``#!`` line, as in the image (so
+    they run only in a container). ``.complete`` marks a finished build.
     """
     build = image.venv_build
     venv = CACHE / f"image-venv-{_build_key(build)}"
@@ -375,5 +394,6 @@ def image_venv(image: Image) -> Path:
                     f"build stage: RUN {' '.join(command)} failed ({result.returncode}):\n"
                     f"{result.stdout}{result.stderr}"
                 )
+        _scripts_at_image_path(venv)
         (venv / ".complete").touch()
     return venv
