@@ -21,9 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, Protocol, cast
-
-from celery.schedules import crontab
+from typing import Any
 
 from app import settings
 from app.metrics import (
@@ -42,6 +40,7 @@ from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
 from devtools.render import ProgramRun, Registration, RenderedTaskDefinition
 from infra.config import StackConfig
 from infra.image import KEEP_IMAGES
+from infra.schedule_expr import expand
 
 PRICES = Path(__file__).resolve().parent / "prices"
 #: Width of the text the estimate renders to.
@@ -613,40 +612,21 @@ def _schedule_entry(rule: Registration) -> PeriodicEntry:
     return entry
 
 
-class _ExpandedCrontab(Protocol):
-    """A crontab's fields as it expands them, sets of numbers (celery-types leaves them out)."""
-
-    minute: set[int]
-    hour: set[int]
-    day_of_week: set[int]
-    day_of_month: set[int]
-    month_of_year: set[int]
-
-
 def runs_per_month(schedule: Every | Cron) -> float:
     """How often a month a schedule fires, on average over a year (UTC)."""
     if isinstance(schedule, Every):
         return HOURS_PER_MONTH * 3600 / schedule.seconds
-    spec = cast(
-        _ExpandedCrontab,
-        crontab(
-            minute=schedule.minute,
-            hour=schedule.hour,
-            day_of_month=schedule.day_of_month,
-            month_of_year=schedule.month_of_year,
-            day_of_week=schedule.day_of_week,
-        ),
-    )
+    values = expand(schedule)
     start = date(_REFERENCE_YEAR, 1, 1)
     days = sum(
         1
         for offset in range(365)
-        if (day := start + timedelta(days=offset)).day in spec.day_of_month
-        and day.month in spec.month_of_year
+        if (day := start + timedelta(days=offset)).day in values.days_of_month
+        and day.month in values.months
         # Celery counts Sunday as 0; Python's weekday() counts Monday as 0.
-        and (day.weekday() + 1) % 7 in spec.day_of_week
+        and (day.weekday() + 1) % 7 in values.days_of_week
     )
-    return len(spec.minute) * len(spec.hour) * days / 12
+    return len(values.minutes) * len(values.hours) * days / 12
 
 
 # --- text ---------------------------------------------------------------------------------

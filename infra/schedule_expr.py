@@ -83,6 +83,30 @@ _MONTH_OF_YEAR = _Field("month_of_year", 1, 12, _names(_MONTH_NAMES, _FULL_MONTH
 _DAY_OF_WEEK = _Field("day_of_week", 0, 6, _names(_DAY_NAMES, _FULL_DAY_NAMES, first=0))
 
 
+@dataclass(frozen=True)
+class CronValues:
+    """A ``Cron``'s fields expanded to the values Celery matches (``days_of_week``: 0 = Sunday).
+    Celery runs an entry at every minute and hour listed, on days in both day sets."""
+
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days_of_month: frozenset[int]
+    months: frozenset[int]
+    days_of_week: frozenset[int]
+
+
+def expand(spec: Cron) -> CronValues:
+    """The values Celery's ``crontab`` expands ``spec`` to; ``ScheduleError`` names a field it
+    would not read the same way."""
+    return CronValues(
+        minutes=_parse(spec, spec.minute, _MINUTE),
+        hours=_parse(spec, spec.hour, _HOUR),
+        days_of_month=_parse(spec, spec.day_of_month, _DAY_OF_MONTH),
+        months=_parse(spec, spec.month_of_year, _MONTH_OF_YEAR),
+        days_of_week=_parse(spec, spec.day_of_week, _DAY_OF_WEEK),
+    )
+
+
 def to_eventbridge_expression(schedule: Every | Cron) -> str:
     """The EventBridge ``ScheduleExpression`` that fires when Celery beat would run ``schedule``.
 
@@ -103,9 +127,8 @@ def shortest_gap(schedule: Every | Cron) -> int:
     day = 24 * 3600
     if isinstance(schedule, Every):
         return min(schedule.seconds, day)
-    minutes = _parse(schedule, schedule.minute, _MINUTE)
-    hours = _parse(schedule, schedule.hour, _HOUR)
-    times = sorted(hour * 3600 + minute * 60 for hour in hours for minute in minutes)
+    values = expand(schedule)
+    times = sorted(hour * 3600 + minute * 60 for hour in values.hours for minute in values.minutes)
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     # The last fire of one day and the first of the next are closer still on schedules that fire
     # every day; on others the next firing day is further away.
@@ -130,11 +153,9 @@ def _rate_expression(schedule: Every) -> str:
 
 
 def _cron_expression(spec: Cron) -> str:
-    minutes = _parse(spec, spec.minute, _MINUTE)
-    hours = _parse(spec, spec.hour, _HOUR)
-    days_of_month = _parse(spec, spec.day_of_month, _DAY_OF_MONTH)
-    months = _parse(spec, spec.month_of_year, _MONTH_OF_YEAR)
-    days_of_week = _parse(spec, spec.day_of_week, _DAY_OF_WEEK)
+    values = expand(spec)
+    minutes, hours, months = values.minutes, values.hours, values.months
+    days_of_month, days_of_week = values.days_of_month, values.days_of_week
 
     if not any(day <= _MAX_DAYS_IN_MONTH[month - 1] for day in days_of_month for month in months):
         raise ScheduleError(
