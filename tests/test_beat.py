@@ -48,6 +48,9 @@ def install_schedule(env: dict[str, str], workdir: Path, client: redis.Redis) ->
     beat = start_beat(env, workdir, "beat-setup")
     try:
         wait_for(lambda: client.exists(f"redbeat:{HOURLY.name}"), 30, what="the stored schedule")
+        # Started, not starting: redbeat stores the schedule, then takes the lock, and only then
+        # records it; a beat stopped in between cannot release the lock (it expires instead).
+        wait_for(lambda: "Acquired lock" in beat.logs(), 30, what="the setup beat's lock")
     finally:
         beat.signal(signal.SIGTERM)
         beat.wait(timeout=30)

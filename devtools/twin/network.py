@@ -56,7 +56,7 @@ def _locked() -> Iterator[None]:
 def ensure_bridge() -> None:
     """Create ``twin0`` once per machine boot (idempotent, safe across processes)."""
     with _locked():
-        if Path(f"/sys/class/net/{BRIDGE}").exists():
+        if _link_exists(BRIDGE):
             return
         _ip("link", "add", BRIDGE, "type", "bridge")
         _ip("addr", "add", f"{HOST_ADDRESS}/{NETWORK.prefixlen}", "dev", BRIDGE)
@@ -134,10 +134,20 @@ def allocate() -> TaskNetwork:
     raise NetworkError(f"no free address left in {NETWORK}")
 
 
+def _link_exists(name: str) -> bool:
+    return Path(f"/sys/class/net/{name}").exists()
+
+
 def _configure(network: TaskNetwork) -> None:
     veth = network._host_veth
-    if Path(f"/sys/class/net/{veth}").exists():
-        _ip("link", "del", veth)
+    # A namespace deleted earlier under this name (``ip netns del``) is destroyed later, by the
+    # kernel, with its veth pair: the old pair may still be here, or vanish while we delete it.
+    if _link_exists(veth):
+        try:
+            _ip("link", "del", veth)
+        except NetworkError:
+            if _link_exists(veth):
+                raise
     _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", network.name)
     _ip("link", "set", veth, "master", BRIDGE)
     _ip("link", "set", veth, "up")

@@ -1,0 +1,57 @@
+"""Task networks on the twin's bridge: allocated across processes, reused at once."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from devtools.twin import network
+from devtools.twin.network import NetworkError, TaskNetwork, allocate
+
+
+def test_an_address_is_reusable_as_soon_as_its_task_releases_it() -> None:
+    """The kernel destroys a deleted namespace, and its veth pair, later: the next task given
+    the same address (the lowest free one, usually the one just released) must not trip over
+    the old pair, whether it is still there or vanishing."""
+    for _ in range(20):
+        first = allocate()
+        first.release()
+        again = allocate()
+        try:
+            inside = subprocess.run(
+                ["ip", "-n", again.name, "-brief", "address", "show", "eth0"],
+                capture_output=True, text=True, check=True,
+            ).stdout
+            assert f"{again.address}/16" in inside
+        finally:
+            again.release()
+
+
+def test_an_old_veth_that_vanishes_while_it_is_deleted_is_no_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    links = {"twv7"}
+    calls: list[tuple[str, ...]] = []
+
+    def ip(*args: str) -> None:
+        calls.append(args)
+        if args[:2] == ("link", "del"):
+            links.discard(args[2])  # the kernel's cleanup got there first
+            raise NetworkError(f'ip link del {args[2]}: Cannot find device "{args[2]}"')
+
+    monkeypatch.setattr(network, "_ip", ip)
+    monkeypatch.setattr(network, "_link_exists", lambda name: name in links)
+    network._configure(TaskNetwork(7))
+    assert calls[0] == ("link", "del", "twv7")
+    assert calls[1][:3] == ("link", "add", "twv7")
+
+
+def test_an_old_veth_that_cannot_be_deleted_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def ip(*args: str) -> None:
+        raise NetworkError(f"ip {' '.join(args)}: Operation not permitted")
+
+    monkeypatch.setattr(network, "_ip", ip)
+    monkeypatch.setattr(network, "_link_exists", lambda name: True)
+    with pytest.raises(NetworkError, match="not permitted"):
+        network._configure(TaskNetwork(7))
