@@ -63,6 +63,16 @@ STOP_ORDER: tuple[tuple[str, signal.Signals], ...] = (
 #: Seconds the web may take to answer through the front door once the stack starts.
 READY_TIMEOUT = 120.0
 
+_output = threading.Lock()
+
+
+def say(text: str) -> None:
+    """Write ``text`` and a newline at once: the threads copying the tasks' output and the
+    stack's own messages share the terminal, and a line must not be cut by another's."""
+    with _output:
+        sys.stdout.write(f"{text}\n")
+        sys.stdout.flush()
+
 
 class Interrupts:
     """Counts the Ctrl-Cs (SIGINT) and SIGTERMs this process receives, from installation on.
@@ -105,18 +115,21 @@ class Followers:
     def _copy(self, name: str, task: Task) -> None:
         assert task.container is not None
         label = f"{name}/{task.id[:4]}"
+        partial = b""  # a line the task is still writing
         with task.container.log_path.open("rb") as log:
             while True:
                 # Decided before reading: a task's last lines, written just before it stops,
                 # are still read.
                 finished = self.done.is_set() or task.status == Status.STOPPED
-                line = log.readline()
-                if line:
-                    sys.stdout.write(f"{label:>19} | {line.decode(errors='replace')}")
-                    sys.stdout.flush()
+                line = partial + log.readline()
+                if line.endswith(b"\n") or (line and finished):
+                    text = line.decode(errors="replace").removesuffix("\n")
+                    say(f"{label:>19} | {text}")
+                    partial = b""
                 elif finished:
                     return
                 else:
+                    partial = line
                     time.sleep(0.1)
 
 
@@ -131,7 +144,7 @@ def broker(url: str | None) -> Iterator[tuple[str, str]]:
     try:
         yield server.url, f"redis://{HOST_ADDRESS}:{server.port}/0"
     finally:
-        print("stopping redis...", flush=True)
+        say("stopping redis...")
         server.stop()
 
 
@@ -159,7 +172,7 @@ def stop_service(
     tasks = [task for task in service.tasks() if task.status != Status.STOPPED]
     if not tasks:
         return []
-    print(f"stopping {name}...", flush=True)
+    say(f"stopping {name}...")
     drain = service.target_group.drain if service.target_group is not None else None
     for task in tasks:
         task.stop("the local stack is stopping", drain)
@@ -167,7 +180,7 @@ def stop_service(
     while any(task.status != Status.STOPPED for task in tasks):
         if hurried_at is None and hurry():
             hurried_at = time.monotonic()
-            print(f"stopping {name} at once...", flush=True)
+            say(f"stopping {name} at once...")
             for task in tasks:
                 if task.container is not None and task.container.alive():
                     task.container.signal(at_once)
@@ -221,7 +234,7 @@ def run(
         redis.Redis.from_url(url, socket_connect_timeout=5).ping()
         cluster = TwinCluster.from_program(
             rendered, broker_url=url_for_tasks, state_root=state_root, front_door_port=port,
-            time_scale=time_scale, on_event=lambda message: print(message, flush=True),
+            time_scale=time_scale, on_event=say,
             # Locally, a line per task shows what runs (off in ECS: APP_LOG_TASKS).
             environment_overrides={"APP_LOG_TASKS": "true"},
         ).start()  # fmt: skip
@@ -231,7 +244,7 @@ def run(
         try:
             wait_until_ready(web_url, cluster, interrupts)
             if not interrupts.count:
-                print(banner(web_url, url, control.url, cluster), flush=True)
+                say(banner(web_url, url, control.url, cluster))
             while not interrupts.count:
                 followers.follow_new(cluster)
                 time.sleep(0.3)

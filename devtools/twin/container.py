@@ -323,9 +323,11 @@ class Container:
             "--root", "--wd",
             *self.plan.privileges, "--", *argv,
         ]  # fmt: skip
+        # A session of its own: a Ctrl-C in the local stack's terminal is not a failed check.
         return subprocess.run(
-            command, env=self.plan.env, capture_output=True, text=True, timeout=timeout
-        )
+            command, env=self.plan.env, capture_output=True, text=True, timeout=timeout,
+            start_new_session=True,
+        )  # fmt: skip
 
     def health(self) -> tuple[bool, str]:
         """Run the definition's health check once: (healthy, output)."""

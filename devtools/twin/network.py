@@ -37,7 +37,11 @@ class NetworkError(RuntimeError):
 
 
 def _ip(*args: str) -> None:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    # A session of its own, as everything the twin starts: a Ctrl-C in the terminal of the local
+    # stack, which stops its tasks in order, must not kill a half-done network change.
+    result = subprocess.run(
+        ["ip", *args], capture_output=True, text=True, check=False, start_new_session=True
+    )
     if result.returncode != 0:
         raise NetworkError(f"ip {' '.join(args)}: {result.stderr.strip()}")
 
