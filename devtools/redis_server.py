@@ -8,12 +8,15 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+
+#: Seconds a restart's ``down_until`` may keep the server down after its downtime.
+DOWN_UNTIL_LIMIT = 60.0
 
 
 class RedisUnavailable(RuntimeError):
@@ -41,16 +44,25 @@ class RedisServer:
         self._terminate()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def restart(self, downtime: float = 1.0, timeout: float = 10.0) -> None:
+    def restart(
+        self, downtime: float = 1.0, timeout: float = 10.0,
+        down_until: Callable[[], bool] | None = None,
+    ) -> None:  # fmt: skip
         """Restart the server as a maintenance restart does: every connection drops, the port
         refuses connections for ``downtime`` seconds, and the data comes back (saved to disk on
-        shutdown, loaded at start), as ElastiCache keeps it across a node restart."""
+        shutdown, loaded at start), as ElastiCache keeps it across a node restart.
+        ``down_until``: stay down longer, until it returns True (at most 60 s more)."""
         client = redis.Redis(port=self.port, socket_connect_timeout=2)
         # The server closes the connection as it exits: that error is the expected answer.
         with contextlib.suppress(redis.ConnectionError):
             client.shutdown(save=True)
         self.process.wait(timeout=timeout)
         time.sleep(downtime)
+        deadline = time.monotonic() + DOWN_UNTIL_LIMIT
+        while down_until is not None and not down_until():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"down_until still False {DOWN_UNTIL_LIMIT:.0f} s after")
+            time.sleep(0.1)
         self.process = _launch(self.argv)
         _wait_until_answering(self, timeout)
 
