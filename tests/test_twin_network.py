@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,22 @@ def test_an_old_veth_that_cannot_be_deleted_is_an_error(monkeypatch: pytest.Monk
     monkeypatch.setattr(network, "_link_exists", lambda name: True)
     with pytest.raises(NetworkError, match="not permitted"):
         network._configure(TaskNetwork(7))
+
+
+def test_the_bridge_keeps_its_address_as_tasks_come_and_go() -> None:
+    """A bridge takes the lowest address of its ports unless given one: every task's start or
+    stop would then change what the running tasks must send to to reach the host."""
+    network.ensure_bridge()
+    address = Path(f"/sys/class/net/{network.BRIDGE}/address")
+    assert address.read_text().strip() == network.BRIDGE_MAC
+    lowest = "00:00:00:00:00:01"  # below any address a veth is given
+    first = allocate()
+    try:
+        subprocess.run(["ip", "link", "set", first._host_veth, "address", lowest], check=True)
+        assert address.read_text().strip() == network.BRIDGE_MAC
+        second = allocate()
+        second.release()
+        assert address.read_text().strip() == network.BRIDGE_MAC
+    finally:
+        first.release()
+    assert address.read_text().strip() == network.BRIDGE_MAC

@@ -27,6 +27,9 @@ BRIDGE = "twin0"
 NETWORK = ipaddress.IPv4Network("10.213.0.0/16")
 #: The bridge's address: what tasks reach the host at.
 HOST_ADDRESS = str(NETWORK.network_address + 1)
+#: The bridge's MAC address, set (locally administered, from ``HOST_ADDRESS``) so that it never
+#: changes while tasks run.
+BRIDGE_MAC = "02:00:0a:d5:00:01"
 #: Where the twin keeps which process owns which namespace.
 STATE = Path("/run/celery-ecs-twin")
 NAMESPACES = Path("/run/netns")
@@ -58,12 +61,17 @@ def _locked() -> Iterator[None]:
 
 
 def ensure_bridge() -> None:
-    """Create ``twin0`` once per machine boot (idempotent, safe across processes)."""
+    """Create ``twin0`` once per machine boot (idempotent, safe across processes), with the
+    fixed ``BRIDGE_MAC``."""
     with _locked():
-        if _link_exists(BRIDGE):
-            return
-        _ip("link", "add", BRIDGE, "type", "bridge")
-        _ip("addr", "add", f"{HOST_ADDRESS}/{NETWORK.prefixlen}", "dev", BRIDGE)
+        if not _link_exists(BRIDGE):
+            _ip("link", "add", BRIDGE, "type", "bridge")
+            _ip("addr", "add", f"{HOST_ADDRESS}/{NETWORK.prefixlen}", "dev", BRIDGE)
+        # A bridge without an address of its own takes the lowest of its ports', so it changed
+        # whenever a task started or stopped, and the running tasks, whose ARP caches held the
+        # old one, lost the host (the broker) for seconds. Also mends a bridge made before.
+        if Path(f"/sys/class/net/{BRIDGE}/address").read_text().strip() != BRIDGE_MAC:
+            _ip("link", "set", BRIDGE, "address", BRIDGE_MAC)
         _ip("link", "set", BRIDGE, "up")
 
 
