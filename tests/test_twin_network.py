@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,32 @@ def test_the_bridge_keeps_its_address_as_tasks_come_and_go() -> None:
     finally:
         first.release()
     assert address.read_text().strip() == network.BRIDGE_MAC
+
+
+def test_a_reused_address_is_reached_at_once_from_the_host() -> None:
+    """The host's ARP cache keeps a task's MAC for up to ~45 s after the task is gone: the next
+    task given that address must answer there at once (a random MAC would not, until then)."""
+    for _ in range(2):
+        task = allocate()
+        try:
+            inside = subprocess.run(
+                ["ip", "-n", task.name, "-brief", "link", "show", "eth0"],
+                capture_output=True, text=True, check=True,
+            ).stdout
+            assert task.mac in inside
+            # A listener in the task's namespace, reached from the host over the bridge.
+            server = subprocess.Popen(
+                ["ip", "netns", "exec", task.name, sys.executable, "-c",
+                 "import socket; s = socket.create_server(('0.0.0.0', 9999)); "
+                 "print('ready', flush=True); c, _ = s.accept(); c.sendall(b'hello')"],
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            try:
+                assert server.stdout is not None and server.stdout.readline() == "ready\n"
+                with socket.create_connection((task.address, 9999), timeout=5) as connection:
+                    assert connection.recv(5) == b"hello"
+            finally:
+                server.kill()
+                server.wait()
+        finally:
+            task.release()

@@ -27,9 +27,17 @@ BRIDGE = "twin0"
 NETWORK = ipaddress.IPv4Network("10.213.0.0/16")
 #: The bridge's address: what tasks reach the host at.
 HOST_ADDRESS = str(NETWORK.network_address + 1)
-#: The bridge's MAC address, set (locally administered, from ``HOST_ADDRESS``) so that it never
-#: changes while tasks run.
-BRIDGE_MAC = "02:00:0a:d5:00:01"
+
+
+def mac_of(address: str) -> str:
+    """The MAC address of an address on the bridge: locally administered, the IPv4 address in
+    its last four bytes. Fixed per address, so no ARP cache ever holds a wrong one (see
+    ``ensure_bridge`` and ``TaskNetwork.mac``)."""
+    return "02:00:" + ":".join(f"{byte:02x}" for byte in ipaddress.IPv4Address(address).packed)
+
+
+#: The bridge's MAC address, set so that it never changes while tasks run.
+BRIDGE_MAC = mac_of(HOST_ADDRESS)
 #: Where the twin keeps which process owns which namespace.
 STATE = Path("/run/celery-ecs-twin")
 NAMESPACES = Path("/run/netns")
@@ -110,6 +118,13 @@ class TaskNetwork:
         return "ip-" + self.address.replace(".", "-")
 
     @property
+    def mac(self) -> str:
+        """The task's MAC address, derived from its IP address like ``BRIDGE_MAC``: a task given
+        an address another had shortly before is reached at once, by the host's ARP cache as it
+        stands (a new random one would be unreachable until that entry expired, up to ~45 s)."""
+        return mac_of(self.address)
+
+    @property
     def _host_veth(self) -> str:
         return f"twv{self.index}"  # interface names are at most 15 characters
 
@@ -160,7 +175,8 @@ def _configure(network: TaskNetwork) -> None:
         except NetworkError:
             if _link_exists(veth):
                 raise
-    _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", network.name)
+    _ip("link", "add", veth, "type", "veth",
+        "peer", "name", "eth0", "address", network.mac, "netns", network.name)  # fmt: skip
     _ip("link", "set", veth, "master", BRIDGE)
     _ip("link", "set", veth, "up")
     inside = ("-n", network.name)
