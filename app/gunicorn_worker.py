@@ -21,7 +21,7 @@ from gunicorn import util
 from gunicorn.glogging import Logger
 from gunicorn.workers.gthread import ThreadWorker
 
-from app.health import LIVENESS_PATH
+from app.names import LIVENESS_PATH
 
 INTERNAL_ERROR = "the server failed to handle the request"
 

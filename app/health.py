@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from app.names import LIVENESS_PATH
 from app.settings import HEARTBEAT_DIR, WebSettings
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,6 @@ log = logging.getLogger(__name__)
 MAX_AGE = 60.0
 #: Seconds the web's liveness endpoint may take to answer (below the check's own timeout).
 WEB_TIMEOUT = 3.0
-#: What the web answers when alive: no broker involved, so a broker outage never fails it.
-LIVENESS_PATH = "/livez"
 
 
 def heartbeat_path(role: str, heartbeat_dir: str | None = None) -> Path:

@@ -45,6 +45,15 @@ import redis
 from celery import Celery, bootsteps
 from kombu.exceptions import OperationalError
 
+from app.names import (
+    BACKLOG_METRIC,
+    BEAT_HEARTBEAT_METRIC,
+    OLDEST_AGE_METRIC,
+    POOL_DIMENSION,
+    QUEUE_DIMENSION,
+    SERVICE_DIMENSION,
+    WORKERS_METRIC,
+)
 from app.periodic import PeriodicThread
 from app.settings import Settings
 
@@ -59,13 +68,6 @@ WORKER_TTL_SECONDS = 3 * PUBLISH_INTERVAL_SECONDS
 #: Message header holding the publish time (seconds since the epoch, a float).
 PUBLISHED_AT_HEADER = "published_at"
 
-BACKLOG_METRIC = "Backlog"
-OLDEST_AGE_METRIC = "OldestMessageAge"
-WORKERS_METRIC = "Workers"
-BEAT_HEARTBEAT_METRIC = "BeatHeartbeat"
-QUEUE_DIMENSION = "Queue"
-POOL_DIMENSION = "Pool"
-SERVICE_DIMENSION = "Service"
 #: Seconds between two beat heartbeats: every one-minute period gets at least one.
 BEAT_HEARTBEAT_INTERVAL_SECONDS = 30.0
 #: EMF storage resolutions: 1 = high resolution (1-second storage), 60 = standard.

@@ -50,7 +50,7 @@ from werkzeug.wsgi import get_input_stream
 from app import arguments, openapi, tasks
 from app.celery_app import app as celery_app
 from app.celery_app import publish_only
-from app.health import LIVENESS_PATH
+from app.names import LIVENESS_PATH
 from app.settings import Settings, WebSettings
 
 log = logging.getLogger(__name__)

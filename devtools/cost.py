@@ -24,17 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from app import settings
-from app.metrics import (
+from app.metrics import PUBLISH_INTERVAL_SECONDS, Metric, emf_line
+from app.names import (
     BACKLOG_METRIC,
     BEAT_HEARTBEAT_METRIC,
     OLDEST_AGE_METRIC,
     POOL_DIMENSION,
-    PUBLISH_INTERVAL_SECONDS,
     QUEUE_DIMENSION,
     SERVICE_DIMENSION,
     WORKERS_METRIC,
-    Metric,
-    emf_line,
 )
 from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
 from devtools.render import ProgramRun, Registration, RenderedTaskDefinition

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from app.metrics import BEAT_HEARTBEAT_METRIC, OLDEST_AGE_METRIC, QUEUE_DIMENSION
+from app.names import BEAT_HEARTBEAT_METRIC, OLDEST_AGE_METRIC, QUEUE_DIMENSION
 from infra.config import AlertsConfig, WorkerPool
 from infra.scaling import across
 

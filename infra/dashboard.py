@@ -14,7 +14,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from app.metrics import (
+from app.names import (
     BACKLOG_METRIC,
     BEAT_HEARTBEAT_METRIC,
     OLDEST_AGE_METRIC,

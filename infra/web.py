@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from app.health import LIVENESS_PATH
+from app.names import LIVENESS_PATH
 from infra.budget import WEB_HEALTH_CHECK_GRACE
 from infra.cluster import (
     Cluster,
