@@ -554,6 +554,7 @@ def task_sets(run: ProgramRun, references: Mapping[str, Registration]) -> list[T
         desired = service.inputs["desiredCount"]
         scalable = bounds.get(service.physical_name, {})
         strategy = service.inputs.get("capacityProviderStrategies", [])
+        spot = any(item["capacityProvider"] == "FARGATE_SPOT" for item in strategy)
         regular = [item for item in strategy if item["capacityProvider"] == "FARGATE"]
         found.append(
             _sized(
@@ -562,7 +563,7 @@ def task_sets(run: ProgramRun, references: Mapping[str, Registration]) -> list[T
                 low=scalable.get("minCapacity", desired),
                 high=scalable.get("maxCapacity", desired),
                 network=service.inputs["networkConfiguration"],
-                spot_base=int(regular[0].get("base", 0)) if regular else (0 if strategy else None),
+                spot_base=(int(regular[0].get("base", 0)) if regular else 0) if spot else None,
             )
         )
     for target in run.of_type("aws:cloudwatch/eventTarget:EventTarget"):

@@ -38,7 +38,7 @@ from infra.notifications import Notifications, NotificationsArgs
 from infra.scaling import BacklogTarget, ServiceScaling, ServiceScalingArgs
 from infra.schedule_expr import ScheduleError
 from infra.web import Web, WebArgs
-from infra.worker import Worker, WorkerArgs
+from infra.worker import CAPACITY_PROVIDERS, Worker, WorkerArgs
 
 CONFIG_NAMESPACE = "celery-ecs"
 #: The Docker build context: the project root, with the top-level Dockerfile.
@@ -169,7 +169,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
             log_retention_days=config.log_retention_days,
             pull_repository_arns=image.pull_repository_arns,
             cpu_architecture=config.cpu_architecture,
-            capacity_providers=("FARGATE", "FARGATE_SPOT") if config.uses_fargate_spot else (),
+            capacity_providers=CAPACITY_PROVIDERS,
         ),
     )
     background = network.task_placement(network.background_security_group_id)

@@ -20,6 +20,17 @@ from infra.config import WorkerPool
 from infra.containers import health_check, worker_command
 
 CONTAINER_NAME = "worker"
+#: The capacity providers every pool may use. The cluster always has both, so turning a pool's
+#: ``fargateSpot`` on or off changes nothing but the pool's strategy (and ECS refuses to take a
+#: provider off a cluster while a service still uses it).
+CAPACITY_PROVIDERS = ("FARGATE", "FARGATE_SPOT")
+#: Where a regular pool's tasks run. A strategy rather than the FARGATE launch type: the AWS
+#: provider replaces a service whose ``launch_type`` changes (ForceNew), but updates its
+#: ``capacity_provider_strategy`` in place with ``force_new_deployment`` (terraform-provider-aws
+#: internal/service/ecs/service.go; see the README's ``workers[].fargateSpot``).
+REGULAR_STRATEGY: tuple[aws.ecs.ServiceCapacityProviderStrategyArgsDict, ...] = (
+    {"capacity_provider": "FARGATE", "weight": 1},
+)
 #: Where a Fargate Spot pool's tasks run: the first on regular Fargate, so the pool's queues
 #: keep a consumer when Spot capacity runs out; every other on Spot.
 SPOT_STRATEGY: tuple[aws.ecs.ServiceCapacityProviderStrategyArgsDict, ...] = (
@@ -100,7 +111,7 @@ class Worker(pulumi.ComponentResource):
             desired_count=pool.min_count,
             parent=self,
             autoscaled=True,
-            capacity_provider_strategy=SPOT_STRATEGY if pool.fargate_spot else (),
+            capacity_provider_strategy=SPOT_STRATEGY if pool.fargate_spot else REGULAR_STRATEGY,
         )
         self.register_outputs({"serviceName": self.service.name})
 

@@ -810,10 +810,10 @@ def test_up_fails_loudly_when_ecs_rolls_a_deployment_back() -> None:
 
 
 def test_services_run_fargate_latest_with_rollback(deployed: Deployed) -> None:
-    spot_services = {f"worker-{p.name}-service" for p in deployed.config.workers if p.fargate_spot}
+    pools = {f"worker-{p.name}-service" for p in deployed.config.workers}
     for service in deployed.run.of_type(SERVICE):
         inputs = service.inputs
-        if service.name not in spot_services:
+        if service.name not in pools:
             assert inputs["launchType"] == "FARGATE", service.name
             assert "capacityProviderStrategies" not in inputs, service.name
         assert inputs["platformVersion"] == "LATEST", service.name
@@ -827,22 +827,41 @@ def test_spot_pools_keep_one_task_on_regular_fargate(deployed: Deployed) -> None
     """A Spot pool's first task runs on regular Fargate (its queues keep a consumer when Spot
     capacity runs out), every other on Spot; the cluster has both capacity providers."""
     run, config = deployed.run, deployed.config
-    providers = run.of_type("aws:ecs/clusterCapacityProviders:ClusterCapacityProviders")
-    assert bool(providers) is config.uses_fargate_spot
-    if providers:
-        (association,) = providers
-        assert association.inputs["capacityProviders"] == ["FARGATE", "FARGATE_SPOT"]
-        assert association.inputs["clusterName"] == run.outputs["clusterName"]
+    (association,) = run.of_type("aws:ecs/clusterCapacityProviders:ClusterCapacityProviders")
+    assert association.inputs["capacityProviders"] == ["FARGATE", "FARGATE_SPOT"]
+    assert association.inputs["clusterName"] == run.outputs["clusterName"]
     for pool in config.workers:
         service = deployed.service(f"worker-{pool.name}").inputs
+        assert "launchType" not in service, pool.name
         if not pool.fargate_spot:
+            assert service["capacityProviderStrategies"] == [
+                {"capacityProvider": "FARGATE", "weight": 1}
+            ]
             continue
         assert pool.budget.finishes_within_spot_notice, pool.name
-        assert "launchType" not in service
         assert service["capacityProviderStrategies"] == [
             {"capacityProvider": "FARGATE", "base": 1, "weight": 0},
             {"capacityProvider": "FARGATE_SPOT", "weight": 1},
         ]
+
+
+def test_turning_fargate_spot_on_or_off_changes_only_the_pools_strategy() -> None:
+    """The AWS provider replaces a service whose ``launch_type`` changes (ForceNew) and updates
+    a ``capacity_provider_strategy`` change in place when ``force_new_deployment`` is set
+    (terraform-provider-aws internal/service/ecs/service.go). So the two renderings of a pool
+    differ in its strategy alone, every pool stays off the launch type, the cluster keeps the
+    same capacity providers, and the service forces the new deployment the update needs."""
+    pool = {"name": "default", "queues": ["default", "long"], "taskTimeout": 60}
+    regular = run_program({"workers": [pool]})
+    spot = run_program({"workers": [{**pool, "fargateSpot": True}]})
+    name = "worker-default-service"
+    before, after = regular.named(SERVICE, name).inputs, spot.named(SERVICE, name).inputs
+    changed = {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
+    assert changed == {"capacityProviderStrategies"}
+    assert "launchType" not in before and "launchType" not in after
+    assert before["forceNewDeployment"] is True
+    providers = "aws:ecs/clusterCapacityProviders:ClusterCapacityProviders"
+    assert regular.one(providers).inputs == spot.one(providers).inputs
 
 
 def test_arm64_tasks_run_an_arm64_image() -> None:
