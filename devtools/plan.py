@@ -592,6 +592,7 @@ def _replication_group(resource: Registration, refs: dict[str, Registration]) ->
         f"failover {_on(failover)}, Multi-AZ {_on(inputs.get('multiAzEnabled'))}; snapshots "
         f"kept {_days(inputs.get('snapshotRetentionLimit', 0))}; parameter group "
         f"{_name(refs, inputs['parameterGroupName'])}",
+        f"deleted with a final snapshot {inputs.get('finalSnapshotIdentifier', '(none)')}",
     ]
 
 
@@ -700,6 +701,10 @@ SUMMARIES: dict[str, Summary] = {
     ],
     "aws:secretsmanager/secretVersion:SecretVersion": lambda r, refs: [
         f"the value of {_name(refs, r.inputs['secretId'])} (secret: not shown)"
+    ],
+    "random:index/randomId:RandomId": lambda r, _: [
+        f"{2 * r.inputs['byteLength']:g} hex characters, new when "
+        f"{', '.join(sorted(r.inputs.get('keepers', {})))} change"
     ],
     "random:index/randomPassword:RandomPassword": lambda r, _: [
         f"{r.inputs['length']:g} characters, specials {r.inputs.get('overrideSpecial')} "

@@ -292,6 +292,10 @@ class RecordingMocks(pulumi.runtime.Mocks):
         if typ == "aws:cloudwatch/eventTarget:EventTarget":
             # The provider generates a target id when none is given.
             return {"targetId": state.get("targetId") or physical}
+        if typ == "random:index/randomId:RandomId":
+            # Derived from the name and keepers: new keepers, new bytes, as with the provider.
+            keepers = json.dumps(state.get("keepers") or {}, sort_keys=True)
+            return {"hex": _hex(physical, keepers, length=2 * int(state["byteLength"]))}
         if typ == "random:index/randomPassword:RandomPassword":
             # Like the provider: new keepers, a new password.
             generation = (state.get("keepers") or {}).get("generation", "1")

@@ -144,6 +144,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
             security_group_id=network.broker_security_group_id,
             secret_recovery_days=7 if config.production else 0,
             secret_name_prefix=f"{plan.prefix}/broker-url-",
+            final_snapshot_prefix=plan.prefix if config.production else None,
         ),
     )
     # The repository is named after the stack (ECR names are lowercase).
@@ -289,6 +290,11 @@ def deploy(plan: Plan) -> dict[str, Any]:
         "clusterName": cluster.cluster.name,
         "serviceNames": service_names,
         "imageRepositoryUrl": image.repository.repository_url,
+        **(
+            {"brokerFinalSnapshotName": broker.final_snapshot_name}
+            if broker.final_snapshot_name is not None
+            else {}
+        ),
         "scheduler": config.scheduler,
         **schedule_outputs,
         **monitoring,

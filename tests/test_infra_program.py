@@ -530,6 +530,20 @@ def test_broker_is_encrypted_authenticated_and_never_evicts(deployed: Deployed) 
     assert group["parameterGroupName"] == "broker-abc1234"  # the mock's auto-name of the group
     subnet_group = run.one("aws:elasticache/subnetGroup:SubnetGroup").inputs
     assert len(subnet_group["subnetIds"]) >= 2
+    # Production keeps a final snapshot when the broker is deleted, named after the stack with
+    # a random part of its own, and says so in the outputs; dev stacks keep none.
+    if deployed.config.production:
+        name = group["finalSnapshotIdentifier"]
+        assert name.startswith(f"{PREFIX}-final-") and name == name.lower()
+        assert run.outputs["brokerFinalSnapshotName"] == name
+        suffix = run.one("random:index/randomId:RandomId").inputs
+        assert suffix["keepers"] == {
+            "engine": broker.engine, "engineVersion": broker.engine_version
+        }  # fmt: skip
+    else:
+        assert "finalSnapshotIdentifier" not in group
+        assert "brokerFinalSnapshotName" not in run.outputs
+        assert not run.of_type("random:index/randomId:RandomId")
     password = run.one("random:index/randomPassword:RandomPassword").inputs
     assert password["overrideSpecial"] == "!&#$^<>-"
     assert 16 <= password["length"] <= 128
@@ -964,6 +978,7 @@ def test_outputs(deployed: Deployed) -> None:
         "dashboardUrl",
         *(["scheduleDeadLetterQueueUrl"] if config.scheduler == "eventbridge" else []),
         *(["alertTopicArn"] if config.alerts.notifies else []),
+        *(["brokerFinalSnapshotName"] if config.production else []),
     }
     assert outputs["dashboardUrl"] == (
         "https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=us-east-1"

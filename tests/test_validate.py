@@ -140,6 +140,12 @@ MISTAKES = [
         "capacityProviderStrategy[1].weight", "max", id="service-spot-weight",
     ),
     pytest.param(
+        "aws:elasticache/replicationGroup:ReplicationGroup", "broker",
+        lambda i: i.update(finalSnapshotIdentifier="Celery-Final"),
+        "DeleteReplicationGroup.FinalSnapshotIdentifier", "stored as a lowercase string",
+        id="broker-final-snapshot-capitals",
+    ),
+    pytest.param(
         SERVICE, "web-service", lambda i: i.update(propagateTags="TASK"),
         "CreateService.propagateTags", "enum", id="service-propagate-tags",
     ),
