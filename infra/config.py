@@ -146,6 +146,8 @@ class WebConfig:
     target_requests_per_task: int | None
     access_logs_bucket: str | None
     budget: WebBudget
+    #: The stack accepts a load balancer serving plain HTTP in production (no certificate).
+    allow_plain_http: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,8 @@ class AlertsConfig:
     broker_cpu_percent: int
     #: ``CurrConnections`` above which the broker alarm fires.
     broker_connections: int
+    #: The stack accepts alarms that notify nobody in production.
+    allow_no_notifications: bool = False
 
     @property
     def notifies(self) -> bool:
@@ -402,11 +406,12 @@ POOL_KEYS = (
 )  # fmt: skip
 ALERTS_KEYS = (
     "email", "topicArn", "http5xxPercent", "brokerMemoryPercent", "brokerCpuPercent",
-    "brokerConnections",
+    "brokerConnections", "allowNoNotifications",
 )  # fmt: skip
 WEB_KEYS = (
     "cpu", "memory", "minCount", "maxCount", "requestTimeout", "certificateArn",
     "deletionProtection", "targetCpuPercent", "targetRequestsPerTask", "accessLogsBucket",
+    "allowPlainHttp",
 )  # fmt: skip
 BROKER_KEYS = (
     "engine", "engineVersion", "nodeType", "replicas", "snapshotRetentionDays",
@@ -463,7 +468,9 @@ def load(raw: Mapping[str, object]) -> StackConfig:
             _parse_json_text(top.raw.get("network"), "network") or {}, production
         ),
         cpu_architecture=cpu_architecture,
-        alerts=_load_alerts(_parse_json_text(top.raw.get("alerts"), "alerts") or {}),
+        alerts=_load_alerts(
+            _parse_json_text(top.raw.get("alerts"), "alerts") or {}, production=production
+        ),
     )
 
 
@@ -642,15 +649,31 @@ def _load_web(raw: object, production: bool) -> WebConfig:
         )
     request_timeout = fields.integer("requestTimeout", 30, why="seconds")
     budget = _catch_budget("web", lambda: web_budget(request_timeout))
+    certificate_arn = fields.text(
+        "certificateArn", _CERTIFICATE_ARN, "an ACM (or IAM) certificate ARN"
+    )
+    allow_plain_http = fields.boolean("allowPlainHttp", False)
+    if certificate_arn is not None and allow_plain_http:
+        raise _fail(
+            "web.allowPlainHttp",
+            "true, but web.certificateArn is set (HTTP is redirected to HTTPS)",
+            "false, or leave web.certificateArn out",
+        )
+    if production and certificate_arn is None and not allow_plain_http:
+        raise _fail(
+            "web.certificateArn",
+            "required in production: without it the internet-facing load balancer serves "
+            "plain HTTP only (Security Hub ELB.1)",
+            "an ACM certificate ARN of the stack's account and region, or web.allowPlainHttp: "
+            "true to accept plain HTTP",
+        )
     return WebConfig(
         cpu=cpu,
         memory=memory,
         min_count=min_count,
         max_count=max_count,
         request_timeout=request_timeout,
-        certificate_arn=fields.text(
-            "certificateArn", _CERTIFICATE_ARN, "an ACM (or IAM) certificate ARN"
-        ),
+        certificate_arn=certificate_arn,
         deletion_protection=fields.boolean("deletionProtection", production),
         target_cpu_percent=fields.integer("targetCpuPercent", 60, 10, 90, "percent"),
         target_requests_per_task=(
@@ -662,6 +685,7 @@ def _load_web(raw: object, production: bool) -> WebConfig:
             "accessLogsBucket", _BUCKET_NAME, "an S3 bucket name the ALB may write to"
         ),
         budget=budget,
+        allow_plain_http=allow_plain_http,
     )
 
 
@@ -758,7 +782,7 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}$")
 
 
-def _load_alerts(raw: object) -> AlertsConfig:
+def _load_alerts(raw: object, *, production: bool = False) -> AlertsConfig:
     fields = _Fields(raw, "alerts", ALERTS_KEYS)
     email = fields.text("email", _EMAIL, "an e-mail address")
     topic_arn = fields.text("topicArn", _TOPIC_ARN, "an SNS topic ARN (arn:aws:sns:…)")
@@ -767,6 +791,21 @@ def _load_alerts(raw: object) -> AlertsConfig:
             "alerts.topicArn",
             "cannot be combined with alerts.email",
             "either email (a topic this stack creates) or topicArn (an existing topic)",
+        )
+    allow_silence = fields.boolean("allowNoNotifications", False)
+    notifies = email is not None or topic_arn is not None
+    if notifies and allow_silence:
+        raise _fail(
+            "alerts.allowNoNotifications",
+            f"true, but alerts.{'email' if email else 'topicArn'} is set",
+            "false, or no alerts.email/alerts.topicArn",
+        )
+    if production and not notifies and not allow_silence:
+        raise _fail(
+            "alerts.email",
+            "production alarms must notify someone (set alerts.email or alerts.topicArn)",
+            "an e-mail address, or alerts.topicArn: an SNS topic ARN, or "
+            "alerts.allowNoNotifications: true to accept alarms that notify nobody",
         )
     return AlertsConfig(
         email=email,
@@ -783,4 +822,39 @@ def _load_alerts(raw: object) -> AlertsConfig:
             ELASTICACHE_MAX_CONNECTIONS,
             "client connections; ElastiCache accepts at most 65000",
         ),
+        allow_no_notifications=allow_silence,
     )
+
+
+#: The account AWS's documentation uses in examples; no real stack deploys to it. The offline
+#: renders (tests, ``make plan``) run as this account, so a placeholder passes there and is
+#: refused by a deploy to a real account.
+DOCUMENTATION_ACCOUNT = "123456789012"
+#: Names reserved for examples and tests (RFC 2606): mail to them never arrives.
+RESERVED_TOP_LEVEL = ("example", "test", "invalid", "localhost")
+RESERVED_DOMAINS = ("example.com", "example.net", "example.org")
+
+
+def placeholders(config: StackConfig) -> tuple[str, ...]:
+    """Values that are documentation examples, not the user's own: each names its key, what
+    gives it away and what to do."""
+    found: list[str] = []
+    arns = {
+        "web.certificateArn": config.web.certificate_arn,
+        "alerts.topicArn": config.alerts.topic_arn,
+    }
+    for key, arn in arns.items():
+        if arn is not None and arn.split(":")[4] == DOCUMENTATION_ACCOUNT:
+            found.append(
+                f"{key}: {arn} is in account {DOCUMENTATION_ACCOUNT}, AWS's documentation "
+                "example; replace it with the ARN of your own"
+            )
+    if config.alerts.email is not None:
+        domain = config.alerts.email.rsplit("@", 1)[1].lower()
+        labels = domain.split(".")
+        if labels[-1] in RESERVED_TOP_LEVEL or ".".join(labels[-2:]) in RESERVED_DOMAINS:
+            found.append(
+                f"alerts.email: {config.alerts.email} is at {domain}, a domain reserved for "
+                "examples that receives no mail; replace it with an address that is read"
+            )
+    return tuple(found)

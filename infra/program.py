@@ -22,7 +22,14 @@ from infra.alarms import Alarms, AlarmsArgs, PoolService
 from infra.beat import Beat, BeatArgs
 from infra.broker import Broker, BrokerArgs
 from infra.cluster import AwsContext, Cluster, ClusterArgs
-from infra.config import ConfigError, NewVpc, StackConfig, load
+from infra.config import (
+    DOCUMENTATION_ACCOUNT,
+    ConfigError,
+    NewVpc,
+    StackConfig,
+    load,
+    placeholders,
+)
 from infra.containers import (
     beat_environment,
     metrics_namespace,
@@ -101,6 +108,18 @@ def validate(
         metrics_namespace=metrics_namespace(project, stack),
         image_context=image_context,
     )
+
+
+def check_placeholders(config: StackConfig, account: str) -> None:
+    """Refuse documentation placeholders (Pulumi.prod.yaml ships some) in a deploy to a real
+    account; the offline renders run as the documentation account and only warn."""
+    found = placeholders(config)
+    if found and account != DOCUMENTATION_ACCOUNT:
+        raise ConfigError(
+            f"{found[0]}; allowed: a value of your own (the stack deploys to account {account})"
+        )
+    for message in found:
+        pulumi.log.warn(f"placeholder in the stack config: {message}")
 
 
 def available_zones() -> list[str]:
@@ -381,6 +400,7 @@ def main(project_root: Path = PROJECT_ROOT) -> dict[str, Any]:
             stack=pulumi.get_stack(),
             project_root=project_root,
         )
+        check_placeholders(plan.config, aws.get_caller_identity().account_id)
     except ConfigError as error:
         raise InvalidStackConfig(f"invalid stack config: {error}") from None
     outputs = deploy(plan)

@@ -1065,6 +1065,39 @@ def test_invalid_config_registers_no_resource(raw: dict[str, object]) -> None:
     assert mocks.calls == []
 
 
+class RealAccount(RecordingMocks):
+    """The mocks, answering as a real account rather than AWS's documentation example."""
+
+    ACCOUNT = "210987654321"
+
+    def call(self, args: Any) -> dict[str, Any]:
+        answer = super().call(args)
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            answer = {**answer, "id": self.ACCOUNT, "accountId": self.ACCOUNT}
+        return answer
+
+
+def test_placeholders_are_refused_in_a_real_account_before_any_resource() -> None:
+    """Pulumi.prod.yaml ships documentation examples (account 123456789012, example.com): they
+    render offline, which runs as that account, and a deploy to a real one refuses them."""
+    raw = stack_file_config("prod")
+    mocks = RealAccount()
+    with pytest.raises(
+        pulumi.RunError,
+        match=r"^invalid stack config: web\.certificateArn: \S+ is in account 123456789012.*"
+        r"allowed: a value of your own \(the stack deploys to account 210987654321\)",
+    ):
+        run_program(raw, mocks=mocks)
+    assert mocks.registrations == []
+    assert run_program(raw).of_type(SERVICE)
+    own = {
+        **raw,
+        "web": {"certificateArn": CERTIFICATE.replace("123456789012", "210987654321")},
+        "alerts": {"email": "ops@celery.io"},
+    }
+    assert run_program(own, mocks=RealAccount()).of_type(SERVICE)
+
+
 @pytest.fixture
 def unexpressible_schedule(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     every_30s = PeriodicEntry(name="too-often", task="app.tasks.noop", schedule=Every(30))
