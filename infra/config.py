@@ -30,12 +30,18 @@ from infra.budget import (
 
 Scheduler = Literal["beat", "eventbridge"]
 NatGateways = Literal["none", "single", "perAz"]
+AwsAccess = Literal["nat", "vpcEndpoints"]
 BrokerEngine = Literal["redis", "valkey"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 CpuArchitecture = Literal["X86_64", "ARM64"]
 
 SCHEDULERS: tuple[Scheduler, ...] = ("beat", "eventbridge")
 NAT_GATEWAYS: tuple[NatGateways, ...] = ("none", "single", "perAz")
+#: How an existing VPC's private subnets reach AWS. Without NAT, tasks need VPC endpoints
+#: (``com.amazonaws.<region>.<name>``): ECR serves image layers from S3, so an S3 gateway
+#: endpoint on the subnets' route tables, and interface endpoints ecr.api, ecr.dkr (ECR User
+#: Guide, "Amazon ECR interface VPC endpoints (AWS PrivateLink)"), logs and secretsmanager.
+AWS_ACCESS: tuple[AwsAccess, ...] = ("nat", "vpcEndpoints")
 BROKER_ENGINES: tuple[BrokerEngine, ...] = ("redis", "valkey")
 LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: CPU architectures of Fargate Linux tasks (ARM64: Graviton).
@@ -205,6 +211,9 @@ class ExistingVpc:
     vpc_id: str
     public_subnet_ids: tuple[str, ...]
     private_subnet_ids: tuple[str, ...]
+    #: How the private subnets reach ECR, S3, CloudWatch Logs and Secrets Manager, as the
+    #: user states it (nothing offline can see their route tables).
+    aws_access: AwsAccess = "nat"
 
 
 @dataclass(frozen=True)
@@ -418,7 +427,7 @@ BROKER_KEYS = (
     "authTokenGeneration",
 )  # fmt: skip
 NEW_VPC_KEYS = ("cidr", "natGateways")
-EXISTING_VPC_KEYS = ("vpcId", "publicSubnetIds", "privateSubnetIds")
+EXISTING_VPC_KEYS = ("vpcId", "publicSubnetIds", "privateSubnetIds", "privateSubnetsReachAws")
 
 
 def load(raw: Mapping[str, object]) -> StackConfig:
@@ -771,10 +780,23 @@ def _load_existing_vpc(raw: Mapping[str, object]) -> ExistingVpc:
         if ids is None or len(ids) < 2:
             raise _fail(f"network.{key}", "at least two subnets are needed", allowed)
         subnets[key] = ids
+    access = fields.raw.get("privateSubnetsReachAws")
+    if access not in AWS_ACCESS:
+        problem = "required with vpcId" if access is None else f"unknown value {access!r}"
+        raise _fail(
+            "network.privateSubnetsReachAws",
+            f"{problem}: tasks in the private subnets pull the image from ECR (its layers from "
+            "S3), write logs to CloudWatch Logs and read the broker URL from Secrets Manager, "
+            "and the program cannot see your route tables; say how they reach AWS",
+            "nat (a NAT gateway or another route to the internet), vpcEndpoints (an S3 gateway "
+            "endpoint on the private subnets' route tables and interface endpoints ecr.api, "
+            "ecr.dkr, logs, secretsmanager with private DNS, admitting HTTPS from the tasks)",
+        )
     return ExistingVpc(
         vpc_id=vpc_id,
         public_subnet_ids=subnets["publicSubnetIds"],
         private_subnet_ids=subnets["privateSubnetIds"],
+        aws_access=access,
     )
 
 

@@ -134,12 +134,14 @@ def test_existing_vpc() -> None:
         "vpcId": "vpc-0123456789abcdef0",
         "publicSubnetIds": ["subnet-00000001", "subnet-00000002"],
         "privateSubnetIds": ["subnet-00000003", "subnet-00000004"],
+        "privateSubnetsReachAws": "vpcEndpoints",
     }
     config = load({"network": network})
     assert config.network == ExistingVpc(
         vpc_id="vpc-0123456789abcdef0",
         public_subnet_ids=("subnet-00000001", "subnet-00000002"),
         private_subnet_ids=("subnet-00000003", "subnet-00000004"),
+        aws_access="vpcEndpoints",
     )
     assert not config.tasks_in_public_subnets
 
@@ -360,6 +362,32 @@ INVALID = [
         "network.publicSubnetIds",
         "at least two",
         id="one-subnet",
+    ),
+    pytest.param(
+        {
+            "network": {
+                "vpcId": "vpc-01234567",
+                "publicSubnetIds": ["subnet-00000001", "subnet-00000002"],
+                "privateSubnetIds": ["subnet-00000003", "subnet-00000004"],
+            }
+        },
+        "network.privateSubnetsReachAws",
+        "vpcEndpoints (an S3 gateway endpoint on the private subnets' route tables and "
+        "interface endpoints ecr.api, ecr.dkr, logs, secretsmanager",
+        id="existing-vpc-without-stated-access",
+    ),
+    pytest.param(
+        {
+            "network": {
+                "vpcId": "vpc-01234567",
+                "publicSubnetIds": ["subnet-00000001", "subnet-00000002"],
+                "privateSubnetIds": ["subnet-00000003", "subnet-00000004"],
+                "privateSubnetsReachAws": "internet",
+            }
+        },
+        "network.privateSubnetsReachAws",
+        "nat (a NAT gateway or another route to the internet)",
+        id="existing-vpc-unknown-access",
     ),
     pytest.param(
         {"network": {"vpcId": "vpc-01234567", "cidr": "10.0.0.0/16"}},

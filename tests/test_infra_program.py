@@ -96,6 +96,7 @@ STACKS: dict[str, dict[str, object]] = {
             "vpcId": "vpc-0123456789abcdef0",
             "publicSubnetIds": ["subnet-000000a1", "subnet-000000a2"],
             "privateSubnetIds": ["subnet-000000b1", "subnet-000000b2", "subnet-000000b3"],
+            "privateSubnetsReachAws": "nat",
         },
         "alerts": {"topicArn": "arn:aws:sns:us-east-1:123456789012:ops-alerts"},
     },
