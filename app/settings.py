@@ -11,8 +11,10 @@ Every variable, its default and its unit is listed in ``ENV_VARS`` and in the RE
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 # Variable names. The infrastructure imports these so both sides spell them the same way.
@@ -39,6 +41,9 @@ WEB_PORT = "WEB_PORT"
 WEB_REQUEST_TIMEOUT = "WEB_REQUEST_TIMEOUT"
 WEB_MAX_BODY_BYTES = "WEB_MAX_BODY_BYTES"
 WEB_THREADS = "WEB_THREADS"
+# Where the web reads the accepted API keys (app.api_keys): exactly one of the two is set.
+WEB_API_KEYS_SECRET_ARN = "WEB_API_KEYS_SECRET_ARN"
+WEB_API_KEYS_FILE = "WEB_API_KEYS_FILE"
 # Read by Celery itself when the worker module is imported: "SIGQUIT" turns SIGTERM into a cold
 # shutdown (see infra/budget.py for when that is chosen).
 REMAP_SIGTERM = "REMAP_SIGTERM"
@@ -103,6 +108,16 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     ),
     WEB_MAX_BODY_BYTES: ("65536", "Largest accepted request body; larger gets 413."),
     WEB_THREADS: ("8", "Request threads in the web process."),
+    WEB_API_KEYS_SECRET_ARN: (
+        "(one of the two)",
+        "ARN of the Secrets Manager secret holding the accepted API keys (the stack sets it); "
+        "read with the task role, re-read every minute.",
+    ),
+    WEB_API_KEYS_FILE: (
+        "(one of the two)",
+        "Path of a file holding the accepted API keys, in the secret's format (local runs and "
+        "tests); re-read every minute. Neither or both set: the web refuses to start.",
+    ),
 }
 
 
@@ -113,6 +128,13 @@ DEFAULT_LIVENESS_TIMEOUT = 15
 #: Shortest liveness timeout: its deadlines (app.liveness) are fractions of it, the smallest a
 #: fifteenth, and a worker must be able to refresh within that on a busy machine.
 MIN_LIVENESS_TIMEOUT = 3
+
+
+#: A Secrets Manager secret's ARN: arn:<partition>:secretsmanager:<region>:<account>:secret:<name>
+#: (IAM User Guide, "Amazon Resource Names (ARNs)"; Secrets Manager's resource types).
+SECRET_ARN = re.compile(
+    r"arn:(?P<partition>aws[a-z-]*):secretsmanager:(?P<region>[a-z0-9-]+):\d{12}:secret:[^:\s]+"
+)
 
 
 class ConfigError(ValueError):
@@ -304,3 +326,34 @@ class WebSettings:
             max_body_bytes=_int(env, WEB_MAX_BODY_BYTES, 65536, minimum=1),
             threads=_int(env, WEB_THREADS, 8, minimum=1),
         )
+
+
+@dataclass(frozen=True)
+class ApiKeysSettings:
+    """Where the web reads the API keys it accepts (``app.api_keys``): exactly one is set.
+
+    Read by ``app.gunicorn_conf`` (a web without a source never starts) and ``app.web``.
+    """
+
+    secret_arn: str | None
+    file: Path | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ApiKeysSettings:
+        env = os.environ if env is None else env
+        secret_arn = env.get(WEB_API_KEYS_SECRET_ARN, "").strip() or None
+        keys_file = env.get(WEB_API_KEYS_FILE, "").strip() or None
+        # Never open because unconfigured: the API runs with exactly one source of keys.
+        if (secret_arn is None) == (keys_file is None):
+            raise ConfigError(
+                f"set exactly one of {WEB_API_KEYS_SECRET_ARN} (a Secrets Manager secret's ARN) "
+                f"or {WEB_API_KEYS_FILE} (a file path): they say where the accepted API keys "
+                f"are, and the API refuses to run without them; got "
+                + ("both" if secret_arn else "neither")
+            )
+        if secret_arn is not None and not SECRET_ARN.fullmatch(secret_arn):
+            raise ConfigError(
+                f"{WEB_API_KEYS_SECRET_ARN}={secret_arn!r}: expected a Secrets Manager secret ARN "
+                "(arn:aws:secretsmanager:<region>:<account>:secret:<name>)"
+            )
+        return cls(secret_arn=secret_arn, file=Path(keys_file) if keys_file else None)

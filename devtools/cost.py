@@ -259,7 +259,9 @@ class _Builder:
         secrets = len(self.run.of_type("aws:secretsmanager/secret:Secret"))
         if secrets:
             price = secrets * self.prices["secretsManager"]["secretMonth"]
-            yield Line(f"Secrets Manager: {secrets} secret", price, price)
+            yield Line(
+                f"Secrets Manager: {secrets} secret{'s' if secrets > 1 else ''}", price, price
+            )
         if self.run.of_type("aws:ecr/repository:Repository"):
             price = KEEP_IMAGES * IMAGE_GB * self.prices["ecr"]["storageGbMonth"]
             yield Line(f"ECR storage: {KEEP_IMAGES} images", price, price)

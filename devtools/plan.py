@@ -720,8 +720,13 @@ SUMMARIES: dict[str, Summary] = {
         f"{', '.join(sorted(r.inputs.get('keepers', {})))} change"
     ],
     "random:index/randomPassword:RandomPassword": lambda r, _: [
-        f"{r.inputs['length']:g} characters, specials {r.inputs.get('overrideSpecial')} "
-        "(secret: not shown)"
+        f"{r.inputs['length']:g} characters, "
+        + (
+            "letters and digits"
+            if r.inputs.get("special") is False
+            else f"specials {r.inputs.get('overrideSpecial')}"
+        )
+        + " (secret: not shown)"
     ],
     "aws:ecr/repository:Repository": lambda r, _: [
         f"tags {r.inputs['imageTagMutability']}, scan on push "

@@ -206,6 +206,8 @@ def deploy(plan: Plan) -> dict[str, Any]:
             public_subnet_ids=network.public_subnet_ids,
             alb_security_group_id=network.alb_security_group_id,
             placement=network.task_placement(network.web_security_group_id),
+            api_keys_secret_name_prefix=f"{plan.prefix}/web-api-keys-",
+            secret_recovery_days=7 if config.production else 0,
         ),
     )
     ServiceScaling(
@@ -305,6 +307,8 @@ def deploy(plan: Plan) -> dict[str, Any]:
 
     return {
         "webUrl": web.url,
+        # The ARN, never the keys: aws secretsmanager get-secret-value --secret-id <it>.
+        "webApiKeysSecretArn": web.api_keys_secret.arn,
         "brokerEndpoint": pulumi.Output.concat(broker.primary_endpoint, ":", str(broker.port)),
         "clusterName": cluster.cluster.name,
         "serviceNames": service_names,

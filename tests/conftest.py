@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 
 from devtools.redis_server import RedisServer, start_redis
 from devtools.twin.container import Container
-from tests.support import AppProcess, ClientFactory, app_environment
+from tests.support import AUTHORIZATION, AppProcess, ClientFactory, app_environment
 
 # Property tests: the suite must pass every time on a loaded machine, so the default profile
 # checks the same examples on every run with no per-example deadline. HYPOTHESIS_PROFILE=explore
@@ -91,7 +91,10 @@ def make_client(app_env: dict[str, str]) -> Iterator[ClientFactory]:
     from app.web import create_app  # imports the Celery app: only in the tests that use it
 
     def make(**overrides: str) -> FlaskClient:
-        return create_app({**app_env, **overrides}).test_client()
+        client = create_app({**app_env, **overrides}).test_client()
+        # Every request carries the test key unless it sets its own Authorization header.
+        client.environ_base["HTTP_AUTHORIZATION"] = AUTHORIZATION["Authorization"]
+        return client
 
     # create_app marks this process as one that never waits on task results (see app.web);
     # restore Celery's default for the rest of the session afterwards.

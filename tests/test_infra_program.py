@@ -22,6 +22,7 @@ import pytest
 from pulumi.runtime.mocks import MockResourceArgs
 
 from app import settings as env_names
+from app.api_keys import parse_keys
 from app.schedule import SCHEDULE, Every, PeriodicEntry
 from app.settings import PROTECTION_IDLE_GRACE_SECONDS
 from devtools.render import (
@@ -545,7 +546,7 @@ def test_broker_is_encrypted_authenticated_and_never_evicts(deployed: Deployed) 
         assert "finalSnapshotIdentifier" not in group
         assert "brokerFinalSnapshotName" not in run.outputs
         assert not run.of_type("random:index/randomId:RandomId")
-    password = run.one("random:index/randomPassword:RandomPassword").inputs
+    password = run.named("random:index/randomPassword:RandomPassword", "broker-auth-token").inputs
     assert password["overrideSpecial"] == "!&#$^<>-"
     assert 16 <= password["length"] <= 128
     # A token change applies at once and invalidates the old token (no window where both work,
@@ -573,9 +574,9 @@ def test_a_new_token_generation_rolls_every_service_onto_the_new_broker_url() ->
 
 def test_broker_url_reaches_containers_only_as_a_secret(deployed: Deployed) -> None:
     run = deployed.run
-    secret = run.one("aws:secretsmanager/secret:Secret")
+    secret = run.named("aws:secretsmanager/secret:Secret", "broker")
     secret_arn = secret.state["arn"]
-    version_registration = run.one("aws:secretsmanager/secretVersion:SecretVersion")
+    version_registration = run.named("aws:secretsmanager/secretVersion:SecretVersion", "broker")
     assert "secretString" in version_registration.secret_inputs
     version = version_registration.inputs
     host = run.one("aws:elasticache/replicationGroup:ReplicationGroup").state[
@@ -595,6 +596,53 @@ def test_broker_url_reaches_containers_only_as_a_secret(deployed: Deployed) -> N
     assert not any(token in outputs for token in token_forms)
     assert "rediss://" not in outputs
     assert run.secret_outputs == set()
+
+
+@pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
+def test_the_web_reads_its_api_keys_from_a_secret_only_it_may_read(deployed: Deployed) -> None:
+    run = deployed.run
+    secret = run.named("aws:secretsmanager/secret:Secret", "web-api-keys")
+    arn = secret.state["arn"]
+    assert secret.inputs["namePrefix"] == f"{PREFIX}/web-api-keys-"
+    assert secret.inputs["recoveryWindowInDays"] == (7 if deployed.config.production else 0)
+    # The first value: one generated key of letters and digits, a secret input of the version.
+    key = run.named("random:index/randomPassword:RandomPassword", "web-api-key")
+    assert key.inputs["special"] is False and key.inputs["length"] >= 32
+    version = run.named("aws:secretsmanager/secretVersion:SecretVersion", "web-api-keys")
+    assert version.inputs["secretId"] == arn
+    assert "secretString" in version.secret_inputs
+    assert parse_keys(version.inputs["secretString"]) == (key.state["result"].encode(),)
+    # The web finds the secret by its ARN, a plain variable (no file: exactly one source).
+    web = run.task_definitions()["web"]
+    assert web.environment[env_names.WEB_API_KEYS_SECRET_ARN] == arn
+    assert env_names.WEB_API_KEYS_FILE not in web.environment
+    assert env_names.ApiKeysSettings.from_env(web.environment).secret_arn == arn
+    # Its task role may read it, nothing else may; the execution role does not start with it.
+    policies = {p.name: json.loads(p.inputs["policy"]) for p in run.of_type(ROLE_POLICY)}
+    assert statements(policies["web-task"]) == [
+        {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": [arn]}
+    ]
+    readers = [name for name, policy in policies.items() if arn in json.dumps(policy)]
+    assert readers == ["web-task"]
+    # The ARN is an output; the key is in no output, environment or secret of a container.
+    assert run.outputs["webApiKeysSecretArn"] == arn
+    everything = json.dumps(run.outputs) + json.dumps(
+        [(task.environment, task.secrets) for task in run.task_definitions().values()]
+    )
+    assert key.state["result"] not in everything
+    assert run.secret_outputs == set()
+
+
+def test_up_never_writes_the_api_keys_again() -> None:
+    run = run_program({})
+    # A rotation done outside Pulumi is the secret's value from then on; AWS never deletes the
+    # first version (a label of the stack's own stays on it), so a refresh never recreates it.
+    version = ("aws:secretsmanager/secretVersion:SecretVersion", "web-api-keys")
+    assert run.ignore_changes[version] == ["secret_string", "version_stages"]
+    stages = run.named(*version).inputs["versionStages"]
+    assert stages == ["AWSCURRENT", "STACK_INITIAL"]
+    # The broker URL secret is the program's: a new token is written (README, token rotation).
+    assert ("aws:secretsmanager/secretVersion:SecretVersion", "broker") not in run.ignore_changes
 
 
 # --- task definitions -----------------------------------------------------------------------
@@ -738,7 +786,7 @@ def test_execution_role_reads_exactly_the_broker_secret(deployed: Deployed) -> N
     by_action = {
         action: s["Resource"] for s in statements(policy) for action in as_list(s["Action"])
     }
-    secret = run.one("aws:secretsmanager/secret:Secret").state["arn"]
+    secret = run.named("aws:secretsmanager/secret:Secret", "broker").state["arn"]
     assert secret.startswith(f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:")
     assert by_action["secretsmanager:GetSecretValue"] == [secret]
     groups = sorted(
@@ -778,8 +826,10 @@ def test_task_protection_rights_only_for_cold_shutdown_pools(deployed: Deployed)
         (statement,) = statements(policy)
         assert sorted(statement["Action"]) == ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
         assert statement["Resource"] == [f"arn:aws:ecs:{REGION}:{ACCOUNT}:task/{cluster}/*"]
-    for other in ("web-task", "beat-task", "schedule-task"):
+    for other in ("beat-task", "schedule-task"):
         assert other not in policies
+    # The web's one right: reading its API keys (test_the_web_reads_its_api_keys_from_a_secret...).
+    assert "ecs:" not in json.dumps(policies["web-task"])
     for role in run.of_type(ROLE):
         if role.name == "cluster-execution":
             continue  # see infra/cluster.py: no source-account guard on the execution role
@@ -971,6 +1021,7 @@ def test_outputs(deployed: Deployed) -> None:
     config, outputs = deployed.config, deployed.run.outputs
     assert set(outputs) == {
         "webUrl",
+        "webApiKeysSecretArn",
         "brokerEndpoint",
         "clusterName",
         "serviceNames",
