@@ -98,7 +98,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     ),
     METRICS_NAMESPACE: (
         "(empty: off)",
-        "CloudWatch namespace of the queue metrics the workers publish and of beat's heartbeat "
+        "CloudWatch namespace of the queue metrics the workers publish (PutMetricData, in the "
+        "task's `AWS_REGION`; without a region, a line on stdout) and of beat's heartbeat "
         "(embedded metric format).",
     ),
     WEB_PORT: ("8000", "Port the web server listens on."),

@@ -71,7 +71,8 @@ def health_check(role: str) -> dict[str, object]:
 
 
 def metrics_namespace(project: str, stack: str) -> str:
-    """CloudWatch namespace the workers publish queue backlog to (embedded metric format)."""
+    """CloudWatch namespace of the workers' queue metrics (PutMetricData) and of beat's
+    heartbeat (embedded metric format)."""
     return f"CeleryEcs/{project}-{stack}"
 
 

@@ -238,6 +238,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
                 image=image.image_ref,
                 environment=worker_environment(config, pool, plan.metrics_namespace),
                 placement=background,
+                metrics_namespace=plan.metrics_namespace,
             ),
         )
         scaling = ServiceScaling(

@@ -39,6 +39,24 @@ SPOT_STRATEGY: tuple[aws.ecs.ServiceCapacityProviderStrategyArgsDict, ...] = (
 )
 #: What a worker needs to hold scale-in protection while it runs tasks (cold-shutdown pools).
 TASK_PROTECTION_ACTIONS = ("ecs:GetTaskProtection", "ecs:UpdateTaskProtection")
+#: What a worker needs to publish its queue metrics (``app.cloudwatch``).
+PUT_METRIC_DATA_ACTION = "cloudwatch:PutMetricData"
+#: The condition key that scopes it: PutMetricData has no resource-level permissions, only
+#: this key (Service Authorization Reference, "Actions, resources, and condition keys for
+#: Amazon CloudWatch"; CloudWatch User Guide, "Using condition keys to limit access to
+#: CloudWatch namespaces").
+NAMESPACE_CONDITION_KEY = "cloudwatch:namespace"
+
+
+def put_metric_data_statement(namespace: str) -> dict[str, Any]:
+    """Publish metrics into ``namespace`` and no other. ``Resource: "*"`` because the action
+    has no resource type to name; the condition is what scopes it."""
+    return {
+        "Effect": "Allow",
+        "Action": [PUT_METRIC_DATA_ACTION],
+        "Resource": "*",
+        "Condition": {"StringEquals": {NAMESPACE_CONDITION_KEY: namespace}},
+    }
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,9 @@ class WorkerArgs:
     - ``image``: image reference. Required.
     - ``environment``: container environment (no secrets). Required.
     - ``placement``: subnets, the background security group, public IP or not. Required.
+    - ``metrics_namespace``: the CloudWatch namespace the workers publish their queue metrics
+      to (``CELERY_METRICS_NAMESPACE``); the task role may put metrics there only. Empty: no
+      metrics, no permission. Default empty.
     """
 
     pool: WorkerPool
@@ -62,6 +83,7 @@ class WorkerArgs:
     image: pulumi.Input[str]
     environment: Mapping[str, str]
     placement: TaskPlacement
+    metrics_namespace: str = ""
 
 
 class Worker(pulumi.ComponentResource):
@@ -82,6 +104,8 @@ class Worker(pulumi.ComponentResource):
                     "Resource": [args.cluster.task_arn_pattern()],
                 }
             )
+        if args.metrics_namespace:
+            statements.append(put_metric_data_statement(args.metrics_namespace))
         task_role = args.cluster.task_role(f"{name}-task", statements, parent=self)
         task_definition = fargate_task_definition(
             f"{name}-task",

@@ -813,19 +813,33 @@ def test_execution_role_reads_exactly_the_broker_secret(deployed: Deployed) -> N
     }
 
 
-def test_task_protection_rights_only_for_cold_shutdown_pools(deployed: Deployed) -> None:
+def test_worker_roles_put_metrics_in_their_namespace_and_protect_only_cold_pools(
+    deployed: Deployed,
+) -> None:
     run = deployed.run
     cluster = run.outputs["clusterName"]
     policies = {p.name: json.loads(p.inputs["policy"]) for p in run.of_type(ROLE_POLICY)}
+    definitions = run.task_definitions()
     for pool in deployed.config.workers:
-        policy = policies.get(f"worker-{pool.name}-task")
+        environment = definitions[f"worker-{pool.name}"].container["environment"]
+        (namespace,) = [e["value"] for e in environment if e["name"] == "CELERY_METRICS_NAMESPACE"]
+        assert namespace.startswith("CeleryEcs/")
+        policy = policies[f"worker-{pool.name}-task"]
+        by_action = {tuple(sorted(s["Action"])): s for s in statements(policy)}
+        # PutMetricData has no resource-level permissions: "*", held to the stack's namespace.
+        assert by_action.pop(("cloudwatch:PutMetricData",)) == {
+            "Effect": "Allow",
+            "Action": ["cloudwatch:PutMetricData"],
+            "Resource": "*",
+            "Condition": {"StringEquals": {"cloudwatch:namespace": namespace}},
+        }, pool.name
         if not pool.budget.task_protection:
-            assert policy is None, pool.name
+            assert by_action == {}, pool.name
             continue
-        assert policy is not None, pool.name
-        (statement,) = statements(policy)
+        (statement,) = by_action.values()
         assert sorted(statement["Action"]) == ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
         assert statement["Resource"] == [f"arn:aws:ecs:{REGION}:{ACCOUNT}:task/{cluster}/*"]
+    # Beat's heartbeat is a log line (EMF): beat, like the schedule, gets no right.
     for other in ("beat-task", "schedule-task"):
         assert other not in policies
     # The web's one right: reading its API keys (test_the_web_reads_its_api_keys_from_a_secret...).
@@ -1050,9 +1064,10 @@ def test_dev_stack_file_deploys() -> None:
     assert set(tasks) == {"web", "beat", *(f"worker-{pool.name}" for pool in config.workers)}
     assert validate(run).ok
     protected = {
-        name.removesuffix("-task")
-        for name in (p.name for p in run.of_type(ROLE_POLICY))
-        if name.startswith("worker-")
+        policy.name.removesuffix("-task")
+        for policy in run.of_type(ROLE_POLICY)
+        if policy.name.startswith("worker-")
+        and "ecs:UpdateTaskProtection" in policy.inputs["policy"]
     }
     assert protected == {
         f"worker-{pool.name}" for pool in config.workers if pool.budget.task_protection
