@@ -24,7 +24,7 @@ from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
 
 from app import routing
-from app.consumer import RestoreLostDeliveries
+from app.consumer import BoundedPrefetch, RestoreLostDeliveries
 from app.health import HeartbeatFile
 from app.liveness import ConsumerLiveness, Deadlines, Lease, LivenessStep, WorkerKeys
 from app.metrics import QueueMetricsStep, stamp_published_at
@@ -156,6 +156,15 @@ def keys_of_this_worker(sender: str, instance: Any, conf: Any, **_: Any) -> None
     instance.liveness = Lease(keys, Deadlines(settings.liveness_timeout))
 
 
+@signals.worker_init.connect
+def bound_what_this_worker_holds(sender: Any, **_: Any) -> None:
+    """Set Celery's ``worker_eta_task_limit`` for this worker's pool size before its consumer
+    starts: the most messages it may hold (``Settings.eta_task_limit``), which the visibility
+    timeout is sized for (``infra.budget.WorkerBudget.longest_unacked``). Without it Celery
+    raises the prefetch count for every countdown/ETA message and a worker holds any number."""
+    sender.app.conf.worker_eta_task_limit = settings.eta_task_limit(sender.concurrency)
+
+
 #: Seconds between heartbeats of the worker and beat (see ``app.health``).
 HEARTBEAT_INTERVAL = 10.0
 
@@ -221,6 +230,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
 
 app.steps["consumer"].add(WorkerHeartbeat)
 app.steps["consumer"].add(ConsumerLiveness)
+app.steps["consumer"].add(BoundedPrefetch)
 app.steps["consumer"].add(RestoreLostDeliveries)
 app.steps["consumer"].add(RestoreGoneWorkers)
 app.steps["worker"].add(LivenessStep)
