@@ -30,6 +30,7 @@ from app.liveness import ConsumerLiveness, Deadlines, Lease, LivenessStep, Worke
 from app.metrics import QueueMetricsStep, stamp_published_at
 from app.protection import TaskProtectionStep
 from app.recovery import RestoreGoneWorkers, UnackedSweepStep
+from app.results import ResultBackendLoader
 from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
 from app.settings import Settings
 
@@ -111,6 +112,8 @@ app = Celery(
     include=["app.tasks"],
     task_cls=RequeueOnBrokerOutage,
     amqp=LimitedDelayAmqp,
+    # redis:// and rediss:// result backends are app.results.ResultBackend.
+    loader=ResultBackendLoader,
 )
 app.conf.update(settings.celery_config())
 app.conf.update(

@@ -114,8 +114,6 @@ ENV_VARS: dict[str, tuple[str, str]] = {
 }
 
 
-#: Celery's ``module:Class+URL`` form of ``result_backend``.
-RESULT_BACKEND_CLASS = "app.results:ResultBackend"
 #: Messages a worker may hold per pool slot unless CELERY_HELD_PER_SLOT says: stock Celery's
 #: default prefetch multiplier, so a worker running one task per slot can still hold three
 #: countdown/ETA messages per slot before it stops taking messages.
@@ -283,8 +281,9 @@ class Settings:
             "broker_url": self.broker_url,
             # kombu's Redis transport, taking a message and recording it in one round trip.
             "broker_transport": "app.transport:Transport",
-            # Celery's Redis backend with each state stored in one atomic script (app.results).
-            "result_backend": f"{RESULT_BACKEND_CLASS}+{self.result_backend}",
+            # A plain URL: the app's loader makes it Celery's Redis backend with each state
+            # stored in one atomic script (app.results.ResultBackendLoader).
+            "result_backend": self.result_backend,
             "result_expires": self.result_expires,
             # Acknowledge after the task ran, so a crash re-queues instead of losing it.
             "task_acks_late": True,

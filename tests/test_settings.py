@@ -26,8 +26,8 @@ def test_defaults_are_the_reliable_ones() -> None:
     assert config["result_accept_content"] == ["json"]
     assert config["task_serializer"] == config["result_serializer"] == "json"
     assert config["result_expires"] == 86400
-    # Celery's Redis backend, each state stored in one atomic script (app.results).
-    assert config["result_backend"] == f"app.results:ResultBackend+{BROKER['CELERY_BROKER_URL']}"
+    # A plain URL: app.results.ResultBackendLoader makes it the app's backend.
+    assert config["result_backend"] == BROKER["CELERY_BROKER_URL"]
     assert config["broker_transport"] == "app.transport:Transport"
     assert config["task_track_started"] is False  # only tasks that declare it
     vt = config["broker_transport_options"]["visibility_timeout"]
