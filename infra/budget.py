@@ -109,7 +109,9 @@ class WorkerBudget:
         not depend on ``c``, so the app can check it at import (``app.settings``) without
         knowing its concurrency. With no countdown/ETA message held, ``N`` is the prefetch
         (``prefetch_multiplier x c``) and the bound ``prefetch_multiplier x time_limit +
-        max_countdown`` of a pool without ETA messages.
+        max_countdown`` of a pool without ETA messages. It assumes the worker command's prefork
+        pool at a fixed concurrency and tasks without a ``rate_limit`` (a rate-limited task
+        waits in the worker for a token after its ETA, outside the bound).
 
         Liveness (``app.recovery``) takes back a dead worker's messages; a live worker's are
         taken back only past the visibility timeout, which this bound keeps from happening.
