@@ -119,6 +119,10 @@ class HeldMessagesQoS(QoS):
     below its prefetch (down to 1, one task at a time whatever its concurrency) until other
     messages raise it again. This one counts every raise and lowering (``wanted``) and caps only
     the value it sets, so the count returns to the prefetch.
+
+    Undocumented names it relies on (kombu 5.6.2, celery 5.6.3): kombu's ``QoS._mutex``; the
+    consumer's ``qos`` attribute, made by Celery's Tasks step and read by the event loop; Celery
+    assigning ``qos.value`` itself (``Consumer._restore_prefetch_count_after_connection_restart``).
     """
 
     def __init__(self, callback: Any, initial_value: int, max_prefetch: int | None) -> None:
