@@ -26,6 +26,7 @@ TIME_LIMIT = "CELERY_TASK_TIME_LIMIT"
 VISIBILITY_TIMEOUT = "CELERY_VISIBILITY_TIMEOUT"
 PREFETCH_MULTIPLIER = "CELERY_PREFETCH_MULTIPLIER"
 MAX_COUNTDOWN = "CELERY_MAX_COUNTDOWN"
+HELD_PER_SLOT = "CELERY_HELD_PER_SLOT"
 # Not CELERY_WORKER_POOL: the celery CLI reads that one as `worker --pool`.
 WORKER_POOL = "CELERY_POOL_NAME"
 LIVENESS_TIMEOUT = "CELERY_LIVENESS_TIMEOUT"
@@ -62,10 +63,17 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     VISIBILITY_TIMEOUT: (
         "3600",
         "Seconds a delivered, unacknowledged message waits before a sweep takes it back even "
-        "from a live worker (the last resort). Must exceed prefetch multiplier x time limit + "
+        "from a live worker (the last resort). Must exceed held per slot x time limit + "
         "max countdown.",
     ),
     PREFETCH_MULTIPLIER: ("1", "Messages reserved per pool slot."),
+    HELD_PER_SLOT: (
+        "4",
+        "Most messages a worker holds per pool slot: running, waiting for a slot or for their "
+        "countdown/ETA. Celery's `worker_eta_task_limit` is this x concurrency; past it the "
+        "worker takes nothing more and the messages stay on their queue. At least the prefetch "
+        "multiplier.",
+    ),
     WORKER_POOL: (
         "default",
         "Worker pool name: in its workers' keys, and the visibility-timeout sweep takes back "
@@ -122,8 +130,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
 }
 
 
-#: Celery's ``module:Class+URL`` form of ``result_backend``.
-RESULT_BACKEND_CLASS = "app.results:ResultBackend"
+#: Messages a worker may hold per pool slot unless CELERY_HELD_PER_SLOT says: stock Celery's
+#: default prefetch multiplier, so a worker running one task per slot can still hold three
+#: countdown/ETA messages per slot before it stops taking messages.
+DEFAULT_HELD_PER_SLOT = 4
 #: Seconds a worker's liveness key lives without a refresh, unless CELERY_LIVENESS_TIMEOUT says.
 DEFAULT_LIVENESS_TIMEOUT = 15
 #: Shortest liveness timeout: its deadlines (app.liveness) are fractions of it, the smallest a
@@ -190,6 +200,7 @@ class Settings:
     visibility_timeout: int
     prefetch_multiplier: int
     max_countdown: int
+    held_per_slot: int
     worker_pool: str
     liveness_timeout: int
     soft_shutdown_timeout: int
@@ -216,14 +227,22 @@ class Settings:
             raise ConfigError(f"{TIME_LIMIT}={hard} must be above {SOFT_TIME_LIMIT}={soft}")
         prefetch = _int(env, PREFETCH_MULTIPLIER, 1, minimum=1)
         max_countdown = _int(env, MAX_COUNTDOWN, 300)
+        held_per_slot = _int(env, HELD_PER_SLOT, DEFAULT_HELD_PER_SLOT, minimum=1)
+        if held_per_slot < prefetch:
+            # Celery caps the prefetch count at the limit from the first countdown/ETA message
+            # on: a limit below the prefetch would shrink the worker's own prefetch.
+            raise ConfigError(
+                f"{HELD_PER_SLOT}={held_per_slot} must be >= {PREFETCH_MULTIPLIER}={prefetch}"
+            )
         visibility = _int(env, VISIBILITY_TIMEOUT, 3600, minimum=1)
-        # A message stays unacknowledged while it waits in the prefetch buffer, waits for its
-        # ETA and runs. Redis redelivers it after the visibility timeout even if a worker still
-        # has it, so a shorter timeout means the same task runs twice.
-        longest_unacked = prefetch * hard + max_countdown
+        # Redis redelivers a message after the visibility timeout even if a live worker still
+        # has it, so a timeout shorter than the longest a message can stay unacknowledged means
+        # the same task runs twice. That bound is ``longest_unacked`` (infra.budget derives the
+        # same, and sizes the timeout above it).
+        longest_unacked = held_per_slot * hard + max_countdown
         if visibility <= longest_unacked:
             raise ConfigError(
-                f"{VISIBILITY_TIMEOUT}={visibility} must exceed {PREFETCH_MULTIPLIER} x "
+                f"{VISIBILITY_TIMEOUT}={visibility} must exceed {HELD_PER_SLOT} x "
                 f"{TIME_LIMIT} + {MAX_COUNTDOWN} = {longest_unacked}, or running tasks are "
                 "delivered twice"
             )
@@ -244,6 +263,7 @@ class Settings:
             visibility_timeout=visibility,
             prefetch_multiplier=prefetch,
             max_countdown=max_countdown,
+            held_per_slot=held_per_slot,
             worker_pool=pool,
             liveness_timeout=_int(env, LIVENESS_TIMEOUT, DEFAULT_LIVENESS_TIMEOUT,
                                   minimum=MIN_LIVENESS_TIMEOUT),
@@ -255,6 +275,20 @@ class Settings:
             heartbeat_dir=env.get(HEARTBEAT_DIR, "").strip() or "/tmp",
             metrics_namespace=env.get(METRICS_NAMESPACE, "").strip(),
         )
+
+    def eta_task_limit(self, concurrency: int) -> int:
+        """Celery's ``worker_eta_task_limit`` for a worker of ``concurrency`` pool slots: the
+        most messages it holds unacknowledged (``held_per_slot`` per slot).
+
+        What Celery (5.6) does with it: the consumer's prefetch count starts at concurrency x
+        prefetch multiplier and grows by one for every countdown/ETA message received
+        (``celery/worker/strategy.py``), capped at this limit (``kombu.common.QoS``'s
+        ``max_prefetch``, set in ``celery/worker/consumer/tasks.py``). The Redis channel takes
+        a message only while it holds fewer than the prefetch count
+        (``kombu.transport.virtual.QoS.can_consume``): past the limit the worker takes nothing
+        more, and the messages stay on their queue for other workers. Nothing is rejected.
+        """
+        return self.held_per_slot * concurrency
 
     def celery_config(self) -> dict[str, object]:
         """The Celery settings these values imply, with the reliable defaults fixed."""
@@ -270,8 +304,9 @@ class Settings:
             "broker_url": self.broker_url,
             # kombu's Redis transport, taking a message and recording it in one round trip.
             "broker_transport": "app.transport:Transport",
-            # Celery's Redis backend with each state stored in one atomic script (app.results).
-            "result_backend": f"{RESULT_BACKEND_CLASS}+{self.result_backend}",
+            # A plain URL: the app's loader makes it Celery's Redis backend with each state
+            # stored in one atomic script (app.results.ResultBackendLoader).
+            "result_backend": self.result_backend,
             "result_expires": self.result_expires,
             # Acknowledge after the task ran, so a crash re-queues instead of losing it.
             "task_acks_late": True,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar, cast
 
 from app.routing import QUEUES
+from app.settings import DEFAULT_HELD_PER_SLOT
 from infra.budget import (
     EXIT_MARGIN,
     BudgetError,
@@ -62,6 +63,9 @@ DEFAULT_ENGINE_VERSIONS: dict[BrokerEngine, str] = {"redis": "7.1", "valkey": "8
 #: before a message lost with a crashed worker comes back.
 MAX_COUNTDOWN_LIMIT = 86_400
 DEFAULT_TASK_TIMEOUT = 300
+#: Most messages a worker may be allowed to hold per task slot: the visibility timeout grows by
+#: the hard time limit for each (``infra.budget.WorkerBudget.longest_unacked``).
+MAX_HELD_PER_SLOT = 64
 DEFAULT_CONCURRENCY = 2
 #: Default backlog-per-task target = this x concurrency: every slot of a task has about this many
 #: messages waiting behind it before the pool grows (see ``WorkerPool.backlog_per_task``).
@@ -412,6 +416,7 @@ TOP_LEVEL_KEYS = (
 POOL_KEYS = (
     "name", "queues", "concurrency", "taskTimeout", "minCount", "maxCount", "cpu", "memory",
     "maxStopTimeout", "backlogPerTask", "fargateSpot", "maxQueueSeconds", "typicalTaskSeconds",
+    "heldPerSlot",
 )  # fmt: skip
 ALERTS_KEYS = (
     "email", "topicArn", "http5xxPercent", "brokerMemoryPercent", "brokerCpuPercent",
@@ -545,10 +550,20 @@ def _load_pool(raw: object, path: str, max_countdown: int) -> WorkerPool:
     # Ranges of the two timeouts are the budget's to decide (its errors name the key).
     task_timeout = fields.integer("taskTimeout", DEFAULT_TASK_TIMEOUT, why="seconds")
     max_stop_timeout = fields.integer("maxStopTimeout", 120, why="seconds")
+    held_per_slot = fields.integer(
+        "heldPerSlot",
+        DEFAULT_HELD_PER_SLOT,
+        1,
+        MAX_HELD_PER_SLOT,
+        "messages a worker holds per task slot, countdown/ETA ones included",
+    )
     budget = _catch_budget(
         path,
         lambda: worker_budget(
-            task_timeout, max_stop_timeout=max_stop_timeout, max_countdown=max_countdown
+            task_timeout,
+            max_stop_timeout=max_stop_timeout,
+            max_countdown=max_countdown,
+            held_per_slot=held_per_slot,
         ),
     )
     fargate_spot = fields.boolean("fargateSpot", False)

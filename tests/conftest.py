@@ -58,7 +58,8 @@ def app_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
         tmp_path,
         CELERY_TASK_SOFT_TIME_LIMIT="20",
         CELERY_TASK_TIME_LIMIT="22",
-        CELERY_VISIBILITY_TIMEOUT="60",
+        # Above CELERY_HELD_PER_SLOT (4) x 22 + 30 = 118, as the app requires.
+        CELERY_VISIBILITY_TIMEOUT="120",
         CELERY_MAX_COUNTDOWN="30",
         # The tests read Celery's per-task lines (off in the product, see APP_LOG_TASKS).
         APP_LOG_TASKS="true",

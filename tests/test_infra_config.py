@@ -50,6 +50,18 @@ def test_empty_config_gives_a_deployable_default_stack() -> None:
     assert config.web.budget == web_budget(30)
 
 
+def test_a_pool_sets_how_many_messages_a_worker_holds_per_slot() -> None:
+    """``heldPerSlot`` reaches the budget, its environment and its visibility timeout."""
+    (default,) = load({}).workers
+    assert default.budget.held_per_slot == 4
+    pool = {"name": "long", "queues": list(QUEUES), "taskTimeout": 3600, "heldPerSlot": 1}
+    (held_one,) = load({"workers": [pool]}).workers
+    assert held_one.budget == worker_budget(3600, held_per_slot=1)
+    assert held_one.budget.environment()["CELERY_HELD_PER_SLOT"] == "1"
+    # One message per slot: a long pool's visibility timeout is a quarter of the default's.
+    assert held_one.budget.longest_unacked == 3660 + 300
+
+
 def test_cpu_architecture_and_fargate_spot() -> None:
     assert load({}).cpu_architecture == "X86_64"
     assert load({}).uses_fargate_spot is False
@@ -283,6 +295,18 @@ INVALID = [
         "workers[0].maxStopTimeout",
         "11..120",
         id="max-stop-timeout-low",
+    ),
+    pytest.param(
+        {"workers": pools({"heldPerSlot": 0})},
+        "workers[0].heldPerSlot",
+        "1..64",
+        id="held-per-slot-low",
+    ),
+    pytest.param(
+        {"workers": pools({}, {"heldPerSlot": 65})},
+        "workers[1].heldPerSlot",
+        "1..64",
+        id="held-per-slot-high",
     ),
     pytest.param(
         {"workers": pools({"maxQueueSeconds": 10})},
