@@ -28,6 +28,7 @@ run: $(BIN)/.installed system-packages
 test: $(BIN)/.installed system-packages
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/.installed system-packages
