@@ -47,4 +47,4 @@ plan-docs: $(BIN)/.installed system-packages
 	@$(BIN)/python -m devtools.plan --stack dev --write-docs >/dev/null
 
 clean:
-	rm -rf $(VENV) .twin .plan .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) .venvs .twin .plan .pytest_cache .ruff_cache .mypy_cache .hypothesis
