@@ -177,6 +177,47 @@ def test_the_policy_pack_loads_and_judges_in_its_own_virtualenv(
     )
 
 
+# --- the cache --------------------------------------------------------------------------------
+
+
+def test_a_build_runs_its_command_once_per_key_and_a_failure_fails(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# nothing\n")
+    install = envs.Install(
+        "python -m venv --without-pip v && echo built >>../runs", {"requirements.txt": requirements}
+    )
+    built = envs.build(install, cache)
+    assert envs.virtualenvs(built) == ["v"]
+    assert envs.build(install, cache) == built  # cached: the command ran once
+    assert (cache / "runs").read_text() == "built\n"
+    # What is installed is the key: another requirements file, another build.
+    requirements.write_text("pip\n")
+    changed = envs.Install(install.command, {"requirements.txt": requirements})
+    assert changed.key() != built.name
+    # A command that fails raises, with its output, and leaves no finished build behind.
+    failing = envs.Install("python -m venv --without-pip v && echo broken >&2 && exit 3", {})
+    with pytest.raises(envs.BuildError, match="broken"):
+        envs.build(failing, cache)
+    assert not (cache / failing.key() / envs.BUILT).exists()
+
+
+def test_jobs_that_install_the_same_thing_share_a_virtualenv() -> None:
+    def installs(job: str) -> list[envs.Install]:
+        found = [
+            envs.pip_steps(str(step["run"]), ROOT)
+            for step in WORKFLOW["jobs"][job]["steps"]
+            if "run" in step
+        ]
+        return [install for install in found if install is not None]
+
+    assert [i.key() for i in installs("preview")] == [i.key() for i in installs("deploy")]
+    assert len(installs("preview")) == 2
+    # Pulumi's own toolchain upgrades pip, setuptools and wheel first: another virtualenv.
+    program = envs.pulumi_pip_toolchain(ROOT, "Pulumi.yaml")
+    assert program.key() not in {install.key() for install in installs("preview")}
+
+
 # --- 3. the workflow's jobs -------------------------------------------------------------------
 
 #: What the workflow's expressions read. Repository variables are unset (their defaults apply).
