@@ -28,6 +28,7 @@ run: $(BIN)/.installed system-packages
 test: $(BIN)/.installed system-packages
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/.installed system-packages
@@ -46,4 +47,4 @@ plan-docs: $(BIN)/.installed system-packages
 	@$(BIN)/python -m devtools.plan --stack dev --write-docs >/dev/null
 
 clean:
-	rm -rf $(VENV) .twin .plan .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) .venvs .twin .plan .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -7,16 +7,29 @@ the same wrappers pulumi-policy's analyzer server applies, then calls every poli
 function, as ``pulumi preview --policy-pack policy`` would, minus the engine.
 
     python -m devtools.policy_check [STACK]    # renders Pulumi.<STACK>.yaml (default dev)
+
+``running_pack`` and ``analyze`` go one step further: they start the pack the way Pulumi does,
+in the pack's own virtualenv, as an analyzer process, and send it the engine's requests over
+gRPC (tests/test_entry_environments.py: the pack loads and judges from policy/requirements.txt
+alone).
 """
 
 from __future__ import annotations
 
+import os
+import select
+import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+import grpc
+from google.protobuf import empty_pb2, json_format, struct_pb2
+from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
 from pulumi_policy import (
     Policy,
     PolicyCustomTimeouts,
@@ -127,6 +140,119 @@ def check(run: render.ProgramRun, policies: Sequence[Policy] = POLICIES) -> list
         if isinstance(policy, StackValidationPolicy):
             _run(policy, policy.validate(stack, reporter(policy, "")))
     return violations
+
+
+#: Seconds a pack may take to start and print its port.
+PACK_START_TIMEOUT = 60.0
+#: As large as the analyzer accepts (pulumi_policy's _MAX_RPC_MESSAGE_SIZE): a stack's outputs
+#: travel in one AnalyzeStack request.
+_MAX_MESSAGE = 400 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PackRun:
+    """What a policy pack process said: its name, its policies, and every diagnostic as a
+    violation, with the enforcement level it reported (``analyzer_pb2.EnforcementLevel`` name)."""
+
+    name: str
+    policies: list[str]
+    violations: list[Violation]
+    enforcement_levels: frozenset[str]
+
+
+@contextmanager
+def running_pack(python: Path, pack_dir: Path) -> Iterator[analyzer_pb2_grpc.AnalyzerStub]:
+    """Start the policy pack in ``pack_dir`` with the interpreter ``python`` as Pulumi's language
+    host does (``python -u -m pulumi.policy <engine address> <pack dir>``, in the pack's
+    directory: pulumi/pulumi sdk/python/cmd/pulumi-language-python/main.go RunPlugin), read the
+    port it prints and hand back a client of its Analyzer service; the process is stopped on
+    exit. The engine address is not used by Python packs; a closed port stands in for it."""
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"}
+    }
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(
+            [str(python), "-u", "-m", "pulumi.policy", "127.0.0.1:1", str(pack_dir)],
+            cwd=pack_dir, stdout=subprocess.PIPE, stderr=errors, env=environment,
+        )  # fmt: skip
+        assert process.stdout is not None
+        try:
+            ready, _, _ = select.select([process.stdout], [], [], PACK_START_TIMEOUT)
+            line = process.stdout.readline() if ready else b""
+            if not line.strip().isdigit():
+                process.kill()
+                process.wait()
+                errors.seek(0)
+                raise RuntimeError(
+                    f"the policy pack {pack_dir} did not start with {python} "
+                    f"(printed {line!r}):\n{errors.read().decode(errors='replace')}"
+                )
+            options = [
+                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ]
+            with grpc.insecure_channel(f"127.0.0.1:{int(line)}", options=options) as channel:
+                yield analyzer_pb2_grpc.AnalyzerStub(channel)
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
+
+
+def struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(dict(values))
+    return struct
+
+
+def analyze(
+    analyzer: analyzer_pb2_grpc.AnalyzerStub, resources: Sequence[render.Registration]
+) -> PackRun:
+    """Ask a running pack what the engine asks during a preview: its info, then every
+    resource's inputs (Analyze, one request each), then every resource's outputs at once
+    (AnalyzeStack). The resources are what ``check`` sees: the same props and options."""
+    info = analyzer.GetAnalyzerInfo(empty_pb2.Empty())
+    violations: list[Violation] = []
+    levels: set[str] = set()
+
+    def collect(response: analyzer_pb2.AnalyzeResponse, default_urn: str) -> None:
+        for diagnostic in response.diagnostics:
+            urn = diagnostic.urn or default_urn
+            resource = urn.rsplit("::", 1)[-1] if urn else ""
+            violations.append(Violation(diagnostic.policyName, resource, diagnostic.message, urn))
+            levels.add(analyzer_pb2.EnforcementLevel.Name(diagnostic.enforcementLevel))
+
+    for registration in resources:
+        request = analyzer_pb2.AnalyzeRequest(
+            type=registration.type,
+            properties=struct(registration.inputs),
+            urn=registration.urn,
+            name=registration.name,
+            options=analyzer_pb2.AnalyzerResourceOptions(parent=registration.parent),
+        )
+        collect(analyzer.Analyze(request), registration.urn)
+    stack = analyzer_pb2.AnalyzeStackRequest(
+        resources=[
+            analyzer_pb2.AnalyzerResource(
+                type=registration.type,
+                properties=struct(_outputs(registration)),
+                urn=registration.urn,
+                name=registration.name,
+                options=analyzer_pb2.AnalyzerResourceOptions(parent=registration.parent),
+                parent=registration.parent,
+            )
+            for registration in resources
+        ]
+    )
+    collect(analyzer.AnalyzeStack(stack), "")
+    return PackRun(
+        name=info.name,
+        policies=[policy.name for policy in info.policies],
+        violations=violations,
+        enforcement_levels=frozenset(levels),
+    )
 
 
 def main(argv: Sequence[str]) -> int:

@@ -16,9 +16,12 @@ always renders the same resources.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import json
+import runpy
+import sys
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -105,6 +108,34 @@ class Registration:
     def physical_name(self) -> str:
         """The name the resource has in AWS (given, or auto-named by the provider)."""
         return str(self.state.get("name", self.name))
+
+    def to_json(self) -> dict[str, Any]:
+        """The registration as JSON-ready data (``from_json`` reads it back)."""
+        return {
+            "type": self.type,
+            "name": self.name,
+            "inputs": self.inputs,
+            "secret_inputs": sorted(self.secret_inputs),
+            "id": self.id,
+            "state": self.state,
+            "urn": self.urn,
+            "parent": self.parent,
+            "custom": self.custom,
+        }
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> Registration:
+        return Registration(
+            type=data["type"],
+            name=data["name"],
+            inputs=dict(data["inputs"]),
+            secret_inputs=frozenset(data["secret_inputs"]),
+            id=data["id"],
+            state=dict(data["state"]),
+            urn=data["urn"],
+            parent=data["parent"],
+            custom=bool(data["custom"]),
+        )
 
 
 def _is_secret(value: object) -> bool:
@@ -462,13 +493,19 @@ def run_program(
     project_root: Path = ROOT,
     mocks: RecordingMocks | None = None,
     transformations: Sequence[pulumi.ResourceTransformation] = (),
+    entry_point: Path | None = None,
 ) -> ProgramRun:
     """Run ``infra.program.main`` with ``config`` (the ``celery-ecs:`` keys, unprefixed, values
     as in Pulumi.<stack>.yaml) in ``region``. ``project_root`` is where the program looks for
     the Dockerfile to build. Exceptions of the program propagate; pass ``mocks`` to inspect
     what was registered before one. ``transformations`` are registered as stack
     transformations before the program runs (tests use them to break one invariant on purpose;
-    they see each resource's Python-named props, e.g. ``deployment_maximum_percent``)."""
+    they see each resource's Python-named props, e.g. ``deployment_maximum_percent``).
+
+    ``entry_point``: the project directory whose ``__main__.py`` to run instead, the way
+    Pulumi's language host does (``runpy.run_path`` of the program directory, with it first on
+    ``sys.path``: pulumi/pulumi sdk/python/cmd/pulumi-language-python-exec); the outputs are
+    then what it exported, read from the stack resource."""
     mocks = mocks if mocks is not None else RecordingMocks(region)
     result = ProgramRun(resources=mocks.registrations)
     loop = asyncio.new_event_loop()
@@ -502,7 +539,13 @@ def run_program(
             pulumi.runtime.register_stack_transformation(record_options)
             for transformation in transformations:
                 pulumi.runtime.register_stack_transformation(transformation)
-            outputs = program.main(project_root=project_root)
+            if entry_point is None:
+                outputs = program.main(project_root=project_root)
+            else:
+                runpy.run_path(str(entry_point), run_name="__main__")
+                # set_mocks made the root resource, a Stack: pulumi.export records there.
+                stack = pulumi.runtime.get_root_resource()
+                outputs = dict(getattr(stack, "outputs", {}))
             for name, value in outputs.items():
                 output = pulumi.Output.from_input(value)
                 result.outputs[name] = await output.future()
@@ -552,3 +595,33 @@ def read_stack_path(path: Path) -> StackFile:
 def stack_file_config(stack: str = "dev") -> dict[str, object]:
     """The ``celery-ecs:`` keys of ``Pulumi.<stack>.yaml``, unprefixed."""
     return read_stack_file(stack).config
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m devtools.render STACK_FILE...``: run the project's ``__main__.py`` under the
+    mocks for each stack file and print every run as JSON (``{stack: {resources, outputs,
+    secret_outputs}}``), for a process in another environment to read (the tests run it in the
+    virtualenv Pulumi builds from requirements.txt alone, tests/test_entry_environments.py)."""
+    parser = argparse.ArgumentParser(prog="python -m devtools.render")
+    parser.add_argument("stack_files", nargs="+", type=Path, metavar="STACK_FILE")
+    arguments = parser.parse_args(argv)
+    runs: dict[str, object] = {}
+    for path in arguments.stack_files:
+        stack_file = read_stack_path(path)
+        run = run_program(
+            stack_file.config,
+            stack=stack_file.stack,
+            region=stack_file.region or DEFAULT_REGION,
+            entry_point=ROOT,
+        )
+        runs[stack_file.stack] = {
+            "resources": [resource.to_json() for resource in run.resources],
+            "outputs": run.outputs,
+            "secret_outputs": sorted(run.secret_outputs),
+        }
+    json.dump(runs, sys.stdout, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

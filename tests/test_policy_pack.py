@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import json
 import re
-import select
-import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from functools import cache
+from pathlib import Path
 from typing import Any
 
-import grpc
 import pulumi
 import pytest
-from google.protobuf import empty_pb2, struct_pb2
+from google.protobuf import empty_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
@@ -38,7 +36,7 @@ from pulumi_policy import (
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
 
 from app import settings
-from devtools.policy_check import Violation, check, engine_props
+from devtools.policy_check import Violation, check, engine_props, running_pack, struct
 from devtools.render import ProgramRun, stack_file_config
 from infra import budget
 from infra.containers import ENQUEUE_DEFAULT_COMMAND, WEB_COMMAND, worker_command
@@ -1330,28 +1328,8 @@ def test_a_broken_invariant_is_caught_and_nothing_else(broken: Break) -> None:
 def analyzer() -> Iterator[analyzer_pb2_grpc.AnalyzerStub]:
     """policy/__main__.py started the way Pulumi's Python language host starts a policy pack
     (``python -u -m pulumi.policy <engine> <pack directory>``): it prints its gRPC port."""
-    process = subprocess.Popen(
-        [sys.executable, "-u", "-m", "pulumi.policy", "127.0.0.1:0", str(ROOT / "policy")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=ROOT / "policy",
-    )
-    try:
-        assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], 60)
-        line = process.stdout.readline().decode() if ready else ""
-        assert re.fullmatch(r"\d+\n", line), (line, process.poll())
-        with grpc.insecure_channel(f"127.0.0.1:{line.strip()}") as channel:
-            yield analyzer_pb2_grpc.AnalyzerStub(channel)
-    finally:
-        process.kill()
-        process.wait(timeout=30)
-
-
-def struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(dict(values))
-    return message
+    with running_pack(Path(sys.executable), ROOT / "policy") as stub:
+        yield stub
 
 
 def test_the_pack_declares_every_policy_mandatory(

@@ -169,12 +169,9 @@ def test_one_comment_holds_the_preview_and_the_offline_plan(workflow: dict[str, 
     assert summary["if"] == "github.event.pull_request.head.repo.full_name != github.repository"
 
 
-@pytest.mark.parametrize("previous", ["", "4242"])
-def test_the_comment_script_replaces_the_previous_comment(tmp_path: Path, previous: str) -> None:
-    """scripts/pr-comment against a stand-in for the gh CLI that records its calls."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "calls"
+def write_fake_gh(bin_dir: Path, calls: Path) -> Path:
+    """A stand-in for the gh CLI in ``bin_dir``: appends each call's arguments to ``calls``; a
+    listing of comments prints ``$PREVIOUS`` (the id of the comment to replace), if set."""
     fake_gh = bin_dir / "gh"
     fake_gh.write_text(
         "#!/usr/bin/env bash\n"
@@ -184,6 +181,16 @@ def test_the_comment_script_replaces_the_previous_comment(tmp_path: Path, previo
         "exit 0\n"
     )
     fake_gh.chmod(0o755)
+    return fake_gh
+
+
+@pytest.mark.parametrize("previous", ["", "4242"])
+def test_the_comment_script_replaces_the_previous_comment(tmp_path: Path, previous: str) -> None:
+    """scripts/pr-comment against a stand-in for the gh CLI that records its calls."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    write_fake_gh(bin_dir, calls)
     body = tmp_path / "comment.md"
     body.write_text("<!-- marker -->\nthe plan\n")
     env = {
