@@ -12,13 +12,15 @@ Here every message a consumer acknowledges later leaves its queue inside one Lua
 restores read it unchanged), and adds the consuming worker to the liveness registry
 (``app.liveness``). Nothing else in this transport pops a queue list, so there is no window in
 which a message is off its queue and unrecorded. ``FETCH`` is sent through the event loop as
-kombu sends ``BRPOP``, with ``EVALSHA`` (``EVAL`` once when the server does not know it yet).
+kombu sends ``BRPOP``, with ``EVALSHA``; ``NOSCRIPT`` (a new or restarted server, a flushed
+cache, or from Redis 7.4 an ``EVAL``-loaded script evicted) means nothing ran, and the same
+``FETCH`` is sent again with ``EVAL``.
 
 Redis has no blocking command that moves from several lists atomically, and a script cannot
 block. So an idle consumer never blocks on a queue; it blocks on something it may lose:
 
 - Publishing through this transport pushes the message and a *wake token* onto the queue's wake
-  list (``_kombu.wake.<queue>``, capped at ``WAKE_TOKENS_MAX``) in one ``MULTI`` transaction.
+  list (``_kombu.wake.<queue>``, capped at ``WAKE_TOKENS_MAX``) in one step (``PUBLISH``).
 - When ``FETCH`` finds every queue of the consumer empty, it deletes their wake lists in the
   same script (any token there is stale: the queues are empty), and the consumer blocks with
   ``BRPOP`` on those wake lists, for at most the transport's polling interval (kombu's
@@ -30,9 +32,11 @@ published by stock kombu) are taken within the polling interval. Because ``FETCH
 the deletion are one step and a publish's message and token are one step, no wake-up is lost.
 
 ``FETCH`` declares itself with a Redis 7 shebang and no ``allow-oom`` flag: at ``maxmemory``
-(``noeviction``) Redis refuses the whole script before it runs ("Eval Scripts" page, "Script
-flags", redis.io/docs/latest/develop/programmability/lua-api and eval-intro), so no message is
-taken that cannot be recorded, and no task starts that could not store its result. The consumer
+(``noeviction``) Redis refuses the whole script before it runs (redis.io, "Scripting with Lua",
+"Script flags"; ``scripts_flags_def`` in Redis's ``src/script.c``; checked on redis-server 7.0.15
+by ``tests/test_transport.py``), so no message is taken that cannot be recorded, and no task
+starts that could not store its result. (Without a shebang, Redis 7.0 runs the script and lets
+its writes after the first pass the limit: ``RPOP`` is not ``denyoom``.) The consumer
 then waits as when idle and tries again. Acknowledgements that rode on the refused script are
 sent at once with ``ACK``, a script flagged ``allow-oom`` (it only deletes): at ``maxmemory``
 Redis rejects every command queued in ``MULTI``, kombu's own acknowledgement included.
@@ -128,6 +132,15 @@ for j = 1, #ARGV do
   end
 end
 return gone
+"""
+
+#: Publishes a message and a wake token in one step (one command: cheaper for the client than
+#: a MULTI of three), capping the wake list. KEYS: the queue's list, its wake list. ARGV: the
+#: message, the cap. The shebang without flags: refused as a whole at maxmemory, as LPUSH is.
+PUBLISH = """#!lua
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LPUSH', KEYS[2], 1)
+redis.call('LTRIM', KEYS[2], 0, ARGV[2] - 1)
 """
 
 #: What the polling connection waits on: a FETCH reply, or a wake list's BRPOP reply.
@@ -251,7 +264,7 @@ class Channel(kombu_redis.Channel):
         #: The arguments of the last FETCH sent (sent again with EVAL after NOSCRIPT).
         self._last_arguments: Sequence[Any] = ()
         self._sync_client: redis.Redis | None = None
-        self._scripts: tuple[Script, Script] | None = None
+        self._scripts: tuple[Script, Script, Script] | None = None
 
     # --- clients and scripts --------------------------------------------------------------------
 
@@ -268,11 +281,12 @@ class Channel(kombu_redis.Channel):
         self._sync_client = None
         super()._disconnect_pools()
 
-    def scripts(self) -> tuple[Script, Script]:
-        """FETCH and ACK as redis-py scripts (EVALSHA, loading the script on NOSCRIPT)."""
+    def scripts(self) -> tuple[Script, Script, Script]:
+        """FETCH, ACK and PUBLISH as redis-py scripts (EVALSHA, loading on NOSCRIPT)."""
         if self._scripts is None:
             with self.conn_or_acquire() as client:
-                self._scripts = (client.register_script(FETCH), client.register_script(ACK))
+                self._scripts = (client.register_script(FETCH), client.register_script(ACK),
+                                 client.register_script(PUBLISH))  # fmt: skip
         return self._scripts
 
     def unconfirmed_acks(self) -> list[str]:
@@ -284,12 +298,10 @@ class Channel(kombu_redis.Channel):
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         """kombu's LPUSH, and a wake token for a consumer waiting on the queue, atomically."""
         priority = self._get_message_priority(message, reverse=False)
-        wake = wake_key(queue)
-        with self.conn_or_acquire() as client, client.pipeline() as pipe:
-            pipe.lpush(self._q_for_pri(queue, priority), dumps(message))
-            pipe.lpush(wake, 1)
-            pipe.ltrim(wake, 0, WAKE_TOKENS_MAX - 1)
-            pipe.execute()
+        _, _, publish = self.scripts()
+        with self.conn_or_acquire() as client:
+            publish([self._q_for_pri(queue, priority), wake_key(queue)],
+                    [dumps(message), WAKE_TOKENS_MAX], client=client)  # fmt: skip
 
     # --- consuming ------------------------------------------------------------------------------
 
@@ -322,7 +334,7 @@ class Channel(kombu_redis.Channel):
         """kombu's synchronous get; a message to acknowledge is taken and recorded by FETCH."""
         if no_ack:
             return super().basic_get(queue, no_ack=True, **kwargs)
-        fetch, _ = self.scripts()
+        fetch, _, _ = self.scripts()
         numkeys, *arguments = self._fetch_arguments([queue], [])
         with self.conn_or_acquire() as client:
             reply = fetch(arguments[:numkeys], arguments[numkeys:], client=client)
@@ -369,7 +381,7 @@ class Channel(kombu_redis.Channel):
         """Run ACK on the synchronous connection (allowed at maxmemory)."""
         if not tags:
             return
-        _, ack = self.scripts()
+        _, ack, _ = self.scripts()
         qos = self.qos
         with self.conn_or_acquire() as client:
             gone = ack([qos.unacked_key, qos.unacked_index_key], list(tags), client=client)
