@@ -9,6 +9,7 @@ at maxmemory, a send that fails, a flushed script cache) and looks at Redis for 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import inspect
 import logging
@@ -32,6 +33,7 @@ from kombu.utils.json import dumps, loads
 from app.celery_app import app
 from app.liveness import REGISTRY_KEY, WorkerKeys, unacked_count
 from app.transport import (
+    FETCH,
     KOMBU_PRIVATE_NAMES,
     KOMBU_VERIFIED_VERSION,
     WAKE_TOKENS_MAX,
@@ -43,6 +45,7 @@ from devtools.redis_server import RedisServer, start_redis
 from tests.support import AppProcess, app_environment, send_task, start_worker, wait_for
 
 QUEUE = "default"
+FETCH_SHA = hashlib.sha1(FETCH.encode()).hexdigest()
 WORKER = WorkerKeys("default", "w/1")
 #: Every command that removes an element from a list.
 POPS = {"RPOP", "LPOP", "BRPOP", "BLPOP", "RPOPLPUSH", "BRPOPLPUSH", "LMOVE", "BLMOVE", "LMPOP",
@@ -555,4 +558,30 @@ def test_an_idle_worker_whose_connection_is_cut_runs_the_next_task_exactly_once(
     time.sleep(2)  # time enough for a duplicate to show
     assert attempts(redis_client, "cut-1") == 1
     assert redis_client.hget("ledger:balances", "acct") == "10"
+    assert worker.alive(), worker.logs()
+
+
+def test_a_worker_resumes_after_a_restart_that_lost_the_data_and_the_scripts(
+    own_redis: RedisServer, tmp_path: Path, processes: list[AppProcess]
+) -> None:
+    # What the restart took is the restart's (the item 4); the transport's part is
+    # that the worker takes what comes after it: its scripts are gone (NOSCRIPT), and so are
+    # the wake lists it waited on.
+    url = own_redis.url
+    env = app_environment(url, tmp_path, CELERY_VISIBILITY_TIMEOUT="900",
+                          CELERY_MAX_COUNTDOWN="0")  # fmt: skip
+    worker = start_worker(env, tmp_path)
+    processes.append(worker)
+    client = redis.Redis.from_url(url, decode_responses=True)
+    wait_for(lambda: waiting_on_wake_list(client), 30, what="the worker idle")
+
+    own_redis.restart(downtime=1, keep_data=False)
+
+    client = redis.Redis.from_url(url, decode_responses=True)
+    assert client.dbsize() == 0 and client.script_exists(FETCH_SHA) == [False]
+    send_task(url, "app.tasks.apply_credit",
+              kwargs={"idempotency_key": "after-1", "account": "acct", "amount": 10})  # fmt: skip
+    wait_for(lambda: client.exists("idem:after-1"), 60, what="the task to complete")
+    wait_for(lambda: unacked_count(client, "default") == 0, 30, what="its ack")
+    assert attempts(client, "after-1") == 1
     assert worker.alive(), worker.logs()
