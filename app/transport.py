@@ -158,6 +158,7 @@ KOMBU_PRIVATE_NAMES: tuple[tuple[str, str, str | None], ...] = (
     ("kombu.transport.redis:Channel", "_put", "(self, queue, message, **kwargs)"),
     ("kombu.transport.redis:Channel", "_basic_cancel", "(self, consumer_tag)"),
     ("kombu.transport.redis:Channel", "_disconnect_pools", "(self)"),
+    ("kombu.transport.redis:Channel", "_poll_error", "(self, type, **options)"),
     ("kombu.transport.virtual:Channel", "basic_get", "(self, queue, no_ack=False, **kwargs)"),
     ("kombu.transport.virtual:Channel", "basic_consume",
      "(self, queue, no_ack, callback, consumer_tag, **kwargs)"),
@@ -394,6 +395,7 @@ class Channel(kombu_redis.Channel):
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return False
+        self._reclaim_unread()
         carried = [*self.acks_pending, *acks]
         self.acks_pending = []
         self._send(_FETCHING, self._fetch_arguments(queues, carried), carried)
@@ -403,6 +405,7 @@ class Channel(kombu_redis.Channel):
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
+        self._reclaim_unread()
         wait = self.brpop_timeout if timeout is None else timeout
         self._send(_WAKING, [*map(wake_key, queues), wait or 0], [])
 
@@ -424,6 +427,21 @@ class Channel(kombu_redis.Channel):
         self._awaiting = command
         self._last_arguments = arguments
         self.acks_in_flight = acks
+
+    def _reclaim_unread(self) -> None:
+        """A new command goes out while the last one's reply was never read (its connection
+        was dropped under it, and kombu reset ``_in_poll``): its acknowledgements go again."""
+        if self.acks_in_flight:
+            self._set_aside(self.acks_in_flight)
+            self.acks_in_flight = []
+        self._awaiting = None
+
+    def _poll_error(self, type: str, **options: Any) -> Any:
+        # kombu reads (and drops) the reply on a socket error event: a FETCH reply carries a
+        # recorded message and the fate of acknowledgements, so it goes to its reader.
+        if type == "BRPOP" and self._awaiting is not None:
+            return self._brpop_read(**options)
+        return super()._poll_error(type, **options)
 
     def _set_aside(self, acks: list[str]) -> None:
         """Acknowledgements whose fate is unknown: sent again with the next FETCH."""

@@ -512,6 +512,21 @@ def test_an_acknowledgement_whose_send_failed_is_sent_again(
     assert held_now == [received[1].headers["id"]]  # the first one's ack reached Redis
 
 
+def test_a_fetch_reply_read_on_a_socket_error_event_is_delivered(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    # kombu's poller reads the reply itself on an error event, and drops it.
+    sent = publish(redis_url)
+    redis_client.script_load(FETCH)  # EVALSHA finds it: the first reply is FETCH's
+    received: list[Any] = []
+    with consumer(redis_url, received=received) as connection:
+        channel = connection.default_channel
+        connection.transport.cycle._register_BRPOP(channel)  # sends FETCH
+        wait_for(lambda: not redis_client.llen(QUEUE), 10, what="FETCH to take the message")
+        channel._poll_error("BRPOP")
+        assert [message.headers["id"] for message in received] == [sent]
+
+
 def test_a_flushed_script_cache_is_loaded_again(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
