@@ -205,8 +205,9 @@ class QoS(kombu_redis.QoS):
         if delivery_tag == channel.recorded_tag:
             channel.recorded_tag = ""  # FETCH wrote the record with the take
         else:
-            # Only a message FETCH left unrecorded gets here: one taken for a consumer without
-            # acknowledgements and handed to another by kombu. Recorded as kombu does.
+            # Only a message FETCH left unrecorded gets here: its delivery tag is not a string
+            # (no kombu producer writes that), or it was taken for a consumer without
+            # acknowledgements and kombu hands it to one with. Recorded as kombu does.
             delivery = message.delivery_info
             with self.pipe_or_acquire() as pipe:
                 pipe.zadd(self.unacked_index_key, {delivery_tag: time()})
