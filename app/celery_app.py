@@ -24,12 +24,13 @@ from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
 
 from app import routing
-from app.consumer import RestoreLostDeliveries
+from app.consumer import BoundedPrefetch, RestoreLostDeliveries
 from app.health import HeartbeatFile
 from app.liveness import ConsumerLiveness, Deadlines, Lease, LivenessStep, WorkerKeys
 from app.metrics import QueueMetricsStep, stamp_published_at
 from app.protection import TaskProtectionStep
 from app.recovery import RestoreGoneWorkers, UnackedSweepStep
+from app.results import ResultBackendLoader
 from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
 from app.settings import Settings
 
@@ -111,6 +112,8 @@ app = Celery(
     include=["app.tasks"],
     task_cls=RequeueOnBrokerOutage,
     amqp=LimitedDelayAmqp,
+    # redis:// and rediss:// result backends are app.results.ResultBackend.
+    loader=ResultBackendLoader,
 )
 app.conf.update(settings.celery_config())
 app.conf.update(
@@ -154,6 +157,15 @@ def keys_of_this_worker(sender: str, instance: Any, conf: Any, **_: Any) -> None
     keys = WorkerKeys.new(settings.worker_pool, sender)
     conf.broker_transport_options = {**conf.broker_transport_options, **keys.transport_options()}
     instance.liveness = Lease(keys, Deadlines(settings.liveness_timeout))
+
+
+@signals.worker_init.connect
+def bound_what_this_worker_holds(sender: Any, **_: Any) -> None:
+    """Set Celery's ``worker_eta_task_limit`` for this worker's pool size before its consumer
+    starts: the most messages it may hold (``Settings.eta_task_limit``), which the visibility
+    timeout is sized for (``infra.budget.WorkerBudget.longest_unacked``). Without it Celery
+    raises the prefetch count for every countdown/ETA message and a worker holds any number."""
+    sender.app.conf.worker_eta_task_limit = settings.eta_task_limit(sender.concurrency)
 
 
 #: Seconds between heartbeats of the worker and beat (see ``app.health``).
@@ -221,6 +233,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
 
 app.steps["consumer"].add(WorkerHeartbeat)
 app.steps["consumer"].add(ConsumerLiveness)
+app.steps["consumer"].add(BoundedPrefetch)
 app.steps["consumer"].add(RestoreLostDeliveries)
 app.steps["consumer"].add(RestoreGoneWorkers)
 app.steps["worker"].add(LivenessStep)

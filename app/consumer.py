@@ -31,6 +31,7 @@ from celery import bootsteps
 from celery.worker import WorkController
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.state import active_requests
+from kombu.common import QoS
 
 from app.liveness import LivenessLost
 from app.recovery import recovery_for
@@ -46,6 +47,8 @@ class Consumer(CeleryConsumer):
     # task message consumer (Celery's Tasks step), None until that step starts.
     controller: WorkController
     task_consumer: kombu.Consumer | None
+    #: The prefetch counter (Celery's Tasks step), replaced by ``BoundedPrefetch``.
+    qos: QoS | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -101,3 +104,64 @@ class RestoreLostDeliveries(bootsteps.StartStopStep):
             channel.acknowledge_now(c.unconfirmed_acks, report_gone=False)
             c.unconfirmed_acks.clear()
         recovery_for(c.controller).restore_own(channel)
+
+
+class HeldMessagesQoS(QoS):
+    """The consumer's prefetch count, capped at Celery's ``worker_eta_task_limit`` without
+    drifting below the worker's own prefetch.
+
+    Celery raises the count by one for each countdown/ETA message it receives and lowers it by
+    one when the message is due (``celery/worker/strategy.py``, ``Consumer.apply_eta_task``).
+    kombu's ``QoS`` drops the part of a raise that the cap refuses but applies every lowering
+    in full: a worker at the cap that receives more such messages ends, once they are due,
+    below its prefetch (down to 1, one task at a time whatever its concurrency) until other
+    messages raise it again. This one counts every raise and lowering (``wanted``) and caps only
+    the value it sets, so the count returns to the prefetch.
+
+    Undocumented names it relies on (kombu 5.6.2, celery 5.6.3): kombu's ``QoS._mutex``; the
+    consumer's ``qos`` attribute, made by Celery's Tasks step and read by the event loop; Celery
+    assigning ``qos.value`` itself (``Consumer._restore_prefetch_count_after_connection_restart``).
+    """
+
+    def __init__(self, callback: Any, initial_value: int, max_prefetch: int | None) -> None:
+        self.wanted = initial_value
+        super().__init__(callback, initial_value, max_prefetch=max_prefetch)
+
+    @property
+    def value(self) -> int:
+        wanted = self.wanted
+        return wanted if self.max_prefetch is None else min(wanted, self.max_prefetch)
+
+    @value.setter
+    def value(self, value: int) -> None:
+        # Set directly by kombu's constructor and by Celery's restore of a prefetch it reduced
+        # after a lost connection: what is set is what is wanted from then on.
+        self.wanted = value
+
+    def increment_eventually(self, n: int = 1) -> int:
+        with self._mutex:
+            if self.wanted:  # 0: prefetch disabled, as kombu's
+                self.wanted += max(n, 0)
+        return self.value
+
+    def decrement_eventually(self, n: int = 1) -> int:
+        with self._mutex:
+            if self.wanted:
+                self.wanted = max(self.wanted - n, 1)
+        return self.value
+
+
+class BoundedPrefetch(bootsteps.StartStopStep):
+    """Consumer bootstep: replaces the prefetch counter Celery's Tasks step made with a
+    ``HeldMessagesQoS`` of the same callback, value and cap, before the event loop (always the
+    last step, and the one that reads the counter) starts."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+    label = "Bounded prefetch"
+
+    def start(self, c: Consumer) -> None:
+        celery_qos = c.qos
+        assert celery_qos is not None  # the Tasks step made it
+        c.qos = HeldMessagesQoS(
+            celery_qos.callback, celery_qos.value, max_prefetch=celery_qos.max_prefetch
+        )

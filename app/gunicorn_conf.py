@@ -10,11 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from app.settings import Settings, WebSettings
+from app.settings import ApiKeysSettings, Settings, WebSettings
 
-# Read (and checked) in the master: a bad configuration stops gunicorn before it forks.
+# Read (and checked) in the master: a bad configuration stops gunicorn before it forks, and so
+# does a missing source of API keys (the API never runs open).
 _settings = Settings.from_env()
 _web = WebSettings.from_env()
+ApiKeysSettings.from_env()
 
 bind = [f"0.0.0.0:{_web.port}"]
 

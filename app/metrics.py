@@ -1,34 +1,33 @@
-"""Queue metrics for worker autoscaling and alarms, as CloudWatch embedded metric format (EMF).
+"""Queue metrics for worker autoscaling and alarms, and beat's heartbeat, for CloudWatch.
 
-When ``CELERY_METRICS_NAMESPACE`` is set, the worker's main process writes, every 10 seconds,
-one JSON line per queue it consumes and one for its pool to its standard output::
+When ``CELERY_METRICS_NAMESPACE`` is set, the worker's main process reads, every 10 seconds and
+in one round trip to Redis, each queue it consumes and its pool's live workers, and sends them
+in one ``PutMetricData`` call (``app.cloudwatch``), all at high resolution
+(``StorageResolution`` 1), so the step-scaling alarm can evaluate them every 10 seconds:
 
-    {"_aws": {"Timestamp": 1700000000000, "CloudWatchMetrics": [{"Namespace": "<namespace>",
-     "Dimensions": [["Queue"]], "Metrics": [{"Name": "Backlog", "Unit": "Count",
-     "StorageResolution": 1}, {"Name": "OldestMessageAge", "Unit": "Seconds",
-     "StorageResolution": 1}]}]}, "Queue": "default", "Backlog": 12, "OldestMessageAge": 4.2}
-    {"_aws": {... "Dimensions": [["Pool"]], "Metrics": [{"Name": "Workers", ...}]}, "Pool":
-     "default", "Workers": 3}
-
-The ``awslogs`` log driver ships each line as a log event and CloudWatch Logs turns an EMF event
-into metrics: no agent, no ``PutMetricData`` permission. ``StorageResolution: 1`` stores them as
-high-resolution metrics, so an alarm can evaluate them every 10 seconds.
-
-- ``Backlog``: messages waiting in the queue (not those already delivered to a worker), summed
-  over kombu's priority lists.
-- ``OldestMessageAge``: seconds since the oldest waiting message was published. Every message
-  the app publishes carries its publish time (``PUBLISHED_AT_HEADER``, stamped by the message
-  factory in ``app.celery_app``). kombu's Redis transport LPUSHes and BRPOPs, so the next
-  message of each priority list is its right end: read with ``LINDEX key -1``, nothing removed.
-  A message without the stamp (an older publisher) is skipped; when no list's next message has
-  one, the line carries no age at all rather than a wrong one.
-- ``Workers``: workers of the pool seen in the last ``WORKER_TTL_SECONDS``. Each round registers
-  the worker in a Redis sorted set; this is the denominator of the high-resolution
+- ``Backlog`` (dimension ``Queue``): messages waiting in the queue (not those already delivered
+  to a worker), summed over kombu's priority lists.
+- ``OldestMessageAge`` (``Queue``): seconds since the oldest waiting message was published.
+  Every message the app publishes carries its publish time (``PUBLISHED_AT_HEADER``, stamped by
+  the message factory in ``app.celery_app``). kombu's Redis transport LPUSHes and BRPOPs, so the
+  next message of each priority list is its right end: read with ``LINDEX key -1``, nothing
+  removed. A message without the stamp (an older publisher) is skipped; when no list's next
+  message has one, the round carries no age at all rather than a wrong one.
+- ``Workers`` (``Pool``): workers of the pool seen in the last ``WORKER_TTL_SECONDS``. Each round
+  registers the worker in a Redis sorted set; this is the denominator of the high-resolution
   backlog-per-task alarm (Container Insights' task counts have one-minute resolution only, and
   an alarm's metrics must share one period).
 
-Every worker of a pool publishes the same numbers: use the Maximum statistic, never Sum. One
-round is one pipelined round trip to Redis, whatever the number of queues.
+Every worker of a pool publishes the same numbers: use the Maximum statistic, never Sum.
+
+Why ``PutMetricData`` and not the log stream (embedded metric format, EMF), as before: on
+Fargate a log line waits up to 5 s for the awslogs driver's next batch, then for CloudWatch Logs
+to extract the metrics, a delay AWS does not document, and in ``non-blocking`` mode a full log
+buffer drops lines, metric lines included, under exactly the load that should scale the pool.
+The README's "Autoscaling on the queue" has the figures and their sources.
+
+Beat's ``BeatHeartbeat`` stays an EMF line on stdout: its alarm waits five minutes, far longer
+than the log path takes, and beat's task role then needs no permission at all.
 """
 
 from __future__ import annotations
@@ -39,12 +38,14 @@ import os
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from celery import Celery, bootsteps
 from kombu.exceptions import OperationalError
 
+from app.cloudwatch import CLOUDWATCH_TIMEOUT_SECONDS, Datum, Sink, metrics_sink
 from app.names import (
     BACKLOG_METRIC,
     BEAT_HEARTBEAT_METRIC,
@@ -59,10 +60,13 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two publications: a high-resolution alarm evaluates 10-second periods.
+#: Seconds between two rounds: a high-resolution alarm evaluates 10-second periods.
 PUBLISH_INTERVAL_SECONDS = 10.0
 #: Seconds the broker may take to connect or answer before this round is skipped.
 BROKER_TIMEOUT_SECONDS = 5.0
+#: The longest a round can take: connecting and answering on the broker (each bounded), then
+#: CloudWatch's one attempt.
+ROUND_TIMEOUT_SECONDS = 2 * BROKER_TIMEOUT_SECONDS + CLOUDWATCH_TIMEOUT_SECONDS
 #: A worker that has not published for this long no longer counts in ``Workers``.
 WORKER_TTL_SECONDS = 3 * PUBLISH_INTERVAL_SECONDS
 #: Message header holding the publish time (seconds since the epoch, a float).
@@ -70,7 +74,8 @@ PUBLISHED_AT_HEADER = "published_at"
 
 #: Seconds between two beat heartbeats: every one-minute period gets at least one.
 BEAT_HEARTBEAT_INTERVAL_SECONDS = 30.0
-#: EMF storage resolutions: 1 = high resolution (1-second storage), 60 = standard.
+#: Storage resolutions (EMF and PutMetricData alike): 1 = high resolution (1-second storage),
+#: 60 = standard.
 HIGH_RESOLUTION = 1
 STANDARD_RESOLUTION = 60
 
@@ -170,9 +175,11 @@ class Snapshot:
 
 
 class QueueMetricsPublisher:
-    """Reads the pool's queues and live workers in one round trip and writes EMF lines.
+    """Reads the pool's queues and live workers in one round trip and hands the round's
+    datapoints to ``send`` (``app.cloudwatch``: one PutMetricData call).
 
-    ``publish`` never raises for broker trouble: it logs and the next round tries again.
+    ``publish`` never raises for broker or CloudWatch trouble: it logs, drops the round, and the
+    next round tries again.
     """
 
     def __init__(
@@ -181,19 +188,17 @@ class QueueMetricsPublisher:
         pool: str,
         worker: str,
         queues: Sequence[str],
-        namespace: str,
+        send: Sink,
         *,
         broker_url: str | None = None,
-        write: Callable[[str], None] = write_to_stdout,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
         self.pool = pool
         self.worker = worker
         self.queues = tuple(queues)
-        self.namespace = namespace
+        self.send = send
         self.broker_url = broker_url  # None: the app's
-        self.write = write
         self.clock = clock
         # What the transport raises when the broker is unreachable or refuses a command;
         # an unconnected Connection only reads them from its transport class.
@@ -274,25 +279,42 @@ class QueueMetricsPublisher:
             self._cached.connection.release()
             self._cached = None
 
-    def lines(self, snapshot: Snapshot, now: float) -> list[str]:
-        timestamp_ms = int(now * 1000)
-        lines = []
+    def datums(self, snapshot: Snapshot, now: float) -> list[Datum]:
+        """The round's datapoints, all stamped ``now``, all high resolution."""
+        timestamp = datetime.fromtimestamp(now, UTC)
+
+        def datum(metric: Metric, dimension: tuple[str, str]) -> Datum:
+            return {
+                "MetricName": metric.name,
+                "Dimensions": [{"Name": dimension[0], "Value": dimension[1]}],
+                "Timestamp": timestamp,
+                "Value": float(metric.value),
+                "Unit": metric.unit,
+                "StorageResolution": metric.resolution,
+            }
+
+        datums = []
         for queue, state in snapshot.queues.items():
-            metrics = [Metric(BACKLOG_METRIC, state.backlog, "Count")]
+            datums.append(
+                datum(Metric(BACKLOG_METRIC, state.backlog, "Count"), (QUEUE_DIMENSION, queue))
+            )
+            age: float | None = None
             if state.backlog == 0:
-                metrics.append(Metric(OLDEST_AGE_METRIC, 0.0, "Seconds"))
+                age = 0.0
             elif state.oldest_published_at is not None:
                 # Clocks of publishers and workers differ a little: never a negative age.
-                age = max(0.0, now - state.oldest_published_at)
-                metrics.append(Metric(OLDEST_AGE_METRIC, round(age, 3), "Seconds"))
-            lines.append(emf_line(self.namespace, {QUEUE_DIMENSION: queue}, metrics, timestamp_ms))
-        workers = [Metric(WORKERS_METRIC, snapshot.workers, "Count")]
-        lines.append(emf_line(self.namespace, {POOL_DIMENSION: self.pool}, workers, timestamp_ms))
-        return lines
+                age = round(max(0.0, now - state.oldest_published_at), 3)
+            if age is not None:
+                datums.append(
+                    datum(Metric(OLDEST_AGE_METRIC, age, "Seconds"), (QUEUE_DIMENSION, queue))
+                )
+        workers = Metric(WORKERS_METRIC, snapshot.workers, "Count")
+        datums.append(datum(workers, (POOL_DIMENSION, self.pool)))
+        return datums
 
     def publish(self) -> None:
-        """Write one line per queue and one for the pool; on a broker error, log it and write
-        nothing."""
+        """Send one round: each queue's backlog and age, the pool's workers. On a broker error,
+        log it and send nothing; the sink logs and drops a round CloudWatch does not take."""
         now = self.clock()
         try:
             snapshot = self.read(now)
@@ -301,8 +323,7 @@ class QueueMetricsPublisher:
             # Connect afresh next round (the broker may have moved: a failover, a restart).
             self.close()
             return
-        for line in self.lines(snapshot, now):
-            self.write(line)
+        self.send(self.datums(snapshot, now))
 
 
 class QueueMetricsStep(bootsteps.StartStopStep):
@@ -310,8 +331,9 @@ class QueueMetricsStep(bootsteps.StartStopStep):
 
     Register with ``app.steps["worker"].add(QueueMetricsStep)`` when
     ``CELERY_METRICS_NAMESPACE`` is set. Publishes from a thread of the main process
-    (``app.periodic``): reading needs a broker round trip that must not hold up the worker's
-    event loop.
+    (``app.periodic``): a broker round trip and a CloudWatch call must not hold up the worker's
+    event loop. Both are bounded by timeouts, so a fork of the pool (which waits for the round
+    in progress, ``app.periodic.FORK_GATE``) and the worker's stop wait at most that long.
     """
 
     # Threads start once the pool has forked its children (see ``app.periodic``).
@@ -322,15 +344,16 @@ class QueueMetricsStep(bootsteps.StartStopStep):
     def create(self, worker: Any) -> PeriodicThread:  # type: ignore[override]
         settings = Settings.from_env()
         queues = sorted(worker.app.amqp.queues.consume_from)
+        sink = metrics_sink(settings.metrics_namespace, write_to_stdout)
         publisher = QueueMetricsPublisher(
-            worker.app, settings.worker_pool, worker.hostname, queues, settings.metrics_namespace
+            worker.app, settings.worker_pool, worker.hostname, queues, sink
         )
         log.info("queue metrics: publishing %s every %g s", queues, PUBLISH_INTERVAL_SECONDS)
         return PeriodicThread(
             "queue-metrics",
             PUBLISH_INTERVAL_SECONDS,
             publisher.publish,
-            join_timeout=2 * BROKER_TIMEOUT_SECONDS,
+            join_timeout=ROUND_TIMEOUT_SECONDS,
         )
 
 

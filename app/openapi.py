@@ -121,6 +121,31 @@ def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
     return _response(_ref("Error"), description, **extra)
 
 
+#: The security scheme of the task operations (README, Web API: the keys and their rotation).
+SECURITY_SCHEME = "apiKey"
+_SECURITY_SCHEMES = {
+    SECURITY_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "One of the stack's API keys, as Authorization: Bearer <key>. The keys "
+        "are in the Secrets Manager secret of the stack output webApiKeysSecretArn.",
+    }
+}
+_AUTHENTICATED: list[dict[str, list[str]]] = [{SECURITY_SCHEME: []}]
+_UNAUTHORIZED = _error(
+    "unauthorized: no API key, or not an accepted one (Authorization: Bearer <key>).",
+)
+_UNAUTHORIZED["headers"] = {
+    "WWW-Authenticate": {
+        "description": 'The challenge: Bearer realm="celery-ecs", with error="invalid_token" '
+        "when a key was sent but not accepted.",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+_AUTH_UNAVAILABLE = "auth_unavailable: the API keys cannot be read now (no key is checked)."
+
+
 def _status_body(value: str) -> dict[str, Any]:
     return {
         "type": "object",
@@ -143,6 +168,7 @@ def _submit(name: str, max_body_bytes: int) -> dict[str, Any]:
             "operationId": f"submit_{name}",
             "summary": f"Queue {name}",
             "tags": ["tasks"],
+            "security": _AUTHENTICATED,
             "requestBody": {
                 "required": True,
                 "content": {JSON: {"schema": _ref(f"{name}_arguments")}},
@@ -167,6 +193,7 @@ def _submit(name: str, max_body_bytes: int) -> dict[str, Any]:
                     f"request_entity_too_large: the body is longer than {max_body_bytes} bytes "
                     "(WEB_MAX_BODY_BYTES), whether sent with Content-Length or chunked."
                 ),
+                "401": _UNAUTHORIZED,
                 "415": _error(f"unsupported_media_type: the body is not {JSON}."),
                 "422": _error(
                     "invalid_arguments: the body is not a JSON object, or its arguments break "
@@ -174,7 +201,7 @@ def _submit(name: str, max_body_bytes: int) -> dict[str, Any]:
                 ),
                 "503": _error(
                     "broker_unavailable: the task could not be queued. The broker may have "
-                    "received it: retry with the same idempotency key.",
+                    f"received it: retry with the same idempotency key. {_AUTH_UNAVAILABLE}",
                     retry_after=True,
                 ),
                 "default": _OTHER_ERRORS,
@@ -197,7 +224,9 @@ def document(
             "title": "celery-ecs web",
             "version": "1.0.0",
             "description": (
-                "Queue allowlisted Celery tasks and read their results. JSON in, JSON out: every "
+                "Queue allowlisted Celery tasks and read their results. Every /tasks request "
+                "carries an API key (Authorization: Bearer <key>); the health checks and this "
+                "document need none. JSON in, JSON out: every "
                 'error is {"error": {"code", "message", "details"?}}. A POST to /tasks/{name} '
                 "with another name is a 404 unknown_task. Integers are written without a "
                 "fraction or exponent (25, not 25.0); booleans are not integers."
@@ -210,6 +239,7 @@ def document(
                     "operationId": "task_status",
                     "summary": "A task's state, and its result or error",
                     "tags": ["tasks"],
+                    "security": _AUTHENTICATED,
                     "parameters": [
                         {
                             "name": "task_id",
@@ -220,9 +250,11 @@ def document(
                     ],
                     "responses": {
                         "200": _response(_ref("TaskStatus"), "The task's state."),
+                        "401": _UNAUTHORIZED,
                         "404": _error("not_found: not a task id (a lowercase UUID)."),
                         "503": _error(
-                            "result_backend_unavailable: task states cannot be read now.",
+                            "result_backend_unavailable: task states cannot be read now. "
+                            + _AUTH_UNAVAILABLE,
                             retry_after=True,
                         ),
                         "default": _OTHER_ERRORS,
@@ -248,7 +280,9 @@ def document(
                     "responses": {
                         "200": _response(_status_body("ready"), "Ready."),
                         "503": _error(
-                            "not_ready: the message names what is unreachable.", retry_after=True
+                            "not_ready: the message names what is unreachable (broker, "
+                            "result_backend, api_keys).",
+                            retry_after=True,
                         ),
                         "default": _OTHER_ERRORS,
                     },
@@ -267,6 +301,7 @@ def document(
             },
         },
         "components": {
+            "securitySchemes": _SECURITY_SCHEMES,
             "schemas": {
                 **_SCHEMAS,
                 **{f"{name}_arguments": dict(schema) for name, schema in task_arguments.items()},

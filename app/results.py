@@ -4,6 +4,11 @@ Celery reads the task's current state and then writes the new one, skipping the 
 state read was SUCCESS (so a second run of a redelivered message cannot overwrite a success).
 That costs two round trips per state, and the check is not atomic: a run that reads just before
 another run stores SUCCESS still overwrites it. Here one Lua script does both, atomically.
+
+``result_backend`` stays a plain ``redis://`` or ``rediss://`` URL, as Celery's own tests and
+other tools expect (they test ``result_backend.startswith("redis")``). The app's loader
+(``ResultBackendLoader``, given to the ``Celery`` constructor, so every process that imports the
+app has it) maps both schemes to ``ResultBackend``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,28 @@ from typing import Any
 
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
+from celery.loaders.app import AppLoader
 from kombu.utils.encoding import bytes_to_str
+
+#: The result backend, as Celery names a class (``module:Class``).
+RESULT_BACKEND_CLASS = "app.results:ResultBackend"
+#: The ``result_backend`` URL schemes it serves: those of Celery's own Redis backend.
+SCHEMES = ("redis", "rediss")
+
+#: The Celery names this module relies on that Celery does not document as API, each with what
+#: it is for. Verified on celery 5.6.3; ``tests/test_results.py`` fails if one is gone.
+CELERY_PRIVATE_NAMES: dict[str, str] = {
+    "celery.loaders.base.BaseLoader.override_backends": (
+        "scheme -> backend class, read by celery.app.backends.by_name ahead of "
+        "BACKEND_ALIASES: how the plain redis:// and rediss:// URLs get ResultBackend"
+    ),
+    "celery.backends.base.BaseKeyValueStoreBackend._store_result": (
+        "overridden: the hook store_result calls to write a state (Celery's own goes through "
+        "_set_with_state, which this one bypasses: a setting Celery adds there is not applied)"
+    ),
+    "celery.backends.base.Backend._get_result_meta": "the meta of a state, built as Celery's",
+    "celery.backends.redis.RedisBackend._MAX_STR_VALUE_SIZE": "Redis's largest string value",
+}
 
 #: KEYS[1]: the task's meta key. ARGV: the new meta (JSON), its expiry in seconds (0: none).
 #: Stores and publishes it unless the stored state is SUCCESS; returns 1 if stored, else 0.
@@ -35,7 +61,8 @@ return 1
 
 
 class ResultBackend(RedisBackend):
-    """``result_backend = "app.results:ResultBackend+redis://…"`` (see ``app.settings``)."""
+    """What a ``redis://`` or ``rediss://`` ``result_backend`` gets in this app
+    (``ResultBackendLoader``)."""
 
     #: Seconds a result is kept (None: forever), set by Celery's backend; celery-types omits it.
     expires: float | None
@@ -69,3 +96,20 @@ class ResultBackend(RedisBackend):
         if self._store_script is None:
             self._store_script = self.client.register_script(STORE_UNLESS_SUCCEEDED)
         self._store_script(keys=[key], args=[value, int(self.expires or 0)], client=self.client)
+
+
+class ResultBackendLoader(AppLoader):
+    """Celery's app loader, with the result backend URL schemes mapped to ``ResultBackend``.
+
+    Celery looks a ``result_backend`` URL's scheme up in the loader's ``override_backends``
+    before its own aliases (``celery.app.backends.by_name``; an installed package could use the
+    ``celery.result_backends`` entry points instead, the image's app is not one). The class is
+    the ``Celery(loader=...)`` of ``app.celery_app``, which Celery keeps when it pickles the app,
+    so every process gets it: worker and pool processes, beat, the web, the enqueue command and
+    the ``celery`` commands run with ``--app``. A ``--loader``/``CELERY_LOADER`` does not replace
+    a loader given to the constructor.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.override_backends = {scheme: RESULT_BACKEND_CLASS for scheme in SCHEMES}

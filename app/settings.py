@@ -11,8 +11,10 @@ Every variable, its default and its unit is listed in ``ENV_VARS`` and in the RE
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 # Variable names. The infrastructure imports these so both sides spell them the same way.
@@ -24,6 +26,7 @@ TIME_LIMIT = "CELERY_TASK_TIME_LIMIT"
 VISIBILITY_TIMEOUT = "CELERY_VISIBILITY_TIMEOUT"
 PREFETCH_MULTIPLIER = "CELERY_PREFETCH_MULTIPLIER"
 MAX_COUNTDOWN = "CELERY_MAX_COUNTDOWN"
+HELD_PER_SLOT = "CELERY_HELD_PER_SLOT"
 # Not CELERY_WORKER_POOL: the celery CLI reads that one as `worker --pool`.
 WORKER_POOL = "CELERY_POOL_NAME"
 LIVENESS_TIMEOUT = "CELERY_LIVENESS_TIMEOUT"
@@ -39,6 +42,9 @@ WEB_PORT = "WEB_PORT"
 WEB_REQUEST_TIMEOUT = "WEB_REQUEST_TIMEOUT"
 WEB_MAX_BODY_BYTES = "WEB_MAX_BODY_BYTES"
 WEB_THREADS = "WEB_THREADS"
+# Where the web reads the accepted API keys (app.api_keys): exactly one of the two is set.
+WEB_API_KEYS_SECRET_ARN = "WEB_API_KEYS_SECRET_ARN"
+WEB_API_KEYS_FILE = "WEB_API_KEYS_FILE"
 # Read by Celery itself when the worker module is imported: "SIGQUIT" turns SIGTERM into a cold
 # shutdown (see infra/budget.py for when that is chosen).
 REMAP_SIGTERM = "REMAP_SIGTERM"
@@ -57,10 +63,17 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     VISIBILITY_TIMEOUT: (
         "3600",
         "Seconds a delivered, unacknowledged message waits before a sweep takes it back even "
-        "from a live worker (the last resort). Must exceed prefetch multiplier x time limit + "
+        "from a live worker (the last resort). Must exceed held per slot x time limit + "
         "max countdown.",
     ),
     PREFETCH_MULTIPLIER: ("1", "Messages reserved per pool slot."),
+    HELD_PER_SLOT: (
+        "4",
+        "Most messages a worker holds per pool slot: running, waiting for a slot or for their "
+        "countdown/ETA. Celery's `worker_eta_task_limit` is this x concurrency; past it the "
+        "worker takes nothing more and the messages stay on their queue. At least the prefetch "
+        "multiplier.",
+    ),
     WORKER_POOL: (
         "default",
         "Worker pool name: in its workers' keys, and the visibility-timeout sweep takes back "
@@ -93,7 +106,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     ),
     METRICS_NAMESPACE: (
         "(empty: off)",
-        "CloudWatch namespace of the queue metrics the workers publish and of beat's heartbeat "
+        "CloudWatch namespace of the queue metrics the workers publish (PutMetricData, in the "
+        "task's `AWS_REGION`; without a region, a line on stdout) and of beat's heartbeat "
         "(embedded metric format).",
     ),
     WEB_PORT: ("8000", "Port the web server listens on."),
@@ -103,16 +117,35 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     ),
     WEB_MAX_BODY_BYTES: ("65536", "Largest accepted request body; larger gets 413."),
     WEB_THREADS: ("8", "Request threads in the web process."),
+    WEB_API_KEYS_SECRET_ARN: (
+        "(one of the two)",
+        "ARN of the Secrets Manager secret holding the accepted API keys (the stack sets it); "
+        "read with the task role, re-read every minute.",
+    ),
+    WEB_API_KEYS_FILE: (
+        "(one of the two)",
+        "Path of a file holding the accepted API keys, in the secret's format (local runs and "
+        "tests); re-read every minute. Neither or both set: the web refuses to start.",
+    ),
 }
 
 
-#: Celery's ``module:Class+URL`` form of ``result_backend``.
-RESULT_BACKEND_CLASS = "app.results:ResultBackend"
+#: Messages a worker may hold per pool slot unless CELERY_HELD_PER_SLOT says: stock Celery's
+#: default prefetch multiplier, so a worker running one task per slot can still hold three
+#: countdown/ETA messages per slot before it stops taking messages.
+DEFAULT_HELD_PER_SLOT = 4
 #: Seconds a worker's liveness key lives without a refresh, unless CELERY_LIVENESS_TIMEOUT says.
 DEFAULT_LIVENESS_TIMEOUT = 15
 #: Shortest liveness timeout: its deadlines (app.liveness) are fractions of it, the smallest a
 #: fifteenth, and a worker must be able to refresh within that on a busy machine.
 MIN_LIVENESS_TIMEOUT = 3
+
+
+#: A Secrets Manager secret's ARN: arn:<partition>:secretsmanager:<region>:<account>:secret:<name>
+#: (IAM User Guide, "Amazon Resource Names (ARNs)"; Secrets Manager's resource types).
+SECRET_ARN = re.compile(
+    r"arn:(?P<partition>aws[a-z-]*):secretsmanager:(?P<region>[a-z0-9-]+):\d{12}:secret:[^:\s]+"
+)
 
 
 class ConfigError(ValueError):
@@ -167,6 +200,7 @@ class Settings:
     visibility_timeout: int
     prefetch_multiplier: int
     max_countdown: int
+    held_per_slot: int
     worker_pool: str
     liveness_timeout: int
     soft_shutdown_timeout: int
@@ -193,14 +227,22 @@ class Settings:
             raise ConfigError(f"{TIME_LIMIT}={hard} must be above {SOFT_TIME_LIMIT}={soft}")
         prefetch = _int(env, PREFETCH_MULTIPLIER, 1, minimum=1)
         max_countdown = _int(env, MAX_COUNTDOWN, 300)
+        held_per_slot = _int(env, HELD_PER_SLOT, DEFAULT_HELD_PER_SLOT, minimum=1)
+        if held_per_slot < prefetch:
+            # Celery caps the prefetch count at the limit from the first countdown/ETA message
+            # on: a limit below the prefetch would shrink the worker's own prefetch.
+            raise ConfigError(
+                f"{HELD_PER_SLOT}={held_per_slot} must be >= {PREFETCH_MULTIPLIER}={prefetch}"
+            )
         visibility = _int(env, VISIBILITY_TIMEOUT, 3600, minimum=1)
-        # A message stays unacknowledged while it waits in the prefetch buffer, waits for its
-        # ETA and runs. Redis redelivers it after the visibility timeout even if a worker still
-        # has it, so a shorter timeout means the same task runs twice.
-        longest_unacked = prefetch * hard + max_countdown
+        # Redis redelivers a message after the visibility timeout even if a live worker still
+        # has it, so a timeout shorter than the longest a message can stay unacknowledged means
+        # the same task runs twice. That bound is ``longest_unacked`` (infra.budget derives the
+        # same, and sizes the timeout above it).
+        longest_unacked = held_per_slot * hard + max_countdown
         if visibility <= longest_unacked:
             raise ConfigError(
-                f"{VISIBILITY_TIMEOUT}={visibility} must exceed {PREFETCH_MULTIPLIER} x "
+                f"{VISIBILITY_TIMEOUT}={visibility} must exceed {HELD_PER_SLOT} x "
                 f"{TIME_LIMIT} + {MAX_COUNTDOWN} = {longest_unacked}, or running tasks are "
                 "delivered twice"
             )
@@ -221,6 +263,7 @@ class Settings:
             visibility_timeout=visibility,
             prefetch_multiplier=prefetch,
             max_countdown=max_countdown,
+            held_per_slot=held_per_slot,
             worker_pool=pool,
             liveness_timeout=_int(env, LIVENESS_TIMEOUT, DEFAULT_LIVENESS_TIMEOUT,
                                   minimum=MIN_LIVENESS_TIMEOUT),
@@ -232,6 +275,20 @@ class Settings:
             heartbeat_dir=env.get(HEARTBEAT_DIR, "").strip() or "/tmp",
             metrics_namespace=env.get(METRICS_NAMESPACE, "").strip(),
         )
+
+    def eta_task_limit(self, concurrency: int) -> int:
+        """Celery's ``worker_eta_task_limit`` for a worker of ``concurrency`` pool slots: the
+        most messages it holds unacknowledged (``held_per_slot`` per slot).
+
+        What Celery (5.6) does with it: the consumer's prefetch count starts at concurrency x
+        prefetch multiplier and grows by one for every countdown/ETA message received
+        (``celery/worker/strategy.py``), capped at this limit (``kombu.common.QoS``'s
+        ``max_prefetch``, set in ``celery/worker/consumer/tasks.py``). The Redis channel takes
+        a message only while it holds fewer than the prefetch count
+        (``kombu.transport.virtual.QoS.can_consume``): past the limit the worker takes nothing
+        more, and the messages stay on their queue for other workers. Nothing is rejected.
+        """
+        return self.held_per_slot * concurrency
 
     def celery_config(self) -> dict[str, object]:
         """The Celery settings these values imply, with the reliable defaults fixed."""
@@ -247,8 +304,9 @@ class Settings:
             "broker_url": self.broker_url,
             # kombu's Redis transport, taking a message and recording it in one round trip.
             "broker_transport": "app.transport:Transport",
-            # Celery's Redis backend with each state stored in one atomic script (app.results).
-            "result_backend": f"{RESULT_BACKEND_CLASS}+{self.result_backend}",
+            # A plain URL: the app's loader makes it Celery's Redis backend with each state
+            # stored in one atomic script (app.results.ResultBackendLoader).
+            "result_backend": self.result_backend,
             "result_expires": self.result_expires,
             # Acknowledge after the task ran, so a crash re-queues instead of losing it.
             "task_acks_late": True,
@@ -304,3 +362,34 @@ class WebSettings:
             max_body_bytes=_int(env, WEB_MAX_BODY_BYTES, 65536, minimum=1),
             threads=_int(env, WEB_THREADS, 8, minimum=1),
         )
+
+
+@dataclass(frozen=True)
+class ApiKeysSettings:
+    """Where the web reads the API keys it accepts (``app.api_keys``): exactly one is set.
+
+    Read by ``app.gunicorn_conf`` (a web without a source never starts) and ``app.web``.
+    """
+
+    secret_arn: str | None
+    file: Path | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ApiKeysSettings:
+        env = os.environ if env is None else env
+        secret_arn = env.get(WEB_API_KEYS_SECRET_ARN, "").strip() or None
+        keys_file = env.get(WEB_API_KEYS_FILE, "").strip() or None
+        # Never open because unconfigured: the API runs with exactly one source of keys.
+        if (secret_arn is None) == (keys_file is None):
+            raise ConfigError(
+                f"set exactly one of {WEB_API_KEYS_SECRET_ARN} (a Secrets Manager secret's ARN) "
+                f"or {WEB_API_KEYS_FILE} (a file path): they say where the accepted API keys "
+                f"are, and the API refuses to run without them; got "
+                + ("both" if secret_arn else "neither")
+            )
+        if secret_arn is not None and not SECRET_ARN.fullmatch(secret_arn):
+            raise ConfigError(
+                f"{WEB_API_KEYS_SECRET_ARN}={secret_arn!r}: expected a Secrets Manager secret ARN "
+                "(arn:aws:secretsmanager:<region>:<account>:secret:<name>)"
+            )
+        return cls(secret_arn=secret_arn, file=Path(keys_file) if keys_file else None)

@@ -6,6 +6,10 @@
     GET  /readyz         the broker (and the result store, if separate) answers a PING
     GET  /openapi.json   the API as an OpenAPI 3.1 document (``app.openapi``)
 
+Every request but the last three (``OPEN_ENDPOINTS``) carries an API key,
+``Authorization: Bearer <key>`` (``app.api_keys``); without one of the accepted keys it gets
+401 ``unauthorized`` with ``WWW-Authenticate: Bearer``, before anything else is looked at.
+
 The arguments of each task are validated with its JSON Schema (``app.arguments``). Every error,
 including Werkzeug's own (404, 405, 413...), is a JSON body
 ``{"error": {"code", "message", "details"?}}`` (gunicorn's own: ``app.gunicorn_worker``); bad
@@ -47,11 +51,11 @@ from werkzeug.exceptions import (
 from werkzeug.routing import BaseConverter
 from werkzeug.wsgi import get_input_stream
 
-from app import arguments, openapi, tasks
+from app import api_keys, arguments, openapi, tasks
 from app.celery_app import app as celery_app
 from app.celery_app import publish_only
 from app.names import LIVENESS_PATH
-from app.settings import Settings, WebSettings
+from app.settings import ApiKeysSettings, Settings, WebSettings
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,11 @@ PUBLISH_MAX_RETRIES = 10
 
 #: Celery's task ids: lowercase UUIDs.
 TASK_ID = re.compile(openapi.TASK_ID)
+#: The endpoints anyone may call: the health checks (the load balancer's and ECS's carry no
+#: key) and the API's description. Every other endpoint needs an API key.
+OPEN_ENDPOINTS = frozenset({"livez", "readyz", "openapi_document"})
+#: The ``WWW-Authenticate`` challenge of a 401 (RFC 6750, section 3).
+AUTH_REALM = "celery-ecs"
 
 
 # --- Errors ------------------------------------------------------------------------------------
@@ -108,6 +117,38 @@ def error_response(
 
 def unavailable(code: str, message: str) -> ApiError:
     return ApiError(503, code, message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+# --- Authentication ----------------------------------------------------------------------------
+
+
+def authenticate(req: Request, keys: api_keys.AcceptedKeys) -> None:
+    """Return if ``req`` carries an accepted key; raise the 401 (or 503) ApiError otherwise."""
+    credentials = req.authorization
+    if credentials is None or credentials.type != "bearer" or not credentials.token:
+        # RFC 6750, section 3.1: no error code when the request carried no credentials.
+        raise ApiError(
+            401,
+            "unauthorized",
+            "this endpoint needs an API key: send the header Authorization: Bearer <key>",
+            headers={"WWW-Authenticate": f'Bearer realm="{AUTH_REALM}"'},
+        )
+    try:
+        accepted = keys.accepts(credentials.token)
+    except api_keys.KeysUnavailable:
+        # The keys cannot be read: refuse everyone (never accept unchecked), and say it passes.
+        raise unavailable(
+            "auth_unavailable", "API keys cannot be checked now; retry later"
+        ) from None
+    if not accepted:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "the API key is not one of the accepted keys",
+            headers={
+                "WWW-Authenticate": f'Bearer realm="{AUTH_REALM}", error="invalid_token"'
+            },
+        )
 
 
 # --- Arguments ---------------------------------------------------------------------------------
@@ -384,6 +425,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
 
     publish_only()
 
+    keys = api_keys.AcceptedKeys(api_keys.source_for(ApiKeysSettings.from_env(env)))
     publisher = TaskPublisher(settings.broker_url, limits, pool_size=web.threads)
     results_client = redis_client(settings.result_backend, limits)
     readiness: dict[str, redis.Redis] = {"broker": redis_client(settings.broker_url, limits)}
@@ -397,6 +439,13 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     document = openapi.document(
         {name: allowed.arguments for name, allowed in ALLOWED_TASKS.items()}, web.max_body_bytes
     )
+
+    @app.before_request
+    def require_api_key() -> None:
+        # Every endpoint but the open ones; a request no route matches (endpoint None) goes on
+        # to its 404 or 405, which tells nothing.
+        if request.endpoint is not None and request.endpoint not in OPEN_ENDPOINTS:
+            authenticate(request, keys)
 
     @app.post("/tasks/<task_name:name>")
     def submit_task(name: str) -> Response:
@@ -456,6 +505,10 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
                 client.ping()
             except redis.RedisError as exc:
                 unreachable[name] = str(exc)
+        try:
+            keys.current()
+        except api_keys.KeysUnavailable as exc:
+            unreachable["api_keys"] = str(exc)
         if unreachable:
             log.warning("not ready: %s", unreachable)
             raise unavailable("not_ready", f"unreachable: {', '.join(unreachable)}")

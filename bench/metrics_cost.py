@@ -6,9 +6,13 @@ One worker per subject, each a container on the ECS twin run from the task defin
 program renders for the stack's default pool (``bench.worker_budget.project_worker``), on a
 database of its own of one redis-server on the twin's bridge: metrics off, metrics on as deployed
 (a round every 10 s) and metrics on every 0.1 s (a hundred times as often: an upper bound on the
-cost). The rendered definition publishes (it names the stack's namespace) and no stack config key
-turns that off: "metrics off" is a container environment override that empties the namespace,
-and the 0.1 s worker a command override (both as a RunTask ``containerOverrides`` would be).
+cost). Each round ends in its PutMetricData call, to moto's server (a stand-in of the CloudWatch
+API, ``devtools.cloudwatch_server``) on the twin's bridge: the publishing workers get its
+endpoint, a region and test credentials as environment overrides, where Fargate would give the
+region and the task role. The rendered definition publishes (it names the stack's namespace)
+and no stack config key turns that off: "metrics off" is a container environment override that
+empties the namespace, and the 0.1 s worker a command override (both as a RunTask
+``containerOverrides`` would be).
 Each round releases no-op tasks at once and times them until the last is acknowledged; rounds
 are taken in turns (A, B, C, A, B, C…), so load on the machine touches every subject alike, and
 the ratio to "metrics off" in the same run is the figure to read.
@@ -22,8 +26,9 @@ import platform
 import statistics
 import sys
 import time
-from functools import cache
+from collections.abc import Mapping
 
+import botocore.session
 import celery
 import kombu
 import redis
@@ -42,9 +47,11 @@ from bench.worker_budget import (
     running_bench,
     table,
 )
+from devtools.cloudwatch_server import start_moto
 from devtools.rendered_worker import image
 from devtools.twin.container import Container
 from devtools.twin.image import image_venv
+from devtools.twin.network import HOST_ADDRESS
 from infra import config as stack_config
 
 TASKS_PER_ROUND = 3000
@@ -52,12 +59,15 @@ ROUNDS = 5
 FAST_INTERVAL = 0.1
 
 
-@cache
-def subjects() -> tuple[WorkerConfig, ...]:
-    on = project_worker(
-        f"metrics on, every {PUBLISH_INTERVAL_SECONDS:g} s (as deployed)",
-        task_timeout=stack_config.DEFAULT_TASK_TIMEOUT,
-        concurrency=THROUGHPUT_CONCURRENCY,
+def subjects(cloudwatch: Mapping[str, str]) -> tuple[WorkerConfig, ...]:
+    """``cloudwatch``: the environment that points the publisher at the stand-in."""
+    on = dataclasses.replace(
+        project_worker(
+            f"metrics on, every {PUBLISH_INTERVAL_SECONDS:g} s (as deployed)",
+            task_timeout=stack_config.DEFAULT_TASK_TIMEOUT,
+            concurrency=THROUGHPUT_CONCURRENCY,
+        ),
+        environment_overrides=dict(cloudwatch),
     )
     # Empty: off (app.settings). No stack config key does it: a container override.
     off = dataclasses.replace(
@@ -78,29 +88,28 @@ def subjects() -> tuple[WorkerConfig, ...]:
     return off, on, fast
 
 
-def measure(bench: Bench) -> dict[str, list[float]]:
+def measure(bench: Bench, cloudwatch: Mapping[str, str]) -> dict[str, list[float]]:
     workers: dict[str, tuple[Container, str, redis.Redis]] = {}
-    for index, subject in enumerate(subjects()):
+    for index, subject in enumerate(subjects(cloudwatch)):
         broker_url, store = bench.database()
         worker = bench.start_worker(subject, broker_url, f"metrics-cost-{index}")
         workers[subject.label] = (worker, broker_url, store)
         # Warm-up; it also waits until the worker consumes.
         release_noops(bench, worker, broker_url, store, subject, WARMUP_TASKS)
-    rates: dict[str, list[float]] = {subject.label: [] for subject in subjects()}
+    rates: dict[str, list[float]] = {subject.label: [] for subject in subjects(cloudwatch)}
     for _ in range(ROUNDS):
-        for subject in subjects():
+        for subject in subjects(cloudwatch):
             worker, broker_url, store = workers[subject.label]
             rates[subject.label].append(
                 release_noops(bench, worker, broker_url, store, subject, TASKS_PER_ROUND).rate
             )
-    off = subjects()[0]
     for label, (worker, _, _) in workers.items():
         worker.stop()  # as ECS stops it
         logs = worker.logs()
         if "ERROR" in logs or "Traceback" in logs:
             raise RuntimeError(f"{label}: the worker logged errors:\n{logs[-3000:]}")
-        if label != off.label and '"Backlog"' not in logs:
-            raise RuntimeError(f"{label}: no metric line was written:\n{logs[-3000:]}")
+        if "CloudWatch did not take this round" in logs:
+            raise RuntimeError(f"{label}: rounds were dropped:\n{logs[-3000:]}")
     return rates
 
 
@@ -109,11 +118,17 @@ def main() -> int:
         return 2
     began = time.monotonic()
     print("Measuring (about two minutes)...", file=sys.stderr, flush=True)
-    subjects()
     image_venv(image())  # built once per set of requirements, before anything is timed
     with running_bench() as bench:
-        rates = measure(bench)
-        baseline = statistics.median(rates[subjects()[0].label])
+        moto = start_moto(bench.workdir, host=HOST_ADDRESS)
+        try:
+            rates = measure(bench, moto.environment())
+            sent = moto_received_backlog(moto.url)
+        finally:
+            moto.stop()
+        if not sent:
+            raise RuntimeError("no Backlog datapoint reached the CloudWatch stand-in")
+        baseline = statistics.median(rates["metrics off"])
         print(
             f"Queue metrics cost, measured {time.strftime('%Y-%m-%d %H:%M')}: "
             f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
@@ -125,7 +140,8 @@ def main() -> int:
             f"{ROUNDS} rounds taken in turns. Each worker a container on the ECS twin, from "
             "the rendered task definition\nof the stack's default pool; \"metrics off\": "
             f"environment override {env_names.METRICS_NAMESPACE}= (empty), the 0.1 s one a "
-            "command override."
+            "command override. Rounds sent with PutMetricData to moto's server on the twin's "
+            "bridge."
         )
         print(
             table(
@@ -142,6 +158,15 @@ def main() -> int:
             )
         )
     return 0
+
+
+def moto_received_backlog(url: str) -> bool:
+    """Whether the stand-in holds a Backlog metric: proof the rounds went out."""
+    client = botocore.session.get_session().create_client(
+        "cloudwatch", region_name="us-east-1", endpoint_url=url,
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+    return bool(client.list_metrics(MetricName="Backlog")["Metrics"])
 
 
 if __name__ == "__main__":

@@ -14,6 +14,34 @@ here repeats those numbers. Two policy sets are compared on the same arrivals:
 
 Deterministic: fluid arrivals, no randomness; the same figures on every run. The model and its
 numbers (``Model``) are printed with the table.
+
+**How long a datapoint takes to reach the alarm** (``PUT_METRIC_DATA_PATH``, ``EMF_PATH``). The
+simulation holds every datapoint back by the path's bound, counted from the end of its period
+(the worst phase: a round can fall at the very end of a period). Each stage below says where its
+figure comes from, or that AWS does not document one:
+
+- Embedded metric format (the workers' path until now): the awslogs driver sends a batch every
+  5 s (Docker's ``daemon/logger/awslogs/cloudwatchlogs.go``, ``defaultForceFlushInterval``;
+  Fargate runs that driver through ``aws/shim-loggers-for-containerd``, whose awslogs options
+  have no flush interval, so 5 s it is); the ``PutLogEvents`` call (no latency figure); then
+  CloudWatch Logs extracts the metrics: **not documented**. AWS only advises, for
+  high-resolution alarms on EMF metrics, flushing every 5 s or less "to avoid introducing an
+  additional delay, which can cause alarming on partial or missing data" (CloudWatch User
+  Guide, "Setting alarms on metrics created with the embedded metric format"). The extraction
+  is modelled at ``EMF_EXTRACTION_ASSUMED`` seconds, and ``emf_extraction_budget`` finds the
+  most it may take before a burst waits more than a minute: the promise would rest on a
+  figure nobody publishes.
+- ``PutMetricData`` (the workers' path now, ``app.cloudwatch``): the call is bounded by the
+  publisher's own timeouts (``CLOUDWATCH_TIMEOUT_SECONDS``; a slower round is dropped, the next
+  one follows 10 s later); from stored to visible to the alarm, AWS gives no figure either, but
+  this is the path its alarm documentation is written for (PutMetricAlarm, ``Period``: "specify
+  10, 20, or 30 only for metrics that are stored by a PutMetricData call with a
+  StorageResolution of 1") and, in announcing high-resolution metrics, "you can watch the
+  metrics scroll across your screen seconds after they are published" (AWS News Blog, "New -
+  High-Resolution Custom Metrics and Alarms for Amazon CloudWatch", 2017): assumed at most
+  ``PUT_METRIC_DATA_VISIBLE_ASSUMED`` seconds.
+- Alarms with 10-30 s periods are evaluated every 10 s (CloudWatch User Guide, "Using Amazon
+  CloudWatch alarms").
 """
 
 from __future__ import annotations
@@ -24,6 +52,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from app.cloudwatch import CLOUDWATCH_TIMEOUT_SECONDS
 from devtools import render
 
 #: The pool the scenarios run: one-second tasks, two at a time, acceptable wait one minute.
@@ -40,6 +69,61 @@ TASK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One step between a worker's round and the alarm seeing its datapoint."""
+
+    what: str
+    #: Its longest duration, seconds (documented, or the assumption stated in ``source``).
+    seconds: int
+    source: str
+    documented: bool
+
+
+#: Seconds CloudWatch Logs is assumed to take to turn an EMF log event into a metric.
+EMF_EXTRACTION_ASSUMED = 5
+#: Seconds a stored PutMetricData datapoint is assumed to take to be visible to an alarm.
+PUT_METRIC_DATA_VISIBLE_ASSUMED = 5
+
+EMF_PATH: tuple[Stage, ...] = (
+    Stage(
+        "awslogs driver: the line waits for the next batch",
+        5,
+        "moby daemon/logger/awslogs/cloudwatchlogs.go (defaultForceFlushInterval); Fargate's "
+        "aws/shim-loggers-for-containerd passes no flush interval",
+        True,
+    ),
+    Stage("PutLogEvents round trip", 1, "no figure documented; assumed", False),
+    Stage(
+        "CloudWatch Logs extracts the EMF metrics",
+        EMF_EXTRACTION_ASSUMED,
+        "no figure documented (CloudWatch User Guide, 'Setting alarms on metrics created with "
+        "the embedded metric format', only warns of the delay); assumed",
+        False,
+    ),
+)
+PUT_METRIC_DATA_PATH: tuple[Stage, ...] = (
+    Stage(
+        "PutMetricData call, else the round is dropped",
+        math.ceil(CLOUDWATCH_TIMEOUT_SECONDS),
+        "app.cloudwatch: connect and read timeouts, one attempt",
+        True,
+    ),
+    Stage(
+        "stored datapoint visible to the alarm",
+        PUT_METRIC_DATA_VISIBLE_ASSUMED,
+        "no figure documented ('seconds after they are published', AWS News Blog, 2017); "
+        "assumed",
+        False,
+    ),
+)
+
+
+def path_delay(path: Sequence[Stage]) -> int:
+    """Seconds after its period ends until a datapoint is usable: every stage at its longest."""
+    return sum(stage.seconds for stage in path)
+
+
+@dataclass(frozen=True)
 class Model:
     """What the simulation assumes about AWS, with where each number comes from."""
 
@@ -47,10 +131,10 @@ class Model:
     #: figure; the ECS best-practices guide ("Speeding up task launch") lists the steps
     #: (placement, ENI, image pull, container start); about a minute for a small image.
     task_start: int = 60
-    #: Seconds from the end of a metric's period until an alarm can see its datapoint: the
-    #: awslogs driver sends batches every 5 s (Docker's awslogs driver), CloudWatch Logs then
-    #: extracts the EMF metrics (undocumented; assumed 5 s). Applied to every metric alike.
-    delivery: int = 10
+    #: How the workers' metrics reach CloudWatch (see the module docstring); its bound is the
+    #: seconds from the end of a metric's period until an alarm can see its datapoint,
+    #: applied to every metric alike.
+    metric_path: tuple[Stage, ...] = PUT_METRIC_DATA_PATH
     #: CloudWatch evaluates alarms with a period of a minute or more every minute, those of
     #: 10-30 s every 10 s (CloudWatch User Guide, "Using Amazon CloudWatch alarms").
     standard_evaluation: int = 60
@@ -68,6 +152,10 @@ class Model:
     #: How often the workers publish the backlog: 10 s (ours), 60 s (the AWS pattern).
     fast_publish: int = 10
     slow_publish: int = 60
+
+    @property
+    def delivery(self) -> int:
+        return path_delay(self.metric_path)
 
 
 @dataclass(frozen=True)
@@ -423,6 +511,49 @@ def describe(policies: Policies, model: Model) -> str:
     )
 
 
+def first_burst_decision(policies: Policies, model: Model) -> float | None:
+    """Seconds from the burst's breach to this project's first scale-out."""
+    return simulate(SCENARIOS[0], policies, model, ours=True).first_scale_out
+
+
+def emf_path(extraction: int) -> tuple[Stage, ...]:
+    """The EMF path with its undocumented extraction stage at ``extraction`` seconds."""
+    *documented, last = EMF_PATH
+    return (*documented, Stage(last.what, extraction, last.source, last.documented))
+
+
+def emf_extraction_budget(policies: Policies, limit: float = 60) -> int:
+    """The longest EMF extraction, in whole seconds, with which a burst still gets its first
+    scale-out within ``limit`` seconds (-1: not even an instant one)."""
+    budget = -1
+    for extraction in range(0, 301):
+        decision = first_burst_decision(policies, Model(metric_path=emf_path(extraction)))
+        if decision is None or decision > limit:
+            break
+        budget = extraction
+    return budget
+
+
+def describe_paths(policies: Policies) -> str:
+    lines = ["How a datapoint reaches the alarm (seconds at most, after its period ends):"]
+    for name, path in (("PutMetricData (this project)", PUT_METRIC_DATA_PATH),
+                       ("EMF via awslogs (before)", EMF_PATH)):  # fmt: skip
+        decision = first_burst_decision(policies, Model(metric_path=path))
+        stages = "; ".join(
+            f"{stage.what} {stage.seconds} s ({'documented' if stage.documented else 'assumed'})"
+            for stage in path
+        )
+        lines.append(
+            f"- {name}: {path_delay(path)} s = {stages}. Burst: first scale-out after "
+            f"{decision:.0f} s."
+        )
+    lines.append(
+        f"- EMF holds the minute only while CloudWatch Logs extracts within "
+        f"{emf_extraction_budget(policies)} s, a figure AWS does not document."
+    )
+    return "\n".join(lines)
+
+
 def main() -> int:
     policies, model = rendered_policies(), Model()
     results = [
@@ -431,6 +562,7 @@ def main() -> int:
         for ours in (True, False)
     ]
     print(describe(policies, model))
+    print(describe_paths(policies))
     print()
     print(table(results))
     return 0

@@ -95,7 +95,8 @@ CRASH_WINDOW = 90.0
 #: The pools whose crash recovery is measured (liveness decides, whatever the taskTimeout).
 RECOVERY_TASK_TIMEOUTS = (60, 300, 3600)
 #: The visibility timeout alone, scaled: a pool whose visibility timeout one can wait for
-#: (taskTimeout 10, maxCountdown 0: 21 s) and a liveness timeout that cannot decide first.
+#: (taskTimeout 10, maxCountdown 0, heldPerSlot 1: 21 s) and a liveness timeout that cannot
+#: decide first.
 SCALED_VISIBILITY_TASK_TIMEOUT = 10
 SCALED_VISIBILITY_LIVENESS = 60
 
@@ -175,7 +176,8 @@ _render_lock = threading.Lock()
 
 @cache
 def render_pool(
-    task_timeout: int, concurrency: int, max_stop_timeout: int | None, max_countdown: int | None
+    task_timeout: int, concurrency: int, max_stop_timeout: int | None, max_countdown: int | None,
+    held_per_slot: int | None = None,
 ) -> WorkerDefinition:
     """The worker task definition the program renders for the pool ``POOL`` of a stack whose
     configuration holds it (as a ``Pulumi.<stack>.yaml`` would); None: the key is left out, the
@@ -184,6 +186,8 @@ def render_pool(
                                      "taskTimeout": task_timeout, "concurrency": concurrency}
     if max_stop_timeout is not None:
         bench_pool["maxStopTimeout"] = max_stop_timeout
+    if held_per_slot is not None:
+        bench_pool["heldPerSlot"] = held_per_slot
     # Another pool takes the other queue: a stack must consume every queue of app.routing.
     config: dict[str, object] = {"workers": [bench_pool, {"name": "others", "queues": ["long"]}]}
     if max_countdown is not None:
@@ -195,13 +199,16 @@ def render_pool(
 
 def project_worker(
     label: str, *, task_timeout: int, concurrency: int, max_stop_timeout: int | None = None,
-    max_countdown: int | None = None, environment_overrides: Mapping[str, str] | None = None,
+    max_countdown: int | None = None, held_per_slot: int | None = None,
+    environment_overrides: Mapping[str, str] | None = None,
 ) -> WorkerConfig:
     """A worker as the program renders it for a pool of a stack's configuration (None: the
     stack's default); ``environment_overrides``: only for what no config key sets."""
     return WorkerConfig(
         label=label,
-        definition=render_pool(task_timeout, concurrency, max_stop_timeout, max_countdown),
+        definition=render_pool(
+            task_timeout, concurrency, max_stop_timeout, max_countdown, held_per_slot
+        ),
         environment_overrides=dict(environment_overrides or {}),
     )
 
@@ -285,8 +292,9 @@ def visibility_alone() -> WorkerConfig:
     liveness timeout: a container environment override."""
     return project_worker(
         f"visibility timeout alone, SCALED (taskTimeout {SCALED_VISIBILITY_TASK_TIMEOUT}, "
-        f"maxCountdown 0, liveness timeout {SCALED_VISIBILITY_LIVENESS} s)",
+        f"maxCountdown 0, heldPerSlot 1, liveness timeout {SCALED_VISIBILITY_LIVENESS} s)",
         task_timeout=SCALED_VISIBILITY_TASK_TIMEOUT, concurrency=1, max_countdown=0,
+        held_per_slot=1,
         environment_overrides={env_names.LIVENESS_TIMEOUT: str(SCALED_VISIBILITY_LIVENESS)},
     )
 

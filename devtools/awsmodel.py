@@ -275,6 +275,15 @@ DOCUMENTED: dict[tuple[str, str, str], Documented] = {
         "character must be a letter. A name cannot end with a hyphen or contain two consecutive "
         "hyphens.",
     ),
+    # A snapshot name is kept in lowercase: a name with capitals would not be the name the
+    # stack gave (and outputs) for the final snapshot.
+    ("elasticache", "DeleteReplicationGroupMessage", "FinalSnapshotIdentifier"): Documented(
+        Matches(
+            r"[^A-Z]+", "a name without capitals (ElastiCache stores snapshot names in lowercase)"
+        ),
+        "This value is stored as a lowercase string.",
+        ("elasticache", "CreateSnapshotMessage", "SnapshotName"),
+    ),
     ("elasticache", "CreateReplicationGroupMessage", "Engine"): Documented(
         OneOf(("valkey", "redis")), "The value must be set to valkey or redis."
     ),

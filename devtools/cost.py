@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from app import settings
-from app.metrics import PUBLISH_INTERVAL_SECONDS, Metric, emf_line
+from app.metrics import PUBLISH_INTERVAL_SECONDS
 from app.names import (
     BACKLOG_METRIC,
     BEAT_HEARTBEAT_METRIC,
@@ -64,21 +64,9 @@ HIGH_RESOLUTION_BELOW = 60
 TARGET_TRACKING_ALARMS = 2
 
 
-def _emf_gb_per_line_month() -> float:
-    """GB a month of one EMF line written every ``PUBLISH_INTERVAL_SECONDS`` (a queue's line:
-    Backlog and OldestMessageAge of a queue named ``default``, as app.metrics writes it)."""
-    line = emf_line(
-        "CeleryEcs/celery-ecs-prod",
-        {QUEUE_DIMENSION: "default"},
-        [Metric(BACKLOG_METRIC, 1234, "Count"), Metric(OLDEST_AGE_METRIC, 12.345, "Seconds")],
-        1_700_000_000_000,
-    )
-    return (len(line) + 1) * HOURS_PER_MONTH * 3600 / PUBLISH_INTERVAL_SECONDS / 1e9
-
-
-#: GB a month a worker task writes as metrics, per line it writes each round (one per queue it
-#: consumes, one for its pool).
-EMF_GB_PER_LINE_MONTH = _emf_gb_per_line_month()
+#: PutMetricData requests a worker task makes in a month: one per round (app.metrics sends
+#: every queue's and the pool's datapoints in one call).
+PUT_METRIC_DATA_REQUESTS_PER_TASK_MONTH = HOURS_PER_MONTH * 3600 / PUBLISH_INTERVAL_SECONDS
 
 
 @dataclass(frozen=True)
@@ -198,8 +186,9 @@ def free_tiers(prices: PriceTable) -> str:
     emails = prices["sns"]["freeEmailNotificationsMonth"]
     return (
         f"CloudWatch's free tier ({free['metrics']} custom metrics, "
-        f"{free['standardAlarmMetrics']} standard alarm metrics, {free['dashboards']} dashboards "
-        "a month) is not deducted: it is the account's, shared with everything else in it. "
+        f"{free['standardAlarmMetrics']} standard alarm metrics, {free['dashboards']} dashboards, "
+        f"{free['apiRequests']:,} API requests a month) is not deducted: it is the account's, "
+        "shared with everything else in it. "
         f"Alert e-mails are not priced: SNS sends the first {emails:,} a month free, and alarm "
         "state changes are far fewer."
     )
@@ -216,11 +205,11 @@ ASSUMPTIONS: tuple[str, ...] = (
     + ", ".join(f"{count} metrics per {what}" for what, count in INSIGHTS_METRICS.items())
     + f", billed as custom metrics, and {INSIGHTS_LOG_GB_PER_TASK_MONTH:g} GB of performance "
     "events per running task and month.",
-    "Custom metrics: what the app writes (embedded metric format): Backlog and "
-    "OldestMessageAge per queue, Workers per pool, BeatHeartbeat with beat; each counted once, "
-    "however many tasks write it. Their lines are log events, inside the log volume above: a "
-    f"worker task writes one per queue and one for its pool every {PUBLISH_INTERVAL_SECONDS:g} "
-    f"s, about {EMF_GB_PER_LINE_MONTH:.2f} GB a month each.",
+    "Custom metrics: what the app publishes: Backlog and OldestMessageAge per queue, Workers "
+    "per pool (PutMetricData), BeatHeartbeat with beat (a log line in the embedded metric "
+    "format, inside the log volume above); each counted once, however many tasks write it. "
+    f"Every worker task makes one PutMetricData request every {PUBLISH_INTERVAL_SECONDS:g} s, "
+    f"{PUT_METRIC_DATA_REQUESTS_PER_TASK_MONTH:,.0f} a month, priced per 1,000 requests.",
     f"Alarms: billed per metric they read (metric math: each metric), high-resolution ones "
     f"(periods under {HIGH_RESOLUTION_BELOW} s) at their own price; target tracking creates "
     f"{TARGET_TRACKING_ALARMS} per policy.",
@@ -231,8 +220,8 @@ ASSUMPTIONS: tuple[str, ...] = (
     "Fargate Spot: 50-70 % below on-demand, its price moving with supply and demand; Spot "
     "tasks of the lines above are priced at 50 % below.",
     "Not included: data transfer, NAT gateway per-GB processing, Fargate ephemeral storage "
-    "beyond the free 20 GB (none is configured), API requests, backups within the free "
-    "allowance, taxes.",
+    "beyond the free 20 GB (none is configured), API requests other than PutMetricData, "
+    "backups within the free allowance, taxes.",
 )
 
 
@@ -259,7 +248,9 @@ class _Builder:
         secrets = len(self.run.of_type("aws:secretsmanager/secret:Secret"))
         if secrets:
             price = secrets * self.prices["secretsManager"]["secretMonth"]
-            yield Line(f"Secrets Manager: {secrets} secret", price, price)
+            yield Line(
+                f"Secrets Manager: {secrets} secret{'s' if secrets > 1 else ''}", price, price
+            )
         if self.run.of_type("aws:ecr/repository:Repository"):
             price = KEEP_IMAGES * IMAGE_GB * self.prices["ecr"]["storageGbMonth"]
             yield Line(f"ECR storage: {KEEP_IMAGES} images", price, price)
@@ -336,6 +327,21 @@ class _Builder:
                 if name in names
             )
             yield Line(f"CloudWatch metrics: {len(metrics)} from the app ({counts})", price, price)
+        publishers = [t for t in self.tasks if t.name in metric_publishers(self.run)]
+        if publishers:
+            low, high = (
+                sum(getattr(t, which) * t.hours / HOURS_PER_MONTH for t in publishers)
+                * PUT_METRIC_DATA_REQUESTS_PER_TASK_MONTH
+                / 1000
+                * cloudwatch["requestsPer1000"]
+                for which in ("low", "high")
+            )
+            yield Line(
+                "CloudWatch PutMetricData: one request per worker task every "
+                f"{PUBLISH_INTERVAL_SECONDS:g} s",
+                low,
+                high,
+            )
         yield from self._alarms()
         dashboards = len(self.run.of_type(_DASHBOARD))
         if dashboards:
@@ -519,7 +525,7 @@ def high_resolution(alarm: Registration) -> bool:
 def app_metrics(run: ProgramRun) -> list[tuple[str, str, str]]:
     """(namespace, metric, dimension) of each custom metric the app's containers write, sorted.
 
-    What app.metrics writes when a container has ``CELERY_METRICS_NAMESPACE``: a worker,
+    What app.metrics publishes when a container has ``CELERY_METRICS_NAMESPACE``: a worker,
     ``Backlog`` and ``OldestMessageAge`` of each queue it consumes (its ``--queues``) and
     ``Workers`` of its pool (``CELERY_POOL_NAME``); beat, ``BeatHeartbeat``. A metric is one
     whoever writes it: pools sharing a queue, and every task of a pool, write the same one.
@@ -543,6 +549,17 @@ def app_metrics(run: ProgramRun) -> list[tuple[str, str, str]]:
     return sorted(found)
 
 
+def metric_publishers(run: ProgramRun) -> set[str]:
+    """The services whose tasks send PutMetricData requests: workers with a namespace."""
+    return {
+        definition.service
+        for definition in map(
+            RenderedTaskDefinition.of, run.of_type("aws:ecs/taskDefinition:TaskDefinition")
+        )
+        if definition.environment.get(settings.METRICS_NAMESPACE) and "worker" in definition.command
+    }
+
+
 def task_sets(run: ProgramRun, references: Mapping[str, Registration]) -> list[Tasks]:
     """Every service's tasks, and the one-off tasks EventBridge starts."""
     bounds = {
@@ -554,6 +571,7 @@ def task_sets(run: ProgramRun, references: Mapping[str, Registration]) -> list[T
         desired = service.inputs["desiredCount"]
         scalable = bounds.get(service.physical_name, {})
         strategy = service.inputs.get("capacityProviderStrategies", [])
+        spot = any(item["capacityProvider"] == "FARGATE_SPOT" for item in strategy)
         regular = [item for item in strategy if item["capacityProvider"] == "FARGATE"]
         found.append(
             _sized(
@@ -562,7 +580,7 @@ def task_sets(run: ProgramRun, references: Mapping[str, Registration]) -> list[T
                 low=scalable.get("minCapacity", desired),
                 high=scalable.get("maxCapacity", desired),
                 network=service.inputs["networkConfiguration"],
-                spot_base=int(regular[0].get("base", 0)) if regular else (0 if strategy else None),
+                spot_base=(int(regular[0].get("base", 0)) if regular else 0) if spot else None,
             )
         )
     for target in run.of_type("aws:cloudwatch/eventTarget:EventTarget"):

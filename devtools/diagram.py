@@ -235,7 +235,9 @@ def _services(
             if target
             else f"{service.inputs['desiredCount']:g} task"
         )
-        spot = " (Spot above 1)" if service.inputs.get("capacityProviderStrategies") else ""
+        strategy = service.inputs.get("capacityProviderStrategies", [])
+        on_spot = any(item["capacityProvider"] == "FARGATE_SPOT" for item in strategy)
+        spot = " (Spot above 1)" if on_spot else ""
         size = f"{int(definition['cpu']) / 1024:g} vCPU, {int(definition['memory']) / 1024:g} GB"
         pool = pools.get(name.removeprefix("worker-")) if name.startswith("worker-") else None
         shutdown = (

@@ -32,7 +32,7 @@ from devtools.render import (
     run_program,
 )
 from devtools.validate import Report, validate, versions
-from infra.config import ConfigError, StackConfig, load
+from infra.config import ConfigError, StackConfig, load, placeholders
 
 #: Where ``make plan`` writes the diagram of a stack (not committed).
 DIAGRAM_DIRECTORY = ROOT / ".plan"
@@ -83,7 +83,7 @@ def render(plan: Plan, diagram_path: Path | None) -> str:
         "program's; ids, ARNs and the 'abc1234' suffixes of generated names are placeholders.",
         "",
         *_section("Summary", _summary(plan)),
-        *_section("Validation", _validation(plan.report)),
+        *_section("Validation", _validation(plan.report) + _placeholders(plan.config)),
         *_section("Resources, by component", _resources(plan)),
         *_section("Monthly cost", cost.render(plan.estimate)),
     ]
@@ -170,6 +170,19 @@ def _validation(report: Report) -> list[str]:
     return [
         f"FAILED: {len(report.findings)} problem(s) in {counts}:",
         *(cost.wrap(str(finding), "  - ", "    ") for finding in report.findings),
+    ]
+
+
+def _placeholders(config: StackConfig) -> list[str]:
+    """Documentation examples left in the config: fine offline, refused by a real deploy."""
+    found = placeholders(config)
+    if not found:
+        return []
+    return [
+        "",
+        f"WARNING: {len(found)} placeholder(s) to replace; pulumi preview and up refuse them "
+        "in a real account:",
+        *(cost.wrap(message, "  - ", "    ") for message in found),
     ]
 
 
@@ -592,6 +605,7 @@ def _replication_group(resource: Registration, refs: dict[str, Registration]) ->
         f"failover {_on(failover)}, Multi-AZ {_on(inputs.get('multiAzEnabled'))}; snapshots "
         f"kept {_days(inputs.get('snapshotRetentionLimit', 0))}; parameter group "
         f"{_name(refs, inputs['parameterGroupName'])}",
+        f"deleted with a final snapshot {inputs.get('finalSnapshotIdentifier', '(none)')}",
     ]
 
 
@@ -701,9 +715,18 @@ SUMMARIES: dict[str, Summary] = {
     "aws:secretsmanager/secretVersion:SecretVersion": lambda r, refs: [
         f"the value of {_name(refs, r.inputs['secretId'])} (secret: not shown)"
     ],
+    "random:index/randomId:RandomId": lambda r, _: [
+        f"{2 * r.inputs['byteLength']:g} hex characters, new when "
+        f"{', '.join(sorted(r.inputs.get('keepers', {})))} change"
+    ],
     "random:index/randomPassword:RandomPassword": lambda r, _: [
-        f"{r.inputs['length']:g} characters, specials {r.inputs.get('overrideSpecial')} "
-        "(secret: not shown)"
+        f"{r.inputs['length']:g} characters, "
+        + (
+            "letters and digits"
+            if r.inputs.get("special") is False
+            else f"specials {r.inputs.get('overrideSpecial')}"
+        )
+        + " (secret: not shown)"
     ],
     "aws:ecr/repository:Repository": lambda r, _: [
         f"tags {r.inputs['imageTagMutability']}, scan on push "

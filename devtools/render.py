@@ -292,7 +292,14 @@ class RecordingMocks(pulumi.runtime.Mocks):
         if typ == "aws:cloudwatch/eventTarget:EventTarget":
             # The provider generates a target id when none is given.
             return {"targetId": state.get("targetId") or physical}
+        if typ == "random:index/randomId:RandomId":
+            # Derived from the name and keepers: new keepers, new bytes, as with the provider.
+            keepers = json.dumps(state.get("keepers") or {}, sort_keys=True)
+            return {"hex": _hex(physical, keepers, length=2 * int(state["byteLength"]))}
         if typ == "random:index/randomPassword:RandomPassword":
+            if state.get("special") is False:
+                # Letters and digits only, as asked (the web's first API key).
+                return {"result": _hex(physical, length=int(state.get("length", 16)))}
             # Like the provider: new keepers, a new password.
             generation = (state.get("keepers") or {}).get("generation", "1")
             token = MOCK_AUTH_TOKEN if generation == "1" else f"{MOCK_AUTH_TOKEN}-{generation}"
@@ -342,6 +349,9 @@ class ProgramRun:
     custom_timeouts: dict[str, tuple[str | None, str | None, str | None]] = field(
         default_factory=dict
     )
+    #: (type, name) -> the properties whose changes ``up`` ignores, where the program set any
+    #: (recorded the same way).
+    ignore_changes: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     def of_type(self, typ: str) -> list[Registration]:
         return sorted(
@@ -484,6 +494,8 @@ def run_program(
                 result.custom_timeouts[args.name] = (
                     timeouts.create, timeouts.update, timeouts.delete
                 )
+            if args.opts.ignore_changes:
+                result.ignore_changes[(args.type_, args.name)] = list(args.opts.ignore_changes)
             return None
 
         async def run() -> None:

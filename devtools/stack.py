@@ -17,6 +17,9 @@ ECS stops it: SIGTERM, its stop timeout, SIGKILL; warm pools finish their tasks)
 Ctrl-C while the stack is stopping stops what still runs at once (the workers' cold shutdown
 cancels their tasks and puts them back on their queues).
 
+The web accepts the API key the program generated, which the twin's stand-in of Secrets Manager
+holds; the banner prints it, with ``curl`` lines that send it.
+
 While it runs, ``curl <control>/status`` shows what runs; ``curl -X POST
 <control>/rules/<name>/fire`` fires an EventBridge rule now, ``curl -X POST
 <control>/services/<name>/deploy`` rolls a service onto a new revision (both printed at start).
@@ -193,7 +196,7 @@ def stop_service(
 
 
 def banner(web_url: str, broker_url: str, control_url: str, cluster: TwinCluster) -> str:
-    """What the stack prints once the web answers: what to try, and how to stop."""
+    """What the stack prints once the web answers: its API key, what to try, and how to stop."""
     interpreter = Path(sys.executable)
     if interpreter.is_relative_to(ROOT):
         interpreter = interpreter.relative_to(ROOT)  # `python -m app…` runs from the repository
@@ -204,12 +207,15 @@ def banner(web_url: str, broker_url: str, control_url: str, cluster: TwinCluster
     rules = "".join(
         f"  curl -s -X POST {control_url}/rules/{rule}/fire\n" for rule in sorted(cluster.rules)
     )
+    # The key the program generated, as the twin's stand-in of Secrets Manager holds it.
+    authorization = shlex.quote(f"Authorization: Bearer {cluster.api_key}")
     return (
         f"\nweb listening on {web_url}  (broker {broker_url}, twin control {control_url})\n"
-        f"  curl -s -X POST {web_url}/tasks/apply_credit -H 'Content-Type: "
+        f"API key: {cluster.api_key}  (in the secret {cluster.api_keys_secret_arn})\n"
+        f"  curl -s -X POST {web_url}/tasks/apply_credit -H {authorization} -H 'Content-Type: "
         "application/json' -d '{\"idempotency_key\": \"k1\", \"account\": \"alice\", "
         "\"amount\": 5}'\n"
-        f"  curl -s {web_url}/tasks/<id>\n"
+        f"  curl -s {web_url}/tasks/<id> -H {authorization}\n"
         f"run a schedule entry now ({', '.join(entry.name for entry in SCHEDULE)}):\n"
         f"  CELERY_BROKER_URL={shlex.quote(broker_url)} {enqueue}\n"
         f"{rules}"

@@ -10,7 +10,10 @@ provider-only with its reason, so a new input cannot slip past unmapped.
 
 IAM policies, trust policies and resource policies (SQS queue, SNS topic and KMS key policies)
 are linted with parliament: unknown actions, prefixes and condition keys, resources that match
-no resource type of the action, condition operators and value types. Documents the API takes
+no resource type of the action, condition operators and value types. parliament accepts
+``"Resource": "*"`` for an action with no resource-level permissions, even when the action
+offers a condition key to scope it instead (``cloudwatch:PutMetricData`` and
+``cloudwatch:namespace``); ``unscoped_star_grants`` asks for that key. Documents the API takes
 as text (the ECR lifecycle policy, the dashboard body) must be JSON and follow their rules.
 A ``Finding`` names the resource, the field and the rule it breaks.
 """
@@ -248,7 +251,54 @@ def lint_policy(
             if not detail:
                 continue
         found.append((f"parliament {finding.issue}", _detail(detail)))
+    found += [("iam UNSCOPED_RESOURCE_STAR", message) for message in unscoped_star_grants(document)]
     return sorted(found)
+
+
+def unscoped_star_grants(document: Mapping[str, Any]) -> list[str]:
+    """Allow statements on ``"Resource": "*"`` whose action has no resource-level permissions
+    but has condition keys of its own service (the Service Authorization Reference's ""
+    resource row, as parliament bundles it), with none of those keys in the statement's
+    ``Condition``: the grant reaches every resource when the action offered a way to scope
+    it (PutMetricData to one namespace)."""
+    import parliament
+
+    privileges = {
+        (service["prefix"], privilege["privilege"].lower()): privilege["resource_types"]
+        for service in parliament.iam_definition
+        for privilege in service["privileges"]
+    }
+    found = []
+    for statement in _statements(document):
+        if statement.get("Effect") != "Allow" or statement.get("Resource") not in ("*", ["*"]):
+            continue
+        actions = statement.get("Action", [])
+        used = {
+            key.lower()
+            for operator in _mapping(statement.get("Condition")).values()
+            for key in _mapping(operator)
+        }
+        for action in [actions] if isinstance(actions, str) else actions:
+            prefix, _, name = str(action).partition(":")
+            resource_types = privileges.get((prefix, name.lower()), [])
+            if any(entry["resource_type"] for entry in resource_types):
+                continue  # has resource types: parliament's RESOURCE_STAR covers it
+            keys = sorted(
+                key
+                for entry in resource_types
+                for key in entry["condition_keys"]
+                if key.startswith(f"{prefix}:")
+            )
+            if keys and not used & {key.lower() for key in keys}:
+                found.append(
+                    f"{action} on \"*\" without a condition on {', '.join(keys)}: scope it "
+                    "with one"
+                )
+    return found
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def _detail(detail: Any) -> str:

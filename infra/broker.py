@@ -3,6 +3,7 @@ the full broker URL in Secrets Manager."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -17,6 +18,25 @@ REDIS_PORT = 6379
 #: The only special characters an ElastiCache AUTH token may contain.
 AUTH_TOKEN_SPECIALS = "!&#$^<>-"
 AUTH_TOKEN_LENGTH = 64
+
+
+#: Hex characters of the random part of the final snapshot's name.
+FINAL_SNAPSHOT_SUFFIX_BYTES = 4
+
+
+def final_snapshot_name(prefix: str, suffix: str) -> str:
+    """The name of the snapshot ElastiCache takes when the broker is deleted.
+
+    ElastiCache stores snapshot names in lowercase (CopySnapshot, CreateSnapshot), refuses a
+    name that exists (``SnapshotAlreadyExistsFault``: the delete would fail), and its names
+    start with a letter, hold letters, digits and single hyphens and do not end with one (the
+    rule for replication group ids, followed here too). ``prefix`` names the stack;
+    ``suffix`` (random hex, new with every broker) keeps a second destroy of a stack of the
+    same name from colliding with the first one's snapshot.
+    """
+    stem = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9]", "-", prefix.lower())).strip("-")
+    stem = re.sub(r"^[^a-z]+", "", stem)[:200].rstrip("-") or "broker"
+    return f"{stem}-final-{suffix}"
 
 
 def broker_url(token: str, host: str, port: int = REDIS_PORT) -> str:
@@ -35,6 +55,8 @@ class BrokerArgs:
       (dev stacks). Default 7.
     - ``secret_name_prefix``: the secret's name starts with this (a random suffix follows).
       Default "celery-ecs/broker-url-".
+    - ``final_snapshot_prefix``: when set, deleting the broker first snapshots it, named
+      ``final_snapshot_name(prefix, <random hex>)``; None: no final snapshot. Default None.
     """
 
     config: BrokerConfig
@@ -42,6 +64,7 @@ class BrokerArgs:
     security_group_id: pulumi.Input[str]
     secret_recovery_days: int = 7
     secret_name_prefix: str = "celery-ecs/broker-url-"
+    final_snapshot_prefix: str | None = None
 
 
 class Broker(pulumi.ComponentResource):
@@ -53,6 +76,8 @@ class Broker(pulumi.ComponentResource):
     #: Cache cluster id of every node (``CacheClusterId`` of ElastiCache's metrics): a
     #: replication group's nodes are ``<group id>-001``, ``-002``…
     node_ids: list[pulumi.Output[str]]
+    #: The snapshot ElastiCache takes when the broker is deleted; None: none is taken.
+    final_snapshot_name: pulumi.Output[str] | None
 
     def __init__(
         self, name: str, args: BrokerArgs, opts: pulumi.ResourceOptions | None = None
@@ -80,6 +105,18 @@ class Broker(pulumi.ComponentResource):
             keepers={"generation": str(config.auth_token_generation)},
             opts=child,
         )
+        final_snapshot: pulumi.Output[str] | None = None
+        if args.final_snapshot_prefix is not None:
+            prefix = args.final_snapshot_prefix
+            suffix = random.RandomId(
+                f"{name}-final-snapshot",
+                byte_length=FINAL_SNAPSHOT_SUFFIX_BYTES,
+                # A changed engine or version may replace the group: the new one gets a name of
+                # its own, while the old one is deleted with the name in its state.
+                keepers={"engine": config.engine, "engineVersion": config.engine_version},
+                opts=child,
+            )
+            final_snapshot = suffix.hex.apply(lambda hex_: final_snapshot_name(prefix, hex_))
         highly_available = config.replicas >= 1
         group = aws.elasticache.ReplicationGroup(
             name,
@@ -107,6 +144,8 @@ class Broker(pulumi.ComponentResource):
             apply_immediately=True,
             auto_minor_version_upgrade=True,
             snapshot_retention_limit=config.snapshot_retention_days,
+            # Deleting the group deletes its automatic backups; this one outlives it.
+            final_snapshot_identifier=final_snapshot,
             opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["authToken"]),
         )
         self.secret = aws.secretsmanager.Secret(
@@ -130,6 +169,7 @@ class Broker(pulumi.ComponentResource):
             pulumi.Output.concat(group.id, f"-{node:03d}") for node in range(1, 2 + config.replicas)
         ]
         self.port = REDIS_PORT
+        self.final_snapshot_name = final_snapshot
         self.register_outputs(
             {"primaryEndpoint": self.primary_endpoint, "secretArn": self.secret.arn}
         )

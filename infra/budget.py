@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from app import settings as env_names
-from app.settings import PROTECTION_IDLE_GRACE_SECONDS
+from app.settings import DEFAULT_HELD_PER_SLOT, PROTECTION_IDLE_GRACE_SECONDS
 
 #: Fargate's ceiling for a container's ``stopTimeout`` (seconds between SIGTERM and SIGKILL).
 FARGATE_STOP_TIMEOUT_CAP = 120
@@ -68,6 +68,7 @@ class WorkerBudget:
     max_stop_timeout: int
     prefetch_multiplier: int
     max_countdown: int
+    held_per_slot: int
     soft_time_limit: int
     time_limit: int
     shutdown: ShutdownMode
@@ -91,8 +92,31 @@ class WorkerBudget:
 
     @property
     def longest_unacked(self) -> int:
-        """Longest a message can legitimately stay delivered but unacknowledged."""
-        return self.prefetch_multiplier * self.time_limit + self.max_countdown
+        """Longest a message can legitimately stay delivered but unacknowledged in a live worker:
+        ``max_countdown + held_per_slot x time_limit`` (the visibility timeout must exceed it).
+
+        With ``c`` pool slots a worker holds at most ``N = held_per_slot x c`` messages
+        (Celery's ``worker_eta_task_limit``, ``app.settings.Settings.eta_task_limit``): running,
+        handed to the pool and waiting for a process, or waiting for their countdown/ETA.
+        Take a message delivered at ``t0``. Its ETA is at most ``max_countdown`` after its
+        publication, so before ``t0 + max_countdown``; then Celery hands it to the pool. The
+        prefork pool's default ("fair") scheduling gives a task only to an idle process and
+        keeps the others in first-in first-out order, so ahead of it are only messages handed
+        over before it, all held at that moment: at most ``N - 1``. Each runs at most
+        ``time_limit`` (the hard limit kills it) on one of ``c`` slots, so the message starts
+        within ``floor((N - 1) / c) x time_limit`` and is acknowledged within
+        ``ceil(N / c) x time_limit = held_per_slot x time_limit`` after its ETA. The bound does
+        not depend on ``c``, so the app can check it at import (``app.settings``) without
+        knowing its concurrency. With no countdown/ETA message held, ``N`` is the prefetch
+        (``prefetch_multiplier x c``) and the bound ``prefetch_multiplier x time_limit +
+        max_countdown`` of a pool without ETA messages. It assumes the worker command's prefork
+        pool at a fixed concurrency and tasks without a ``rate_limit`` (a rate-limited task
+        waits in the worker for a token after its ETA, outside the bound).
+
+        Liveness (``app.recovery``) takes back a dead worker's messages; a live worker's are
+        taken back only past the visibility timeout, which this bound keeps from happening.
+        """
+        return self.held_per_slot * self.time_limit + self.max_countdown
 
     @property
     def finishes_within_spot_notice(self) -> bool:
@@ -115,6 +139,7 @@ class WorkerBudget:
             env_names.VISIBILITY_TIMEOUT: self.visibility_timeout,
             env_names.PREFETCH_MULTIPLIER: self.prefetch_multiplier,
             env_names.MAX_COUNTDOWN: self.max_countdown,
+            env_names.HELD_PER_SLOT: self.held_per_slot,
             env_names.SOFT_SHUTDOWN_TIMEOUT: self.soft_shutdown_timeout,
             env_names.SOFT_SHUTDOWN_ON_IDLE: "false",
             env_names.TASK_PROTECTION: "true" if self.task_protection else "false",
@@ -130,6 +155,7 @@ def worker_budget(
     max_stop_timeout: int = FARGATE_STOP_TIMEOUT_CAP,
     prefetch_multiplier: int = 1,
     max_countdown: int = 300,
+    held_per_slot: int = DEFAULT_HELD_PER_SLOT,
 ) -> WorkerBudget:
     """Derive a pool's budget.
 
@@ -137,10 +163,13 @@ def worker_budget(
     - ``max_stop_timeout``: seconds ECS may wait after SIGTERM (EXIT_MARGIN+1..120, Fargate's cap).
     - ``prefetch_multiplier``: messages reserved per pool slot (>= 1).
     - ``max_countdown``: longest countdown/ETA, in seconds, a task of the pool may be sent with.
+    - ``held_per_slot``: most messages a worker holds per pool slot, countdown/ETA ones
+      included (>= ``prefetch_multiplier``; see ``WorkerBudget.longest_unacked``).
     """
     _require_whole_seconds(
         taskTimeout=task_timeout, maxStopTimeout=max_stop_timeout,
         prefetchMultiplier=prefetch_multiplier, maxCountdown=max_countdown,
+        heldPerSlot=held_per_slot,
     )
     if not 1 <= task_timeout <= MAX_TASK_TIMEOUT:
         raise BudgetError(
@@ -157,6 +186,11 @@ def worker_budget(
         raise BudgetError(f"prefetchMultiplier={prefetch_multiplier}: must be >= 1")
     if max_countdown < 0:
         raise BudgetError(f"maxCountdown={max_countdown}: must be >= 0")
+    if held_per_slot < prefetch_multiplier:
+        raise BudgetError(
+            f"heldPerSlot={held_per_slot}: must be >= prefetchMultiplier={prefetch_multiplier} "
+            "(Celery caps the prefetch count itself at the limit)"
+        )
 
     soft = task_timeout
     hard = soft + cleanup_grace(soft)
@@ -174,13 +208,14 @@ def worker_budget(
         shutdown = "cold"
         soft_shutdown = max_stop_timeout - EXIT_MARGIN
         stop_timeout = max_stop_timeout
-    unacked = prefetch_multiplier * hard + max_countdown
+    unacked = held_per_slot * hard + max_countdown  # WorkerBudget.longest_unacked
     visibility = unacked + max(MIN_VISIBILITY_MARGIN, math.ceil(unacked * 0.25))
     return WorkerBudget(
         task_timeout=task_timeout,
         max_stop_timeout=max_stop_timeout,
         prefetch_multiplier=prefetch_multiplier,
         max_countdown=max_countdown,
+        held_per_slot=held_per_slot,
         soft_time_limit=soft,
         time_limit=hard,
         shutdown=shutdown,

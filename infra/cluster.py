@@ -268,7 +268,8 @@ class ContainerInputs:
     name: str
     image: pulumi.Input[str]
     command: Sequence[str]
-    environment: Mapping[str, str]
+    #: Values may be Outputs (a resource's ARN); never secrets (those arrive as ``secrets``).
+    environment: Mapping[str, pulumi.Input[str]]
     stop_timeout: int
     port: int | None = None
     health_check: Mapping[str, object] | None = field(default=None)
@@ -296,13 +297,13 @@ def fargate_task_definition(
         raise ValueError(f"service: the cluster has no log group for {service!r}")
     log_group = cluster.log_groups[service]
 
-    def render(values: list[str]) -> str:
-        image, secret_arn, log_group_name, region = values
+    def render(values: list[Any]) -> str:
+        image, environment, secret_arn, log_group_name, region = values
         spec = ContainerSpec(
             name=container.name,
             image=image,
             command=container.command,
-            environment=container.environment,
+            environment=environment,
             secrets={BROKER_URL: secret_arn},
             log_group=log_group_name,
             region=region,
@@ -313,7 +314,11 @@ def fargate_task_definition(
         return json.dumps([container_definition(spec)])
 
     definitions = pulumi.Output.all(
-        container.image, cluster.broker_secret_arn, log_group.name, cluster.context.region
+        container.image,
+        pulumi.Output.from_input(dict(container.environment)),
+        cluster.broker_secret_arn,
+        log_group.name,
+        cluster.context.region,
     ).apply(render)
     return aws.ecs.TaskDefinition(
         name,

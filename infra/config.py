@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar, cast
 
 from app.routing import QUEUES
+from app.settings import DEFAULT_HELD_PER_SLOT
 from infra.budget import (
     EXIT_MARGIN,
     BudgetError,
@@ -30,12 +31,18 @@ from infra.budget import (
 
 Scheduler = Literal["beat", "eventbridge"]
 NatGateways = Literal["none", "single", "perAz"]
+AwsAccess = Literal["nat", "vpcEndpoints"]
 BrokerEngine = Literal["redis", "valkey"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 CpuArchitecture = Literal["X86_64", "ARM64"]
 
 SCHEDULERS: tuple[Scheduler, ...] = ("beat", "eventbridge")
 NAT_GATEWAYS: tuple[NatGateways, ...] = ("none", "single", "perAz")
+#: How an existing VPC's private subnets reach AWS. Without NAT, tasks need VPC endpoints
+#: (``com.amazonaws.<region>.<name>``): ECR serves image layers from S3, so an S3 gateway
+#: endpoint on the subnets' route tables, and interface endpoints ecr.api, ecr.dkr (ECR User
+#: Guide, "Amazon ECR interface VPC endpoints (AWS PrivateLink)"), logs and secretsmanager.
+AWS_ACCESS: tuple[AwsAccess, ...] = ("nat", "vpcEndpoints")
 BROKER_ENGINES: tuple[BrokerEngine, ...] = ("redis", "valkey")
 LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: CPU architectures of Fargate Linux tasks (ARM64: Graviton).
@@ -56,6 +63,9 @@ DEFAULT_ENGINE_VERSIONS: dict[BrokerEngine, str] = {"redis": "7.1", "valkey": "8
 #: before a message lost with a crashed worker comes back.
 MAX_COUNTDOWN_LIMIT = 86_400
 DEFAULT_TASK_TIMEOUT = 300
+#: Most messages a worker may be allowed to hold per task slot: the visibility timeout grows by
+#: the hard time limit for each (``infra.budget.WorkerBudget.longest_unacked``).
+MAX_HELD_PER_SLOT = 64
 DEFAULT_CONCURRENCY = 2
 #: Default backlog-per-task target = this x concurrency: every slot of a task has about this many
 #: messages waiting behind it before the pool grows (see ``WorkerPool.backlog_per_task``).
@@ -146,6 +156,8 @@ class WebConfig:
     target_requests_per_task: int | None
     access_logs_bucket: str | None
     budget: WebBudget
+    #: The stack accepts a load balancer serving plain HTTP in production (no certificate).
+    allow_plain_http: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,6 +190,8 @@ class AlertsConfig:
     broker_cpu_percent: int
     #: ``CurrConnections`` above which the broker alarm fires.
     broker_connections: int
+    #: The stack accepts alarms that notify nobody in production.
+    allow_no_notifications: bool = False
 
     @property
     def notifies(self) -> bool:
@@ -201,6 +215,9 @@ class ExistingVpc:
     vpc_id: str
     public_subnet_ids: tuple[str, ...]
     private_subnet_ids: tuple[str, ...]
+    #: How the private subnets reach ECR, S3, CloudWatch Logs and Secrets Manager, as the
+    #: user states it (nothing offline can see their route tables).
+    aws_access: AwsAccess = "nat"
 
 
 @dataclass(frozen=True)
@@ -399,21 +416,23 @@ TOP_LEVEL_KEYS = (
 POOL_KEYS = (
     "name", "queues", "concurrency", "taskTimeout", "minCount", "maxCount", "cpu", "memory",
     "maxStopTimeout", "backlogPerTask", "fargateSpot", "maxQueueSeconds", "typicalTaskSeconds",
+    "heldPerSlot",
 )  # fmt: skip
 ALERTS_KEYS = (
     "email", "topicArn", "http5xxPercent", "brokerMemoryPercent", "brokerCpuPercent",
-    "brokerConnections",
+    "brokerConnections", "allowNoNotifications",
 )  # fmt: skip
 WEB_KEYS = (
     "cpu", "memory", "minCount", "maxCount", "requestTimeout", "certificateArn",
     "deletionProtection", "targetCpuPercent", "targetRequestsPerTask", "accessLogsBucket",
+    "allowPlainHttp",
 )  # fmt: skip
 BROKER_KEYS = (
     "engine", "engineVersion", "nodeType", "replicas", "snapshotRetentionDays",
     "authTokenGeneration",
 )  # fmt: skip
 NEW_VPC_KEYS = ("cidr", "natGateways")
-EXISTING_VPC_KEYS = ("vpcId", "publicSubnetIds", "privateSubnetIds")
+EXISTING_VPC_KEYS = ("vpcId", "publicSubnetIds", "privateSubnetIds", "privateSubnetsReachAws")
 
 
 def load(raw: Mapping[str, object]) -> StackConfig:
@@ -463,7 +482,9 @@ def load(raw: Mapping[str, object]) -> StackConfig:
             _parse_json_text(top.raw.get("network"), "network") or {}, production
         ),
         cpu_architecture=cpu_architecture,
-        alerts=_load_alerts(_parse_json_text(top.raw.get("alerts"), "alerts") or {}),
+        alerts=_load_alerts(
+            _parse_json_text(top.raw.get("alerts"), "alerts") or {}, production=production
+        ),
     )
 
 
@@ -529,10 +550,20 @@ def _load_pool(raw: object, path: str, max_countdown: int) -> WorkerPool:
     # Ranges of the two timeouts are the budget's to decide (its errors name the key).
     task_timeout = fields.integer("taskTimeout", DEFAULT_TASK_TIMEOUT, why="seconds")
     max_stop_timeout = fields.integer("maxStopTimeout", 120, why="seconds")
+    held_per_slot = fields.integer(
+        "heldPerSlot",
+        DEFAULT_HELD_PER_SLOT,
+        1,
+        MAX_HELD_PER_SLOT,
+        "messages a worker holds per task slot, countdown/ETA ones included",
+    )
     budget = _catch_budget(
         path,
         lambda: worker_budget(
-            task_timeout, max_stop_timeout=max_stop_timeout, max_countdown=max_countdown
+            task_timeout,
+            max_stop_timeout=max_stop_timeout,
+            max_countdown=max_countdown,
+            held_per_slot=held_per_slot,
         ),
     )
     fargate_spot = fields.boolean("fargateSpot", False)
@@ -642,15 +673,31 @@ def _load_web(raw: object, production: bool) -> WebConfig:
         )
     request_timeout = fields.integer("requestTimeout", 30, why="seconds")
     budget = _catch_budget("web", lambda: web_budget(request_timeout))
+    certificate_arn = fields.text(
+        "certificateArn", _CERTIFICATE_ARN, "an ACM (or IAM) certificate ARN"
+    )
+    allow_plain_http = fields.boolean("allowPlainHttp", False)
+    if certificate_arn is not None and allow_plain_http:
+        raise _fail(
+            "web.allowPlainHttp",
+            "true, but web.certificateArn is set (HTTP is redirected to HTTPS)",
+            "false, or leave web.certificateArn out",
+        )
+    if production and certificate_arn is None and not allow_plain_http:
+        raise _fail(
+            "web.certificateArn",
+            "required in production: without it the internet-facing load balancer serves "
+            "plain HTTP only (Security Hub ELB.1)",
+            "an ACM certificate ARN of the stack's account and region, or web.allowPlainHttp: "
+            "true to accept plain HTTP",
+        )
     return WebConfig(
         cpu=cpu,
         memory=memory,
         min_count=min_count,
         max_count=max_count,
         request_timeout=request_timeout,
-        certificate_arn=fields.text(
-            "certificateArn", _CERTIFICATE_ARN, "an ACM (or IAM) certificate ARN"
-        ),
+        certificate_arn=certificate_arn,
         deletion_protection=fields.boolean("deletionProtection", production),
         target_cpu_percent=fields.integer("targetCpuPercent", 60, 10, 90, "percent"),
         target_requests_per_task=(
@@ -662,6 +709,7 @@ def _load_web(raw: object, production: bool) -> WebConfig:
             "accessLogsBucket", _BUCKET_NAME, "an S3 bucket name the ALB may write to"
         ),
         budget=budget,
+        allow_plain_http=allow_plain_http,
     )
 
 
@@ -747,10 +795,23 @@ def _load_existing_vpc(raw: Mapping[str, object]) -> ExistingVpc:
         if ids is None or len(ids) < 2:
             raise _fail(f"network.{key}", "at least two subnets are needed", allowed)
         subnets[key] = ids
+    access = fields.raw.get("privateSubnetsReachAws")
+    if access not in AWS_ACCESS:
+        problem = "required with vpcId" if access is None else f"unknown value {access!r}"
+        raise _fail(
+            "network.privateSubnetsReachAws",
+            f"{problem}: tasks in the private subnets pull the image from ECR (its layers from "
+            "S3), write logs to CloudWatch Logs and read the broker URL from Secrets Manager, "
+            "and the program cannot see your route tables; say how they reach AWS",
+            "nat (a NAT gateway or another route to the internet), vpcEndpoints (an S3 gateway "
+            "endpoint on the private subnets' route tables and interface endpoints ecr.api, "
+            "ecr.dkr, logs, secretsmanager with private DNS, admitting HTTPS from the tasks)",
+        )
     return ExistingVpc(
         vpc_id=vpc_id,
         public_subnet_ids=subnets["publicSubnetIds"],
         private_subnet_ids=subnets["privateSubnetIds"],
+        aws_access=access,
     )
 
 
@@ -758,7 +819,7 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}$")
 
 
-def _load_alerts(raw: object) -> AlertsConfig:
+def _load_alerts(raw: object, *, production: bool = False) -> AlertsConfig:
     fields = _Fields(raw, "alerts", ALERTS_KEYS)
     email = fields.text("email", _EMAIL, "an e-mail address")
     topic_arn = fields.text("topicArn", _TOPIC_ARN, "an SNS topic ARN (arn:aws:sns:…)")
@@ -767,6 +828,21 @@ def _load_alerts(raw: object) -> AlertsConfig:
             "alerts.topicArn",
             "cannot be combined with alerts.email",
             "either email (a topic this stack creates) or topicArn (an existing topic)",
+        )
+    allow_silence = fields.boolean("allowNoNotifications", False)
+    notifies = email is not None or topic_arn is not None
+    if notifies and allow_silence:
+        raise _fail(
+            "alerts.allowNoNotifications",
+            f"true, but alerts.{'email' if email else 'topicArn'} is set",
+            "false, or no alerts.email/alerts.topicArn",
+        )
+    if production and not notifies and not allow_silence:
+        raise _fail(
+            "alerts.email",
+            "production alarms must notify someone (set alerts.email or alerts.topicArn)",
+            "an e-mail address, or alerts.topicArn: an SNS topic ARN, or "
+            "alerts.allowNoNotifications: true to accept alarms that notify nobody",
         )
     return AlertsConfig(
         email=email,
@@ -783,4 +859,39 @@ def _load_alerts(raw: object) -> AlertsConfig:
             ELASTICACHE_MAX_CONNECTIONS,
             "client connections; ElastiCache accepts at most 65000",
         ),
+        allow_no_notifications=allow_silence,
     )
+
+
+#: The account AWS's documentation uses in examples; no real stack deploys to it. The offline
+#: renders (tests, ``make plan``) run as this account, so a placeholder passes there and is
+#: refused by a deploy to a real account.
+DOCUMENTATION_ACCOUNT = "123456789012"
+#: Names reserved for examples and tests (RFC 2606): mail to them never arrives.
+RESERVED_TOP_LEVEL = ("example", "test", "invalid", "localhost")
+RESERVED_DOMAINS = ("example.com", "example.net", "example.org")
+
+
+def placeholders(config: StackConfig) -> tuple[str, ...]:
+    """Values that are documentation examples, not the user's own: each names its key, what
+    gives it away and what to do."""
+    found: list[str] = []
+    arns = {
+        "web.certificateArn": config.web.certificate_arn,
+        "alerts.topicArn": config.alerts.topic_arn,
+    }
+    for key, arn in arns.items():
+        if arn is not None and arn.split(":")[4] == DOCUMENTATION_ACCOUNT:
+            found.append(
+                f"{key}: {arn} is in account {DOCUMENTATION_ACCOUNT}, AWS's documentation "
+                "example; replace it with the ARN of your own"
+            )
+    if config.alerts.email is not None:
+        domain = config.alerts.email.rsplit("@", 1)[1].lower()
+        labels = domain.split(".")
+        if labels[-1] in RESERVED_TOP_LEVEL or ".".join(labels[-2:]) in RESERVED_DOMAINS:
+            found.append(
+                f"alerts.email: {config.alerts.email} is at {domain}, a domain reserved for "
+                "examples that receives no mail; replace it with an address that is read"
+            )
+    return tuple(found)

@@ -71,7 +71,8 @@ def health_check(role: str) -> dict[str, object]:
 
 
 def metrics_namespace(project: str, stack: str) -> str:
-    """CloudWatch namespace the workers publish queue backlog to (embedded metric format)."""
+    """CloudWatch namespace of the workers' queue metrics (PutMetricData) and of beat's
+    heartbeat (embedded metric format)."""
     return f"CeleryEcs/{project}-{stack}"
 
 
@@ -79,8 +80,8 @@ def publisher_environment(config: StackConfig) -> dict[str, str]:
     """Environment of processes that only publish (web, beat, enqueue).
 
     They never run tasks, but ``Settings`` checks at import that the visibility timeout exceeds
-    prefetch x time limit + max countdown, so they carry the values of the pool whose messages
-    stay unacknowledged longest; the result backend shares that visibility timeout.
+    held per slot x time limit + max countdown, so they carry the values of the pool whose
+    messages stay unacknowledged longest; the result backend shares that visibility timeout.
     """
     longest = max(
         (pool.budget for pool in config.workers), key=lambda budget: budget.visibility_timeout
@@ -90,6 +91,7 @@ def publisher_environment(config: StackConfig) -> dict[str, str]:
         env_names.MAX_COUNTDOWN: str(config.max_countdown),
         env_names.SOFT_TIME_LIMIT: str(longest.soft_time_limit),
         env_names.TIME_LIMIT: str(longest.time_limit),
+        env_names.HELD_PER_SLOT: str(longest.held_per_slot),
         env_names.VISIBILITY_TIMEOUT: str(longest.visibility_timeout),
     }
 

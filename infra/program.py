@@ -22,7 +22,14 @@ from infra.alarms import Alarms, AlarmsArgs, PoolService
 from infra.beat import Beat, BeatArgs
 from infra.broker import Broker, BrokerArgs
 from infra.cluster import AwsContext, Cluster, ClusterArgs
-from infra.config import ConfigError, NewVpc, StackConfig, load
+from infra.config import (
+    DOCUMENTATION_ACCOUNT,
+    ConfigError,
+    NewVpc,
+    StackConfig,
+    load,
+    placeholders,
+)
 from infra.containers import (
     beat_environment,
     metrics_namespace,
@@ -38,7 +45,7 @@ from infra.notifications import Notifications, NotificationsArgs
 from infra.scaling import BacklogTarget, ServiceScaling, ServiceScalingArgs
 from infra.schedule_expr import ScheduleError
 from infra.web import Web, WebArgs
-from infra.worker import Worker, WorkerArgs
+from infra.worker import CAPACITY_PROVIDERS, Worker, WorkerArgs
 
 CONFIG_NAMESPACE = "celery-ecs"
 #: The Docker build context: the project root, with the top-level Dockerfile.
@@ -103,6 +110,18 @@ def validate(
     )
 
 
+def check_placeholders(config: StackConfig, account: str) -> None:
+    """Refuse documentation placeholders (Pulumi.prod.yaml ships some) in a deploy to a real
+    account; the offline renders run as the documentation account and only warn."""
+    found = placeholders(config)
+    if found and account != DOCUMENTATION_ACCOUNT:
+        raise ConfigError(
+            f"{found[0]}; allowed: a value of your own (the stack deploys to account {account})"
+        )
+    for message in found:
+        pulumi.log.warn(f"placeholder in the stack config: {message}")
+
+
 def available_zones() -> list[str]:
     """Regular AZs of the region (no Local or Wavelength Zones), in AWS's order."""
     zones = aws.get_availability_zones(
@@ -144,6 +163,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
             security_group_id=network.broker_security_group_id,
             secret_recovery_days=7 if config.production else 0,
             secret_name_prefix=f"{plan.prefix}/broker-url-",
+            final_snapshot_prefix=plan.prefix if config.production else None,
         ),
     )
     # The repository is named after the stack (ECR names are lowercase).
@@ -169,7 +189,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
             log_retention_days=config.log_retention_days,
             pull_repository_arns=image.pull_repository_arns,
             cpu_architecture=config.cpu_architecture,
-            capacity_providers=("FARGATE", "FARGATE_SPOT") if config.uses_fargate_spot else (),
+            capacity_providers=CAPACITY_PROVIDERS,
         ),
     )
     background = network.task_placement(network.background_security_group_id)
@@ -186,6 +206,8 @@ def deploy(plan: Plan) -> dict[str, Any]:
             public_subnet_ids=network.public_subnet_ids,
             alb_security_group_id=network.alb_security_group_id,
             placement=network.task_placement(network.web_security_group_id),
+            api_keys_secret_name_prefix=f"{plan.prefix}/web-api-keys-",
+            secret_recovery_days=7 if config.production else 0,
         ),
     )
     ServiceScaling(
@@ -216,6 +238,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
                 image=image.image_ref,
                 environment=worker_environment(config, pool, plan.metrics_namespace),
                 placement=background,
+                metrics_namespace=plan.metrics_namespace,
             ),
         )
         scaling = ServiceScaling(
@@ -285,10 +308,17 @@ def deploy(plan: Plan) -> dict[str, Any]:
 
     return {
         "webUrl": web.url,
+        # The ARN, never the keys: aws secretsmanager get-secret-value --secret-id <it>.
+        "webApiKeysSecretArn": web.api_keys_secret.arn,
         "brokerEndpoint": pulumi.Output.concat(broker.primary_endpoint, ":", str(broker.port)),
         "clusterName": cluster.cluster.name,
         "serviceNames": service_names,
         "imageRepositoryUrl": image.repository.repository_url,
+        **(
+            {"brokerFinalSnapshotName": broker.final_snapshot_name}
+            if broker.final_snapshot_name is not None
+            else {}
+        ),
         "scheduler": config.scheduler,
         **schedule_outputs,
         **monitoring,
@@ -375,6 +405,7 @@ def main(project_root: Path = PROJECT_ROOT) -> dict[str, Any]:
             stack=pulumi.get_stack(),
             project_root=project_root,
         )
+        check_placeholders(plan.config, aws.get_caller_identity().account_id)
     except ConfigError as error:
         raise InvalidStackConfig(f"invalid stack config: {error}") from None
     outputs = deploy(plan)

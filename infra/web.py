@@ -1,14 +1,18 @@
-"""The web service: an internet-facing ALB in front of gunicorn tasks."""
+"""The web service: an internet-facing ALB in front of gunicorn tasks, and the secret holding the
+API keys it accepts."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_random as random
 
 from app.names import LIVENESS_PATH
+from app.settings import WEB_API_KEYS_SECRET_ARN
 from infra.budget import WEB_HEALTH_CHECK_GRACE
 from infra.cluster import (
     Cluster,
@@ -26,6 +30,14 @@ TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 #: fail it and ECS would replace them all, again and again, while each could answer 503 at once.
 HEALTH_CHECK_PATH = LIVENESS_PATH
 CONTAINER_NAME = "web"
+#: Characters of the first API key the stack generates (letters and digits: a bearer token).
+API_KEY_LENGTH = 48
+#: A staging label of the stack's own on the version it writes. After two rotations done outside
+#: Pulumi that version would hold no label; Secrets Manager deletes such versions, and a refresh
+#: would then find it gone and create it again, putting back the first key
+#: (terraform-aws-modules/terraform-aws-secrets-manager#24; hashicorp/terraform-provider-aws
+#: #37302). With this label it stays, unused: the web reads AWSCURRENT.
+INITIAL_KEYS_STAGE = "STACK_INITIAL"
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,10 @@ class WebArgs:
     - ``vpc_id``, ``public_subnet_ids``: where the load balancer lives (>= 2 AZs). Required.
     - ``alb_security_group_id``: the load balancer's security group. Required.
     - ``placement``: where the tasks run, with the web security group. Required.
+    - ``api_keys_secret_name_prefix``: the API keys secret's name starts with this (a random
+      suffix follows). Default "celery-ecs/web-api-keys-".
+    - ``secret_recovery_days``: days the deleted secret can be restored; 0 deletes it at once
+      (dev stacks). Default 7.
     """
 
     config: WebConfig
@@ -54,6 +70,8 @@ class WebArgs:
     alb_security_group_id: pulumi.Input[str]
     placement: TaskPlacement
     service: str = "web"
+    api_keys_secret_name_prefix: str = "celery-ecs/web-api-keys-"
+    secret_recovery_days: int = 7
 
 
 class Web(pulumi.ComponentResource):
@@ -63,6 +81,8 @@ class Web(pulumi.ComponentResource):
     request_count_label: pulumi.Output[str]
     #: ``app/<lb>/<id>``: the ``LoadBalancer`` dimension of the ALB's metrics.
     load_balancer_label: pulumi.Output[str]
+    #: The secret holding the accepted API keys, ``{"keys": [...]}`` (``app.api_keys``).
+    api_keys_secret: aws.secretsmanager.Secret
 
     def __init__(
         self, name: str, args: WebArgs, opts: pulumi.ResourceOptions | None = None
@@ -157,7 +177,20 @@ class Web(pulumi.ComponentResource):
             ]
             scheme = "http"
 
-        task_role = args.cluster.task_role(f"{name}-task", [], parent=self)
+        self.api_keys_secret = self._api_keys_secret(name, args)
+        # The web reads the keys itself, at run time (a rotation needs no new task), so the task
+        # role reads this one secret; the execution role never sees it.
+        task_role = args.cluster.task_role(
+            f"{name}-task",
+            [
+                {
+                    "Effect": "Allow",
+                    "Action": ["secretsmanager:GetSecretValue"],
+                    "Resource": [self.api_keys_secret.arn],
+                }
+            ],
+            parent=self,
+        )
         task_definition = fargate_task_definition(
             f"{name}-task",
             cluster=args.cluster,
@@ -169,7 +202,11 @@ class Web(pulumi.ComponentResource):
                 name=CONTAINER_NAME,
                 image=args.image,
                 command=WEB_COMMAND,
-                environment=args.environment,
+                # An ARN names the secret, it is not one (plain environment, ECS.8 holds).
+                environment={
+                    **args.environment,
+                    WEB_API_KEYS_SECRET_ARN: self.api_keys_secret.arn,
+                },
                 stop_timeout=config.budget.stop_timeout,
                 port=WEB_CONTAINER_PORT,
                 health_check=health_check("web"),
@@ -203,10 +240,49 @@ class Web(pulumi.ComponentResource):
         self.request_count_label = pulumi.Output.concat(
             balancer.arn_suffix, "/", target_group.arn_suffix
         )
-        self.register_outputs({"url": self.url, "serviceName": self.service.name})
+        self.register_outputs(
+            {
+                "url": self.url,
+                "serviceName": self.service.name,
+                "apiKeysSecretArn": self.api_keys_secret.arn,
+            }
+        )
+
+    def _api_keys_secret(self, name: str, args: WebArgs) -> aws.secretsmanager.Secret:
+        """The secret, first holding one generated key. Later values are the operators' (the
+        README's rotation): ``up`` never writes it again."""
+        child = pulumi.ResourceOptions(parent=self)
+        secret = aws.secretsmanager.Secret(
+            f"{name}-api-keys",
+            name_prefix=args.api_keys_secret_name_prefix,
+            description="API keys the web accepts: {\"keys\": [...]} (README, Web API)",
+            recovery_window_in_days=args.secret_recovery_days,
+            opts=child,
+        )
+        first_key = random.RandomPassword(
+            f"{name}-api-key", length=API_KEY_LENGTH, special=False, opts=child
+        )
+        document: pulumi.Output[str] = pulumi.Output.secret(
+            first_key.result.apply(lambda key: json.dumps({"keys": [key]}))
+        )
+        aws.secretsmanager.SecretVersion(
+            f"{name}-api-keys",
+            secret_id=secret.id,
+            secret_string=document,
+            version_stages=["AWSCURRENT", INITIAL_KEYS_STAGE],
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                # A rotation done outside Pulumi moves AWSCURRENT to another version: neither
+                # that nor a new generated key (a replaced RandomPassword) is written back.
+                ignore_changes=["secret_string", "version_stages"],
+            ),
+        )
+        return secret
 
     @staticmethod
     def _normalize(args: WebArgs) -> WebArgs:
         if len(args.public_subnet_ids) < 2:
             raise ValueError("public_subnet_ids: the load balancer needs >= 2 AZs (ELB.13)")
+        if args.secret_recovery_days != 0 and not 7 <= args.secret_recovery_days <= 30:
+            raise ValueError("secret_recovery_days: 0 or 7..30")
         return args

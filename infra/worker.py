@@ -20,6 +20,17 @@ from infra.config import WorkerPool
 from infra.containers import health_check, worker_command
 
 CONTAINER_NAME = "worker"
+#: The capacity providers every pool may use. The cluster always has both, so turning a pool's
+#: ``fargateSpot`` on or off changes nothing but the pool's strategy (and ECS refuses to take a
+#: provider off a cluster while a service still uses it).
+CAPACITY_PROVIDERS = ("FARGATE", "FARGATE_SPOT")
+#: Where a regular pool's tasks run. A strategy rather than the FARGATE launch type: the AWS
+#: provider replaces a service whose ``launch_type`` changes (ForceNew), but updates its
+#: ``capacity_provider_strategy`` in place with ``force_new_deployment`` (terraform-provider-aws
+#: internal/service/ecs/service.go; see the README's ``workers[].fargateSpot``).
+REGULAR_STRATEGY: tuple[aws.ecs.ServiceCapacityProviderStrategyArgsDict, ...] = (
+    {"capacity_provider": "FARGATE", "weight": 1},
+)
 #: Where a Fargate Spot pool's tasks run: the first on regular Fargate, so the pool's queues
 #: keep a consumer when Spot capacity runs out; every other on Spot.
 SPOT_STRATEGY: tuple[aws.ecs.ServiceCapacityProviderStrategyArgsDict, ...] = (
@@ -28,6 +39,24 @@ SPOT_STRATEGY: tuple[aws.ecs.ServiceCapacityProviderStrategyArgsDict, ...] = (
 )
 #: What a worker needs to hold scale-in protection while it runs tasks (cold-shutdown pools).
 TASK_PROTECTION_ACTIONS = ("ecs:GetTaskProtection", "ecs:UpdateTaskProtection")
+#: What a worker needs to publish its queue metrics (``app.cloudwatch``).
+PUT_METRIC_DATA_ACTION = "cloudwatch:PutMetricData"
+#: The condition key that scopes it: PutMetricData has no resource-level permissions, only
+#: this key (Service Authorization Reference, "Actions, resources, and condition keys for
+#: Amazon CloudWatch"; CloudWatch User Guide, "Using condition keys to limit access to
+#: CloudWatch namespaces").
+NAMESPACE_CONDITION_KEY = "cloudwatch:namespace"
+
+
+def put_metric_data_statement(namespace: str) -> dict[str, Any]:
+    """Publish metrics into ``namespace`` and no other. ``Resource: "*"`` because the action
+    has no resource type to name; the condition is what scopes it."""
+    return {
+        "Effect": "Allow",
+        "Action": [PUT_METRIC_DATA_ACTION],
+        "Resource": "*",
+        "Condition": {"StringEquals": {NAMESPACE_CONDITION_KEY: namespace}},
+    }
 
 
 @dataclass(frozen=True)
@@ -42,6 +71,9 @@ class WorkerArgs:
     - ``image``: image reference. Required.
     - ``environment``: container environment (no secrets). Required.
     - ``placement``: subnets, the background security group, public IP or not. Required.
+    - ``metrics_namespace``: the CloudWatch namespace the workers publish their queue metrics
+      to (``CELERY_METRICS_NAMESPACE``); the task role may put metrics there only. Empty: no
+      metrics, no permission. Default empty.
     """
 
     pool: WorkerPool
@@ -51,6 +83,7 @@ class WorkerArgs:
     image: pulumi.Input[str]
     environment: Mapping[str, str]
     placement: TaskPlacement
+    metrics_namespace: str = ""
 
 
 class Worker(pulumi.ComponentResource):
@@ -71,6 +104,8 @@ class Worker(pulumi.ComponentResource):
                     "Resource": [args.cluster.task_arn_pattern()],
                 }
             )
+        if args.metrics_namespace:
+            statements.append(put_metric_data_statement(args.metrics_namespace))
         task_role = args.cluster.task_role(f"{name}-task", statements, parent=self)
         task_definition = fargate_task_definition(
             f"{name}-task",
@@ -100,7 +135,7 @@ class Worker(pulumi.ComponentResource):
             desired_count=pool.min_count,
             parent=self,
             autoscaled=True,
-            capacity_provider_strategy=SPOT_STRATEGY if pool.fargate_spot else (),
+            capacity_provider_strategy=SPOT_STRATEGY if pool.fargate_spot else REGULAR_STRATEGY,
         )
         self.register_outputs({"serviceName": self.service.name})
 

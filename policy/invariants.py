@@ -94,6 +94,30 @@ POLICY_DOCUMENTS: Mapping[str, tuple[str, ...]] = {
     "aws:s3/bucketPolicy:BucketPolicy": ("policy",),
 }
 
+#: Identity policies (what their holder may do, to ``Resource``), by resource type -> the props
+#: that hold one besides a role's inline policies. Trust, key and other resource policies are
+#: not among them: there ``"Resource": "*"`` means the resource the policy is attached to.
+IDENTITY_POLICY_DOCUMENTS: Mapping[str, tuple[str, ...]] = {
+    "aws:iam/role:Role": (),
+    "aws:iam/policy:Policy": ("policy",),
+    "aws:iam/rolePolicy:RolePolicy": ("policy",),
+    "aws:iam/userPolicy:UserPolicy": ("policy",),
+    "aws:iam/groupPolicy:GroupPolicy": ("policy",),
+}
+#: The only actions an identity policy may allow on ``"Resource": "*"``: those with no
+#: resource-level permissions, each with the condition key that must then scope it (None: the
+#: action offers none). Service Authorization Reference ("Actions, resources, and condition
+#: keys for" Amazon ECR, CloudWatch Logs, Amazon CloudWatch): GetAuthorizationToken and
+#: DescribeLogGroups list no resource type and no condition key of their own; PutMetricData
+#: lists no resource type and ``cloudwatch:namespace`` (CloudWatch User Guide, "Using
+#: condition keys to limit access to CloudWatch namespaces"). The program grants these
+#: (infra/cluster.py, infra/network.py, infra/worker.py).
+STAR_RESOURCE_ACTIONS: Mapping[str, str | None] = {
+    "ecr:getauthorizationtoken": None,
+    "logs:describeloggroups": None,
+    "cloudwatch:putmetricdata": "cloudwatch:namespace",
+}
+
 # --- small readers --------------------------------------------------------------------------
 
 
@@ -879,6 +903,47 @@ def validate_iam_actions(args: ResourceValidationArgs, report: ReportViolation) 
             )
 
 
+def star_resource_grants(document: Mapping[str, Any]) -> list[str]:
+    """What an identity policy allows on ``"Resource": "*"`` beyond ``STAR_RESOURCE_ACTIONS``:
+    an action with resource-level permissions, or one without them that is not held by the
+    condition key it offers (a condition on the key whose values hold no wildcard)."""
+    found = []
+    for statement in _items(document.get("Statement")):
+        if not isinstance(statement, Mapping) or statement.get("Effect") != "Allow":
+            continue
+        if "*" not in map(str, _items(statement.get("Resource"))):
+            continue
+        scoped = {
+            str(key).lower()
+            for operator in _mapping(statement.get("Condition")).values()
+            for key, values in _mapping(operator).items()
+            if _items(values) and not any("*" in str(value) for value in _items(values))
+        }
+        for action in map(str, _items(statement.get("Action"))):
+            if action.lower() not in STAR_RESOURCE_ACTIONS:
+                found.append(f"{action!r} on every resource; name the resources it needs")
+                continue
+            key = STAR_RESOURCE_ACTIONS[action.lower()]
+            if key is not None and key not in scoped:
+                found.append(f"{action!r} on every resource without a condition on {key!r}")
+    return found
+
+
+def validate_iam_star_resources(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    keys = IDENTITY_POLICY_DOCUMENTS.get(args.resource_type)
+    if keys is None:
+        return
+    for key, raw in _policy_documents(args.props, keys):
+        try:
+            document = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            continue  # iam-no-wildcard-actions reports it
+        if not isinstance(document, Mapping):
+            continue
+        for grant in star_resource_grants(document):
+            report(f"'{args.name}' ({key}) allows {grant} (IAM least privilege)", args.urn)
+
+
 def validate_load_balancer(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if args.resource_type not in LOAD_BALANCERS:
         return
@@ -970,6 +1035,13 @@ POLICIES: tuple[ResourceValidationPolicy | StackValidationPolicy, ...] = (
         description="No IAM policy document (identity, trust, resource or KMS key policy) "
         "allows a wildcard action or NotAction.",
         validate=validate_iam_actions,
+    ),
+    ResourceValidationPolicy(
+        name="iam-star-resource-only-where-unscoped",
+        description='Identity policies allow "Resource": "*" only for actions without '
+        "resource-level permissions, held by the condition key the action offers "
+        "(PutMetricData: cloudwatch:namespace).",
+        validate=validate_iam_star_resources,
     ),
     ResourceValidationPolicy(
         name="load-balancer-drops-invalid-headers",

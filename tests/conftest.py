@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 
 from devtools.redis_server import RedisServer, start_redis
 from devtools.twin.container import Container
-from tests.support import AppProcess, ClientFactory, app_environment
+from tests.support import AUTHORIZATION, AppProcess, ClientFactory, app_environment
 
 # Property tests: the suite must pass every time on a loaded machine, so the default profile
 # checks the same examples on every run with no per-example deadline. HYPOTHESIS_PROFILE=explore
@@ -58,7 +58,8 @@ def app_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
         tmp_path,
         CELERY_TASK_SOFT_TIME_LIMIT="20",
         CELERY_TASK_TIME_LIMIT="22",
-        CELERY_VISIBILITY_TIMEOUT="60",
+        # Above CELERY_HELD_PER_SLOT (4) x 22 + 30 = 118, as the app requires.
+        CELERY_VISIBILITY_TIMEOUT="120",
         CELERY_MAX_COUNTDOWN="30",
         # The tests read Celery's per-task lines (off in the product, see APP_LOG_TASKS).
         APP_LOG_TASKS="true",
@@ -91,7 +92,10 @@ def make_client(app_env: dict[str, str]) -> Iterator[ClientFactory]:
     from app.web import create_app  # imports the Celery app: only in the tests that use it
 
     def make(**overrides: str) -> FlaskClient:
-        return create_app({**app_env, **overrides}).test_client()
+        client = create_app({**app_env, **overrides}).test_client()
+        # Every request carries the test key unless it sets its own Authorization header.
+        client.environ_base["HTTP_AUTHORIZATION"] = AUTHORIZATION["Authorization"]
+        return client
 
     # create_app marks this process as one that never waits on task results (see app.web);
     # restore Celery's default for the rest of the session afterwards.

@@ -15,6 +15,7 @@ from typing import TypeVar
 import pulumi
 from flask.testing import FlaskClient
 
+from app.api_keys import keys_document
 from devtools import render
 from devtools.processes import ROOT, AppProcess, python_argv, start_process
 from infra.containers import worker_command
@@ -25,6 +26,12 @@ T = TypeVar("T")
 ClientFactory = Callable[..., FlaskClient]
 #: The stack the tests render: task definition families and log groups carry its name.
 STACK = "test"
+#: The API key the tests' web apps accept (``app_environment`` writes the keys file).
+API_KEY = "test-api-key-0123456789abcdefghijklmnopqrstuvwxyz"
+#: The header that carries it.
+AUTHORIZATION = {"Authorization": f"Bearer {API_KEY}"}
+#: The keys file's name in a test's working directory.
+API_KEYS_FILE = "api-keys.json"
 
 
 @cache
@@ -70,10 +77,14 @@ def wait_for(
 
 
 def app_environment(broker_url: str, workdir: Path, **overrides: str) -> dict[str, str]:
-    """The environment a process of the app gets: the parent's, plus the app's variables."""
+    """The environment a process of the app gets: the parent's, plus the app's variables. The
+    web accepts ``API_KEY``, from a keys file in ``workdir``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "WEB_"))}
+    keys_file = workdir / API_KEYS_FILE
+    keys_file.write_text(keys_document(API_KEY))
     env.update(
         {
+            "WEB_API_KEYS_FILE": str(keys_file),
             "CELERY_BROKER_URL": broker_url,
             "CELERY_HEARTBEAT_DIR": str(workdir),
             "PYTHONPATH": str(ROOT),

@@ -7,6 +7,9 @@ accept it and read back exactly the budget's numbers.
 
 from __future__ import annotations
 
+import heapq
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,16 +33,20 @@ task_timeouts = st.integers(1, MAX_TASK_TIMEOUT)
 max_stop_timeouts = st.integers(EXIT_MARGIN + 1, FARGATE_STOP_TIMEOUT_CAP)
 prefetch_multipliers = st.integers(1, 8)
 max_countdowns = st.integers(0, 3600)
+#: Held per slot above the prefetch multiplier.
+held_above_prefetch = st.integers(0, 16)
 request_timeouts = st.integers(1, FARGATE_STOP_TIMEOUT_CAP - EXIT_MARGIN)
 
 
 @st.composite
 def budgets(draw: st.DrawFn) -> WorkerBudget:
+    prefetch = draw(prefetch_multipliers)
     return worker_budget(
         draw(task_timeouts),
         max_stop_timeout=draw(max_stop_timeouts),
-        prefetch_multiplier=draw(prefetch_multipliers),
+        prefetch_multiplier=prefetch,
         max_countdown=draw(max_countdowns),
+        held_per_slot=prefetch + draw(held_above_prefetch),
     )
 
 
@@ -64,7 +71,8 @@ def assert_invariants(budget: WorkerBudget) -> None:
         assert budget.task_protection
         assert budget.environment()[env_names.REMAP_SIGTERM] == "SIGQUIT"
 
-    longest_unacked = budget.prefetch_multiplier * hard + budget.max_countdown
+    assert budget.held_per_slot >= budget.prefetch_multiplier
+    longest_unacked = budget.held_per_slot * hard + budget.max_countdown
     assert budget.longest_unacked == longest_unacked
     assert budget.visibility_timeout - longest_unacked >= MIN_VISIBILITY_MARGIN
 
@@ -77,6 +85,7 @@ def assert_app_reads_the_same_numbers(budget: WorkerBudget) -> None:
     assert app_settings.visibility_timeout == budget.visibility_timeout
     assert app_settings.prefetch_multiplier == budget.prefetch_multiplier
     assert app_settings.max_countdown == budget.max_countdown
+    assert app_settings.held_per_slot == budget.held_per_slot
     assert app_settings.soft_shutdown_timeout == budget.soft_shutdown_timeout
     assert app_settings.task_protection is budget.task_protection
     config = app_settings.celery_config()
@@ -122,14 +131,15 @@ def test_every_combination_around_the_warm_cold_boundary() -> None:
     max_stop=max_stop_timeouts,
     prefetch=prefetch_multipliers,
     countdown=max_countdowns,
+    held_above=held_above_prefetch,
 )
 def test_a_longer_task_timeout_never_shortens_a_limit(
-    shorter: int, longer: int, max_stop: int, prefetch: int, countdown: int
+    shorter: int, longer: int, max_stop: int, prefetch: int, countdown: int, held_above: int
 ) -> None:
     shorter, longer = sorted((shorter, longer))
     small, large = (
         worker_budget(t, max_stop_timeout=max_stop, prefetch_multiplier=prefetch,
-                      max_countdown=countdown)
+                      max_countdown=countdown, held_per_slot=prefetch + held_above)
         for t in (shorter, longer)
     )  # fmt: skip
     assert small.soft_time_limit <= large.soft_time_limit
@@ -140,32 +150,151 @@ def test_a_longer_task_timeout_never_shortens_a_limit(
     assert not (small.shutdown == "cold" and large.shutdown == "warm")
 
 
-@given(budget=budgets(), extra_prefetch=st.integers(0, 7), extra_countdown=st.integers(0, 3600))
-def test_more_prefetch_or_countdown_never_shortens_the_visibility_timeout(
-    budget: WorkerBudget, extra_prefetch: int, extra_countdown: int
+@given(
+    budget=budgets(),
+    extra_prefetch=st.integers(0, 7),
+    extra_countdown=st.integers(0, 3600),
+    extra_held=st.integers(0, 16),
+)
+def test_more_prefetch_countdown_or_held_never_shortens_the_visibility_timeout(
+    budget: WorkerBudget, extra_prefetch: int, extra_countdown: int, extra_held: int
 ) -> None:
+    prefetch = budget.prefetch_multiplier + extra_prefetch
     bigger = worker_budget(
         budget.task_timeout,
         max_stop_timeout=budget.max_stop_timeout,
-        prefetch_multiplier=budget.prefetch_multiplier + extra_prefetch,
+        prefetch_multiplier=prefetch,
         max_countdown=budget.max_countdown + extra_countdown,
+        held_per_slot=max(budget.held_per_slot, prefetch) + extra_held,
     )
     assert bigger.visibility_timeout >= budget.visibility_timeout
+
+
+# --- The longest a message stays unacknowledged in a live worker -----------------------------
+
+
+def longest_unacked_in_a_worker(
+    slots: int, held: int, messages: list[tuple[float, float, float]]
+) -> float:
+    """The longest any message stays unacknowledged in one worker, simulated.
+
+    ``messages``: (time queued, countdown, run time) each, in queue order. The worker takes the
+    oldest queued message whenever it holds fewer than ``held`` (whatever Celery's prefetch
+    count does, it never exceeds the limit); a message is handed to the pool when taken, or
+    at its ETA (queued time + countdown); the pool runs ``slots`` tasks at a time, in the order
+    handed over (prefork's "fair" scheduling); a message is acknowledged when its task ends.
+    """
+    queue = sorted(range(len(messages)), key=lambda i: messages[i][0])
+    events: list[tuple[float, int, str, int]] = []  # (time, order, kind, message)
+    order = 0
+    holding = 0
+    waiting_for_slot: list[int] = []
+    free_slots = slots
+    taken_at: dict[int, float] = {}
+    longest = 0.0
+
+    def push(at: float, kind: str, message: int) -> None:
+        nonlocal order
+        heapq.heappush(events, (at, order, kind, message))
+        order += 1
+
+    for index in queue:
+        push(messages[index][0], "queued", index)
+    backlog: list[int] = []
+    while events:
+        now, _, kind, message = heapq.heappop(events)
+        if kind == "queued":
+            backlog.append(message)
+        elif kind == "due":
+            waiting_for_slot.append(message)
+        elif kind == "done":
+            holding -= 1
+            free_slots += 1
+            longest = max(longest, now - taken_at[message])
+        while backlog and holding < held:  # take what the limit allows
+            taken = backlog.pop(0)
+            holding += 1
+            taken_at[taken] = now
+            queued, countdown, _run = messages[taken]
+            eta = queued + countdown
+            if eta > now:
+                push(eta, "due", taken)
+            else:
+                waiting_for_slot.append(taken)
+        while waiting_for_slot and free_slots:  # first handed over, first started
+            started = waiting_for_slot.pop(0)
+            free_slots -= 1
+            push(now + messages[started][2], "done", started)
+    return longest
+
+
+@st.composite
+def worker_loads(draw: st.DrawFn) -> tuple[WorkerBudget, int, list[tuple[float, float, float]]]:
+    """A budget with small numbers, a pool size and messages that respect the budget: each
+    countdown within max_countdown, each run within the hard time limit."""
+    prefetch = draw(st.integers(1, 3))
+    budget = worker_budget(
+        draw(st.integers(1, 20)),
+        prefetch_multiplier=prefetch,
+        max_countdown=draw(st.integers(0, 60)),
+        held_per_slot=prefetch + draw(st.integers(0, 4)),
+    )
+    slots = draw(st.integers(1, 4))
+    times = st.floats(0, 100, allow_nan=False)
+    message = st.tuples(
+        times,
+        st.floats(0, budget.max_countdown, allow_nan=False),
+        st.floats(0.001, budget.time_limit, allow_nan=False),
+    )
+    return budget, slots, draw(st.lists(message, min_size=1, max_size=60))
+
+
+@settings(max_examples=500)
+@given(load=worker_loads())
+def test_no_message_stays_unacknowledged_longer_than_the_budget_says(
+    load: tuple[WorkerBudget, int, list[tuple[float, float, float]]],
+) -> None:
+    budget, slots, messages = load
+    held = budget.held_per_slot * slots  # Settings.eta_task_limit
+    longest = longest_unacked_in_a_worker(slots, held, messages)
+    assert longest <= budget.longest_unacked
+    assert longest < budget.visibility_timeout - MIN_VISIBILITY_MARGIN
+
+
+@pytest.mark.parametrize("slots", [1, 2, 3, 8])
+@pytest.mark.parametrize("held_per_slot", [1, 2, 4])
+def test_the_bound_is_reached_by_a_burst_due_at_once(slots: int, held_per_slot: int) -> None:
+    """The worst case, exactly: the worker fills its limit with messages due at the end of the
+    longest countdown, each then running the whole hard limit; the last one handed to the pool
+    is acknowledged held per slot x hard limit after its ETA. So the bound cannot be lower."""
+    budget = worker_budget(30, held_per_slot=held_per_slot, max_countdown=60)
+    burst = [(0.0, float(budget.max_countdown), float(budget.time_limit))] * (
+        held_per_slot * slots * 3
+    )
+    assert longest_unacked_in_a_worker(slots, held_per_slot * slots, burst) == pytest.approx(
+        budget.longest_unacked
+    )
+    # Without the limit the same burst keeps its last message three times as long.
+    unlimited = longest_unacked_in_a_worker(slots, len(burst), burst)
+    assert unlimited == pytest.approx(
+        budget.max_countdown + math.ceil(len(burst) / slots) * budget.time_limit
+    )
+    assert unlimited > budget.visibility_timeout
 
 
 @pytest.mark.parametrize(
     ("task_timeout", "shutdown", "time_limit", "stop_timeout", "soft_shutdown", "visibility"),
     [
-        # 1 s task: 1 s grace; visibility 2 + 300 countdown = 302, plus 25 %.
-        (1, "warm", 2, 12, 0, 302 + 76),
+        # 1 s task: 1 s grace; visibility 4 held per slot x 2 + 300 countdown = 308, plus 25 %.
+        (1, "warm", 2, 12, 0, 308 + 77),
         # The longest warm task under Fargate's cap: 100 + 10 grace + 10 exit = 120.
-        (100, "warm", 110, 120, 0, 410 + 103),
-        (101, "cold", 112, 120, 110, 412 + 103),
+        (100, "warm", 110, 120, 0, 740 + 185),
+        (101, "cold", 112, 120, 110, 748 + 187),
         # The defaults of app.settings: 300 s soft, 330 s hard.
-        (300, "cold", 330, 120, 110, 630 + 158),
+        (300, "cold", 330, 120, 110, 1620 + 405),
         # The grace is capped at 60 s.
-        (3600, "cold", 3660, 120, 110, 3960 + 990),
-        (MAX_TASK_TIMEOUT, "cold", MAX_TASK_TIMEOUT + 60, 120, 110, 86_760 + 21_690),
+        (3600, "cold", 3660, 120, 110, 14_940 + 3735),
+        (MAX_TASK_TIMEOUT, "cold", MAX_TASK_TIMEOUT + 60, 120, 110, 346_140 + 86_535),
     ],
 )
 def test_worked_examples(
@@ -197,9 +326,10 @@ def test_the_environment_is_exactly_the_worker_contract() -> None:
     assert worker_budget(60).environment() == {
         "CELERY_TASK_SOFT_TIME_LIMIT": "60",
         "CELERY_TASK_TIME_LIMIT": "66",
-        "CELERY_VISIBILITY_TIMEOUT": str(366 + 92),
+        "CELERY_VISIBILITY_TIMEOUT": str(564 + 141),
         "CELERY_PREFETCH_MULTIPLIER": "1",
         "CELERY_MAX_COUNTDOWN": "300",
+        "CELERY_HELD_PER_SLOT": "4",
         "CELERY_SOFT_SHUTDOWN_TIMEOUT": "0",
         "CELERY_SOFT_SHUTDOWN_ON_IDLE": "false",
         "CELERY_TASK_PROTECTION": "false",
@@ -217,6 +347,8 @@ def test_the_environment_is_exactly_the_worker_contract() -> None:
         ({"task_timeout": 60, "max_stop_timeout": 121}, "maxStopTimeout=121"),
         ({"task_timeout": 60, "prefetch_multiplier": 0}, "prefetchMultiplier=0"),
         ({"task_timeout": 60, "max_countdown": -1}, "maxCountdown=-1"),
+        ({"task_timeout": 60, "held_per_slot": 0}, "heldPerSlot=0"),
+        ({"task_timeout": 60, "prefetch_multiplier": 3, "held_per_slot": 2}, "heldPerSlot=2"),
     ],
 )
 def test_out_of_range_worker_inputs_name_the_key(kwargs: dict[str, int], key: str) -> None:
@@ -249,6 +381,7 @@ def test_out_of_range_web_inputs_name_the_key(request_timeout: int) -> None:
         ({"task_timeout": True}, "taskTimeout=True"),
         ({"task_timeout": 30, "max_stop_timeout": 60.0}, "maxStopTimeout=60.0"),
         ({"task_timeout": 30, "max_countdown": "300"}, "maxCountdown='300'"),
+        ({"task_timeout": 30, "held_per_slot": 2.0}, "heldPerSlot=2.0"),
     ],
 )
 def test_non_whole_numbers_are_refused(kwargs: dict[str, object], key: str) -> None:

@@ -14,6 +14,7 @@ from app.schedule import Cron, Every
 from devtools.cost import (
     HOURS_PER_MONTH,
     PRICES,
+    PUT_METRIC_DATA_REQUESTS_PER_TASK_MONTH,
     Estimate,
     estimate,
     price_table,
@@ -217,7 +218,27 @@ def test_monitoring_is_priced_from_what_the_program_renders() -> None:
     assert emailed.totals[0] == pytest.approx(beat.totals[0] + kms["keyMonth"])
 
 
+def test_put_metric_data_is_priced_per_request_of_every_worker_task() -> None:
+    """Each worker task sends one PutMetricData request per round (every 10 s), all month;
+    the web and beat send none."""
+    cloudwatch = price_table(REGION)["cloudwatch"]  # type: ignore[index]
+    estimate = priced({"workers": POOLS})
+    requests_per_task = 730 * 3600 / 10
+    assert requests_per_task == PUT_METRIC_DATA_REQUESTS_PER_TASK_MONTH
+    workers = load({"workers": POOLS}).workers
+    low, high = sum(p.min_count for p in workers), sum(p.max_count for p in workers)
+    assert (low, high) != (0, 0)
+    assert line(estimate, "CloudWatch PutMetricData: one request per worker task") == (
+        pytest.approx(
+            tuple(count * requests_per_task / 1000 * cloudwatch["requestsPer1000"]
+                  for count in (low, high))
+        )
+    )  # fmt: skip
+    assert "PutMetricData request every 10 s" in "\n".join(estimate.assumptions)
+
+
 def test_the_assumptions_state_the_free_tiers_from_the_table() -> None:
     text = "\n".join(priced({}).assumptions)
     assert "free tier (10 custom metrics, 10 standard alarm metrics, 3 dashboards" in text
+    assert "1,000,000 API requests a month) is not deducted" in text
     assert "first 1,000 a month free" in text

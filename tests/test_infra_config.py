@@ -23,10 +23,12 @@ from infra.config import (
     ExistingVpc,
     NewVpc,
     load,
+    placeholders,
 )
 from tests.support import ROOT
 
 POOL = {"name": "all", "queues": list(QUEUES)}
+CERTIFICATE = "arn:aws:acm:us-east-1:210987654321:certificate/11111111-2222-3333-4444-555555555555"
 
 
 def test_empty_config_gives_a_deployable_default_stack() -> None:
@@ -48,6 +50,18 @@ def test_empty_config_gives_a_deployable_default_stack() -> None:
     assert config.web.budget == web_budget(30)
 
 
+def test_a_pool_sets_how_many_messages_a_worker_holds_per_slot() -> None:
+    """``heldPerSlot`` reaches the budget, its environment and its visibility timeout."""
+    (default,) = load({}).workers
+    assert default.budget.held_per_slot == 4
+    pool = {"name": "long", "queues": list(QUEUES), "taskTimeout": 3600, "heldPerSlot": 1}
+    (held_one,) = load({"workers": [pool]}).workers
+    assert held_one.budget == worker_budget(3600, held_per_slot=1)
+    assert held_one.budget.environment()["CELERY_HELD_PER_SLOT"] == "1"
+    # One message per slot: a long pool's visibility timeout is a quarter of the default's.
+    assert held_one.budget.longest_unacked == 3660 + 300
+
+
 def test_cpu_architecture_and_fargate_spot() -> None:
     assert load({}).cpu_architecture == "X86_64"
     assert load({}).uses_fargate_spot is False
@@ -59,13 +73,56 @@ def test_cpu_architecture_and_fargate_spot() -> None:
     assert load({"cpuArchitecture": "ARM64"}).cpu_architecture == "ARM64"
 
 
+#: What production requires: a certificate and an alert target (each has a named opt-out).
+PRODUCTION_NEEDS: dict[str, object] = {
+    "web": {"certificateArn": CERTIFICATE},
+    "alerts": {"email": "ops@celery.io"},
+}
+
+
 def test_production_switches_to_safe_defaults() -> None:
-    config = load({"production": "true"})
+    config = load({"production": "true", **PRODUCTION_NEEDS})
     assert config.network == NewVpc(cidr="10.0.0.0/16", nat_gateways="perAz")
     assert config.broker.replicas == 1
     assert config.log_retention_days == 365
     assert config.web.deletion_protection is True
     assert config.web.min_count == 2
+
+
+def test_production_opts_out_only_by_name() -> None:
+    """A production stack without a certificate or an alert target loads only when it says
+    what it gives up; a dev stack needs neither."""
+    config = load(
+        {
+            "production": True,
+            "web": {"allowPlainHttp": True},
+            "alerts": {"allowNoNotifications": True},
+        }
+    )
+    assert config.web.certificate_arn is None and config.web.allow_plain_http
+    assert not config.alerts.notifies and config.alerts.allow_no_notifications
+    assert load({}).web.allow_plain_http is False
+    assert load({}).alerts.allow_no_notifications is False
+
+
+def test_documentation_placeholders_are_named() -> None:
+    sample = "arn:aws:acm:us-east-1:123456789012:certificate/0"
+    config = load(
+        {
+            "web": {"certificateArn": sample},
+            "alerts": {"email": "ops@Mail.Example.com"},
+        }
+    )
+    found = placeholders(config)
+    assert [message.split(":", 1)[0] for message in found] == ["web.certificateArn", "alerts.email"]
+    assert "123456789012" in found[0] and "example.com" in found[1]
+    topic = load({"alerts": {"topicArn": "arn:aws:sns:us-east-1:123456789012:ops-alerts"}})
+    assert [message.split(":", 1)[0] for message in placeholders(topic)] == ["alerts.topicArn"]
+    for address in ("ops@corp.test", "me@mail.invalid", "ops@example.org"):
+        assert placeholders(load({"alerts": {"email": address}})), address
+    # The user's own values are no placeholders (a domain that merely contains "example" too).
+    own = {"web": {"certificateArn": CERTIFICATE}, "alerts": {"email": "ops@examples.com"}}
+    assert placeholders(load(own)) == ()
 
 
 def test_values_arrive_as_cli_text_or_parsed() -> None:
@@ -89,12 +146,14 @@ def test_existing_vpc() -> None:
         "vpcId": "vpc-0123456789abcdef0",
         "publicSubnetIds": ["subnet-00000001", "subnet-00000002"],
         "privateSubnetIds": ["subnet-00000003", "subnet-00000004"],
+        "privateSubnetsReachAws": "vpcEndpoints",
     }
     config = load({"network": network})
     assert config.network == ExistingVpc(
         vpc_id="vpc-0123456789abcdef0",
         public_subnet_ids=("subnet-00000001", "subnet-00000002"),
         private_subnet_ids=("subnet-00000003", "subnet-00000004"),
+        aws_access="vpcEndpoints",
     )
     assert not config.tasks_in_public_subnets
 
@@ -238,6 +297,18 @@ INVALID = [
         id="max-stop-timeout-low",
     ),
     pytest.param(
+        {"workers": pools({"heldPerSlot": 0})},
+        "workers[0].heldPerSlot",
+        "1..64",
+        id="held-per-slot-low",
+    ),
+    pytest.param(
+        {"workers": pools({}, {"heldPerSlot": 65})},
+        "workers[1].heldPerSlot",
+        "1..64",
+        id="held-per-slot-high",
+    ),
+    pytest.param(
         {"workers": pools({"maxQueueSeconds": 10})},
         "workers[0].maxQueueSeconds",
         "30..86400",
@@ -317,16 +388,77 @@ INVALID = [
         id="one-subnet",
     ),
     pytest.param(
+        {
+            "network": {
+                "vpcId": "vpc-01234567",
+                "publicSubnetIds": ["subnet-00000001", "subnet-00000002"],
+                "privateSubnetIds": ["subnet-00000003", "subnet-00000004"],
+            }
+        },
+        "network.privateSubnetsReachAws",
+        "vpcEndpoints (an S3 gateway endpoint on the private subnets' route tables and "
+        "interface endpoints ecr.api, ecr.dkr, logs, secretsmanager",
+        id="existing-vpc-without-stated-access",
+    ),
+    pytest.param(
+        {
+            "network": {
+                "vpcId": "vpc-01234567",
+                "publicSubnetIds": ["subnet-00000001", "subnet-00000002"],
+                "privateSubnetIds": ["subnet-00000003", "subnet-00000004"],
+                "privateSubnetsReachAws": "internet",
+            }
+        },
+        "network.privateSubnetsReachAws",
+        "nat (a NAT gateway or another route to the internet)",
+        id="existing-vpc-unknown-access",
+    ),
+    pytest.param(
         {"network": {"vpcId": "vpc-01234567", "cidr": "10.0.0.0/16"}},
         "network.cidr",
         "either {cidr, natGateways}",
         id="mixed-network",
     ),
     pytest.param(
-        {"production": True, "network": {"natGateways": "none"}},
+        {"production": True, **PRODUCTION_NEEDS, "network": {"natGateways": "none"}},
         "network.natGateways",
         "single, perAz",
         id="production-public-ip",
+    ),
+    pytest.param(
+        {"production": True, "alerts": {"email": "ops@celery.io"}},
+        "web.certificateArn",
+        "or web.allowPlainHttp: true to accept plain HTTP",
+        id="production-without-certificate",
+    ),
+    pytest.param(
+        {"production": True, "web": {"certificateArn": CERTIFICATE}},
+        "alerts.email",
+        "or alerts.allowNoNotifications: true to accept alarms that notify nobody",
+        id="production-without-alert-target",
+    ),
+    pytest.param(
+        {"web": {"certificateArn": CERTIFICATE, "allowPlainHttp": True}},
+        "web.allowPlainHttp",
+        "false, or leave web.certificateArn out",
+        id="plain-http-with-certificate",
+    ),
+    pytest.param(
+        {
+            "alerts": {
+                "topicArn": "arn:aws:sns:us-east-1:210987654321:ops",
+                "allowNoNotifications": True,
+            }
+        },
+        "alerts.allowNoNotifications",
+        "false, or no alerts.email/alerts.topicArn",
+        id="silence-with-topic",
+    ),
+    pytest.param(
+        {"web": {"allowPlainHttp": "yes"}},
+        "web.allowPlainHttp",
+        "true, false",
+        id="type-plain-http",
     ),
     pytest.param({"cpuArchitecture": "arm64"}, "cpuArchitecture", "X86_64, ARM64", id="enum-arch"),
     pytest.param(

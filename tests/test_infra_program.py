@@ -22,6 +22,7 @@ import pytest
 from pulumi.runtime.mocks import MockResourceArgs
 
 from app import settings as env_names
+from app.api_keys import parse_keys
 from app.schedule import SCHEDULE, Every, PeriodicEntry
 from app.settings import PROTECTION_IDLE_GRACE_SECONDS
 from devtools.render import (
@@ -96,6 +97,7 @@ STACKS: dict[str, dict[str, object]] = {
             "vpcId": "vpc-0123456789abcdef0",
             "publicSubnetIds": ["subnet-000000a1", "subnet-000000a2"],
             "privateSubnetIds": ["subnet-000000b1", "subnet-000000b2", "subnet-000000b3"],
+            "privateSubnetsReachAws": "nat",
         },
         "alerts": {"topicArn": "arn:aws:sns:us-east-1:123456789012:ops-alerts"},
     },
@@ -530,7 +532,21 @@ def test_broker_is_encrypted_authenticated_and_never_evicts(deployed: Deployed) 
     assert group["parameterGroupName"] == "broker-abc1234"  # the mock's auto-name of the group
     subnet_group = run.one("aws:elasticache/subnetGroup:SubnetGroup").inputs
     assert len(subnet_group["subnetIds"]) >= 2
-    password = run.one("random:index/randomPassword:RandomPassword").inputs
+    # Production keeps a final snapshot when the broker is deleted, named after the stack with
+    # a random part of its own, and says so in the outputs; dev stacks keep none.
+    if deployed.config.production:
+        name = group["finalSnapshotIdentifier"]
+        assert name.startswith(f"{PREFIX}-final-") and name == name.lower()
+        assert run.outputs["brokerFinalSnapshotName"] == name
+        suffix = run.one("random:index/randomId:RandomId").inputs
+        assert suffix["keepers"] == {
+            "engine": broker.engine, "engineVersion": broker.engine_version
+        }  # fmt: skip
+    else:
+        assert "finalSnapshotIdentifier" not in group
+        assert "brokerFinalSnapshotName" not in run.outputs
+        assert not run.of_type("random:index/randomId:RandomId")
+    password = run.named("random:index/randomPassword:RandomPassword", "broker-auth-token").inputs
     assert password["overrideSpecial"] == "!&#$^<>-"
     assert 16 <= password["length"] <= 128
     # A token change applies at once and invalidates the old token (no window where both work,
@@ -558,9 +574,9 @@ def test_a_new_token_generation_rolls_every_service_onto_the_new_broker_url() ->
 
 def test_broker_url_reaches_containers_only_as_a_secret(deployed: Deployed) -> None:
     run = deployed.run
-    secret = run.one("aws:secretsmanager/secret:Secret")
+    secret = run.named("aws:secretsmanager/secret:Secret", "broker")
     secret_arn = secret.state["arn"]
-    version_registration = run.one("aws:secretsmanager/secretVersion:SecretVersion")
+    version_registration = run.named("aws:secretsmanager/secretVersion:SecretVersion", "broker")
     assert "secretString" in version_registration.secret_inputs
     version = version_registration.inputs
     host = run.one("aws:elasticache/replicationGroup:ReplicationGroup").state[
@@ -580,6 +596,53 @@ def test_broker_url_reaches_containers_only_as_a_secret(deployed: Deployed) -> N
     assert not any(token in outputs for token in token_forms)
     assert "rediss://" not in outputs
     assert run.secret_outputs == set()
+
+
+@pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
+def test_the_web_reads_its_api_keys_from_a_secret_only_it_may_read(deployed: Deployed) -> None:
+    run = deployed.run
+    secret = run.named("aws:secretsmanager/secret:Secret", "web-api-keys")
+    arn = secret.state["arn"]
+    assert secret.inputs["namePrefix"] == f"{PREFIX}/web-api-keys-"
+    assert secret.inputs["recoveryWindowInDays"] == (7 if deployed.config.production else 0)
+    # The first value: one generated key of letters and digits, a secret input of the version.
+    key = run.named("random:index/randomPassword:RandomPassword", "web-api-key")
+    assert key.inputs["special"] is False and key.inputs["length"] >= 32
+    version = run.named("aws:secretsmanager/secretVersion:SecretVersion", "web-api-keys")
+    assert version.inputs["secretId"] == arn
+    assert "secretString" in version.secret_inputs
+    assert parse_keys(version.inputs["secretString"]) == (key.state["result"].encode(),)
+    # The web finds the secret by its ARN, a plain variable (no file: exactly one source).
+    web = run.task_definitions()["web"]
+    assert web.environment[env_names.WEB_API_KEYS_SECRET_ARN] == arn
+    assert env_names.WEB_API_KEYS_FILE not in web.environment
+    assert env_names.ApiKeysSettings.from_env(web.environment).secret_arn == arn
+    # Its task role may read it, nothing else may; the execution role does not start with it.
+    policies = {p.name: json.loads(p.inputs["policy"]) for p in run.of_type(ROLE_POLICY)}
+    assert statements(policies["web-task"]) == [
+        {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": [arn]}
+    ]
+    readers = [name for name, policy in policies.items() if arn in json.dumps(policy)]
+    assert readers == ["web-task"]
+    # The ARN is an output; the key is in no output, environment or secret of a container.
+    assert run.outputs["webApiKeysSecretArn"] == arn
+    everything = json.dumps(run.outputs) + json.dumps(
+        [(task.environment, task.secrets) for task in run.task_definitions().values()]
+    )
+    assert key.state["result"] not in everything
+    assert run.secret_outputs == set()
+
+
+def test_up_never_writes_the_api_keys_again() -> None:
+    run = run_program({})
+    # A rotation done outside Pulumi is the secret's value from then on; AWS never deletes the
+    # first version (a label of the stack's own stays on it), so a refresh never recreates it.
+    version = ("aws:secretsmanager/secretVersion:SecretVersion", "web-api-keys")
+    assert run.ignore_changes[version] == ["secret_string", "version_stages"]
+    stages = run.named(*version).inputs["versionStages"]
+    assert stages == ["AWSCURRENT", "STACK_INITIAL"]
+    # The broker URL secret is the program's: a new token is written (README, token rotation).
+    assert ("aws:secretsmanager/secretVersion:SecretVersion", "broker") not in run.ignore_changes
 
 
 # --- task definitions -----------------------------------------------------------------------
@@ -723,7 +786,7 @@ def test_execution_role_reads_exactly_the_broker_secret(deployed: Deployed) -> N
     by_action = {
         action: s["Resource"] for s in statements(policy) for action in as_list(s["Action"])
     }
-    secret = run.one("aws:secretsmanager/secret:Secret").state["arn"]
+    secret = run.named("aws:secretsmanager/secret:Secret", "broker").state["arn"]
     assert secret.startswith(f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:")
     assert by_action["secretsmanager:GetSecretValue"] == [secret]
     groups = sorted(
@@ -750,21 +813,37 @@ def test_execution_role_reads_exactly_the_broker_secret(deployed: Deployed) -> N
     }
 
 
-def test_task_protection_rights_only_for_cold_shutdown_pools(deployed: Deployed) -> None:
+def test_worker_roles_put_metrics_in_their_namespace_and_protect_only_cold_pools(
+    deployed: Deployed,
+) -> None:
     run = deployed.run
     cluster = run.outputs["clusterName"]
     policies = {p.name: json.loads(p.inputs["policy"]) for p in run.of_type(ROLE_POLICY)}
+    definitions = run.task_definitions()
     for pool in deployed.config.workers:
-        policy = policies.get(f"worker-{pool.name}-task")
+        environment = definitions[f"worker-{pool.name}"].container["environment"]
+        (namespace,) = [e["value"] for e in environment if e["name"] == "CELERY_METRICS_NAMESPACE"]
+        assert namespace.startswith("CeleryEcs/")
+        policy = policies[f"worker-{pool.name}-task"]
+        by_action = {tuple(sorted(s["Action"])): s for s in statements(policy)}
+        # PutMetricData has no resource-level permissions: "*", held to the stack's namespace.
+        assert by_action.pop(("cloudwatch:PutMetricData",)) == {
+            "Effect": "Allow",
+            "Action": ["cloudwatch:PutMetricData"],
+            "Resource": "*",
+            "Condition": {"StringEquals": {"cloudwatch:namespace": namespace}},
+        }, pool.name
         if not pool.budget.task_protection:
-            assert policy is None, pool.name
+            assert by_action == {}, pool.name
             continue
-        assert policy is not None, pool.name
-        (statement,) = statements(policy)
+        (statement,) = by_action.values()
         assert sorted(statement["Action"]) == ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
         assert statement["Resource"] == [f"arn:aws:ecs:{REGION}:{ACCOUNT}:task/{cluster}/*"]
-    for other in ("web-task", "beat-task", "schedule-task"):
+    # Beat's heartbeat is a log line (EMF): beat, like the schedule, gets no right.
+    for other in ("beat-task", "schedule-task"):
         assert other not in policies
+    # The web's one right: reading its API keys (test_the_web_reads_its_api_keys_from_a_secret...).
+    assert "ecs:" not in json.dumps(policies["web-task"])
     for role in run.of_type(ROLE):
         if role.name == "cluster-execution":
             continue  # see infra/cluster.py: no source-account guard on the execution role
@@ -810,10 +889,10 @@ def test_up_fails_loudly_when_ecs_rolls_a_deployment_back() -> None:
 
 
 def test_services_run_fargate_latest_with_rollback(deployed: Deployed) -> None:
-    spot_services = {f"worker-{p.name}-service" for p in deployed.config.workers if p.fargate_spot}
+    pools = {f"worker-{p.name}-service" for p in deployed.config.workers}
     for service in deployed.run.of_type(SERVICE):
         inputs = service.inputs
-        if service.name not in spot_services:
+        if service.name not in pools:
             assert inputs["launchType"] == "FARGATE", service.name
             assert "capacityProviderStrategies" not in inputs, service.name
         assert inputs["platformVersion"] == "LATEST", service.name
@@ -827,22 +906,41 @@ def test_spot_pools_keep_one_task_on_regular_fargate(deployed: Deployed) -> None
     """A Spot pool's first task runs on regular Fargate (its queues keep a consumer when Spot
     capacity runs out), every other on Spot; the cluster has both capacity providers."""
     run, config = deployed.run, deployed.config
-    providers = run.of_type("aws:ecs/clusterCapacityProviders:ClusterCapacityProviders")
-    assert bool(providers) is config.uses_fargate_spot
-    if providers:
-        (association,) = providers
-        assert association.inputs["capacityProviders"] == ["FARGATE", "FARGATE_SPOT"]
-        assert association.inputs["clusterName"] == run.outputs["clusterName"]
+    (association,) = run.of_type("aws:ecs/clusterCapacityProviders:ClusterCapacityProviders")
+    assert association.inputs["capacityProviders"] == ["FARGATE", "FARGATE_SPOT"]
+    assert association.inputs["clusterName"] == run.outputs["clusterName"]
     for pool in config.workers:
         service = deployed.service(f"worker-{pool.name}").inputs
+        assert "launchType" not in service, pool.name
         if not pool.fargate_spot:
+            assert service["capacityProviderStrategies"] == [
+                {"capacityProvider": "FARGATE", "weight": 1}
+            ]
             continue
         assert pool.budget.finishes_within_spot_notice, pool.name
-        assert "launchType" not in service
         assert service["capacityProviderStrategies"] == [
             {"capacityProvider": "FARGATE", "base": 1, "weight": 0},
             {"capacityProvider": "FARGATE_SPOT", "weight": 1},
         ]
+
+
+def test_turning_fargate_spot_on_or_off_changes_only_the_pools_strategy() -> None:
+    """The AWS provider replaces a service whose ``launch_type`` changes (ForceNew) and updates
+    a ``capacity_provider_strategy`` change in place when ``force_new_deployment`` is set
+    (terraform-provider-aws internal/service/ecs/service.go). So the two renderings of a pool
+    differ in its strategy alone, every pool stays off the launch type, the cluster keeps the
+    same capacity providers, and the service forces the new deployment the update needs."""
+    pool = {"name": "default", "queues": ["default", "long"], "taskTimeout": 60}
+    regular = run_program({"workers": [pool]})
+    spot = run_program({"workers": [{**pool, "fargateSpot": True}]})
+    name = "worker-default-service"
+    before, after = regular.named(SERVICE, name).inputs, spot.named(SERVICE, name).inputs
+    changed = {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
+    assert changed == {"capacityProviderStrategies"}
+    assert "launchType" not in before and "launchType" not in after
+    assert before["forceNewDeployment"] is True
+    providers = "aws:ecs/clusterCapacityProviders:ClusterCapacityProviders"
+    assert regular.one(providers).inputs == spot.one(providers).inputs
 
 
 def test_arm64_tasks_run_an_arm64_image() -> None:
@@ -937,6 +1035,7 @@ def test_outputs(deployed: Deployed) -> None:
     config, outputs = deployed.config, deployed.run.outputs
     assert set(outputs) == {
         "webUrl",
+        "webApiKeysSecretArn",
         "brokerEndpoint",
         "clusterName",
         "serviceNames",
@@ -945,6 +1044,7 @@ def test_outputs(deployed: Deployed) -> None:
         "dashboardUrl",
         *(["scheduleDeadLetterQueueUrl"] if config.scheduler == "eventbridge" else []),
         *(["alertTopicArn"] if config.alerts.notifies else []),
+        *(["brokerFinalSnapshotName"] if config.production else []),
     }
     assert outputs["dashboardUrl"] == (
         "https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=us-east-1"
@@ -964,9 +1064,10 @@ def test_dev_stack_file_deploys() -> None:
     assert set(tasks) == {"web", "beat", *(f"worker-{pool.name}" for pool in config.workers)}
     assert validate(run).ok
     protected = {
-        name.removesuffix("-task")
-        for name in (p.name for p in run.of_type(ROLE_POLICY))
-        if name.startswith("worker-")
+        policy.name.removesuffix("-task")
+        for policy in run.of_type(ROLE_POLICY)
+        if policy.name.startswith("worker-")
+        and "ecs:UpdateTaskProtection" in policy.inputs["policy"]
     }
     assert protected == {
         f"worker-{pool.name}" for pool in config.workers if pool.budget.task_protection
@@ -1029,6 +1130,39 @@ def test_invalid_config_registers_no_resource(raw: dict[str, object]) -> None:
         run_program(raw, mocks=mocks)
     assert mocks.registrations == []
     assert mocks.calls == []
+
+
+class RealAccount(RecordingMocks):
+    """The mocks, answering as a real account rather than AWS's documentation example."""
+
+    ACCOUNT = "210987654321"
+
+    def call(self, args: Any) -> dict[str, Any]:
+        answer = super().call(args)
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            answer = {**answer, "id": self.ACCOUNT, "accountId": self.ACCOUNT}
+        return answer
+
+
+def test_placeholders_are_refused_in_a_real_account_before_any_resource() -> None:
+    """Pulumi.prod.yaml ships documentation examples (account 123456789012, example.com): they
+    render offline, which runs as that account, and a deploy to a real one refuses them."""
+    raw = stack_file_config("prod")
+    mocks = RealAccount()
+    with pytest.raises(
+        pulumi.RunError,
+        match=r"^invalid stack config: web\.certificateArn: \S+ is in account 123456789012.*"
+        r"allowed: a value of your own \(the stack deploys to account 210987654321\)",
+    ):
+        run_program(raw, mocks=mocks)
+    assert mocks.registrations == []
+    assert run_program(raw).of_type(SERVICE)
+    own = {
+        **raw,
+        "web": {"certificateArn": CERTIFICATE.replace("123456789012", "210987654321")},
+        "alerts": {"email": "ops@celery.io"},
+    }
+    assert run_program(own, mocks=RealAccount()).of_type(SERVICE)
 
 
 @pytest.fixture

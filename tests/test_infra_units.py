@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import re
 from urllib.parse import unquote, urlsplit
 
 import pytest
 
 from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
 from app.settings import check_redis_url
-from infra.broker import AUTH_TOKEN_SPECIALS, broker_url
+from infra.broker import AUTH_TOKEN_SPECIALS, broker_url, final_snapshot_name
 from infra.eventbridge import plan_schedule
 from infra.image import ecr_repository
 from infra.network import subnet_cidrs
@@ -46,6 +47,22 @@ def test_broker_url_encodes_the_token_and_checks_certificates() -> None:
     assert parts.scheme == "rediss" and parts.port == 6379 and parts.path == "/0"
     assert unquote(parts.password or "") == token
     assert parts.query == "ssl_cert_reqs=required"
+
+
+#: What a final snapshot name may be: lowercase (ElastiCache stores it so), from a letter,
+#: letters, digits and single hyphens, not ending with one.
+SNAPSHOT_NAME = re.compile(r"[a-z](?!.*--)[a-z0-9-]{0,253}[a-z0-9]")
+
+
+@pytest.mark.parametrize(
+    "prefix", ["celery-ecs-prod", "Celery_ECS--Prod", "9-lives", "--", "x" * 300, "a-"]
+)
+def test_final_snapshot_names_follow_elasticache_rules(prefix: str) -> None:
+    name = final_snapshot_name(prefix, "0a1b2c3d")
+    assert SNAPSHOT_NAME.fullmatch(name), name
+    assert name.endswith("-final-0a1b2c3d") and len(name) <= 255
+    # Another broker (a re-created stack of the same name) never reuses the name.
+    assert final_snapshot_name(prefix, "ffffffff") != name
 
 
 @pytest.mark.parametrize("cidr", ["10.0.0.0/16", "172.16.0.0/20", "192.168.10.0/24"])

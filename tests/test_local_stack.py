@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +27,9 @@ from celery.states import READY_STATES
 from app.schedule import SCHEDULE
 from tests.support import ROOT, wait_for
 
-BANNER = re.compile(r"^web listening on (http://\S+)  \(broker (redis://\S+),", re.MULTILINE)
+BANNER = re.compile(
+    r"^web listening on (http://\S+)  \(broker (redis://\S+),.*\nAPI key: (\S+)  ", re.MULTILINE
+)
 #: Generous: other test sessions may load this machine.
 START_TIMEOUT = 90.0
 EXIT_TIMEOUT = 180.0
@@ -40,6 +43,8 @@ class Stack:
     output_path: Path
     web_url: str
     broker_url: str
+    #: The API key the banner prints (the one the program generated).
+    api_key: str
     #: The process groups of what it started (Redis, web, worker, beat), once it is up.
     groups: list[int]
 
@@ -108,7 +113,7 @@ def start_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
             return BANNER.search(output_path.read_text(errors="replace"))
 
         match = wait_for(banner, START_TIMEOUT, interval=0.1, what="the stack's banner")
-        stack = Stack(process, output_path, match.group(1), match.group(2),
+        stack = Stack(process, output_path, match.group(1), match.group(2), match.group(3),
                       child_groups(process.pid))
         groups.extend(stack.groups)
         return stack
@@ -125,10 +130,10 @@ def start_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
         process.wait()
 
 
-def post_task(web_url: str, name: str, kwargs: dict[str, object]) -> str:
+def post_task(stack: Stack, name: str, kwargs: dict[str, object]) -> str:
     request = urllib.request.Request(
-        f"{web_url}/tasks/{name}", data=json.dumps(kwargs).encode(), method="POST",
-        headers={"Content-Type": "application/json"},
+        f"{stack.web_url}/tasks/{name}", data=json.dumps(kwargs).encode(), method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {stack.api_key}"},
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 202
@@ -171,7 +176,13 @@ def test_ctrl_c_lets_the_running_task_finish_then_stops_redis_last(
     results = store.pubsub()
     results.psubscribe("celery-task-meta-*")
     key = "ctrl-c-1"
-    task_id = post_task(stack.web_url, "apply_credit", {
+    # The banner's key is the one the web accepts; without it, nothing is queued.
+    anonymous = urllib.request.Request(f"{stack.web_url}/tasks/noop", data=b"{}", method="POST",
+                                       headers={"Content-Type": "application/json"})  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(anonymous, timeout=30)
+    assert refused.value.code == 401
+    task_id = post_task(stack, "apply_credit", {
         "idempotency_key": key, "account": "alice", "amount": 5, "work_seconds": 5,
     })
     wait_for(lambda: store.get(f"attempts:{key}") == "1", 60, what="the task to start")
@@ -201,7 +212,7 @@ def test_a_second_ctrl_c_cancels_the_running_task_and_requeues_it(
     # An existing Redis (--broker-url) outlives the stack: the requeued message can be seen.
     stack = start_stack("--broker-url", redis_url)
     key = "ctrl-c-2"
-    task_id = post_task(stack.web_url, "apply_credit", {
+    task_id = post_task(stack, "apply_credit", {
         "idempotency_key": key, "account": "alice", "amount": 5, "work_seconds": 60,
     })
     wait_for(lambda: redis_client.get(f"attempts:{key}") == "1", 60, what="the task to start")

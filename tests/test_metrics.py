@@ -1,6 +1,7 @@
-"""Queue metrics (``app.metrics``): the EMF lines, exact backlogs, ages and worker counts against a
-real Redis with known contents, the publish-time stamp on every path that publishes, beat's
-heartbeat, a real worker."""
+"""Queue metrics (``app.metrics``, ``app.cloudwatch``): exact backlogs, ages and worker counts
+against a real Redis with known contents; what reaches a real stand-in of the CloudWatch API
+(moto's server) and what a hung or throttling endpoint does to a round and to a real worker; the
+publish-time stamp on every path that publishes; beat's EMF heartbeat."""
 
 from __future__ import annotations
 
@@ -8,17 +9,27 @@ import json
 import logging
 import subprocess
 import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
+import botocore.session
 import pytest
 import redis
 
 import app.celery_app
 import app.tasks
 from app.celery_app import app as celery_app
+from app.cloudwatch import (
+    CLOUDWATCH_TIMEOUT_SECONDS,
+    Datum,
+    PutMetricDataSink,
+    metrics_sink,
+)
 from app.metrics import (
     BEAT_HEARTBEAT_INTERVAL_SECONDS,
     PUBLISHED_AT_HEADER,
@@ -32,6 +43,14 @@ from app.metrics import (
     write_to_stdout,
 )
 from app.transport import WAKE_PREFIX
+from devtools.cloudwatch_server import (
+    TEST_CREDENTIALS,
+    TEST_REGION,
+    HungEndpoint,
+    MotoServer,
+    ThrottlingEndpoint,
+    start_moto,
+)
 from devtools.processes import start_process
 from devtools.redis_server import free_port
 from infra.containers import worker_command
@@ -99,19 +118,39 @@ def publish_at(broker_url: str, when: float, queue: str, priority: int | None = 
         send_task(broker_url, "app.tasks.noop", **options)
 
 
+Round = Sequence[Datum]
+
+
 def publisher_for(
-    broker_url: str, lines: list[str], *, worker: str = "pool@a", now: float = NOW
+    broker_url: str, rounds: list[Round], *, worker: str = "pool@a", now: float = NOW
 ) -> QueueMetricsPublisher:
     return QueueMetricsPublisher(
         celery_app,
         "pool",
         worker,
         ["default", "long"],
-        NAMESPACE,
+        rounds.append,
         broker_url=broker_url,
-        write=lines.append,
         clock=lambda: now,
     )
+
+
+def documents(datums: Round) -> list[dict[str, Any]]:
+    """A round's datapoints grouped by dimension, as {dimension: value, metric: value...}, and
+    checked against what PutMetricData accepts and what the alarms read."""
+    grouped: dict[tuple[str, str], dict[str, Any]] = {}
+    for datum in datums:
+        (dimension,) = datum["Dimensions"]
+        key = (dimension["Name"], dimension["Value"])
+        document = grouped.setdefault(key, {dimension["Name"]: dimension["Value"]})
+        assert datum["MetricName"] not in document, "one value per metric and round"
+        assert datum["StorageResolution"] == 1, "the alarms evaluate 10-second periods"
+        assert datum["Timestamp"] == datums[0]["Timestamp"], "one round, one time"
+        assert datum["Timestamp"].tzinfo is not None
+        seconds = datum["MetricName"] == "OldestMessageAge"
+        assert datum["Unit"] == ("Seconds" if seconds else "Count")
+        document[datum["MetricName"]] = datum["Value"]
+    return list(grouped.values())
 
 
 def lists(client: redis.Redis) -> dict[str, list[str]]:
@@ -121,9 +160,10 @@ def lists(client: redis.Redis) -> dict[str, list[str]]:
     }
 
 
-def by_dimension(lines: list[str]) -> dict[str, dict[str, Any]]:
-    documents = [parse_emf(line) for line in lines]
-    return {str(doc.get("Queue") or f"pool:{doc['Pool']}"): doc for doc in documents}
+def by_dimension(rounds: list[Round]) -> dict[str, dict[str, Any]]:
+    """Every round's documents by dimension value; later rounds win."""
+    found = [doc for datums in rounds for doc in documents(datums)]
+    return {str(doc.get("Queue") or f"pool:{doc['Pool']}"): doc for doc in found}
 
 
 def test_backlog_and_oldest_age_are_exact_over_every_priority_list(
@@ -140,10 +180,10 @@ def test_backlog_and_oldest_age_are_exact_over_every_priority_list(
     assert set(redis_client.keys("default*")) == {"default", "default\x06\x163", "default\x06\x169"}
     before = lists(redis_client)
 
-    lines: list[str] = []
-    publisher = publisher_for(redis_url, lines)
+    rounds: list[Round] = []
+    publisher = publisher_for(redis_url, rounds)
     publisher.publish()
-    assert by_dimension(lines) == {
+    assert by_dimension(rounds) == {
         "default": {"Queue": "default", "Backlog": 5, "OldestMessageAge": 100},
         "long": {"Queue": "long", "Backlog": 1, "OldestMessageAge": 30},
         "pool:pool": {"Pool": "pool", "Workers": 1},
@@ -158,9 +198,9 @@ def test_the_age_is_that_of_the_next_message_of_each_list(
     for age in (300, 200, 100):
         publish_at(redis_url, NOW - age, "default")
     redis_client.rpop("default")  # what a worker's BRPOP takes: the 300 s old one
-    lines: list[str] = []
-    publisher_for(redis_url, lines).publish()
-    assert by_dimension(lines)["default"]["OldestMessageAge"] == 200
+    rounds: list[Round] = []
+    publisher_for(redis_url, rounds).publish()
+    assert by_dimension(rounds)["default"]["OldestMessageAge"] == 200
 
 
 def test_unstamped_messages_never_break_the_metric(
@@ -169,44 +209,45 @@ def test_unstamped_messages_never_break_the_metric(
     # An older publisher's message (no stamp) and something that is not a kombu message at all.
     redis_client.rpush("long", json.dumps({"body": "", "headers": {"task": "x"}}))
     redis_client.rpush("long\x06\x169", "not json")
-    lines: list[str] = []
-    publisher_for(redis_url, lines).publish()
-    assert by_dimension(lines)["long"] == {"Queue": "long", "Backlog": 2}, "no age, no guess"
+    rounds: list[Round] = []
+    publisher_for(redis_url, rounds).publish()
+    assert by_dimension(rounds)["long"] == {"Queue": "long", "Backlog": 2}, "no age, no guess"
 
     publish_at(redis_url, NOW - 42, "long", priority=3)
-    lines.clear()
-    publisher_for(redis_url, lines).publish()
-    assert by_dimension(lines)["long"] == {"Queue": "long", "Backlog": 3, "OldestMessageAge": 42}
+    rounds.clear()
+    publisher_for(redis_url, rounds).publish()
+    assert by_dimension(rounds)["long"] == {"Queue": "long", "Backlog": 3, "OldestMessageAge": 42}
 
 
 def test_empty_and_missing_queues_count_zero_and_create_nothing(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    lines: list[str] = []
-    publisher_for(redis_url, lines).publish()
-    documents = by_dimension(lines)
-    assert documents["default"] == {"Queue": "default", "Backlog": 0, "OldestMessageAge": 0}
-    assert documents["long"] == {"Queue": "long", "Backlog": 0, "OldestMessageAge": 0}
+    rounds: list[Round] = []
+    publisher_for(redis_url, rounds).publish()
+    found = by_dimension(rounds)
+    assert found["default"] == {"Queue": "default", "Backlog": 0, "OldestMessageAge": 0}
+    assert found["long"] == {"Queue": "long", "Backlog": 0, "OldestMessageAge": 0}
     assert lists(redis_client) == {}, "no queue is created"
     assert 0 < redis_client.ttl(workers_key("pool")) <= WORKER_TTL_SECONDS
 
 
 def test_workers_counts_the_pools_live_workers(redis_url: str) -> None:
-    lines: list[str] = []
-    publisher_for(redis_url, lines, worker="pool@a").publish()
-    publisher_for(redis_url, lines, worker="pool@b", now=NOW + 5).publish()
-    publisher_for(redis_url, lines, worker="pool@a", now=NOW + 10).publish()  # again: still 2
-    assert [doc["Workers"] for doc in map(parse_emf, lines) if "Workers" in doc] == [1, 2, 2]
-    lines.clear()
+    rounds: list[Round] = []
+    publisher_for(redis_url, rounds, worker="pool@a").publish()
+    publisher_for(redis_url, rounds, worker="pool@b", now=NOW + 5).publish()
+    publisher_for(redis_url, rounds, worker="pool@a", now=NOW + 10).publish()  # again: still 2
+    workers = [doc["Workers"] for datums in rounds for doc in documents(datums) if "Workers" in doc]
+    assert workers == [1, 2, 2]
+    rounds.clear()
     # b's last round was at NOW + 5: past the TTL it no longer counts.
-    publisher_for(redis_url, lines, now=NOW + 5 + WORKER_TTL_SECONDS + 1).publish()
-    assert by_dimension(lines)["pool:pool"]["Workers"] == 1
+    publisher_for(redis_url, rounds, now=NOW + 5 + WORKER_TTL_SECONDS + 1).publish()
+    assert by_dimension(rounds)["pool:pool"]["Workers"] == 1
 
 
 def test_one_round_is_one_round_trip(redis_url: str) -> None:
     """The broker sees one pipelined request per round, whatever the number of queues."""
-    lines: list[str] = []
-    publisher = publisher_for(redis_url, lines)
+    rounds: list[Round] = []
+    publisher = publisher_for(redis_url, rounds)
     publisher.publish()  # connects
     with (
         mock.patch.object(
@@ -219,18 +260,18 @@ def test_one_round_is_one_round_trip(redis_url: str) -> None:
     ):
         publisher.publish()
     assert execute.call_count == 1 and single.call_count == 0
-    assert len(lines) == 6
+    assert len(rounds) == 2 and len(rounds[1]) == 5, "both queues' backlog and age, the workers"
 
 
 def test_broker_errors_are_logged_and_the_next_round_recovers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     port = free_port()
-    lines: list[str] = []
-    publisher = publisher_for(f"redis://127.0.0.1:{port}/0", lines)
+    rounds: list[Round] = []
+    publisher = publisher_for(f"redis://127.0.0.1:{port}/0", rounds)
     with caplog.at_level(logging.WARNING, logger="app.metrics"):
         publisher.publish()  # nothing listens on the port yet
-    assert lines == []
+    assert rounds == []
     assert "could not read the queues, skipping this round" in caplog.text
     assert "Connection refused" in caplog.text
 
@@ -253,18 +294,164 @@ def test_broker_errors_are_logged_and_the_next_round_recovers(
     finally:
         broker.terminate()
         broker.wait(timeout=10)
-    assert by_dimension(lines)["default"]["Backlog"] == 0
+    assert by_dimension(rounds)["default"]["Backlog"] == 0
 
 
 def test_a_command_error_is_logged_not_raised(
     redis_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     redis_client.set("long", "not a list")  # LLEN answers WRONGTYPE
-    lines: list[str] = []
+    rounds: list[Round] = []
     with caplog.at_level(logging.WARNING, logger="app.metrics"):
-        publisher_for(redis_url, lines).publish()
-    assert lines == []
+        publisher_for(redis_url, rounds).publish()
+    assert rounds == []
     assert "WRONGTYPE" in caplog.text
+
+
+# --- CloudWatch: a real stand-in of its API, a hung one, a throttling one -----------------------
+
+
+@pytest.fixture
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """A server of its own per test: moto's GetMetricData ignores the namespace of a query that
+    names dimensions, so tests sharing one could read each other's datapoints."""
+    server = start_moto(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cloudwatch_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """This process's AWS settings as a task's: credentials, a region; the endpoint is the
+    test's."""
+    for name, value in {**TEST_CREDENTIALS, "AWS_REGION": TEST_REGION}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    yield monkeypatch
+
+
+def cloudwatch_values(
+    server: MotoServer, namespace: str, metric: str, dimension: tuple[str, str]
+) -> list[float]:
+    """What CloudWatch (the stand-in) answers GetMetricData for ``metric`` in 10 s periods."""
+    client = botocore.session.get_session().create_client(
+        "cloudwatch",
+        region_name=TEST_REGION,
+        endpoint_url=server.url,
+        aws_access_key_id=TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
+    now = datetime.now(UTC)
+    answer = client.get_metric_data(
+        MetricDataQueries=[
+            {
+                "Id": "m",
+                "MetricStat": {
+                    "Metric": {
+                        "Namespace": namespace,
+                        "MetricName": metric,
+                        "Dimensions": [{"Name": dimension[0], "Value": dimension[1]}],
+                    },
+                    "Period": 10,
+                    "Stat": "Maximum",
+                },
+            }
+        ],
+        StartTime=now - timedelta(hours=1),
+        EndTime=now + timedelta(hours=1),
+    )
+    return [float(value) for value in answer["MetricDataResults"][0]["Values"]]
+
+
+def test_one_round_is_one_put_metric_data_call_at_high_resolution(
+    redis_url: str, moto_server: MotoServer, cloudwatch_env: pytest.MonkeyPatch
+) -> None:
+    cloudwatch_env.setenv("AWS_ENDPOINT_URL", moto_server.url)
+    namespace = f"{NAMESPACE}/one-call"
+    publish_at(redis_url, time.time() - 7, "default")
+    publish_at(redis_url, time.time() - 3, "default")
+    sink = metrics_sink(namespace, write_to_stdout)
+    assert isinstance(sink, PutMetricDataSink)
+    sent: list[dict[str, Any]] = []
+
+    def record(request: Any, **_: Any) -> None:
+        # Read on the way out (the request still goes to the server).
+        sent.append(json.loads(request.body))
+
+    sink.client.meta.events.register("before-send.cloudwatch.PutMetricData", record)
+    QueueMetricsPublisher(
+        celery_app, "pool", "pool@a", ["default", "long"], sink, broker_url=redis_url
+    ).publish()
+
+    (request,) = sent
+    assert request["Namespace"] == namespace
+    assert {d["StorageResolution"] for d in request["MetricData"]} == {1}
+    assert sorted(d["MetricName"] for d in request["MetricData"]) == [
+        "Backlog", "Backlog", "OldestMessageAge", "OldestMessageAge", "Workers",
+    ]  # fmt: skip
+    assert cloudwatch_values(moto_server, namespace, "Backlog", ("Queue", "default")) == [2]
+    assert cloudwatch_values(moto_server, namespace, "Backlog", ("Queue", "long")) == [0]
+    (age,) = cloudwatch_values(moto_server, namespace, "OldestMessageAge", ("Queue", "default"))
+    assert 7 <= age < 30
+    assert cloudwatch_values(moto_server, namespace, "Workers", ("Pool", "pool")) == [1]
+
+
+def test_a_hung_endpoint_costs_a_round_its_timeouts_and_no_more(
+    redis_url: str, cloudwatch_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with HungEndpoint() as endpoint:
+        cloudwatch_env.setenv("AWS_ENDPOINT_URL", endpoint.url)
+        publisher = QueueMetricsPublisher(
+            celery_app, "pool", "pool@a", ["default"], metrics_sink(NAMESPACE, print),
+            broker_url=redis_url,
+        )  # fmt: skip
+        with caplog.at_level(logging.WARNING, logger="app.cloudwatch"):
+            began = time.monotonic()
+            publisher.publish()
+            took = time.monotonic() - began
+        assert endpoint.connections == 1, "one attempt: no retry holds the thread again"
+    assert took < CLOUDWATCH_TIMEOUT_SECONDS + 2, took
+    assert "CloudWatch did not take this round, dropped" in caplog.text
+    assert "Read timeout" in caplog.text
+
+
+def test_a_throttled_round_is_dropped_not_retried(
+    redis_url: str, cloudwatch_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with ThrottlingEndpoint() as endpoint:
+        cloudwatch_env.setenv("AWS_ENDPOINT_URL", endpoint.url)
+        publisher = QueueMetricsPublisher(
+            celery_app, "pool", "pool@a", ["default"], metrics_sink(NAMESPACE, print),
+            broker_url=redis_url,
+        )  # fmt: skip
+        with caplog.at_level(logging.WARNING, logger="app.cloudwatch"):
+            publisher.publish()
+            publisher.publish()
+        assert endpoint.requests == 2, "one request per round, none queued or retried"
+    assert caplog.text.count("CloudWatch did not take this round, dropped") == 2
+    assert "Throttling" in caplog.text
+
+
+def test_without_a_region_a_round_is_one_compact_line(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ECS twin and a laptop have no CloudWatch: nothing is sent, a line says what would be."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    lines: list[str] = []
+    sink = metrics_sink(NAMESPACE, lines.append)
+    assert not isinstance(sink, PutMetricDataSink)
+    publish_at(redis_url, NOW - 5, "default")
+    publisher = QueueMetricsPublisher(
+        celery_app, "pool", "pool@a", ["default", "long"], sink, broker_url=redis_url,
+        clock=lambda: NOW,
+    )  # fmt: skip
+    publisher.publish()
+    assert lines == [
+        f"queue metrics {NAMESPACE} (no AWS region: not sent): Backlog{{Queue=default}}=1 "
+        "OldestMessageAge{Queue=default}=5 Backlog{Queue=long}=0 OldestMessageAge{Queue=long}=0 "
+        "Workers{Pool=pool}=1"
+    ]
 
 
 # --- the publish-time stamp --------------------------------------------------------------------
@@ -354,7 +541,7 @@ _WORKER_PUBLISHING_FAST = (
 
 
 def test_a_real_worker_publishes_the_metrics_of_its_queues(
-    app_env: dict[str, str], tmp_path: Path, processes: list[AppProcess]
+    app_env: dict[str, str], tmp_path: Path, processes: list[AppProcess], moto_server: MotoServer
 ) -> None:
     broker_url = app_env["CELERY_BROKER_URL"]
     for number in range(3):  # waiting before the worker starts: it drains them one by one
@@ -363,7 +550,13 @@ def test_a_real_worker_publishes_the_metrics_of_its_queues(
             kwargs={"idempotency_key": f"metrics-{number}", "account": "acct", "amount": 1,
                     "work_seconds": 1},
         )  # fmt: skip
-    env = {**app_env, "CELERY_METRICS_NAMESPACE": NAMESPACE, "CELERY_POOL_NAME": "metrics"}
+    namespace = f"{NAMESPACE}/worker-{tmp_path.name}"
+    env = {
+        **app_env,
+        **moto_server.environment(),
+        "CELERY_METRICS_NAMESPACE": namespace,
+        "CELERY_POOL_NAME": "metrics",
+    }
     argv = [
         sys.executable,
         "-c",
@@ -373,23 +566,69 @@ def test_a_real_worker_publishes_the_metrics_of_its_queues(
     worker = start_process("metrics", argv, env, tmp_path)
     processes.append(worker)
 
-    def documents() -> list[dict[str, Any]]:
-        # Every line that mentions the EMF key must be a whole document, with no log prefix.
-        return [parse_emf(line) for line in worker.logs().splitlines() if '"_aws"' in line]
-
-    def drained() -> bool:
+    def backlogs() -> list[float]:
         assert worker.alive(), worker.logs()
-        backlogs = [doc["Backlog"] for doc in documents() if "Backlog" in doc]
-        return 2 in backlogs and backlogs[-1] == 0
+        return cloudwatch_values(moto_server, namespace, "Backlog", ("Queue", "default"))
 
-    wait_for(drained, 30, what="the backlog to be published down to 0")
-    published = documents()
-    assert {doc["Queue"] for doc in published if "Queue" in doc} == {"default"}, "its queues only"
-    backlogs = [doc["Backlog"] for doc in published if "Backlog" in doc]
-    assert backlogs == sorted(backlogs, reverse=True), "no new messages: it only goes down"
-    ages = [doc.get("OldestMessageAge") for doc in published if doc.get("Backlog")]
-    assert all(age is not None and 0 <= age < 60 for age in ages), ages
-    assert {doc["Workers"] for doc in published if "Pool" in doc} == {1}
-    assert {doc["Pool"] for doc in published if "Pool" in doc} == {"metrics"}
+    # The stand-in keeps the Maximum of each 10 s period, newest first: the drain shows as 2 at
+    # some point (3 waiting, the first one running) and ends at 0.
+    wait_for(lambda: 2 in backlogs() and backlogs()[0] == 0, 40, what="the backlog down to 0")
     assert worker.stop(timeout=15) == 0, worker.logs()
     assert "Traceback" not in worker.logs()
+    assert "CloudWatch did not take this round" not in worker.logs()
+    assert cloudwatch_values(moto_server, namespace, "Workers", ("Pool", "metrics"))
+    assert set(cloudwatch_values(moto_server, namespace, "Workers", ("Pool", "metrics"))) == {1}
+    ages = cloudwatch_values(moto_server, namespace, "OldestMessageAge", ("Queue", "default"))
+    assert ages and all(0 <= age < 60 for age in ages), ages
+    assert not cloudwatch_values(moto_server, namespace, "Backlog", ("Queue", "long")), (
+        "its own queues only"
+    )
+
+
+def test_a_hung_cloudwatch_never_stalls_task_processing(
+    app_env: dict[str, str], tmp_path: Path, processes: list[AppProcess]
+) -> None:
+    """The metrics thread spends its rounds waiting on an endpoint that never answers, while
+    the pool forks a new child after every task (each fork waits for the round in progress,
+    ``app.periodic.FORK_GATE``): tasks still run, at most a round's timeouts late."""
+    broker_url = app_env["CELERY_BROKER_URL"]
+    tasks = 4
+    with HungEndpoint() as endpoint:
+        env = {
+            **app_env,
+            **TEST_CREDENTIALS,
+            "AWS_REGION": TEST_REGION,
+            "AWS_ENDPOINT_URL": endpoint.url,
+            "CELERY_METRICS_NAMESPACE": NAMESPACE,
+            "CELERY_POOL_NAME": "metrics",
+        }
+        argv = [
+            sys.executable,
+            "-c",
+            _WORKER_PUBLISHING_FAST,
+            *worker_command("metrics", ("default",), 1)[1:],
+            "--max-tasks-per-child", "1",
+        ]  # fmt: skip
+        worker = start_process("metrics", argv, env, tmp_path)
+        processes.append(worker)
+        wait_for(lambda: endpoint.connections >= 1, 30, what="a round stuck on the endpoint")
+        began = time.monotonic()
+        for number in range(tasks):
+            send_task(
+                broker_url, "app.tasks.apply_credit", queue="default",
+                kwargs={"idempotency_key": f"hung-{number}", "account": "acct", "amount": 1,
+                        "work_seconds": 0},
+            )  # fmt: skip
+
+        def done() -> int:
+            assert worker.alive(), worker.logs()
+            return worker.logs().count("succeeded in")
+
+        # Each task's child is replaced after it; a fork waits for at most one round.
+        budget = tasks * (CLOUDWATCH_TIMEOUT_SECONDS + 1) + 10
+        wait_for(lambda: done() == tasks, budget, what=f"{tasks} tasks despite a hung CloudWatch")
+        took = time.monotonic() - began
+        assert endpoint.connections >= 2, "rounds went on: each one dropped, none queued"
+        assert worker.stop(timeout=15 + CLOUDWATCH_TIMEOUT_SECONDS) == 0, worker.logs()
+    assert "CloudWatch did not take this round, dropped" in worker.logs()
+    assert took < budget

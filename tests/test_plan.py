@@ -204,3 +204,13 @@ def test_the_pull_request_comment() -> None:
     assert "pulumi preview" not in comment("dev", head, head, 0)
     huge = comment("dev", "x" * (2 * LIMIT), None, 0)
     assert len(huge) < 65_536 and "cut here" in huge
+
+
+def test_the_prod_plan_names_its_placeholders(capsys: pytest.CaptureFixture[str]) -> None:
+    """Pulumi.prod.yaml renders offline (exit 0) and the plan lists the documentation examples
+    a real deploy would refuse, by key."""
+    assert plan.main(["--stack", "prod", "--no-diagram"]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING: 2 placeholder(s) to replace; pulumi preview and up refuse them" in out
+    assert "  - web.certificateArn:\n    arn:aws:acm:us-east-1:123456789012:certificate/" in out
+    assert "  - alerts.email: ops@example.com is at example.com" in out

@@ -43,6 +43,7 @@ from devtools.render import ProgramRun, stack_file_config
 from infra import budget
 from infra.containers import ENQUEUE_DEFAULT_COMMAND, WEB_COMMAND, worker_command
 from infra.eventbridge import ENQUEUE_STOP_TIMEOUT
+from infra.worker import NAMESPACE_CONDITION_KEY, PUT_METRIC_DATA_ACTION
 from policy import invariants
 from policy.invariants import POLICIES, container_role, secret_reason, stop_timeout_need
 from tests.support import ROOT, run_program
@@ -883,6 +884,66 @@ def test_wildcard_iam_actions_fail(resource_type: str, props: dict[str, Any], gr
     assert f"allows {grant}; name the exact actions the role needs" in message
 
 
+PUT_METRICS = {
+    "Effect": "Allow",
+    "Action": ["cloudwatch:PutMetricData"],
+    "Resource": "*",
+    "Condition": {"StringEquals": {"cloudwatch:namespace": "CeleryEcs/celery-ecs-dev"}},
+}
+REGISTRY_LOGIN = {"Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": "*"}
+
+
+def test_star_resources_only_for_actions_without_resource_permissions() -> None:
+    policy = "iam-star-resource-only-where-unscoped"
+    role_policy = "aws:iam/rolePolicy:RolePolicy"
+    scoped = {**EXACT, "Resource": ["arn:aws:ecs:us-east-1:123456789012:task/c/*"]}
+    ok = document(PUT_METRICS, REGISTRY_LOGIN, scoped, {**TLS_ONLY, "Resource": "*"})
+    assert validate(policy, role_policy, {"policy": ok}) == []
+    # A key policy's "*" is its key; a trust policy has no Resource: neither is checked.
+    assert validate(policy, "aws:kms/key:Key", {"policy": document(KEY_OWNER)}) == []
+
+    unconditioned = {key: value for key, value in PUT_METRICS.items() if key != "Condition"}
+    wildcard_namespace = {
+        **PUT_METRICS, "Condition": {"StringLike": {"cloudwatch:namespace": "CeleryEcs/*"}}
+    }  # fmt: skip
+    other_key = {**PUT_METRICS, "Condition": {"StringEquals": {"aws:RequestedRegion": "x"}}}
+    for statement in (unconditioned, wildcard_namespace, other_key):
+        (message,) = validate(policy, role_policy, {"policy": document(statement)})
+        assert message == (
+            "'subject' (policy) allows 'cloudwatch:PutMetricData' on every resource without a "
+            "condition on 'cloudwatch:namespace' (IAM least privilege)"
+        )
+    (message,) = validate(
+        policy,
+        "aws:iam/role:Role",
+        {"inlinePolicies": [{"name": "inline", "policy": document(EXACT)}]},
+    )
+    assert message == (
+        "'subject' (inline policy 'inline') allows 'ecs:RunTask' on every resource; name the "
+        "resources it needs (IAM least privilege)"
+    )
+
+
+def test_the_star_actions_are_the_programs_and_awss() -> None:
+    """The restated table against the program's condition key and parliament's copy of the
+    Service Authorization Reference: no resource type, and exactly the key it offers."""
+    import parliament  # loads its 10 MB of IAM definitions: only here
+
+    assert invariants.STAR_RESOURCE_ACTIONS[PUT_METRIC_DATA_ACTION.lower()] == (
+        NAMESPACE_CONDITION_KEY
+    )
+    privileges = {
+        f"{service['prefix']}:{privilege['privilege']}".lower(): privilege["resource_types"]
+        for service in parliament.iam_definition
+        for privilege in service["privileges"]
+    }
+    for action, key in invariants.STAR_RESOURCE_ACTIONS.items():
+        (entry,) = privileges[action]
+        assert entry["resource_type"] == "", action
+        own = [k for k in entry["condition_keys"] if k.startswith(action.split(":")[0] + ":")]
+        assert own == ([] if key is None else [key]), action
+
+
 def test_load_balancer_drops_invalid_headers() -> None:
     balancer = "aws:lb/loadBalancer:LoadBalancer"
     good = {
@@ -925,6 +986,7 @@ def test_every_policy_has_its_own_tests() -> None:
         "log-retention-set",
         "ecr-scan-and-immutable-tags",
         "iam-no-wildcard-actions",
+        "iam-star-resource-only-where-unscoped",
         "load-balancer-drops-invalid-headers",
     }
     assert set(POLICY) == tested
@@ -1227,6 +1289,21 @@ BREAKS = [
         first_statement(Action=["sns:*"]),
         "'notifications-topic' (policy) allows Action 'sns:*'",
         stack="production-eventbridge",
+    ),
+    Break(
+        "iam-star-resource-only-where-unscoped",
+        "aws:iam/rolePolicy:RolePolicy",
+        "worker-long-task",
+        in_json(
+            "policy",
+            lambda document: [
+                statement.pop("Condition", None)
+                for statement in document["Statement"]
+                if statement["Action"] == ["cloudwatch:PutMetricData"]
+            ],
+        ),
+        "'worker-long-task' (policy) allows 'cloudwatch:PutMetricData' on every resource "
+        "without a condition on 'cloudwatch:namespace'",
     ),
     Break(
         "load-balancer-drops-invalid-headers",

@@ -1,15 +1,25 @@
-"""The result backend (``app.results``) against a real Redis: one atomic write per state."""
+"""The result backend (``app.results``) against a real Redis: one atomic write per state; and
+how processes find it from a plain ``redis://`` / ``rediss://`` URL."""
 
 from __future__ import annotations
 
 import json
+import pickle
+import pkgutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import redis
-from celery import states
+from celery import Celery, states
+from celery.backends.redis import RedisBackend
 
 from app.celery_app import app
-from app.results import ResultBackend
+from app.results import CELERY_PRIVATE_NAMES, ResultBackend, ResultBackendLoader
+from app.settings import Settings
+from devtools.processes import python_argv
+from infra.containers import CELERY_APP
+from tests.support import ROOT, AppProcess, start_worker, wait_for
 
 TASK_ID = "9c9b7f56-9f43-4f0e-8c2b-4c33c1a2c3a1"
 
@@ -25,6 +35,63 @@ def stored(client: redis.Redis) -> dict[str, object]:
 
 def test_the_app_stores_results_through_it() -> None:
     assert isinstance(app.backend, ResultBackend)
+    # A plain URL, as Celery's own tests and other tools read it.
+    assert app.conf.result_backend.startswith("redis://")
+    # The app as Celery pickles it (for a process that does not fork) keeps its loader.
+    assert isinstance(pickle.loads(pickle.dumps(app)).backend, ResultBackend)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://broker.example:6379/0", "rediss://:t0k@broker.example:6379/0?ssl_cert_reqs=required"],
+)
+def test_a_plain_redis_url_of_either_scheme_gets_the_apps_backend(url: str) -> None:
+    config = Settings.from_env({"CELERY_BROKER_URL": url}).celery_config()
+    assert config["result_backend"] == url
+    scheme = url.split("://")[0]
+
+    ours = Celery("results-check", loader=ResultBackendLoader, set_as_current=False)
+    ours.conf.update(config)
+    assert type(ours.backend) is ResultBackend
+    assert ours.backend.url == url  # the URL itself, TLS options included, reaches the backend
+    assert (scheme == "rediss") is bool(ours.backend.connparams.get("ssl_cert_reqs"))
+
+    # Celery's own loader reads the same configuration as its stock Redis backend.
+    stock = Celery("results-check", set_as_current=False)
+    stock.conf.update(config)
+    assert type(stock.backend) is RedisBackend
+
+
+def test_the_private_celery_names_it_relies_on_still_exist() -> None:
+    for dotted in CELERY_PRIVATE_NAMES:
+        pkgutil.resolve_name(dotted)  # raises if the module or an attribute is gone
+
+
+def celery_cli(env: dict[str, str], *args: str) -> str:
+    argv = python_argv(["celery", "--app", CELERY_APP, *args])
+    return subprocess.run(
+        argv, env=env, cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+
+
+def test_the_celery_commands_see_a_plain_url_and_the_worker_the_apps_backend(
+    app_env: dict[str, str], tmp_path: Path, processes: list[AppProcess]
+) -> None:
+    """``celery call`` sends, the worker stores the result, ``celery result`` reads it back,
+    and ``celery inspect report`` shows the worker's loader and its plain result URL."""
+    processes.append(start_worker(app_env, tmp_path))
+    task_id = celery_cli(
+        app_env, "call", "app.tasks.apply_credit",
+        "--kwargs", json.dumps({"idempotency_key": "cli-1", "account": "acct", "amount": 3}),
+    ).strip()  # fmt: skip
+
+    def result() -> str:
+        return celery_cli(app_env, "result", task_id)
+
+    assert "'applied': True" in wait_for(result, 30, what="the stored result")
+    (report,) = json.loads(celery_cli(app_env, "inspect", "report", "--json")).values()
+    assert "loader   -> app.results.ResultBackendLoader" in report["ok"]
+    assert f"results:{app_env['CELERY_BROKER_URL']}" in report["ok"]
 
 
 def test_a_state_is_stored_with_its_expiry_and_published(

@@ -26,8 +26,8 @@ def test_defaults_are_the_reliable_ones() -> None:
     assert config["result_accept_content"] == ["json"]
     assert config["task_serializer"] == config["result_serializer"] == "json"
     assert config["result_expires"] == 86400
-    # Celery's Redis backend, each state stored in one atomic script (app.results).
-    assert config["result_backend"] == f"app.results:ResultBackend+{BROKER['CELERY_BROKER_URL']}"
+    # A plain URL: app.results.ResultBackendLoader makes it the app's backend.
+    assert config["result_backend"] == BROKER["CELERY_BROKER_URL"]
     assert config["broker_transport"] == "app.transport:Transport"
     assert config["task_track_started"] is False  # only tasks that declare it
     vt = config["broker_transport_options"]["visibility_timeout"]
@@ -99,13 +99,40 @@ def test_readme_lists_every_variable() -> None:
 
 
 def test_the_visibility_timeout_must_exceed_the_longest_unacknowledged_time_strictly() -> None:
-    # prefetch 2 x hard limit 100 + max countdown 50 = 250 seconds unacknowledged at most.
-    limits = {**BROKER, "CELERY_PREFETCH_MULTIPLIER": "2", "CELERY_TASK_SOFT_TIME_LIMIT": "90",
+    # held per slot 3 x hard limit 100 + max countdown 50 = 350 seconds unacknowledged at most.
+    limits = {**BROKER, "CELERY_HELD_PER_SLOT": "3", "CELERY_TASK_SOFT_TIME_LIMIT": "90",
               "CELERY_TASK_TIME_LIMIT": "100", "CELERY_MAX_COUNTDOWN": "50"}  # fmt: skip
-    with pytest.raises(ConfigError, match=r"must exceed .* = 250"):
-        Settings.from_env({**limits, "CELERY_VISIBILITY_TIMEOUT": "250"})
-    accepted = Settings.from_env({**limits, "CELERY_VISIBILITY_TIMEOUT": "251"})
-    assert accepted.visibility_timeout == 251
+    with pytest.raises(ConfigError, match=r"CELERY_HELD_PER_SLOT x .* = 350"):
+        Settings.from_env({**limits, "CELERY_VISIBILITY_TIMEOUT": "350"})
+    accepted = Settings.from_env({**limits, "CELERY_VISIBILITY_TIMEOUT": "351"})
+    assert accepted.visibility_timeout == 351
+
+
+def test_the_held_messages_default_and_bound() -> None:
+    defaults = Settings.from_env(BROKER)
+    assert defaults.held_per_slot == 4
+    # Celery's worker_eta_task_limit: per worker, so per slot times the pool's slots.
+    assert defaults.eta_task_limit(concurrency=2) == 8
+    # The default visibility timeout (3600) covers the default limits: 4 x 330 + 300 = 1620.
+    assert defaults.visibility_timeout > 4 * defaults.time_limit + defaults.max_countdown
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CELERY_HELD_PER_SLOT": "0"}, "CELERY_HELD_PER_SLOT=0: must be >= 1"),
+        ({"CELERY_HELD_PER_SLOT": "many"}, "CELERY_HELD_PER_SLOT='many': expected a whole number"),
+        (
+            {"CELERY_HELD_PER_SLOT": "2", "CELERY_PREFETCH_MULTIPLIER": "3"},
+            "CELERY_HELD_PER_SLOT=2 must be >= CELERY_PREFETCH_MULTIPLIER=3",
+        ),
+    ],
+)
+def test_a_held_messages_limit_below_the_prefetch_is_refused(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({**BROKER, **env})
 
 
 def test_a_countdown_beyond_the_maximum_is_refused_at_publish(redis_url: str) -> None:

@@ -554,7 +554,8 @@ def test_an_idle_worker_whose_connection_is_cut_runs_the_next_task_exactly_once(
     cut: str, proxy: CuttingProxy, redis_url: str, redis_client: redis.Redis, tmp_path: Path,
     processes: list[AppProcess],
 ) -> None:  # fmt: skip
-    env = app_environment(proxy.url, tmp_path, CELERY_VISIBILITY_TIMEOUT="900",
+    env = app_environment(proxy.url, tmp_path, CELERY_TASK_SOFT_TIME_LIMIT="20",
+                          CELERY_TASK_TIME_LIMIT="22", CELERY_VISIBILITY_TIMEOUT="900",
                           CELERY_MAX_COUNTDOWN="0")  # fmt: skip
     worker = start_worker(env, tmp_path)
     processes.append(worker)
@@ -583,7 +584,8 @@ def test_a_worker_resumes_after_a_restart_that_lost_the_data_and_the_scripts(
     # that the worker takes what comes after it: its scripts are gone (NOSCRIPT), and so are
     # the wake lists it waited on.
     url = own_redis.url
-    env = app_environment(url, tmp_path, CELERY_VISIBILITY_TIMEOUT="900",
+    env = app_environment(url, tmp_path, CELERY_TASK_SOFT_TIME_LIMIT="20",
+                          CELERY_TASK_TIME_LIMIT="22", CELERY_VISIBILITY_TIMEOUT="900",
                           CELERY_MAX_COUNTDOWN="0")  # fmt: skip
     worker = start_worker(env, tmp_path)
     processes.append(worker)

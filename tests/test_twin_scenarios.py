@@ -299,13 +299,22 @@ def test_a_web_rolling_deploy_under_load_answers_every_request(
     cluster.wait_steady(LIMIT)
     assert cluster.load_balancer is not None
     url = f"{cluster.load_balancer.url}/tasks/noop"
+    # The web reads its keys from the twin's Secrets Manager, as the program wrote them; a
+    # request without one is refused (and queues nothing).
+    assert cluster.api_key is not None
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {cluster.api_key}"}
+    anonymous = urllib.request.Request(url, data=b"{}", method="POST",
+                                       headers={"Content-Type": "application/json"})  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(anonymous, timeout=60)
+    assert refused.value.code == 401
+    assert refused.value.headers["WWW-Authenticate"] == 'Bearer realm="celery-ecs"'
     statuses: list[int] = []
     stop = threading.Event()
 
     def post() -> None:
         while not stop.is_set():
-            request = urllib.request.Request(url, data=b"{}", method="POST",
-                                             headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(url, data=b"{}", method="POST", headers=headers)
             try:
                 with urllib.request.urlopen(request, timeout=60) as response:
                     statuses.append(response.status)

@@ -98,6 +98,7 @@ def policy(
 
 
 TASK = "aws:ecs/taskDefinition:TaskDefinition"
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 SERVICE = "aws:ecs/service:Service"
 ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 KEY = "aws:kms/key:Key"
@@ -138,6 +139,12 @@ MISTAKES = [
         SERVICE, "worker-short-service",
         lambda i: i["capacityProviderStrategies"][1].update(weight=2000),
         "capacityProviderStrategy[1].weight", "max", id="service-spot-weight",
+    ),
+    pytest.param(
+        "aws:elasticache/replicationGroup:ReplicationGroup", "broker",
+        lambda i: i.update(finalSnapshotIdentifier="Celery-Final"),
+        "DeleteReplicationGroup.FinalSnapshotIdentifier", "stored as a lowercase string",
+        id="broker-final-snapshot-capitals",
     ),
     pytest.param(
         SERVICE, "web-service", lambda i: i.update(propagateTags="TASK"),
@@ -474,6 +481,30 @@ def test_a_key_policy_is_linted_as_about_its_key(everything: ProgramRun) -> None
     assert {m["required_format"] for m in json.loads(mismatch[1])} == {KMS_ALIAS_FORMAT}
     wrong = mutated(everything, KEY, key.name, policy(lambda s: s.update(Action="s3:GetObject")))
     assert [f.rule for f in validate(wrong).findings] == ["parliament RESOURCE_MISMATCH"]
+
+
+def test_a_star_grant_must_use_the_condition_key_its_action_offers(everything: ProgramRun) -> None:
+    """PutMetricData has no resource-level permissions, so "*" it is, but it offers
+    ``cloudwatch:namespace``: a worker role without that condition may write any namespace.
+    parliament lets that pass; ``unscoped_star_grants`` does not."""
+    name = "worker-short-task"
+    role_policy = everything.named(ROLE_POLICY, name)
+    document = json.loads(role_policy.inputs["policy"])
+    assert lint_policy(document) == []
+
+    def unconditioned(inputs: dict[str, Any]) -> None:
+        changed = json.loads(inputs["policy"])
+        for statement in changed["Statement"]:
+            if statement["Action"] == ["cloudwatch:PutMetricData"]:
+                del statement["Condition"]
+        inputs["policy"] = json.dumps(changed)
+
+    findings = validate(mutated(everything, ROLE_POLICY, name, unconditioned)).findings
+    assert [(f.resource, f.rule) for f in findings] == [(name, "iam UNSCOPED_RESOURCE_STAR")]
+    assert "cloudwatch:namespace" in findings[0].message
+    # Actions with neither resource types nor condition keys of their own stay allowed on "*".
+    registry_login = {"Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": "*"}
+    assert lint_policy({"Version": "2012-10-17", "Statement": [registry_login]}) == []
 
 
 def test_a_topic_policy_is_linted_against_its_topic(everything: ProgramRun) -> None:

@@ -39,6 +39,7 @@ from app.web import ALLOWED_TASKS, TaskResults
 from devtools.redis_server import free_port
 from infra.containers import WEB_COMMAND
 from tests.support import (
+    AUTHORIZATION,
     AppProcess,
     ClientFactory,
     run_program,
@@ -375,7 +376,9 @@ def test_a_whole_number_with_a_fraction_is_that_integer(
 def post_streamed(client: FlaskClient, path: str, body: bytes) -> TestResponse:
     """POST ``body`` as gunicorn hands the app a chunked request: without a Content-Length, on
     a stream the server ends (``wsgi.input_terminated``)."""
-    environ = EnvironBuilder(path, method="POST", data=body, content_type=JSON).get_environ()
+    environ = EnvironBuilder(
+        path, method="POST", data=body, content_type=JSON, headers=AUTHORIZATION
+    ).get_environ()
     del environ["CONTENT_LENGTH"]
     environ["HTTP_TRANSFER_ENCODING"] = "chunked"
     environ["wsgi.input_terminated"] = True
@@ -544,13 +547,18 @@ def gunicorn_argv() -> list[str]:
 
 
 def call(
-    port: int, method: str, path: str, body: object = None, timeout: float = 30
+    port: int,
+    method: str,
+    path: str,
+    body: object = None,
+    timeout: float = 30,
+    authorization: dict[str, str] = AUTHORIZATION,
 ) -> tuple[int, dict[str, str], object]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         headers = {"Content-Type": JSON} if body is not None else {}
         data = json.dumps(body) if body is not None else None
-        connection.request(method, path, body=data, headers=headers)
+        connection.request(method, path, body=data, headers={**headers, **authorization})
         response = connection.getresponse()
         return response.status, dict(response.getheaders()), json.loads(response.read())
     finally:
@@ -615,6 +623,7 @@ def chunked(body: bytes, size: int = 8192) -> bytes:
 
 POST_CHUNKED = (
     b"POST /tasks/noop HTTP/1.1\r\nHost: web\r\nContent-Type: application/json\r\n"
+    b"Authorization: " + AUTHORIZATION["Authorization"].encode() + b"\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n"
 )
 
@@ -730,7 +739,9 @@ def test_gunicorn_keeps_idle_connections_longer_than_the_load_balancer(
     web = run.task_definitions()["web"]
 
     assert balancer["idleTimeout"] == idle_timeout == max(60, request_timeout + 5)
-    config = gunicorn_config({**app_env, **web.environment})
+    # The rendered environment names the API keys secret: the tests' keys file goes.
+    env = {k: v for k, v in app_env.items() if k != "WEB_API_KEYS_FILE"} | web.environment
+    config = gunicorn_config(env)
     assert int(config["timeout"]) == request_timeout  # the rendered environment reached it
     assert int(config["keepalive"]) > balancer["idleTimeout"]
 
@@ -741,6 +752,13 @@ def test_gunicorn_keeps_idle_connections_longer_than_the_load_balancer(
         ("WEB_PORT", "70000", "WEB_PORT=70000: must be a TCP port"),
         ("WEB_THREADS", "0", "WEB_THREADS=0: must be >= 1"),
         ("WEB_REQUEST_TIMEOUT", "30s", "WEB_REQUEST_TIMEOUT='30s': expected a whole number"),
+        # No source of API keys: the API never runs open.
+        ("WEB_API_KEYS_FILE", "", "set exactly one of WEB_API_KEYS_SECRET_ARN"),
+        (
+            "WEB_API_KEYS_SECRET_ARN",
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:keys-AbCdEf",
+            "set exactly one of WEB_API_KEYS_SECRET_ARN",
+        ),
     ],
 )
 def test_a_bad_web_setting_stops_gunicorn_before_it_starts(

@@ -15,9 +15,9 @@ from jsonschema import Draft202012Validator
 from schemathesis import Case, GenerationMode
 from schemathesis.core.failures import FailureGroup
 
-from app import arguments
+from app import arguments, web
 from app.web import ALLOWED_TASKS, AllowedTask
-from tests.support import ROOT, ClientFactory
+from tests.support import API_KEY, ROOT, ClientFactory
 
 JSON = "application/json"
 
@@ -59,9 +59,9 @@ def test_each_task_is_documented_with_the_schema_that_validates_it(
 
 def documented_statuses(method: str, path: str) -> set[str]:
     if method == "POST":  # a task
-        return {"202", "400", "413", "415", "422", "503", "default"}
+        return {"202", "400", "401", "413", "415", "422", "503", "default"}
     return {
-        "/tasks/{task_id}": {"200", "404", "503", "default"},
+        "/tasks/{task_id}": {"200", "401", "404", "503", "default"},
         "/readyz": {"200", "503", "default"},
     }.get(path, {"200", "default"})
 
@@ -91,6 +91,27 @@ def test_every_response_of_every_operation_is_documented(document: dict[str, Any
                 assert set(response["content"]) == {JSON}, (path, status)
             if status == "503":
                 assert response["headers"]["Retry-After"]["required"] is True, path
+            if status == "401":
+                assert response["headers"]["WWW-Authenticate"]["required"] is True, path
+
+
+def test_the_task_operations_declare_the_bearer_scheme_and_the_others_none(
+    document: dict[str, Any],
+) -> None:
+    assert document["components"]["securitySchemes"] == {
+        "apiKey": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": document["components"]["securitySchemes"]["apiKey"]["description"],
+        }
+    }
+    assert "security" not in document  # no global requirement: each operation says
+    for path, item in document["paths"].items():
+        for operation in item.values():
+            if path.startswith("/tasks/"):
+                assert operation["security"] == [{"apiKey": []}], path
+            else:
+                assert "security" not in operation, path
 
 
 def test_the_argument_schemas_match_the_tasks() -> None:
@@ -153,9 +174,12 @@ def test_the_readme_states_the_argument_rules_of_the_schemas() -> None:
 
 #: Valid and invalid requests for every operation, the same ones on every run. All of
 #: schemathesis's checks are on: no 5xx, invalid data refused (4xx), valid data accepted (2xx),
-#: and every response's status, content type, headers and body as documented.
+#: every response's status, content type, headers and body as documented, and authentication
+#: enforced (ignored_auth: each operation that declares the bearer scheme is sent again without
+#: a key and with a wrong one, and must refuse both). Requests carry the test key.
 FUZZING = {
-    "generation": {"mode": "all", "max-examples": 40, "deterministic": True, "database": "none"}
+    "generation": {"mode": "all", "max-examples": 40, "deterministic": True, "database": "none"},
+    "auth": {"openapi": {"apiKey": {"bearer": API_KEY}}},
 }
 
 
@@ -197,3 +221,30 @@ def test_the_fuzzing_notices_invalid_arguments_being_accepted(
     accepted_invalid_arguments()
 
     assert "ST201" in noticed  # "Schema-violating request accepted"
+
+
+def test_the_fuzzing_notices_an_operation_that_ignores_the_key(
+    api: schemathesis.BaseSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fuzzing above proves authentication only if it fails when a key is not checked.
+    monkeypatch.setattr(web, "OPEN_ENDPOINTS", web.OPEN_ENDPOINTS | {"submit_task"})
+    operation = api["/tasks/noop"]["POST"]
+    noticed = []
+
+    @settings(
+        max_examples=5,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE))
+    def accepted_without_a_key(case: Case) -> None:
+        try:
+            case.call_and_validate()
+        except FailureGroup as failures:
+            noticed.extend(failure.code for failure in failures.exceptions)
+
+    accepted_without_a_key()
+
+    assert noticed
+    assert set(noticed) == {"ST401"}, noticed  # "Authentication not enforced"

@@ -8,6 +8,12 @@ EventBridge rules and targets. A control loop (ECS's service scheduler, every ``
 keeps every service at its desired count and rolls deployments; ``deploy`` registers a new
 revision of a service's task definition and updates the service; ``fire`` runs a rule's target
 for a schedule slot. ``status()`` is a table of what runs.
+
+Secrets a container reads itself at run time (an environment variable holding a secret's ARN,
+e.g. the web's ``WEB_API_KEYS_SECRET_ARN``) are served by a stand-in of Secrets Manager
+(``devtools.secrets_manager``) on the bridge, holding what the program wrote into them; the
+containers' AWS SDK is pointed at it. Secrets ECS injects at start (a definition's ``secrets``,
+the broker URL) get local values instead (``TaskOptions.secrets``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from app.api_keys import parse_keys
+from app.settings import WEB_API_KEYS_SECRET_ARN
+from devtools.secrets_manager import SecretsManagerStandIn
 from devtools.twin.agent import AgentEndpoint
 from devtools.twin.events import Rule, eventbridge_fire_times
 from devtools.twin.image import Image, parse_image
@@ -36,6 +45,7 @@ TASK_DEFINITION = "aws:ecs/taskDefinition:TaskDefinition"
 TARGET_GROUP = "aws:lb/targetGroup:TargetGroup"
 RULE = "aws:cloudwatch/eventRule:EventRule"
 TARGET = "aws:cloudwatch/eventTarget:EventTarget"
+SECRET_VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
 
 
 class Registration(Protocol):
@@ -59,11 +69,18 @@ class TwinCluster:
     revisions: dict[str, Revision]  # by family: the latest registered
     options: TaskOptions
     agent: AgentEndpoint
+    #: Secrets Manager, for the secrets containers read themselves.
+    secrets_manager: SecretsManagerStandIn
     load_balancer: LoadBalancer | None
     on_event: Callable[[str], None]
     #: Every task started, by id (the agent endpoint finds tasks here).
     tasks_by_id: dict[str, Task]
     standalone: list[Task] = field(default_factory=list)
+    #: The first API key the web accepts, as the program wrote it into the keys secret (None
+    #: without a web); ``secrets_manager.put`` rotates it.
+    api_key: str | None = None
+    #: The ARN of that secret.
+    api_keys_secret_arn: str | None = None
     #: When the rules were created (``rate()`` rules count from then).
     created: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
     #: Each rule's last slot fired on its schedule.
@@ -94,6 +111,7 @@ class TwinCluster:
         ensure_bridge()
         tasks_by_id: dict[str, Task] = {}
         agent = AgentEndpoint(HOST_ADDRESS, tasks_by_id.get)
+        secrets_manager = SecretsManagerStandIn(HOST_ADDRESS)
         options = TaskOptions(
             state_root=state_root,
             secrets={"CELERY_BROKER_URL": broker_url},
@@ -101,6 +119,7 @@ class TwinCluster:
             agent_uri=agent.uri_for,
             health_check_scale=time_scale,
             environment_overrides=dict(environment_overrides or {}),
+            aws_environment=secrets_manager.environment,
         )
         revisions = {
             definition["family"]: Revision(definition["family"], 1, definition)
@@ -114,8 +133,10 @@ class TwinCluster:
             load_balancer = LoadBalancer(settings, front_door_port)
         cluster = TwinCluster(
             services={}, rules={}, revisions=revisions, options=options, agent=agent,
-            load_balancer=load_balancer, on_event=on_event, tasks_by_id=tasks_by_id,
+            secrets_manager=secrets_manager, load_balancer=load_balancer, on_event=on_event,
+            tasks_by_id=tasks_by_id,
         )  # fmt: skip
+        cluster._serve_read_secrets(run)
         for registration in run.of_type(SERVICE):
             inputs = registration.inputs
             name = inputs["tags"]["Service"]
@@ -142,6 +163,23 @@ class TwinCluster:
             (rule,) = [r for r in rules.values() if r.physical_name == target.inputs["rule"]]
             cluster.rules[rule.name] = Rule.of(rule.inputs, target.inputs, rule.name)
         return cluster
+
+    def _serve_read_secrets(self, run: ProgramRun) -> None:
+        """Put in the stand-in every secret a container environment names by its ARN, with the
+        value the program wrote; note the web's API key."""
+        written = {
+            version.inputs["secretId"]: version.inputs["secretString"]
+            for version in run.of_type(SECRET_VERSION)
+        }
+        for revision in self.revisions.values():
+            for item in revision.container.get("environment") or []:
+                value = written.get(item["value"])
+                if value is None:
+                    continue
+                self.secrets_manager.put(item["value"], value)
+                if item["name"] == WEB_API_KEYS_SECRET_ARN:
+                    self.api_keys_secret_arn = item["value"]
+                    self.api_key = parse_keys(value)[0].decode()
 
     # --- running ---------------------------------------------------------------------------
 
@@ -230,10 +268,12 @@ class TwinCluster:
         self.close()
 
     def close(self) -> None:
-        """Close the front door and the agent endpoint (after the tasks have stopped)."""
+        """Close the front door, the agent endpoint and the stand-in of Secrets Manager (after
+        the tasks have stopped)."""
         if self.load_balancer is not None:
             self.load_balancer.close()
         self.agent.close()
+        self.secrets_manager.stop()
 
     def status(self) -> str:
         """One line per service, then one per task."""

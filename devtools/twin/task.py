@@ -76,6 +76,9 @@ class TaskOptions:
       defined; tests shorten them). Timeouts and retries are kept.
     - ``environment_overrides``: variables set over every container's ``environment``, as a
       RunTask ``containerOverrides`` environment is (the local stack turns on per-task logs).
+    - ``aws_environment``: what lets the AWS SDK in a container reach the twin's stand-ins of
+      AWS's APIs (their endpoints, and credentials standing in for the task role's, which ECS
+      hands out through ``AWS_CONTAINER_CREDENTIALS_RELATIVE_URI``).
     """
 
     state_root: Path
@@ -84,6 +87,7 @@ class TaskOptions:
     agent_uri: Callable[[str], str] | None = None
     health_check_scale: float = 1.0
     environment_overrides: Mapping[str, str] = field(default_factory=dict)
+    aws_environment: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,7 +130,9 @@ class Task:
         definition = with_overrides(self.revision.container, command=self.command,
                                     environment=self.options.environment_overrides)  # fmt: skip
         agent = self.options.agent_uri
-        extra_env = {"ECS_AGENT_URI": agent(self.id)} if agent else {}
+        extra_env = {**self.options.aws_environment}
+        if agent:
+            extra_env["ECS_AGENT_URI"] = agent(self.id)
         plan = plan_container(
             self.options.image, self.revision.definition, definition,
             secrets=self.options.secrets, hostname=self.network.hostname,
