@@ -78,7 +78,7 @@ class Consumer(CeleryConsumer):
         held = sum(1 for tag in qos._delivered if tag not in qos._dirty)
         qos._delivered.clear()
         qos._dirty.clear()
-        self.unconfirmed_acks.extend(channel.acks_in_flight)
+        self.unconfirmed_acks.extend(channel.unconfirmed_acks())
         log.warning(
             "%s with %d unacknowledged message(s): running tasks are cancelled and every "
             "message this worker holds goes back on its queue before it consumes again",
@@ -100,10 +100,8 @@ class RestoreLostDeliveries(bootsteps.StartStopStep):
         channel = c.connection.default_channel
         assert isinstance(channel, Channel)  # the app's transport (app.settings)
         if c.unconfirmed_acks:
-            with channel.conn_or_acquire() as client, client.pipeline() as pipe:
-                for tag in c.unconfirmed_acks:
-                    channel.qos._remove_from_indices(tag, pipe)
-                pipe.execute()
+            # Their first send may have reached Redis: finding them gone is no news.
+            channel.acknowledge_now(c.unconfirmed_acks, report_gone=False)
             c.unconfirmed_acks.clear()
         recovery_for(c.controller).restore_own(channel)
 

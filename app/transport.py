@@ -1,26 +1,55 @@
-"""kombu's Redis transport, taking a message off a non-empty queue in one round trip.
+"""kombu's Redis transport, with one way to take a message off a queue: a script that records it.
 
 kombu delivers a message in two steps: ``BRPOP`` takes it off its queue, then a ``MULTI``
-transaction records it in the consumer's unacknowledged hash and index. That second step blocks
-the worker's event loop for a round trip per message, and a worker killed between the two
-steps loses the message: it is neither on its queue nor among the unacknowledged.
+transaction records it in the consumer's unacknowledged hash and index. A worker that dies
+between the two steps, or a connection that drops while ``BRPOP``'s reply is on its way (an
+ElastiCache failover), loses the message: it is neither on its queue nor among the
+unacknowledged. The same holds for ``basic_get`` (``RPOP``, then the record).
 
-Here one Lua script (``FETCH``) takes the message and records it, sent through the event loop as
-``BRPOP`` is. Only when the script finds every queue empty does the channel block on ``BRPOP``
-(kombu's code) and then record the message in a transaction, as kombu does. The record is
-kombu's own (same keys, the same ``[payload, exchange, routing_key]`` value, the delivery time as
-the index score), so kombu's restores (``restore_by_tag``, ``restore_visible``, the restore at
-shutdown) read it unchanged.
+Here every message a consumer acknowledges later leaves its queue inside one Lua script,
+``FETCH``, that records it in the same step (kombu's own record: same keys, the same
+``[payload, exchange, routing_key]`` value, the delivery time as the index score, so kombu's
+restores read it unchanged), and adds the consuming worker to the liveness registry
+(``app.liveness``). Nothing else in this transport pops a queue list, so there is no window in
+which a message is off its queue and unrecorded. ``FETCH`` is sent through the event loop as
+kombu sends ``BRPOP``, with ``EVALSHA``; ``NOSCRIPT`` (a new or restarted server, a flushed
+cache, or from Redis 7.4 an ``EVAL``-loaded script evicted) means nothing ran, and the same
+``FETCH`` is sent again with ``EVAL``.
 
-For ``app.liveness``, every record also adds the consuming worker to the registry of workers in
-the same transaction, so no worker's unacknowledged set is ever unknown to the sweepers; and an
-acknowledgement that finds its message already gone (another worker took it back) is logged.
+Redis has no blocking command that moves from several lists atomically, and a script cannot
+block. So an idle consumer never blocks on a queue; it blocks on something it may lose:
+
+- Publishing through this transport pushes the message and a *wake token* onto the queue's wake
+  list (``_kombu.wake.<queue>``, capped at ``WAKE_TOKENS_MAX``) in one step (``PUBLISH``).
+- When ``FETCH`` finds every queue of the consumer empty, it deletes their wake lists in the
+  same script (any token there is stale: the queues are empty), and the consumer blocks with
+  ``BRPOP`` on those wake lists, for at most the transport's polling interval (kombu's
+  ``brpop_timeout``, 1 s). On a token or on the timeout it sends ``FETCH`` again.
+
+A lost token, or a connection cut while that ``BRPOP`` waits, loses nothing: the message is
+still on its queue. Messages that come without a token (restored by a sweep or by kombu,
+published by stock kombu) are taken within the polling interval. Because ``FETCH``'s check and
+the deletion are one step and a publish's message and token are one step, no wake-up is lost.
+
+``FETCH`` declares itself with a Redis 7 shebang and no ``allow-oom`` flag: at ``maxmemory``
+(``noeviction``) Redis refuses the whole script before it runs (redis.io, "Scripting with Lua",
+"Script flags"; ``scripts_flags_def`` in Redis's ``src/script.c``; checked on redis-server 7.0.15
+by ``tests/test_transport.py``), so no message is taken that cannot be recorded, and no task
+starts that could not store its result. (Without a shebang, Redis 7.0 runs the script and lets
+its writes after the first pass the limit: ``RPOP`` is not ``denyoom``.) The consumer
+then waits as when idle and tries again. Acknowledgements that rode on the refused script are
+sent at once with ``ACK``, a script flagged ``allow-oom`` (it only deletes): at ``maxmemory``
+Redis rejects every command queued in ``MULTI``, kombu's own acknowledgement included.
+
+Acknowledgements ride on the next ``FETCH`` when the event loop's connection is free for one
+(one round trip fewer per message). One whose send fails, or whose reply is lost, is sent again
+with the next ``FETCH`` and, by the consumer (``app.consumer``), after a reconnection.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from queue import Empty
 from time import time
@@ -31,47 +60,130 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import QoS as VirtualQoS
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError, OutOfMemoryError
 
 log = logging.getLogger(__name__)
 
-#: Acknowledges the given messages, then takes the first message of the first non-empty list
-#: and records it as kombu's QoS does. KEYS: the unacked hash, the unacked index, the worker
-#: registry, then the queue lists in BRPOP's order (priority steps, then queues). ARGV: the
-#: delivery time, the registry member ('' for none), then the delivery tags to acknowledge.
-#: Returns {list, message, tags acknowledged but already gone...}, list and message '' when
-#: every list is empty. A message that is not kombu's JSON is returned unrecorded, to fail in
-#: Python as it does after BRPOP.
-FETCH = """
+#: Prefix of a queue's wake list (kombu names its own keys ``_kombu.binding.<exchange>``).
+WAKE_PREFIX = "_kombu.wake."
+#: Longest a wake list grows while no consumer waits on it (no worker idle, or none at all): a
+#: waiting consumer takes a token as it is pushed, so the cap only bounds what piles up; it is
+#: larger than any pool's worker count, so a burst can wake every idle worker at once.
+WAKE_TOKENS_MAX = 1000
+
+#: Acknowledges the given messages, then takes the first message of the first non-empty queue
+#: list and records it as kombu's QoS does; when every list is empty, deletes the wake lists.
+#: KEYS: the unacked hash, the unacked index, the worker registry, the queue lists in BRPOP's
+#: order (priority steps, then queues), then the wake lists. ARGV: the delivery time, the
+#: registry member ('' for none), one character per queue list ('1': record what comes from
+#: it, '0': its consumer does not acknowledge), then the delivery tags to acknowledge.
+#: Returns {list, message, recorded tag, tags acknowledged but already gone...}; list and
+#: message '' when every list is empty, recorded tag '' when the message was not recorded (its
+#: consumer does not acknowledge, or it is not kombu's JSON: it fails in Python as after BRPOP).
+#: The shebang without flags: Redis refuses the script as a whole at maxmemory.
+FETCH = """#!lua
+local lists = #ARGV[3]
 local gone = {}
-for j = 3, #ARGV do
+for j = 4, #ARGV do
   redis.call('ZREM', KEYS[2], ARGV[j])
   if redis.call('HDEL', KEYS[1], ARGV[j]) == 0 then
     gone[#gone + 1] = ARGV[j]
   end
 end
-for i = 4, #KEYS do
-  local item = redis.call('RPOP', KEYS[i])
+for i = 1, lists do
+  local key = KEYS[3 + i]
+  local item = redis.call('RPOP', key)
   if item then
-    local ok, message = pcall(cjson.decode, item)
-    local properties = ok and type(message) == 'table' and message['properties']
-    if type(properties) == 'table' and type(properties['delivery_tag']) == 'string' then
-      local info = properties['delivery_info'] or {}
-      local tag = properties['delivery_tag']
-      redis.call('ZADD', KEYS[2], ARGV[1], tag)
-      redis.call('HSET', KEYS[1], tag, '[' .. item .. ',' .. cjson.encode(info['exchange'])
-        .. ',' .. cjson.encode(info['routing_key']) .. ']')
-      if ARGV[2] ~= '' then
-        redis.call('SADD', KEYS[3], ARGV[2])
+    local recorded = ''
+    if string.sub(ARGV[3], i, i) == '1' then
+      local ok, message = pcall(cjson.decode, item)
+      local properties = ok and type(message) == 'table' and message['properties']
+      if type(properties) == 'table' and type(properties['delivery_tag']) == 'string' then
+        local info = properties['delivery_info']
+        if type(info) ~= 'table' then info = {} end
+        recorded = properties['delivery_tag']
+        redis.call('ZADD', KEYS[2], ARGV[1], recorded)
+        redis.call('HSET', KEYS[1], recorded, '[' .. item .. ',' .. cjson.encode(info['exchange'])
+          .. ',' .. cjson.encode(info['routing_key']) .. ']')
+        if ARGV[2] ~= '' then
+          redis.call('SADD', KEYS[3], ARGV[2])
+        end
       end
     end
-    return {KEYS[i], item, unpack(gone)}
+    return {key, item, recorded, unpack(gone)}
   end
 end
-return {'', '', unpack(gone)}
+for k = 4 + lists, #KEYS do
+  redis.call('DEL', KEYS[k])
+end
+return {'', '', '', unpack(gone)}
 """
 
+#: Acknowledges the given messages as kombu's QoS does (ZREM from the index, HDEL from the
+#: hash), allowed at maxmemory (it frees memory). KEYS: the unacked hash, the unacked index.
+#: ARGV: the delivery tags. Returns the tags already gone.
+ACK = """#!lua flags=allow-oom
+local gone = {}
+for j = 1, #ARGV do
+  redis.call('ZREM', KEYS[2], ARGV[j])
+  if redis.call('HDEL', KEYS[1], ARGV[j]) == 0 then
+    gone[#gone + 1] = ARGV[j]
+  end
+end
+return gone
+"""
 
-def log_taken_back(tags: list[str]) -> None:
+#: Publishes a message and a wake token in one step (one command: cheaper for the client than
+#: a MULTI of three), capping the wake list. KEYS: the queue's list, its wake list. ARGV: the
+#: message, the cap. The shebang without flags: refused as a whole at maxmemory, as LPUSH is.
+PUBLISH = """#!lua
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LPUSH', KEYS[2], 1)
+redis.call('LTRIM', KEYS[2], 0, ARGV[2] - 1)
+"""
+
+#: What the polling connection waits on: a FETCH reply, or a wake list's BRPOP reply.
+_FETCHING, _WAKING = "EVALSHA", "BRPOP"
+
+#: kombu's private names this runtime relies on (``app.transport`` unless noted), verified
+#: against kombu 5.6.2: (owner, name, signature or None for a non-callable). A test
+#: (``tests/test_transport.py``) fails when one disappears or changes its signature, so that a
+#: kombu upgrade is checked here first. Names set in ``__init__`` are checked on a channel.
+KOMBU_VERIFIED_VERSION = "5.6.2"
+KOMBU_PRIVATE_NAMES: tuple[tuple[str, str, str | None], ...] = (
+    # Overridden: the polling connection's send and read, publishing, consuming.
+    ("kombu.transport.redis:Channel", "_brpop_start", "(self, timeout=None)"),
+    ("kombu.transport.redis:Channel", "_brpop_read", "(self, **options)"),
+    ("kombu.transport.redis:Channel", "_put", "(self, queue, message, **kwargs)"),
+    ("kombu.transport.redis:Channel", "_basic_cancel", "(self, consumer_tag)"),
+    ("kombu.transport.redis:Channel", "_disconnect_pools", "(self)"),
+    ("kombu.transport.redis:Channel", "_poll_error", "(self, type, **options)"),
+    ("kombu.transport.virtual:Channel", "basic_get", "(self, queue, no_ack=False, **kwargs)"),
+    ("kombu.transport.virtual:Channel", "basic_consume",
+     "(self, queue, no_ack, callback, consumer_tag, **kwargs)"),
+    # Called.
+    ("kombu.transport.redis:Channel", "_q_for_pri", "(self, queue, pri)"),
+    ("kombu.transport.redis:Channel", "_create_client", "(self, asynchronous=False)"),
+    ("kombu.transport.virtual:Channel", "_get_message_priority",
+     "(self, message, reverse=False)"),
+    ("kombu.transport.virtual:Transport", "_deliver", "(self, message, queue)"),
+    ("kombu.transport.redis:QoS", "pipe_or_acquire", "(self, pipe=None, client=None)"),
+    # app.recovery: the destination list of a restored message is kombu's choice.
+    ("kombu.transport.redis:Channel", "_do_restore_message",
+     "(self, payload, exchange, routing_key, pipe, leftmost=False)"),
+    # Read or set.
+    ("kombu.transport.redis:Channel", "_in_poll", None),
+    ("kombu.transport.redis:Channel", "_queue_cycle", None),  # .consume(n), .rotate(queue)
+    ("kombu.transport.virtual:Channel", "_tag_to_queue", None),
+    ("kombu.transport.redis:MultiChannelPoller", "_chan_to_sock", None),
+    # app.consumer: kombu's bookkeeping of delivered and acknowledged tags.
+    ("kombu.transport.virtual:QoS", "_delivered", None),
+    ("kombu.transport.virtual:QoS", "_dirty", None),
+)
+
+
+def log_taken_back(tags: Sequence[str]) -> None:
     for tag in tags:
         log.warning(
             "message %s was acknowledged after another worker had taken it back (this worker "
@@ -81,14 +193,21 @@ def log_taken_back(tags: list[str]) -> None:
         )
 
 
+def wake_key(queue: str) -> str:
+    return f"{WAKE_PREFIX}{queue}"
+
+
 class QoS(kombu_redis.QoS):
     channel: Channel
 
     def append(self, message: Any, delivery_tag: str) -> None:
         channel = self.channel
-        if channel.delivering_recorded:
-            channel.delivering_recorded = False  # FETCH wrote the record
+        if delivery_tag == channel.recorded_tag:
+            channel.recorded_tag = ""  # FETCH wrote the record with the take
         else:
+            # Only a message FETCH left unrecorded gets here: its delivery tag is not a string
+            # (no kombu producer writes that), or it was taken for a consumer without
+            # acknowledgements and kombu hands it to one with. Recorded as kombu does.
             delivery = message.delivery_info
             with self.pipe_or_acquire() as pipe:
                 pipe.zadd(self.unacked_index_key, {delivery_tag: time()})
@@ -103,14 +222,8 @@ class QoS(kombu_redis.QoS):
         VirtualQoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        # The freed prefetch slot is known at once; the acknowledgement rides on the FETCH
-        # that refills it, when the event loop's connection is free for one.
         VirtualQoS.ack(self, delivery_tag)
-        if self.channel.fetch_now(acks=[delivery_tag]):
-            return
-        _, removed = self._remove_from_indices(delivery_tag).execute()
-        if not removed:
-            log_taken_back([delivery_tag])
+        self.channel.acknowledge(delivery_tag)
 
 
 class Channel(kombu_redis.Channel):
@@ -129,21 +242,37 @@ class Channel(kombu_redis.Channel):
         super().__init__(*args, **kwargs)
         if self.global_keyprefix:
             raise ValueError("app.transport: global_keyprefix is not supported")
-        #: The command awaiting its reply on the polling connection is FETCH, not BRPOP.
-        self._fetch_in_flight = False
-        #: The last FETCH found every queue empty: block on BRPOP until a message comes.
-        self._queues_were_empty = False
-        #: The message being delivered is already recorded (read by ``QoS.append``).
-        self.delivering_recorded = False
+        #: The command awaiting its reply on the polling connection (``_FETCHING``,
+        #: ``_WAKING``), or None.
+        self._awaiting: str | None = None
+        #: The last FETCH found every queue empty (or was refused at maxmemory): wait on the
+        #: wake lists before the next one.
+        self._idle = False
+        #: The last FETCH was refused at maxmemory (logged once per spell).
+        self._out_of_memory = False
+        #: The tag of the message being delivered when FETCH recorded it (read by ``QoS.append``).
+        self.recorded_tag = ""
         #: Acknowledgements sent with the FETCH in flight; whether they reached Redis is only
-        #: known with its reply (the consumer sends them again after a lost connection).
+        #: known with its reply.
         self.acks_in_flight: list[str] = []
+        #: Acknowledgements not known to have reached Redis (a send failed, a reply was lost):
+        #: sent again with the next FETCH, or by the consumer after a reconnection.
+        self.acks_pending: list[str] = []
+        #: Tags acknowledged at least once already: found gone when sent again, they are not
+        #: reported as taken back (the first send may have removed them).
+        self._acks_resent: set[str] = set()
+        #: Queues consumed without acknowledgements (control replies): FETCH does not record.
+        self._no_ack_queues: set[str] = set()
+        #: The arguments of the last FETCH sent (sent again with EVAL after NOSCRIPT).
+        self._last_arguments: Sequence[Any] = ()
         self._sync_client: redis.Redis | None = None
+        self._scripts: tuple[Script, Script, Script] | None = None
+
+    # --- clients and scripts --------------------------------------------------------------------
 
     @contextmanager
     def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:
-        # kombu builds a new client object around the same pool for every call, twice per
-        # message (record, ack): keep one.
+        # kombu builds a new client object around the same pool for every call: keep one.
         if client is None:
             if self._sync_client is None:
                 self._sync_client = self._create_client()
@@ -154,9 +283,76 @@ class Channel(kombu_redis.Channel):
         self._sync_client = None
         super()._disconnect_pools()
 
+    def scripts(self) -> tuple[Script, Script, Script]:
+        """FETCH, ACK and PUBLISH as redis-py scripts (EVALSHA, loading on NOSCRIPT)."""
+        if self._scripts is None:
+            with self.conn_or_acquire() as client:
+                self._scripts = (client.register_script(FETCH), client.register_script(ACK),
+                                 client.register_script(PUBLISH))  # fmt: skip
+        return self._scripts
+
+    def unconfirmed_acks(self) -> list[str]:
+        """Acknowledgements that may not have reached Redis (read by ``app.consumer``)."""
+        return [*self.acks_in_flight, *self.acks_pending]
+
+    # --- publishing -----------------------------------------------------------------------------
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        """kombu's LPUSH, and a wake token for a consumer waiting on the queue, atomically."""
+        priority = self._get_message_priority(message, reverse=False)
+        _, _, publish = self.scripts()
+        with self.conn_or_acquire() as client:
+            publish([self._q_for_pri(queue, priority), wake_key(queue)],
+                    [dumps(message), WAKE_TOKENS_MAX], client=client)  # fmt: skip
+
+    # --- consuming ------------------------------------------------------------------------------
+
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        # kombu keeps ``no_ack`` in a closure; FETCH needs it per queue (last consumer wins,
+        # as kombu's one callback per queue does).
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        else:
+            self._no_ack_queues.discard(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def _basic_cancel(self, consumer_tag: str) -> Any:
+        queue = self._tag_to_queue.get(consumer_tag)
+        cancelled = super()._basic_cancel(consumer_tag)
+        if queue is not None and queue not in self._tag_to_queue.values():
+            self._no_ack_queues.discard(queue)
+        return cancelled
+
+    def _fetch_arguments(self, queues: Sequence[str], acks: Sequence[str]) -> list[Any]:
+        lists = [(self._q_for_pri(queue, pri), queue) for pri in self.priority_steps
+                 for queue in queues]  # fmt: skip
+        record = "".join("0" if queue in self._no_ack_queues else "1" for _, queue in lists)
+        qos = self.qos
+        keys = [qos.unacked_key, qos.unacked_index_key, self.worker_registry_key or "-",
+                *(key for key, _ in lists), *map(wake_key, queues)]  # fmt: skip
+        return [len(keys), *keys, time(), self.worker_member, record, *acks]
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        """kombu's synchronous get; a message to acknowledge is taken and recorded by FETCH."""
+        if no_ack:
+            return super().basic_get(queue, no_ack=True, **kwargs)
+        fetch, _, _ = self.scripts()
+        numkeys, *arguments = self._fetch_arguments([queue], [])
+        with self.conn_or_acquire() as client:
+            reply = fetch(arguments[:numkeys], arguments[numkeys:], client=client)
+        _, item, recorded, *_ = (bytes_to_str(part) for part in reply)
+        if not item:
+            return None
+        message = self.Message(loads(item), channel=self)
+        self.recorded_tag = recorded
+        self.qos.append(message, message.delivery_tag)
+        return message
+
+    # --- the polling connection: FETCH, or BRPOP on the wake lists -----------------------------
+
     def _brpop_start(self, timeout: float | None = None) -> None:
-        if self._queues_were_empty:
-            super()._brpop_start(timeout)
+        if self._idle:
+            self._wait_for_wake(timeout)
         else:
             self._fetch([])
 
@@ -164,58 +360,160 @@ class Channel(kombu_redis.Channel):
         """Send FETCH, carrying ``acks``, if the event loop is polling this channel and its
         connection is free; False if not (nothing sent)."""
         polling = (self, self.client, "BRPOP") in self.connection.cycle._chan_to_sock
-        if not polling or self._in_poll or self._queues_were_empty or self.closed:
+        if not polling or self._in_poll or self._idle or self.closed:
             return False
         if not self.active_queues or not self.qos.can_consume():
             return False
         return self._fetch(acks)
 
+    def acknowledge(self, delivery_tag: str) -> None:
+        """Remove a message from the unacknowledged set: with the next FETCH if the polling
+        connection is free for one now, else at once on the synchronous connection."""
+        if self.fetch_now([delivery_tag]):
+            return
+        try:
+            self.acknowledge_now([delivery_tag])
+        except self.connection_errors as error:
+            self.acks_pending.append(delivery_tag)
+            self._acks_resent.add(delivery_tag)
+            log.warning("acknowledgement of %s not sent (%r): it is sent again with the next "
+                        "fetch, or after reconnecting", delivery_tag, error)  # fmt: skip
+
+    def acknowledge_now(self, tags: Sequence[str], *, report_gone: bool = True) -> None:
+        """Run ACK on the synchronous connection (allowed at maxmemory)."""
+        if not tags:
+            return
+        _, ack, _ = self.scripts()
+        qos = self.qos
+        with self.conn_or_acquire() as client:
+            gone = ack([qos.unacked_key, qos.unacked_index_key], list(tags), client=client)
+        if report_gone:
+            log_taken_back([tag for tag in map(bytes_to_str, gone)
+                            if tag not in self._acks_resent])  # fmt: skip
+        self._acks_resent.difference_update(tags)
+
     def _fetch(self, acks: list[str]) -> bool:
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return False
-        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        qos = self.qos
-        self._in_poll = self.client.connection
-        self._fetch_in_flight = True
-        self.acks_in_flight = acks
-        self.client.connection.send_command(
-            "EVAL", FETCH, 3 + len(keys),
-            qos.unacked_key, qos.unacked_index_key, self.worker_registry_key or "-", *keys,
-            time(), self.worker_member, *acks,
-        )  # fmt: skip
+        self._reclaim_unread()
+        carried = [*self.acks_pending, *acks]
+        self.acks_pending = []
+        self._send(_FETCHING, self._fetch_arguments(queues, carried), carried)
         return True
 
-    def _brpop_read(self, **options: Any) -> bool:
-        if not self._fetch_in_flight:
-            delivered: bool = super()._brpop_read(**options)  # raises Empty on BRPOP's timeout
-            self._queues_were_empty = False
-            return delivered
+    def _wait_for_wake(self, timeout: float | None) -> None:
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        self._reclaim_unread()
+        wait = self.brpop_timeout if timeout is None else timeout
+        self._send(_WAKING, [*map(wake_key, queues), wait or 0], [])
+
+    def _send(self, command: str, arguments: Sequence[Any], acks: list[str],
+              script: str = "") -> None:  # fmt: skip
+        connection = self.client.connection
+        if command == _WAKING:
+            argv: list[Any] = ["BRPOP", *arguments]
+        elif script:
+            argv = ["EVAL", script, *arguments]
+        else:
+            argv = ["EVALSHA", self.scripts()[0].sha, *arguments]
         try:
-            try:
-                reply = self.client.parse_response(self.client.connection, "EVAL", **options)
-            except self.connection_errors:
-                # As kombu after a failed BRPOP: the next poll reconnects.
-                self.client.connection.disconnect()
-                raise
+            connection.send_command(*argv)
+        except self.connection_errors:
+            self._set_aside(acks)
+            raise
+        self._in_poll = connection
+        self._awaiting = command
+        self._last_arguments = arguments
+        self.acks_in_flight = acks
+
+    def _reclaim_unread(self) -> None:
+        """A new command goes out while the last one's reply was never read (its connection
+        was dropped under it, and kombu reset ``_in_poll``): its acknowledgements go again."""
+        if self.acks_in_flight:
+            self._set_aside(self.acks_in_flight)
             self.acks_in_flight = []
-            queue_key, item, *gone = (bytes_to_str(part) for part in reply)
-            log_taken_back(gone)
-            if not item:
-                self._queues_were_empty = True
-                raise Empty()
-            queue = queue_key.rsplit(self.sep, 1)[0]
-            self._queue_cycle.rotate(queue)
-            self.delivering_recorded = True
-            try:
-                self.connection._deliver(loads(item), queue)
-            finally:
-                self.delivering_recorded = False
-            return True
-        finally:
+        self._awaiting = None
+
+    def _poll_error(self, type: str, **options: Any) -> Any:
+        # kombu reads (and drops) the reply on a socket error event: a FETCH reply carries a
+        # recorded message and the fate of acknowledgements, so it goes to its reader.
+        if type == "BRPOP" and self._awaiting is not None:
+            return self._brpop_read(**options)
+        return super()._poll_error(type, **options)
+
+    def _set_aside(self, acks: list[str]) -> None:
+        """Acknowledgements whose fate is unknown: sent again with the next FETCH."""
+        self.acks_pending = [*acks, *self.acks_pending]
+        self._acks_resent.update(acks)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        awaiting, self._awaiting = self._awaiting, None
+        acks, self.acks_in_flight = self.acks_in_flight, []
+        connection = self.client.connection
+        try:
+            reply = self.client.parse_response(connection, awaiting or _WAKING, **options)
+        except NoScriptError:
+            # Nothing ran (a new or restarted server): the same FETCH with its source.
             self._in_poll = None
-            self._fetch_in_flight = False
+            self._send(_FETCHING, self._last_arguments, acks, script=FETCH)
+            raise Empty() from None
+        except OutOfMemoryError:
+            # Refused as a whole (the shebang): nothing taken, no acknowledgement applied.
+            self._in_poll = None
+            self._on_out_of_memory(acks)
+            raise Empty() from None
+        except self.connection_errors:
+            # As kombu after a failed BRPOP: the next poll reconnects, and FETCHes first (a
+            # wake token may have been lost with the connection).
+            self._in_poll = None
+            self._idle = False
+            self._set_aside(acks)
+            connection.disconnect()
+            raise
+        except Exception:
+            self._in_poll = None
+            self._set_aside(acks)
+            raise
+        self._in_poll = None
+        if awaiting != _FETCHING:
+            # A wake token, or the polling interval passed: FETCH next (the next poll).
+            self._idle = False
+            raise Empty()
+        return self._on_fetched(reply, acks)
+
+    def _on_out_of_memory(self, acks: list[str]) -> None:
+        if not self._out_of_memory:
+            log.warning("the broker is at maxmemory: no message is taken until memory frees "
+                        "(trying again every %s s)", self.brpop_timeout)  # fmt: skip
+        self._out_of_memory = True
+        self._idle = True
+        try:
+            self.acknowledge_now(acks)
+        except self.connection_errors:
+            self._set_aside(acks)
+            raise
+
+    def _on_fetched(self, reply: list[bytes], acks: list[str]) -> bool:
+        queue_key, item, recorded, *gone = (bytes_to_str(part) for part in reply)
+        log_taken_back([tag for tag in gone if tag not in self._acks_resent])
+        self._acks_resent.difference_update(acks)
+        self._out_of_memory = False
+        if not item:
+            self._idle = True
+            raise Empty()
+        queue = queue_key.rsplit(self.sep, 1)[0]
+        self._queue_cycle.rotate(queue)
+        self.recorded_tag = recorded
+        try:
+            self.connection._deliver(loads(item), queue)
+        finally:
+            self.recorded_tag = ""
+        return True
 
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+

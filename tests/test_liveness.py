@@ -41,7 +41,7 @@ from app.liveness import (
     unacked_count,
 )
 from app.recovery import Recovery
-from app.transport import FETCH
+from app.transport import FETCH, wake_key
 from devtools.redis_server import free_port
 from tests.support import send_task
 
@@ -421,9 +421,11 @@ def test_fetch_hands_back_unrecorded_what_is_not_a_kombu_message(
     # As after BRPOP, the message fails in Python; the script must not fail halfway (a Lua error
     # after the RPOP would lose it without a word).
     redis_client.lpush(QUEUE, "not json", '{"properties": {}}')
-    replies = [redis_client.eval(FETCH, 4, "hash", "index", "registry", QUEUE, "1", "member")
+    replies = [redis_client.eval(FETCH, 5, "hash", "index", "registry", QUEUE, wake_key(QUEUE),
+                                 "1", "member", "1")
                for _ in range(2)]  # fmt: skip
     assert [item for _, item, *_ in replies] == ["not json", '{"properties": {}}']
+    assert [recorded for _, _, recorded, *_ in replies] == ["", ""]
     assert not redis_client.exists("hash", "index", "registry")
 
 
@@ -434,7 +436,7 @@ def test_a_consumer_of_empty_queues_waits_and_gets_what_comes(
     [task_id] = [None]
 
     def publish_later() -> None:
-        time.sleep(1.5)  # FETCH finds nothing, the channel waits on BRPOP
+        time.sleep(1.5)  # FETCH finds nothing, the channel waits on the wake list
         nonlocal task_id
         task_id = publish_noops(redis_url, 1)[0]
 
@@ -466,7 +468,13 @@ def test_acknowledgements_ride_on_the_next_fetch(
 
 
 def eval_calls(client: redis.Redis) -> int:
-    return int(client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0))
+    """Scripts run (EVAL, or EVALSHA that found its script)."""
+    stats = client.info("commandstats")
+    return sum(
+        int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+        - int(stats.get(f"cmdstat_{command}", {}).get("failed_calls", 0))
+        for command in ("eval", "evalsha")
+    )
 
 
 def test_an_ack_riding_on_a_fetch_of_a_message_taken_back_is_logged(
