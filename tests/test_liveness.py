@@ -685,6 +685,66 @@ def test_acknowledgements_whose_reply_was_lost_are_sent_again_before_the_own_set
     assert consumer.unconfirmed_acks == []
 
 
+def held_messages(url: str, keys: WorkerKeys, count: int) -> list[Any]:
+    """Take ``count`` messages as ``keys``'s worker and keep kombu's messages, as a consumer
+    keeps them in memory."""
+    with worker_channel(url, keys) as channel:
+        messages = [channel.basic_get(QUEUE) for _ in range(count)]
+        channel.qos._delivered.clear()
+        channel.close()
+    return messages
+
+
+def restore_after_reconnect(url: str, lease: Lease, held: list[Any], epoch: str | None) -> None:
+    """What the consumer does once reconnected: its lease, then ``RestoreLostDeliveries``
+    (the queue declared again first, as Celery's consumer does before)."""
+    with app.connection_for_read(url, transport_options=lease.keys.transport_options()) as conn:
+        Queue(QUEUE, exchange=app.amqp.queues[QUEUE].exchange, routing_key=QUEUE)(
+            conn.default_channel
+        ).declare()
+        with conn.default_channel.conn_or_acquire() as client:
+            lease.acquire(client)
+        consumer = SimpleNamespace(
+            unconfirmed_acks=[], connection=conn, held_at_loss=held, held_epoch=epoch,
+            controller=SimpleNamespace(liveness=lease, app=app),
+        )  # fmt: skip
+        RestoreLostDeliveries(SimpleNamespace()).start(consumer)
+        assert consumer.held_at_loss == [] and consumer.held_epoch is None
+
+
+def test_messages_held_when_the_broker_lost_its_data_go_back_from_memory_oldest_first(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    keys = WorkerKeys("default", "w/1")
+    lease = Lease(keys, Deadlines(15))
+    lease.acquire(redis_client)
+    published = publish_noops(redis_url, 3)
+    held = held_messages(redis_url, keys, 3)
+    epoch_at_loss = lease.epoch
+
+    redis_client.flushall()  # the broker restarts without its data: set, queues, epoch gone
+    restore_after_reconnect(redis_url, lease, held, epoch_at_loss)
+
+    assert lease.epoch != epoch_at_loss
+    assert queued_task_ids(redis_client) == published  # each once, oldest first in line
+    assert all(loads(raw)["headers"]["redelivered"] for raw in redis_client.lrange(QUEUE, 0, -1))
+
+
+def test_messages_held_when_the_broker_kept_its_data_go_back_from_the_set_only(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    keys = WorkerKeys("default", "w/1")
+    lease = Lease(keys, Deadlines(15))
+    lease.acquire(redis_client)
+    published = publish_noops(redis_url, 3)
+    held = held_messages(redis_url, keys, 3)
+
+    restore_after_reconnect(redis_url, lease, held, lease.epoch)  # same epoch: data kept
+
+    assert queued_task_ids(redis_client) == published  # from the set, each once
+    assert redis_client.hlen(keys.unacked.hash) == 0
+
+
 # --- name lookups that hang ---------------------------------------------------------------------
 
 
