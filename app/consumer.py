@@ -19,6 +19,14 @@ which it handles the same way):
   own unacknowledged set (``RestoreLostDeliveries``): a consumer that starts holds nothing, so
   all of them are messages it held at the loss, including one whose delivery reached Redis but
   whose reply never reached the worker.
+
+A broker that comes back without its data (a restart without persistence or replica: the
+dev stack's) has lost that set, and every other record of those messages. The worker keeps
+in memory, from the loss until it is back, the messages it held (running, prefetched, waiting
+for their ETA); when the broker's epoch (``app.liveness``) read with its new lease is not the
+one they were recorded under, it puts them back on their queues from memory (their tasks run
+again, cut ones from the start) before the own set. Nobody else can hold them: every record
+that could have given them to another worker is gone.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.state import active_requests
 from kombu.common import QoS
 
-from app.liveness import LivenessLost
+from app.liveness import LivenessLost, lease_of
 from app.recovery import recovery_for
 from app.transport import Channel
 
@@ -55,6 +63,11 @@ class Consumer(CeleryConsumer):
         #: Acknowledgements sent with a FETCH whose reply never came (``app.transport``): sent
         #: again before the own set is put back, so that no completed task runs again.
         self.unconfirmed_acks: list[str] = []
+        #: kombu's messages this worker held at a lost connection or liveness, in delivery
+        #: order, until the consumer is back (``RestoreLostDeliveries``), and the broker's
+        #: epoch they were recorded under.
+        self.held_at_loss: list[Any] = []
+        self.held_epoch: str | None = None
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         self._drop_unacked_deliveries(exc)
@@ -75,22 +88,26 @@ class Consumer(CeleryConsumer):
         qos = channel.qos
         # kombu's private bookkeeping (kombu is pinned): delivered messages, minus the tags
         # acknowledged since the last flush.
-        held = sum(1 for tag in qos._delivered if tag not in qos._dirty)
+        held = [message for tag, message in qos._delivered.items() if tag not in qos._dirty]
         qos._delivered.clear()
         qos._dirty.clear()
         self.unconfirmed_acks.extend(channel.unconfirmed_acks())
+        if not self.held_at_loss:  # else still those of an earlier loss, with their epoch
+            self.held_epoch = lease_of(self.controller).epoch
+        self.held_at_loss.extend(held)
         log.warning(
             "%s with %d unacknowledged message(s): running tasks are cancelled and every "
             "message this worker holds goes back on its queue before it consumes again",
             "liveness lost" if isinstance(exc, LivenessLost) else "broker connection lost",
-            held,
+            len(held),
         )
 
 
 class RestoreLostDeliveries(bootsteps.StartStopStep):
     """Consumer bootstep: puts back this worker's own unacknowledged set once the task consumer
     is set up again (with its lease, ``app.liveness``), before the event loop (always the last
-    step) consumes new messages."""
+    step) consumes new messages; first, if the broker lost its data meanwhile (another epoch),
+    the messages it held at the loss, from memory."""
 
     requires = ("app.liveness:ConsumerLiveness",)
     label = "Restore lost deliveries"
@@ -103,7 +120,16 @@ class RestoreLostDeliveries(bootsteps.StartStopStep):
             # Their first send may have reached Redis: finding them gone is no news.
             channel.acknowledge_now(c.unconfirmed_acks, report_gone=False)
             c.unconfirmed_acks.clear()
-        recovery_for(c.controller).restore_own(channel)
+        recovery = recovery_for(c.controller)
+        if c.held_at_loss:
+            epoch = lease_of(c.controller).epoch
+            if c.held_epoch is not None and c.held_epoch != epoch:
+                log.warning("the broker's epoch changed (%s, now %s): it lost its data",
+                            c.held_epoch, epoch)  # fmt: skip
+                recovery.restore_lost(channel, c.held_at_loss)
+            c.held_at_loss.clear()
+            c.held_epoch = None
+        recovery.restore_own(channel)
 
 
 class HeldMessagesQoS(QoS):

@@ -18,18 +18,32 @@ digits, new at every start of a worker process, so no two processes ever share k
   the same transaction; only a sweeper that finds a member without lease and without messages
   removes it.
 
-Deadlines, on the worker's own monotonic clock, from the moment it sent its last successful
-refresh (the key expires ``L`` after Redis received it, so no sooner than ``L`` after that):
+- ``liveness:epoch``: the broker's epoch, a random id set once by the first worker to take a
+  lease (``SET NX``, no expiry; ``noeviction`` keeps it). Read with every lease: a different or
+  missing one after a reconnect means the broker lost its data meanwhile (``app.consumer``).
 
-- ``L/2``: without a successful refresh since, the liveness is lost; the consumer's event loop
-  (a timer every ``L/15`` s) then handles it as a lost broker connection: it cancels its running
-  tasks without writing anything, drops what it had prefetched, reconnects, takes a new lease and
-  puts its own set back on the queues before it consumes again.
+Deadlines, on the worker's own monotonic clock, from the moment it sent its last successful
+refresh (the key expires ``L`` after Redis received it, so no sooner than ``L`` after that).
+Three parties, none waiting on another: the refresher thread only refreshes (network I/O, each
+step bounded: name resolution by ``BoundedResolver``, connect and reply by timeouts); the event
+loop and a watchdog thread read the clock and decide, without I/O, so a refresher stuck anywhere
+cannot hold the decision back:
+
+- ``L/2``: without a successful refresh since, the liveness is lost, decided by whichever of the
+  event loop (a timer every ``L/15`` s) and the watchdog checks first. The event loop then handles
+  it as a lost broker connection: it cancels its running tasks without writing anything, drops
+  what it had prefetched, reconnects, takes a new lease and puts its own set back on the queues
+  before it consumes again.
 - ``3L/4``: if the liveness was lost and the event loop has not done that (it may be stuck in a
-  blocking call), the thread SIGKILLs the pool processes itself, once. The thread checks every
-  ``L/15`` s and a refresh waits at most ``L/15`` s, so that happens by ``0.89 L``: before the
-  key can expire. A refresh that finds the key gone (the worker was paused, or starved, past
-  ``L``) loses the liveness and kills at once.
+  blocking call), the watchdog SIGKILLs the pool processes itself, once. It checks every ``L/15``
+  s and does nothing else, so that happens by ``0.82 L``: before the key can expire. A refresh
+  that finds the key gone (the worker was paused, or starved, past ``L``) loses the liveness and
+  the watchdog kills at its next check.
+
+A checker that finds it has itself not run for more than two ticks (the whole process was
+paused: a frozen container) decides no loss for three ticks, and never past ``3L/4``: a paused
+process's refresher, resumed too, gets that long to find its key still there, and then nothing
+is lost.
 """
 
 from __future__ import annotations
@@ -38,9 +52,11 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -57,6 +73,8 @@ log = logging.getLogger(__name__)
 
 #: Every worker that may hold unacknowledged messages, as ``<pool>:<worker>``.
 REGISTRY_KEY = "liveness:workers"
+#: The broker's epoch (see the module docstring).
+EPOCH_KEY = "liveness:epoch"
 #: Seconds between two sweeps at most (see ``Deadlines.sweep_interval``).
 MAX_SWEEP_INTERVAL = 5.0
 
@@ -148,7 +166,7 @@ class Deadlines:
 
     @property
     def tick(self) -> float:
-        """Between two refreshes, and two checks of the event loop; also a refresh's timeout."""
+        """Between two refreshes, and two checks of the event loop and of the watchdog."""
         return self.timeout / 15
 
     @property
@@ -168,9 +186,10 @@ class Deadlines:
 
     @property
     def latest_kill(self) -> float:
-        """The latest the thread kills after a refresh it sent: a tick late and a refresh's
-        timeout on top of ``kill_after``. Must stay below ``timeout``."""
-        return self.kill_after + 2 * self.tick
+        """The latest the watchdog kills after the last successful refresh was sent: its check
+        comes at most a tick after ``kill_after`` (it does nothing else). Must stay below
+        ``timeout``."""
+        return self.kill_after + self.tick
 
     @property
     def recovery_bound(self) -> float:
@@ -185,8 +204,10 @@ RefreshOutcome = bool | None
 class Lease:
     """This worker's liveness as the worker itself knows it. Thread-safe.
 
-    ``acquire`` runs in the event loop's thread (the consumer, before it consumes); ``tick`` on
-    the liveness thread; ``lost`` is read by both.
+    ``acquire`` runs in the event loop's thread (the consumer, before it consumes); ``refresh``
+    on the refresher thread; ``check`` in the event loop and on the watchdog thread, and
+    ``must_kill`` on the watchdog thread. Nothing here waits on network I/O while holding the
+    lock: a refresh runs between two short critical sections.
     """
 
     def __init__(
@@ -199,61 +220,104 @@ class Lease:
         self._lock = threading.Lock()
         #: When the last successful acquire or refresh was sent; None before the first acquire.
         self._refreshed_at: float | None = None
+        #: Counts acquires: a refresh sent under an older lease is not this lease's evidence.
+        self._generation = 0
         self._lost: str | None = None
         self._key_gone = False
         self._killed = False
+        #: When each checker (``check``'s ``checker``) last checked, and the earliest a loss
+        #: may be decided after one of them found the process had been paused.
+        self._checked_at: dict[str, float] = {}
+        self._acquired_at = float("-inf")
+        self._decide_after = float("-inf")
+        #: The broker's epoch read with the last acquire; None before the first.
+        self.epoch: str | None = None
 
     def acquire(self, client: redis.Redis) -> None:
-        """Take a fresh lease and register; from then on the thread keeps it alive."""
+        """Take a fresh lease and register; from then on the refresher keeps it alive. Reads
+        the broker's epoch, setting it first if nobody has (``epoch``)."""
         sent = self._clock()
         with client.pipeline() as pipe:
             pipe.set(self.keys.lease, f"pid {os.getpid()}",
                      px=int(self.deadlines.timeout * 1000))  # fmt: skip
             pipe.sadd(REGISTRY_KEY, self.keys.member)
-            pipe.execute()
+            # One transaction: of two workers setting it at once, both read the one that won.
+            pipe.set(EPOCH_KEY, secrets.token_hex(16), nx=True)
+            pipe.get(EPOCH_KEY)
+            *_, epoch = pipe.execute()
         with self._lock:
             self._refreshed_at = sent
+            self._generation += 1
             self._lost = None
             self._key_gone = self._killed = False
+            self._acquired_at = sent
+            self._decide_after = float("-inf")
+            self.epoch = bytes_to_str(epoch)
 
     def lost(self) -> str | None:
-        """Why the liveness is lost, or None while it holds."""
+        """Why the liveness is lost, or None while it holds (as last decided; see ``check``)."""
         with self._lock:
             return self._lost
 
-    def tick(self, refresh: Callable[[], RefreshOutcome]) -> bool:
-        """One round of the liveness thread: refresh, then check the deadlines.
+    def check(self, checker: str) -> str | None:
+        """Decide from the clock alone whether the liveness is lost; return why, or None.
 
-        ``refresh`` extends the key by the full timeout. Returns True when the worker must kill
-        its pool processes now (once per loss).
+        ``checker`` names who asks (the event loop, the watchdog). One that finds it has itself
+        not run for more than two ticks (the process was paused) gives the refresher, resumed
+        too, three ticks (its interval and a refresh's timeouts) to refresh before a loss is
+        decided, never past ``kill_after``.
         """
         with self._lock:
-            held_since, lost = self._refreshed_at, self._lost
-        if held_since is None:
-            return False
-        if lost is None:  # once lost, the key is left to expire: only the consumer retakes it
-            sent = self._clock()
-            extended = refresh()
-            with self._lock:
-                if self._refreshed_at != held_since:
-                    return False  # the consumer took a new lease meanwhile
-                if extended:
-                    self._refreshed_at = sent
-                elif extended is False:
-                    self._lose("its liveness key had expired: the worker was paused or starved "
-                               "for longer than the liveness timeout")  # fmt: skip
-                    self._key_gone = True
+            now = self._clock()
+            # Since its last check, or the lease if later: the event loop's checks start with it.
+            previous = max(self._checked_at.get(checker, self._acquired_at), self._acquired_at)
+            self._checked_at[checker] = now
+            tick = self.deadlines.tick
+            if now - previous > 2 * tick:
+                self._decide_after = max(self._decide_after, now + 3 * tick)
+            if self._lost is None and self._refreshed_at is not None:
+                silent = now - self._refreshed_at
+                if silent >= self.deadlines.lost_after and (
+                    now >= self._decide_after or silent >= self.deadlines.kill_after
+                ):
+                    self._lose(f"no successful refresh of its liveness key for {silent:.1f} s")
+            return self._lost
+
+    def must_kill(self) -> bool:
+        """The watchdog's check: True when the worker must kill its pool processes now (once
+        per loss): the liveness is lost and its key gone, or ``kill_after`` has passed."""
+        self.check("watchdog")
         with self._lock:
-            assert self._refreshed_at is not None
-            silent = self._clock() - self._refreshed_at
-            if self._lost is None and silent >= self.deadlines.lost_after:
-                self._lose(f"no successful refresh of its liveness key for {silent:.1f} s")
-            if self._lost is None or self._killed:
+            if self._lost is None or self._killed or self._refreshed_at is None:
                 return False
+            silent = self._clock() - self._refreshed_at
             if self._key_gone or silent >= self.deadlines.kill_after:
                 self._killed = True
                 return True
             return False
+
+    def refresh(self, extend: Callable[[], RefreshOutcome]) -> RefreshOutcome:
+        """One refresh (the refresher thread): ``extend`` extends the key by the full timeout;
+        its outcome is recorded unless a new lease was taken meanwhile. Once the liveness is
+        lost the key is left to expire (only the consumer takes a new lease): returns None."""
+        with self._lock:
+            generation, lost = self._generation, self._lost
+            if self._refreshed_at is None or lost is not None:
+                return None
+        sent = self._clock()
+        extended = extend()
+        with self._lock:
+            if self._generation != generation:
+                return None  # the consumer took a new lease meanwhile
+            if extended:
+                # Late news is still news: the key was there, so nobody can have taken anything
+                # (unless the loss was decided meanwhile: lost stays lost).
+                self._refreshed_at = sent
+            elif extended is False and self._lost is None:
+                self._lose("its liveness key had expired: the worker was paused or starved "
+                           "for longer than the liveness timeout")  # fmt: skip
+                self._key_gone = True
+        return extended
 
     def _lose(self, reason: str) -> None:
         self._lost = reason
@@ -264,22 +328,122 @@ class Lease:
         )
 
 
-class LeaseRefresher:
-    """The liveness thread's Redis side: ``PEXPIRE`` within one tick, or no answer.
+def lease_of(worker: Any) -> Lease:
+    """A worker's lease: ``app.celery_app`` gives every worker process one, as ``liveness``."""
+    lease: Lease = worker.liveness
+    return lease
 
-    A client of its own (redis-py is thread-safe, kombu's connections are not), with no retries
-    and timeouts of half a tick each for connecting and for the answer, so a refresh never holds
-    up the deadline checks by more than a tick.
+
+#: One ``getaddrinfo`` query: (host, port, family, type, proto, flags).
+AddressQuery = tuple[str, int, int, int, int, int]
+AddressInfo = list[tuple[Any, ...]]
+
+
+class BoundedResolver:
+    """``getaddrinfo`` that answers within ``timeout`` seconds.
+
+    ``socket_connect_timeout`` does not cover the name lookup before the connect, which the
+    system resolver may stretch to its own timeouts times its attempts times the name servers.
+    Here each lookup runs on a daemon thread of its own and the caller waits at most
+    ``timeout``: then it gets the last answer for the same query, if there is one (an
+    ElastiCache endpoint's address changes only at a failover, and a stale one fails that
+    connection, nothing worse), or ``socket.timeout``. A lookup still running is joined, not
+    repeated, so a resolver that hangs costs one thread, not one per call.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._lookups: dict[AddressQuery, Future[AddressInfo]] = {}
+        self._answers: dict[AddressQuery, AddressInfo] = {}
+
+    def getaddrinfo(self, host: str, port: int, family: int = 0, type: int = 0,
+                    proto: int = 0, flags: int = 0) -> AddressInfo:  # fmt: skip
+        query: AddressQuery = (host, port, family, type, proto, flags)
+        with self._lock:
+            lookup = self._lookups.get(query)
+            if lookup is None:
+                lookup = self._lookups[query] = Future()
+                threading.Thread(target=self._look_up, args=(query, lookup),
+                                 name="liveness-resolver", daemon=True).start()  # fmt: skip
+        try:
+            return lookup.result(timeout=self.timeout)
+        except OSError as error:  # the lookup failed, or TimeoutError: it takes too long
+            with self._lock:
+                known = self._answers.get(query)
+            if known is None:
+                if isinstance(error, TimeoutError):
+                    message = f"no address for {host} within {self.timeout:g} s"
+                    raise TimeoutError(message) from error
+                raise
+            log.warning("liveness: resolving %s: %r; using its last address", host, error)
+            return known
+
+    def _look_up(self, query: AddressQuery, lookup: Future[AddressInfo]) -> None:
+        try:
+            answer = socket.getaddrinfo(*query)
+        except OSError as error:
+            with self._lock:
+                del self._lookups[query]
+            lookup.set_exception(error)
+        else:
+            with self._lock:
+                del self._lookups[query]
+                self._answers[query] = answer
+            lookup.set_result(answer)
+
+
+class ResolvedConnection(redis.Connection):
+    """redis-py's TCP connection, resolving its host with a ``BoundedResolver``: each address
+    is handed to redis-py's own connect as a numeric host (which needs no lookup), and the name
+    is back in ``host`` before anything else reads it (TLS checks the certificate against it)."""
+
+    def __init__(self, *, resolver: BoundedResolver, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]  # redis-py: untyped
+        self.resolver = resolver
+
+    def _connect(self) -> socket.socket:
+        name = self.host
+        answers = self.resolver.getaddrinfo(name, self.port, self.socket_type,
+                                            socket.SOCK_STREAM)  # fmt: skip
+        failure: OSError = OSError(f"getaddrinfo returned no address for {name}")
+        try:
+            for *_, address in answers:
+                self.host = address[0]
+                try:
+                    connected = super()._connect()  # type: ignore[no-untyped-call]
+                    return cast(socket.socket, connected)
+                except OSError as error:
+                    failure = error
+        finally:
+            self.host = name
+        raise failure
+
+
+class ResolvedSSLConnection(redis.SSLConnection, ResolvedConnection):
+    """The same for ``rediss://``: TLS wraps the socket ``ResolvedConnection`` connected."""
+
+
+class LeaseRefresher:
+    """The refresher's Redis side: one ``PEXPIRE``, each step of it bounded.
+
+    A client of its own (redis-py is thread-safe, kombu's connections are not), with no retries,
+    the name lookup bounded (``BoundedResolver``) and timeouts of half a tick for connecting and
+    for the answer. None of that bounds the decision, which never waits for a refresh (``Lease``);
+    it keeps a slow resolver or network from costing the lease when a refresh could succeed.
     """
 
     def __init__(self, broker_url: str, lease_key: str, deadlines: Deadlines) -> None:
         self.lease_key = lease_key
         self.ttl_ms = int(deadlines.timeout * 1000)
+        tls = broker_url.startswith("rediss://")
         self.client = redis.Redis.from_url(
             broker_url,
             socket_timeout=deadlines.tick / 2,
             socket_connect_timeout=deadlines.tick / 2,
             retry=Retry(NoBackoff(), 0),
+            connection_class=ResolvedSSLConnection if tls else ResolvedConnection,
+            resolver=BoundedResolver(deadlines.tick / 2),
         )
         self._failing = False
 
@@ -311,17 +475,39 @@ def kill_pool_processes(pool: Any) -> int:
     return len(pids)
 
 
+class LivenessThreads:
+    """The refresher and the watchdog, started and stopped together (a bootstep's ``obj``).
+
+    Neither ever waits for a fork (``gate_first_call=False``): the refresher's imports are done
+    before the pool forks (its client is made in ``LivenessStep.create``, the IDNA codec by
+    ``app.periodic``), and the watchdog only reads the clock, logs and signals.
+    """
+
+    def __init__(self, refresher: PeriodicThread, watchdog: PeriodicThread) -> None:
+        self.refresher = refresher
+        self.watchdog = watchdog
+
+    def start(self) -> None:
+        self.refresher.start()
+        self.watchdog.start()
+
+    def stop(self) -> None:
+        self.watchdog.stop()
+        self.refresher.stop()
+
+
 class LivenessStep(bootsteps.StartStopStep):
-    """Worker bootstep: the liveness thread (``app.periodic``) of the main process.
+    """Worker bootstep: the refresher and the watchdog threads of the main process.
 
-    Why a thread and not the event loop's timer: the timer would be evidence that the loop runs,
-    but a loop that is merely busy or blocked for a while must keep its tasks (they run in the
-    pool's processes meanwhile), and only a thread can still stop those tasks when the loop
-    cannot. A loop that hangs for good keeps its lease, and its messages come back after the
-    visibility timeout, or sooner when the container health check (the heartbeat touched from
-    the loop) gets the container replaced.
+    Why threads and not the event loop's timer: a refresh from the timer would be evidence that
+    the loop runs, but a loop that is merely busy or blocked for a while must keep its tasks
+    (they run in the pool's processes meanwhile), and only a thread can still stop those tasks
+    when the loop cannot. A loop that hangs for good keeps its lease, and its messages come
+    back after the visibility timeout, or sooner when the container health check (the heartbeat
+    touched from the loop) gets the container replaced. Two threads, so that the one that stops
+    tasks never waits for the one that talks to Redis.
 
-    The thread runs until the process exits: a warm shutdown's last tasks keep their lease, and
+    The threads run until the process exits: a warm shutdown's last tasks keep their lease, and
     the key expires ``L`` after the exit.
     """
 
@@ -329,20 +515,27 @@ class LivenessStep(bootsteps.StartStopStep):
     label = "Liveness"
 
     # celery-types has Step.create return None; StartStopStep keeps what it returns as its obj.
-    def create(self, worker: Any) -> PeriodicThread:  # type: ignore[override]
+    def create(self, worker: Any) -> LivenessThreads:  # type: ignore[override]
         lease: Lease = worker.liveness
-        refresh = LeaseRefresher(worker.app.conf.broker_url, lease.keys.lease, lease.deadlines)
+        extend = LeaseRefresher(worker.app.conf.broker_url, lease.keys.lease, lease.deadlines)
 
-        def tick() -> None:
+        def refresh() -> None:
+            lease.refresh(extend)
+
+        def watch() -> None:
             # Nothing to stop when the event loop already cancelled every running task.
-            if lease.tick(refresh) and worker_state.active_requests:
+            if lease.must_kill() and worker_state.active_requests:
                 killed = kill_pool_processes(worker.pool)
                 log.error(
                     "liveness lost and not yet handled by the event loop: killed the %d pool "
                     "process(es), so that no task of this worker runs on", killed,
                 )
 
-        return PeriodicThread("liveness", lease.deadlines.tick, tick)
+        tick = lease.deadlines.tick
+        return LivenessThreads(
+            PeriodicThread("liveness-refresh", tick, refresh, gate_first_call=False),
+            PeriodicThread("liveness-watchdog", tick, watch, gate_first_call=False),
+        )
 
     def stop(self, parent: Any) -> None:
         """Deliberately nothing: see the class docstring."""
@@ -352,7 +545,8 @@ class LivenessStep(bootsteps.StartStopStep):
 
 class ConsumerLiveness(bootsteps.StartStopStep):
     """Consumer bootstep: takes the lease before the consumer consumes, and from the event loop
-    turns a lost liveness into a lost connection (``LivenessLost``)."""
+    turns a lost liveness into a lost connection (``LivenessLost``), deciding the loss from the
+    clock itself (``Lease.check``): a stuck refresher cannot hold it back."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
     label = "Liveness lease"
@@ -367,7 +561,7 @@ class ConsumerLiveness(bootsteps.StartStopStep):
             lease.acquire(client)
 
         def check() -> None:
-            reason = lease.lost()
+            reason = lease.check("event loop")
             if reason is not None:
                 raise LivenessLost(f"liveness lost: {reason}")
 

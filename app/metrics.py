@@ -332,8 +332,9 @@ class QueueMetricsStep(bootsteps.StartStopStep):
     Register with ``app.steps["worker"].add(QueueMetricsStep)`` when
     ``CELERY_METRICS_NAMESPACE`` is set. Publishes from a thread of the main process
     (``app.periodic``): a broker round trip and a CloudWatch call must not hold up the worker's
-    event loop. Both are bounded by timeouts, so a fork of the pool (which waits for the round
-    in progress, ``app.periodic.FORK_GATE``) and the worker's stop wait at most that long.
+    event loop. Both are bounded by timeouts, so the worker's stop waits at most that long, and
+    so does a fork of the pool during the thread's first round (the only one it holds
+    ``app.periodic.FORK_GATE`` for).
     """
 
     # Threads start once the pool has forked its children (see ``app.periodic``).

@@ -118,6 +118,29 @@ class Recovery:
             )  # fmt: skip
         return restored
 
+    def restore_lost(self, channel: Any, held: Sequence[Any]) -> int:
+        """Put back the messages (kombu's, in delivery order) this worker held at a lost
+        connection when the broker has lost its data since (``app.consumer``): the worker's
+        memory is then their only record. Each goes to the head of its queue, the oldest first
+        in line, in one transaction; one still in the worker's own set is left to
+        ``restore_own`` (the data was not lost after all: the epoch key alone was)."""
+        with channel.conn_or_acquire() as client:
+            recorded = {bytes_to_str(tag) for tag in client.hkeys(self.keys.unacked.hash)}
+            lost = [m for m in held if m.delivery_tag not in recorded]
+            with client.pipeline() as pipe:
+                for message in reversed(lost):  # RPUSH, newest first: the oldest ends first
+                    delivery = message.delivery_info
+                    channel._do_restore_message(message._raw, delivery["exchange"],
+                                                delivery["routing_key"], pipe)  # fmt: skip
+                pipe.execute()
+        if lost:
+            log.warning(
+                "the broker lost its data while this worker was disconnected: the %d "
+                "message(s) it held, known only to this worker, are back at the head of "
+                "their queues", len(lost),
+            )  # fmt: skip
+        return len(lost)
+
     def sweep(self, channel: Any) -> None:
         """Both passes of the module docstring."""
         with channel.conn_or_acquire() as client:

@@ -53,14 +53,14 @@ class RedisServer:
         shutdown, loaded at start), as ElastiCache keeps it across a node restart.
         ``down_until``: stay down longer, until it returns True (at most 60 s more).
         ``keep_data=False``: it comes back empty, as a node without persistence or replica does
-        (and without its script cache, as always)."""
+        (ElastiCache has no AOF; the dev stack has no replica), and without its script cache."""
         client = redis.Redis(port=self.port, socket_connect_timeout=2)
         # The server closes the connection as it exits: that error is the expected answer.
         with contextlib.suppress(redis.ConnectionError):
             client.shutdown(save=keep_data, nosave=not keep_data)
         self.process.wait(timeout=timeout)
-        if not keep_data:
-            (self.workdir / "dump.rdb").unlink(missing_ok=True)  # an earlier restart's
+        if not keep_data:  # nor what an earlier restart saved
+            (self.workdir / "dump.rdb").unlink(missing_ok=True)
         time.sleep(downtime)
         deadline = time.monotonic() + DOWN_UNTIL_LIMIT
         while down_until is not None and not down_until():

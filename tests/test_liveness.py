@@ -8,8 +8,10 @@ transport and left unacknowledged. Real workers dying and pausing are in
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -31,9 +33,12 @@ from kombu.utils.json import loads
 from app.celery_app import app, settings
 from app.consumer import RestoreLostDeliveries
 from app.liveness import (
+    EPOCH_KEY,
     REGISTRY_KEY,
+    BoundedResolver,
     Deadlines,
     Lease,
+    LeaseRefresher,
     LivenessStep,
     UnackedSet,
     WorkerKeys,
@@ -107,6 +112,14 @@ def test_acquiring_sets_the_key_with_its_time_to_live_and_registers(
     assert redis_client.smembers(REGISTRY_KEY) == {lease.keys.member}
 
 
+def tick(lease: Lease, refresh: Refreshes) -> bool:
+    """One round of the worker's three parties, each a tick apart on the fake clock: the
+    refresher, the event loop's check, the watchdog's (which returns whether it kills)."""
+    lease.refresh(refresh)
+    lease.check("event loop")
+    return lease.must_kill()
+
+
 def test_failed_refreshes_lose_the_liveness_at_half_the_timeout_and_kill_at_three_quarters(
     lease: Lease, clock: FakeClock
 ) -> None:
@@ -114,7 +127,7 @@ def test_failed_refreshes_lose_the_liveness_at_half_the_timeout_and_kill_at_thre
     kills = []
     for _ in range(20):  # 20 x 1 s
         clock.now += 1
-        kills.append(lease.tick(failing))
+        kills.append(tick(lease, failing))
         if clock.now - 1000 < 7.5:
             assert lease.lost() is None
     assert lease.lost() is not None
@@ -129,7 +142,7 @@ def test_a_refresh_that_succeeds_late_keeps_the_liveness(lease: Lease, clock: Fa
     # A pause past half the timeout but short of it: the key is still there, so no one could
     # have taken anything, and nothing is cancelled.
     clock.now += 12
-    assert lease.tick(Refreshes(clock, answer=True)) is False
+    assert tick(lease, Refreshes(clock, answer=True)) is False
     assert lease.lost() is None
 
 
@@ -137,7 +150,7 @@ def test_a_refresh_that_finds_the_key_gone_loses_the_liveness_and_kills_at_once(
     lease: Lease, clock: FakeClock
 ) -> None:
     clock.now += 1
-    assert lease.tick(Refreshes(clock, answer=False)) is True
+    assert tick(lease, Refreshes(clock, answer=False)) is True
     assert "expired" in str(lease.lost())
 
 
@@ -145,20 +158,125 @@ def test_acquiring_again_resets_the_loss(
     lease: Lease, clock: FakeClock, redis_client: redis.Redis
 ) -> None:
     clock.now += 1
-    lease.tick(Refreshes(clock, answer=False))
+    tick(lease, Refreshes(clock, answer=False))
     lease.acquire(redis_client)
     assert lease.lost() is None
     clock.now += 1
-    assert lease.tick(Refreshes(clock, answer=True)) is False
+    assert tick(lease, Refreshes(clock, answer=True)) is False
 
 
 def test_nothing_happens_before_the_first_acquire(clock: FakeClock) -> None:
     lease = Lease(WorkerKeys("default", "w/1"), Deadlines(15), clock=clock)
     refreshes = Refreshes(clock, answer=None)
     clock.now += 100
-    assert lease.tick(refreshes) is False
+    assert tick(lease, refreshes) is False
     assert refreshes.calls == []
     assert lease.lost() is None
+
+
+def test_a_stuck_refresher_holds_back_neither_the_loss_nor_the_kill(
+    lease: Lease, clock: FakeClock
+) -> None:
+    # The refresher blocks inside its refresh (a frozen socket read, a lookup that hangs); the
+    # event loop and the watchdog decide from the clock, at once, while it is still blocked.
+    entered, release = threading.Event(), threading.Event()
+
+    def frozen() -> bool:
+        entered.set()
+        release.wait(30)
+        return True
+
+    refresher = threading.Thread(target=lease.refresh, args=(frozen,))
+    refresher.start()
+    try:
+        assert entered.wait(10)
+        kills = []
+        for second in range(1, 13):
+            clock.now += 1
+            assert (lease.check("event loop") is None) == (second < 7.5), second
+            kills.append(lease.must_kill())
+        assert kills.index(True) + 1 == 12  # the first check at or past 11.25 s
+        assert refresher.is_alive()  # all of that while the refresh was still blocked
+    finally:
+        release.set()
+        refresher.join(10)
+    # Its late success changes nothing: the loss was decided, and stands until a new lease.
+    assert lease.lost() is not None
+
+
+@pytest.mark.parametrize("checked_before", [True, False], ids=["checked", "just leased"])
+def test_a_checker_that_was_paused_itself_leaves_the_refresher_three_ticks(
+    lease: Lease, clock: FakeClock, checked_before: bool
+) -> None:
+    # The whole process frozen for 8 s (under L = 15 s): the key is still there. The event
+    # loop and the watchdog, resumed, do not decide before the refresher, resumed too, could
+    # refresh: it may first have to time out the call the pause interrupted. Also when the
+    # pause came before their first check of the lease.
+    if checked_before:
+        lease.check("event loop")
+        lease.must_kill()
+    clock.now += 8
+    assert lease.check("event loop") is None
+    assert lease.must_kill() is False
+    clock.now += 1
+    assert lease.check("event loop") is None
+    lease.refresh(Refreshes(clock, answer=True))
+    clock.now += 1
+    assert lease.check("event loop") is None
+    assert lease.lost() is None
+
+
+def test_a_paused_checkers_grace_ends_after_three_ticks_and_never_past_three_quarters(
+    clock: FakeClock, redis_client: redis.Redis
+) -> None:
+    for pause, decided_at in [(8.0, 8.0 + 3), (10.0, 11.25)]:
+        lease = Lease(WorkerKeys("default", "w/1"), Deadlines(15), clock=clock)
+        lease.acquire(redis_client)
+        start = clock.now
+        lease.check("event loop")
+        clock.now += pause
+        while lease.check("event loop") is None:  # the refresher never succeeds
+            clock.now += 0.25
+        assert clock.now - start == pytest.approx(decided_at, abs=0.25)
+
+
+def test_a_lease_taken_meanwhile_ignores_the_older_leases_refresh(
+    lease: Lease, clock: FakeClock, redis_client: redis.Redis
+) -> None:
+    def answer_after_a_new_lease() -> bool:
+        lease.acquire(redis_client)  # the consumer, while this refresh was in flight
+        return False  # what the older lease's refresh found: its key gone
+
+    assert lease.refresh(answer_after_a_new_lease) is None
+    assert lease.lost() is None
+
+
+def test_every_lease_reads_the_brokers_epoch_which_is_set_once(
+    redis_client: redis.Redis,
+) -> None:
+    workers = [Lease(WorkerKeys("default", f"w/{n}"), Deadlines(15)) for n in range(8)]
+    start = threading.Barrier(len(workers))
+
+    def acquire(lease: Lease) -> None:
+        client = redis.Redis(port=port_of(redis_client))  # a connection of its own
+        start.wait()
+        lease.acquire(client)
+
+    with ThreadPoolExecutor(len(workers)) as pool:
+        list(pool.map(acquire, workers))
+
+    [epoch] = {lease.epoch for lease in workers}  # all at once, one epoch
+    assert epoch and redis_client.get(EPOCH_KEY) == epoch
+    assert redis_client.ttl(EPOCH_KEY) == -1  # never expires
+    workers[0].acquire(redis_client)
+    assert workers[0].epoch == epoch  # the broker kept its data: the same epoch
+    redis_client.flushall()  # a broker back without its data
+    workers[0].acquire(redis_client)
+    assert workers[0].epoch not in (None, epoch)
+
+
+def port_of(client: redis.Redis) -> int:
+    return int(client.connection_pool.connection_kwargs["port"])
 
 
 # --- sets of unacknowledged messages, as workers leave them -------------------------------------
@@ -538,11 +656,12 @@ def test_the_thread_kills_the_pool_processes_once_when_tasks_still_run_at_three_
             app=SimpleNamespace(conf=SimpleNamespace(broker_url=unreachable)),
         )  # fmt: skip
         monkeypatch.setattr(worker_state, "active_requests", {"a running request"})
-        thread = LivenessStep(SimpleNamespace()).create(worker)
+        threads = LivenessStep(SimpleNamespace()).create(worker)
 
         for second in range(1, 20):
             clock.now += 1
-            thread.function()
+            threads.refresher.function()
+            threads.watchdog.function()
             if second < 11.25:
                 assert child.poll() is None, f"killed at {second} s"
         assert child.wait(timeout=10) == -signal.SIGKILL
@@ -562,7 +681,7 @@ def test_acknowledgements_whose_reply_was_lost_are_sent_again_before_the_own_set
     lease = Lease(keys, Deadlines(15))
     with app.connection_for_read(redis_url, transport_options=keys.transport_options()) as conn:
         consumer = SimpleNamespace(
-            unconfirmed_acks=[completed], connection=conn,
+            unconfirmed_acks=[completed], connection=conn, held_at_loss=[], held_epoch=None,
             controller=SimpleNamespace(liveness=lease, app=app),
         )  # fmt: skip
         RestoreLostDeliveries(SimpleNamespace()).start(consumer)
@@ -572,3 +691,149 @@ def test_acknowledgements_whose_reply_was_lost_are_sent_again_before_the_own_set
     assert loads(redis_client.lindex(QUEUE, 0))["properties"]["delivery_tag"] == held
     assert redis_client.hlen(keys.unacked.hash) == 0
     assert consumer.unconfirmed_acks == []
+
+
+def held_messages(url: str, keys: WorkerKeys, count: int) -> list[Any]:
+    """Take ``count`` messages as ``keys``'s worker and keep kombu's messages, as a consumer
+    keeps them in memory."""
+    with worker_channel(url, keys) as channel:
+        messages = [channel.basic_get(QUEUE) for _ in range(count)]
+        channel.qos._delivered.clear()
+        channel.close()
+    return messages
+
+
+def restore_after_reconnect(url: str, lease: Lease, held: list[Any], epoch: str | None) -> None:
+    """What the consumer does once reconnected: its lease, then ``RestoreLostDeliveries``
+    (the queue declared again first, as Celery's consumer does before)."""
+    with app.connection_for_read(url, transport_options=lease.keys.transport_options()) as conn:
+        Queue(QUEUE, exchange=app.amqp.queues[QUEUE].exchange, routing_key=QUEUE)(
+            conn.default_channel
+        ).declare()
+        with conn.default_channel.conn_or_acquire() as client:
+            lease.acquire(client)
+        consumer = SimpleNamespace(
+            unconfirmed_acks=[], connection=conn, held_at_loss=held, held_epoch=epoch,
+            controller=SimpleNamespace(liveness=lease, app=app),
+        )  # fmt: skip
+        RestoreLostDeliveries(SimpleNamespace()).start(consumer)
+        assert consumer.held_at_loss == [] and consumer.held_epoch is None
+
+
+def test_messages_held_when_the_broker_lost_its_data_go_back_from_memory_oldest_first(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    keys = WorkerKeys("default", "w/1")
+    lease = Lease(keys, Deadlines(15))
+    lease.acquire(redis_client)
+    published = publish_noops(redis_url, 3)
+    held = held_messages(redis_url, keys, 3)
+    epoch_at_loss = lease.epoch
+
+    redis_client.flushall()  # the broker restarts without its data: set, queues, epoch gone
+    restore_after_reconnect(redis_url, lease, held, epoch_at_loss)
+
+    assert lease.epoch != epoch_at_loss
+    assert queued_task_ids(redis_client) == published  # each once, oldest first in line
+    assert all(loads(raw)["headers"]["redelivered"] for raw in redis_client.lrange(QUEUE, 0, -1))
+
+
+def test_messages_held_when_the_broker_kept_its_data_go_back_from_the_set_only(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    keys = WorkerKeys("default", "w/1")
+    lease = Lease(keys, Deadlines(15))
+    lease.acquire(redis_client)
+    published = publish_noops(redis_url, 3)
+    held = held_messages(redis_url, keys, 3)
+
+    restore_after_reconnect(redis_url, lease, held, lease.epoch)  # same epoch: data kept
+
+    assert queued_task_ids(redis_client) == published  # from the set, each once
+    assert redis_client.hlen(keys.unacked.hash) == 0
+
+
+# --- name lookups that hang ---------------------------------------------------------------------
+
+
+def is_numeric(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class HangingLookups:
+    """``socket.getaddrinfo`` that answers at once until ``hang`` is set, then blocks until
+    ``release`` is set; counts the lookups it was asked for. A numeric host is answered at
+    once, as the system resolver does: it asks no name server."""
+
+    def __init__(self) -> None:
+        self.real = socket.getaddrinfo
+        self.hang, self.release = threading.Event(), threading.Event()
+        self.calls = 0
+
+    def __call__(self, host: str, *args: Any, **kwargs: Any) -> Any:
+        if is_numeric(host):
+            return self.real(host, *args, **kwargs)
+        self.calls += 1
+        if self.hang.is_set():
+            self.release.wait(30)
+        return self.real(host, *args, **kwargs)
+
+
+@pytest.fixture
+def lookups(monkeypatch: pytest.MonkeyPatch) -> Iterator[HangingLookups]:
+    hanging = HangingLookups()
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    yield hanging
+    hanging.release.set()
+
+
+def test_a_lookup_that_hangs_is_cut_at_its_timeout_and_joined_not_repeated(
+    lookups: HangingLookups,
+) -> None:
+    resolver = BoundedResolver(timeout=0.3)
+    lookups.hang.set()
+    for _ in range(3):
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="no address for localhost"):
+            resolver.getaddrinfo("localhost", 6379, 0, socket.SOCK_STREAM)
+        assert time.monotonic() - started < 2
+    assert lookups.calls == 1  # one lookup hangs; the later calls wait for it, within bounds
+    lookups.release.set()
+    deadline = time.monotonic() + 10
+    while True:  # its answer, once it comes, is the next call's
+        try:
+            assert resolver.getaddrinfo("localhost", 6379, 0, socket.SOCK_STREAM)
+            break
+        except TimeoutError:
+            assert time.monotonic() < deadline
+
+
+def test_a_lookup_that_hangs_gets_the_last_answer(lookups: HangingLookups) -> None:
+    resolver = BoundedResolver(timeout=0.3)
+    answer = resolver.getaddrinfo("localhost", 6379, 0, socket.SOCK_STREAM)
+    lookups.hang.set()
+    started = time.monotonic()
+    assert resolver.getaddrinfo("localhost", 6379, 0, socket.SOCK_STREAM) == answer
+    assert time.monotonic() - started < 2
+
+
+def test_the_refresher_reconnects_within_a_tick_while_lookups_hang(
+    redis_server: Any, redis_client: redis.Redis, lookups: HangingLookups
+) -> None:
+    deadlines = Deadlines(6)
+    lease = Lease(WorkerKeys("default", "w/1"), deadlines)
+    lease.acquire(redis_client)
+    extend = LeaseRefresher(f"redis://localhost:{redis_server.port}/0", lease.keys.lease,
+                            deadlines)  # fmt: skip
+    assert extend() is True
+    lookups.hang.set()
+    redis_client.client_kill_filter(_type="normal", skipme=True)  # every connection drops
+
+    started = time.monotonic()
+    assert extend() is True
+    assert time.monotonic() - started < deadlines.tick * 2
+    assert 5_000 < redis_client.pttl(lease.keys.lease) <= 6_000

@@ -3,7 +3,8 @@
 The prefork pool forks from the worker's main process, where ``app.periodic`` threads run the
 unacked sweep, task protection and backlog metrics. A fork while one of them holds a lock (here:
 a module's import lock, the lock a real child hung on in ``getaddrinfo`` -> ``encodings``)
-leaves the child blocked forever. ``FORK_GATE`` makes every fork wait for calls in progress.
+leaves the child blocked forever. ``FORK_GATE`` makes every fork wait for a thread's first call
+(the imports happen then), and for nothing else.
 """
 
 from __future__ import annotations
@@ -96,6 +97,51 @@ def test_work_does_not_start_while_a_fork_is_in_progress() -> None:
         time.sleep(0.01)
     thread.stop()
     assert len(calls) == 1
+
+
+def test_a_fork_does_not_wait_for_a_later_call_in_progress() -> None:
+    # After the first call (the imports), a call waits on I/O holding nothing a child needs:
+    # a fork must not wait for it (a sweep's Redis round trips: seconds), or the event loop that
+    # forks, and the liveness, would wait too.
+    calls, in_second_call, release = [], threading.Event(), threading.Event()
+
+    def call() -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 2:
+            in_second_call.set()
+            release.wait(30)  # a round trip that takes its time
+
+    thread = PeriodicThread("slow-io", 0.01, call)
+    thread.start()
+    try:
+        assert in_second_call.wait(10)
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        forked_in = time.monotonic() - started
+        assert wait_for_child(pid, CHILD_DEADLINE) == 0
+    finally:
+        release.set()
+        thread.stop()
+    assert forked_in < 1.0, f"the fork waited {forked_in:.1f} s for a call in progress"
+
+
+def test_a_thread_that_never_holds_the_gate_runs_during_a_fork() -> None:
+    from app.periodic import FORK_GATE
+
+    calls: list[float] = []
+    FORK_GATE.before_fork()
+    thread = PeriodicThread("watchdog", 0.01, lambda: calls.append(1.0), gate_first_call=False)
+    try:
+        thread.start()
+        deadline = time.monotonic() + 10
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(calls) >= 3
+    finally:
+        FORK_GATE.after_fork_in_parent()
+        thread.stop()
 
 
 FRESH_STARTS = 5
