@@ -7,9 +7,9 @@ program renders for the stack's default pool (``bench.worker_budget.project_work
 database of its own of one redis-server on the twin's bridge: metrics off, metrics on as deployed
 (a round every 10 s) and metrics on every 0.1 s (a hundred times as often: an upper bound on the
 cost). Each round ends in its PutMetricData call, to moto's server (a stand-in of the CloudWatch
-API, ``devtools.cloudwatch_server``) on the twin's bridge: the publishing workers get its
-endpoint, a region and test credentials as environment overrides, where Fargate would give the
-region and the task role. The rendered definition publishes (it names the stack's namespace)
+API, ``devtools.aws_standin``) on the twin's bridge: the publishing workers get its
+endpoint, a region and stand-in credentials as environment overrides, where Fargate would give
+the region and the task role. The rendered definition publishes (it names the stack's namespace)
 and no stack config key turns that off: "metrics off" is a container environment override that
 empties the namespace, and the 0.1 s worker a command override (both as a RunTask
 ``containerOverrides`` would be).
@@ -28,7 +28,6 @@ import sys
 import time
 from collections.abc import Mapping
 
-import botocore.session
 import celery
 import kombu
 import redis
@@ -47,7 +46,7 @@ from bench.worker_budget import (
     running_bench,
     table,
 )
-from devtools.cloudwatch_server import start_moto
+from devtools.aws_standin import AwsStandIn
 from devtools.rendered_worker import image
 from devtools.twin.container import Container
 from devtools.twin.image import image_venv
@@ -120,12 +119,12 @@ def main() -> int:
     print("Measuring (about two minutes)...", file=sys.stderr, flush=True)
     image_venv(image())  # built once per set of requirements, before anything is timed
     with running_bench() as bench:
-        moto = start_moto(bench.workdir, host=HOST_ADDRESS)
+        cloudwatch = AwsStandIn(HOST_ADDRESS)
         try:
-            rates = measure(bench, moto.environment())
-            sent = moto_received_backlog(moto.url)
+            rates = measure(bench, cloudwatch.environment())
+            sent = received_backlog(cloudwatch)
         finally:
-            moto.stop()
+            cloudwatch.stop()
         if not sent:
             raise RuntimeError("no Backlog datapoint reached the CloudWatch stand-in")
         baseline = statistics.median(rates["metrics off"])
@@ -160,13 +159,9 @@ def main() -> int:
     return 0
 
 
-def moto_received_backlog(url: str) -> bool:
+def received_backlog(cloudwatch: AwsStandIn) -> bool:
     """Whether the stand-in holds a Backlog metric: proof the rounds went out."""
-    client = botocore.session.get_session().create_client(
-        "cloudwatch", region_name="us-east-1", endpoint_url=url,
-        aws_access_key_id="testing", aws_secret_access_key="testing",
-    )  # fmt: skip
-    return bool(client.list_metrics(MetricName="Backlog")["Metrics"])
+    return bool(cloudwatch.client("cloudwatch").list_metrics(MetricName="Backlog")["Metrics"])
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
-import botocore.session
 import pytest
 import redis
 
@@ -43,14 +42,7 @@ from app.metrics import (
     write_to_stdout,
 )
 from app.transport import WAKE_PREFIX
-from devtools.cloudwatch_server import (
-    TEST_CREDENTIALS,
-    TEST_REGION,
-    HungEndpoint,
-    MotoServer,
-    ThrottlingEndpoint,
-    start_moto,
-)
+from devtools.aws_standin import AwsStandIn, HungEndpoint, ThrottlingEndpoint, sdk_environment
 from devtools.processes import start_process
 from devtools.redis_server import free_port
 from infra.containers import worker_command
@@ -312,35 +304,33 @@ def test_a_command_error_is_logged_not_raised(
 
 
 @pytest.fixture
-def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+def moto_server() -> Iterator[AwsStandIn]:
     """A server of its own per test: moto's GetMetricData ignores the namespace of a query that
     names dimensions, so tests sharing one could read each other's datapoints."""
-    server = start_moto(tmp_path_factory.mktemp("moto"))
+    server = AwsStandIn()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def cloudwatch_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    """This process's AWS settings as a task's: credentials, a region; the endpoint is the
-    test's."""
-    for name, value in {**TEST_CREDENTIALS, "AWS_REGION": TEST_REGION}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
-    yield monkeypatch
+def point_aws_sdk_at(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Points this process's AWS SDK at an endpoint, with a region and credentials, as a
+    task's settings would (``sdk_environment``); nothing else of the caller's steers it."""
+    for name in ("AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_ENDPOINT_URL_CLOUDWATCH"):
+        monkeypatch.delenv(name, raising=False)
+
+    def point(endpoint_url: str) -> None:
+        for name, value in sdk_environment(endpoint_url).items():
+            monkeypatch.setenv(name, value)
+
+    return point
 
 
 def cloudwatch_values(
-    server: MotoServer, namespace: str, metric: str, dimension: tuple[str, str]
+    server: AwsStandIn, namespace: str, metric: str, dimension: tuple[str, str]
 ) -> list[float]:
     """What CloudWatch (the stand-in) answers GetMetricData for ``metric`` in 10 s periods."""
-    client = botocore.session.get_session().create_client(
-        "cloudwatch",
-        region_name=TEST_REGION,
-        endpoint_url=server.url,
-        aws_access_key_id=TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
+    client = server.client("cloudwatch")
     now = datetime.now(UTC)
     answer = client.get_metric_data(
         MetricDataQueries=[
@@ -364,9 +354,9 @@ def cloudwatch_values(
 
 
 def test_one_round_is_one_put_metric_data_call_at_high_resolution(
-    redis_url: str, moto_server: MotoServer, cloudwatch_env: pytest.MonkeyPatch
+    redis_url: str, moto_server: AwsStandIn, point_aws_sdk_at: Callable[[str], None]
 ) -> None:
-    cloudwatch_env.setenv("AWS_ENDPOINT_URL", moto_server.url)
+    point_aws_sdk_at(moto_server.url)
     namespace = f"{NAMESPACE}/one-call"
     publish_at(redis_url, time.time() - 7, "default")
     publish_at(redis_url, time.time() - 3, "default")
@@ -397,10 +387,10 @@ def test_one_round_is_one_put_metric_data_call_at_high_resolution(
 
 
 def test_a_hung_endpoint_costs_a_round_its_timeouts_and_no_more(
-    redis_url: str, cloudwatch_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    redis_url: str, point_aws_sdk_at: Callable[[str], None], caplog: pytest.LogCaptureFixture
 ) -> None:
     with HungEndpoint() as endpoint:
-        cloudwatch_env.setenv("AWS_ENDPOINT_URL", endpoint.url)
+        point_aws_sdk_at(endpoint.url)
         publisher = QueueMetricsPublisher(
             celery_app, "pool", "pool@a", ["default"], metrics_sink(NAMESPACE, print),
             broker_url=redis_url,
@@ -416,10 +406,10 @@ def test_a_hung_endpoint_costs_a_round_its_timeouts_and_no_more(
 
 
 def test_a_throttled_round_is_dropped_not_retried(
-    redis_url: str, cloudwatch_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    redis_url: str, point_aws_sdk_at: Callable[[str], None], caplog: pytest.LogCaptureFixture
 ) -> None:
     with ThrottlingEndpoint() as endpoint:
-        cloudwatch_env.setenv("AWS_ENDPOINT_URL", endpoint.url)
+        point_aws_sdk_at(endpoint.url)
         publisher = QueueMetricsPublisher(
             celery_app, "pool", "pool@a", ["default"], metrics_sink(NAMESPACE, print),
             broker_url=redis_url,
@@ -541,7 +531,7 @@ _WORKER_PUBLISHING_FAST = (
 
 
 def test_a_real_worker_publishes_the_metrics_of_its_queues(
-    app_env: dict[str, str], tmp_path: Path, processes: list[AppProcess], moto_server: MotoServer
+    app_env: dict[str, str], tmp_path: Path, processes: list[AppProcess], moto_server: AwsStandIn
 ) -> None:
     broker_url = app_env["CELERY_BROKER_URL"]
     for number in range(3):  # waiting before the worker starts: it drains them one by one
@@ -599,9 +589,7 @@ def test_a_hung_cloudwatch_never_stalls_task_processing(
     with HungEndpoint() as endpoint:
         env = {
             **app_env,
-            **TEST_CREDENTIALS,
-            "AWS_REGION": TEST_REGION,
-            "AWS_ENDPOINT_URL": endpoint.url,
+            **sdk_environment(endpoint.url),
             "CELERY_METRICS_NAMESPACE": NAMESPACE,
             "CELERY_POOL_NAME": "metrics",
         }

@@ -21,8 +21,8 @@ from app import api_keys
 from app.api_keys import AcceptedKeys, InvalidKeys, KeysUnavailable, keys_document, parse_keys
 from app.settings import ApiKeysSettings, ConfigError
 from app.web import OPEN_ENDPOINTS
+from devtools.aws_standin import AwsStandIn
 from devtools.redis_server import free_port
-from devtools.secrets_manager import SecretsManagerStandIn
 from tests.support import (
     API_KEY,
     API_KEYS_FILE,
@@ -352,12 +352,12 @@ def test_the_source_is_the_one_configured(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def secrets_manager(monkeypatch: pytest.MonkeyPatch) -> Iterator[SecretsManagerStandIn]:
+def secrets_manager(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsStandIn]:
     """The stand-in, with this process's botocore pointed at it."""
-    stand_in = SecretsManagerStandIn()
-    for name, value in stand_in.environment.items():
+    stand_in = AwsStandIn()
+    for name, value in stand_in.environment().items():
         monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_SECRETS_MANAGER"):
         monkeypatch.delenv(name, raising=False)
     yield stand_in
     stand_in.stop()
@@ -365,30 +365,30 @@ def secrets_manager(monkeypatch: pytest.MonkeyPatch) -> Iterator[SecretsManagerS
 
 def test_the_web_reads_the_keys_from_the_secret_and_follows_its_rotation(
     make_client: ClientFactory,
-    secrets_manager: SecretsManagerStandIn,
+    secrets_manager: AwsStandIn,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(api_keys, "CACHE_SECONDS", 0.2)
-    secrets_manager.put(SECRET_ARN, keys_document(API_KEY))
+    secrets_manager.put_secret(SECRET_ARN, keys_document(API_KEY))
     client = without_key(make_client(WEB_API_KEYS_FILE="", WEB_API_KEYS_SECRET_ARN=SECRET_ARN))
 
     assert client.post("/tasks/noop", json={}, headers=bearer(API_KEY)).status_code == 202
     assert_unauthorized(client.post("/tasks/noop", json={}, headers=bearer(NEW_KEY)), INVALID)
 
     # aws secretsmanager put-secret-value: the new version is the current one.
-    secrets_manager.put(SECRET_ARN, keys_document(API_KEY, NEW_KEY))
+    secrets_manager.put_secret(SECRET_ARN, keys_document(API_KEY, NEW_KEY))
     time.sleep(0.3)
     assert client.post("/tasks/noop", json={}, headers=bearer(NEW_KEY)).status_code == 202
-    secrets_manager.put(SECRET_ARN, keys_document(NEW_KEY))
+    secrets_manager.put_secret(SECRET_ARN, keys_document(NEW_KEY))
     time.sleep(0.3)
     assert_unauthorized(client.post("/tasks/noop", json={}, headers=bearer(API_KEY)), INVALID)
     assert client.post("/tasks/noop", json={}, headers=bearer(NEW_KEY)).status_code == 202
 
 
 def test_an_unreachable_secrets_manager_keeps_the_keys_in_use(
-    secrets_manager: SecretsManagerStandIn, caplog: pytest.LogCaptureFixture
+    secrets_manager: AwsStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
-    secrets_manager.put(SECRET_ARN, keys_document(API_KEY))
+    secrets_manager.put_secret(SECRET_ARN, keys_document(API_KEY))
     clock = Clock()
     accepted = AcceptedKeys(api_keys.SecretsManagerSource(SECRET_ARN), clock=clock)
     assert accepted.accepts(API_KEY)
@@ -410,12 +410,12 @@ def test_gunicorn_reads_the_keys_from_the_secret(
     app_env: dict[str, str],
     tmp_path: Path,
     processes: list[AppProcess],
-    secrets_manager: SecretsManagerStandIn,
+    secrets_manager: AwsStandIn,
 ) -> None:
     # The container's command, with the environment the stack renders: the ARN, no file.
-    secrets_manager.put(SECRET_ARN, keys_document(API_KEY))
+    secrets_manager.put_secret(SECRET_ARN, keys_document(API_KEY))
     env = {k: v for k, v in app_env.items() if k != "WEB_API_KEYS_FILE"}
-    env |= {**secrets_manager.environment, "WEB_API_KEYS_SECRET_ARN": SECRET_ARN}
+    env |= {**secrets_manager.environment(), "WEB_API_KEYS_SECRET_ARN": SECRET_ARN}
     port = free_port()
     web = start_process("web", gunicorn_argv(), {**env, "WEB_PORT": str(port)}, tmp_path)
     processes.append(web)

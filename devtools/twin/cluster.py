@@ -10,10 +10,12 @@ revision of a service's task definition and updates the service; ``fire`` runs a
 for a schedule slot. ``status()`` is a table of what runs.
 
 Secrets a container reads itself at run time (an environment variable holding a secret's ARN,
-e.g. the web's ``WEB_API_KEYS_SECRET_ARN``) are served by a stand-in of Secrets Manager
-(``devtools.secrets_manager``) on the bridge, holding what the program wrote into them; the
-containers' AWS SDK is pointed at it. Secrets ECS injects at start (a definition's ``secrets``,
-the broker URL) get local values instead (``TaskOptions.secrets``).
+e.g. the web's ``WEB_API_KEYS_SECRET_ARN``) are served by a stand-in of AWS's APIs
+(``devtools.aws_standin``, moto's server) on the bridge, holding what the program wrote into
+them; the containers' AWS SDK is pointed at it, with no region: the twin has no CloudWatch to
+publish metrics to (``app.cloudwatch`` writes them to stdout instead). Secrets ECS injects at
+start (a definition's ``secrets``, the broker URL) get local values instead
+(``TaskOptions.secrets``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any, Protocol
 
 from app.api_keys import parse_keys
 from app.settings import WEB_API_KEYS_SECRET_ARN
-from devtools.secrets_manager import SecretsManagerStandIn
+from devtools.aws_standin import AwsStandIn
 from devtools.twin.agent import AgentEndpoint
 from devtools.twin.events import Rule, eventbridge_fire_times
 from devtools.twin.image import Image, parse_image
@@ -69,15 +71,15 @@ class TwinCluster:
     revisions: dict[str, Revision]  # by family: the latest registered
     options: TaskOptions
     agent: AgentEndpoint
-    #: Secrets Manager, for the secrets containers read themselves.
-    secrets_manager: SecretsManagerStandIn
+    #: AWS's APIs (Secrets Manager: the secrets containers read themselves).
+    aws: AwsStandIn
     load_balancer: LoadBalancer | None
     on_event: Callable[[str], None]
     #: Every task started, by id (the agent endpoint finds tasks here).
     tasks_by_id: dict[str, Task]
     standalone: list[Task] = field(default_factory=list)
     #: The first API key the web accepts, as the program wrote it into the keys secret (None
-    #: without a web); ``secrets_manager.put`` rotates it.
+    #: without a web); ``aws.put_secret`` rotates it.
     api_key: str | None = None
     #: The ARN of that secret.
     api_keys_secret_arn: str | None = None
@@ -111,7 +113,7 @@ class TwinCluster:
         ensure_bridge()
         tasks_by_id: dict[str, Task] = {}
         agent = AgentEndpoint(HOST_ADDRESS, tasks_by_id.get)
-        secrets_manager = SecretsManagerStandIn(HOST_ADDRESS)
+        aws = AwsStandIn(HOST_ADDRESS)
         options = TaskOptions(
             state_root=state_root,
             secrets={"CELERY_BROKER_URL": broker_url},
@@ -119,7 +121,7 @@ class TwinCluster:
             agent_uri=agent.uri_for,
             health_check_scale=time_scale,
             environment_overrides=dict(environment_overrides or {}),
-            aws_environment=secrets_manager.environment,
+            aws_environment=aws.environment(region=None),
         )
         revisions = {
             definition["family"]: Revision(definition["family"], 1, definition)
@@ -133,7 +135,7 @@ class TwinCluster:
             load_balancer = LoadBalancer(settings, front_door_port)
         cluster = TwinCluster(
             services={}, rules={}, revisions=revisions, options=options, agent=agent,
-            secrets_manager=secrets_manager, load_balancer=load_balancer, on_event=on_event,
+            aws=aws, load_balancer=load_balancer, on_event=on_event,
             tasks_by_id=tasks_by_id,
         )  # fmt: skip
         cluster._serve_read_secrets(run)
@@ -176,7 +178,7 @@ class TwinCluster:
                 value = written.get(item["value"])
                 if value is None:
                     continue
-                self.secrets_manager.put(item["value"], value)
+                self.aws.put_secret(item["value"], value)
                 if item["name"] == WEB_API_KEYS_SECRET_ARN:
                     self.api_keys_secret_arn = item["value"]
                     self.api_key = parse_keys(value)[0].decode()
@@ -268,12 +270,12 @@ class TwinCluster:
         self.close()
 
     def close(self) -> None:
-        """Close the front door, the agent endpoint and the stand-in of Secrets Manager (after
-        the tasks have stopped)."""
+        """Close the front door, the agent endpoint and the stand-in of AWS's APIs (after the
+        tasks have stopped)."""
         if self.load_balancer is not None:
             self.load_balancer.close()
         self.agent.close()
-        self.secrets_manager.stop()
+        self.aws.stop()
 
     def status(self) -> str:
         """One line per service, then one per task."""

@@ -76,8 +76,8 @@ class TaskOptions:
       defined; tests shorten them). Timeouts and retries are kept.
     - ``environment_overrides``: variables set over every container's ``environment``, as a
       RunTask ``containerOverrides`` environment is (the local stack turns on per-task logs).
-    - ``aws_environment``: what lets the AWS SDK in a container reach the twin's stand-ins of
-      AWS's APIs (their endpoints, and credentials standing in for the task role's, which ECS
+    - ``aws_environment``: what lets the AWS SDK in a container reach the twin's stand-in of
+      AWS's APIs (its endpoint, and credentials standing in for the task role's, which ECS
       hands out through ``AWS_CONTAINER_CREDENTIALS_RELATIVE_URI``).
     """
 
