@@ -25,21 +25,6 @@ RESULT_BACKEND_CLASS = "app.results:ResultBackend"
 #: The ``result_backend`` URL schemes it serves: those of Celery's own Redis backend.
 SCHEMES = ("redis", "rediss")
 
-#: The Celery names this module relies on that Celery does not document as API, each with what
-#: it is for. Verified on celery 5.6.3; ``tests/test_results.py`` fails if one is gone.
-CELERY_PRIVATE_NAMES: dict[str, str] = {
-    "celery.loaders.base.BaseLoader.override_backends": (
-        "scheme -> backend class, read by celery.app.backends.by_name ahead of "
-        "BACKEND_ALIASES: how the plain redis:// and rediss:// URLs get ResultBackend"
-    ),
-    "celery.backends.base.BaseKeyValueStoreBackend._store_result": (
-        "overridden: the hook store_result calls to write a state (Celery's own goes through "
-        "_set_with_state, which this one bypasses: a setting Celery adds there is not applied)"
-    ),
-    "celery.backends.base.Backend._get_result_meta": "the meta of a state, built as Celery's",
-    "celery.backends.redis.RedisBackend._MAX_STR_VALUE_SIZE": "Redis's largest string value",
-}
-
 #: KEYS[1]: the task's meta key. ARGV: the new meta (JSON), its expiry in seconds (0: none).
 #: Stores and publishes it unless the stored state is SUCCESS; returns 1 if stored, else 0.
 STORE_UNLESS_SUCCEEDED = """

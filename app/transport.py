@@ -146,42 +146,6 @@ redis.call('LTRIM', KEYS[2], 0, ARGV[2] - 1)
 #: What the polling connection waits on: a FETCH reply, or a wake list's BRPOP reply.
 _FETCHING, _WAKING = "EVALSHA", "BRPOP"
 
-#: kombu's private names this runtime relies on (``app.transport`` unless noted), verified
-#: against kombu 5.6.2: (owner, name, signature or None for a non-callable). A test
-#: (``tests/test_transport.py``) fails when one disappears or changes its signature, so that a
-#: kombu upgrade is checked here first. Names set in ``__init__`` are checked on a channel.
-KOMBU_VERIFIED_VERSION = "5.6.2"
-KOMBU_PRIVATE_NAMES: tuple[tuple[str, str, str | None], ...] = (
-    # Overridden: the polling connection's send and read, publishing, consuming.
-    ("kombu.transport.redis:Channel", "_brpop_start", "(self, timeout=None)"),
-    ("kombu.transport.redis:Channel", "_brpop_read", "(self, **options)"),
-    ("kombu.transport.redis:Channel", "_put", "(self, queue, message, **kwargs)"),
-    ("kombu.transport.redis:Channel", "_basic_cancel", "(self, consumer_tag)"),
-    ("kombu.transport.redis:Channel", "_disconnect_pools", "(self)"),
-    ("kombu.transport.redis:Channel", "_poll_error", "(self, type, **options)"),
-    ("kombu.transport.virtual:Channel", "basic_get", "(self, queue, no_ack=False, **kwargs)"),
-    ("kombu.transport.virtual:Channel", "basic_consume",
-     "(self, queue, no_ack, callback, consumer_tag, **kwargs)"),
-    # Called.
-    ("kombu.transport.redis:Channel", "_q_for_pri", "(self, queue, pri)"),
-    ("kombu.transport.redis:Channel", "_create_client", "(self, asynchronous=False)"),
-    ("kombu.transport.virtual:Channel", "_get_message_priority",
-     "(self, message, reverse=False)"),
-    ("kombu.transport.virtual:Transport", "_deliver", "(self, message, queue)"),
-    ("kombu.transport.redis:QoS", "pipe_or_acquire", "(self, pipe=None, client=None)"),
-    # app.recovery: the destination list of a restored message is kombu's choice.
-    ("kombu.transport.redis:Channel", "_do_restore_message",
-     "(self, payload, exchange, routing_key, pipe, leftmost=False)"),
-    # Read or set.
-    ("kombu.transport.redis:Channel", "_in_poll", None),
-    ("kombu.transport.redis:Channel", "_queue_cycle", None),  # .consume(n), .rotate(queue)
-    ("kombu.transport.virtual:Channel", "_tag_to_queue", None),
-    ("kombu.transport.redis:MultiChannelPoller", "_chan_to_sock", None),
-    # app.consumer: kombu's bookkeeping of delivered and acknowledged tags.
-    ("kombu.transport.virtual:QoS", "_delivered", None),
-    ("kombu.transport.virtual:QoS", "_dirty", None),
-)
-
 
 def log_taken_back(tags: Sequence[str]) -> None:
     for tag in tags:

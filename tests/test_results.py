@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import pkgutil
 import subprocess
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from celery import Celery, states
 from celery.backends.redis import RedisBackend
 
 from app.celery_app import app
-from app.results import CELERY_PRIVATE_NAMES, ResultBackend, ResultBackendLoader
+from app.results import ResultBackend, ResultBackendLoader
 from app.settings import Settings
 from devtools.processes import python_argv
 from infra.containers import CELERY_APP
@@ -60,11 +59,6 @@ def test_a_plain_redis_url_of_either_scheme_gets_the_apps_backend(url: str) -> N
     stock = Celery("results-check", set_as_current=False)
     stock.conf.update(config)
     assert type(stock.backend) is RedisBackend
-
-
-def test_the_private_celery_names_it_relies_on_still_exist() -> None:
-    for dotted in CELERY_PRIVATE_NAMES:
-        pkgutil.resolve_name(dotted)  # raises if the module or an attribute is gone
 
 
 def celery_cli(env: dict[str, str], *args: str) -> str:

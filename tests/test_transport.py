@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
-import inspect
 import logging
 import multiprocessing
 import os
@@ -24,7 +22,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import kombu
 import pytest
 import redis
 from kombu import Connection, Consumer, Queue
@@ -34,10 +31,7 @@ from app.celery_app import app
 from app.liveness import REGISTRY_KEY, WorkerKeys, unacked_count
 from app.transport import (
     FETCH,
-    KOMBU_PRIVATE_NAMES,
-    KOMBU_VERIFIED_VERSION,
     WAKE_TOKENS_MAX,
-    Channel,
     QoS,
     wake_key,
 )
@@ -116,40 +110,6 @@ def held(client: redis.Redis, keys: WorkerKeys = WORKER) -> list[str]:
 
 def queued(client: redis.Redis) -> list[str]:
     return [task_id(raw) for raw in client.lrange(QUEUE, 0, -1)]
-
-
-# --- kombu's private names ----------------------------------------------------------------------
-
-
-def test_the_kombu_release_is_the_verified_one() -> None:
-    # A new kombu: check every name of KOMBU_PRIVATE_NAMES in its source, then update both.
-    assert kombu.__version__ == KOMBU_VERIFIED_VERSION
-
-
-@pytest.mark.parametrize(("owner", "name", "signature"), KOMBU_PRIVATE_NAMES,
-                         ids=[f"{o.rsplit(':')[1]}.{n}" for o, n, _ in KOMBU_PRIVATE_NAMES])
-def test_each_private_kombu_name_is_as_verified(
-    owner: str, name: str, signature: str | None, redis_url: str
-) -> None:
-    module, _, qualname = owner.partition(":")
-    cls = getattr(importlib.import_module(module), qualname)
-    if signature is not None:
-        assert str(inspect.signature(getattr(cls, name))) == signature
-        return
-    # An attribute: on the class, or set by __init__ (checked on a live channel's objects).
-    with consumer(redis_url) as connection:
-        channel = connection.default_channel
-        instances = {"Channel": channel, "QoS": channel.qos,
-                     "MultiChannelPoller": connection.transport.cycle}  # fmt: skip
-        assert hasattr(cls, name) or hasattr(instances[qualname], name)
-
-
-def test_the_names_table_lists_every_override_of_a_private_name() -> None:
-    overridden = {name for name in vars(Channel) | vars(QoS)
-                  if name.startswith("_") and not name.startswith("__")
-                  and any(hasattr(base, name) for base in Channel.__mro__[1:] + QoS.__mro__[1:])}
-    listed = {name for _, name, _ in KOMBU_PRIVATE_NAMES}
-    assert overridden <= listed
 
 
 # --- no window between take and record ----------------------------------------------------------
