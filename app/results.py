@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from celery.loaders.app import AppLoader
@@ -74,13 +75,22 @@ class ResultBackend(RedisBackend):
         if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
             raise BackendStoreError("value too large for Redis backend", state=state,
                                     task_id=task_id)  # fmt: skip
-        self.ensure(self._store, (self.get_key_for_task(task_id), value))
+        self.ensure(self._store, (self.get_key_for_task(task_id), value, self.expiry_of(state)))
         return result
 
-    def _store(self, key: bytes | str, value: bytes | str) -> None:
+    def expiry_of(self, state: str) -> float | None:
+        """Seconds a result of ``state`` is kept (None: forever), as Celery's own
+        ``_set_with_state`` decides (app.upstream): celery 5.7 keeps a FAILURE for
+        ``result_failure_expires`` (``failure_expires``, ``expires`` when unset); celery 5.6
+        has no such setting, and keeps every state for ``expires``."""
+        if state == states.FAILURE:
+            return getattr(self, "failure_expires", self.expires)  # celery 5.7 on
+        return self.expires
+
+    def _store(self, key: bytes | str, value: bytes | str, expires: float | None) -> None:
         if self._store_script is None:
             self._store_script = self.client.register_script(STORE_UNLESS_SUCCEEDED)
-        self._store_script(keys=[key], args=[value, int(self.expires or 0)], client=self.client)
+        self._store_script(keys=[key], args=[value, int(expires or 0)], client=self.client)
 
 
 class ResultBackendLoader(AppLoader):

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 #: The releases every name below was read and tested in (the version matrix: ``noxfile.py``).
 VERIFIED: dict[str, tuple[str, ...]] = {
-    "celery": ("5.6.3",),
-    "kombu": ("5.6.2",),
+    "celery": ("5.6.3", "5.7.0"),
+    "kombu": ("5.6.2", "5.7.0"),
     "redis": ("6.4.0",),
 }
 
@@ -57,7 +57,8 @@ NAMES: tuple[UpstreamName, ...] = (
     UpstreamName(
         f"{_REDIS}:Channel._brpop_read", "overridden", "app.transport",
         "the event loop calls it when the polling socket is readable; it must raise Empty when "
-        "nothing was delivered and reset _in_poll",
+        "nothing was delivered and reset _in_poll. kombu 5.7's own also flushes the re-auth "
+        "tokens queued meanwhile, and is fully replaced here, so that is done here too",
         "(self, **options)",
     ),
     UpstreamName(
@@ -80,10 +81,27 @@ NAMES: tuple[UpstreamName, ...] = (
         "keys (channel, client, 'BRPOP') while the event loop polls the channel's connection",
         instance=True,
     ),
+    UpstreamName(
+        f"{_REDIS}:Channel._brpop_sent_at", "read", "app.transport",
+        "kombu 5.7 only: when the BRPOP in flight was sent, read by its health check "
+        "(MultiChannelPoller.maybe_check_brpop_health) to drop a connection whose reply is "
+        "overdue by brpop_timeout + health_check_interval; set with every command sent on the "
+        "polling connection here, as kombu's _brpop_start does", since="5.7.0",
+    ),
     # --- kombu's Redis channel: publishing, consuming, clients ---------------------------------
     UpstreamName(
+        f"{_REDIS}:Channel._flush_brpop_reauth", "called", "app.transport",
+        "kombu 5.7 only: sends a pending streaming re-auth token's AUTH on the polling "
+        "connection, doing nothing while _in_poll is set; kombu's _brpop_read calls it once a "
+        "reply is read (the only moment that connection is idle), so does the one here",
+        "(self)", since="5.7.0",
+    ),
+    UpstreamName(
         f"{_REDIS}:Channel._put", "overridden", "app.transport",
-        "every publish of a message to a queue goes through it",
+        "every publish of a message to a queue goes through it. kombu 5.7's own also applies a "
+        "queue's x-expires and adds to a producer's publish batch (_publish_batch); this one "
+        "does neither: the app declares no expiring queue, and a batch's messages are "
+        "published one by one as they are added",
         "(self, queue, message, **kwargs)",
     ),
     UpstreamName(
@@ -234,10 +252,16 @@ NAMES: tuple[UpstreamName, ...] = (
         "(self, task_id, result, state, traceback=None, request=None, **kwargs)",
     ),
     UpstreamName(
-        "celery.backends.base:BaseKeyValueStoreBackend._set_with_state", "replaced",
-        "app.results",
-        "where Celery writes a state's key (bypassed: what Celery adds there is not applied)",
+        "celery.backends.redis:RedisBackend._set_with_state", "replaced", "app.results",
+        "where Celery writes a state's key, with its expiry: celery 5.7 keeps a FAILURE for "
+        "failure_expires there (ResultBackend.expiry_of decides the same); 5.6 inherits the "
+        "base class's, one expiry for every state",
         "(self, key, value, state)",
+    ),
+    UpstreamName(
+        "celery.backends.redis:RedisBackend.failure_expires", "read", "app.results",
+        "celery 5.7 only: seconds a FAILURE is kept (result_failure_expires, else expires)",
+        instance=True, since="5.7.0",
     ),
     UpstreamName(
         "celery.backends.base:Backend._get_result_meta", "called", "app.results",

@@ -59,6 +59,7 @@ def live_objects(redis_url: str) -> Iterator[dict[str, Any]]:
             "kombu.transport.virtual:QoS": channel.qos,
             "kombu.transport.redis:MultiChannelPoller": connection.transport.cycle,
             "kombu.common:QoS": PrefetchCount(lambda prefetch_count: None, 1),
+            "celery.backends.redis:RedisBackend": ResultBackend(app=app, url=redis_url),
         }
 
 
