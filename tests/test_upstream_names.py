@@ -6,7 +6,9 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 import pkgutil
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from app.liveness import ResolvedConnection, WorkerKeys
 from app.results import ResultBackend, ResultBackendLoader
 from app.transport import Channel, QoS
 from app.upstream import NAMES, VERIFIED, UpstreamName
+from tests.support import ROOT
 
 #: The app's classes that extend a library's: every underscored name they define that a base
 #: class also has is an override of a private name, and must be listed.
@@ -105,3 +108,33 @@ def test_the_list_names_every_private_override() -> None:
 def test_names_are_listed_once() -> None:
     paths = [name.path for name in NAMES]
     assert len(paths) == len(set(paths))
+
+
+# --- the version matrix (noxfile.py) --------------------------------------------------------------
+
+
+def test_the_matrix_runs_the_verified_releases_and_the_images_pair() -> None:
+    import noxfile
+
+    assert {celery for celery, _ in noxfile.PAIRS.values()} == set(VERIFIED["celery"])
+    assert {kombu for _, kombu in noxfile.PAIRS.values()} == set(VERIFIED["kombu"])
+    constraints = (ROOT / "app" / "constraints.txt").read_text()
+    image = tuple(re.search(rf"^{name}==(\S+)$", constraints, re.MULTILINE)[1]  # type: ignore[index]
+                  for name in ("celery", "kombu"))  # fmt: skip
+    assert image in noxfile.PAIRS.values()
+
+
+def test_a_matrix_session_installs_the_project_with_only_its_pair_replaced(
+    tmp_path: Path,
+) -> None:
+    import noxfile
+
+    requirements = noxfile.pinned_requirements(tmp_path, "9.8.7", "6.5.4")
+    assert requirements.read_text() == (ROOT / "requirements-dev.txt").read_text()
+    for name in ("app/requirements.txt", "app/constraints.txt"):
+        original = (ROOT / name).read_text().splitlines()
+        rewritten = (tmp_path / name).read_text().splitlines()
+        changed = {new for old, new in zip(original, rewritten, strict=True) if old != new}
+        assert changed == {line for line in rewritten if re.match(r"(celery|kombu)(\[|==)", line)}
+        assert changed <= {"celery==9.8.7", "celery[redis]==9.8.7", "kombu==6.5.4"}
+        assert len(changed) == 2
