@@ -180,6 +180,15 @@ NAMES: tuple[UpstreamName, ...] = (
         "kombu's in-memory acknowledgement (marks the tag dirty)", "(self, delivery_tag)",
     ),
     UpstreamName(
+        f"{_VIRTUAL}:Message._raw", "read", "app.transport, app.recovery",
+        "the message's payload as kombu stored it on its queue (what a record and a restore "
+        "write back)", instance=True,
+    ),
+    UpstreamName(
+        f"{_REDIS}:Channel.from_transport_options", "extended", "app.transport",
+        "the transport options kombu copies onto a channel as attributes (a tuple of names)",
+    ),
+    UpstreamName(
         f"{_VIRTUAL}:QoS._delivered", "read, set", "app.consumer",
         "delivery tag -> message of every delivered message not yet flushed; what kombu "
         "restores on close (emptied here so that it restores nothing)", instance=True,
@@ -223,6 +232,24 @@ NAMES: tuple[UpstreamName, ...] = (
         "celery.worker.request:Request.cancel", "called", "app.consumer",
         "emit_retry=False cancels a running task without writing a RETRY state",
         "(self, pool, signal=None, emit_retry=True)",
+    ),
+    UpstreamName(
+        "celery.worker.consumer.tasks:Tasks", "named", "app.consumer, app.liveness",
+        "the consumer bootstep that makes task_consumer and qos (required by the app's steps)",
+        "(c, **kwargs)",
+    ),
+    UpstreamName(
+        "celery.worker.components:Pool", "named", "app.liveness, app.protection",
+        "the worker bootstep that starts the pool (required by the app's steps)",
+        "(w, autoscale=None, **kwargs)",
+    ),
+    UpstreamName(
+        "celery.worker.state:active_requests", "read", "app.consumer, app.liveness, "
+        "app.protection", "the set of requests running in this worker",
+    ),
+    UpstreamName(
+        "celery.worker.state:reserved_requests", "read", "app.protection",
+        "the set of requests received and not finished (prefetched, waiting for an ETA)",
     ),
     UpstreamName(
         "celery._state:_set_task_join_will_block", "called", "app.celery_app",

@@ -60,6 +60,9 @@ def live_objects(redis_url: str) -> Iterator[dict[str, Any]]:
             "kombu.transport.redis:Channel": channel,
             "kombu.transport.virtual:Channel": channel,
             "kombu.transport.virtual:QoS": channel.qos,
+            "kombu.transport.virtual:Message": channel.Message(
+                {"properties": {"delivery_tag": "upstream"}}, channel=channel
+            ),
             "kombu.transport.redis:MultiChannelPoller": connection.transport.cycle,
             "kombu.common:QoS": PrefetchCount(lambda prefetch_count: None, 1),
             "celery.backends.redis:RedisBackend": ResultBackend(app=app, url=redis_url),
