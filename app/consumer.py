@@ -86,7 +86,7 @@ class Consumer(CeleryConsumer):
         if not isinstance(channel, Channel):  # the app's transport (app.settings) once consuming
             return
         qos = channel.qos
-        # kombu's private bookkeeping (kombu is pinned): delivered messages, minus the tags
+        # kombu's private bookkeeping (app.upstream): delivered messages, minus the tags
         # acknowledged since the last flush.
         held = [message for tag, message in qos._delivered.items() if tag not in qos._dirty]
         qos._delivered.clear()
@@ -144,9 +144,7 @@ class HeldMessagesQoS(QoS):
     messages raise it again. This one counts every raise and lowering (``wanted``) and caps only
     the value it sets, so the count returns to the prefetch.
 
-    Undocumented names it relies on (kombu 5.6.2, celery 5.6.3): kombu's ``QoS._mutex``; the
-    consumer's ``qos`` attribute, made by Celery's Tasks step and read by the event loop; Celery
-    assigning ``qos.value`` itself (``Consumer._restore_prefetch_count_after_connection_restart``).
+    The undocumented names it relies on are listed in ``app.upstream``.
     """
 
     def __init__(self, callback: Any, initial_value: int, max_prefetch: int | None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from celery.loaders.app import AppLoader
@@ -24,21 +25,6 @@ from kombu.utils.encoding import bytes_to_str
 RESULT_BACKEND_CLASS = "app.results:ResultBackend"
 #: The ``result_backend`` URL schemes it serves: those of Celery's own Redis backend.
 SCHEMES = ("redis", "rediss")
-
-#: The Celery names this module relies on that Celery does not document as API, each with what
-#: it is for. Verified on celery 5.6.3; ``tests/test_results.py`` fails if one is gone.
-CELERY_PRIVATE_NAMES: dict[str, str] = {
-    "celery.loaders.base.BaseLoader.override_backends": (
-        "scheme -> backend class, read by celery.app.backends.by_name ahead of "
-        "BACKEND_ALIASES: how the plain redis:// and rediss:// URLs get ResultBackend"
-    ),
-    "celery.backends.base.BaseKeyValueStoreBackend._store_result": (
-        "overridden: the hook store_result calls to write a state (Celery's own goes through "
-        "_set_with_state, which this one bypasses: a setting Celery adds there is not applied)"
-    ),
-    "celery.backends.base.Backend._get_result_meta": "the meta of a state, built as Celery's",
-    "celery.backends.redis.RedisBackend._MAX_STR_VALUE_SIZE": "Redis's largest string value",
-}
 
 #: KEYS[1]: the task's meta key. ARGV: the new meta (JSON), its expiry in seconds (0: none).
 #: Stores and publishes it unless the stored state is SUCCESS; returns 1 if stored, else 0.
@@ -89,13 +75,22 @@ class ResultBackend(RedisBackend):
         if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
             raise BackendStoreError("value too large for Redis backend", state=state,
                                     task_id=task_id)  # fmt: skip
-        self.ensure(self._store, (self.get_key_for_task(task_id), value))
+        self.ensure(self._store, (self.get_key_for_task(task_id), value, self.expiry_of(state)))
         return result
 
-    def _store(self, key: bytes | str, value: bytes | str) -> None:
+    def expiry_of(self, state: str) -> float | None:
+        """Seconds a result of ``state`` is kept (None: forever), as Celery's own
+        ``_set_with_state`` decides (app.upstream): celery 5.7 keeps a FAILURE for
+        ``result_failure_expires`` (``failure_expires``, ``expires`` when unset); celery 5.6
+        has no such setting, and keeps every state for ``expires``."""
+        if state == states.FAILURE:
+            return getattr(self, "failure_expires", self.expires)  # celery 5.7 on
+        return self.expires
+
+    def _store(self, key: bytes | str, value: bytes | str, expires: float | None) -> None:
         if self._store_script is None:
             self._store_script = self.client.register_script(STORE_UNLESS_SUCCEEDED)
-        self._store_script(keys=[key], args=[value, int(self.expires or 0)], client=self.client)
+        self._store_script(keys=[key], args=[value, int(expires or 0)], client=self.client)
 
 
 class ResultBackendLoader(AppLoader):

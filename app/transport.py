@@ -52,7 +52,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from queue import Empty
-from time import time
+from time import monotonic, time
 from typing import Any
 
 import redis
@@ -145,42 +145,6 @@ redis.call('LTRIM', KEYS[2], 0, ARGV[2] - 1)
 
 #: What the polling connection waits on: a FETCH reply, or a wake list's BRPOP reply.
 _FETCHING, _WAKING = "EVALSHA", "BRPOP"
-
-#: kombu's private names this runtime relies on (``app.transport`` unless noted), verified
-#: against kombu 5.6.2: (owner, name, signature or None for a non-callable). A test
-#: (``tests/test_transport.py``) fails when one disappears or changes its signature, so that a
-#: kombu upgrade is checked here first. Names set in ``__init__`` are checked on a channel.
-KOMBU_VERIFIED_VERSION = "5.6.2"
-KOMBU_PRIVATE_NAMES: tuple[tuple[str, str, str | None], ...] = (
-    # Overridden: the polling connection's send and read, publishing, consuming.
-    ("kombu.transport.redis:Channel", "_brpop_start", "(self, timeout=None)"),
-    ("kombu.transport.redis:Channel", "_brpop_read", "(self, **options)"),
-    ("kombu.transport.redis:Channel", "_put", "(self, queue, message, **kwargs)"),
-    ("kombu.transport.redis:Channel", "_basic_cancel", "(self, consumer_tag)"),
-    ("kombu.transport.redis:Channel", "_disconnect_pools", "(self)"),
-    ("kombu.transport.redis:Channel", "_poll_error", "(self, type, **options)"),
-    ("kombu.transport.virtual:Channel", "basic_get", "(self, queue, no_ack=False, **kwargs)"),
-    ("kombu.transport.virtual:Channel", "basic_consume",
-     "(self, queue, no_ack, callback, consumer_tag, **kwargs)"),
-    # Called.
-    ("kombu.transport.redis:Channel", "_q_for_pri", "(self, queue, pri)"),
-    ("kombu.transport.redis:Channel", "_create_client", "(self, asynchronous=False)"),
-    ("kombu.transport.virtual:Channel", "_get_message_priority",
-     "(self, message, reverse=False)"),
-    ("kombu.transport.virtual:Transport", "_deliver", "(self, message, queue)"),
-    ("kombu.transport.redis:QoS", "pipe_or_acquire", "(self, pipe=None, client=None)"),
-    # app.recovery: the destination list of a restored message is kombu's choice.
-    ("kombu.transport.redis:Channel", "_do_restore_message",
-     "(self, payload, exchange, routing_key, pipe, leftmost=False)"),
-    # Read or set.
-    ("kombu.transport.redis:Channel", "_in_poll", None),
-    ("kombu.transport.redis:Channel", "_queue_cycle", None),  # .consume(n), .rotate(queue)
-    ("kombu.transport.virtual:Channel", "_tag_to_queue", None),
-    ("kombu.transport.redis:MultiChannelPoller", "_chan_to_sock", None),
-    # app.consumer: kombu's bookkeeping of delivered and acknowledged tags.
-    ("kombu.transport.virtual:QoS", "_delivered", None),
-    ("kombu.transport.virtual:QoS", "_dirty", None),
-)
 
 
 def log_taken_back(tags: Sequence[str]) -> None:
@@ -360,7 +324,7 @@ class Channel(kombu_redis.Channel):
         """Send FETCH, carrying ``acks``, if the event loop is polling this channel and its
         connection is free; False if not (nothing sent)."""
         polling = (self, self.client, "BRPOP") in self.connection.cycle._chan_to_sock
-        if not polling or self._in_poll or self._idle or self.closed:
+        if not polling or self._in_poll or self._awaiting or self._idle or self.closed:
             return False
         if not self.active_queues or not self.qos.can_consume():
             return False
@@ -425,17 +389,26 @@ class Channel(kombu_redis.Channel):
             self._set_aside(acks)
             raise
         self._in_poll = connection
+        # kombu 5.7's health check of the polling connection (app.upstream): a reply overdue by
+        # brpop_timeout + health_check_interval drops the connection. Unread by kombu 5.6.
+        self._brpop_sent_at = monotonic()
         self._awaiting = command
         self._last_arguments = arguments
         self.acks_in_flight = acks
 
     def _reclaim_unread(self) -> None:
         """A new command goes out while the last one's reply was never read (its connection
-        was dropped under it, and kombu reset ``_in_poll``): its acknowledgements go again."""
+        was dropped under it, by kombu 5.7's health check or a reconnection, and kombu reset
+        ``_in_poll``): its acknowledgements go again. An unread FETCH may have taken and
+        recorded a message that never reached the consumer: that is a lost connection, so
+        that the consumer puts its own set back (``app.consumer``) before it takes more."""
+        unread, self._awaiting = self._awaiting, None
         if self.acks_in_flight:
             self._set_aside(self.acks_in_flight)
             self.acks_in_flight = []
-        self._awaiting = None
+        if unread == _FETCHING:
+            raise redis.ConnectionError("the polling connection was dropped with a FETCH in "
+                                        "flight: its reply, maybe a message, is lost")  # fmt: skip
 
     def _poll_error(self, type: str, **options: Any) -> Any:
         # kombu reads (and drops) the reply on a socket error event: a FETCH reply carries a
@@ -478,11 +451,20 @@ class Channel(kombu_redis.Channel):
             self._set_aside(acks)
             raise
         self._in_poll = None
+        self._flush_reauth()
         if awaiting != _FETCHING:
             # A wake token, or the polling interval passed: FETCH next (the next poll).
             self._idle = False
             raise Empty()
         return self._on_fetched(reply, acks)
+
+    def _flush_reauth(self) -> None:
+        """kombu 5.7 sends a pending streaming re-authentication (a rotated IAM token) on the
+        polling connection once a reply is read, the only moment it is idle: its
+        ``_brpop_read`` does, which this one replaces (app.upstream). kombu 5.6 has none."""
+        flush = getattr(super(), "_flush_brpop_reauth", None)
+        if flush is not None:
+            flush()
 
     def _on_out_of_memory(self, acks: list[str]) -> None:
         if not self._out_of_memory:
@@ -490,6 +472,7 @@ class Channel(kombu_redis.Channel):
                         "(trying again every %s s)", self.brpop_timeout)  # fmt: skip
         self._out_of_memory = True
         self._idle = True
+        self._flush_reauth()
         try:
             self.acknowledge_now(acks)
         except self.connection_errors:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
-import inspect
 import logging
 import multiprocessing
 import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -24,20 +23,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import kombu
 import pytest
 import redis
 from kombu import Connection, Consumer, Queue
+from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps, loads
+from redis.auth.token import SimpleToken
 
 from app.celery_app import app
 from app.liveness import REGISTRY_KEY, WorkerKeys, unacked_count
 from app.transport import (
     FETCH,
-    KOMBU_PRIVATE_NAMES,
-    KOMBU_VERIFIED_VERSION,
     WAKE_TOKENS_MAX,
-    Channel,
     QoS,
     wake_key,
 )
@@ -116,40 +113,6 @@ def held(client: redis.Redis, keys: WorkerKeys = WORKER) -> list[str]:
 
 def queued(client: redis.Redis) -> list[str]:
     return [task_id(raw) for raw in client.lrange(QUEUE, 0, -1)]
-
-
-# --- kombu's private names ----------------------------------------------------------------------
-
-
-def test_the_kombu_release_is_the_verified_one() -> None:
-    # A new kombu: check every name of KOMBU_PRIVATE_NAMES in its source, then update both.
-    assert kombu.__version__ == KOMBU_VERIFIED_VERSION
-
-
-@pytest.mark.parametrize(("owner", "name", "signature"), KOMBU_PRIVATE_NAMES,
-                         ids=[f"{o.rsplit(':')[1]}.{n}" for o, n, _ in KOMBU_PRIVATE_NAMES])
-def test_each_private_kombu_name_is_as_verified(
-    owner: str, name: str, signature: str | None, redis_url: str
-) -> None:
-    module, _, qualname = owner.partition(":")
-    cls = getattr(importlib.import_module(module), qualname)
-    if signature is not None:
-        assert str(inspect.signature(getattr(cls, name))) == signature
-        return
-    # An attribute: on the class, or set by __init__ (checked on a live channel's objects).
-    with consumer(redis_url) as connection:
-        channel = connection.default_channel
-        instances = {"Channel": channel, "QoS": channel.qos,
-                     "MultiChannelPoller": connection.transport.cycle}  # fmt: skip
-        assert hasattr(cls, name) or hasattr(instances[qualname], name)
-
-
-def test_the_names_table_lists_every_override_of_a_private_name() -> None:
-    overridden = {name for name in vars(Channel) | vars(QoS)
-                  if name.startswith("_") and not name.startswith("__")
-                  and any(hasattr(base, name) for base in Channel.__mro__[1:] + QoS.__mro__[1:])}
-    listed = {name for _, name, _ in KOMBU_PRIVATE_NAMES}
-    assert overridden <= listed
 
 
 # --- no window between take and record ----------------------------------------------------------
@@ -348,6 +311,80 @@ def test_a_connection_cut_while_fetchs_reply_comes_leaves_the_message_recorded(
     # (app.consumer), a sweep when the worker is gone (app.recovery).
     assert queued(redis_client) == []
     assert held(redis_client) == [sent]
+
+
+def test_a_fetch_whose_reply_is_never_read_is_a_lost_connection(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The polling connection dropped under a FETCH in flight, unread (kombu 5.7's health check
+    drops it so; kombu re-registers a replaced socket so): the FETCH may have taken and recorded
+    a message that never reached the consumer. A lost connection is raised, so that the worker's
+    consumer puts its own set back (app.consumer), instead of fetching past it."""
+    sent = publish(redis_url)
+    redis_client.script_load(FETCH)  # else the first EVALSHA finds no script, and runs nothing
+    with consumer(redis_url) as connection:
+        channel = connection.default_channel
+        connection.transport.cycle.on_poll_start()  # registers the channel and sends FETCH
+        wait_for(lambda: queued(redis_client) == [], 10, what="FETCH taking the message")
+        channel.client.connection.disconnect()
+        with pytest.raises(redis.ConnectionError):
+            drain_until(connection, lambda: False, 10)
+    assert held(redis_client) == [sent]
+
+
+@pytest.mark.skipif(not hasattr(kombu_redis.Channel, "_brpop_sent_at"),
+                    reason="kombu 5.7's health check of the polling connection")  # fmt: skip
+def test_kombu_drops_a_polling_connection_that_stopped_answering(
+    own_redis: RedisServer,
+) -> None:
+    """kombu 5.7 drops a BRPOP connection whose reply is overdue by brpop_timeout +
+    health_check_interval (a half-open socket: a failover); it must see this transport's
+    commands too (``_brpop_sent_at``, app.upstream). A stopped server stands for the peer that
+    no longer answers: the connection stays open, nothing comes."""
+    options = {**app.conf.broker_transport_options, **WORKER.transport_options(),
+               "polling_interval": 3, "health_check_interval": 1}  # fmt: skip
+    connection = Connection(own_redis.url, transport=app.conf.broker_transport,
+                            transport_options=options)  # fmt: skip
+    server = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    with connection, Consumer(connection, [Queue(QUEUE)], accept=["json"]):
+        drain_for(connection, 1.5)  # FETCH found nothing: the consumer waits on the wake list
+        wait_for(lambda: waiting_on_wake_list(server), 10, what="the consumer idle")
+        polling = connection.default_channel.client.connection
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        try:
+            time.sleep(4.5)  # past 3 s + 1 s
+            connection.transport.cycle.maybe_check_brpop_health()
+            dropped = polling._sock is None
+        finally:
+            os.kill(own_redis.process.pid, signal.SIGCONT)
+        assert dropped
+        connection.default_channel.qos._delivered.clear()
+
+
+@pytest.mark.skipif(not hasattr(kombu_redis.Channel, "_flush_brpop_reauth"),
+                    reason="kombu 5.7's streaming re-authentication")  # fmt: skip
+def test_a_rotated_credential_reaches_the_polling_connection(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A streaming credential provider (ElastiCache IAM) hands each connection its rotated
+    token; kombu 5.7 sends it on the polling connection once a reply is read, the only moment
+    that connection is idle (app.upstream: ``_flush_brpop_reauth``). Else the broker cuts the
+    connection when the first credential expires."""
+    redis_client.acl_setuser("rotated", enabled=True, passwords=["+rotated-secret"],
+                             keys=["*"], channels=["*"], commands=["+@all"])  # fmt: skip
+    try:
+        with consumer(redis_url) as connection:
+            drain_for(connection, 1.5)
+            polling = connection.default_channel.client.connection
+            now_ms = time.time() * 1000
+            polling.set_re_auth_token(SimpleToken("rotated-secret", now_ms + 3_600_000, now_ms,
+                                                  {"oid": "rotated"}))  # fmt: skip
+            drain_for(connection, 2.5)  # replies read: FETCH, the idle wait's BRPOP
+            assert polling._re_auth_token is None
+            users = {client["user"] for client in redis_client.client_list()}
+            assert "rotated" in users
+    finally:
+        redis_client.acl_deluser("rotated")
 
 
 # --- maxmemory ----------------------------------------------------------------------------------
