@@ -864,6 +864,22 @@ def _policy_documents(props: Mapping[str, Any], keys: Sequence[str]) -> Iterator
             yield f"inline policy {inline.get('name')!r}", inline.get("policy")
 
 
+def _parsed_policy_documents(
+    props: Mapping[str, Any], keys: Sequence[str]
+) -> Iterator[tuple[str, Mapping[str, Any] | str]]:
+    """Each policy document of a resource, parsed, or what is wrong with it (a string)."""
+    for key, raw in _policy_documents(props, keys):
+        try:
+            document = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            yield key, "is not valid JSON; fix the policy document"
+            continue
+        if not isinstance(document, Mapping):
+            yield key, "is not a policy document object"
+            continue
+        yield key, document
+
+
 def wildcard_actions(document: Mapping[str, Any]) -> list[str]:
     """The wildcard grants of an IAM policy document: ``*``, ``service:*`` or any pattern in
     an allowed action, and ``NotAction`` in an allow (which grants everything else)."""
@@ -886,14 +902,9 @@ def validate_iam_actions(args: ResourceValidationArgs, report: ReportViolation) 
     keys = POLICY_DOCUMENTS.get(args.resource_type)
     if keys is None:
         return
-    for key, raw in _policy_documents(args.props, keys):
-        try:
-            document = json.loads(raw) if isinstance(raw, str) else raw
-        except ValueError:
-            report(f"'{args.name}': {key} is not valid JSON; fix the policy document", args.urn)
-            continue
-        if not isinstance(document, Mapping):
-            report(f"'{args.name}': {key} is not a policy document object", args.urn)
+    for key, document in _parsed_policy_documents(args.props, keys):
+        if isinstance(document, str):
+            report(f"'{args.name}': {key} {document}", args.urn)
             continue
         for grant in wildcard_actions(document):
             report(
@@ -933,13 +944,9 @@ def validate_iam_star_resources(args: ResourceValidationArgs, report: ReportViol
     keys = IDENTITY_POLICY_DOCUMENTS.get(args.resource_type)
     if keys is None:
         return
-    for key, raw in _policy_documents(args.props, keys):
-        try:
-            document = json.loads(raw) if isinstance(raw, str) else raw
-        except ValueError:
+    for key, document in _parsed_policy_documents(args.props, keys):
+        if isinstance(document, str):
             continue  # iam-no-wildcard-actions reports it
-        if not isinstance(document, Mapping):
-            continue
         for grant in star_resource_grants(document):
             report(f"'{args.name}' ({key}) allows {grant} (IAM least privilege)", args.urn)
 
