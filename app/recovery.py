@@ -16,8 +16,10 @@ Each message is put back in a transaction that watches its set's hash (and, for 
 its lease): of two sweepers, or a sweeper and a worker acknowledging, restoring or revived, one
 wins and the other finds nothing to do, so no message is put back twice, and none is taken from
 a worker that has its lease again. The destination list (queue and priority) is kombu's choice
-(``Channel._do_restore_message``), and a claim key keeps concurrent sweepers from repeating each
-other's work on one gone worker (an optimisation; the transactions alone are exactly-once).
+(``Channel._do_restore_message``), and a claim key keeps concurrent periodic sweepers from
+repeating each other's work on one gone worker (an optimisation; the transactions alone are
+exactly-once). The consumer's sweep before it consumes ignores claims: it returns only once every
+gone worker's messages are back, whoever else is restoring them.
 """
 
 from __future__ import annotations
@@ -141,8 +143,13 @@ class Recovery:
             )  # fmt: skip
         return len(lost)
 
-    def sweep(self, channel: Any) -> None:
-        """Both passes of the module docstring."""
+    def sweep(self, channel: Any, *, before_consuming: bool = False) -> None:
+        """Both passes of the module docstring.
+
+        ``before_consuming``: the consumer's sweep before it takes anything. It must find every
+        gone worker's messages back when it returns, so it does not leave a gone worker to a
+        sweeper holding the claim (another worker's, or this worker's own sweep thread, which
+        starts first): it restores alongside, and the transactions keep that exactly-once."""
         with channel.conn_or_acquire() as client:
             workers = registered_workers(client)
             others = [worker for worker in workers if worker != self.keys]
@@ -152,16 +159,19 @@ class Recovery:
                 alive = pipe.execute()
         for worker, is_alive in zip(others, alive, strict=True):
             if not is_alive:
-                self.restore_gone(channel, worker)
+                self.restore_gone(channel, worker, claim=not before_consuming)
         pool = [worker.unacked for worker in workers if worker.pool == self.keys.pool]
         self.restore_expired(channel, [*pool, pool_unacked(self.keys.pool)])
 
-    def restore_gone(self, channel: Any, worker: WorkerKeys) -> int:
-        """Put back every message of a worker whose lease expired, then forget the worker."""
+    def restore_gone(self, channel: Any, worker: WorkerKeys, *, claim: bool = True) -> int:
+        """Put back every message of a worker whose lease expired, then forget the worker.
+
+        ``claim``: skip the worker while another sweeper holds its claim (then that one is on
+        it; the claim expires should it die meanwhile)."""
         with channel.conn_or_acquire() as client:
-            claim = f"liveness-claim:{worker.member}"
-            if not client.set(claim, self.keys.member, nx=True, px=self.claim_ms):
-                return 0  # another sweeper is on it; the claim expires should it die meanwhile
+            claim_key = f"liveness-claim:{worker.member}"
+            if claim and not client.set(claim_key, self.keys.member, nx=True, px=self.claim_ms):
+                return 0
             # Each restore checks the lease again: a worker back meanwhile keeps the rest.
             restored = self.restore_set(channel, worker.unacked, unless_alive=True)
             if restored:
@@ -267,4 +277,4 @@ class RestoreGoneWorkers(bootsteps.StartStopStep):
     label = "Restore gone workers"
 
     def start(self, c: Any) -> None:
-        recovery_for(c.controller).sweep(c.connection.default_channel)
+        recovery_for(c.controller).sweep(c.connection.default_channel, before_consuming=True)

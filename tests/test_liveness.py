@@ -342,6 +342,26 @@ def test_a_gone_workers_messages_go_back_ahead_of_newer_ones_oldest_first(
     assert redis_client.smembers(REGISTRY_KEY) == set()  # forgotten
 
 
+def test_a_consumer_finds_a_gone_workers_messages_back_though_another_holds_the_claim(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    gone = WorkerKeys("default", "gone/1")
+    held = publish_noops(redis_url, 3)
+    hold(redis_url, gone, 3)
+    newer = publish_noops(redis_url, 2)
+    # Another sweeper (in a replacement: its own sweep thread, started first) claimed the gone
+    # worker and has not restored anything yet.
+    redis_client.set(f"liveness-claim:{gone.member}", "sweeper/1", px=15_000)
+
+    with sweeper_channel(redis_url) as channel:
+        recovery("replacement/1").sweep(channel)  # a periodic sweep leaves it to the claimant
+        assert queued_task_ids(redis_client) == newer
+        recovery("replacement/1").sweep(channel, before_consuming=True)
+
+    assert queued_task_ids(redis_client) == held + newer  # before it takes anything
+    assert redis_client.hlen(gone.unacked.hash) == 0
+
+
 def test_a_restored_message_keeps_its_priority_list(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
