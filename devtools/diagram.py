@@ -17,6 +17,7 @@ committed image is current without depending on Graphviz's or the fonts' exact p
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -43,7 +44,9 @@ from infra.config import StackConfig
 _ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 #: The PNG text chunk keyword that carries the digest of the Graphviz source.
 DIGEST_KEYWORD = b"celery-ecs:dot-sha256"
-_ICONS = str(Path(diagrams.__file__).resolve().parent.parent / "resources")
+#: Where diagrams' icons are, as diagrams spells it in the source (``Node._load_icon``: an
+#: absolute path with symbolic links kept, so a virtualenv reached through a link matches too).
+_ICONS = os.path.join(Path(os.path.abspath(diagrams.__file__)).parent.parent, "resources")
 
 
 class _Drawing(Diagram):
