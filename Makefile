@@ -32,7 +32,7 @@ test: $(BIN)/.installed system-packages
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/.installed system-packages
-	$(BIN)/python -m bench.worker_budget
+	$(BIN)/python -m bench.worker_budget $(if $(BASELINE),--baseline $(BASELINE))
 	$(BIN)/python -m bench.metrics_cost
 	$(BIN)/python -m bench.scaling_sim
 

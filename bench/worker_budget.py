@@ -1,6 +1,7 @@
 """Measure what the worker timeout budget buys and costs, against Celery's defaults.
 
-    python -m bench.worker_budget        (``make bench``; as root: the workers are containers)
+    python -m bench.worker_budget                  (``make bench``; as root: containers)
+    python -m bench.worker_budget --baseline REV   (``make bench BASELINE=REV``)
 
 One run on this machine, against a redis-server it starts on a free port, with real Celery
 workers run as containers on the ECS twin (``devtools.twin``). Three measurements:
@@ -28,6 +29,11 @@ sides pay the same container: namespaces, tini, user, image venv. Every containe
 namespace of its own on the twin's bridge (awsvpc), and reaches redis-server there, as a Fargate
 task reaches its broker over its own interface.
 
+``--baseline REV`` adds the same worker run from revision REV of this project (its ``app/`` and
+image requirements, this revision's task definition: what a deploy of the new code changes) to
+the throughput rounds and to the taskTimeout 300 crash row, and prints how this revision compares
+with it in the same run: a change to the runtime must not make either worse.
+
 Stop timeouts are scaled down so the run takes about four minutes: the stop cap is 20 s instead
 of Fargate's 120 s, and the defaults get ECS's default ``stopTimeout`` of 30 s at the same scale
 (5 s). The output says so next to every scaled number.
@@ -35,12 +41,16 @@ of Fargate's 120 s, and the defaults get ECS's default ``stopTimeout`` of 30 s a
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -68,7 +78,7 @@ from devtools.rendered_worker import (
     worker_definitions,
 )
 from devtools.twin.container import Container
-from devtools.twin.image import Image, image_venv
+from devtools.twin.image import CACHE, Image, image_venv, parse_image
 from devtools.twin.network import HOST_ADDRESS, TaskNetwork, allocate, ensure_bridge
 from infra import config as stack_config
 from infra.budget import FARGATE_STOP_TIMEOUT_CAP
@@ -318,12 +328,53 @@ def throughput_defaults_with_results() -> WorkerConfig:
                            store_results=True)  # fmt: skip
 
 
-def prepare() -> None:
+# eq=False: hashed by identity (its image holds mappings); ``baseline`` makes one per revision.
+@dataclass(frozen=True, eq=False)
+class Baseline:
+    """An earlier revision of this project, run as its image would run it."""
+
+    #: The commit, abbreviated.
+    revision: str
+    #: Its Dockerfile, build context and requirements: what ``docker build`` of it makes.
+    image: Image
+
+
+@cache
+def baseline(revision: str) -> Baseline:
+    """``revision``'s tree, extracted once into the twin's cache (``git archive``)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--verify", "--short=12",
+             f"{revision}^{{commit}}"], check=True, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+    except subprocess.CalledProcessError as error:
+        raise SystemExit(f"--baseline {revision}: not a commit of this checkout "
+                         f"({error.stderr.strip()})") from None  # fmt: skip
+    tree = CACHE / f"source-{commit}"
+    if not tree.exists():
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit],
+                                 check=True, capture_output=True).stdout  # fmt: skip
+        partial = tree.with_name(f"{tree.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(partial, filter="data")
+        partial.rename(tree)
+    return Baseline(commit, parse_image(tree / "Dockerfile", tree))
+
+
+def at_baseline(config: WorkerConfig, base: Baseline) -> WorkerConfig:
+    """``config``'s task definition run from ``base``'s image."""
+    return replace(config, label=f"{config.label} at {base.revision}", image=base.image)
+
+
+def prepare(base: Baseline | None) -> None:
     """What a first start would otherwise do inside a measurement: render every definition and
-    build the image venv (once per set of requirements)."""
+    build the image venvs (once per set of requirements)."""
     long_pool(), short_pool(), defaults(), recovery_pools(), visibility_alone()
-    throughput_subjects()
+    throughput_subjects(base)
     image_venv(image())
+    if base is not None:
+        image_venv(base.image)
 
 
 def overrides_note(configs: Sequence[WorkerConfig]) -> str:
@@ -607,16 +658,26 @@ class ThroughputSubject:
     ignore_result: bool
 
 
-@cache
-def throughput_subjects() -> tuple[ThroughputSubject, ...]:
-    project, with_results = throughput_project(), throughput_defaults_with_results()
+def project_subjects(project: WorkerConfig) -> tuple[ThroughputSubject, ThroughputSubject]:
+    """The project's worker with results stored, then without."""
     return (
         ThroughputSubject(f"{project.label}, results stored (as the web sends)", project,
                           ignore_result=False),
         ThroughputSubject(f"{project.label}, no result (as beat sends)", project,
                           ignore_result=True),
+    )
+
+
+@cache
+def throughput_subjects(base: Baseline | None = None) -> tuple[ThroughputSubject, ...]:
+    """The project's two, ``base``'s two, the defaults with results, and last the defaults:
+    the baseline of every ratio."""
+    project, with_results = throughput_project(), throughput_defaults_with_results()
+    earlier = () if base is None else project_subjects(at_baseline(project, base))
+    return (
+        *project_subjects(project),
+        *earlier,
         ThroughputSubject(with_results.label, with_results, ignore_result=False),
-        # The baseline: last.
         ThroughputSubject(throughput_defaults().label, throughput_defaults(),
                           ignore_result=False),
     )
@@ -637,11 +698,11 @@ class ThroughputResult:
                                                          strict=True))  # fmt: skip
 
 
-def throughput(bench: Bench) -> list[ThroughputResult]:
+def throughput(bench: Bench, base: Baseline | None) -> list[ThroughputResult]:
     """Rounds of every subject in turn (A, B, C, D, A, B, C, D...), so a change in the
     machine's load during the run affects them alike; each is compared with the baseline's
     round of the same turn. The workers wait idle on their own databases."""
-    subjects = throughput_subjects()
+    subjects = throughput_subjects(base)
     workers: dict[str, tuple[Container, str, redis.Redis]] = {}
     for index, subject in enumerate(subjects):
         if subject.config.label not in workers:
@@ -691,12 +752,11 @@ def before_liveness(config: WorkerConfig) -> str:
 
 def report(
     server: RedisServer, crashes: list[CrashResult], drains: list[DrainResult],
-    rates: list[ThroughputResult], elapsed: float,
+    rates: list[ThroughputResult], elapsed: float, base: Baseline | None,
 ) -> str:
-    *subjects, baseline = rates
     configs = [*(r.config for r in crashes), *(d.config for d in drains),
                *(r.subject.config for r in rates)]  # fmt: skip
-    with_results, _, defaults_with_results = subjects
+    with_results, defaults_with_results, celery_defaults = rates[0], rates[-2], rates[-1]
     deadlines = Deadlines(recovery_pools()[0].liveness_timeout)
     lost = {is_default: sum(d.lost for d in drains if d.config.celery_defaults == is_default)
             for is_default in (False, True)}
@@ -763,7 +823,7 @@ def report(
         "   per task, those a Lua script runs included (the bench's own not).",
         table(
             ["worker", "tasks/s", "vs defaults", "CPU main/pool/redis", "commands"],
-            [[r.subject.label, f"{r.median('rate'):.0f}", f"{r.ratio(baseline):.2f}",
+            [[r.subject.label, f"{r.median('rate'):.0f}", f"{r.ratio(celery_defaults):.2f}",
               f"{r.median('cpu_main'):.0f} / {r.median('cpu_pool'):.0f} / "
               f"{r.median('cpu_redis'):.0f} us", f"{r.median('commands'):.1f}"]
              for r in rates],
@@ -776,7 +836,39 @@ def report(
         "prefetch 4 per process and",
         "   store SUCCESS (a read, then a write) only with a result backend. Neither logs a line "
         "per task (APP_LOG_TASKS).",
+        *([] if base is None else against_baseline(base, crashes, rates)),
     ])
+
+
+def against_baseline(
+    base: Baseline, crashes: list[CrashResult], rates: list[ThroughputResult]
+) -> list[str]:
+    """Section 4: this revision over ``base``, from the rows above (the same run)."""
+    now, then = (rates[0], rates[1]), (rates[2], rates[3])
+    recovered = {r.config.label: r.recovered_after for r in crashes}
+    pool = recovery_pools()[1]
+
+    def seconds(label: str) -> str:
+        value = recovered[label]
+        return "LOST" if value is None else f"{value:.1f} s"
+
+    return [
+        "",
+        f"4. Against {base.revision} (its app and image requirements, this revision's task "
+        "definitions), from the rows above:",
+        table(
+            ["figure", "this revision", base.revision, "this / " + base.revision],
+            [*([subject, f"{mine.median('rate'):.0f} tasks/s",
+                f"{theirs.median('rate'):.0f} tasks/s", f"{mine.ratio(theirs):.2f}"]
+               for subject, mine, theirs in zip(("throughput, results stored",
+                                                 "throughput, no result"), now, then,
+                                                strict=True)),
+             ["crash recovery, taskTimeout 300", seconds(pool.label),
+              seconds(at_baseline(pool, base).label), ""]],
+        ),
+        "   Throughput ratio: the median over the rounds of this revision's rate over "
+        f"{base.revision}'s in the same turn.",
+    ]
 
 
 @contextmanager
@@ -788,7 +880,9 @@ def scratch_directory() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def crashes_and_drains(bench: Bench) -> tuple[list[CrashResult], list[DrainResult]]:
+def crashes_and_drains(
+    bench: Bench, base: Baseline | None
+) -> tuple[list[CrashResult], list[DrainResult]]:
     """The crash rows mostly wait for timers, so the drain rows run meanwhile."""
 
     def crash(config: WorkerConfig, name: str) -> CrashResult:
@@ -799,6 +893,8 @@ def crashes_and_drains(bench: Bench) -> tuple[list[CrashResult], list[DrainResul
             raise
 
     crash_rows = [*recovery_pools(), visibility_alone(), defaults()]
+    if base is not None:
+        crash_rows.append(at_baseline(recovery_pools()[1], base))
     long, short, celery_defaults = long_pool(), short_pool(), defaults()
     with ThreadPoolExecutor(max_workers=len(crash_rows)) as executor:
         crash_futures = [executor.submit(crash, config, f"crash-{index}")
@@ -850,18 +946,24 @@ def running_bench() -> Iterator[Bench]:
             server.stop()
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.worker_budget",
+                                     description=(__doc__ or "").split("\n\n")[0])  # fmt: skip
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run the worker of this git revision, and compare")  # fmt: skip
+    arguments = parser.parse_args(argv)
     if not require_root():
         return 2
+    base = None if arguments.baseline is None else baseline(arguments.baseline)
     began = time.monotonic()
     print("Measuring (about four minutes)...", file=sys.stderr, flush=True)
-    prepare()
+    prepare(base)
     with running_bench() as bench:
-        crashes, drains = crashes_and_drains(bench)
+        crashes, drains = crashes_and_drains(bench, base)
         # Throughput runs alone, so no other worker takes CPU from it.
         bench.stop_everything()
-        rates = throughput(bench)
-        print(report(bench.server, crashes, drains, rates, time.monotonic() - began))
+        rates = throughput(bench, base)
+        print(report(bench.server, crashes, drains, rates, time.monotonic() - began, base))
     return 0
 
 
