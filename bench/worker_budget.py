@@ -68,6 +68,7 @@ from celery import Celery
 
 from app import settings as env_names
 from app.liveness import MAX_SWEEP_INTERVAL, Deadlines, unacked_count
+from app.transport import WAKE_TOKENS_MAX, wake_key
 from devtools import render
 from devtools.processes import ROOT
 from devtools.redis_server import RedisServer, start_redis
@@ -410,6 +411,14 @@ class Bench:
         url = f"redis://{HOST_ADDRESS}:{self.server.port}/{number}"
         return url, redis.Redis.from_url(url, decode_responses=True)
 
+    def recycle_databases(self) -> None:
+        """Empty every database and hand them out again (16 are not enough for all the rows):
+        only once no container is left to use them."""
+        with self._lock:
+            assert not self.networks, "containers still run"
+            redis.Redis(port=self.server.port).flushall()
+            self._databases = iter(range(16))
+
     def start_worker(self, config: WorkerConfig, broker_url: str, name: str) -> Container:
         """Start the worker's container as a task of its own (a standalone RunTask); return at
         once. In ECS the broker URL comes from the task definition's secrets."""
@@ -637,7 +646,13 @@ def release_noops(
                   cpu_seconds(bench.server.process.pid)]  # fmt: skip
     commands_before = worker_commands(admin)
     released = time.monotonic()
-    store.rename(STAGING_QUEUE, QUEUE)
+    with store.pipeline() as release:  # one step, MULTI
+        release.rename(STAGING_QUEUE, QUEUE)
+        # The wake tokens this project's publish pushes with the messages (capped as it caps
+        # them): an idle worker of this project waits on them, not on the queue. The others
+        # never read the list.
+        release.lpush(wake_key(QUEUE), *[1] * min(count, WAKE_TOKENS_MAX))
+        release.execute()
 
     def drained() -> bool:
         return store.llen(QUEUE) == 0 and config.held(store) == 0
@@ -962,6 +977,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         crashes, drains = crashes_and_drains(bench, base)
         # Throughput runs alone, so no other worker takes CPU from it.
         bench.stop_everything()
+        bench.recycle_databases()
         rates = throughput(bench, base)
         print(report(bench.server, crashes, drains, rates, time.monotonic() - began, base))
     return 0
