@@ -1,10 +1,11 @@
 """Every name of kombu, Celery and redis-py that the runtime relies on beyond their documented API.
 
 The runtime (``app.transport``, ``app.consumer``, ``app.results``, ``app.liveness``,
-``app.recovery``, ``app.celery_app``, ``app.metrics``) overrides, calls, reads or sets names
-that their libraries do not document as API: underscored names, and public-looking ones whose
-semantics we depend on beyond their documentation. Each is listed here once, with what the
-runtime relies on, and was read in the source of every release in ``VERIFIED``.
+``app.recovery``, ``app.celery_app``, ``app.metrics``, ``app.revokes``) overrides, calls, reads
+or sets names that their libraries do not document as API: underscored names, and
+public-looking ones whose semantics we depend on beyond their documentation. Each is listed
+here once, with what the runtime relies on, and was read in the source of every release in
+``VERIFIED``.
 ``tests/test_upstream_names.py`` resolves each one on the installed release and compares its
 signature with the one recorded, so an upgrade that renames, removes or re-signs one fails
 there, naming it, before anything else does. A new release: read each name's source in it (its
@@ -250,6 +251,31 @@ NAMES: tuple[UpstreamName, ...] = (
     UpstreamName(
         "celery.worker.state:reserved_requests", "read", "app.protection",
         "the set of requests received and not finished (prefetched, waiting for an ETA)",
+    ),
+    UpstreamName(
+        "celery.worker.control:revoke", "called, replaced", "app.revokes",
+        "the revoke control command: adds the ids to state.revoked (and terminates); the app "
+        "registers its own under the same name with control_command (the last registration of "
+        "a name wins in Panel.data, which the worker's mailbox reads at its start)",
+        "(state, task_id, terminate=False, signal=None, **kwargs)",
+    ),
+    UpstreamName(
+        "celery.worker.control:terminate", "called, replaced", "app.revokes",
+        "the terminate control command (a revoke with terminate), replaced as revoke is",
+        "(state, signal, task_id, **kwargs)",
+    ),
+    UpstreamName(
+        "celery.worker.state:revoked", "read, set", "app.revokes",
+        "the LimitedSet of revoked task ids every request checks on receipt and before it "
+        "runs; .update(ids) adds them now, .expires is how long it keeps one",
+    ),
+    UpstreamName(
+        "celery.worker.state:REVOKE_EXPIRES", "read", "app.revokes",
+        "seconds a worker keeps a revoke in memory (CELERY_WORKER_REVOKE_EXPIRES, 10800)",
+    ),
+    UpstreamName(
+        "celery.worker.state:REVOKES_MAX", "read", "app.revokes",
+        "the most revokes a worker keeps in memory (CELERY_WORKER_REVOKES_MAX, 50000)",
     ),
     UpstreamName(
         "celery._state:_set_task_join_will_block", "called", "app.celery_app",
