@@ -245,6 +245,17 @@ NAMES: tuple[UpstreamName, ...] = (
         "(w, autoscale=None, **kwargs)",
     ),
     UpstreamName(
+        "celery.concurrency:ALIASES", "read", "app.liveness",
+        "pool name (worker --pool) -> 'module:Class' of its implementation",
+    ),
+    UpstreamName(
+        "celery.concurrency.prefork:TaskPool", "named", "app.liveness",
+        "the prefork pool: its processes are listed in .info['processes'] (what the watchdog "
+        "kills); every other pool runs tasks in the worker's main process",
+        "(limit=None, putlocks=True, forking_enable=True, callbacks_propagate=(), app=None, "
+        "**options)",
+    ),
+    UpstreamName(
         "celery.worker.state:active_requests", "read", "app.consumer, app.liveness, "
         "app.protection", "the set of requests running in this worker",
     ),

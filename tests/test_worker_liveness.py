@@ -26,8 +26,10 @@ from kombu.utils.json import loads
 
 from app.liveness import Deadlines, WorkerKeys, registered_workers
 from app.revokes import REVOKED_KEY
+from devtools.processes import python_argv
 from infra.budget import MAX_TASK_TIMEOUT, worker_budget
-from tests.support import AppProcess, send_task, start_worker, wait_for
+from infra.containers import worker_command
+from tests.support import AppProcess, send_task, start_process, start_worker, wait_for
 
 #: The crash tests' liveness timeout: a crashed worker's tasks are back within 4/3 of it
 #: (``Deadlines.recovery_bound``).
@@ -283,3 +285,21 @@ def test_a_task_revoked_while_its_worker_held_it_does_not_run_on_the_replacement
              what="every message to be taken and settled")  # fmt: skip
     assert attempts(redis_client, *revoked) == [0, 0], replacement.logs()
     assert redis_client.hget("ledger:balances", "acct") == str(AMOUNT)
+
+
+@pytest.mark.parametrize("pool", ["solo", "threads"])
+def test_a_worker_whose_pool_the_watchdog_cannot_kill_refuses_to_start(
+    pool: str, app_env: dict[str, str], tmp_path: Path,
+) -> None:
+    # Those pools run tasks in the worker's main process: kill_pool_processes would find no
+    # process to kill, and the watchdog would let a task run on past the lease.
+    argv = python_argv([*worker_command("refused", ("default",), 1), "--pool", pool])
+    worker = start_process("refused", argv, app_env, tmp_path)
+    try:
+        code = worker.wait(60)
+    finally:
+        worker.kill_all()
+    logs = worker.logs()
+    assert code != 0, logs
+    assert f"worker pool {pool!r} (celery worker --pool, or the worker_pool setting)" in logs
+    assert "use --pool prefork" in logs
