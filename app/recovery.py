@@ -235,7 +235,9 @@ class UnackedSweeper:
             ):
                 self.recovery.sweep(channel)
         except self._broker_errors as error:
-            log.warning("unacked sweep: broker unreachable, retrying next round: %r", error)
+            # Unreachable, or at maxmemory: a restore refused whole took nothing from its set.
+            log.warning("unacked sweep: broker unreachable or refusing writes, retrying next "
+                        "round: %r", error)  # fmt: skip
 
 
 def recovery_for(worker: Any) -> Recovery:

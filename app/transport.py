@@ -189,6 +189,15 @@ class QoS(kombu_redis.QoS):
         VirtualQoS.ack(self, delivery_tag)
         self.channel.acknowledge(delivery_tag)
 
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        """Nothing: the sweep (``app.recovery``) puts back what outlived the visibility timeout,
+        from every set of the pool, this channel's included, in transactions that take no lock.
+
+        kombu's, called when the event loop starts (``on_poll_init``) and every 10 s, takes a
+        lock with ``SET NX``, which Redis refuses at maxmemory (``noeviction``): from the timer
+        kombu's hub logged the error and went on; at the loop's start it ended the worker
+        (a channel error, which Celery does not retry)."""
+
 
 class Channel(kombu_redis.Channel):
     QoS = QoS

@@ -145,6 +145,12 @@ NAMES: tuple[UpstreamName, ...] = (
         "(self, message, delivery_tag)",
     ),
     UpstreamName(
+        f"{_REDIS}:QoS.restore_visible", "overridden", "app.transport",
+        "kombu's visibility-timeout restore of the channel's set, under a SET NX lock; called "
+        "by the poller at the event loop's start (on_poll_init) and every 10 s; a no-op here",
+        "(self, start=0, num=10, interval=10)",
+    ),
+    UpstreamName(
         f"{_REDIS}:QoS.ack", "overridden", "app.transport",
         "every acknowledgement of a message goes through it", "(self, delivery_tag)",
     ),
@@ -222,6 +228,13 @@ NAMES: tuple[UpstreamName, ...] = (
         "app.consumer",
         "called on a lost connection (LivenessLost included) before the consumer restarts",
         "(self, exc)",
+    ),
+    UpstreamName(
+        "celery.worker.consumer:Consumer.start", "read", "app.consumer",
+        "retries a failed start or event loop as a lost connection for the errors in "
+        "self.connection_errors (set by __init__ from the transport's; maxmemory added here), "
+        "calling on_connection_error_after_connected before each restart",
+        "(self)",
     ),
     UpstreamName(
         "celery.worker.consumer:Consumer._restore_prefetch_count_after_connection_restart",
