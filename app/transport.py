@@ -134,6 +134,18 @@ end
 return gone
 """
 
+#: Records a message already taken (one FETCH could not record: see ``QoS.append``) as kombu's
+#: QoS does, allowed at maxmemory: refusing the record of a message off its queue would lose
+#: it. KEYS: the unacked hash, the unacked index, the worker registry. ARGV: the delivery tag,
+#: the delivery time, the record's value, the registry member ('' for none).
+RECORD = """#!lua flags=allow-oom
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('SADD', KEYS[3], ARGV[4])
+end
+"""
+
 #: Publishes a message and a wake token in one step (one command: cheaper for the client than
 #: a MULTI of three), capping the wake list. KEYS: the queue's list, its wake list. ARGV: the
 #: message, the cap. The shebang without flags: refused as a whole at maxmemory, as LPUSH is.
@@ -171,18 +183,17 @@ class QoS(kombu_redis.QoS):
         else:
             # Only a message FETCH left unrecorded gets here: its delivery tag is not a string
             # (no kombu producer writes that), or it was taken for a consumer without
-            # acknowledgements and kombu hands it to one with. Recorded as kombu does.
+            # acknowledgements and kombu hands it to one with. Recorded as kombu does, by a
+            # script Redis runs even at maxmemory (kombu's MULTI would be refused: lost).
             delivery = message.delivery_info
-            with self.pipe_or_acquire() as pipe:
-                pipe.zadd(self.unacked_index_key, {delivery_tag: time()})
-                pipe.hset(
-                    self.unacked_key,
-                    delivery_tag,
-                    dumps([message._raw, delivery["exchange"], delivery["routing_key"]]),
-                )
-                if channel.worker_member:
-                    pipe.sadd(channel.worker_registry_key, channel.worker_member)
-                pipe.execute()
+            record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+            *_, record_script = channel.scripts()
+            with channel.conn_or_acquire() as client:
+                record_script(
+                    [self.unacked_key, self.unacked_index_key,
+                     channel.worker_registry_key or "-"],
+                    [delivery_tag, time(), record, channel.worker_member], client=client,
+                )  # fmt: skip
         VirtualQoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
@@ -239,7 +250,7 @@ class Channel(kombu_redis.Channel):
         #: The arguments of the last FETCH sent (sent again with EVAL after NOSCRIPT).
         self._last_arguments: Sequence[Any] = ()
         self._sync_client: redis.Redis | None = None
-        self._scripts: tuple[Script, Script, Script] | None = None
+        self._scripts: tuple[Script, Script, Script, Script] | None = None
 
     # --- clients and scripts --------------------------------------------------------------------
 
@@ -256,12 +267,13 @@ class Channel(kombu_redis.Channel):
         self._sync_client = None
         super()._disconnect_pools()
 
-    def scripts(self) -> tuple[Script, Script, Script]:
-        """FETCH, ACK and PUBLISH as redis-py scripts (EVALSHA, loading on NOSCRIPT)."""
+    def scripts(self) -> tuple[Script, Script, Script, Script]:
+        """FETCH, ACK, PUBLISH and RECORD as redis-py scripts (EVALSHA, loading on NOSCRIPT)."""
         if self._scripts is None:
             with self.conn_or_acquire() as client:
                 self._scripts = (client.register_script(FETCH), client.register_script(ACK),
-                                 client.register_script(PUBLISH))  # fmt: skip
+                                 client.register_script(PUBLISH),
+                                 client.register_script(RECORD))  # fmt: skip
         return self._scripts
 
     def unconfirmed_acks(self) -> list[str]:
@@ -273,7 +285,7 @@ class Channel(kombu_redis.Channel):
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         """kombu's LPUSH, and a wake token for a consumer waiting on the queue, atomically."""
         priority = self._get_message_priority(message, reverse=False)
-        _, _, publish = self.scripts()
+        _, _, publish, _ = self.scripts()
         with self.conn_or_acquire() as client:
             publish([self._q_for_pri(queue, priority), wake_key(queue)],
                     [dumps(message), WAKE_TOKENS_MAX], client=client)  # fmt: skip
@@ -309,7 +321,7 @@ class Channel(kombu_redis.Channel):
         """kombu's synchronous get; a message to acknowledge is taken and recorded by FETCH."""
         if no_ack:
             return super().basic_get(queue, no_ack=True, **kwargs)
-        fetch, _, _ = self.scripts()
+        fetch, *_ = self.scripts()
         numkeys, *arguments = self._fetch_arguments([queue], [])
         with self.conn_or_acquire() as client:
             reply = fetch(arguments[:numkeys], arguments[numkeys:], client=client)
@@ -356,7 +368,7 @@ class Channel(kombu_redis.Channel):
         """Run ACK on the synchronous connection (allowed at maxmemory)."""
         if not tags:
             return
-        _, ack, _ = self.scripts()
+        _, ack, *_ = self.scripts()
         qos = self.qos
         with self.conn_or_acquire() as client:
             gone = ack([qos.unacked_key, qos.unacked_index_key], list(tags), client=client)

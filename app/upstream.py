@@ -134,14 +134,10 @@ NAMES: tuple[UpstreamName, ...] = (
         "(self, client=None)",
     ),
     UpstreamName(
-        f"{_REDIS}:QoS.pipe_or_acquire", "called", "app.transport",
-        "a pipeline on the channel's synchronous client (a context manager)",
-        "(self, pipe=None, client=None)",
-    ),
-    UpstreamName(
         f"{_REDIS}:QoS.append", "overridden", "app.transport",
         "called with each delivered message before its callback; kombu's records it in the "
-        "unacked hash and index (keys unacked_key, unacked_index_key), FETCH does that here",
+        "unacked hash and index (keys unacked_key, unacked_index_key), FETCH does that here "
+        "(RECORD for what FETCH could not)",
         "(self, message, delivery_tag)",
     ),
     UpstreamName(

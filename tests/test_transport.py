@@ -536,6 +536,30 @@ def test_a_message_fetch_could_not_record_is_recorded_on_delivery(
     assert redis_client.hexists(WORKER.unacked.hash, "7")
 
 
+def test_at_maxmemory_a_message_fetch_could_not_record_is_still_recorded(
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Memory fills between FETCH (which took the message, unrecorded) and its record on
+    # delivery: kombu's MULTI would be refused, and the message, off its queue, lost.
+    client = redis.Redis.from_url(own_redis.url)
+    publish(own_redis.url)
+    payload = loads(client.rpop(QUEUE))
+    payload["properties"]["delivery_tag"] = 7
+    client.lpush(QUEUE, dumps(payload))
+    append = QoS.append
+
+    def fill_then_append(qos: QoS, message: Any, delivery_tag: str) -> None:
+        fill_past_maxmemory(client)
+        append(qos, message, delivery_tag)
+
+    monkeypatch.setattr(QoS, "append", fill_then_append)
+    received: list[Any] = []
+    with consumer(own_redis.url, received=received) as connection:
+        drain_until(connection, lambda: len(received) == 1, 30)
+    assert client.hexists(WORKER.unacked.hash, "7")
+    assert client.zscore(WORKER.unacked.index, "7") is not None
+
+
 def test_an_acknowledgement_whose_send_failed_is_sent_again(
     redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
