@@ -369,8 +369,10 @@ class BoundedResolver:
             lookup = self._lookups.get(query)
             if lookup is None:
                 lookup = self._lookups[query] = Future()
-                threading.Thread(target=self._look_up, args=(query, lookup),
-                                 name="liveness-resolver", daemon=True).start()  # fmt: skip
+                # Named after the thread that asked: a stuck lookup says whose it is.
+                asker = threading.current_thread().name
+                threading.Thread(target=self._look_up, args=(query, lookup), daemon=True,
+                                 name=f"{asker}:resolve").start()  # fmt: skip
         try:
             return lookup.result(timeout=self.timeout)
         except OSError as error:  # the lookup failed, or TimeoutError: it takes too long
@@ -504,8 +506,8 @@ def kill_pool_processes(pool: Any) -> int:
 class LivenessThreads:
     """The refresher and the watchdog, started and stopped together (a bootstep's ``obj``).
 
-    Neither ever waits for a fork (``gate_first_call=False``): the refresher's imports are done
-    before the pool forks (its client is made in ``LivenessStep.create``, the IDNA codec by
+    Neither ever waits for a fork (``app.periodic``): the refresher's imports are done before
+    the pool forks (its client is made in ``LivenessStep.create``, the IDNA codec by
     ``app.periodic``), and the watchdog only reads the clock, logs and signals.
     """
 
@@ -560,8 +562,8 @@ class LivenessStep(bootsteps.StartStopStep):
 
         tick = lease.deadlines.tick
         return LivenessThreads(
-            PeriodicThread("liveness-refresh", tick, refresh, gate_first_call=False),
-            PeriodicThread("liveness-watchdog", tick, watch, gate_first_call=False),
+            PeriodicThread("liveness-refresh", tick, refresh),
+            PeriodicThread("liveness-watchdog", tick, watch),
         )
 
     def stop(self, parent: Any) -> None:

@@ -226,6 +226,9 @@ class UnackedSweeper:
         timeouts = {
             "socket_timeout": BROKER_TIMEOUT_SECONDS,
             "socket_connect_timeout": BROKER_TIMEOUT_SECONDS,
+            # The lookup of the broker's name too (app.transport): a resolver that hangs
+            # costs a round, and the next round uses its last answer.
+            "resolve_timeout": BROKER_TIMEOUT_SECONDS,
         }
         try:
             # The channel is closed on leaving, which restores nothing: it received no message.

@@ -49,6 +49,7 @@ with the next ``FETCH`` and, by the consumer (``app.consumer``), after a reconne
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from queue import Empty
@@ -60,8 +61,12 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import QoS as VirtualQoS
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
+from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError, OutOfMemoryError
+from redis.retry import Retry
+
+from app.liveness import BoundedResolver, ResolvedConnection, ResolvedSSLConnection
 
 log = logging.getLogger(__name__)
 
@@ -210,13 +215,34 @@ class QoS(kombu_redis.QoS):
         (a channel error, which Celery does not retry)."""
 
 
+#: One resolver per lookup bound, shared by every channel of the process: a lookup that hangs
+#: is joined by the next channel's, not repeated on a new thread, and its last answer kept.
+_RESOLVERS: dict[float, BoundedResolver] = {}
+_RESOLVERS_LOCK = threading.Lock()
+
+
+def bounded_resolver(timeout: float) -> BoundedResolver:
+    with _RESOLVERS_LOCK:
+        resolver = _RESOLVERS.get(timeout)
+        if resolver is None:
+            resolver = _RESOLVERS[timeout] = BoundedResolver(timeout)
+        return resolver
+
+
 class Channel(kombu_redis.Channel):
     QoS = QoS
     from_transport_options = (
         *kombu_redis.Channel.from_transport_options,
         "worker_registry_key",
         "worker_member",
+        "resolve_timeout",
     )
+    #: Seconds a lookup of the broker's name may take (``app.liveness.BoundedResolver``) on the
+    #: channel's connections, which then make one attempt per command (no redis-py
+    #: retries: each would wait the bounds again); 0: unbounded lookups and redis-py's retries.
+    #: ``socket_connect_timeout`` does not cover the lookup. Set by the connections of the
+    #: worker threads' rounds (the sweep, the metrics): the next round is their retry.
+    resolve_timeout = 0.0
     #: The set a consuming worker is added to with every message it records (app.liveness).
     worker_registry_key = ""
     #: This consumer's member of that set; empty in processes that only publish.
@@ -262,6 +288,24 @@ class Channel(kombu_redis.Channel):
                 self._sync_client = self._create_client()
             client = self._sync_client
         yield client
+
+    # kombu builds its pools' connections from these two (its polling connection subclasses
+    # the first): with resolve_timeout, ones that look the name up with a BoundedResolver.
+    @property
+    def connection_class(self) -> type[redis.Connection]:
+        return ResolvedConnection if self.resolve_timeout else redis.Connection
+
+    @property
+    def connection_class_ssl(self) -> type[redis.Connection]:
+        return ResolvedSSLConnection if self.resolve_timeout else redis.SSLConnection
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = super()._connparams(asynchronous)
+        # A Unix socket has no name to look up: kept as it is.
+        if self.resolve_timeout and issubclass(params["connection_class"], ResolvedConnection):
+            params["resolver"] = bounded_resolver(float(self.resolve_timeout))
+            params["retry"] = Retry(NoBackoff(), 0)
+        return params
 
     def _disconnect_pools(self) -> None:
         self._sync_client = None

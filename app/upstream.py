@@ -119,6 +119,15 @@ NAMES: tuple[UpstreamName, ...] = (
         "the list key of a queue at a priority step", "(self, queue, pri)",
     ),
     UpstreamName(
+        f"{_REDIS}:Channel._connparams", "overridden", "app.transport",
+        "the keyword arguments of the channel's redis-py ConnectionPool, connection_class "
+        "(redis.Connection, redis.SSLConnection, or the Unix socket's) among them, passed on "
+        "to each connection, its class read from self.connection_class or, for TLS, "
+        "self.connection_class_ssl (properties here); asynchronous=True for the polling "
+        "connection's, whose class kombu subclasses from those",
+        "(self, asynchronous=False)",
+    ),
+    UpstreamName(
         f"{_REDIS}:Channel._create_client", "called", "app.transport",
         "a synchronous redis-py client on the channel's pool", "(self, asynchronous=False)",
     ),
