@@ -30,6 +30,7 @@ RUNTIME_TESTS = (
     "tests/test_upstream_names.py",
     "tests/test_transport.py",
     "tests/test_liveness.py",
+    "tests/test_revokes.py",
     "tests/test_worker_liveness.py",
     "tests/test_worker_reliability.py",
     "tests/test_results.py",

@@ -31,6 +31,7 @@ from app.metrics import QueueMetricsStep, stamp_published_at
 from app.protection import TaskProtectionStep
 from app.recovery import RestoreGoneWorkers, UnackedSweepStep
 from app.results import ResultBackendLoader
+from app.revokes import LoadRevokes  # also replaces Celery's revoke and terminate commands
 from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
 from app.settings import Settings
 
@@ -236,6 +237,7 @@ app.steps["consumer"].add(ConsumerLiveness)
 app.steps["consumer"].add(BoundedPrefetch)
 app.steps["consumer"].add(RestoreLostDeliveries)
 app.steps["consumer"].add(RestoreGoneWorkers)
+app.steps["consumer"].add(LoadRevokes)
 app.steps["worker"].add(LivenessStep)
 app.steps["worker"].add(UnackedSweepStep)
 if settings.task_protection:

@@ -32,6 +32,7 @@ that could have given them to another worker is gone.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import kombu
@@ -40,12 +41,18 @@ from celery.worker import WorkController
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.state import active_requests
 from kombu.common import QoS
+from redis.exceptions import OutOfMemoryError
 
 from app.liveness import LivenessLost, lease_of
 from app.recovery import recovery_for
 from app.transport import Channel
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two starts of the consumer while Redis is at maxmemory: the first wait, the
+#: longest (each doubles the last).
+MAXMEMORY_FIRST_WAIT = 0.5
+MAXMEMORY_LONGEST_WAIT = 5.0
 
 
 class Consumer(CeleryConsumer):
@@ -57,6 +64,9 @@ class Consumer(CeleryConsumer):
     task_consumer: kombu.Consumer | None
     #: The prefetch counter (Celery's Tasks step), replaced by ``BoundedPrefetch``.
     qos: QoS | None
+    #: What Celery's ``start`` retries as a lost connection (kombu's connection errors; here
+    #: also maxmemory).
+    connection_errors: tuple[type[BaseException], ...]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -68,6 +78,16 @@ class Consumer(CeleryConsumer):
         #: epoch they were recorded under.
         self.held_at_loss: list[Any] = []
         self.held_epoch: str | None = None
+        # At maxmemory (noeviction) Redis refuses every command that may grow its memory, and a
+        # MULTI or script containing one, whole: nothing was written. The consumer's start
+        # writes (kombu's queue bindings, the lease, the restores): it fails, and is started
+        # again as after a lost connection, after a wait (``_wait_for_memory``), instead of
+        # ending the worker (Celery retries other errors than a connection's only with
+        # broker_channel_error_retry, and then every one of them). Nothing is consumed
+        # meanwhile: the event loop starts after those steps.
+        self.connection_errors = (*self.connection_errors, OutOfMemoryError)
+        self._maxmemory_wait = 0.0
+        self._maxmemory_waited_at = float("-inf")
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         self._drop_unacked_deliveries(exc)
@@ -79,6 +99,22 @@ class Consumer(CeleryConsumer):
                 if request.task.acks_late and not request.acknowledged:
                     request.cancel(self.pool, emit_retry=False)
         super().on_connection_error_after_connected(exc)
+        if isinstance(exc, OutOfMemoryError):
+            self._wait_for_memory()
+
+    def _wait_for_memory(self) -> None:
+        """Wait before the consumer starts again, doubling from one start to the next while
+        Redis stays at maxmemory (a start within twice the longest wait of the last wait)."""
+        now = time.monotonic()
+        if now - self._maxmemory_waited_at > 2 * MAXMEMORY_LONGEST_WAIT:
+            self._maxmemory_wait = MAXMEMORY_FIRST_WAIT
+            log.warning("the broker is at maxmemory: this worker takes no message until "
+                        "memory frees, trying again every %g s at most",
+                        MAXMEMORY_LONGEST_WAIT)  # fmt: skip
+        else:
+            self._maxmemory_wait = min(2 * self._maxmemory_wait, MAXMEMORY_LONGEST_WAIT)
+        time.sleep(self._maxmemory_wait)
+        self._maxmemory_waited_at = time.monotonic()
 
     def _drop_unacked_deliveries(self, exc: BaseException) -> None:
         consumer = self.task_consumer
@@ -98,7 +134,9 @@ class Consumer(CeleryConsumer):
         log.warning(
             "%s with %d unacknowledged message(s): running tasks are cancelled and every "
             "message this worker holds goes back on its queue before it consumes again",
-            "liveness lost" if isinstance(exc, LivenessLost) else "broker connection lost",
+            "liveness lost" if isinstance(exc, LivenessLost)
+            else "broker at maxmemory" if isinstance(exc, OutOfMemoryError)
+            else "broker connection lost",
             len(held),
         )
 

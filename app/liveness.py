@@ -62,6 +62,11 @@ from typing import Any, cast
 
 import redis
 from celery import bootsteps
+from celery.concurrency import (  # type: ignore[attr-defined]  # celery-types: not in the stub
+    ALIASES as POOL_ALIASES,
+)
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.exceptions import ImproperlyConfigured
 from celery.worker import state as worker_state
 from kombu.utils.encoding import bytes_to_str
 from redis.backoff import NoBackoff
@@ -364,8 +369,10 @@ class BoundedResolver:
             lookup = self._lookups.get(query)
             if lookup is None:
                 lookup = self._lookups[query] = Future()
-                threading.Thread(target=self._look_up, args=(query, lookup),
-                                 name="liveness-resolver", daemon=True).start()  # fmt: skip
+                # Named after the thread that asked: a stuck lookup says whose it is.
+                asker = threading.current_thread().name
+                threading.Thread(target=self._look_up, args=(query, lookup), daemon=True,
+                                 name=f"{asker}:resolve").start()  # fmt: skip
         try:
             return lookup.result(timeout=self.timeout)
         except OSError as error:  # the lookup failed, or TimeoutError: it takes too long
@@ -461,8 +468,29 @@ class LeaseRefresher:
         return extended
 
 
+def require_prefork(pool: Any) -> None:
+    """Refuse, at the worker's start, a pool whose tasks ``kill_pool_processes`` cannot stop.
+
+    Only the prefork pool runs tasks in processes of their own; solo, threads, gevent and
+    eventlet run them in the worker's main process, where the watchdog could stop a task only
+    by killing the worker itself, and a custom pool may be anything.
+    """
+    if isinstance(pool, PreforkPool):
+        return
+    kind = type(pool)
+    path = f"{kind.__module__}:{kind.__qualname__}"
+    name = next((alias for alias, where in POOL_ALIASES.items() if where == path), path)
+    raise ImproperlyConfigured(
+        f"worker pool {name!r} (celery worker --pool, or the worker_pool setting): the "
+        "liveness watchdog (app.liveness) stops a task that must not run on by killing the "
+        "pool process running it, which only the 'prefork' pool has; use --pool prefork "
+        "(Celery's default)"
+    )
+
+
 def kill_pool_processes(pool: Any) -> int:
-    """SIGKILL every process of a prefork pool: nothing of this worker runs a task any more.
+    """SIGKILL every process of a prefork pool (``require_prefork``): nothing of this worker
+    runs a task any more.
 
     The pool notices in the event loop, like an OOM kill (task_reject_on_worker_lost).
     """
@@ -478,8 +506,8 @@ def kill_pool_processes(pool: Any) -> int:
 class LivenessThreads:
     """The refresher and the watchdog, started and stopped together (a bootstep's ``obj``).
 
-    Neither ever waits for a fork (``gate_first_call=False``): the refresher's imports are done
-    before the pool forks (its client is made in ``LivenessStep.create``, the IDNA codec by
+    Neither ever waits for a fork (``app.periodic``): the refresher's imports are done before
+    the pool forks (its client is made in ``LivenessStep.create``, the IDNA codec by
     ``app.periodic``), and the watchdog only reads the clock, logs and signals.
     """
 
@@ -516,6 +544,7 @@ class LivenessStep(bootsteps.StartStopStep):
 
     # celery-types has Step.create return None; StartStopStep keeps what it returns as its obj.
     def create(self, worker: Any) -> LivenessThreads:  # type: ignore[override]
+        require_prefork(worker.pool)
         lease: Lease = worker.liveness
         extend = LeaseRefresher(worker.app.conf.broker_url, lease.keys.lease, lease.deadlines)
 
@@ -533,8 +562,8 @@ class LivenessStep(bootsteps.StartStopStep):
 
         tick = lease.deadlines.tick
         return LivenessThreads(
-            PeriodicThread("liveness-refresh", tick, refresh, gate_first_call=False),
-            PeriodicThread("liveness-watchdog", tick, watch, gate_first_call=False),
+            PeriodicThread("liveness-refresh", tick, refresh),
+            PeriodicThread("liveness-watchdog", tick, watch),
         )
 
     def stop(self, parent: Any) -> None:

@@ -251,6 +251,8 @@ class QueueMetricsPublisher:
             timeouts = {
                 "socket_timeout": BROKER_TIMEOUT_SECONDS,
                 "socket_connect_timeout": BROKER_TIMEOUT_SECONDS,
+                # And the lookup of the broker's name (app.transport).
+                "resolve_timeout": BROKER_TIMEOUT_SECONDS,
             }
             connection = self.app.connection_for_read(self.broker_url, transport_options=timeouts)
             try:
@@ -332,9 +334,9 @@ class QueueMetricsStep(bootsteps.StartStopStep):
     Register with ``app.steps["worker"].add(QueueMetricsStep)`` when
     ``CELERY_METRICS_NAMESPACE`` is set. Publishes from a thread of the main process
     (``app.periodic``): a broker round trip and a CloudWatch call must not hold up the worker's
-    event loop. Both are bounded by timeouts, so the worker's stop waits at most that long, and
-    so does a fork of the pool during the thread's first round (the only one it holds
-    ``app.periodic.FORK_GATE`` for).
+    event loop. Both are bounded by timeouts (the broker's name lookup too; CloudWatch's is
+    botocore's), so the worker's stop waits at most that long; a fork of the pool waits for
+    none of it.
     """
 
     # Threads start once the pool has forked its children (see ``app.periodic``).

@@ -7,17 +7,25 @@ loop that also acknowledges and dispatches tasks.
 Threads and ``fork`` do not mix: a child gets a copy of every lock some thread held at the fork,
 and nothing in the child will ever release it. The prefork pool forks its children from this
 process, at start and whenever it replaces one. The lock a real child hung on was a module's
-import lock: a thread's first ``getaddrinfo`` imports the IDNA codec. What else a thread's call
-can hold at an arbitrary instant is released for the child by its owner: the ``logging``
+import lock: a thread's first ``getaddrinfo`` imported the IDNA codec. What else a thread's
+call can hold at an arbitrary instant is released for the child by its owner: the ``logging``
 module's locks (its ``os.register_at_fork`` hook), glibc's (its own fork handlers); the clients
-a thread uses are its own, never used by a child. So only imports need excluding from a fork:
+a thread uses are its own, never used by a child. So only imports must not happen on these
+threads, and none does:
 
-- ``encodings.idna`` is imported here, before any fork, so no resolution ever imports it;
-- a thread's first call, which imports what its function needs, holds ``FORK_GATE`` (shared),
-  and every ``os.fork`` of the process waits (exclusive) until no such call is in progress;
-- later calls hold nothing, whatever they wait for: a fork never waits for a Redis or HTTP
-  round trip (a sweep's, up to 5 s each), so neither does the event loop that forks, nor
-  anything queued behind the fork.
+- ``encodings.idna`` is imported here, before any fork, so no name lookup ever imports it;
+- every other module a call uses is imported by the main thread before the pool's first fork:
+  by ``app.celery_app`` and by each step's ``create``, which builds the call's clients.
+  ``tests/test_periodic.py`` runs a worker whose every thread does its real work (a sweep that
+  restores, a protection PUT, a metrics round) and finds no call importing anything;
+- should a call import a module all the same (a path no test took), it is logged as a
+  warning naming the thread and the modules, to be imported at start instead (a finder first
+  on ``sys.meta_path`` notes, per thread, each module being loaded; it finds nothing itself).
+
+No call holds a lock a fork waits for: a fork never waits for a thread's Redis, HTTP or name
+lookup (a sweep's connect, a stuck resolver), so neither does the event loop that forks, nor
+the liveness it checks. (Before, a thread's first call held a gate every fork waited for, over
+its network I/O.)
 """
 
 from __future__ import annotations
@@ -26,77 +34,53 @@ from __future__ import annotations
 # uses (CPython's socket module encodes the host with "idna"), imported on first use otherwise.
 import encodings.idna  # noqa: F401
 import logging
-import os
+import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from importlib.abc import MetaPathFinder
+from importlib.machinery import ModuleSpec
+from types import ModuleType
 
 log = logging.getLogger(__name__)
 
 
-class ForkGate:
-    """Many threads may work at once; a fork waits for all of them and holds off new work.
+class ImportsNoted(MetaPathFinder):
+    """Notes the modules a thread loads while it watches (``watch``/``noted``).
 
-    ``before_fork``/``after_fork_*`` are registered with ``os.register_at_fork`` for the process
-    (see ``FORK_GATE``). Work in progress (a thread's first call) is bounded by its own
-    timeouts, so a fork waits at most that long.
+    Python asks the finders of ``sys.meta_path`` only for a module not loaded yet, so the note
+    is exactly what the thread imported; this finder finds nothing, the next ones do.
     """
 
     def __init__(self) -> None:
-        self._reset()
+        self._local = threading.local()
 
-    def _reset(self) -> None:
-        self._condition = threading.Condition()
-        self._working = 0
-        self._forking = False
+    def watch(self) -> None:
+        self._local.noted = []
 
-    @contextmanager
-    def working(self) -> Iterator[None]:
-        with self._condition:
-            while self._forking:
-                self._condition.wait()
-            self._working += 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._working -= 1
-                self._condition.notify_all()
+    def noted(self) -> list[str]:
+        noted: list[str] = getattr(self._local, "noted", None) or []
+        self._local.noted = None
+        return noted
 
-    def before_fork(self) -> None:
-        # The condition's lock stays held through the fork, so nothing starts working until
-        # ``after_fork_in_parent`` runs in the parent.
-        self._condition.acquire()
-        self._forking = True
-        while self._working:
-            self._condition.wait()
-
-    def after_fork_in_parent(self) -> None:
-        self._forking = False
-        self._condition.notify_all()
-        self._condition.release()
-
-    def after_fork_in_child(self) -> None:
-        # The child has only the forking thread: start again with a gate nobody holds.
-        self._reset()
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:  # fmt: skip
+        noted: list[str] | None = getattr(self._local, "noted", None)
+        if noted is not None:
+            noted.append(fullname)
+        return None
 
 
-FORK_GATE = ForkGate()
-os.register_at_fork(
-    before=FORK_GATE.before_fork,
-    after_in_parent=FORK_GATE.after_fork_in_parent,
-    after_in_child=FORK_GATE.after_fork_in_child,
-)
+IMPORTS = ImportsNoted()
+sys.meta_path.insert(0, IMPORTS)
 
 
 class PeriodicThread:
     """Calls ``function`` at once and then every ``interval`` seconds until ``stop``.
 
     ``function`` is expected to handle its own failures; anything it lets escape is logged
-    and the next call happens as usual, so one bug cannot silently end the loop. The first call
-    holds ``FORK_GATE`` (the imports happen then), unless ``gate_first_call`` is False (a
-    function that imports nothing and must never wait for a fork); keep it bounded by
-    timeouts, and never fork from a call. ``start``/``stop`` match what
+    and the next call happens as usual, so one bug cannot silently end the loop. It must import
+    nothing (see the module docstring: build its clients before the thread starts), keep its
+    I/O bounded by timeouts, and never fork. ``start``/``stop`` match what
     ``celery.bootsteps.StartStopStep`` calls on its ``obj``.
     """
 
@@ -107,13 +91,11 @@ class PeriodicThread:
         function: Callable[[], object],
         *,
         join_timeout: float = 10.0,
-        gate_first_call: bool = True,
     ) -> None:
         self.name = name
         self.interval = interval
         self.function = function
         self.join_timeout = join_timeout
-        self.gate_first_call = gate_first_call
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -129,16 +111,21 @@ class PeriodicThread:
             self._thread = None
 
     def _run(self) -> None:
-        if self.gate_first_call and not self._stopping.is_set():
-            with FORK_GATE.working():
-                self._call()
-            self._stopping.wait(self.interval)
         while not self._stopping.is_set():
             self._call()
             self._stopping.wait(self.interval)
 
     def _call(self) -> None:
+        IMPORTS.watch()
         try:
             self.function()
         except Exception:
             log.exception("%s: unexpected error; the next run happens as usual", self.name)
+        finally:
+            imported = IMPORTS.noted()
+        if imported:
+            log.warning(
+                "%s: its call imported %s. An import on this thread while the pool forks can "
+                "leave the child holding its lock: import it before the worker starts its pool",
+                self.name, ", ".join(imported),
+            )  # fmt: skip

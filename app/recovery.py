@@ -236,6 +236,9 @@ class UnackedSweeper:
         timeouts = {
             "socket_timeout": BROKER_TIMEOUT_SECONDS,
             "socket_connect_timeout": BROKER_TIMEOUT_SECONDS,
+            # The lookup of the broker's name too (app.transport): a resolver that hangs
+            # costs a round, and the next round uses its last answer.
+            "resolve_timeout": BROKER_TIMEOUT_SECONDS,
         }
         try:
             # The channel is closed on leaving, which restores nothing: it received no message.
@@ -245,7 +248,9 @@ class UnackedSweeper:
             ):
                 self.recovery.sweep(channel)
         except self._broker_errors as error:
-            log.warning("unacked sweep: broker unreachable, retrying next round: %r", error)
+            # Unreachable, or at maxmemory: a restore refused whole took nothing from its set.
+            log.warning("unacked sweep: broker unreachable or refusing writes, retrying next "
+                        "round: %r", error)  # fmt: skip
 
 
 def recovery_for(worker: Any) -> Recovery:

@@ -49,6 +49,7 @@ with the next ``FETCH`` and, by the consumer (``app.consumer``), after a reconne
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from queue import Empty
@@ -60,8 +61,12 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import QoS as VirtualQoS
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
+from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError, OutOfMemoryError
+from redis.retry import Retry
+
+from app.liveness import BoundedResolver, ResolvedConnection, ResolvedSSLConnection
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +139,18 @@ end
 return gone
 """
 
+#: Records a message already taken (one FETCH could not record: see ``QoS.append``) as kombu's
+#: QoS does, allowed at maxmemory: refusing the record of a message off its queue would lose
+#: it. KEYS: the unacked hash, the unacked index, the worker registry. ARGV: the delivery tag,
+#: the delivery time, the record's value, the registry member ('' for none).
+RECORD = """#!lua flags=allow-oom
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('SADD', KEYS[3], ARGV[4])
+end
+"""
+
 #: Publishes a message and a wake token in one step (one command: cheaper for the client than
 #: a MULTI of three), capping the wake list. KEYS: the queue's list, its wake list. ARGV: the
 #: message, the cap. The shebang without flags: refused as a whole at maxmemory, as LPUSH is.
@@ -171,23 +188,45 @@ class QoS(kombu_redis.QoS):
         else:
             # Only a message FETCH left unrecorded gets here: its delivery tag is not a string
             # (no kombu producer writes that), or it was taken for a consumer without
-            # acknowledgements and kombu hands it to one with. Recorded as kombu does.
+            # acknowledgements and kombu hands it to one with. Recorded as kombu does, by a
+            # script Redis runs even at maxmemory (kombu's MULTI would be refused: lost).
             delivery = message.delivery_info
-            with self.pipe_or_acquire() as pipe:
-                pipe.zadd(self.unacked_index_key, {delivery_tag: time()})
-                pipe.hset(
-                    self.unacked_key,
-                    delivery_tag,
-                    dumps([message._raw, delivery["exchange"], delivery["routing_key"]]),
-                )
-                if channel.worker_member:
-                    pipe.sadd(channel.worker_registry_key, channel.worker_member)
-                pipe.execute()
+            record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+            *_, record_script = channel.scripts()
+            with channel.conn_or_acquire() as client:
+                record_script(
+                    [self.unacked_key, self.unacked_index_key,
+                     channel.worker_registry_key or "-"],
+                    [delivery_tag, time(), record, channel.worker_member], client=client,
+                )  # fmt: skip
         VirtualQoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
         VirtualQoS.ack(self, delivery_tag)
         self.channel.acknowledge(delivery_tag)
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        """Nothing: the sweep (``app.recovery``) puts back what outlived the visibility timeout,
+        from every set of the pool, this channel's included, in transactions that take no lock.
+
+        kombu's, called when the event loop starts (``on_poll_init``) and every 10 s, takes a
+        lock with ``SET NX``, which Redis refuses at maxmemory (``noeviction``): from the timer
+        kombu's hub logged the error and went on; at the loop's start it ended the worker
+        (a channel error, which Celery does not retry)."""
+
+
+#: One resolver per lookup bound, shared by every channel of the process: a lookup that hangs
+#: is joined by the next channel's, not repeated on a new thread, and its last answer kept.
+_RESOLVERS: dict[float, BoundedResolver] = {}
+_RESOLVERS_LOCK = threading.Lock()
+
+
+def bounded_resolver(timeout: float) -> BoundedResolver:
+    with _RESOLVERS_LOCK:
+        resolver = _RESOLVERS.get(timeout)
+        if resolver is None:
+            resolver = _RESOLVERS[timeout] = BoundedResolver(timeout)
+        return resolver
 
 
 class Channel(kombu_redis.Channel):
@@ -196,7 +235,14 @@ class Channel(kombu_redis.Channel):
         *kombu_redis.Channel.from_transport_options,
         "worker_registry_key",
         "worker_member",
+        "resolve_timeout",
     )
+    #: Seconds a lookup of the broker's name may take (``app.liveness.BoundedResolver``) on the
+    #: channel's connections, which then make one attempt per command (no redis-py
+    #: retries: each would wait the bounds again); 0: unbounded lookups and redis-py's retries.
+    #: ``socket_connect_timeout`` does not cover the lookup. Set by the connections of the
+    #: worker threads' rounds (the sweep, the metrics): the next round is their retry.
+    resolve_timeout = 0.0
     #: The set a consuming worker is added to with every message it records (app.liveness).
     worker_registry_key = ""
     #: This consumer's member of that set; empty in processes that only publish.
@@ -230,7 +276,7 @@ class Channel(kombu_redis.Channel):
         #: The arguments of the last FETCH sent (sent again with EVAL after NOSCRIPT).
         self._last_arguments: Sequence[Any] = ()
         self._sync_client: redis.Redis | None = None
-        self._scripts: tuple[Script, Script, Script] | None = None
+        self._scripts: tuple[Script, Script, Script, Script] | None = None
 
     # --- clients and scripts --------------------------------------------------------------------
 
@@ -243,16 +289,35 @@ class Channel(kombu_redis.Channel):
             client = self._sync_client
         yield client
 
+    # kombu builds its pools' connections from these two (its polling connection subclasses
+    # the first): with resolve_timeout, ones that look the name up with a BoundedResolver.
+    @property
+    def connection_class(self) -> type[redis.Connection]:
+        return ResolvedConnection if self.resolve_timeout else redis.Connection
+
+    @property
+    def connection_class_ssl(self) -> type[redis.Connection]:
+        return ResolvedSSLConnection if self.resolve_timeout else redis.SSLConnection
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = super()._connparams(asynchronous)
+        # A Unix socket has no name to look up: kept as it is.
+        if self.resolve_timeout and issubclass(params["connection_class"], ResolvedConnection):
+            params["resolver"] = bounded_resolver(float(self.resolve_timeout))
+            params["retry"] = Retry(NoBackoff(), 0)
+        return params
+
     def _disconnect_pools(self) -> None:
         self._sync_client = None
         super()._disconnect_pools()
 
-    def scripts(self) -> tuple[Script, Script, Script]:
-        """FETCH, ACK and PUBLISH as redis-py scripts (EVALSHA, loading on NOSCRIPT)."""
+    def scripts(self) -> tuple[Script, Script, Script, Script]:
+        """FETCH, ACK, PUBLISH and RECORD as redis-py scripts (EVALSHA, loading on NOSCRIPT)."""
         if self._scripts is None:
             with self.conn_or_acquire() as client:
                 self._scripts = (client.register_script(FETCH), client.register_script(ACK),
-                                 client.register_script(PUBLISH))  # fmt: skip
+                                 client.register_script(PUBLISH),
+                                 client.register_script(RECORD))  # fmt: skip
         return self._scripts
 
     def unconfirmed_acks(self) -> list[str]:
@@ -264,7 +329,7 @@ class Channel(kombu_redis.Channel):
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         """kombu's LPUSH, and a wake token for a consumer waiting on the queue, atomically."""
         priority = self._get_message_priority(message, reverse=False)
-        _, _, publish = self.scripts()
+        _, _, publish, _ = self.scripts()
         with self.conn_or_acquire() as client:
             publish([self._q_for_pri(queue, priority), wake_key(queue)],
                     [dumps(message), WAKE_TOKENS_MAX], client=client)  # fmt: skip
@@ -300,7 +365,7 @@ class Channel(kombu_redis.Channel):
         """kombu's synchronous get; a message to acknowledge is taken and recorded by FETCH."""
         if no_ack:
             return super().basic_get(queue, no_ack=True, **kwargs)
-        fetch, _, _ = self.scripts()
+        fetch, *_ = self.scripts()
         numkeys, *arguments = self._fetch_arguments([queue], [])
         with self.conn_or_acquire() as client:
             reply = fetch(arguments[:numkeys], arguments[numkeys:], client=client)
@@ -347,7 +412,7 @@ class Channel(kombu_redis.Channel):
         """Run ACK on the synchronous connection (allowed at maxmemory)."""
         if not tags:
             return
-        _, ack, _ = self.scripts()
+        _, ack, *_ = self.scripts()
         qos = self.qos
         with self.conn_or_acquire() as client:
             gone = ack([qos.unacked_key, qos.unacked_index_key], list(tags), client=client)

@@ -1,10 +1,11 @@
 """Every name of kombu, Celery and redis-py that the runtime relies on beyond their documented API.
 
 The runtime (``app.transport``, ``app.consumer``, ``app.results``, ``app.liveness``,
-``app.recovery``, ``app.celery_app``, ``app.metrics``) overrides, calls, reads or sets names
-that their libraries do not document as API: underscored names, and public-looking ones whose
-semantics we depend on beyond their documentation. Each is listed here once, with what the
-runtime relies on, and was read in the source of every release in ``VERIFIED``.
+``app.recovery``, ``app.celery_app``, ``app.metrics``, ``app.revokes``) overrides, calls, reads
+or sets names that their libraries do not document as API: underscored names, and
+public-looking ones whose semantics we depend on beyond their documentation. Each is listed
+here once, with what the runtime relies on, and was read in the source of every release in
+``VERIFIED``.
 ``tests/test_upstream_names.py`` resolves each one on the installed release and compares its
 signature with the one recorded, so an upgrade that renames, removes or re-signs one fails
 there, naming it, before anything else does. A new release: read each name's source in it (its
@@ -118,6 +119,15 @@ NAMES: tuple[UpstreamName, ...] = (
         "the list key of a queue at a priority step", "(self, queue, pri)",
     ),
     UpstreamName(
+        f"{_REDIS}:Channel._connparams", "overridden", "app.transport",
+        "the keyword arguments of the channel's redis-py ConnectionPool, connection_class "
+        "(redis.Connection, redis.SSLConnection, or the Unix socket's) among them, passed on "
+        "to each connection, its class read from self.connection_class or, for TLS, "
+        "self.connection_class_ssl (properties here); asynchronous=True for the polling "
+        "connection's, whose class kombu subclasses from those",
+        "(self, asynchronous=False)",
+    ),
+    UpstreamName(
         f"{_REDIS}:Channel._create_client", "called", "app.transport",
         "a synchronous redis-py client on the channel's pool", "(self, asynchronous=False)",
     ),
@@ -133,15 +143,17 @@ NAMES: tuple[UpstreamName, ...] = (
         "(self, client=None)",
     ),
     UpstreamName(
-        f"{_REDIS}:QoS.pipe_or_acquire", "called", "app.transport",
-        "a pipeline on the channel's synchronous client (a context manager)",
-        "(self, pipe=None, client=None)",
-    ),
-    UpstreamName(
         f"{_REDIS}:QoS.append", "overridden", "app.transport",
         "called with each delivered message before its callback; kombu's records it in the "
-        "unacked hash and index (keys unacked_key, unacked_index_key), FETCH does that here",
+        "unacked hash and index (keys unacked_key, unacked_index_key), FETCH does that here "
+        "(RECORD for what FETCH could not)",
         "(self, message, delivery_tag)",
+    ),
+    UpstreamName(
+        f"{_REDIS}:QoS.restore_visible", "overridden", "app.transport",
+        "kombu's visibility-timeout restore of the channel's set, under a SET NX lock; called "
+        "by the poller at the event loop's start (on_poll_init) and every 10 s; a no-op here",
+        "(self, start=0, num=10, interval=10)",
     ),
     UpstreamName(
         f"{_REDIS}:QoS.ack", "overridden", "app.transport",
@@ -223,6 +235,13 @@ NAMES: tuple[UpstreamName, ...] = (
         "(self, exc)",
     ),
     UpstreamName(
+        "celery.worker.consumer:Consumer.start", "read", "app.consumer",
+        "retries a failed start or event loop as a lost connection for the errors in "
+        "self.connection_errors (set by __init__ from the transport's; maxmemory added here), "
+        "calling on_connection_error_after_connected before each restart",
+        "(self)",
+    ),
+    UpstreamName(
         "celery.worker.consumer:Consumer._restore_prefetch_count_after_connection_restart",
         "read", "app.consumer",
         "assigns qos.value itself (HeldMessagesQoS.value's setter takes it as wanted)",
@@ -244,12 +263,48 @@ NAMES: tuple[UpstreamName, ...] = (
         "(w, autoscale=None, **kwargs)",
     ),
     UpstreamName(
+        "celery.concurrency:ALIASES", "read", "app.liveness",
+        "pool name (worker --pool) -> 'module:Class' of its implementation",
+    ),
+    UpstreamName(
+        "celery.concurrency.prefork:TaskPool", "named", "app.liveness",
+        "the prefork pool: its processes are listed in .info['processes'] (what the watchdog "
+        "kills); every other pool runs tasks in the worker's main process",
+        "(limit=None, putlocks=True, forking_enable=True, callbacks_propagate=(), app=None, "
+        "**options)",
+    ),
+    UpstreamName(
         "celery.worker.state:active_requests", "read", "app.consumer, app.liveness, "
         "app.protection", "the set of requests running in this worker",
     ),
     UpstreamName(
         "celery.worker.state:reserved_requests", "read", "app.protection",
         "the set of requests received and not finished (prefetched, waiting for an ETA)",
+    ),
+    UpstreamName(
+        "celery.worker.control:revoke", "called, replaced", "app.revokes",
+        "the revoke control command: adds the ids to state.revoked (and terminates); the app "
+        "registers its own under the same name with control_command (the last registration of "
+        "a name wins in Panel.data, which the worker's mailbox reads at its start)",
+        "(state, task_id, terminate=False, signal=None, **kwargs)",
+    ),
+    UpstreamName(
+        "celery.worker.control:terminate", "called, replaced", "app.revokes",
+        "the terminate control command (a revoke with terminate), replaced as revoke is",
+        "(state, signal, task_id, **kwargs)",
+    ),
+    UpstreamName(
+        "celery.worker.state:revoked", "read, set", "app.revokes",
+        "the LimitedSet of revoked task ids every request checks on receipt and before it "
+        "runs; .update(ids) adds them now, .expires is how long it keeps one",
+    ),
+    UpstreamName(
+        "celery.worker.state:REVOKE_EXPIRES", "read", "app.revokes",
+        "seconds a worker keeps a revoke in memory (CELERY_WORKER_REVOKE_EXPIRES, 10800)",
+    ),
+    UpstreamName(
+        "celery.worker.state:REVOKES_MAX", "read", "app.revokes",
+        "the most revokes a worker keeps in memory (CELERY_WORKER_REVOKES_MAX, 50000)",
     ),
     UpstreamName(
         "celery._state:_set_task_join_will_block", "called", "app.celery_app",

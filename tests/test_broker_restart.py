@@ -21,9 +21,19 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from app.liveness import unacked_count
+from devtools.processes import python_argv
 from devtools.redis_server import RedisServer, free_port, start_redis
-from tests.support import AppProcess, app_environment, send_task, start_worker, wait_for
+from infra.containers import worker_command
+from tests.support import (
+    AppProcess,
+    app_environment,
+    send_task,
+    start_process,
+    start_worker,
+    wait_for,
+)
 from tests.test_beat import HOURLY, install_schedule, make_overdue, sent_tasks, start_beat
+from tests.test_transport import fill_past_maxmemory
 
 TASKS = 100
 AMOUNT = 1
@@ -75,6 +85,55 @@ def test_a_busy_worker_survives_a_broker_restart_and_every_task_completes(
     assert worker.alive(), worker.logs()
     assert "Unrecoverable error" not in worker.logs()
 
+
+
+def test_a_broker_at_maxmemory_ends_no_worker_and_each_task_runs_once_when_memory_frees(
+    restartable_redis: RedisServer, tmp_path: Path, processes: list[AppProcess],
+) -> None:
+    url = restartable_redis.url
+    env = app_environment(
+        url, tmp_path,
+        CELERY_TASK_SOFT_TIME_LIMIT="20", CELERY_TASK_TIME_LIMIT="22",
+        CELERY_MAX_COUNTDOWN="0", CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
+        # Shorter than the spell at maxmemory below: the holder keeps its task only because
+        # its lease refresh (PEXPIRE, outside any MULTI) is allowed at maxmemory.
+        CELERY_LIVENESS_TIMEOUT="4",
+    )  # fmt: skip
+    client = redis.Redis.from_url(url, decode_responses=True)
+    client.config_set("maxmemory-policy", "noeviction")  # ElastiCache's, as infra/broker.py sets
+    holder = start_worker(env, tmp_path, name="holder")
+    processes.append(holder)
+    credit = {"account": "acct", "amount": AMOUNT}
+    send_task(url, "app.tasks.apply_credit",
+              kwargs={**credit, "idempotency_key": "held", "work_seconds": 12})  # fmt: skip
+    wait_for(lambda: client.get("attempts:held") == "1", 30, what="the held task to start")
+    # Queued behind it: the holder, one slot and one message per slot, does not take it.
+    send_task(url, "app.tasks.apply_credit", kwargs={**credit, "idempotency_key": "queued"})
+
+    fill_past_maxmemory(client)
+    # A worker that starts now (a replacement, a scale-out) can write nothing: neither kombu's
+    # queue bindings nor its lease nor its restores. It waits, consuming nothing, and lives.
+    late = start_process("late", python_argv(worker_command("late", ("default",), 1)), env,
+                         tmp_path)  # fmt: skip
+    processes.append(late)
+    wait_for(lambda: "the broker is at maxmemory" in late.logs() or not late.alive(), 60,
+             what="the late worker to meet maxmemory")  # fmt: skip
+    time.sleep(5)  # a few starts refused; longer than the liveness timeout
+    assert late.alive(), late.logs()
+    assert client.lrange("default", 0, -1) != []  # nothing taken
+    assert client.get("attempts:queued") is None
+
+    client.delete(*client.keys("filler:*"))  # memory frees
+    wait_for(lambda: client.exists("idem:held", "idem:queued") == 2, 60, interval=0.2,
+             what="both tasks to complete")  # fmt: skip
+    # The held task ran once: nobody took it from the holder, which kept its lease throughout.
+    assert [client.get("attempts:held"), client.get("attempts:queued")] == ["1", "1"]
+    assert client.hget("ledger:balances", "acct") == str(2 * AMOUNT)
+    wait_for(lambda: unacked_count(client, "default") == 0, 30, what="every ack")
+    for worker in (holder, late):
+        assert worker.alive(), worker.logs()
+        assert "Unrecoverable error" not in worker.logs()
+    assert "liveness lost" not in holder.logs()
 
 
 def test_a_broker_back_without_its_data_loses_no_task_the_worker_held(
@@ -161,3 +220,29 @@ def test_beat_rides_out_a_broker_restart_and_keeps_scheduling(
     assert beat.alive(), beat.logs()
     assert "Redis unreachable" in beat.logs()  # it met the outage, and waited it out
     assert client.exists("redbeat::lock")
+
+
+def test_the_waits_at_maxmemory_double_up_to_the_longest_and_start_again_after_a_spell(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app import consumer as consumer_module
+    from app.consumer import MAXMEMORY_FIRST_WAIT, MAXMEMORY_LONGEST_WAIT, Consumer
+
+    now = [1000.0]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr(consumer_module.time, "sleep", sleep)
+    monkeypatch.setattr(consumer_module.time, "monotonic", lambda: now[0])
+    consumer = Consumer.__new__(Consumer)  # only the wait's state: no worker around it
+    consumer._maxmemory_wait, consumer._maxmemory_waited_at = 0.0, float("-inf")
+    for _ in range(6):
+        consumer._wait_for_memory()
+    assert waits == [MAXMEMORY_FIRST_WAIT, 1.0, 2.0, 4.0, MAXMEMORY_LONGEST_WAIT,
+                     MAXMEMORY_LONGEST_WAIT]  # fmt: skip
+    now[0] += 2 * MAXMEMORY_LONGEST_WAIT + 1  # consumed a while: a new spell starts short
+    consumer._wait_for_memory()
+    assert waits[-1] == MAXMEMORY_FIRST_WAIT

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.worker import state as worker_state
 from hypothesis import given
 from hypothesis import strategies as st
@@ -661,6 +662,17 @@ def test_an_ack_of_a_message_another_worker_took_back_is_logged(
 # --- the worker's side: the kill, and acknowledgements whose reply was lost ---------------------
 
 
+class PoolOf(PreforkPool):
+    """A prefork pool as the watchdog sees it: its processes' ids, nothing started."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"processes": self.pids}
+
+
 def test_the_thread_kills_the_pool_processes_once_when_tasks_still_run_at_three_quarters(
     clock: FakeClock, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -672,7 +684,7 @@ def test_the_thread_kills_the_pool_processes_once_when_tasks_still_run_at_three_
         lease.acquire(redis_client)
         unreachable = f"redis://127.0.0.1:{free_port()}/0"
         worker = SimpleNamespace(
-            liveness=lease, pool=SimpleNamespace(info={"processes": [child.pid]}),
+            liveness=lease, pool=PoolOf([child.pid]),
             app=SimpleNamespace(conf=SimpleNamespace(broker_url=unreachable)),
         )  # fmt: skip
         monkeypatch.setattr(worker_state, "active_requests", {"a running request"})

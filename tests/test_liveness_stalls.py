@@ -185,3 +185,32 @@ def test_a_fork_during_a_sweep_stuck_on_a_lookup_holds_up_no_liveness(
     [(worker, _, _)] = runs(redis_client, "fork").values()
     assert worker.startswith("stalled@")
     assert "liveness lost" not in stalled.logs()
+
+
+def test_forks_wait_for_no_thread_stuck_in_its_first_call(
+    app_env: dict[str, str], tmp_path: Path, stall_dir: Path, redis_client: redis.Redis,
+    processes: list[AppProcess],
+) -> None:
+    # Every lookup of the sweep's and the metrics' threads hangs from the worker's start: their
+    # first calls are stuck. The pool forks a new child after each task (one task per child):
+    # no fork may wait for those calls, nor may the event loop that forks, nor the liveness.
+    (stall_dir / "getaddrinfo").write_text(f"{LOOKUP_STALL} unacked-sweep")
+    env = {**worker_env(app_env, tmp_path / "stalled", stall_dir),
+           "CELERY_METRICS_NAMESPACE": "CeleryEcs/test"}  # no AWS region: to stdout  # fmt: skip
+    stalled = start(env, tmp_path / "stalled", "stalled", processes,
+                    extra=("--max-tasks-per-child", "1"))  # fmt: skip
+    url = app_env["CELERY_BROKER_URL"]
+    began = time.monotonic()
+    for number in range(3):
+        record_run(url, f"fork-{number}", 0.1)
+        wait_for(lambda n=number: redis_client.exists(DONE.format(key=f"fork-{n}")), 30,
+                 what=f"task {number}")  # fmt: skip
+    took = time.monotonic() - began
+    # Three tasks, two new children between them: about 10 s unstalled (billiard replaces an
+    # exited child within its 5 s maintenance round), not the 40 s of a stuck first call.
+    assert took < LOOKUP_STALL - 15, f"3 tasks took {took:.1f} s: the forks waited"
+    # The first sweep was stuck all along: it ends when its connection gives up, each of
+    # redis-py's attempts cut at the lookup's bound (5 s), not the 40 s of the lookup.
+    wait_for(lambda: "unacked sweep: broker unreachable" in stalled.logs(), LOOKUP_STALL - 10,
+             what="the stuck sweep to be cut")  # fmt: skip
+    assert "liveness lost" not in stalled.logs()

@@ -582,8 +582,8 @@ def test_a_hung_cloudwatch_never_stalls_task_processing(
     app_env: dict[str, str], tmp_path: Path, processes: list[AppProcess]
 ) -> None:
     """The metrics thread spends its rounds waiting on an endpoint that never answers, while
-    the pool forks a new child after every task (each fork waits for the round in progress,
-    ``app.periodic.FORK_GATE``): tasks still run, at most a round's timeouts late."""
+    the pool forks a new child after every task (a fork waits for no round, ``app.periodic``):
+    tasks still run, within a round's timeouts each."""
     broker_url = app_env["CELERY_BROKER_URL"]
     tasks = 4
     with HungEndpoint() as endpoint:

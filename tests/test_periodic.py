@@ -3,13 +3,14 @@
 The prefork pool forks from the worker's main process, where ``app.periodic`` threads run the
 unacked sweep, task protection and backlog metrics. A fork while one of them holds a lock (here:
 a module's import lock, the lock a real child hung on in ``getaddrinfo`` -> ``encodings``)
-leaves the child blocked forever. ``FORK_GATE`` makes every fork wait for a thread's first call
-(the imports happen then), and for nothing else.
+leaves the child blocked forever. None of their calls imports anything (the worker's start did),
+and none holds anything a fork waits for.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 import threading
@@ -19,9 +20,16 @@ from pathlib import Path
 
 import pytest
 import redis
+from kombu.utils.json import dumps, loads
 
+from app.liveness import REGISTRY_KEY, WorkerKeys
 from app.periodic import PeriodicThread
+from devtools.aws_standin import AwsStandIn, sdk_environment
 from tests.support import AppProcess, send_task, start_worker, wait_for
+from tests.test_metrics import NAMESPACE, cloudwatch_values
+from tests.test_metrics import moto_server as moto_server  # a fixture
+from tests.test_protection import FakeAgent
+from tests.test_protection import agent as agent  # a fixture
 
 #: How long a child may take to import a module that is already loaded: generous.
 CHILD_DEADLINE = 30.0
@@ -51,70 +59,47 @@ def wait_for_child(pid: int, deadline: float) -> int | None:
     return None
 
 
-def test_a_fork_during_a_periodic_call_waits_and_the_child_is_not_left_holding_its_lock(
-    slow_module: str,
+def test_a_call_that_imports_is_reported(
+    slow_module: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    inside_call = threading.Event()
+    # An import on a thread while the pool forks can leave the child holding its lock: calls
+    # must import nothing, and one that does says so, naming the module.
+    done = threading.Event()
 
     def call() -> None:
-        inside_call.set()
         importlib.import_module(slow_module)
+        done.set()
 
     thread = PeriodicThread("importer", 3600, call)
-    thread.start()
-    try:
-        assert inside_call.wait(10)
-        time.sleep(0.2)  # well inside the one-second import
-        pid = os.fork()
-        if pid == 0:  # the child: what a pool process does first, at the worst moment
-            try:
-                importlib.import_module(slow_module)
-            finally:
-                os._exit(0)
-        status = wait_for_child(pid, CHILD_DEADLINE)
-    finally:
-        thread.stop()
-
-    assert status == 0, "the child hung on a lock its parent's thread held at the fork"
-
-
-def test_work_does_not_start_while_a_fork_is_in_progress() -> None:
-    # The gate is shared by all periodic threads; a fork holds it exclusively, so a call due at
-    # that moment waits for the fork instead of taking locks the child would copy.
-    from app.periodic import FORK_GATE
-
-    calls: list[float] = []
-    FORK_GATE.before_fork()
-    thread = PeriodicThread("counter", 3600, lambda: calls.append(time.monotonic()))
-    try:
+    with caplog.at_level(logging.WARNING, logger="app.periodic"):
         thread.start()
-        time.sleep(0.5)
-        assert calls == []
-    finally:
-        FORK_GATE.after_fork_in_parent()
-    deadline = time.monotonic() + 10
-    while not calls and time.monotonic() < deadline:
-        time.sleep(0.01)
-    thread.stop()
-    assert len(calls) == 1
+        try:
+            assert done.wait(10)
+            wait_for(lambda: "importer: its call imported" in caplog.text, 10,
+                     what="the warning")  # fmt: skip
+        finally:
+            thread.stop()
+    assert slow_module in caplog.text
 
 
-def test_a_fork_does_not_wait_for_a_later_call_in_progress() -> None:
-    # After the first call (the imports), a call waits on I/O holding nothing a child needs:
-    # a fork must not wait for it (a sweep's Redis round trips: seconds), or the event loop that
-    # forks, and the liveness, would wait too.
-    calls, in_second_call, release = [], threading.Event(), threading.Event()
+@pytest.mark.parametrize("which", ["first", "later"])
+def test_a_fork_does_not_wait_for_a_call_in_progress(which: str) -> None:
+    # A call waits on I/O holding nothing a child needs, its first included: a fork must not
+    # wait for it (a sweep's connect and name lookup: seconds), or the event loop that forks,
+    # and the liveness it checks, would wait too.
+    calls, in_call, release = [], threading.Event(), threading.Event()
+    waiting_call = 1 if which == "first" else 2
 
     def call() -> None:
         calls.append(time.monotonic())
-        if len(calls) == 2:
-            in_second_call.set()
+        if len(calls) == waiting_call:
+            in_call.set()
             release.wait(30)  # a round trip that takes its time
 
     thread = PeriodicThread("slow-io", 0.01, call)
     thread.start()
     try:
-        assert in_second_call.wait(10)
+        assert in_call.wait(10)
         started = time.monotonic()
         pid = os.fork()
         if pid == 0:
@@ -127,21 +112,41 @@ def test_a_fork_does_not_wait_for_a_later_call_in_progress() -> None:
     assert forked_in < 1.0, f"the fork waited {forked_in:.1f} s for a call in progress"
 
 
-def test_a_thread_that_never_holds_the_gate_runs_during_a_fork() -> None:
-    from app.periodic import FORK_GATE
+def test_no_thread_of_a_busy_worker_imports_anything(
+    app_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis,
+    processes: list[AppProcess], agent: FakeAgent, moto_server: AwsStandIn,
+) -> None:
+    # Every thread of the main process does its real work: the refresher and the watchdog,
+    # the sweep restoring a gone worker's message, task protection PUTting to the agent, the
+    # queue metrics sent to CloudWatch (moto's server). None may import a module: the worker's
+    # start imported them all before its pool forked (app.periodic).
+    env = {
+        **app_env, **sdk_environment(moto_server.url),
+        "CELERY_TASK_PROTECTION": "true", "ECS_AGENT_URI": agent.url,
+        "CELERY_METRICS_NAMESPACE": NAMESPACE, "CELERY_LIVENESS_TIMEOUT": "3",
+    }  # fmt: skip
+    worker = start_worker(env, tmp_path, name="busy", queues=("default",))
+    processes.append(worker)
+    url = env["CELERY_BROKER_URL"]
+    send_task(url, "app.tasks.apply_credit", kwargs={
+        "idempotency_key": "busy", "account": "acct", "amount": 1, "work_seconds": 2,
+    })  # fmt: skip
+    # A gone worker's message (another queue: left where the sweep puts it back).
+    send_task(url, "app.tasks.noop", queue="long")
+    gone = WorkerKeys("default", "gone@host/000000000000")
+    payload = loads(redis_client.rpop("long"))
+    redis_client.hset(gone.unacked.hash, "gone-tag", dumps([payload, "long", "long"]))
+    redis_client.zadd(gone.unacked.index, {"gone-tag": time.time()})
+    redis_client.sadd(REGISTRY_KEY, gone.member)
 
-    calls: list[float] = []
-    FORK_GATE.before_fork()
-    thread = PeriodicThread("watchdog", 0.01, lambda: calls.append(1.0), gate_first_call=False)
-    try:
-        thread.start()
-        deadline = time.monotonic() + 10
-        while len(calls) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(calls) >= 3
-    finally:
-        FORK_GATE.after_fork_in_parent()
-        thread.stop()
+    wait_for(lambda: redis_client.llen("long") == 1, 30, what="the sweep to restore it")
+    wait_for(lambda: redis_client.exists("idem:busy"), 30, what="the task")
+    wait_for(lambda: any(call["ProtectionEnabled"] for call in agent.calls), 30,
+             what="a protection PUT")  # fmt: skip
+    wait_for(lambda: cloudwatch_values(moto_server, NAMESPACE, "Backlog", ("Queue", "default")),
+             30, what="a metrics round in CloudWatch")  # fmt: skip
+    time.sleep(2)  # the refresher and the watchdog run every 0.2 s
+    assert "its call imported" not in worker.logs(), worker.logs()
 
 
 FRESH_STARTS = 5

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import redis
 from kombu import Connection, Consumer, Queue
+from kombu.asynchronous import Hub
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps, loads
 from redis.auth.token import SimpleToken
@@ -407,7 +408,7 @@ def fill_past_maxmemory(client: redis.Redis) -> None:
 
 
 def test_at_maxmemory_fetch_takes_nothing_and_the_message_comes_once_memory_frees(
-    own_redis: RedisServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = own_redis.url
     client = redis.Redis.from_url(url, decode_responses=True)
@@ -416,10 +417,6 @@ def test_at_maxmemory_fetch_takes_nothing_and_the_message_comes_once_memory_free
     with consumer(url, received=received) as connection:
         qos = connection.default_channel.qos
         qos.prefetch_count = 1
-        # kombu's own visibility restore (an idle synchronous poll runs it) takes a lock with
-        # SET, which Redis refuses at maxmemory: kombu's, not this transport's (app.recovery
-        # does the sweeps the worker relies on).
-        monkeypatch.setattr(qos, "restore_visible", lambda *args, **kwargs: None)
         drain_until(connection, lambda: len(received) == 1, 30)
         fill_past_maxmemory(client)
         with caplog.at_level(logging.WARNING, logger="app.transport"):
@@ -435,6 +432,24 @@ def test_at_maxmemory_fetch_takes_nothing_and_the_message_comes_once_memory_free
     assert [message.headers["id"] for message in received] == [first, second]
     assert queued(client) == []
     assert held(client) == [second]
+
+
+def test_at_maxmemory_the_event_loop_starts_without_kombus_restore_lock(
+    own_redis: RedisServer,
+) -> None:
+    # As the worker's event loop starts (on_poll_init), and every 10 s, kombu runs the QoS's
+    # restore_visible, which locked with SET NX: at maxmemory Redis refused it, and at the
+    # loop's start the error ended the worker. This transport's takes no lock (the sweep of
+    # app.recovery restores what outlives the visibility timeout).
+    client = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    with consumer(own_redis.url) as connection:
+        fill_past_maxmemory(client)
+        hub = Hub()
+        try:
+            connection.transport.register_with_event_loop(connection.connection, hub)
+        finally:
+            hub.close()
+    assert client.keys("unacked_mutex*") == []
 
 
 # --- wake-ups -----------------------------------------------------------------------------------
@@ -519,6 +534,30 @@ def test_a_message_fetch_could_not_record_is_recorded_on_delivery(
     with consumer(redis_url, received=received) as connection:
         drain_until(connection, lambda: len(received) == 1, 30)
     assert redis_client.hexists(WORKER.unacked.hash, "7")
+
+
+def test_at_maxmemory_a_message_fetch_could_not_record_is_still_recorded(
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Memory fills between FETCH (which took the message, unrecorded) and its record on
+    # delivery: kombu's MULTI would be refused, and the message, off its queue, lost.
+    client = redis.Redis.from_url(own_redis.url)
+    publish(own_redis.url)
+    payload = loads(client.rpop(QUEUE))
+    payload["properties"]["delivery_tag"] = 7
+    client.lpush(QUEUE, dumps(payload))
+    append = QoS.append
+
+    def fill_then_append(qos: QoS, message: Any, delivery_tag: str) -> None:
+        fill_past_maxmemory(client)
+        append(qos, message, delivery_tag)
+
+    monkeypatch.setattr(QoS, "append", fill_then_append)
+    received: list[Any] = []
+    with consumer(own_redis.url, received=received) as connection:
+        drain_until(connection, lambda: len(received) == 1, 30)
+    assert client.hexists(WORKER.unacked.hash, "7")
+    assert client.zscore(WORKER.unacked.index, "7") is not None
 
 
 def test_an_acknowledgement_whose_send_failed_is_sent_again(

@@ -21,11 +21,15 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery import Celery
 from kombu.utils.json import loads
 
 from app.liveness import Deadlines, WorkerKeys, registered_workers
+from app.revokes import REVOKED_KEY
+from devtools.processes import python_argv
 from infra.budget import MAX_TASK_TIMEOUT, worker_budget
-from tests.support import AppProcess, send_task, start_worker, wait_for
+from infra.containers import worker_command
+from tests.support import AppProcess, send_task, start_process, start_worker, wait_for
 
 #: The crash tests' liveness timeout: a crashed worker's tasks are back within 4/3 of it
 #: (``Deadlines.recovery_bound``).
@@ -231,3 +235,71 @@ def test_a_worker_frozen_past_its_liveness_timeout_loses_its_tasks_and_stops_its
     send_credit(url, "after-thaw", work_seconds=0)
     wait_for(lambda: applied(redis_client, "after-thaw"), 30, what="the thawed worker to work")
     assert frozen.alive()
+
+
+def test_a_task_revoked_while_its_worker_held_it_does_not_run_on_the_replacement(
+    app_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis,
+    processes: list[AppProcess], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = pool_environment(app_env, 5)
+    url = env["CELERY_BROKER_URL"]
+    victim = start_worker(env, tmp_path, name="victim")
+    processes.append(victim)
+    credit = {"account": "acct", "amount": AMOUNT}
+    # Held as in the crash test above: one waiting for its ETA, one running, one prefetched.
+    countdown = send_task(url, "app.tasks.apply_credit", countdown=12,
+                          kwargs={**credit, "idempotency_key": "countdown"})
+    send_credit(url, "running", work_seconds=3)
+    prefetched = send_task(url, "app.tasks.apply_credit",
+                           kwargs={**credit, "idempotency_key": "prefetched"})
+    revoked = {"countdown": countdown, "prefetched": prefetched}
+    victim_keys = keys_of(redis_client, "victim")
+    wait_for(lambda: attempts(redis_client, "running") == [1]
+             and redis_client.hlen(victim_keys.unacked.hash) == 3, 30,
+             what="the victim to hold 3 messages")  # fmt: skip
+
+    # Revoked while the victim holds them: it would skip both when their turn comes.
+    # Sent as an operator's `celery control revoke` sends it, from an app of the test broker
+    # (the in-process app's producers are bound to another; Celery reads the variable first).
+    monkeypatch.setenv("CELERY_BROKER_URL", url)
+    Celery().control.revoke(list(revoked.values()))
+    wait_for(lambda: "flagged as revoked" in victim.logs(), 10, what="the victim's revoke")
+    wait_for(lambda: all(redis_client.zscore(REVOKED_KEY, task_id) for task_id in
+                         revoked.values()), 10, what="the revokes to be recorded")  # fmt: skip
+
+    victim.kill_all()  # the container dies with both messages unacknowledged
+    wait_for(lambda: not redis_client.exists(victim_keys.lease), 30, interval=0.2,
+             what="the victim's lease to expire")  # fmt: skip
+    replacement = start_worker(env, tmp_path, name="replacement")
+    processes.append(replacement)
+
+    # The replacement puts the victim's messages back and takes them: it runs the running one
+    # again and discards the revoked ones, acknowledging them.
+    wait_for(lambda: applied(redis_client, "running"), 60, what="the running task's rerun")
+    wait_for(lambda: all(f"Discarding revoked task: app.tasks.apply_credit[{task_id}]"
+                         in replacement.logs() for task_id in revoked.values())
+             or any(attempts(redis_client, *revoked)), 30,
+             what="the replacement to take the revoked tasks")  # fmt: skip
+    wait_for(lambda: redis_client.llen("default") == 0
+             and unacked_of(redis_client, "replacement") == 0, 30,
+             what="every message to be taken and settled")  # fmt: skip
+    assert attempts(redis_client, *revoked) == [0, 0], replacement.logs()
+    assert redis_client.hget("ledger:balances", "acct") == str(AMOUNT)
+
+
+@pytest.mark.parametrize("pool", ["solo", "threads"])
+def test_a_worker_whose_pool_the_watchdog_cannot_kill_refuses_to_start(
+    pool: str, app_env: dict[str, str], tmp_path: Path,
+) -> None:
+    # Those pools run tasks in the worker's main process: kill_pool_processes would find no
+    # process to kill, and the watchdog would let a task run on past the lease.
+    argv = python_argv([*worker_command("refused", ("default",), 1), "--pool", pool])
+    worker = start_process("refused", argv, app_env, tmp_path)
+    try:
+        code = worker.wait(60)
+    finally:
+        worker.kill_all()
+    logs = worker.logs()
+    assert code != 0, logs
+    assert f"worker pool {pool!r} (celery worker --pool, or the worker_pool setting)" in logs
+    assert "use --pool prefork" in logs
