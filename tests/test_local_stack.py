@@ -31,6 +31,9 @@ from celery.states import READY_STATES
 from app.schedule import SCHEDULE
 from tests.support import ROOT, wait_for
 
+# The tier (tests/tiers.py): the stack runs on the ECS twin, as root.
+pytestmark = pytest.mark.twin
+
 BANNER = re.compile(
     r"^web listening on (http://\S+)  \(broker (redis://\S+),.*\nAPI key: (\S+)  ", re.MULTILINE
 )
