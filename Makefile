@@ -2,6 +2,8 @@
 #   make run    the local stack (Redis, web, worker, beat)
 #   make test   the whole test suite
 # Both create .venv and install what they need first. And:
+#   make test-unit   the unit tier only (no root, no Redis, no network), as an unprivileged
+#                    user; CONTRIBUTING.md has the tiers
 #   make plan [STACK=prod]   the offline plan of Pulumi.<stack>.yaml: resources, validation
 #                            against AWS's rules, diagram (.plan/<stack>.png), monthly cost
 
@@ -10,7 +12,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK ?= dev
 
-.PHONY: run test lint bench bench-plan plan plan-docs clean system-packages
+.PHONY: run test test-unit lint bench bench-plan plan plan-docs clean system-packages
 
 $(BIN)/.installed: requirements.txt app/requirements.txt app/constraints.txt requirements-dev.txt \
 		policy/requirements.txt
@@ -30,6 +32,10 @@ test: $(BIN)/.installed system-packages
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
+
+# The unit tier, never as root (scripts/test-unit drops to nobody), writing nothing into the tree.
+test-unit: $(BIN)/.installed system-packages
+	scripts/test-unit $(BIN)/python
 
 bench: $(BIN)/.installed system-packages
 	$(BIN)/python -m bench.worker_budget $(if $(BASELINE),--baseline $(BASELINE))

@@ -1,7 +1,7 @@
 """The local stack: the deployed stack's services, run on the ECS twin, with one command.
 
     python -m devtools.stack [--stack dev] [--scheduler beat|eventbridge] [--broker-url URL]
-                             [--port 8000] [--time-scale 0.1]
+                             [--port 8000] [--time-scale 0.1] [--raw-metrics]
 
 The program is rendered under Pulumi mocks from ``Pulumi.<stack>.yaml`` and every service runs
 on the twin (``devtools.twin``) as Fargate would run it: the same task definitions, commands,
@@ -11,11 +11,18 @@ is started (on loopback and the twin's bridge); with it, tasks reach that Redis 
 on the bridge. ``--time-scale`` shortens health-check intervals, start periods and the
 deregistration delay (1 = AWS's timing); stop timeouts are the budget's.
 
+Each task's output is copied here, prefixed with its service and task. The metric lines workers
+and beat write every 10 to 30 seconds are shown as one short line, and only when a value changed
+(``devtools.metric_lines``); ``--raw-metrics`` shows them as written. The tasks' own logs keep
+every line.
+
 Every process the stack starts is in a session of its own: the terminal's Ctrl-C reaches only
 this process, which stops the rest in order: the web and beat first, then the workers (each as
 ECS stops it: SIGTERM, its stop timeout, SIGKILL; warm pools finish their tasks), then Redis. A
 Ctrl-C while the stack is stopping stops what still runs at once (the workers' cold shutdown
-cancels their tasks and puts them back on their queues).
+cancels their tasks and puts them back on their queues). An output that closes (``make run |
+tee run.log``, where the terminal's Ctrl-C ends ``tee`` too) does not stop the shutdown: what is
+left to say is dropped, and everything still stops.
 
 The web accepts the API key the program generated, which the twin's stand-in of Secrets Manager
 holds; the banner prints it, with ``curl`` lines that send it.
@@ -28,6 +35,7 @@ While it runs, ``curl <control>/status`` shows what runs; ``curl -X POST
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -39,10 +47,12 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 import redis
 
 from app.schedule import SCHEDULE
+from devtools.metric_lines import MetricLines
 from devtools.processes import ROOT
 from devtools.redis_server import RedisUnavailable, free_port, start_redis
 from devtools.render import read_stack_file, run_program
@@ -69,12 +79,33 @@ READY_TIMEOUT = 120.0
 _output = threading.Lock()
 
 
-def say(text: str) -> None:
-    """Write ``text`` and a newline at once: the threads copying the tasks' output and the
-    stack's own messages share the terminal, and a line must not be cut by another's."""
+def say(text: str, *, end: str = "\n", stream: TextIO | None = None) -> None:
+    """Write ``text`` and ``end`` at once to ``stream`` (default stdout): the threads copying
+    the tasks' output and the stack's own messages share the terminal, and a line must not be
+    cut by another's.
+
+    An output that fails (a pipe whose reader is gone: EPIPE, as Python ignores SIGPIPE; a
+    terminal gone: EIO) must not stop the stack in the middle of stopping its tasks: the stream's
+    file descriptor is pointed at /dev/null, so this and every later write, and the flush at
+    exit, succeed into nothing. That is what the Python documentation advises for a closed
+    stdout (the ``signal`` module, "Note on SIGPIPE").
+    """
+    out = sys.stdout if stream is None else stream
     with _output:
-        sys.stdout.write(f"{text}\n")
-        sys.stdout.flush()
+        try:
+            out.write(f"{text}{end}")
+            out.flush()
+        except OSError:
+            discard(out)
+
+
+def discard(stream: TextIO) -> None:
+    """Send what is still written to ``stream`` to /dev/null (its buffer included)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
 
 
 class Interrupts:
@@ -94,9 +125,11 @@ class Interrupts:
 
 
 class Followers:
-    """Copies every task's output to this terminal, each line prefixed with its service."""
+    """Copies every task's output to this terminal, each line prefixed with its service; metric
+    lines as ``metric_lines`` shows them."""
 
-    def __init__(self) -> None:
+    def __init__(self, metric_lines: MetricLines) -> None:
+        self.metric_lines = metric_lines
         self._followed: set[str] = set()
         self._threads: list[threading.Thread] = []
         self.done = threading.Event()
@@ -127,7 +160,9 @@ class Followers:
                 line = partial + log.readline()
                 if line.endswith(b"\n") or (line and finished):
                     text = line.decode(errors="replace").removesuffix("\n")
-                    say(f"{label:>19} | {text}")
+                    shown = self.metric_lines.shown(name, text)
+                    if shown is not None:
+                        say(f"{label:>19} | {shown}")
                     partial = b""
                 elif finished:
                     return
@@ -147,8 +182,12 @@ def broker(url: str | None) -> Iterator[tuple[str, str]]:
     try:
         yield server.url, f"redis://{HOST_ADDRESS}:{server.port}/0"
     finally:
-        say("stopping redis...")
-        server.stop()
+        # One line, ended once Redis has exited: the stack's last word says it is all done.
+        say("stopping redis...", end="")
+        try:
+            server.stop()
+        finally:
+            say(" done" if server.process.poll() is not None else " failed")
 
 
 def wait_until_ready(url: str, cluster: TwinCluster, interrupts: Interrupts) -> None:
@@ -221,12 +260,14 @@ def banner(web_url: str, broker_url: str, control_url: str, cluster: TwinCluster
         f"{rules}"
         f"what runs: curl -s {control_url}/status   "
         f"roll a service: curl -s -X POST {control_url}/services/<name>/deploy\n"
+        "metric lines: shown when a value changes (--raw-metrics: every line as written)\n"
         "Ctrl-C stops everything; running tasks finish first (a second Ctrl-C cancels them).\n"
     )
 
 
 def run(
-    stack: str, scheduler: str | None, broker_url: str | None, port: int, time_scale: float
+    stack: str, scheduler: str | None, broker_url: str | None, port: int, time_scale: float,
+    raw_metrics: bool = False,
 ) -> int:
     # Before anything starts: a Ctrl-C during startup stops the stack in order too.
     interrupts = Interrupts()
@@ -245,7 +286,7 @@ def run(
             environment_overrides={"APP_LOG_TASKS": "true"},
         ).start()  # fmt: skip
         control = ControlEndpoint(cluster)
-        followers = Followers()
+        followers = Followers(MetricLines(raw=raw_metrics))
         web_url = cluster.load_balancer.url if cluster.load_balancer else ""
         try:
             wait_until_ready(web_url, cluster, interrupts)
@@ -255,7 +296,7 @@ def run(
                 followers.follow_new(cluster)
                 time.sleep(0.3)
         except RuntimeError as exc:
-            print(exc, file=sys.stderr)
+            say(str(exc), stream=sys.stderr)
             status = 1
         finally:
             def hurry() -> bool:
@@ -273,7 +314,7 @@ def run(
             control.close()
             followers.join()
             if any(code for exits in codes.values() for code in exits):
-                print(f"exit statuses: {codes}", file=sys.stderr)
+                say(f"exit statuses: {codes}", stream=sys.stderr)
                 status = 1
     return status
 
@@ -289,12 +330,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="the front door's port (default 8000; 0 picks a free one)")
     parser.add_argument("--time-scale", type=float, default=0.1,
                         help="health-check intervals and delays x this (default 0.1; 1: AWS's)")
+    parser.add_argument("--raw-metrics", action="store_true",
+                        help="show the metric lines as the tasks write them, every one (default: "
+                             "one short line when a value changes)")
     args = parser.parse_args(argv)
     try:
         return run(args.stack, args.scheduler, args.broker_url, args.port or free_port(),
-                   args.time_scale)  # fmt: skip
+                   args.time_scale, args.raw_metrics)  # fmt: skip
     except RedisUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", stream=sys.stderr)
         return 1
 
 

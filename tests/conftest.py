@@ -1,4 +1,9 @@
-"""Shared fixtures. Tests that need Redis start a real redis-server and FAIL if they cannot."""
+"""Shared fixtures, and the tiers every test belongs to. Tests that need Redis start a real
+redis-server and FAIL if they cannot.
+
+Every test is in one of three tiers, each a registered marker (``pytest -m unit``, ``make
+test-unit``): ``unit``, ``redis`` and ``twin``, described in ``tests/tiers.py``.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from hypothesis import HealthCheck, settings
 from devtools.redis_server import RedisServer, start_redis
 from devtools.twin.container import Container
 from tests.support import AUTHORIZATION, AppProcess, ClientFactory, app_environment
+from tests.tiers import GUARD, TIERS, tier_from_fixtures, tiers_of
 
 # Property tests: the suite must pass every time on a loaded machine, so the default profile
 # checks the same examples on every run with no per-example deadline. HYPOTHESIS_PROFILE=explore
@@ -25,6 +31,31 @@ settings.register_profile(
     "explore", deadline=None, max_examples=1000, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
+
+
+# The tiers (tests/tiers.py): registered, given to every test, and the unit tier guarded.
+def pytest_configure(config: pytest.Config) -> None:
+    for tier, needs in TIERS.items():
+        config.addinivalue_line("markers", f"{tier}: {needs}")
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` selects on the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not tiers_of(item):
+            item.add_marker(tier_from_fixtures(getattr(item, "fixturenames", ())))
+
+
+@pytest.fixture(autouse=True)
+def unit_guard(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """While a unit test runs, refuse what only the other tiers may do (``UnitGuard``).
+    Yields the refusals so far."""
+    if request.node.get_closest_marker("unit") is None:
+        yield []
+        return
+    with GUARD.watching(request.node.nodeid) as violations:
+        yield violations
+
 
 # The app refuses to import without a broker URL. In-process imports of the app (entry-point
 # and settings tests) get a harmless one; every process a test starts gets the real one.

@@ -14,6 +14,9 @@ from devtools.aws_standin import AwsStandIn
 from devtools.processes import ROOT
 from tests.support import wait_for
 
+# The tier (tests/tiers.py): moto's server, in processes of its own, on loopback.
+pytestmark = pytest.mark.redis
+
 SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:test/standin-AbCdEf"
 
 

@@ -40,6 +40,9 @@ from devtools.twin.container import Container
 from infra.budget import worker_budget
 from tests.support import run_program, send_task, wait_for
 
+# The tier (tests/tiers.py): workers run as containers on the ECS twin, as root.
+pytestmark = pytest.mark.twin
+
 STACK: dict[str, object] = {
     "maxCountdown": 0,
     "workers": [

@@ -28,6 +28,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ from devtools import envs, policy_check, render
 from policy.invariants import POLICIES
 from tests.support import ROOT
 from tests.test_workflows import load, write_fake_gh
+
+# The tier (tests/tiers.py): the entry points in virtualenvs built from PyPI (.venvs/).
+pytestmark = pytest.mark.redis
 
 WORKFLOW_FILE = ROOT / ".github" / "workflows" / "pulumi.yml"
 WORKFLOW = load(WORKFLOW_FILE)
@@ -220,22 +224,26 @@ def test_jobs_that_install_the_same_thing_share_a_virtualenv() -> None:
 
 # --- 3. the workflow's jobs -------------------------------------------------------------------
 
-#: What the workflow's expressions read. Repository variables are unset (their defaults apply).
-BASE_SHA = subprocess.run(
-    ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-).stdout.strip()
-GITHUB_CONTEXT: dict[str, Any] = {
-    "token": "stand-in-github-token",
-    "repository": "owner/repo",
-    "event_name": "pull_request",
-    "event": {
-        "pull_request": {
-            "number": 7,
-            "base": {"sha": BASE_SHA},
-            "head": {"repo": {"full_name": "owner/repo"}},
-        }
-    },
-}
+@cache
+def github_context() -> dict[str, Any]:
+    """What the workflow's expressions read. Repository variables are unset (their defaults
+    apply). Read when a job runs, not at import: collecting the unit tier imports this module
+    too, as a user git may refuse to run for (a checkout owned by root)."""
+    base_sha = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return {
+        "token": "stand-in-github-token",
+        "repository": "owner/repo",
+        "event_name": "pull_request",
+        "event": {
+            "pull_request": {
+                "number": 7,
+                "base": {"sha": base_sha},
+                "head": {"repo": {"full_name": "owner/repo"}},
+            }
+        },
+    }
 #: GitHub runs ``run`` steps with ``bash --noprofile --norc -eo pipefail {0}`` (GitHub Docs,
 #: "Workflow syntax for GitHub Actions", jobs.<job_id>.steps[*].shell).
 SHELL = ["bash", "--noprofile", "--norc", "-eo", "pipefail"]
@@ -314,7 +322,7 @@ class Runner:
     def _lookup(self, path: str, job: JobRun) -> Any:
         head, _, rest = path.partition(".")
         contexts: dict[str, Any] = {
-            "github": GITHUB_CONTEXT, "vars": {}, "secrets": {"PULUMI_ACCESS_TOKEN": "stand-in"},
+            "github": github_context(), "vars": {}, "secrets": {"PULUMI_ACCESS_TOKEN": "stand-in"},
             "steps": {step: {"outputs": outputs} for step, outputs in job.outputs.items()},
         }  # fmt: skip
         if head not in contexts:
@@ -342,7 +350,7 @@ class Runner:
         environment = {
             "CI": "true",
             "GITHUB_ACTIONS": "true",
-            "GITHUB_REPOSITORY": GITHUB_CONTEXT["repository"],
+            "GITHUB_REPOSITORY": github_context()["repository"],
             "GITHUB_WORKSPACE": str(job.workspace),
             "GITHUB_STEP_SUMMARY": str(self.directory / name / "summary.md"),
             "RUNNER_TEMP": str(self.directory / name),

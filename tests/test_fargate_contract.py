@@ -25,6 +25,9 @@ from devtools.twin.container import Container, plan_container, start_container
 from devtools.twin.image import ROOT, Image, parse_image
 from tests.support import run_program, wait_for
 
+# The tier (tests/tiers.py): every container runs on the ECS twin, as root.
+pytestmark = pytest.mark.twin
+
 #: Generous: a container imports Celery and connects on a loaded 2-core machine.
 START_LIMIT = 60.0
 SLOT = "2026-12-01T02:30:00Z"

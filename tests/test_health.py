@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from app.celery_app import HEARTBEAT_INTERVAL, app
@@ -16,6 +17,9 @@ from devtools.processes import python_argv
 from devtools.redis_server import free_port
 from infra.containers import BEAT_COMMAND, WEB_COMMAND, worker_command
 from tests.support import ROOT, AppProcess, send_task, start_process, wait_for
+
+# The tier (tests/tiers.py): the health checks run as the container runs them, in processes.
+pytestmark = pytest.mark.redis
 
 #: Seconds between two beat ticks at most (``beat_max_loop_interval``).
 BEAT_TICK = app.conf.beat_max_loop_interval

@@ -81,6 +81,7 @@ def test_gunicorn_config_and_app_factory_exist(commands: list[list[str]]) -> Non
     assert callable(getattr(importlib.import_module(module_name), factory.removesuffix("()")))
 
 
+@pytest.mark.redis  # runs the app's enqueue command in a process
 def test_enqueue_default_command_only_prints_usage() -> None:
     """The enqueue task definition's own command (without EventBridge's override)."""
     task = run_program({"scheduler": "eventbridge"}).task_definitions()["enqueue"]

@@ -2,7 +2,9 @@
 
 The stack runs the dev stack's services on the ECS twin. It is started in a process group of its
 own, like a shell's foreground job, with its embedded Redis, and Ctrl-C is what a terminal
-sends: SIGINT to the whole group.
+sends: SIGINT to the whole group. Its output goes to a file, or, as in ``make run | tee
+run.log``, to a pipe that a thread of the test copies to that file, as ``tee`` would, until the
+test closes it.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import contextlib
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -26,6 +30,9 @@ from celery.states import READY_STATES
 
 from app.schedule import SCHEDULE
 from tests.support import ROOT, wait_for
+
+# The tier (tests/tiers.py): the stack runs on the ECS twin, as root.
+pytestmark = pytest.mark.twin
 
 BANNER = re.compile(
     r"^web listening on (http://\S+)  \(broker (redis://\S+),.*\nAPI key: (\S+)  ", re.MULTILINE
@@ -47,9 +54,15 @@ class Stack:
     api_key: str
     #: The process groups of what it started (Redis, web, worker, beat), once it is up.
     groups: list[int]
+    #: With a piped output: the copy that ``close_output`` ends, as when ``tee`` exits.
+    tee: Tee | None = None
 
     def output(self) -> str:
         return self.output_path.read_text(errors="replace")
+
+    def close_output(self) -> None:
+        assert self.tee is not None, "started with a file as output"
+        self.tee.close()
 
     def ctrl_c(self) -> None:
         """What a terminal does on Ctrl-C: SIGINT to every process of the foreground group."""
@@ -62,27 +75,64 @@ class Stack:
         return redis.Redis.from_url(self.broker_url, decode_responses=True)
 
 
+class Tee:
+    """Copies a pipe to a file, as ``tee`` does, until ``close``: then the pipe's read end is
+    closed, and the writer's next write fails (EPIPE)."""
+
+    def __init__(self, pipe: int, path: Path) -> None:
+        self.pipe = pipe
+        self.path = path
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._copy, daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        with self.path.open("ab") as output:
+            while not self._closing.is_set():
+                readable, _, _ = select.select([self.pipe], [], [], 0.1)
+                if readable:
+                    data = os.read(self.pipe, 65536)
+                    if not data:
+                        break
+                    output.write(data)
+                    output.flush()
+        os.close(self.pipe)
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join(timeout=10)
+        assert not self._thread.is_alive()
+
+
 def clean_environment() -> dict[str, str]:
     """This environment without the app's variables: the stack must set what it needs."""
     return {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "WEB_"))}
 
 
 def child_groups(pid: int) -> list[int]:
-    """Process groups of ``pid``'s children: each is the leader of a session of its own."""
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    with contextlib.suppress(FileNotFoundError):
-        return [int(child) for child in path.read_text().split()]
-    return []
+    """Process groups of ``pid``'s children: each is the leader of a session of its own.
+
+    The children of every thread of ``pid``: the twin starts tasks from threads of its own, and
+    ``/proc/<pid>/task/<tid>/children`` lists only the children that thread started (Linux's
+    proc(5), "/proc/pid/task/tid/children").
+    """
+    groups = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            groups.extend(int(child) for child in children.read_text().split())
+    return groups
 
 
 def running_in(groups: list[int]) -> list[str]:
-    """Processes still running (zombies aside) in any of ``groups``, as ``/proc`` stat lines."""
+    """Processes still running (zombies aside) in any of ``groups``, or in the sessions they
+    lead (a task's init, tini, runs its command in a process group of its own), as ``/proc``
+    stat lines."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             line = stat.read_text()
-            state, _ppid, group = line.rsplit(")", 1)[1].split()[:3]
-            if int(group) in groups and state != "Z":
+            state, _ppid, group, session = line.rsplit(")", 1)[1].split()[:4]
+            if (int(group) in groups or int(session) in groups) and state != "Z":
                 found.append(line)
     return found
 
@@ -93,16 +143,24 @@ def start_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     started: list[subprocess.Popen[bytes]] = []
     groups: list[int] = []  # the stacks' and those of what they started
 
-    def start(*args: str) -> Stack:
+    def start(*args: str, piped: bool = False) -> Stack:
+        """``piped``: stdout to a pipe a ``Tee`` copies to the output file, stderr to the file
+        (the terminal's) directly."""
         output_path = tmp_path / f"stack-{len(started)}.out"
+        read_end, write_end = os.pipe() if piped else (-1, -1)
         with output_path.open("wb") as output:
             process = subprocess.Popen(
                 [sys.executable, "-m", "devtools.stack", "--port", "0", *args],
                 # TMPDIR: the stack keeps its logs in a temporary directory; this test owns it.
                 cwd=ROOT, env={**clean_environment(), "TMPDIR": str(tmp_path)},
-                stdout=output, stderr=subprocess.STDOUT,
+                stdout=write_end if piped else output,
+                stderr=output if piped else subprocess.STDOUT,
                 process_group=0,
             )
+        tee = None
+        if piped:
+            os.close(write_end)
+            tee = Tee(read_end, output_path)
         started.append(process)
         groups.append(process.pid)
 
@@ -114,7 +172,7 @@ def start_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
 
         match = wait_for(banner, START_TIMEOUT, interval=0.1, what="the stack's banner")
         stack = Stack(process, output_path, match.group(1), match.group(2), match.group(3),
-                      child_groups(process.pid))
+                      child_groups(process.pid), tee)
         groups.extend(stack.groups)
         return stack
 
@@ -194,8 +252,10 @@ def test_ctrl_c_lets_the_running_task_finish_then_stops_redis_last(
     output = stack.output()
     assert stop_lines(output) == [
         "stopping web...", "stopping beat...", "stopping worker-default...",
-        "stopping worker-long...", "stopping redis...",
+        "stopping worker-long...", "stopping redis... done",
     ], output
+    # Its last word says everything has stopped.
+    assert output.splitlines()[-1] == "stopping redis... done", output
     success = re.search(
         rf"Task app\.tasks\.apply_credit\[{task_id}\] succeeded in .*'applied': True", output
     )
@@ -203,6 +263,25 @@ def test_ctrl_c_lets_the_running_task_finish_then_stops_redis_last(
     assert success.start() < output.index("stopping redis")
     assert results_published(results) == [(task_id, "STARTED"), (task_id, "SUCCESS")]
     assert_short_and_clean(output)
+    assert running_in(stack.groups) == []
+
+
+def test_ctrl_c_with_the_output_closed_still_stops_everything(
+    start_stack: Callable[..., Stack],
+) -> None:
+    """``make run | tee run.log``, then Ctrl-C: the terminal's SIGINT ends ``tee`` too, so the
+    stack's next line goes to a pipe nobody reads. It must still stop every task and Redis."""
+    stack = start_stack(piped=True)
+    # The groups of Redis, the twin's helpers and every task: none may be left.
+    assert len(stack.groups) >= 5, stack.groups
+
+    stack.close_output()
+    stack.ctrl_c()
+
+    assert stack.wait() == 0, stack.output()
+    output = stack.output()
+    assert "stopping" not in output, "written after the output closed"
+    assert "Traceback" not in output and "BrokenPipeError" not in output, output
     assert running_in(stack.groups) == []
 
 

@@ -255,6 +255,7 @@ def test_one_round_is_one_round_trip(redis_url: str) -> None:
     assert len(rounds) == 2 and len(rounds[1]) == 5, "both queues' backlog and age, the workers"
 
 
+@pytest.mark.redis  # starts a redis-server of its own, late
 def test_broker_errors_are_logged_and_the_next_round_recovers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -513,6 +514,7 @@ def test_beat_without_a_namespace_writes_nothing() -> None:
     assert lines == []
 
 
+@pytest.mark.redis  # imports the app in a fresh process
 @pytest.mark.parametrize("namespace", [NAMESPACE, ""])
 def test_the_app_registers_the_step_only_with_a_namespace(namespace: str, tmp_path: Path) -> None:
     env = app_environment("redis://127.0.0.1:1/0", tmp_path, CELERY_METRICS_NAMESPACE=namespace)

@@ -378,6 +378,7 @@ def test_the_step_is_left_out_outside_ecs(
     assert "ECS_AGENT_URI is not set" in caplog.text
 
 
+@pytest.mark.redis  # imports the app in a fresh process
 @pytest.mark.parametrize("enabled", ["true", "false"])
 def test_the_app_registers_the_step_only_when_enabled(enabled: str, tmp_path: Path) -> None:
     env = app_environment("redis://127.0.0.1:1/0", tmp_path, CELERY_TASK_PROTECTION=enabled)

@@ -80,6 +80,7 @@ def test_unsafe_configuration_is_refused(env: dict[str, str], message: str) -> N
     assert message in str(error.value)
 
 
+@pytest.mark.redis  # starts a celery worker process
 def test_worker_refuses_to_start_with_unverified_tls() -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
            "CELERY_BROKER_URL": "rediss://:tok@broker.example:6379/0"}

@@ -18,6 +18,10 @@ from devtools.twin.image import (
     parse_image,
 )
 
+# The tier (tests/tiers.py): planning a container takes the image's virtualenv, which the
+# twin builds from PyPI into .twin/ (devtools.twin.image), in the checkout.
+pytestmark = pytest.mark.twin
+
 TASK: dict[str, Any] = {"volumes": [{"name": "scratch"}, {"name": "tmp"}]}
 
 

@@ -12,6 +12,9 @@ import pytest
 from devtools.twin import network
 from devtools.twin.network import NetworkError, TaskNetwork, allocate
 
+# The tier (tests/tiers.py): network namespaces and the twin's bridge, as root.
+pytestmark = pytest.mark.twin
+
 
 def test_an_address_is_reusable_as_soon_as_its_task_releases_it() -> None:
     """The kernel destroys a deleted namespace, and its veth pair, later: the next task given

@@ -32,6 +32,9 @@ from devtools.twin.task import Status
 from tests.support import send_task, wait_for
 from tests.test_beat import HOURLY, make_overdue, sent_tasks
 
+# The tier (tests/tiers.py): whole stacks on the ECS twin, as root.
+pytestmark = pytest.mark.twin
+
 TASKS = 100
 TIME_SCALE = 0.1
 STACK: dict[str, object] = {

@@ -69,7 +69,12 @@ def live_objects(redis_url: str) -> Iterator[dict[str, Any]]:
         }
 
 
-@pytest.mark.parametrize("name", NAMES, ids=[name.path for name in NAMES])
+@pytest.mark.parametrize(
+    "name",
+    # A name set by __init__ is read on a live object, made against a real Redis.
+    [pytest.param(name, marks=[pytest.mark.redis] if name.instance else []) for name in NAMES],
+    ids=[name.path for name in NAMES],
+)
 def test_each_name_is_as_recorded(name: UpstreamName, request: pytest.FixtureRequest) -> None:
     package = package_of(name)
     if name.since and installed(package) < Version(name.since):

@@ -339,9 +339,15 @@ def test_the_web_needs_exactly_one_source_of_keys(env: dict[str, str], message: 
     assert message in str(raised.value)
 
 
-def test_the_source_is_the_one_configured(tmp_path: Path) -> None:
+def test_the_source_is_the_one_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = ApiKeysSettings.from_env({"WEB_API_KEYS_FILE": str(tmp_path / "k.json")})
     assert api_keys.source_for(settings) == api_keys.FileSource(tmp_path / "k.json")
+    # botocore looks for credentials as it makes the client: without these it would ask the
+    # instance metadata service (169.254.169.254), a network call in a unit test.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "unit-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "unit-test")
     settings = ApiKeysSettings.from_env({"WEB_API_KEYS_SECRET_ARN": SECRET_ARN})
     source = api_keys.source_for(settings)
     assert isinstance(source, api_keys.SecretsManagerSource)
@@ -385,6 +391,7 @@ def test_the_web_reads_the_keys_from_the_secret_and_follows_its_rotation(
     assert client.post("/tasks/noop", json={}, headers=bearer(NEW_KEY)).status_code == 202
 
 
+@pytest.mark.redis  # moto's server in a process
 def test_an_unreachable_secrets_manager_keeps_the_keys_in_use(
     secrets_manager: AwsStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
