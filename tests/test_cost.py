@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from functools import cache
+from pathlib import Path
 
 import pytest
 
@@ -15,8 +16,10 @@ from devtools.cost import (
     HOURS_PER_MONTH,
     PRICES,
     PUT_METRIC_DATA_REQUESTS_PER_TASK_MONTH,
+    TABLE_METADATA,
     Estimate,
     estimate,
+    price_paths,
     price_table,
     render,
     runs_per_month,
@@ -60,7 +63,7 @@ def test_every_price_table_is_dated_and_sourced() -> None:
         data = json.loads(path.read_text())
         assert data["region"] == path.stem and data["currency"] == "USD"
         assert len(data["date"]) == 10 and data["date"].startswith("20")
-        sections = set(data) - {"region", "date", "currency", "note", "sources"}
+        sections = set(data) - TABLE_METADATA
         sources = {"fargateSpotDiscount": "fargateSpot", "publicIpv4Hour": "publicIpv4"}
         sources |= {"elasticacheNodeHour": "elasticache"}
         for section in sections:
@@ -72,6 +75,37 @@ def test_every_price_table_is_dated_and_sourced() -> None:
         for node_type, redis in data["elasticacheNodeHour"]["redis"].items():
             # AWS prices Valkey nodes 20 % below Redis OSS.
             assert math.isclose(data["elasticacheNodeHour"]["valkey"][node_type], 0.8 * redis)
+
+
+@pytest.mark.parametrize("path", sorted(PRICES.glob("*.json")), ids=lambda path: path.stem)
+def test_every_price_is_checked_against_the_price_list_or_said_unchecked(path: Path) -> None:
+    """Every number of a table is in exactly one list of its priceList section: checked (with
+    the SKU, the file and its publicationDate, and the same price), unchecked (with the offer
+    file and usage type to check it against), or not a list price at all (with why)."""
+    data = json.loads(path.read_text())
+    checks = data["priceList"]
+    lists = [set(checks["checked"]), set(checks["unchecked"]), set(checks["notInPriceList"])]
+    assert sum(map(len, lists)) == len(set.union(*lists)), "a price is in two lists"
+    assert set.union(*lists) == set(price_paths(data))
+    for price, check in checks["checked"].items():
+        assert check["url"].startswith("https://pricing.us-east-1.amazonaws.com/offers/v1.0/aws/")
+        assert check["sku"] and check["publicationDate"]
+        value: object = data
+        for key in price.split("."):
+            value = value[key]  # type: ignore[index]
+        assert float(check["pricePerUnit"]) == pytest.approx(value)
+    for hint in checks["unchecked"].values():
+        assert hint["offer"] and hint["usageType"]
+    assert all(checks["notInPriceList"].values())
+
+
+def test_the_estimate_says_how_many_prices_are_unchecked() -> None:
+    result = priced({})
+    assert result.prices is not None
+    unchecked = len(result.prices.unchecked)
+    assert unchecked and f"Not yet checked against AWS's price list files: {unchecked} of" in (
+        " ".join(render(result))
+    )
 
 
 def test_fargate_lines_are_size_times_price_times_count() -> None:
