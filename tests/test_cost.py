@@ -110,7 +110,7 @@ def test_the_estimate_says_how_many_prices_are_unchecked() -> None:
 
 def test_fargate_lines_are_size_times_price_times_count() -> None:
     result = priced({"workers": POOLS, "web": {"minCount": 1, "maxCount": 3}})
-    rates = price_table(REGION)["fargate"]["X86_64"]  # type: ignore[index]
+    rates = price_table(REGION)["fargate"]["ARM64"]  # type: ignore[index]
     web_hour = 0.25 * rates["vcpuHour"] + 0.5 * rates["gbHour"]
     assert line(result, "Fargate web:") == pytest.approx(
         (web_hour * HOURS_PER_MONTH, 3 * web_hour * HOURS_PER_MONTH)
@@ -142,7 +142,7 @@ def test_nat_gateways_and_their_addresses_are_priced_per_gateway() -> None:
 
 def test_arm64_saving_is_what_arm64_tasks_cost_less() -> None:
     config = {"workers": POOLS}
-    x86, arm = priced(config), priced({**config, "cpuArchitecture": "ARM64"})
+    x86, arm = priced({**config, "cpuArchitecture": "X86_64"}), priced(config)
     (saving,) = [s for s in x86.savings if s.setting == "cpuArchitecture: ARM64"]
     assert saving.low[0] == pytest.approx(fargate(x86)[0] - fargate(arm)[0])
     assert saving.high[0] == pytest.approx(fargate(x86)[1] - fargate(arm)[1])
@@ -150,7 +150,9 @@ def test_arm64_saving_is_what_arm64_tasks_cost_less() -> None:
 
 
 def test_spot_saving_is_offered_for_warm_pools_only_and_matches_pricing_spot() -> None:
-    plain = priced({"workers": POOLS})
+    # Spot runs X86_64 only: a stack on ARM64 (the default) is offered no Spot.
+    assert not [s for s in priced({"workers": POOLS}).savings if "fargateSpot" in s.setting]
+    plain = priced({"workers": POOLS, "cpuArchitecture": "X86_64"})
     settings = [saving.setting for saving in plain.savings]
     assert "workers[0].fargateSpot: true" in settings
     assert "workers[1].fargateSpot: true" not in settings  # cold: tasks outlast the notice
@@ -163,7 +165,7 @@ def test_spot_saving_is_offered_for_warm_pools_only_and_matches_pricing_spot() -
     assert saving.high[0] == pytest.approx(before[1] - after[1])
     assert saving.high[1] > saving.high[0]  # and up to 70 % off
     # The first task stays on regular Fargate: at a count of one, Spot saves nothing.
-    one = priced({"workers": [{**POOLS[0], "minCount": 1}, POOLS[1]]})
+    one = priced({"workers": [{**POOLS[0], "minCount": 1}, POOLS[1]], "cpuArchitecture": "X86_64"})
     (single,) = [s for s in one.savings if s.setting == "workers[0].fargateSpot: true"]
     assert single.low == (0.0, 0.0) and single.high[0] > 0
     # Spot in use rules out ARM64, and the estimate says why.
@@ -171,7 +173,7 @@ def test_spot_saving_is_offered_for_warm_pools_only_and_matches_pricing_spot() -
 
 
 def test_valkey_saving_is_what_valkey_nodes_cost_less() -> None:
-    redis, valkey = priced({}), priced({"broker": {"engine": "valkey"}})
+    redis, valkey = priced({"broker": {"engine": "redis"}}), priced({})
     (saving,) = [s for s in redis.savings if s.setting == "broker.engine: valkey"]
     assert saving.low[0] == pytest.approx(
         line(redis, "ElastiCache redis")[0] - line(valkey, "ElastiCache valkey")[0]
@@ -211,7 +213,7 @@ def test_eventbridge_tasks_are_priced_per_run() -> None:
     result = priced({"scheduler": "eventbridge"})
     hourly = line(result, "Fargate enqueue (purge-expired-idempotency-keys)")[0]
     # Hourly runs of one billed minute: 730 runs x 1/60 h of a 0.25 vCPU / 0.5 GB task.
-    rates = price_table(REGION)["fargate"]["X86_64"]  # type: ignore[index]
+    rates = price_table(REGION)["fargate"]["ARM64"]  # type: ignore[index]
     assert hourly == pytest.approx(730 / 60 * (0.25 * rates["vcpuHour"] + 0.5 * rates["gbHour"]))
 
 
