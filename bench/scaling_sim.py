@@ -8,7 +8,8 @@ cooldown, its alarm's threshold, period and datapoints, the pool's bounds and co
 here repeats those numbers. Two policy sets are compared on the same arrivals:
 
 - **this project**: target tracking on one-minute data (``Backlog`` sampled every 10 s, over the
-  desired count) plus the step policy on the 10-second alarm (``Backlog`` / ``Workers``).
+  running workers, or over the desired count where the cluster has Container Insights) plus
+  the step policy on the 10-second alarm (``Backlog`` / ``Workers``).
 - **target tracking alone**: AWS's backlog-per-task pattern, the backlog published once a
   minute over the running task count, same target and cooldowns.
 
@@ -181,10 +182,14 @@ class Policies:
     step_cooldown: int
     step_min_adjustment: int
     steps: tuple[Step, ...]
+    #: Target tracking divides by the desired count (Container Insights' DesiredTaskCount),
+    #: else by the running workers (the workers' own Workers metric).
+    per_desired: bool = False
 
 
-def rendered_policies() -> Policies:
-    run = render.run_program({"workers": [POOL]}, stack="sim")
+def rendered_policies(container_insights: bool = False) -> Policies:
+    config = {"workers": [POOL], "containerInsights": container_insights}
+    run = render.run_program(config, stack="sim")
     pool = POOL["name"]
     target = run.named("aws:appautoscaling/target:Target", f"worker-{pool}-scaling").inputs
     tracking = run.named("aws:appautoscaling/policy:Policy", f"worker-{pool}-scaling-backlog")
@@ -195,7 +200,13 @@ def rendered_policies() -> Policies:
     periods = {q["metric"]["period"] for q in alarm.inputs["metricQueries"] if "metric" in q}
     (period,) = periods
     command = run.task_definitions()[f"worker-{pool}"].command
+    (tasks,) = [
+        query["metricStat"]["metric"]["metricName"]
+        for query in tracking_config["customizedMetricSpecification"]["metrics"]
+        if query["id"] == "tasks"
+    ]
     return Policies(
+        per_desired=tasks == "DesiredTaskCount",
         min_count=int(target["minCapacity"]),
         max_count=int(target["maxCapacity"]),
         concurrency=int(command[command.index("--concurrency") + 1]),
@@ -438,7 +449,7 @@ def percentile(waits: Sequence[tuple[float, float]], share: float) -> float:
 def simulate(scenario: Scenario, policies: Policies, model: Model, *, ours: bool) -> Result:
     service = Service(policies, model, desired=policies.min_count)
     service.running = policies.min_count
-    tracking = TargetTracking(policies, model, per_desired=ours)
+    tracking = TargetTracking(policies, model, per_desired=ours and policies.per_desired)
     step = StepScaleOut(policies, model) if ours else None
     publish = model.fast_publish if ours else model.slow_publish
     breached_at: int | None = None
@@ -462,7 +473,11 @@ def simulate(scenario: Scenario, policies: Policies, model: Model, *, ours: bool
         first = float(service.first_scale_out - breached_at)
     return Result(
         scenario=scenario.name,
-        policies="this project" if ours else "target tracking alone, 1-min metric",
+        policies=(
+            ("this project, over desired tasks" if policies.per_desired else "this project")
+            if ours
+            else "target tracking alone, 1-min metric"
+        ),
         first_scale_out=first,
         p95_wait=percentile(service.waits, 0.95),
         task_minutes=service.task_seconds / 60,
@@ -556,10 +571,16 @@ def describe_paths(policies: Policies) -> str:
 
 def main() -> int:
     policies, model = rendered_policies(), Model()
+    # With Container Insights (production), target tracking divides by the desired count.
+    insights = rendered_policies(container_insights=True)
     results = [
-        simulate(scenario, policies, model, ours=ours)
+        result
         for scenario in SCENARIOS
-        for ours in (True, False)
+        for result in (
+            simulate(scenario, policies, model, ours=True),
+            simulate(scenario, insights, model, ours=True),
+            simulate(scenario, policies, model, ours=False),
+        )
     ]
     print(describe(policies, model))
     print(describe_paths(policies))

@@ -79,6 +79,29 @@ class PriceTable:
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
 
+    @property
+    def unchecked(self) -> list[str]:
+        """The prices not yet checked against AWS's price list files (dotted paths)."""
+        return sorted(self.data.get("priceList", {}).get("unchecked", {}))
+
+
+#: Top-level keys of a price table that hold no price.
+TABLE_METADATA = frozenset({"region", "date", "currency", "note", "sources", "priceList"})
+
+
+def price_paths(data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Every number of a price table, as a dotted path (``fargate.ARM64.vcpuHour``)."""
+    paths: list[str] = []
+    for key, value in data.items():
+        if not prefix and key in TABLE_METADATA:
+            continue
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            paths += price_paths(value, f"{path}.")
+        else:
+            paths.append(path)
+    return sorted(paths)
+
 
 def price_table(region: str, directory: Path = PRICES) -> PriceTable | None:
     """The table for ``region``, or None when the repository has none."""
@@ -678,6 +701,18 @@ def render(estimate: Estimate) -> list[str]:
     lines = [
         f"Prices: {prices.region} of {prices.date} (devtools/prices/{prices.path.name}), USD "
         "a month.",
+    ]
+    if prices.unchecked:
+        lines.append(
+            wrap(
+                f"Not yet checked against AWS's price list files: {len(prices.unchecked)} of "
+                f"the table's {len(prices.unchecked) + len(prices.data['priceList']['checked'])} "
+                "list prices (its priceList section names each, with the offer file to check it "
+                "against).",
+                "",
+            )
+        )
+    lines += [
         f"  {'':{width}}  {'at min count':>13}  {'at max count':>13}",
     ]
     lines += [f"  {item:{width}}  {low:>13}  {high:>13}" for item, low, high in rows]

@@ -161,10 +161,15 @@ def _build(run: ProgramRun, config: StackConfig, title: str) -> Any:
 
 
 def _metrics_label(run: ProgramRun) -> str:
-    """The metrics the app writes (by name), and Container Insights' task counts."""
+    """The metrics the app writes (by name), and Container Insights where the cluster has it."""
     names = sorted({name for _, name, _ in app_metrics(run)})
     rows = [", ".join(names[i : i + 2]) for i in range(0, len(names), 2)]
-    return "\n".join(["CloudWatch", *rows, "+ Container Insights"])
+    insights = any(
+        setting == {"name": "containerInsights", "value": "enabled"}
+        for cluster in run.of_type("aws:ecs/cluster:Cluster")
+        for setting in cluster.inputs.get("settings", [])
+    )
+    return "\n".join(["CloudWatch", *rows, *(["+ Container Insights"] if insights else [])])
 
 
 def _scaling_edge_label(run: ProgramRun) -> str:

@@ -424,7 +424,11 @@ def _service(resource: Registration, refs: dict[str, Registration]) -> list[str]
 
 
 #: The task count a backlog-per-task policy divides by, as a reader says it.
-_TASK_COUNTS = {"DesiredTaskCount": "desired task", "RunningTaskCount": "running task"}
+_TASK_COUNTS = {
+    "DesiredTaskCount": "desired task",
+    "RunningTaskCount": "running task",
+    "Workers": "worker (publishing)",
+}
 
 
 def _scaling_policy(resource: Registration, _: dict[str, Registration]) -> list[str]:

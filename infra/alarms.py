@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from app.names import BEAT_HEARTBEAT_METRIC, OLDEST_AGE_METRIC, QUEUE_DIMENSION
+from app.names import (
+    BEAT_HEARTBEAT_METRIC,
+    OLDEST_AGE_METRIC,
+    POOL_DIMENSION,
+    QUEUE_DIMENSION,
+    WORKERS_METRIC,
+)
 from infra.config import AlertsConfig, WorkerPool
 from infra.scaling import across
 
@@ -48,7 +54,7 @@ SCHEDULE_PERIOD = 300
 @dataclass(frozen=True)
 class PoolService:
     pool: WorkerPool
-    #: The ECS service's name (``ServiceName`` of Container Insights).
+    #: The ECS service's name.
     service_name: pulumi.Input[str]
 
 
@@ -231,24 +237,28 @@ class Alarms(pulumi.ComponentResource):
         )
         self._add(
             f"tasks-below-min-{pool.name}",
-            f"Pool {pool.name}: fewer than minCount ({pool.min_count}) tasks running for "
-            f"{TASKS_BELOW_MIN_MINUTES} minutes: tasks fail to start or keep stopping. See the "
-            "service's events and the stopped tasks' reasons.",
+            f"Pool {pool.name}: fewer than minCount ({pool.min_count}) workers running and "
+            f"publishing for {TASKS_BELOW_MIN_MINUTES} minutes: tasks fail to start or keep "
+            "stopping, or cannot reach Redis. See the service's events, the stopped tasks' "
+            "reasons and the worker logs.",
             [
+                # The workers' own count (app.metrics), not Container Insights' RunningTaskCount:
+                # the same alarm whether or not the cluster pays for Container Insights, and a
+                # task counts only once its worker runs and reaches Redis.
                 metric(
-                    "running",
-                    "ECS/ContainerInsights",
-                    "RunningTaskCount",
-                    {"ClusterName": args.cluster_name, "ServiceName": service.service_name},
-                    "Minimum",
+                    "workers",
+                    self.args.namespace,
+                    WORKERS_METRIC,
+                    {POOL_DIMENSION: pool.name},
+                    "Maximum",
                 ),
-                expression("running", "Running tasks"),
+                expression("workers", "Workers publishing"),
             ],
             threshold=pool.min_count,
             breaching=TASKS_BELOW_MIN_MINUTES,
             evaluated=TASKS_BELOW_MIN_MINUTES,
             comparison="LessThanThreshold",
-            # No data from a service that should run tasks is no better than zero tasks.
+            # No worker publishes: no better than zero tasks.
             missing="breaching",
         )
 

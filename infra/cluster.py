@@ -107,8 +107,9 @@ class ClusterArgs:
       changes, so its tasks read the new broker URL. Required.
     - ``pull_repository_arns``: ECR repositories the image comes from (empty for a public
       image). Default none.
-    - ``container_insights``: per-service metrics, needed for backlog scaling
-      (``RunningTaskCount``). Default True.
+    - ``container_insights``: Container Insights' per-service metrics (task counts, CPU,
+      memory), billed as custom metrics; nothing the program needs reads them unless the
+      stack asks (``containerInsights``). Default False.
     - ``cpu_architecture``: ``X86_64`` or ``ARM64``, of every task definition. Default X86_64.
     - ``capacity_providers``: Fargate capacity providers associated with the cluster, needed by
       services with a capacity provider strategy (``FARGATE``, ``FARGATE_SPOT``). Default none.
@@ -123,7 +124,7 @@ class ClusterArgs:
     aws: AwsContext
     log_retention_days: int = 30
     pull_repository_arns: Sequence[pulumi.Input[str]] = ()
-    container_insights: bool = True
+    container_insights: bool = False
     cpu_architecture: str = "X86_64"
     capacity_providers: Sequence[str] = ()
 

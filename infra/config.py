@@ -235,6 +235,8 @@ class StackConfig:
     #: CPU architecture of every task definition, and the platform the image is built for.
     cpu_architecture: CpuArchitecture = "X86_64"
     alerts: AlertsConfig = field(default_factory=lambda: _load_alerts({}))
+    #: Container Insights on the cluster (its per-service metrics, billed as custom metrics).
+    container_insights: bool = False
 
     @property
     def uses_fargate_spot(self) -> bool:
@@ -411,7 +413,7 @@ def _parse_scalar_text(value: str) -> object:
 
 TOP_LEVEL_KEYS = (
     "production", "scheduler", "maxCountdown", "logLevel", "logRetentionDays", "imageUri",
-    "cpuArchitecture", "workers", "web", "broker", "network", "alerts",
+    "cpuArchitecture", "workers", "web", "broker", "network", "alerts", "containerInsights",
 )  # fmt: skip
 POOL_KEYS = (
     "name", "queues", "concurrency", "taskTimeout", "minCount", "maxCount", "cpu", "memory",
@@ -458,7 +460,11 @@ def load(raw: Mapping[str, object]) -> StackConfig:
         if workers_raw is not None
         else (_default_pool(max_countdown),)
     )
-    cpu_architecture = top.choice("cpuArchitecture", CPU_ARCHITECTURES, "X86_64")
+    # Graviton by default (about 20 % cheaper, the same image built for linux/arm64), unless a
+    # pool asks for Fargate Spot, which runs X86_64 tasks only.
+    spot = any(pool.fargate_spot for pool in workers)
+    default_architecture: CpuArchitecture = "X86_64" if spot else "ARM64"
+    cpu_architecture = top.choice("cpuArchitecture", CPU_ARCHITECTURES, default_architecture)
     for index, pool in enumerate(workers):
         if pool.fargate_spot and cpu_architecture != "X86_64":
             # AWS: "Fargate Spot only supports Linux tasks with the X86_64 architecture."
@@ -485,6 +491,10 @@ def load(raw: Mapping[str, object]) -> StackConfig:
         alerts=_load_alerts(
             _parse_json_text(top.raw.get("alerts"), "alerts") or {}, production=production
         ),
+        # Production keeps it (Security Hub ECS.12); elsewhere the app's own Workers metric
+        # serves the alarms and scaling, and Container Insights would be the largest line of
+        # a quiet stack's cost after compute.
+        container_insights=top.boolean("containerInsights", production),
     )
 
 
@@ -715,7 +725,8 @@ def _load_web(raw: object, production: bool) -> WebConfig:
 
 def _load_broker(raw: object, production: bool) -> BrokerConfig:
     fields = _Fields(raw, "broker", BROKER_KEYS)
-    engine = fields.choice("engine", BROKER_ENGINES, "redis")
+    # Valkey: the same protocol and ElastiCache features, nodes 20 % cheaper than Redis OSS.
+    engine = fields.choice("engine", BROKER_ENGINES, "valkey")
     families = ENGINE_FAMILIES[engine]
     version_allowed = f"MAJOR.MINOR with major {', '.join(map(str, families))} for {engine}"
     version = fields.text("engineVersion", _ENGINE_VERSION, version_allowed)

@@ -56,6 +56,8 @@ class DashboardSpec:
     beat: bool = False
     rules: Mapping[str, str] = field(default_factory=dict)
     dead_letter_queue: str | None = None
+    #: The cluster has Container Insights: its desired and running task counts are shown too.
+    container_insights: bool = False
 
 
 def horizontal(*lines: tuple[str, float], right: bool = False) -> dict[str, Any]:
@@ -122,8 +124,17 @@ def pool_widgets(spec: DashboardSpec, pool: WorkerPool) -> list[dict[str, Any]]:
             f"Pool {pool.name}: tasks",
             region,
             [
-                [CONTAINER_INSIGHTS, "DesiredTaskCount", *_flat(service), {"label": "Desired"}],
-                [CONTAINER_INSIGHTS, "RunningTaskCount", *_flat(service), {"label": "Running"}],
+                *(
+                    [
+                        [CONTAINER_INSIGHTS, name, *_flat(service), {"label": label}]
+                        for name, label in (
+                            ("DesiredTaskCount", "Desired"),
+                            ("RunningTaskCount", "Running"),
+                        )
+                    ]
+                    if spec.container_insights
+                    else []
+                ),
                 [
                     ns,
                     WORKERS_METRIC,

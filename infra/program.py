@@ -190,6 +190,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
             pull_repository_arns=image.pull_repository_arns,
             cpu_architecture=config.cpu_architecture,
             capacity_providers=CAPACITY_PROVIDERS,
+            container_insights=config.container_insights,
         ),
     )
     background = network.task_placement(network.background_security_group_id)
@@ -254,6 +255,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
                     queues=pool.queues,
                     per_task=pool.backlog_per_task,
                     alarm_name=f"{plan.prefix}-scale-out-{pool.name}",
+                    desired_count_metric=config.container_insights,
                 ),
             ),
         )
@@ -383,6 +385,7 @@ def monitor(
                 "beat": config.scheduler == "beat",
                 "rules": rules,
                 "dead_letter_queue": dead_letter_queue,
+                "container_insights": config.container_insights,
             },
         ),
     )

@@ -2,10 +2,11 @@
 
 Workers scale on backlog per task, with two policies on the same target ``T``:
 
-- **Target tracking** on one-minute data: ``SUM(Backlog of the pool's queues) / DesiredTaskCount``
-  (Container Insights). It scales out slowly and owns scale-in (15 minutes below target, 300 s
-  cooldown). The denominator is the *desired* count, so tasks another policy has just asked
-  for, still starting, count at once and are not asked for twice.
+- **Target tracking** on one-minute data: ``SUM(Backlog of the pool's queues) / tasks``. It
+  scales out slowly and owns scale-in (15 minutes below target, 300 s cooldown). ``tasks`` is
+  Container Insights' ``DesiredTaskCount`` where the cluster has it (tasks another policy has
+  just asked for, still starting, count at once and are not asked for twice), else the
+  workers' own ``Workers`` (those running; ``bench.scaling_sim`` prices the difference).
 - **Step scaling** on a high-resolution alarm: ``SUM(Backlog) / Workers`` in 10-second periods
   (both published by the workers themselves, ``app.metrics``: an alarm's metrics must share one
   period, and Container Insights has none shorter than a minute). Two breaching periods at
@@ -84,6 +85,8 @@ class BacklogTarget:
     - ``queues``: the pool's queues; their backlogs are summed.
     - ``per_task``: target value, messages per task (>= 1).
     - ``alarm_name``: name of the high-resolution scale-out alarm.
+    - ``desired_count_metric``: target tracking divides by Container Insights'
+      ``DesiredTaskCount`` (the cluster must have it on), else by ``Workers``. Default False.
     """
 
     namespace: str
@@ -91,6 +94,7 @@ class BacklogTarget:
     queues: Sequence[str]
     per_task: int
     alarm_name: str
+    desired_count_metric: bool = False
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,8 @@ def summed_backlog(target: BacklogTarget) -> tuple[list[tuple[str, str]], str]:
 def backlog_metric_queries(
     target: BacklogTarget, cluster_name: pulumi.Input[str], service_name: pulumi.Input[str]
 ) -> list[TrackingQuery]:
-    """Target tracking's metric math: SUM(Backlog of each queue, Maximum) / DesiredTaskCount.
+    """Target tracking's metric math: SUM(Backlog of each queue, Maximum) / tasks (desired or
+    working, see ``BacklogTarget.desired_count_metric``).
 
     Maximum, because every worker consuming a queue publishes its backlog: the copies agree.
     """
@@ -153,21 +158,31 @@ def backlog_metric_queries(
         }
         for query_id, queue in ids
     ]
+    tasks: TrackingQueryMetric = (
+        {
+            "namespace": CONTAINER_INSIGHTS_NAMESPACE,
+            "metric_name": "DesiredTaskCount",
+            "dimensions": [
+                {"name": "ClusterName", "value": cluster_name},
+                {"name": "ServiceName", "value": service_name},
+            ],
+        }
+        if target.desired_count_metric
+        else {
+            "namespace": target.namespace,
+            "metric_name": WORKERS_METRIC,
+            "dimensions": [{"name": POOL_DIMENSION, "value": target.pool}],
+        }
+    )
     queries.append(
         {
             "id": "tasks",
-            "label": "Desired tasks",
+            "label": "Desired tasks" if target.desired_count_metric else "Workers",
             "return_data": False,
             "metric_stat": {
-                "stat": "Average",
-                "metric": {
-                    "namespace": CONTAINER_INSIGHTS_NAMESPACE,
-                    "metric_name": "DesiredTaskCount",
-                    "dimensions": [
-                        {"name": "ClusterName", "value": cluster_name},
-                        {"name": "ServiceName", "value": service_name},
-                    ],
-                },
+                # Every worker publishes the same Workers count: Maximum, as for Backlog.
+                "stat": "Average" if target.desired_count_metric else "Maximum",
+                "metric": tasks,
             },
         }
     )

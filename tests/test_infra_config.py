@@ -36,8 +36,10 @@ def test_empty_config_gives_a_deployable_default_stack() -> None:
     assert config.scheduler == "beat"
     assert config.max_countdown == 300
     assert config.network == NewVpc(cidr="10.0.0.0/16", nat_gateways="none")
-    assert config.broker.engine == "redis"
-    assert config.broker.parameter_group_family == "redis7"
+    assert config.broker.engine == "valkey"
+    assert config.broker.parameter_group_family == "valkey8"
+    assert config.cpu_architecture == "ARM64"
+    assert config.container_insights is False
     assert config.broker.node_type == "cache.t4g.micro"
     assert config.broker.replicas == 0
     assert config.broker.auth_token_generation == 1
@@ -63,14 +65,28 @@ def test_a_pool_sets_how_many_messages_a_worker_holds_per_slot() -> None:
 
 
 def test_cpu_architecture_and_fargate_spot() -> None:
-    assert load({}).cpu_architecture == "X86_64"
+    # Graviton unless a pool asks for Spot, which runs X86_64 only.
+    assert load({}).cpu_architecture == "ARM64"
     assert load({}).uses_fargate_spot is False
     spot = {"name": "short", "queues": list(QUEUES), "taskTimeout": 100, "fargateSpot": True}
-    config = load({"cpuArchitecture": "X86_64", "workers": [spot]})
+    config = load({"workers": [spot]})
+    assert config.cpu_architecture == "X86_64"
     (pool,) = config.workers
     assert pool.fargate_spot is True and config.uses_fargate_spot is True
     assert pool.budget.shutdown == "warm" and pool.budget.finishes_within_spot_notice
-    assert load({"cpuArchitecture": "ARM64"}).cpu_architecture == "ARM64"
+    assert load({"cpuArchitecture": "X86_64"}).cpu_architecture == "X86_64"
+    with pytest.raises(ConfigError, match=r"workers\[0\]\.fargateSpot"):
+        load({"cpuArchitecture": "ARM64", "workers": [spot]})
+
+
+def test_container_insights_is_off_unless_asked_or_production() -> None:
+    assert load({}).container_insights is False
+    assert load({"containerInsights": True}).container_insights is True
+    assert load({"production": True, **PRODUCTION_NEEDS}).container_insights is True
+    production_without = {"production": True, "containerInsights": False, **PRODUCTION_NEEDS}
+    assert load(production_without).container_insights is False
+    with pytest.raises(ConfigError, match="containerInsights"):
+        load({"containerInsights": "sometimes"})
 
 
 #: What production requires: a certificate and an alert target (each has a named opt-out).

@@ -132,7 +132,6 @@ def test_a_created_topic_is_encrypted_and_only_this_stacks_alarms_may_publish(
 
 def test_pool_alarms_follow_each_pools_settings(deployed: Deployed) -> None:
     alarms = operator_alarms(deployed)
-    run = deployed.run
     for pool in deployed.config.workers:
         age = alarms[f"queue-age-{pool.name}"]
         assert age["threshold"] == pool.max_queue_seconds
@@ -148,12 +147,15 @@ def test_pool_alarms_follow_each_pools_settings(deployed: Deployed) -> None:
         assert below["comparisonOperator"] == "LessThanThreshold"
         assert below["treatMissingData"] == "breaching"
         assert below["evaluationPeriods"] == below["datapointsToAlarm"] == 5, "several minutes"
-        (running,) = stats(below)
-        assert running["metricName"] == "RunningTaskCount"
-        assert running["dimensions"] == {
-            "ClusterName": run.outputs["clusterName"],
-            "ServiceName": run.outputs["serviceNames"][f"worker-{pool.name}"],
-        }
+        # The workers' own count, with or without Container Insights: a task counts once its
+        # worker runs and publishes; none publishing is missing data, which breaches.
+        (workers,) = stats(below)
+        assert (workers["metricName"], workers["namespace"], workers["stat"]) == (
+            "Workers",
+            NAMESPACE,
+            "Maximum",
+        )
+        assert workers["dimensions"] == {"Pool": pool.name}
 
 
 def test_the_schedule_source_has_its_alarms(deployed: Deployed) -> None:
@@ -242,8 +244,10 @@ def test_the_dashboard_shows_what_the_alarms_watch(deployed: Deployed) -> None:
         tasks = widgets[f"Pool {pool.name}: tasks"]
         service = run.outputs["serviceNames"][f"worker-{pool.name}"]
         for name in ("DesiredTaskCount", "RunningTaskCount"):
-            assert ("ECS/ContainerInsights", name, "ClusterName", cluster, "ServiceName",
-                    service) in widget_metrics(tasks)  # fmt: skip
+            shown = ("ECS/ContainerInsights", name, "ClusterName", cluster, "ServiceName",
+                     service) in widget_metrics(tasks)  # fmt: skip
+            assert shown is deployed.config.container_insights, name
+        assert (NAMESPACE, "Workers", "Pool", pool.name) in widget_metrics(tasks)
         marks = {a["label"]: a["value"] for a in tasks["properties"]["annotations"]["horizontal"]}
         assert marks == {"minCount": pool.min_count, "maxCount": pool.max_count}
         scaling = widgets[f"Pool {pool.name}: scaling (waiting messages per worker)"]

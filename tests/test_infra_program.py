@@ -317,15 +317,23 @@ def test_every_pool_has_a_consuming_service_and_scales_on_backlog(deployed: Depl
             assert stat["metric"]["namespace"] == "CeleryEcs/celery-ecs-test"
             assert stat["metric"]["metricName"] == "Backlog"
             assert stat["metric"]["dimensions"][0]["name"] == "Queue"
-        # The desired count: tasks the step policy asked for count at once, however long they
-        # take to start, so target tracking does not ask for them a second time.
         tasks = metrics["tasks"]["metricStat"]["metric"]
-        assert tasks["namespace"] == "ECS/ContainerInsights"
-        assert tasks["metricName"] == "DesiredTaskCount"
-        assert tasks["dimensions"] == [
-            {"name": "ClusterName", "value": cluster},
-            {"name": "ServiceName", "value": name},
-        ]
+        if deployed.config.container_insights:
+            # The desired count: tasks the step policy asked for count at once, however long
+            # they take to start, so target tracking does not ask for them a second time.
+            assert tasks["namespace"] == "ECS/ContainerInsights"
+            assert tasks["metricName"] == "DesiredTaskCount"
+            assert tasks["dimensions"] == [
+                {"name": "ClusterName", "value": cluster},
+                {"name": "ServiceName", "value": name},
+            ]
+        else:
+            # No Container Insights to read: the pool's running workers, as they count
+            # themselves (the same metric as the step policy's alarm).
+            assert metrics["tasks"]["metricStat"]["stat"] == "Maximum"
+            assert tasks["namespace"] == "CeleryEcs/celery-ecs-test"
+            assert tasks["metricName"] == "Workers"
+            assert tasks["dimensions"] == [{"name": "Pool", "value": pool.name}]
         result = [m for m in metrics.values() if m["returnData"]]
         assert len(result) == 1 and result[0]["expression"].endswith("/ tasks")
         for key in backlog_ids:

@@ -68,7 +68,7 @@ def test_the_plan_shows_what_a_reviewer_checks(dev: plan.Plan) -> None:
         "internet-facing PUBLIC application load balancer",
         "TLS required, encrypted at rest on",
         # Target tracking divides by the desired count (tasks still starting count at once).
-        "target tracking: 40 waiting messages per desired task (queues default)",
+        "target tracking: 40 waiting messages per worker (publishing) (queues default)",
         "step scaling on its alarm (PercentChangeInCapacity): above the threshold by +25 % from 0",
         "celery-ecs-dev-scale-out-default: Waiting messages per worker (10 s) >= 50 in 2 of 2 "
         "periods of 10 s",
@@ -77,7 +77,7 @@ def test_the_plan_shows_what_a_reviewer_checks(dev: plan.Plan) -> None:
         "celery-ecs-dev: 13 widgets (2 of alarm states, 11 graphs)",
         "1-4 tasks of worker-default-service",
         "allow secretsmanager:GetSecretValue on broker",
-        "Tasks:       beat 1, web 1-2, worker-default 1-4, worker-long 1-2 (X86_64)",
+        "Tasks:       beat 1, web 1-2, worker-default 1-4, worker-long 1-2 (ARM64)",
         "Alarms:      12 (2 high-resolution, for scale-out)",
         "notifying nobody (alerts.email and alerts.topicArn unset)",
     ):
@@ -178,12 +178,14 @@ def test_the_diagram_is_drawn_from_the_rendered_stack(dev: plan.Plan) -> None:
         "VPC 10.0.0.0/16 (us-east-1a, us-east-1b)",
         "public subnets",
         "HTTP 80",
-        "CloudWatch\nBacklog, BeatHeartbeat\nOldestMessageAge, Workers\n+ Container Insights",
+        "CloudWatch\nBacklog, BeatHeartbeat\nOldestMessageAge, Workers",
         "(+ per worker, 10 s alarms)",
         "10 alarms\nnotifying nobody",
         "dashboard\ncelery-ecs-dev",
     ):
         assert label in source, label
+    # The dev stack leaves Container Insights off: the diagram does not claim it.
+    assert "Container Insights" not in source
     assert "<diagrams>/aws/compute/fargate.png" in source
     assert str(ROOT) not in source
 

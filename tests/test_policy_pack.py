@@ -1036,9 +1036,10 @@ def test_dev_and_production_differ_where_the_baseline_says(scheduler: str) -> No
         # ECS.2: public IPs on tasks only without NAT (dev's default).
         public = {s.inputs["networkConfiguration"]["assignPublicIp"] for s in run.of_type(SERVICE)}
         assert public == {not is_production}
-        # ECS.12: Container Insights on in both (backlog scaling needs it).
+        # ECS.12: Container Insights in production; dev reads the workers' own metrics.
         (cluster,) = run.of_type("aws:ecs/cluster:Cluster")
-        assert cluster.inputs["settings"] == [{"name": "containerInsights", "value": "enabled"}]
+        insights = "enabled" if is_production else "disabled"
+        assert cluster.inputs["settings"] == [{"name": "containerInsights", "value": insights}]
         # ElastiCache.1 and .3: backups in both, failover with production's replica.
         group = run.one(REPLICATION_GROUP).inputs
         assert group["snapshotRetentionLimit"] >= 1

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import pytest
+
 from app.cloudwatch import CLOUDWATCH_TIMEOUT_SECONDS
 from bench.scaling_sim import (
     EMF_PATH,
@@ -80,3 +82,16 @@ def test_on_the_log_path_the_minute_rests_on_an_undocumented_extraction() -> Non
     beyond = first_burst_decision(policies, Model(metric_path=emf_path(budget + 1)))
     assert within is not None and within <= 60
     assert beyond is not None and beyond > 60
+
+
+def test_target_tracking_divides_by_the_desired_count_only_with_container_insights() -> None:
+    """Without Container Insights, target tracking divides by the running workers: the same
+    waits, a few more task-minutes while tasks start (the README's table)."""
+    plain, insights = rendered_policies(), rendered_policies(container_insights=True)
+    assert (plain.per_desired, insights.per_desired) == (False, True)
+    ramp, model = SCENARIOS[1], Model()
+    over_workers = simulate(ramp, plain, model, ours=True)
+    over_desired = simulate(ramp, insights, model, ours=True)
+    assert over_workers.first_scale_out == over_desired.first_scale_out
+    assert over_workers.p95_wait == pytest.approx(over_desired.p95_wait, rel=0.05)
+    assert over_desired.task_minutes < over_workers.task_minutes <= 1.05 * over_desired.task_minutes
