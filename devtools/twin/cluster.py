@@ -231,12 +231,17 @@ class TwinCluster:
         self.standalone.append(task)
         return task
 
-    def fire_due(self, now: datetime | None = None) -> list[Task]:
+    def fire_due(
+        self, now: datetime | None = None, only: Collection[str] | None = None
+    ) -> list[Task]:
         """Fire every rule whose next slot (after the last one fired, or the rules' creation)
-        has come, once per slot, as EventBridge's scheduler does."""
+        has come, once per slot, as EventBridge's scheduler does; ``only``: these rules alone
+        (the others' slots depend on the time of day)."""
         now = now or datetime.now(UTC)
         started = []
         for name, rule in self.rules.items():
+            if only is not None and name not in only:
+                continue
             after = self._fired.get(name, self.created)
             slot = next(eventbridge_fire_times(rule.expression, after, created=self.created))
             if slot <= now:
