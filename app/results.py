@@ -3,7 +3,9 @@
 Celery reads the task's current state and then writes the new one, skipping the write if the
 state read was SUCCESS (so a second run of a redelivered message cannot overwrite a success).
 That costs two round trips per state, and the check is not atomic: a run that reads just before
-another run stores SUCCESS still overwrites it. Here one Lua script does both, atomically.
+another run stores SUCCESS still overwrites it. Here one Lua script does both, atomically, and
+for a task's first state (no state stored yet) with one command, ``SET NX GET``, besides the
+``PUBLISH`` that ``AsyncResult.get()`` waiters listen to.
 
 ``result_backend`` stays a plain ``redis://`` or ``rediss://`` URL, as Celery's own tests and
 other tools expect (they test ``result_backend.startswith("redis")``). The app's loader
@@ -28,18 +30,25 @@ SCHEMES = ("redis", "rediss")
 
 #: KEYS[1]: the task's meta key. ARGV: the new meta (JSON), its expiry in seconds (0: none).
 #: Stores and publishes it unless the stored state is SUCCESS; returns 1 if stored, else 0.
+#: A task's first state, the usual case, costs one command besides the PUBLISH: ``SET NX GET``
+#: stores it if no state is stored and otherwise returns the stored one, storing nothing
+#: (NX with GET: Redis 7.0 on, redis.io "SET"); only then is the stored state read and, unless
+#: SUCCESS, replaced with a plain SET. The same outcome as a GET, then a SET, in one step.
 STORE_UNLESS_SUCCEEDED = """
-local current = redis.call('GET', KEYS[1])
+local expiry = tonumber(ARGV[2])
+local function store(...)
+  if expiry > 0 then
+    return redis.call('SET', KEYS[1], ARGV[1], 'EX', expiry, ...)
+  end
+  return redis.call('SET', KEYS[1], ARGV[1], ...)
+end
+local current = store('NX', 'GET')
 if current then
   local ok, meta = pcall(cjson.decode, current)
   if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then
     return 0
   end
-end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
+  store()
 end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
 return 1

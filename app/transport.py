@@ -42,8 +42,11 @@ sent at once with ``ACK``, a script flagged ``allow-oom`` (it only deletes): at 
 Redis rejects every command queued in ``MULTI``, kombu's own acknowledgement included.
 
 Acknowledgements ride on the next ``FETCH`` when the event loop's connection is free for one
-(one round trip fewer per message). One whose send fails, or whose reply is lost, is sent again
-with the next ``FETCH`` and, by the consumer (``app.consumer``), after a reconnection.
+(one round trip fewer per message), or, when a ``FETCH`` is in flight, on the one sent once its
+reply is read (one ``EVALSHA`` fewer than an ``ACK`` of their own). When no ``FETCH`` follows
+that reply (the queues are empty, the consumer has no room, the channel closes), they go at once
+with ``ACK``. One whose send fails, or whose reply is lost, is sent again with the next
+``FETCH`` and, by the consumer (``app.consumer``), after a reconnection.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from queue import Empty
 from time import monotonic, time
 from typing import Any
@@ -400,6 +403,13 @@ class Channel(kombu_redis.Channel):
         connection is free for one now, else at once on the synchronous connection."""
         if self.fetch_now([delivery_tag]):
             return
+        if self._awaiting == _FETCHING and not self.closed and self.qos.can_consume():
+            # A FETCH is in flight and its reply will be read (the consumer has room): this
+            # rides on the next one, sent once that reply is read (or goes with ACK then, if
+            # none follows: ``_on_fetched``, ``_wait_for_wake``, ``close``). One EVALSHA less
+            # than an ACK of its own, for a wait of one round trip.
+            self.acks_pending.append(delivery_tag)
+            return
         try:
             self.acknowledge_now([delivery_tag])
         except self.connection_errors as error:
@@ -436,6 +446,7 @@ class Channel(kombu_redis.Channel):
         if not queues:
             return
         self._reclaim_unread()
+        self._send_pending_acks()  # no FETCH carries them before the wait ends
         wait = self.brpop_timeout if timeout is None else timeout
         self._send(_WAKING, [*map(wake_key, queues), wait or 0], [])
 
@@ -481,6 +492,32 @@ class Channel(kombu_redis.Channel):
         if type == "BRPOP" and self._awaiting is not None:
             return self._brpop_read(**options)
         return super()._poll_error(type, **options)
+
+    def _send_pending_acks(self) -> None:
+        """Send the acknowledgements waiting for a FETCH at once, with ACK (when none is
+        about to be sent)."""
+        acks, self.acks_pending = self.acks_pending, []
+        try:
+            self.acknowledge_now(acks)
+        except self.connection_errors:
+            self._set_aside(acks)
+            raise
+
+    def close(self) -> None:
+        # As kombu's close: the reply of a FETCH in flight is read first (it may carry
+        # acknowledgements and a recorded message); then the acknowledgements no FETCH will
+        # carry are sent, before the connections close.
+        if self._in_poll and not self.closed:
+            with suppress(Empty):  # the reply was read: no message, or one delivered
+                self._brpop_read()
+        if self.acks_pending and not self.closed:
+            try:
+                self._send_pending_acks()
+            except self.connection_errors as error:
+                log.warning("%d acknowledgement(s) not sent at close (%r): their messages "
+                            "stay in this worker's set, put back by a sweep",
+                            len(self.acks_pending), error)  # fmt: skip
+        super().close()
 
     def _set_aside(self, acks: list[str]) -> None:
         """Acknowledgements whose fate is unknown: sent again with the next FETCH."""
@@ -559,6 +596,8 @@ class Channel(kombu_redis.Channel):
             self.connection._deliver(loads(item), queue)
         finally:
             self.recorded_tag = ""
+        if self.acks_pending and not self.qos.can_consume():
+            self._send_pending_acks()  # no FETCH follows until the consumer has room
         return True
 
 

@@ -69,6 +69,7 @@ from celery import Celery
 from app import settings as env_names
 from app.liveness import MAX_SWEEP_INTERVAL, Deadlines, unacked_count
 from app.transport import WAKE_TOKENS_MAX, wake_key
+from bench.redis_commands import worker_commands
 from devtools import render
 from devtools.processes import ROOT
 from devtools.redis_server import RedisServer, start_redis
@@ -566,11 +567,6 @@ def idle_stop(bench: Bench, config: WorkerConfig, name: str) -> DrainResult:
 
 # --- throughput -----------------------------------------------------------------------------------
 
-#: Commands the bench itself sends (publishing, releasing, polling): not the worker's.
-BENCH_COMMANDS = frozenset({"lpush", "rename", "llen", "hlen", "smembers", "info", "config",
-                            "ping"})  # fmt: skip
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux ``/proc``); 0 once it is gone."""
     try:
@@ -601,12 +597,6 @@ def worker_pids(worker: Container) -> tuple[int, list[int]]:
     else:
         main = init
     return main, child_pids(main)
-
-
-def worker_commands(admin: redis.Redis) -> int:
-    stats = admin.info("commandstats")
-    return sum(int(value["calls"]) for key, value in stats.items()
-               if key.removeprefix("cmdstat_").split("|")[0] not in BENCH_COMMANDS)
 
 
 @dataclass(frozen=True)

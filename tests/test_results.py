@@ -129,6 +129,10 @@ def test_a_later_state_replaces_anything_but_success(
 ) -> None:
     backend.store_result(TASK_ID, None, states.STARTED)
     backend.store_result(TASK_ID, {"applied": True}, states.SUCCESS)
+    # The first state stored at once (SET NX); a later one replaces it, with its own expiry.
+    assert stored(redis_client)["status"] == states.SUCCESS
+    assert 0 < redis_client.ttl(f"celery-task-meta-{TASK_ID}") <= app.conf.result_expires
+    redis_client.persist(f"celery-task-meta-{TASK_ID}")
     # A second run of a redelivered message (at least once) starts, or fails, after the first
     # succeeded: the success stands.
     backend.store_result(TASK_ID, None, states.STARTED)
@@ -136,3 +140,5 @@ def test_a_later_state_replaces_anything_but_success(
 
     assert stored(redis_client)["status"] == states.SUCCESS
     assert stored(redis_client)["result"] == {"applied": True}
+    # Left as it was, expiry included: nothing was written.
+    assert redis_client.ttl(f"celery-task-meta-{TASK_ID}") == -1

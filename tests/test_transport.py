@@ -678,3 +678,41 @@ def test_a_worker_resumes_after_a_restart_that_lost_the_data_and_the_scripts(
     wait_for(lambda: unacked_count(client, "default") == 0, 30, what="its ack")
     assert attempts(client, "after-1") == 1
     assert worker.alive(), worker.logs()
+
+
+def ack_while_a_fetch_is_in_flight(connection: Connection, message: Any) -> None:
+    """Send FETCH on the polling connection, then acknowledge ``message``: it waits for the
+    FETCH after that one (one EVALSHA fewer than an ACK of its own)."""
+    channel = connection.default_channel
+    connection.transport.cycle._register_BRPOP(channel)  # sends FETCH
+    message.ack()
+    assert channel.unconfirmed_acks() == [message.delivery_tag]
+
+
+def test_an_acknowledgement_waiting_for_a_fetch_goes_at_once_when_the_queues_are_empty(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    publish(redis_url)
+    received: list[Any] = []
+    with consumer(redis_url, received=received) as connection:
+        drain_until(connection, lambda: len(received) == 1, 30)
+        ack_while_a_fetch_is_in_flight(connection, received[0])
+        # The FETCH finds the queue empty: no FETCH carries the acknowledgement before the idle
+        # wait ends (1 s), so it is sent with ACK before the wait starts.
+        drain_for(connection, 0.3)
+        assert held(redis_client) == []
+        assert connection.default_channel.unconfirmed_acks() == []
+
+
+def test_an_acknowledgement_waiting_for_a_fetch_is_sent_when_the_channel_closes(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    sent = [publish(redis_url) for _ in range(2)]
+    received: list[Any] = []
+    with consumer(redis_url, received=received) as connection:
+        drain_until(connection, lambda: len(received) == 1, 30)
+        ack_while_a_fetch_is_in_flight(connection, received[0])
+    # The close read the FETCH's reply (the second message, which kombu's close puts back on
+    # its queue: never acknowledged) and sent the first message's acknowledgement.
+    assert held(redis_client) == []
+    assert queued(redis_client) == [sent[1]]
