@@ -11,18 +11,21 @@ is a local redis-server, the web's API keys secret and CloudWatch are moto's ser
 (``devtools.aws_standin``), so the worker's metric rounds make their real ``PutMetricData``
 calls and the web reads its keys through botocore, as deployed.
 
-The load is the web's scaling target: ``web.targetRequestsPerTask`` requests a minute per task
-(ALB RequestCountPerTarget), each a ``POST /tasks/apply_credit`` that enqueues a task, which the
-worker runs and stores the result of, followed by a ``GET`` of its status. That is the most one
-web task serves before the web scales out, and a steady flow of tasks through one worker task.
+By default the load is ``Pulumi.dev.yaml``'s ``web.targetRequestsPerTask``, 1,000 requests a
+minute (the most one web task serves before the web scales out on requests; ``--rate`` sets
+another, e.g. 1 for a quiet stack), each a ``POST /tasks/apply_credit`` that enqueues a task,
+which the worker runs and stores the result of, followed by a ``GET`` of its status.
 
 Each second it reads every process of each service's tree: ``/proc/<pid>/stat`` (user + system
-CPU ticks, plus those of reaped children) and ``/proc/<pid>/smaps_rollup`` (Pss: each page
-shared by forked children counted once overall, what the task's memory cgroup is charged), and at
-the end ``VmHWM`` of each process (peak RSS; summed over a prefork tree it counts shared pages
-once per process, an upper bound). It prints, per service: peak memory (Pss sum, and VmHWM sum),
-CPU as a share of one vCPU (mean over the run and the peak one-second share), and the smallest
-Fargate size that fits with the headroom ``infra.config`` sizes the defaults by.
+CPU ticks, plus those of reaped children), ``/proc/<pid>/smaps_rollup`` (Pss: each page shared by
+forked children counted once overall, what the task's memory cgroup is charged) and ``VmHWM``
+of ``/proc/<pid>/status`` (peak RSS; summed over a prefork tree it counts shared pages once per
+process, an upper bound). Around the load it times in CPU seconds the start (until every
+container's own health check passes), one health check under load and the exit on SIGTERM, and
+counts the bytes each service logs. It prints, per service: peak Pss and VmHWM sum, the mean CPU
+share of one vCPU under load, the start, health check and exit CPU seconds, the log volume a
+month at this rate, and the smallest Fargate size that holds them with the headroom
+``infra.config`` sizes the defaults by (``Measured.fits``).
 """
 
 from __future__ import annotations
