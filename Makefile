@@ -41,6 +41,7 @@ bench: $(BIN)/.installed system-packages
 	$(BIN)/python -m bench.worker_budget $(if $(BASELINE),--baseline $(BASELINE))
 	$(BIN)/python -m bench.metrics_cost
 	$(BIN)/python -m bench.scaling_sim
+	$(BIN)/python -m bench.task_sizes
 
 bench-plan: $(BIN)/.installed system-packages
 	$(BIN)/python -m bench.plan

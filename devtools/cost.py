@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import textwrap
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from app.names import (
 )
 from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
 from devtools.render import ProgramRun, Registration, RenderedTaskDefinition
-from infra.config import StackConfig
+from infra.config import FARGATE_MEMORY, StackConfig
 from infra.image import KEEP_IMAGES
 from infra.schedule_expr import expand
 
@@ -45,8 +45,37 @@ PRICES = Path(__file__).resolve().parent / "prices"
 WIDTH = 100
 HOURS_PER_MONTH = 730
 #: Usage the program does not decide, priced as stated (printed with every estimate).
-LOAD_BALANCER_LCUS = 1.0
+#: An ALB is billed per hour for the LCUs of its busiest dimension, averaged over the hour
+#: (https://aws.amazon.com/elasticloadbalancing/pricing/): one LCU is 25 new connections a
+#: second, 3,000 active connections a minute, 1 GB processed an hour (targets other than
+#: Lambda) or 1,000 rule evaluations a second (the first 10 rules free).
+LCU_NEW_CONNECTIONS_PER_SECOND = 25
+LCU_ACTIVE_CONNECTIONS_PER_MINUTE = 3000
+LCU_PROCESSED_GB_PER_HOUR = 1.0
+#: At the minimum counts, a quiet stack: on average this many requests a second, each on a
+#: connection of its own, of this many KB in and out together. Only the listener's default
+#: action routes (no rules to evaluate).
+QUIET_REQUESTS_PER_SECOND = 1.0
+QUIET_KB_PER_REQUEST = 10.0
+#: At the maximum counts, a busy stack: one LCU (25 new connections a second, or 1 GB an hour).
+BUSY_LOAD_BALANCER_LCUS = 1.0
+
+
+def quiet_load_balancer_lcus() -> float:
+    """The LCUs of the quiet stack's traffic: its busiest dimension."""
+    return max(
+        QUIET_REQUESTS_PER_SECOND / LCU_NEW_CONNECTIONS_PER_SECOND,
+        QUIET_REQUESTS_PER_SECOND * 60 / LCU_ACTIVE_CONNECTIONS_PER_MINUTE,
+        QUIET_REQUESTS_PER_SECOND * 3600 * QUIET_KB_PER_REQUEST / 1e6 / LCU_PROCESSED_GB_PER_HOUR,
+    )
+
+
 LOG_GB_PER_TASK_MONTH = 1.0
+#: At the minimum counts (the quiet stack), per running task: ``python -m bench.task_sizes
+#: --rate 1`` (a POST and a GET a second, twice the quiet stack's requests) measured 0.43 GB a
+#: month from the web (its access log), 0.02 from beat, under 0.01 from the worker (the app
+#: logs no line per task): 0.45 GB over three tasks, priced at twice that.
+QUIET_LOG_GB_PER_TASK_MONTH = 0.3
 FLOW_LOG_GB_MONTH = 1.0
 IMAGE_GB = 0.15
 #: Container Insights metrics of a Fargate cluster, per dimension set: billed as custom metrics.
@@ -119,11 +148,23 @@ def available_regions(directory: Path = PRICES) -> list[str]:
 @dataclass(frozen=True)
 class Line:
     """One priced item, per month, at the minimum and the maximum task counts (None: the table
-    has no price for it)."""
+    has no price for it), what it is there for, and the least it can cost at min count for the
+    same guarantees (its floor)."""
 
     item: str
     low: float | None
     high: float | None
+    #: The guarantee the line is needed for, or the key that turns it on (OPT_IN).
+    need: str = ""
+    #: Its floor where it is below ``low``: the smallest task size or broker node that serves the
+    #: same guarantees, or 0 for a line nothing guaranteed needs. None: ``low`` is the floor.
+    least: float | None = None
+    #: A name of the line's kind that stays the same across stacks (``fargate web``, ``nat``).
+    kind: str = ""
+
+    @property
+    def floor(self) -> float | None:
+        return self.low if self.least is None else self.least
 
 
 @dataclass(frozen=True)
@@ -146,6 +187,10 @@ class Estimate:
     #: Cheaper choices that would break a guarantee here, and why.
     refused: tuple[str, ...] = ()
     assumptions: tuple[str, ...] = ()
+    #: A production stack: what it costs more at min count than the same config without
+    #: ``production: true`` (line kind, monthly difference, why), and that stack's total.
+    production_adds: tuple[tuple[str, float, str], ...] = ()
+    without_production: float | None = None
 
     @property
     def totals(self) -> tuple[float, float]:
@@ -153,6 +198,11 @@ class Estimate:
         low = sum(line.low for line in self.lines if line.low is not None)
         high = sum(line.high for line in self.lines if line.high is not None)
         return low, high
+
+    @property
+    def floor(self) -> float:
+        """The least the same guarantees cost at min count: the sum of the lines' floors."""
+        return sum(line.floor for line in self.lines if line.floor is not None)
 
     @property
     def unpriced(self) -> list[str]:
@@ -184,23 +234,89 @@ class Tasks:
         )
 
 
+#: How a line that no guarantee needs says so, with the key that turns it on.
+OPT_IN = "opt-in:"
+
+
+def task_need(service: str) -> str:
+    """The guarantee a service's tasks are needed for."""
+    if service == "beat":
+        return "the schedule: exactly one beat (scheduler: beat)"
+    if service == "web":
+        return "the producer API, always one task behind the load balancer"
+    if service.startswith("enqueue"):
+        return "the schedule: one task per slot (scheduler: eventbridge)"
+    return "a consumer on each of the pool's queues at all times (minCount >= 1)"
+
+
 def count_text(low: float, high: float) -> str:
     return f"{low:g}" if low == high else f"{low:g}-{high:g}"
 
 
-def estimate(run: ProgramRun, config: StackConfig, region: str) -> Estimate:
+#: Why production costs more, by line kind (what ``production: true`` turns on by default).
+PRODUCTION_REASONS: dict[str, str] = {
+    "fargate web": "two web tasks by default: the API survives the loss of a task",
+    "nat": "tasks in private subnets without public IPs (ECS.2), a NAT gateway per AZ: an AZ's "
+    "loss leaves the other AZ's tasks their way out",
+    "ipv4 nat": "the NAT gateways' addresses",
+    "ipv4 tasks": "no public IP on any task",
+    "broker": "a replica in another AZ with automatic failover (ElastiCache.3)",
+    "container insights": "Container Insights (Security Hub ECS.12)",
+    "dashboard": "the dashboard",
+    "alarms": "the broker's alarms read the replica's node too",
+    "logs": "logs kept 365 days",
+    "flow logs": "VPC flow logs, rejected traffic (EC2.6)",
+}
+
+
+def estimate(
+    run: ProgramRun,
+    config: StackConfig,
+    region: str,
+    without_production: tuple[ProgramRun, StackConfig] | None = None,
+) -> Estimate:
+    """The estimate of a rendered stack. ``without_production``: for a production stack, the
+    same config rendered without ``production: true``, to say what production adds."""
     prices = price_table(region)
     if prices is None:
         return Estimate(region=region, prices=None)
     builder = _Builder(run, config, prices)
+    lines = tuple(builder.lines())
+    adds: tuple[tuple[str, float, str], ...] = ()
+    base_total = None
+    if without_production is not None:
+        base = tuple(_Builder(*without_production, prices).lines())
+        adds = tuple(production_adds(lines, base))
+        base_total = sum(line.low for line in base if line.low is not None)
     return Estimate(
         region=region,
         prices=prices,
-        lines=tuple(builder.lines()),
+        lines=lines,
         savings=tuple(builder.savings()),
         refused=tuple(builder.refused()),
         assumptions=(*ASSUMPTIONS, free_tiers(prices)),
+        production_adds=adds,
+        without_production=base_total,
     )
+
+
+def production_adds(
+    production: Iterable[Line], base: Iterable[Line]
+) -> Iterable[tuple[str, float, str]]:
+    """Each line kind whose price at min count differs between a production stack and the same
+    config without ``production: true``: (kind, difference, why)."""
+
+    def by_kind(lines: Iterable[Line]) -> dict[str, float]:
+        found: dict[str, float] = {}
+        for line in lines:
+            found[line.kind] = found.get(line.kind, 0.0) + (line.low or 0.0)
+        return found
+
+    more, less = by_kind(production), by_kind(base)
+    for kind in sorted(more.keys() | less.keys()):
+        difference = more.get(kind, 0.0) - less.get(kind, 0.0)
+        if round(difference, 2) != 0:
+            yield kind, difference, PRODUCTION_REASONS.get(kind, "production's defaults")
 
 
 def free_tiers(prices: PriceTable) -> str:
@@ -219,11 +335,17 @@ def free_tiers(prices: PriceTable) -> str:
 
 ASSUMPTIONS: tuple[str, ...] = (
     f"{HOURS_PER_MONTH} hours a month; services run all month at the count shown.",
-    f"Load balancer: {LOAD_BALANCER_LCUS:g} LCU on average (light traffic); each LCU more "
-    "is another LCU-hour price.",
-    f"Logs: {LOG_GB_PER_TASK_MONTH:g} GB ingested per running task and month, kept for the "
-    "retention period without compression (an upper bound); flow logs (REJECT only) "
-    f"{FLOW_LOG_GB_MONTH:g} GB a month.",
+    f"Load balancer: at min count a quiet stack, {QUIET_REQUESTS_PER_SECOND:g} request a second "
+    f"on average, each on a new connection, {QUIET_KB_PER_REQUEST:g} KB in and out: "
+    f"{quiet_load_balancer_lcus():.2g} LCU (its busiest dimension, new connections; one LCU is "
+    f"{LCU_NEW_CONNECTIONS_PER_SECOND} new connections a second, "
+    f"{LCU_ACTIVE_CONNECTIONS_PER_MINUTE:,} active a minute, {LCU_PROCESSED_GB_PER_HOUR:g} GB "
+    f"an hour or 1,000 rule evaluations a second, and AWS bills the busiest); at max count "
+    f"{BUSY_LOAD_BALANCER_LCUS:g} LCU. Each LCU more is another LCU-hour price.",
+    f"Logs: ingested per running task and month, {QUIET_LOG_GB_PER_TASK_MONTH:g} GB at min "
+    "count (twice what the quiet stack's web, worker and beat wrote in bench.task_sizes), "
+    f"{LOG_GB_PER_TASK_MONTH:g} GB at max count (an upper bound); kept for the retention period "
+    f"without compression; flow logs (REJECT only) {FLOW_LOG_GB_MONTH:g} GB a month.",
     "Container Insights: "
     + ", ".join(f"{count} metrics per {what}" for what, count in INSIGHTS_METRICS.items())
     + f", billed as custom metrics, and {INSIGHTS_LOG_GB_PER_TASK_MONTH:g} GB of performance "
@@ -264,6 +386,9 @@ class _Builder:
                 f"Fargate {service.name}: {service.describe()}",
                 self._fargate(service, service.low),
                 self._fargate(service, service.high),
+                need=task_need(service.name),
+                least=self._smallest_fargate(service),
+                kind=f"fargate {service.name}",
             )
         yield from self._network()
         yield from self._broker()
@@ -272,11 +397,22 @@ class _Builder:
         if secrets:
             price = secrets * self.prices["secretsManager"]["secretMonth"]
             yield Line(
-                f"Secrets Manager: {secrets} secret{'s' if secrets > 1 else ''}", price, price
+                f"Secrets Manager: {secrets} secret{'s' if secrets > 1 else ''}",
+                price,
+                price,
+                need="the broker URL with its AUTH token and the web's API keys, never in a plain "
+                "environment variable (ECS.8)",
+                kind="secrets",
             )
         if self.run.of_type("aws:ecr/repository:Repository"):
             price = KEEP_IMAGES * IMAGE_GB * self.prices["ecr"]["storageGbMonth"]
-            yield Line(f"ECR storage: {KEEP_IMAGES} images", price, price)
+            yield Line(
+                f"ECR storage: {KEEP_IMAGES} images",
+                price,
+                price,
+                need="the image the tasks run; the last images kept for a rollback (ECR.3)",
+                kind="ecr",
+            )
 
     def _fargate(
         self,
@@ -295,18 +431,39 @@ class _Builder:
         discount = 0.0 if spot is None else spot[1]
         return hourly * tasks.hours * (count - on_spot * discount)
 
+    def _smallest_fargate(self, tasks: Tasks) -> float:
+        """``tasks`` at min count at Fargate's smallest size, on the cheaper of ARM64 and the
+        service's own architecture and capacity strategy (Spot)."""
+        cpu = min(FARGATE_MEMORY)
+        smallest = replace(tasks, cpu=cpu, memory=FARGATE_MEMORY[cpu][0])
+        return min(
+            self._fargate(smallest, smallest.low),
+            self._fargate(smallest, smallest.low, "ARM64", spot=(0, 0.0)),
+        )
+
     def _network(self) -> Iterable[Line]:
         ip_hour = self.prices["publicIpv4Hour"] * HOURS_PER_MONTH
         for balancer in self.run.of_type("aws:lb/loadBalancer:LoadBalancer"):
             lb = self.prices["loadBalancer"]
-            price = HOURS_PER_MONTH * (lb["hour"] + LOAD_BALANCER_LCUS * lb["lcuHour"])
-            yield Line(f"Load balancer {balancer.name} ({LOAD_BALANCER_LCUS:g} LCU)", price, price)
+            quiet, busy = quiet_load_balancer_lcus(), BUSY_LOAD_BALANCER_LCUS
+            low, high = (
+                HOURS_PER_MONTH * (lb["hour"] + lcus * lb["lcuHour"]) for lcus in (quiet, busy)
+            )
+            yield Line(
+                f"Load balancer {balancer.name} ({quiet:.2g}-{busy:g} LCU)",
+                low,
+                high,
+                need="the web's HTTP(S) endpoint, health checks, draining; two AZs (ELB.13)",
+                kind="load balancer",
+            )
             if not balancer.inputs.get("internal"):
                 addresses = len(balancer.inputs.get("subnets", []))
                 yield Line(
                     f"Public IPv4: load balancer, {addresses} (one per AZ)",
                     addresses * ip_hour,
                     addresses * ip_hour,
+                    need="an internet-facing load balancer has an address in each of its AZs",
+                    kind="ipv4 load balancer",
                 )
         public = [service for service in self.tasks if service.public_ip]
         if public:
@@ -315,15 +472,30 @@ class _Builder:
                 f"Public IPv4: tasks ({names})",
                 sum(t.low * t.hours for t in public) * self.prices["publicIpv4Hour"],
                 sum(t.high * t.hours for t in public) * self.prices["publicIpv4Hour"],
+                need="tasks reach ECR, CloudWatch and Secrets Manager (network.natGateways: "
+                "none: the cheapest way out; the security groups admit only the load balancer)",
+                kind="ipv4 tasks",
             )
         gateways = len(self.run.of_type("aws:ec2/natGateway:NatGateway"))
         if gateways:
             price = gateways * HOURS_PER_MONTH * self.prices["natGateway"]["hour"]
-            yield Line(f"NAT gateways: {gateways}", price, price)
+            yield Line(
+                f"NAT gateways: {gateways}",
+                price,
+                price,
+                need="tasks without public IPs (ECS.2) reach AWS; one per AZ survives an AZ",
+                kind="nat",
+            )
         addresses = len(self.run.of_type("aws:ec2/eip:Eip"))
         if addresses:
             price = addresses * ip_hour
-            yield Line(f"Public IPv4: NAT gateways, {addresses}", price, price)
+            yield Line(
+                f"Public IPv4: NAT gateways, {addresses}",
+                price,
+                price,
+                need="each NAT gateway's address",
+                kind="ipv4 nat",
+            )
 
     def _broker(self) -> Iterable[Line]:
         for group in self.run.of_type("aws:elasticache/replicationGroup:ReplicationGroup"):
@@ -331,7 +503,24 @@ class _Builder:
             nodes = int(group.inputs.get("numCacheClusters", 1))
             hourly = self.prices["elasticacheNodeHour"].get(engine, {}).get(node)
             price = None if hourly is None else nodes * hourly * HOURS_PER_MONTH
-            yield Line(f"ElastiCache {engine}: {nodes} x {node}", price, price)
+            smallest = min(
+                hourly
+                for engines in self.prices["elasticacheNodeHour"].values()
+                for hourly in engines.values()
+            )
+            yield Line(
+                f"ElastiCache {engine}: {nodes} x {node}",
+                price,
+                price,
+                need="the broker"
+                + (
+                    ", a replica per node more: automatic failover (ElastiCache.3)"
+                    if nodes > 1
+                    else ""
+                ),
+                least=nodes * smallest * HOURS_PER_MONTH,
+                kind="broker",
+            )
 
     def _monitoring(self) -> Iterable[Line]:
         cloudwatch = self.prices["cloudwatch"]
@@ -349,7 +538,13 @@ class _Builder:
                 )
                 if name in names
             )
-            yield Line(f"CloudWatch metrics: {len(metrics)} from the app ({counts})", price, price)
+            yield Line(
+                f"CloudWatch metrics: {len(metrics)} from the app ({counts})",
+                price,
+                price,
+                need="backlog scaling, the queue-age, tasks-below-min and beat-silent alarms",
+                kind="metrics",
+            )
         publishers = [t for t in self.tasks if t.name in metric_publishers(self.run)]
         if publishers:
             low, high = (
@@ -364,16 +559,31 @@ class _Builder:
                 f"{PUBLISH_INTERVAL_SECONDS:g} s",
                 low,
                 high,
+                need="10-second metrics: a burst's scale-out decision within a minute",
+                kind="put metric data",
             )
         yield from self._alarms()
         dashboards = len(self.run.of_type(_DASHBOARD))
         if dashboards:
             price = dashboards * cloudwatch["dashboardMonth"]
-            yield Line(f"CloudWatch dashboard: {dashboards}", price, price)
+            yield Line(
+                f"CloudWatch dashboard: {dashboards}",
+                price,
+                price,
+                need=f"{OPT_IN} dashboard",
+                least=0.0,
+                kind="dashboard",
+            )
         keys = len(self.run.of_type(_KEY))
         if keys:
             price = keys * self.prices["kms"]["keyMonth"]
-            yield Line(f"KMS key: {keys} (alert topic encryption)", price, price)
+            yield Line(
+                f"KMS key: {keys} (alert topic encryption)",
+                price,
+                price,
+                need="the alert topic alerts.email creates, encrypted (SNS.1)",
+                kind="kms",
+            )
         if self._container_insights:
             services = len(self.run.of_type("aws:ecs/service:Service"))
             families = len(self.run.of_type("aws:ecs/taskDefinition:TaskDefinition"))
@@ -389,17 +599,40 @@ class _Builder:
                 * cloudwatch["logIngestGb"]
                 for which in ("low", "high")
             )
-            yield Line(f"Container Insights: {count} metrics, performance logs", low, high)
+            yield Line(
+                f"Container Insights: {count} metrics, performance logs",
+                low,
+                high,
+                need=(
+                    "production: Security Hub ECS.12"
+                    if self.config.production
+                    else f"{OPT_IN} containerInsights"
+                ),
+                least=None if self.config.production else 0.0,
+                kind="container insights",
+            )
         months = self.config.log_retention_days / 30
         per_gb = cloudwatch["logIngestGb"] + months * cloudwatch["logStorageGbMonth"]
-        low, high = (
-            self._task_months(which) * LOG_GB_PER_TASK_MONTH * per_gb for which in ("low", "high")
-        )
+        low = self._task_months("low") * QUIET_LOG_GB_PER_TASK_MONTH * per_gb
+        high = self._task_months("high") * LOG_GB_PER_TASK_MONTH * per_gb
         retention = self.config.log_retention_days
-        yield Line(f"CloudWatch Logs: tasks, kept {retention} days", low, high)
+        yield Line(
+            f"CloudWatch Logs: tasks, kept {retention} days",
+            low,
+            high,
+            need="every container logs to CloudWatch (ECS.9)"
+            + (", kept a year in production" if self.config.production else ""),
+            kind="logs",
+        )
         if self.run.of_type("aws:ec2/flowLog:FlowLog"):
             price = FLOW_LOG_GB_MONTH * per_gb
-            yield Line(f"CloudWatch Logs: VPC flow logs, kept {retention} days", price, price)
+            yield Line(
+                f"CloudWatch Logs: VPC flow logs, kept {retention} days",
+                price,
+                price,
+                need="production: VPC flow logs (EC2.6)",
+                kind="flow logs",
+            )
 
     def _alarms(self) -> Iterable[Line]:
         """Standard alarms (target tracking's and the program's) and high-resolution ones, each
@@ -423,12 +656,18 @@ class _Builder:
                 f"of target tracking), {metrics} metrics",
                 price,
                 price,
+                need="the operator alarms and target tracking's own",
+                kind="alarms",
             )
         if fast:
             metrics = sum(map(alarm_metrics, fast))
             price = metrics * cloudwatch["highResolutionAlarmMetricMonth"]
             yield Line(
-                f"CloudWatch alarms: {len(fast)} high-resolution, {metrics} metrics", price, price
+                f"CloudWatch alarms: {len(fast)} high-resolution, {metrics} metrics",
+                price,
+                price,
+                need="the step policies' 10-second alarms: scale-out within a minute",
+                kind="alarms high-resolution",
             )
 
     @property
@@ -694,10 +933,12 @@ def render(estimate: Estimate) -> list[str]:
             )
         ]
     prices = estimate.prices
-    rows = [(line.item, money(line.low), money(line.high)) for line in estimate.lines]
+    rows = [
+        (line.item, money(line.low), money(line.floor), money(line.high)) for line in estimate.lines
+    ]
     total_low, total_high = estimate.totals
-    rows.append(("Total", money(total_low), money(total_high)))
-    width = max(len(item) for item, _, _ in rows)
+    rows.append(("Total", money(total_low), money(estimate.floor), money(total_high)))
+    width = max(len(row[0]) for row in rows)
     lines = [
         f"Prices: {prices.region} of {prices.date} (devtools/prices/{prices.path.name}), USD "
         "a month.",
@@ -713,13 +954,33 @@ def render(estimate: Estimate) -> list[str]:
             )
         )
     lines += [
-        f"  {'':{width}}  {'at min count':>13}  {'at max count':>13}",
+        f"  {'':{width}}  {'at min count':>13}  {'floor':>9}  {'at max count':>13}",
     ]
-    lines += [f"  {item:{width}}  {low:>13}  {high:>13}" for item, low, high in rows]
+    lines += [
+        f"  {item:{width}}  {low:>13}  {floor:>9}  {high:>13}" for item, low, floor, high in rows
+    ]
     if estimate.unpriced:
         unpriced = ", ".join(estimate.unpriced)
         lines.append(f"  The total leaves out what the table has no price for: {unpriced}.")
     lines.append("")
+    lines.append(wrap(FLOOR_TEXT, ""))
+    lines.append("What each line is for (the guarantee it serves, or the key that turns it on):")
+    lines += [wrap(f"{line.item}: {line.need}.", "  ") for line in estimate.lines]
+    lines.append("")
+    if estimate.without_production is not None:
+        more = total_low - estimate.without_production
+        lines.append(
+            wrap(
+                f"Production adds {money(more)} a month at min count to the same config without "
+                f"production: true ({money(estimate.without_production)}):",
+                "",
+            )
+        )
+        lines += [
+            wrap(f"{kind}: {'+' if difference > 0 else '-'}{money(abs(difference))}: {why}.", "  ")
+            for kind, difference, why in estimate.production_adds
+        ]
+        lines.append("")
     if estimate.savings:
         lines.append("Cheaper, with the same guarantees (stack config key: saving per month):")
         for saving in estimate.savings:
@@ -739,6 +1000,15 @@ def render(estimate: Estimate) -> list[str]:
     return lines
 
 
+#: What the floor column is.
+FLOOR_TEXT = (
+    "Floor: what the same guarantees cannot cost less than at min count: the services' minimum "
+    "task counts at Fargate's smallest size (0.25 vCPU, 0.5 GB) on the cheaper of ARM64 and "
+    "their own capacity, the broker's nodes at the cheapest node the table lists, no opt-in "
+    "line, everything else as rendered (each of those lines serves a guarantee, below)."
+)
+
+
 def wrap(text: str, first: str, rest: str | None = None) -> str:
     """``text`` filled to WIDTH, its first line indented by ``first``, the others by ``rest``
     (default: two more spaces)."""
@@ -751,10 +1021,19 @@ def wrap(text: str, first: str, rest: str | None = None) -> str:
 def markdown(estimate: Estimate) -> str:
     """The estimate's line items and savings as Markdown tables (the README's)."""
     assert estimate.prices is not None, "no price table"
-    rows = ["| Item | At min count | At max count |", "| --- | ---: | ---: |"]
-    rows += [f"| {line.item} | {money(line.low)} | {money(line.high)} |" for line in estimate.lines]
+    rows = [
+        "| Item | Needed for | At min count | Floor | At max count |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    rows += [
+        f"| {line.item} | {line.need} | {money(line.low)} | {money(line.floor)} | "
+        f"{money(line.high)} |"
+        for line in estimate.lines
+    ]
     low, high = estimate.totals
-    rows.append(f"| **Total** | **{money(low)}** | **{money(high)}** |")
+    rows.append(
+        f"| **Total** | | **{money(low)}** | **{money(estimate.floor)}** | **{money(high)}** |"
+    )
     rows += [
         "",
         "| Cheaper, same guarantees | Saves at min count | Saves at max count |",

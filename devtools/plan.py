@@ -63,13 +63,22 @@ def make_plan(stack: str, config: dict[str, object], region: str) -> Plan:
     ``InvalidStackConfig`` (a ``ConfigError``) before any resource is registered."""
     run = run_program(config, stack=stack, region=region, project_root=ROOT)
     stack_config = load(config)
+    # A production stack is priced against the same config without production's defaults
+    # too, to say what production adds and why.
+    without_production = None
+    if stack_config.production:
+        base = {**config, "production": False}
+        without_production = (
+            run_program(base, stack=stack, region=region, project_root=ROOT),
+            load(base),
+        )
     return Plan(
         stack=stack,
         region=region,
         config=stack_config,
         run=run,
         report=validate(run),
-        estimate=cost.estimate(run, stack_config, region),
+        estimate=cost.estimate(run, stack_config, region, without_production),
     )
 
 
@@ -150,7 +159,8 @@ def _summary(plan: Plan) -> list[str]:
     if plan.estimate.prices is not None:
         low, high = plan.estimate.totals
         lines.append(
-            f"Cost:        {cost.money(low)} a month at min count, {cost.money(high)} at max count"
+            f"Cost:        {cost.money(low)} a month at min count (floor "
+            f"{cost.money(plan.estimate.floor)}), {cost.money(high)} at max count"
         )
     return lines
 

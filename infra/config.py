@@ -67,6 +67,11 @@ DEFAULT_TASK_TIMEOUT = 300
 #: the hard time limit for each (``infra.budget.WorkerBudget.longest_unacked``).
 MAX_HELD_PER_SLOT = 64
 DEFAULT_CONCURRENCY = 2
+#: Task sizes by default are the smallest Fargate size whose memory holds this many times the
+#: service's measured peak (``python -m bench.task_sizes``; the README's "Task sizes") and whose
+#: vCPU holds this many times its peak one-second CPU share.
+TASK_MEMORY_HEADROOM = 2.0
+TASK_CPU_HEADROOM = 2.0
 #: Default backlog-per-task target = this x concurrency: every slot of a task has about this many
 #: messages waiting behind it before the pool grows (see ``WorkerPool.backlog_per_task``).
 BACKLOG_ROUNDS = 10
@@ -237,6 +242,8 @@ class StackConfig:
     alerts: AlertsConfig = field(default_factory=lambda: _load_alerts({}))
     #: Container Insights on the cluster (its per-service metrics, billed as custom metrics).
     container_insights: bool = False
+    #: The CloudWatch dashboard (a monthly price per dashboard); the alarms do not need it.
+    dashboard: bool = False
 
     @property
     def uses_fargate_spot(self) -> bool:
@@ -414,6 +421,7 @@ def _parse_scalar_text(value: str) -> object:
 TOP_LEVEL_KEYS = (
     "production", "scheduler", "maxCountdown", "logLevel", "logRetentionDays", "imageUri",
     "cpuArchitecture", "workers", "web", "broker", "network", "alerts", "containerInsights",
+    "dashboard",
 )  # fmt: skip
 POOL_KEYS = (
     "name", "queues", "concurrency", "taskTimeout", "minCount", "maxCount", "cpu", "memory",
@@ -495,6 +503,9 @@ def load(raw: Mapping[str, object]) -> StackConfig:
         # serves the alarms and scaling, and Container Insights would be the largest line of
         # a quiet stack's cost after compute.
         container_insights=top.boolean("containerInsights", production),
+        # Production keeps it; elsewhere the alarms, their states in the CloudWatch console and
+        # their notifications are the same without it, and it is a line of its own in the cost.
+        dashboard=top.boolean("dashboard", production),
     )
 
 
@@ -556,7 +567,9 @@ def _load_pool(raw: object, path: str, max_countdown: int) -> WorkerPool:
             f"{max_count} is below minCount {min_count}",
             f"an integer >= {min_count}",
         )
-    cpu, memory = _task_size(fields, path, default_cpu=512, default_memory=1024)
+    # The smallest Fargate size: it holds the example worker at its default concurrency with
+    # the headroom above (TASK_MEMORY_HEADROOM, TASK_CPU_HEADROOM; bench.task_sizes).
+    cpu, memory = _task_size(fields, path, default_cpu=256, default_memory=512)
     # Ranges of the two timeouts are the budget's to decide (its errors name the key).
     task_timeout = fields.integer("taskTimeout", DEFAULT_TASK_TIMEOUT, why="seconds")
     max_stop_timeout = fields.integer("maxStopTimeout", 120, why="seconds")

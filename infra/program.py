@@ -339,7 +339,8 @@ def monitor(
     rules: dict[str, pulumi.Output[str]],
     dead_letter_queue: pulumi.Output[str] | None,
 ) -> dict[str, Any]:
-    """Notifications, alarms and the dashboard; returns their stack outputs."""
+    """Notifications, alarms and, where the stack asks for it, the dashboard; returns their
+    stack outputs."""
     config = plan.config
     notifications = Notifications(
         "notifications",
@@ -367,6 +368,11 @@ def monitor(
             actions=[topic] if topic is not None else [],
         ),
     )
+    outputs: dict[str, Any] = {}
+    if topic is not None:
+        outputs["alertTopicArn"] = topic
+    if not config.dashboard:
+        return outputs
     dashboard = Dashboard(
         "dashboard",
         DashboardArgs(
@@ -389,9 +395,7 @@ def monitor(
             },
         ),
     )
-    outputs: dict[str, Any] = {"dashboardUrl": dashboard.url}
-    if topic is not None:
-        outputs["alertTopicArn"] = topic
+    outputs["dashboardUrl"] = dashboard.url
     return outputs
 
 

@@ -12,15 +12,20 @@ from pathlib import Path
 import pytest
 
 from app.schedule import Cron, Every
+from devtools import plan
 from devtools.cost import (
     HOURS_PER_MONTH,
+    LOG_GB_PER_TASK_MONTH,
+    OPT_IN,
     PRICES,
     PUT_METRIC_DATA_REQUESTS_PER_TASK_MONTH,
+    QUIET_LOG_GB_PER_TASK_MONTH,
     TABLE_METADATA,
     Estimate,
     estimate,
     price_paths,
     price_table,
+    quiet_load_balancer_lcus,
     render,
     runs_per_month,
 )
@@ -115,7 +120,7 @@ def test_fargate_lines_are_size_times_price_times_count() -> None:
     assert line(result, "Fargate web:") == pytest.approx(
         (web_hour * HOURS_PER_MONTH, 3 * web_hour * HOURS_PER_MONTH)
     )
-    worker_hour = 0.5 * rates["vcpuHour"] + 1 * rates["gbHour"]
+    worker_hour = web_hour  # the default worker size is Fargate's smallest too
     assert line(result, "Fargate worker-short:") == pytest.approx(
         (2 * worker_hour * HOURS_PER_MONTH, 6 * worker_hour * HOURS_PER_MONTH)
     )
@@ -238,7 +243,9 @@ def test_monitoring_is_priced_from_what_the_program_renders() -> None:
     assert line(beat, "CloudWatch alarms: 2 high-resolution, 4 metrics") == pytest.approx(
         (4 * cloudwatch["highResolutionAlarmMetricMonth"],) * 2
     )
-    assert line(beat, "CloudWatch dashboard: 1") == (cloudwatch["dashboardMonth"],) * 2
+    assert not [item for item in beat.lines if item.item.startswith("CloudWatch dashboard")]
+    shown = priced({"workers": POOLS, "dashboard": True})
+    assert line(shown, "CloudWatch dashboard: 1") == (cloudwatch["dashboardMonth"],) * 2
     assert not [item for item in beat.lines if item.item.startswith("KMS")]
     # No beat, no heartbeat; a pool sharing both queues adds only its Workers metric.
     eventbridge = priced({"workers": POOLS, "scheduler": "eventbridge"})
@@ -278,3 +285,84 @@ def test_the_assumptions_state_the_free_tiers_from_the_table() -> None:
     assert "free tier (10 custom metrics, 10 standard alarm metrics, 3 dashboards" in text
     assert "1,000,000 API requests a month) is not deducted" in text
     assert "first 1,000 a month free" in text
+
+
+def test_every_line_says_what_it_is_for() -> None:
+    """A guarantee, or the key that turns it on; only opt-in lines have a floor of 0."""
+    for config in ({}, stack_file_config("dev"), stack_file_config("prod")):
+        for item in priced(config).lines:
+            assert item.need and item.kind, item
+            assert (item.floor == 0) is item.need.startswith(OPT_IN), item
+
+
+def test_the_floor_is_the_smallest_sizes_at_min_count_without_opt_in_lines() -> None:
+    prices = price_table(REGION)
+    assert prices is not None
+    rates = prices["fargate"]["ARM64"]
+    smallest_task = (0.25 * rates["vcpuHour"] + 0.5 * rates["gbHour"]) * HOURS_PER_MONTH
+    big = {"name": "big", "queues": ["default", "long"], "minCount": 2, "cpu": 1024,
+           "memory": 4096}  # fmt: skip
+    result = priced(
+        {"workers": [big], "dashboard": True, "broker": {"nodeType": "cache.m7g.large"}}
+    )
+    assert line(result, "Fargate worker-big:")[0] > 2 * smallest_task
+    (worker,) = [item for item in result.lines if item.item.startswith("Fargate worker-big:")]
+    assert worker.floor == pytest.approx(2 * smallest_task)
+    (broker,) = [item for item in result.lines if item.kind == "broker"]
+    cheapest = min(p for node in prices["elasticacheNodeHour"].values() for p in node.values())
+    assert broker.floor == pytest.approx(cheapest * HOURS_PER_MONTH)
+    (dashboard,) = [item for item in result.lines if item.kind == "dashboard"]
+    assert dashboard.floor == 0
+    others = [
+        i for i in result.lines if i.kind not in ("fargate worker-big", "broker", "dashboard")
+    ]
+    assert all(item.floor == item.low for item in others)
+    assert result.floor == pytest.approx(sum(item.floor or 0 for item in result.lines))
+    assert result.floor < result.totals[0]
+
+
+def test_the_default_stack_is_at_its_floor_within_the_target() -> None:
+    """Issue 21: the stack with only aws:region costs at most $75 a month at min count, and
+    every line of it is needed for a guarantee."""
+    result = priced({})
+    assert result.totals[0] <= 75
+    assert result.floor == pytest.approx(result.totals[0])
+
+
+def test_the_load_balancer_is_quiet_at_min_count_and_busy_at_max() -> None:
+    """AWS bills the busiest of the four LCU dimensions: the quiet stack's is new connections."""
+    lb = price_table(REGION)["loadBalancer"]  # type: ignore[index]
+    assert quiet_load_balancer_lcus() == pytest.approx(1 / 25)
+    assert line(priced({}), "Load balancer web-alb (0.04-1 LCU)") == pytest.approx(
+        (
+            HOURS_PER_MONTH * (lb["hour"] + lb["lcuHour"] / 25),
+            HOURS_PER_MONTH * (lb["hour"] + lb["lcuHour"]),
+        )
+    )
+
+
+def test_logs_are_the_quiet_stacks_at_min_count() -> None:
+    cloudwatch = price_table(REGION)["cloudwatch"]  # type: ignore[index]
+    per_gb = cloudwatch["logIngestGb"] + cloudwatch["logStorageGbMonth"]  # kept 30 days
+    # Three tasks (web, worker, beat) at min count, 4 + 4 + 1 at max.
+    assert line(priced({}), "CloudWatch Logs: tasks") == pytest.approx(
+        (3 * QUIET_LOG_GB_PER_TASK_MONTH * per_gb, 9 * LOG_GB_PER_TASK_MONTH * per_gb)
+    )
+
+
+def test_a_production_plan_says_what_production_adds() -> None:
+    production = plan.make_plan("prod", stack_file_config("prod"), REGION)
+    result = production.estimate
+    assert result.without_production is not None
+    adds = {kind: difference for kind, difference, _ in result.production_adds}
+    base = plan.make_plan("prod", {**stack_file_config("prod"), "production": False}, REGION)
+    assert result.totals[0] - result.without_production == pytest.approx(sum(adds.values()))
+    assert result.without_production == pytest.approx(base.estimate.totals[0])
+    # Production's defaults, each with its reason: NAT per AZ instead of task addresses, a
+    # broker replica, Container Insights, the dashboard, flow logs, a year of logs, two web tasks.
+    assert {"nat", "ipv4 nat", "ipv4 tasks", "broker", "container insights", "dashboard",
+            "flow logs", "logs", "fargate web"} <= adds.keys()  # fmt: skip
+    assert adds["ipv4 tasks"] < 0 < adds["nat"]
+    text = "\n".join(render(result))
+    assert "Production adds" in text and "automatic failover (ElastiCache.3)" in text
+    assert plan.make_plan("dev", stack_file_config("dev"), REGION).estimate.production_adds == ()

@@ -79,6 +79,25 @@ def test_cpu_architecture_and_fargate_spot() -> None:
         load({"cpuArchitecture": "ARM64", "workers": [spot]})
 
 
+def test_the_dashboard_is_off_unless_asked_or_production() -> None:
+    assert load({}).dashboard is False
+    assert load({"dashboard": True}).dashboard is True
+    assert load({"production": True, **PRODUCTION_NEEDS}).dashboard is True
+    assert load({"production": True, "dashboard": False, **PRODUCTION_NEEDS}).dashboard is False
+    with pytest.raises(ConfigError, match=r"^dashboard: .*true, false"):
+        load({"dashboard": "sometimes"})
+
+
+def test_default_task_sizes_are_fargates_smallest() -> None:
+    """What bench.task_sizes measured of the example's worker, web and beat fits 0.25 vCPU and
+    512 MiB with the stated headroom (the README's "Task sizes")."""
+    config = load({})
+    (pool,) = config.workers
+    assert (pool.cpu, pool.memory) == (256, 512)
+    assert (config.web.cpu, config.web.memory) == (256, 512)
+    assert (min(FARGATE_MEMORY), FARGATE_MEMORY[256][0]) == (256, 512)
+
+
 def test_container_insights_is_off_unless_asked_or_production() -> None:
     assert load({}).container_insights is False
     assert load({"containerInsights": True}).container_insights is True

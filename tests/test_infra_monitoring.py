@@ -29,6 +29,9 @@ from tests.test_infra_program import (
     Deployed,
 )
 
+#: The stacks with a dashboard (production's default, or ``dashboard: true``).
+DASHBOARD_STACKS = [name for name in ALL_STACKS if load(STACKS[name]).dashboard]
+
 
 @pytest.fixture(params=ALL_STACKS)
 def deployed(request: pytest.FixtureRequest) -> Deployed:
@@ -224,7 +227,16 @@ def widget_metrics(widget: dict[str, Any]) -> list[tuple[str, ...]]:
     ]
 
 
-def test_the_dashboard_shows_what_the_alarms_watch(deployed: Deployed) -> None:
+def test_a_dashboard_only_where_the_stack_asks_for_one(deployed: Deployed) -> None:
+    """Its resource and its output exist with ``dashboard`` (config tests: its defaults)."""
+    dashboards = deployed.run.of_type("aws:cloudwatch/dashboard:Dashboard")
+    assert len(dashboards) == int(deployed.config.dashboard)
+    assert ("dashboardUrl" in deployed.run.outputs) is deployed.config.dashboard
+
+
+@pytest.mark.parametrize("stack", DASHBOARD_STACKS)
+def test_the_dashboard_shows_what_the_alarms_watch(stack: str) -> None:
+    deployed = Deployed(config=load(STACKS[stack]), run=run_program(STACKS[stack]))
     run, config = deployed.run, deployed.config
     body = dashboard(deployed)
     widgets = {w["properties"]["title"]: w for w in body["widgets"]}

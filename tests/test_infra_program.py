@@ -92,6 +92,7 @@ STACKS: dict[str, dict[str, object]] = {
     "existing-vpc-prebuilt-image": {
         "imageUri": ECR_IMAGE,
         "cpuArchitecture": "ARM64",
+        "dashboard": True,
         "scheduler": "eventbridge",
         "network": {
             "vpcId": "vpc-0123456789abcdef0",
@@ -1049,15 +1050,16 @@ def test_outputs(deployed: Deployed) -> None:
         "serviceNames",
         "imageRepositoryUrl",
         "scheduler",
-        "dashboardUrl",
+        *(["dashboardUrl"] if config.dashboard else []),
         *(["scheduleDeadLetterQueueUrl"] if config.scheduler == "eventbridge" else []),
         *(["alertTopicArn"] if config.alerts.notifies else []),
         *(["brokerFinalSnapshotName"] if config.production else []),
     }
-    assert outputs["dashboardUrl"] == (
-        "https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=us-east-1"
-        f"#dashboards/dashboard/{PREFIX}"
-    )
+    if config.dashboard:
+        assert outputs["dashboardUrl"] == (
+            "https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=us-east-1"
+            f"#dashboards/dashboard/{PREFIX}"
+        )
     expected = {"web", *(f"worker-{pool.name}" for pool in config.workers)}
     if config.scheduler == "beat":
         expected.add("beat")
