@@ -1,0 +1,215 @@
+"""Which upstream suites run against the runtime, on which releases, and what they exclude.
+
+A suite is a directory of tests of a released package, taken from that release's source
+distribution on PyPI (the same registry the project installs from: ``pip download
+--no-binary``), unpacked, and run with one of this package's pytest plugins, which plugs the
+project's runtime in (``noxfile.py``, session ``upstream``).
+
+``EXCLUDED`` is the one list of the tests that do not run, each with its reason; the plugins
+deselect them and fail when one matches no collected test, and the README's table is checked
+against it (``tests/test_upstream_suites.py``). Every other test of the selected paths passes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass(frozen=True)
+class Suite:
+    #: Short name, as in the README and the exclusion list.
+    name: str
+    #: The package whose release's tests these are (its version is the installed one).
+    package: str
+    #: Paths of the release's source tree that the run needs (unpacked, nothing else).
+    unpack: tuple[str, ...]
+    #: The test paths run, relative to the source tree.
+    tests: tuple[str, ...]
+    #: The pytest plugins that plug the runtime in (a conftest at the tree's root loads them).
+    plugins: tuple[str, ...]
+    #: Seconds after which one test is failed as hung (pytest-timeout).
+    timeout: int
+
+
+CELERY_INTEGRATION = Suite(
+    name="celery-integration",
+    package="celery",
+    unpack=("t", "pyproject.toml"),
+    tests=(
+        "t/integration/test_canvas.py",
+        "t/integration/test_tasks.py",
+        "t/integration/test_inspect.py",
+    ),
+    # Celery's fixtures (celery_app, celery_session_worker), which its suite uses.
+    plugins=("celery.contrib.pytest", "devtools.upstream.celery_integration"),
+    timeout=300,
+)
+
+KOMBU_REDIS = Suite(
+    name="kombu-redis",
+    package="kombu",
+    unpack=("t", "setup.cfg"),
+    # Its unit tests (a fake redis client) and its integration tests (a real redis-server).
+    tests=("t/unit/transport/test_redis.py", "t/integration/test_redis.py"),
+    plugins=("devtools.upstream.kombu_redis",),
+    timeout=120,
+)
+
+SUITES = (CELERY_INTEGRATION, KOMBU_REDIS)
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    suite: Suite
+    #: The test's node id, relative to the release's source tree; a class or module excludes
+    #: all of its tests.
+    test: str
+    #: Why it does not run against the runtime.
+    reason: str
+    #: The releases of the suite's package it applies to (those whose suite has the test).
+    releases: tuple[str, ...]
+    #: Only the test's runs with this parametrization id (``test_x[<id>]``), in every test
+    #: under ``test``; "": all of them.
+    parameter: str = ""
+
+    def matches(self, item: pytest.Item) -> bool:
+        nodeid = item.nodeid
+        if not (nodeid == self.test or nodeid.startswith((f"{self.test}::", f"{self.test}["))):
+            return False
+        callspec = getattr(item, "callspec", None)
+        return not self.parameter or (callspec is not None and callspec.id == self.parameter)
+
+    @property
+    def label(self) -> str:
+        return f"{self.test}[{self.parameter}]" if self.parameter else self.test
+
+
+#: Reasons shared by several exclusions.
+EARLY_ACK = (
+    "asserts `acknowledged: True` for a running task: it assumes early acknowledgement; the "
+    "runtime acknowledges late, on purpose (a crash re-queues the task, README 'What is "
+    "guaranteed')"
+)
+NO_LUA = (
+    "publishes or consumes through kombu's fake redis client, which runs no Lua; the runtime "
+    "publishes (`PUBLISH`) and takes (`FETCH`) in scripts. The same round trips run against "
+    "redis-server in kombu's integration tests here and in `tests/test_transport.py`"
+)
+NO_KEYPREFIX = (
+    "`global_keyprefix`: the runtime refuses it at channel creation (`app.transport`: its "
+    "scripts name kombu's keys unprefixed); kombu's tests run each test with and without one"
+)
+
+_CELERY = ("5.6.3", "5.7.0")
+_KOMBU = ("5.6.2", "5.7.0")
+_UNIT = "t/unit/transport/test_redis.py"
+
+EXCLUDED: tuple[Exclusion, ...] = (
+    Exclusion(CELERY_INTEGRATION, "t/integration/test_inspect.py::test_Inspect::test_active",
+              EARLY_ACK, _CELERY),
+    Exclusion(CELERY_INTEGRATION, "t/integration/test_inspect.py::test_Inspect::test_query_task",
+              EARLY_ACK, _CELERY),
+    Exclusion(KOMBU_REDIS, "t/integration/test_redis.py", NO_KEYPREFIX, _KOMBU,
+              parameter="connection1"),
+    Exclusion(KOMBU_REDIS, f"{_UNIT}::test_Channel::test_delivery_tag_is_uuid",
+              NO_LUA, _KOMBU),
+    Exclusion(KOMBU_REDIS, f"{_UNIT}::test_Redis::test_publish__get_redispyv3",
+              NO_LUA, _KOMBU),
+    Exclusion(KOMBU_REDIS, f"{_UNIT}::test_Redis::test_publish__get_redispyv2",
+              NO_LUA, _KOMBU),
+    Exclusion(KOMBU_REDIS, f"{_UNIT}::test_Redis::test_publish__consume",
+              NO_LUA, _KOMBU),
+    Exclusion(KOMBU_REDIS, f"{_UNIT}::test_Redis::test_purge",
+              NO_LUA, _KOMBU),
+    Exclusion(KOMBU_REDIS, f"{_UNIT}::test_Channel::test_put_priority",
+              "asserts that `_put` calls the client's `LPUSH`; the runtime's `_put` runs `LPUSH` "
+              "inside its `PUBLISH` script, with the wake token (`app.transport`); the priority "
+              "lists it pushes to are those of kombu's `test_RedisPriority`, which passes here",
+              _KOMBU),
+)  # fmt: skip
+
+
+def excluded(suite: Suite, release: str) -> list[Exclusion]:
+    return [item for item in EXCLUDED if item.suite == suite and release in item.releases]
+
+
+def installed_release(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def deselect(suite: Suite, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the suite's exclusions for the installed release (a plugin's
+    ``pytest_collection_modifyitems``); an exclusion matching no collected test is an error."""
+    exclusions = excluded(suite, installed_release(suite.package))
+    matched: set[str] = set()
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        hits = [exclusion.label for exclusion in exclusions if exclusion.matches(item)]
+        matched.update(hits)
+        (dropped if hits else kept).append(item)
+    stale = [exclusion.label for exclusion in exclusions if exclusion.label not in matched]
+    if stale:
+        raise pytest.UsageError(f"{suite.name}: excluded tests not found (stale list?): {stale}")
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def unpack_release(suite: Suite, release: str, directory: Path) -> Path:
+    """The suite's paths of ``release``'s source distribution, from PyPI, in ``directory``;
+    the source tree's root. ``pip download`` keeps pip's cache and index settings."""
+    tree = directory / f"{suite.package}-{release}"
+    if tree.is_dir():
+        return tree
+    downloads = directory / "sdist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+         "--dest", str(downloads), f"{suite.package}=={release}"],
+        check=True,
+    )  # fmt: skip
+    (archive,) = downloads.glob(f"{suite.package}-{release}.tar.gz")
+    staging = directory / f".{tree.name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        prefix = f"{suite.package}-{release}/"
+        wanted = [member for member in tar.getmembers() if any(
+            member.name == f"{prefix}{path}" or member.name.startswith(f"{prefix}{path}/")
+            for path in suite.unpack)]  # fmt: skip
+        if not wanted:
+            raise RuntimeError(f"{archive.name} has none of {suite.unpack}")
+        tar.extractall(staging, members=wanted, filter="data")
+    for path in suite.tests:
+        if not (staging / prefix / path).exists():
+            raise RuntimeError(f"{archive.name} has no {path}")
+    (staging / prefix).rename(tree)
+    shutil.rmtree(staging)
+    return tree
+
+
+#: The README's exclusion table sits between these lines (``tests/test_upstream_suites.py``).
+README_BEGIN = "<!-- upstream exclusions: devtools/upstream/suites.py (EXCLUDED) -->"
+README_END = "<!-- end of upstream exclusions -->"
+
+
+def readme_table() -> str:
+    """The exclusion list as the README shows it: one row per suite, reason and releases."""
+    groups: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
+    for item in EXCLUDED:
+        groups.setdefault((item.suite.name, item.reason, item.releases), []).append(item.label)
+    rows = ["| Suite | Tests | Releases | Why they do not run |", "| --- | --- | --- | --- |"]
+    rows += [
+        f"| {suite} | {', '.join(f'`{test}`' for test in tests)} | {', '.join(releases)} "
+        f"| {reason} |"
+        for (suite, reason, releases), tests in groups.items()
+    ]
+    return "\n".join([README_BEGIN, *rows, README_END])
