@@ -119,6 +119,9 @@ def upstream(session: nox.Session, celery: str, kombu: str) -> None:
                 "REDIS_6379_TCP": str(server.port),
                 # The project's app (imported by the plugins) reads its settings from these.
                 "CELERY_BROKER_URL": server.url, "APP_HEARTBEAT_DIR": str(work),
+                # Celery's "Task received/succeeded" lines, which its suite reads (the app
+                # drops them by default: a logging choice, not the runtime's).
+                "APP_LOG_TASKS": "true",
                 "PYTHONPATH": str(ROOT), "UPSTREAM_PROOF": str(proof),
             }  # fmt: skip
             with session.chdir(tree):

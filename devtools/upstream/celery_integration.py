@@ -161,6 +161,7 @@ def scripts_run(broker_url: str) -> dict[str, bool]:
     return dict(zip(shas, map(bool, found), strict=True))
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
