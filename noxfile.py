@@ -105,7 +105,8 @@ def upstream(session: nox.Session, celery: str, kombu: str) -> None:
     releases = {"celery": celery, "kombu": kombu}
     work = Path(session.create_tmp()).resolve()  # the suites run in their own directories
     for suite in SUITES:
-        tree = unpack_release(suite, releases[suite.package], work / "suites")
+        release = releases[suite.package]
+        tree = unpack_release(suite, release, work / "suites")
         # A conftest at the root: its plugins' fixtures rank above celery.contrib.pytest's.
         (tree / "conftest.py").write_text(f"pytest_plugins = {list(suite.plugins)!r}\n")
         proof = work / f"{suite.name}.json"
@@ -127,7 +128,7 @@ def upstream(session: nox.Session, celery: str, kombu: str) -> None:
             with session.chdir(tree):
                 session.run("python", "-m", "pytest", "-p", "no:cacheprovider",
                             f"--timeout={suite.timeout}", "-rfEs",
-                            *suite.tests, *session.posargs, env=env)  # fmt: skip
+                            *suite.paths(release), *session.posargs, env=env)  # fmt: skip
         finally:
             server.stop()
         # The plugin's checks that the runtime was plugged in: a run without them proves

@@ -154,3 +154,10 @@ def test_kombus_tests_not_on_the_runtime_fail_the_check() -> None:
     # This process runs kombu's own classes: the check must refuse them.
     with pytest.raises(AssertionError, match=r"kombu\.transport\.redis\.Channel"):
         kombu_redis.check_replacement()
+
+
+def test_a_test_file_newer_than_a_release_runs_only_from_that_release() -> None:
+    backend = "t/integration/test_redis_backend.py"
+    assert backend not in suites.CELERY_INTEGRATION.paths("5.6.3")
+    assert backend in suites.CELERY_INTEGRATION.paths("5.7.0")
+    assert "t/integration/test_canvas.py" in suites.CELERY_INTEGRATION.paths("5.6.3")
