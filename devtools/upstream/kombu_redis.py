@@ -29,7 +29,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.imports import symbol_by_name
 
 from app import transport
-from devtools.upstream.suites import KOMBU_REDIS, deselect
+from devtools.upstream.suites import KOMBU_INTEGRATION, KOMBU_UNIT, deselect
 
 #: The names of kombu's Redis module that become the runtime's classes.
 REPLACED: dict[str, type] = {
@@ -73,7 +73,8 @@ def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
     proof = {"classes": check_replacement()}
-    deselect(KOMBU_REDIS, config, items)
+    for suite in (KOMBU_UNIT, KOMBU_INTEGRATION):  # each matches only its own tests
+        deselect(suite, config, items)
     target = os.environ.get("UPSTREAM_PROOF")
     if target:
         Path(target).write_text(json.dumps(proof, indent=2))
