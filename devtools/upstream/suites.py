@@ -140,6 +140,7 @@ PUBLISH_BATCH = (
 )
 
 _CELERY = ("5.6.3", "5.7.0")
+_TASKS = "t/integration/test_tasks.py"
 _KOMBU = ("5.6.2", "5.7.0")
 _UNIT = "t/unit/transport/test_redis.py"
 _INTEGRATION = "t/integration/test_redis.py"
@@ -150,10 +151,22 @@ EXCLUDED: tuple[Exclusion, ...] = (
     Exclusion(CELERY_INTEGRATION, "t/integration/test_inspect.py::test_Inspect::test_query_task",
               EARLY_ACK, _CELERY),
     Exclusion(CELERY_INTEGRATION,
-              "t/integration/test_tasks.py::test_tasks::test_revoked_by_headers_complex_canvas",
+              f"{_TASKS}::test_tasks::test_revoked_by_headers_complex_canvas",
               "times out on 2 cores with stock Celery too (its own 20 s limit, "
               "`@pytest.mark.timeout(20)`: 19.9 s on stock 5.7.0, then the timeout, measured "
               "here): a limit tuned for faster machines, not a fault of the runtime", _CELERY),
+    *(Exclusion(CELERY_INTEGRATION, f"{_TASKS}::test_trace_log_arguments::{test}",
+                "racy on 2 cores: reads the pool process's 'Task succeeded' line 10 ms after the "
+                "result, while the embedded worker relays it from the pool through a queue and a "
+                "thread; fails with stock Celery too here (5.6.3: both, after 5 reruns each, "
+                "measured)", _CELERY)
+      for test in ("test_task_success", "test_task_failed")),
+    Exclusion(CELERY_INTEGRATION,
+              f"{_TASKS}::test_task_replacement::test_replaced_task_nesting_level_0",
+              "racy: sets the flag its `task_received` receiver raises after publishing the task "
+              "(`res = ....delay()`, then `assertion_result = False`), so a worker that receives "
+              "the task first loses it; seen once on the runtime, whose idle worker is woken at "
+              "the publish", _CELERY),
     Exclusion(KOMBU_INTEGRATION, _INTEGRATION, NO_KEYPREFIX, _KOMBU,
               parameter="connection1"),
     Exclusion(KOMBU_UNIT, f"{_UNIT}::test_Channel::test_delivery_tag_is_uuid",
