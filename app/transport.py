@@ -563,8 +563,9 @@ class Channel(kombu_redis.Channel):
     def _flush_reauth(self) -> None:
         """kombu 5.7 sends a pending streaming re-authentication (a rotated IAM token) on the
         polling connection once a reply is read, the only moment it is idle: its
-        ``_brpop_read`` does, which this one replaces (app.upstream). kombu 5.6 has none."""
-        flush = getattr(super(), "_flush_brpop_reauth", None)
+        ``_brpop_read`` does, which this one replaces (app.upstream). kombu 5.6 has none.
+        Looked up on the channel, as kombu's own does: a subclass's or an instance's counts."""
+        flush = getattr(self, "_flush_brpop_reauth", None)
         if flush is not None:
             flush()
 
