@@ -206,7 +206,29 @@ class QoS(kombu_redis.QoS):
 
     def ack(self, delivery_tag: str) -> None:
         VirtualQoS.ack(self, delivery_tag)
+        if self.channel.closed:
+            self._after_close("acknowledged", delivery_tag)
+            return
         self.channel.acknowledge(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if self.channel.closed:
+            VirtualQoS.ack(self, delivery_tag)  # forgotten here, as kombu's reject ends
+            self._after_close("rejected", delivery_tag)
+            return
+        super().reject(delivery_tag, requeue=requeue)
+
+    @staticmethod
+    def _after_close(outcome: str, delivery_tag: str) -> None:
+        """A task of a channel closed since (its connection was lost) ended after the consumer
+        moved on: nothing is written through a channel without a connection (kombu would build a
+        client from it and fail, ending the worker). The message is still in this worker's own
+        set, which the consumer put back on its queue when it reconnected, or a sweep will:
+        it runs again (at least once)."""
+        log.warning(
+            "message %s %s after its connection was lost: it is back on its queue from this "
+            "worker's set and runs again", delivery_tag, outcome,
+        )  # fmt: skip
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         """Nothing: the sweep (``app.recovery``) puts back what outlived the visibility timeout,

@@ -588,6 +588,32 @@ def test_an_acknowledgement_whose_send_failed_is_sent_again(
     assert held_now == [received[1].headers["id"]]  # the first one's ack reached Redis
 
 
+@pytest.mark.parametrize("outcome", ["reject-requeue", "reject", "ack"])
+def test_a_task_ending_after_its_channel_closed_leaves_its_message_to_the_set(
+    outcome: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    # A task ends after its worker lost the connection: Celery acknowledges or rejects the
+    # message on the channel of that connection, closed meanwhile. That ended the worker
+    # ("Unrecoverable error: AttributeError: 'NoneType' object has no attribute 'client'",
+    # seen in test_broker_restart under load): kombu built a client from the closed channel.
+    message_id = publish(redis_url)
+    received: list[Any] = []
+    with consumer(redis_url, received=received) as connection:
+        drain_until(connection, lambda: len(received) == 1, 30)
+        channel = connection.default_channel
+        channel.qos.restore_at_shutdown = False  # the consumer puts its set back itself
+        channel.close()
+        assert channel.connection is None and channel._sync_client is None  # FETCH only
+        message = received[0]
+        if outcome == "ack":
+            message.ack()
+        else:
+            message.reject(requeue=outcome == "reject-requeue")
+    # Left where the consumer's restore after reconnecting (or a sweep) finds it: once.
+    assert held(redis_client) == [message_id]
+    assert queued(redis_client) == []
+
+
 def test_a_fetch_reply_read_on_a_socket_error_event_is_delivered(
     redis_url: str, redis_client: redis.Redis
 ) -> None:

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
@@ -139,6 +140,8 @@ def test_a_stock_worker_fails_the_check(broker: str) -> None:
 
 
 def test_the_runtime_scripts_are_found_only_once_run(broker: str) -> None:
+    # The server is shared by the tests of this process: another may have run the scripts.
+    redis.Redis.from_url(broker).script_flush()
     assert celery_integration.scripts_run(broker) == {
         "FETCH": False, "STORE_UNLESS_SUCCEEDED": False}  # fmt: skip
     app = Celery(broker=broker, backend=broker, **celery_integration.runtime_parameters())
