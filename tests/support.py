@@ -1,9 +1,12 @@
-"""Helpers for tests that run the app's real processes against a real Redis."""
+"""Helpers for tests: the Pulumi program rendered under mocks (fresh, or shared among tests
+that only read it), and the app's real processes against a real Redis."""
 
 from __future__ import annotations
 
 import atexit
+import json
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -52,7 +55,8 @@ def run_program(
     transformations: Sequence[pulumi.ResourceTransformation] = (),
 ) -> render.ProgramRun:
     """The program rendered under mocks (``devtools.render``) as the stack ``test`` in
-    us-east-1, building from ``fixture_build_context()`` unless told otherwise."""
+    us-east-1, building from ``fixture_build_context()`` unless told otherwise: a fresh run
+    each call (``shared_run`` shares one among tests that only read it)."""
     return render.run_program(
         config,
         stack=STACK,
@@ -60,6 +64,34 @@ def run_program(
         mocks=mocks,
         transformations=transformations,
     )
+
+
+#: (stack, region, config as canonical JSON) -> that program run, pickled: what ``shared_run``
+#: hands out, one copy per call. One cache per test process (each xdist worker has its own).
+_SHARED_RUNS: dict[tuple[str, str, str], bytes] = {}
+
+
+def shared_run(
+    config: Mapping[str, object] | None = None,
+    *,
+    stack: str = STACK,
+    region: str = render.DEFAULT_REGION,
+) -> render.ProgramRun:
+    """``run_program(config)`` for a test that only reads the run: the program runs once per test
+    process for each stack, region and config, and every call gets a copy of its own (so a test
+    that changes what it got changes nothing for the next one). A test that needs the program
+    to run now calls ``run_program``: one that passes its own mocks or transformations, changes
+    the program or its environment first (monkeypatch), or compares two runs of one config.
+    A run that raises is not kept: each call raises afresh."""
+    key = (stack, region, json.dumps(config or {}, sort_keys=True))
+    if key not in _SHARED_RUNS:
+        run = render.run_program(
+            config, stack=stack, region=region, project_root=fixture_build_context()
+        )
+        # A pickle, not the run: unpickling makes a deep copy in a third of deepcopy's time.
+        _SHARED_RUNS[key] = pickle.dumps(run)
+    copy: render.ProgramRun = pickle.loads(_SHARED_RUNS[key])
+    return copy
 
 
 def wait_for(

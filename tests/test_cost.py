@@ -29,8 +29,9 @@ from devtools.cost import (
     render,
     runs_per_month,
 )
-from devtools.render import run_program, stack_file_config
+from devtools.render import stack_file_config
 from infra.config import load
+from tests.support import shared_run
 
 REGION = "us-east-1"
 POOLS = [
@@ -47,7 +48,7 @@ def priced(config: dict[str, object], region: str = REGION) -> Estimate:
 def _priced(config: str, region: str) -> Estimate:
     """One rendering per config and region (several tests price the same ones)."""
     raw = json.loads(config)
-    return estimate(run_program(raw, stack="test", region=region), load(raw), region)
+    return estimate(shared_run(raw, region=region), load(raw), region)
 
 
 def line(result: Estimate, start: str) -> tuple[float, float]:

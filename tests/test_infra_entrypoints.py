@@ -17,7 +17,7 @@ import pytest
 
 from app.schedule import SCHEDULE
 from devtools.render import RenderedTaskDefinition
-from tests.support import ROOT, run_program
+from tests.support import ROOT, shared_run
 
 STACKS = {
     "beat": {
@@ -33,7 +33,7 @@ STACKS = {
 @pytest.fixture(params=list(STACKS))
 def commands(request: pytest.FixtureRequest) -> list[list[str]]:
     """Every argv the stack runs: container commands, health checks, schedule overrides."""
-    run = run_program(STACKS[request.param])
+    run = shared_run(STACKS[request.param])
     tasks: list[RenderedTaskDefinition] = list(run.task_definitions().values())
     argvs = [task.command for task in tasks]
     argvs += [
@@ -84,7 +84,7 @@ def test_gunicorn_config_and_app_factory_exist(commands: list[list[str]]) -> Non
 @pytest.mark.redis  # runs the app's enqueue command in a process
 def test_enqueue_default_command_only_prints_usage() -> None:
     """The enqueue task definition's own command (without EventBridge's override)."""
-    task = run_program({"scheduler": "eventbridge"}).task_definitions()["enqueue"]
+    task = shared_run({"scheduler": "eventbridge"}).task_definitions()["enqueue"]
     assert task.command == ["python", "-m", "app.enqueue", "--help"]
     done = subprocess.run(
         [sys.executable, *task.command[1:]],

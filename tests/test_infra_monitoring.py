@@ -15,7 +15,7 @@ from devtools.render import ACCOUNT, RecordingMocks
 from devtools.render import DEFAULT_REGION as REGION
 from infra.alarms import MIN_REQUESTS_FOR_RATE
 from infra.config import load
-from tests.support import run_program
+from tests.support import run_program, shared_run
 from tests.test_infra_program import (
     ALARM,
     ALL_STACKS,
@@ -36,7 +36,7 @@ DASHBOARD_STACKS = [name for name in ALL_STACKS if load(STACKS[name]).dashboard]
 @pytest.fixture(params=ALL_STACKS)
 def deployed(request: pytest.FixtureRequest) -> Deployed:
     raw = STACKS[request.param]
-    return Deployed(config=load(raw), run=run_program(raw))
+    return Deployed(config=load(raw), run=shared_run(raw))
 
 
 def operator_alarms(deployed: Deployed) -> dict[str, dict[str, Any]]:

@@ -44,7 +44,7 @@ from infra.cluster import DeploymentRolledBack
 from infra.config import ConfigError, ExistingVpc, NewVpc, StackConfig, load
 from infra.containers import health_check
 from infra.schedule_expr import shortest_gap, to_eventbridge_expression
-from tests.support import ROOT, run_program
+from tests.support import ROOT, run_program, shared_run
 
 CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"
 ECR_IMAGE = "210987654321.dkr.ecr.eu-west-1.amazonaws.com/shared/celery-ecs@sha256:" + "a" * 64
@@ -147,7 +147,7 @@ class Deployed:
 @pytest.fixture(params=["defaults", "production-eventbridge"])
 def deployed(request: pytest.FixtureRequest) -> Deployed:
     raw = STACKS[request.param]
-    return Deployed(config=load(raw), run=run_program(raw))
+    return Deployed(config=load(raw), run=shared_run(raw))
 
 
 def as_list(value: str | list[str]) -> list[str]:
@@ -402,7 +402,7 @@ def test_backlog_target_comes_from_latency_unless_given() -> None:
     assert by_name["default"].backlog_per_task == 960
     assert by_name["long"].backlog_per_task == 1, "backlogPerTask wins"
     assert by_name["overflow"].backlog_per_task == 20, "nothing to derive from: 10 x concurrency"
-    run = run_program(STACKS["production-eventbridge"])
+    run = shared_run(STACKS["production-eventbridge"])
     for pool in pools:
         tracking = run.named(SCALING_POLICY, f"worker-{pool.name}-scaling-backlog").inputs
         assert tracking["targetTrackingScalingPolicyConfiguration"]["targetValue"] == (
@@ -566,7 +566,7 @@ def test_broker_is_encrypted_authenticated_and_never_evicts(deployed: Deployed) 
 
 
 def test_a_new_token_generation_rolls_every_service_onto_the_new_broker_url() -> None:
-    runs = {generation: run_program({"broker": {"authTokenGeneration": generation}})
+    runs = {generation: shared_run({"broker": {"authTokenGeneration": generation}})
             for generation in (1, 2)}  # fmt: skip
     tokens, triggers = {}, {}
     for generation, run in runs.items():
@@ -643,7 +643,7 @@ def test_the_web_reads_its_api_keys_from_a_secret_only_it_may_read(deployed: Dep
 
 
 def test_up_never_writes_the_api_keys_again() -> None:
-    run = run_program({})
+    run = shared_run({})
     # A rotation done outside Pulumi is the secret's value from then on; AWS never deletes the
     # first version (a label of the stack's own stays on it), so a refresh never recreates it.
     version = ("aws:secretsmanager/secretVersion:SecretVersion", "web-api-keys")
@@ -940,8 +940,8 @@ def test_turning_fargate_spot_on_or_off_changes_only_the_pools_strategy() -> Non
     differ in its strategy alone, every pool stays off the launch type, the cluster keeps the
     same capacity providers, and the service forces the new deployment the update needs."""
     pool = {"name": "default", "queues": ["default", "long"], "taskTimeout": 60}
-    regular = run_program({"workers": [pool]})
-    spot = run_program({"workers": [{**pool, "fargateSpot": True}]})
+    regular = shared_run({"workers": [pool]})
+    spot = shared_run({"workers": [{**pool, "fargateSpot": True}]})
     name = "worker-default-service"
     before, after = regular.named(SERVICE, name).inputs, spot.named(SERVICE, name).inputs
     changed = {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
@@ -953,7 +953,7 @@ def test_turning_fargate_spot_on_or_off_changes_only_the_pools_strategy() -> Non
 
 
 def test_arm64_tasks_run_an_arm64_image() -> None:
-    run = run_program({"cpuArchitecture": "ARM64"})
+    run = shared_run({"cpuArchitecture": "ARM64"})
     assert run.one(IMAGE).inputs["platforms"] == ["linux/arm64"]
     for service, task in run.task_definitions().items():
         assert task.inputs["runtimePlatform"]["cpuArchitecture"] == "ARM64", service
@@ -1069,7 +1069,7 @@ def test_outputs(deployed: Deployed) -> None:
 
 def test_dev_stack_file_deploys() -> None:
     raw = stack_file_config("dev")
-    config, run = load(raw), run_program(raw)
+    config, run = load(raw), shared_run(raw)
     tasks = run.task_definitions()
     assert set(tasks) == {"web", "beat", *(f"worker-{pool.name}" for pool in config.workers)}
     assert validate(run).ok
@@ -1166,7 +1166,7 @@ def test_placeholders_are_refused_in_a_real_account_before_any_resource() -> Non
     ):
         run_program(raw, mocks=mocks)
     assert mocks.registrations == []
-    assert run_program(raw).of_type(SERVICE)
+    assert shared_run(raw).of_type(SERVICE)
     own = {
         **raw,
         "web": {"certificateArn": CERTIFICATE.replace("123456789012", "210987654321")},

@@ -14,7 +14,6 @@ import json
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from infra.eventbridge import ENQUEUE_STOP_TIMEOUT
 from infra.worker import NAMESPACE_CONDITION_KEY, PUT_METRIC_DATA_ACTION
 from policy import invariants
 from policy.invariants import POLICIES, container_role, secret_reason, stop_timeout_need
-from tests.support import ROOT, run_program
+from tests.support import ROOT, run_program, shared_run
 
 CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"
 #: Production with a warm and a cold pool, HTTPS, access logs and alarms e-mailed (the stack's
@@ -69,10 +68,8 @@ def stack_config(stack: str) -> dict[str, object]:
     return {**base, "scheduler": scheduler}
 
 
-@cache
 def rendered(stack: str) -> ProgramRun:
-    """One render per stack and test process: renders are read-only here."""
-    return run_program(stack_config(stack))
+    return shared_run(stack_config(stack))
 
 
 POLICY = {policy.name: policy for policy in POLICIES}
@@ -1023,7 +1020,7 @@ def test_the_program_violates_no_policy(stack: str) -> None:
     "stack_file", sorted(p.name.split(".")[1] for p in ROOT.glob("Pulumi.*.yaml"))
 )
 def test_every_shipped_stack_file_violates_no_policy(stack_file: str, scheduler: str) -> None:
-    run = run_program({**stack_file_config(stack_file), "scheduler": scheduler})
+    run = shared_run({**stack_file_config(stack_file), "scheduler": scheduler})
     assert check(run) == []
     assert run.of_type(SERVICE) and run.of_type(TASK_DEFINITION)
 

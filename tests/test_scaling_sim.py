@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from functools import cache
 
 import pytest
 
@@ -32,9 +33,13 @@ from infra.scaling import (
     STEP_SCALE_OUT_COOLDOWN,
 )
 
+#: The program's scaling policies, rendered once per test process for each setting (a frozen
+#: dataclass: the tests share it as is).
+policies_once = cache(rendered_policies)
+
 
 def test_the_simulator_reads_the_policies_the_program_renders() -> None:
-    policies = rendered_policies()
+    policies = policies_once()
     assert policies.target == 60  # maxQueueSeconds 60 x concurrency 2 / 1 s tasks / 2
     assert policies.step_threshold == SCALE_OUT_THRESHOLD * policies.target
     assert policies.step_period == HIGH_RESOLUTION_PERIOD
@@ -46,7 +51,7 @@ def test_the_simulator_reads_the_policies_the_program_renders() -> None:
 
 def test_a_burst_is_acted_on_within_a_minute() -> None:
     burst = SCENARIOS[0]
-    policies, model = rendered_policies(), Model()
+    policies, model = policies_once(), Model()
     ours = simulate(burst, policies, model, ours=True)
     alone = simulate(burst, policies, model, ours=False)
     assert ours.first_scale_out is not None and ours.first_scale_out <= 60
@@ -68,12 +73,12 @@ def test_the_metrics_path_is_bounded_by_the_publishers_timeouts() -> None:
     # Publisher timeouts slow enough to lose the minute would fail the burst test above.
     slow_call = dataclasses.replace(call, seconds=60)
     slow = Model(metric_path=(slow_call, visible))
-    decision = first_burst_decision(rendered_policies(), slow)
+    decision = first_burst_decision(policies_once(), slow)
     assert decision is not None and decision > 60
 
 
 def test_on_the_log_path_the_minute_rests_on_an_undocumented_extraction() -> None:
-    policies = rendered_policies()
+    policies = policies_once()
     (extraction,) = [stage for stage in EMF_PATH if "extracts" in stage.what]
     assert not extraction.documented
     budget = emf_extraction_budget(policies)
@@ -87,7 +92,7 @@ def test_on_the_log_path_the_minute_rests_on_an_undocumented_extraction() -> Non
 def test_target_tracking_divides_by_the_desired_count_only_with_container_insights() -> None:
     """Without Container Insights, target tracking divides by the running workers: the same
     waits, a few more task-minutes while tasks start (the README's table)."""
-    plain, insights = rendered_policies(), rendered_policies(container_insights=True)
+    plain, insights = policies_once(), policies_once(container_insights=True)
     assert (plain.per_desired, insights.per_desired) == (False, True)
     ramp, model = SCENARIOS[1], Model()
     over_workers = simulate(ramp, plain, model, ours=True)

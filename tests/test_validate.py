@@ -17,9 +17,9 @@ from botocore.model import ListShape, MapShape, Shape, StructureShape
 
 from devtools import awsmodel
 from devtools.apimap import MAPPINGS, lifecycle_policy_problems
-from devtools.render import ProgramRun, Registration, read_stack_file, run_program
+from devtools.render import ProgramRun, Registration, read_stack_file
 from devtools.validate import KMS_ALIAS_FORMAT, lint_policy, policy_documents, validate
-from tests.support import ROOT
+from tests.support import ROOT, shared_run
 
 CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"
 #: Everything the program can register at once: EventBridge, HTTPS, access logs, NAT and flow
@@ -43,13 +43,13 @@ EVERYTHING: dict[str, object] = {
 
 @pytest.fixture(scope="module")
 def everything() -> ProgramRun:
-    return run_program(EVERYTHING, stack="test")
+    return shared_run(EVERYTHING)
 
 
 @pytest.mark.parametrize("stack", sorted(p.name.split(".")[1] for p in ROOT.glob("Pulumi.*.yaml")))
 def test_every_shipped_stack_passes(stack: str) -> None:
     stack_file = read_stack_file(stack)
-    run = run_program(stack_file.config, stack=stack, region=stack_file.region or "us-east-1")
+    run = shared_run(stack_file.config, stack=stack, region=stack_file.region or "us-east-1")
     report = validate(run)
     assert report.ok, "\n".join(map(str, report.findings))
     assert report.requests > 50 and report.policies >= 5
