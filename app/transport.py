@@ -206,13 +206,13 @@ class QoS(kombu_redis.QoS):
 
     def ack(self, delivery_tag: str) -> None:
         VirtualQoS.ack(self, delivery_tag)
-        if self.channel.closed:
+        if self.channel.connection is None:  # closed (kombu's close_channel unsets it)
             self._after_close("acknowledged", delivery_tag)
             return
         self.channel.acknowledge(delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        if self.channel.closed:
+        if self.channel.connection is None:
             VirtualQoS.ack(self, delivery_tag)  # forgotten here, as kombu's reject ends
             self._after_close("rejected", delivery_tag)
             return
@@ -316,13 +316,26 @@ class Channel(kombu_redis.Channel):
 
     # kombu builds its pools' connections from these two (its polling connection subclasses
     # the first): with resolve_timeout, ones that look the name up with a BoundedResolver.
+    # Settable, as kombu's class attributes are (kombu's own tests set them): what is set wins.
+    _connection_classes: dict[str, type[redis.Connection]] | None = None
+
     @property
     def connection_class(self) -> type[redis.Connection]:
-        return ResolvedConnection if self.resolve_timeout else redis.Connection
+        chosen = (self._connection_classes or {}).get("plain")
+        return chosen or (ResolvedConnection if self.resolve_timeout else redis.Connection)
+
+    @connection_class.setter
+    def connection_class(self, value: type[redis.Connection]) -> None:
+        self._connection_classes = {**(self._connection_classes or {}), "plain": value}
 
     @property
     def connection_class_ssl(self) -> type[redis.Connection]:
-        return ResolvedSSLConnection if self.resolve_timeout else redis.SSLConnection
+        chosen = (self._connection_classes or {}).get("ssl")
+        return chosen or (ResolvedSSLConnection if self.resolve_timeout else redis.SSLConnection)
+
+    @connection_class_ssl.setter
+    def connection_class_ssl(self, value: type[redis.Connection]) -> None:
+        self._connection_classes = {**(self._connection_classes or {}), "ssl": value}
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         params: dict[str, Any] = super()._connparams(asynchronous)
