@@ -6,13 +6,14 @@
 #                    user; CONTRIBUTING.md has the tiers
 #   make plan [STACK=prod]   the offline plan of Pulumi.<stack>.yaml: resources, validation
 #                            against AWS's rules, diagram (.plan/<stack>.png), monthly cost
+#   make docs   writes the docs' generated pages, then builds the site into site/
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STACK ?= dev
 
-.PHONY: run test test-unit lint bench bench-plan plan plan-docs clean system-packages
+.PHONY: run test test-unit lint bench bench-plan plan plan-docs docs clean system-packages
 
 $(BIN)/.installed: requirements.txt app/requirements.txt app/constraints.txt requirements-dev.txt \
 		policy/requirements.txt
@@ -31,6 +32,7 @@ test: $(BIN)/.installed system-packages
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest
 
 # The unit tier, never as root (scripts/test-unit drops to nobody), writing nothing into the tree.
@@ -49,9 +51,15 @@ bench-plan: $(BIN)/.installed system-packages
 plan: $(BIN)/.installed system-packages
 	@$(BIN)/python -m devtools.plan --stack $(STACK)
 
-# The README's diagram (docs/plan-dev.png) and cost table, from Pulumi.dev.yaml.
+# The diagram (docs/plan-dev.png) and the docs' cost table, from Pulumi.dev.yaml.
 plan-docs: $(BIN)/.installed system-packages
 	@$(BIN)/python -m devtools.plan --stack dev --write-docs >/dev/null
 
+# The docs' generated pages (devtools/docs.py: cost, outputs, upstream exclusions, the
+# diagram), then the site, strict: a broken link or a page missing from the nav fails.
+docs: $(BIN)/.installed system-packages
+	$(BIN)/python -m devtools.docs
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .venvs .twin .plan .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) .venvs .twin .plan .pytest_cache .ruff_cache .mypy_cache .hypothesis site

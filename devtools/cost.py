@@ -1019,7 +1019,7 @@ def wrap(text: str, first: str, rest: str | None = None) -> str:
 
 
 def markdown(estimate: Estimate) -> str:
-    """The estimate's line items and savings as Markdown tables (the README's)."""
+    """The estimate's line items and savings as Markdown tables (the docs' cost page)."""
     assert estimate.prices is not None, "no price table"
     rows = [
         "| Item | Needed for | At min count | Floor | At max count |",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools import cost, diagram
+from devtools.docblocks import DOCS, GeneratedBlock
 from devtools.render import (
     DEFAULT_REGION,
     ROOT,
@@ -36,11 +37,13 @@ from infra.config import ConfigError, StackConfig, load, placeholders
 
 #: Where ``make plan`` writes the diagram of a stack (not committed).
 DIAGRAM_DIRECTORY = ROOT / ".plan"
-#: The diagram and cost table the README shows, for ``Pulumi.dev.yaml``.
-DOCS_DIAGRAM = ROOT / "docs" / "plan-dev.png"
-README = ROOT / "README.md"
-README_COST_START = "<!-- plan: cost of Pulumi.dev.yaml -->"
-README_COST_END = "<!-- /plan -->"
+#: The diagram the README and the docs show, and the docs' cost table, for ``Pulumi.dev.yaml``.
+DOCS_DIAGRAM = DOCS / "plan-dev.png"
+COST_BLOCK = GeneratedBlock(
+    page=DOCS / "reference" / "cost.md",
+    begin="<!-- plan: cost of Pulumi.dev.yaml -->",
+    end="<!-- /plan -->",
+)
 #: Components in the order a reader meets them; others follow, by name.
 _COMPONENT_ORDER = (
     "Network", "Broker", "Image", "Cluster", "Web", "Worker", "Beat", "Schedule", "ServiceScaling",
@@ -788,7 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--write-docs",
         action="store_true",
-        help="write the README's diagram and cost table (for Pulumi.dev.yaml)",
+        help="write the docs' diagram and cost table (for Pulumi.dev.yaml)",
     )
     args = parser.parse_args(argv)
     try:
@@ -821,21 +824,9 @@ def _title(plan: Plan) -> str:
 
 
 def write_docs(plan: Plan) -> None:
-    """The README's diagram (docs/plan-dev.png) and its cost table, from this plan."""
+    """The docs' diagram (docs/plan-dev.png) and cost table, from this plan."""
     diagram.write_png(plan.run, plan.config, _title(plan), DOCS_DIAGRAM)
-    README.write_text(readme_with_cost(README.read_text(), cost.markdown(plan.estimate)))
-
-
-def readme_with_cost(readme: str, table: str) -> str:
-    start = readme.index(README_COST_START) + len(README_COST_START)
-    end = readme.index(README_COST_END, start)
-    return f"{readme[:start]}\n{table}{readme[end:]}"
-
-
-def readme_cost(readme: str) -> str:
-    """The cost table the README shows (between its markers)."""
-    start = readme.index(README_COST_START) + len(README_COST_START)
-    return readme[start : readme.index(README_COST_END, start)].lstrip("\n")
+    COST_BLOCK.write(cost.markdown(plan.estimate))
 
 
 if __name__ == "__main__":

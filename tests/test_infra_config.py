@@ -90,7 +90,7 @@ def test_the_dashboard_is_off_unless_asked_or_production() -> None:
 
 def test_default_task_sizes_are_fargates_smallest() -> None:
     """What bench.task_sizes measured of the example's worker, web and beat fits 0.25 vCPU and
-    512 MiB with the stated headroom (the README's "Task sizes")."""
+    512 MiB with the stated headroom (the docs' "Task sizes")."""
     config = load({})
     (pool,) = config.workers
     assert (pool.cpu, pool.memory) == (256, 512)
@@ -566,9 +566,8 @@ def test_error_lists_memory_sizes_for_the_cpu_given() -> None:
 
 
 def test_the_readme_documents_every_key() -> None:
-    """Every key the config accepts has a row in the README's configuration table."""
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("### Configuration (namespace `celery-ecs`)", 1)[1].split("\n### ", 1)[0]
+    """Every key the config accepts has a row in the docs' configuration table."""
+    table = (ROOT / "docs" / "reference" / "configuration.md").read_text()
     documented = set()
     for row in table.splitlines():
         if not row.startswith("| `"):

@@ -650,7 +650,7 @@ def test_up_never_writes_the_api_keys_again() -> None:
     assert run.ignore_changes[version] == ["secret_string", "version_stages"]
     stages = run.named(*version).inputs["versionStages"]
     assert stages == ["AWSCURRENT", "STACK_INITIAL"]
-    # The broker URL secret is the program's: a new token is written (README, token rotation).
+    # The broker URL secret is the program's: a new token is written (docs: broker token).
     assert ("aws:secretsmanager/secretVersion:SecretVersion", "broker") not in run.ignore_changes
 
 

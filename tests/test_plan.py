@@ -1,5 +1,5 @@
 """The offline plan (devtools/plan.py, `make plan`): stable text, every resource, exit status
-for a broken rule or config, the README's diagram and cost table current, the PR comment."""
+for a broken rule or config, the docs' diagram and cost table current, the PR comment."""
 
 from __future__ import annotations
 
@@ -157,15 +157,18 @@ def test_a_region_without_prices_is_planned_without_figures(
     assert "us-east-1a" not in out and "eu-west-1a" in out
 
 
-def test_the_readme_shows_the_current_dev_plan(dev: plan.Plan) -> None:
-    """`make plan-docs` writes both; they must be what Pulumi.dev.yaml renders now."""
-    readme = (ROOT / "README.md").read_text()
-    assert plan.readme_cost(readme) == cost.markdown(dev.estimate)
+def test_the_docs_show_the_current_dev_plan(dev: plan.Plan) -> None:
+    """`make plan-docs` (or `make docs`) writes both; they must be what Pulumi.dev.yaml renders
+    now. The cost page shows the table, the README and the cost page the diagram."""
+    assert plan.COST_BLOCK.content() == cost.markdown(dev.estimate), (
+        "docs/reference/cost.md's cost table is out of date: run make docs"
+    )
     source = diagram.graph_source(dev.run, dev.config, plan._title(dev))
     assert diagram.embedded_digest(plan.DOCS_DIAGRAM) == diagram.digest(source), (
         "docs/plan-dev.png is out of date: run make plan-docs"
     )
-    assert "![Diagram of the dev stack](docs/plan-dev.png)" in readme
+    assert "![Diagram of the dev stack](docs/plan-dev.png)" in (ROOT / "README.md").read_text()
+    assert "![Diagram of the dev stack](../plan-dev.png)" in plan.COST_BLOCK.page.read_text()
 
 
 def test_the_diagram_is_drawn_from_the_rendered_stack(dev: plan.Plan) -> None:

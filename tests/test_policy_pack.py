@@ -1027,7 +1027,7 @@ def test_every_shipped_stack_file_violates_no_policy(stack_file: str, scheduler:
 
 @pytest.mark.parametrize("scheduler", ["beat", "eventbridge"])
 def test_dev_and_production_differ_where_the_baseline_says(scheduler: str) -> None:
-    """The README's security baseline: what dev leaves off and production turns on."""
+    """The docs' security baseline: what dev leaves off and production turns on."""
     dev, production = rendered(f"dev-{scheduler}"), rendered(f"production-{scheduler}")
     for run, is_production in ((dev, False), (production, True)):
         # ECS.2: public IPs on tasks only without NAT (dev's default).
@@ -1409,25 +1409,21 @@ def test_the_pack_checks_the_stack_over_grpc(analyzer: analyzer_pb2_grpc.Analyze
     assert diagnostic.urn == run.named(invariants.INGRESS_RULE, "network-broker-from-web").urn
 
 
-# --- the README tells the truth about the pack --------------------------------------------------
+# --- the docs tell the truth about the pack ----------------------------------------------------
 
 
-def readme_section(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index(f"\n### {title}\n")
-    end = text.find("\n## ", start + 1)
-    next_section = text.find("\n### ", start + 1)
-    return text[start : min(i for i in (end, next_section) if i != -1)]
+def reference_page(name: str) -> str:
+    return (ROOT / "docs" / "reference" / f"{name}.md").read_text()
 
 
-def test_the_readme_lists_every_policy() -> None:
-    section = readme_section("Policy pack")
+def test_the_docs_list_every_policy() -> None:
+    section = reference_page("policy-pack")
     listed = re.findall(r"^\| `([a-z-]+)` \|", section, flags=re.M)
     assert listed == [policy.name for policy in POLICIES]
 
 
 def test_the_security_baseline_cites_only_tests_and_policies_that_exist() -> None:
-    section = readme_section("Security baseline")
+    section = reference_page("security-baseline")
     rows = [line for line in section.splitlines() if re.match(r"^\| [A-Za-z]+\.\d+", line)]
     assert len(rows) >= 30
     tests = {

@@ -91,7 +91,7 @@ def test_on_the_log_path_the_minute_rests_on_an_undocumented_extraction() -> Non
 
 def test_target_tracking_divides_by_the_desired_count_only_with_container_insights() -> None:
     """Without Container Insights, target tracking divides by the running workers: the same
-    waits, a few more task-minutes while tasks start (the README's table)."""
+    waits, a few more task-minutes while tasks start (docs/explanation/autoscaling.md)."""
     plain, insights = policies_once(), policies_once(container_insights=True)
     assert (plain.per_desired, insights.per_desired) == (False, True)
     ramp, model = SCENARIOS[1], Model()

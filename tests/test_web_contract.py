@@ -138,14 +138,14 @@ def test_every_rule_of_the_schemas_has_words() -> None:
                 assert rule["not"].keys() == {"const"}, name
 
 
-# --- The README tells the schemas' rules -------------------------------------------------------
+# --- The docs tell the schemas' rules ---------------------------------------------------------
 
-#: How the README writes each pattern.
+#: How the docs' web API page writes each pattern.
 PATTERN_WORDS = {arguments.KEY: "of `A-Za-z0-9:_-`", arguments.TEXT: "without control characters"}
 
 
 def summary(schema: dict[str, Any]) -> str:
-    """An argument schema as the README's table writes it."""
+    """An argument schema as the docs' table writes it."""
     required = set(schema["required"])
     parts = []
     for name, rule in schema["properties"].items():
@@ -162,9 +162,9 @@ def summary(schema: dict[str, Any]) -> str:
     return "; ".join(parts) or "none (send `{}`)"
 
 
-def test_the_readme_states_the_argument_rules_of_the_schemas() -> None:
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("| Task | Arguments |\n| --- | --- |\n", 1)[1].split("\n\n", 1)[0]
+def test_the_docs_state_the_argument_rules_of_the_schemas() -> None:
+    page = (ROOT / "docs" / "reference" / "web-api.md").read_text()
+    table = page.split("| Task | Arguments |\n| --- | --- |\n", 1)[1].split("\n\n", 1)[0]
     rows = dict(re.findall(r"^\| `(\w+)` \| (.*) \|$", table, flags=re.MULTILINE))
 
     assert rows == {name: summary(allowed.arguments) for name, allowed in ALLOWED_TASKS.items()}

@@ -7,7 +7,7 @@ count: commands a Lua script runs included, the bench's own excluded) give the c
 task, by name. Run with ``-s`` to see the breakdown; a failure prints it.
 
 Issue 21 asks for at most 8 commands per task with the result stored and at most 6 without;
-what is reached without giving up a guarantee is about 10.0 and 7.0 (README, "Measured",
+what is reached without giving up a guarantee is about 10.0 and 7.0 (docs, "Measured",
 section 3: which command is the floor, and why). The bounds below are those figures with a
 margin for the commands that come with time, not tasks (lease refreshes, sweeps, idle waits):
 the code before the cuts (11.1 and 7.2) fails them.

@@ -136,8 +136,8 @@ def test_previews_and_deploys_run_the_policy_pack(workflow: dict[str, Any]) -> N
     assert runtime == {"name": "python", "options": {"toolchain": "pip", "virtualenv": "venv"}}
 
 
-def test_the_readme_shows_both_trust_policies() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_show_both_trust_policies() -> None:
+    readme = (ROOT / "docs" / "how-to" / "deploy-from-ci.md").read_text()
     assert '"token.actions.githubusercontent.com:sub": "repo:OWNER/REPO:pull_request"' in readme
     assert (
         '"token.actions.githubusercontent.com:sub": "repo:OWNER/REPO:ref:refs/heads/main"'

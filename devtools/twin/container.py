@@ -5,7 +5,7 @@ Pulumi program renders) and one of its container definitions into a ``ContainerP
 data, unit-testable. ``start_container`` runs a plan through ``devtools.twin.launcher`` (Linux
 namespaces, as root) and returns a ``Container`` to signal, stop, inspect and ``exec`` into.
 
-The rules reproduced, each from the ECS/Fargate documentation (see the README's table):
+The rules reproduced, each from the ECS/Fargate documentation (docs/explanation/ecs-twin.md):
 
 - the process runs as the definition's ``user`` (else the image's ``USER``), with no
   supplementary groups, the ``linuxParameters.capabilities.drop`` capabilities removed, the

@@ -6,8 +6,9 @@ distribution on PyPI (the same registry the project installs from: ``pip downloa
 project's runtime in (``noxfile.py``, session ``upstream``).
 
 ``EXCLUDED`` is the one list of the tests that do not run, each with its reason; the plugins
-deselect them and fail when one matches no collected test, and the README's table is checked
-against it (``tests/test_upstream_suites.py``). Every other test of the selected paths passes.
+deselect them and fail when one matches no collected test, and the docs' table is written
+from it (``python -m devtools.docs``) and checked against it (``tests/test_upstream_suites.py``).
+Every other test of the selected paths passes.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
+from devtools.docblocks import DOCS, GeneratedBlock
+
 
 @dataclass(frozen=True)
 class Suite:
-    #: Short name, as in the README and the exclusion list.
+    #: Short name, as in the docs and the exclusion list.
     name: str
     #: The package whose release's tests these are (its version is the installed one).
     package: str
@@ -119,8 +122,8 @@ class Exclusion:
 #: Reasons shared by several exclusions.
 EARLY_ACK = (
     "asserts `acknowledged: True` for a running task: it assumes early acknowledgement; the "
-    "runtime acknowledges late, on purpose (a crash re-queues the task, README 'What is "
-    "guaranteed')"
+    "runtime acknowledges late, on purpose (a crash re-queues the task; the docs' "
+    "'What is guaranteed')"
 )
 NO_LUA = (
     "runs the channel's publish, take or poll path on kombu's fake redis client, which runs no "
@@ -135,8 +138,8 @@ NO_KEYPREFIX = (
 
 PUBLISH_BATCH = (
     "kombu 5.7's producer publish batches: the runtime's `_put` publishes each message as it "
-    "is added (one script: message and wake token), not in a pipeline flushed later (README, "
-    "'What 5.7 changed')"
+    "is added (one script: message and wake token), not in a pipeline flushed later (the docs' "
+    "'Supported versions', 'What 5.7 changed')"
 )
 
 NO_RESTORE_VISIBLE = (
@@ -227,7 +230,8 @@ EXCLUDED: tuple[Exclusion, ...] = (
               "test_failed_restore_visible_keeps_message_unacked", NO_RESTORE_VISIBLE, ("5.7.0",)),
     Exclusion(KOMBU_INTEGRATION, f"{_INTEGRATION}::test_RedisQueueExpiration",
               "queue expiry (`x-expires`, kombu 5.7): the runtime's `_put` and `FETCH` do not "
-              "apply it, and the app declares no expiring queue (README, 'What 5.7 changed')",
+              "apply it, and the app declares no expiring queue (the docs' 'Supported versions', "
+              "'What 5.7 changed')",
               ("5.7.0",)),
     Exclusion(KOMBU_INTEGRATION,
               f"{_INTEGRATION}::test_event_loop_consumes_after_connection_reconnect",
@@ -308,13 +312,17 @@ def unpack_release(suite: Suite, release: str, directory: Path) -> Path:
     return tree
 
 
-#: The README's exclusion table sits between these lines (``tests/test_upstream_suites.py``).
-README_BEGIN = "<!-- upstream exclusions: devtools/upstream/suites.py (EXCLUDED) -->"
-README_END = "<!-- end of upstream exclusions -->"
+#: The docs' exclusion table (``python -m devtools.docs`` writes it,
+#: ``tests/test_upstream_suites.py`` checks it).
+EXCLUSIONS_BLOCK = GeneratedBlock(
+    page=DOCS / "reference" / "upstream-exclusions.md",
+    begin="<!-- upstream exclusions: devtools/upstream/suites.py (EXCLUDED) -->",
+    end="<!-- end of upstream exclusions -->",
+)
 
 
-def readme_table() -> str:
-    """The exclusion list as the README shows it: one row per suite, reason and releases."""
+def exclusion_table() -> str:
+    """The exclusion list as the docs show it: one row per suite, reason and releases."""
     groups: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
     for item in EXCLUDED:
         groups.setdefault((item.suite.name, item.reason, item.releases), []).append(item.label)
@@ -324,4 +332,4 @@ def readme_table() -> str:
         f"| {reason} |"
         for (suite, reason, releases), tests in groups.items()
     ]
-    return "\n".join([README_BEGIN, *rows, README_END])
+    return "\n".join(rows) + "\n"
