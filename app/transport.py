@@ -41,23 +41,32 @@ then waits as when idle and tries again. Acknowledgements that rode on the refus
 sent at once with ``ACK``, a script flagged ``allow-oom`` (it only deletes): at ``maxmemory``
 Redis rejects every command queued in ``MULTI``, kombu's own acknowledgement included.
 
-Acknowledgements ride on the next ``FETCH`` when the event loop's connection is free for one
-(one round trip fewer per message), or, when a ``FETCH`` is in flight, on the one sent once its
-reply is read (one ``EVALSHA`` fewer than an ``ACK`` of their own). When no ``FETCH`` follows
-that reply (the queues are empty, the consumer has no room, the channel closes), they go at once
-with ``ACK``. One whose send fails, or whose reply is lost, is sent again with the next
-``FETCH`` and, by the consumer (``app.consumer``), after a reconnection.
+Acknowledgements ride on the next ``FETCH``: one sent at once when the event loop's connection
+is free for one, or pipelined behind the ``FETCH`` in flight when the consumer has room for a
+message from each (``FETCHES_IN_FLIGHT_MAX``), else the one sent once that reply is read (one
+``EVALSHA`` fewer than an ``ACK`` of their own). When no ``FETCH`` follows that reply (the queues
+are empty, the consumer has no room, the channel closes), they go at once with ``ACK``. One
+whose send fails, or whose reply is lost, is sent again with the next ``FETCH`` and, by the
+consumer (``app.consumer``), after a reconnection.
+
+A slot freed while a ``FETCH`` is in flight is refilled at once by a second ``FETCH`` on the same
+connection (Redis answers in order), not once the first reply is read: with one ``FETCH`` at a
+time a worker takes at most one message per round trip, and a pool slot whose task is shorter
+than a round trip idles (measured: a 2-slot worker held one message at 81 % of its
+acknowledgements; issue 18). A ``FETCH`` is only sent while the consumer has room for a message
+from every ``FETCH`` in flight, so the worker never holds more than its prefetch count.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from queue import Empty
 from time import monotonic, time
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from kombu.transport import redis as kombu_redis
@@ -165,6 +174,21 @@ redis.call('LTRIM', KEYS[2], 0, ARGV[2] - 1)
 
 #: What the polling connection waits on: a FETCH reply, or a wake list's BRPOP reply.
 _FETCHING, _WAKING = "EVALSHA", "BRPOP"
+#: FETCHes on the polling connection at once: a second refills a slot freed while the first is
+#: on its way (see the module docstring); more would only matter for tasks shorter than half a
+#: round trip, and each is one more reply to read in one event.
+FETCHES_IN_FLIGHT_MAX = 2
+
+
+class _Sent(NamedTuple):
+    """A command on the polling connection whose reply is not read yet."""
+
+    #: ``_FETCHING`` or ``_WAKING``.
+    command: str
+    #: What was sent after the command's name (a FETCH is sent again with them after NOSCRIPT).
+    arguments: Sequence[Any]
+    #: The acknowledgements it carries: whether they reached Redis is known with its reply.
+    acks: list[str]
 
 
 def log_taken_back(tags: Sequence[str]) -> None:
@@ -277,9 +301,9 @@ class Channel(kombu_redis.Channel):
         super().__init__(*args, **kwargs)
         if self.global_keyprefix:
             raise ValueError("app.transport: global_keyprefix is not supported")
-        #: The command awaiting its reply on the polling connection (``_FETCHING``,
-        #: ``_WAKING``), or None.
-        self._awaiting: str | None = None
+        #: The commands awaiting their replies on the polling connection, oldest first: one
+        #: BRPOP on the wake lists, or up to FETCHES_IN_FLIGHT_MAX FETCHes.
+        self._sent: deque[_Sent] = deque()
         #: The last FETCH found every queue empty (or was refused at maxmemory): wait on the
         #: wake lists before the next one.
         self._idle = False
@@ -287,9 +311,6 @@ class Channel(kombu_redis.Channel):
         self._out_of_memory = False
         #: The tag of the message being delivered when FETCH recorded it (read by ``QoS.append``).
         self.recorded_tag = ""
-        #: Acknowledgements sent with the FETCH in flight; whether they reached Redis is only
-        #: known with its reply.
-        self.acks_in_flight: list[str] = []
         #: Acknowledgements not known to have reached Redis (a send failed, a reply was lost):
         #: sent again with the next FETCH, or by the consumer after a reconnection.
         self.acks_pending: list[str] = []
@@ -298,8 +319,6 @@ class Channel(kombu_redis.Channel):
         self._acks_resent: set[str] = set()
         #: Queues consumed without acknowledgements (control replies): FETCH does not record.
         self._no_ack_queues: set[str] = set()
-        #: The arguments of the last FETCH sent (sent again with EVAL after NOSCRIPT).
-        self._last_arguments: Sequence[Any] = ()
         self._sync_client: redis.Redis | None = None
         self._scripts: tuple[Script, Script, Script, Script] | None = None
 
@@ -357,6 +376,12 @@ class Channel(kombu_redis.Channel):
                                  client.register_script(PUBLISH),
                                  client.register_script(RECORD))  # fmt: skip
         return self._scripts
+
+    @property
+    def acks_in_flight(self) -> list[str]:
+        """Acknowledgements sent with the FETCHes in flight (known to have reached Redis only
+        with their replies)."""
+        return [tag for sent in self._sent for tag in sent.acks]
 
     def unconfirmed_acks(self) -> list[str]:
         """Acknowledgements that may not have reached Redis (read by ``app.consumer``)."""
@@ -425,24 +450,40 @@ class Channel(kombu_redis.Channel):
 
     def fetch_now(self, acks: list[str]) -> bool:
         """Send FETCH, carrying ``acks``, if the event loop is polling this channel and its
-        connection is free; False if not (nothing sent)."""
+        connection is free, or pipelined behind the FETCH in flight if the consumer has room
+        for a message from each; False if not (nothing sent)."""
         polling = (self, self.client, "BRPOP") in self.connection.cycle._chan_to_sock
-        if not polling or self._in_poll or self._awaiting or self._idle or self.closed:
+        if not polling or self._idle or self.closed or not self.active_queues:
             return False
-        if not self.active_queues or not self.qos.can_consume():
+        if not self._sent:
+            if self._in_poll or not self.qos.can_consume():
+                return False
+            return self._fetch(acks)
+        if (self._in_poll is not self.client.connection or len(self._sent) >= FETCHES_IN_FLIGHT_MAX
+                or any(sent.command != _FETCHING for sent in self._sent)
+                or not self._has_room_for(len(self._sent) + 1)):  # fmt: skip
             return False
-        return self._fetch(acks)
+        return self._fetch(acks, pipelined=True)
+
+    def _has_room_for(self, messages: int) -> bool:
+        """Whether the consumer may take ``messages`` more (kombu's count of what it holds
+        against the prefetch count; None: no prefetch limit)."""
+        room = self.qos.can_consume_max_estimate()
+        return room is None or room >= messages
+
+    def _fetching(self) -> bool:
+        return bool(self._sent) and self._sent[-1].command == _FETCHING
 
     def acknowledge(self, delivery_tag: str) -> None:
         """Remove a message from the unacknowledged set: with the next FETCH if the polling
         connection is free for one now, else at once on the synchronous connection."""
         if self.fetch_now([delivery_tag]):
             return
-        if self._awaiting == _FETCHING and not self.closed and self.qos.can_consume():
-            # A FETCH is in flight and its reply will be read (the consumer has room): this
-            # rides on the next one, sent once that reply is read (or goes with ACK then, if
-            # none follows: ``_on_fetched``, ``_wait_for_wake``, ``close``). One EVALSHA less
-            # than an ACK of its own, for a wait of one round trip.
+        if self._fetching() and not self.closed and self.qos.can_consume():
+            # FETCHes are in flight (as many as there is room for) and their replies will be
+            # read (the consumer has room): this rides on the next one, sent once a reply is
+            # read (or goes with ACK then, if none follows: ``_on_fetched``,
+            # ``_wait_for_wake``, ``close``). One EVALSHA less than an ACK of its own.
             self.acks_pending.append(delivery_tag)
             return
         try:
@@ -466,11 +507,12 @@ class Channel(kombu_redis.Channel):
                             if tag not in self._acks_resent])  # fmt: skip
         self._acks_resent.difference_update(tags)
 
-    def _fetch(self, acks: list[str]) -> bool:
+    def _fetch(self, acks: list[str], *, pipelined: bool = False) -> bool:
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return False
-        self._reclaim_unread()
+        if not pipelined:
+            self._reclaim_unread()
         carried = [*self.acks_pending, *acks]
         self.acks_pending = []
         self._send(_FETCHING, self._fetch_arguments(queues, carried), carried)
@@ -503,28 +545,28 @@ class Channel(kombu_redis.Channel):
         # kombu 5.7's health check of the polling connection (app.upstream): a reply overdue by
         # brpop_timeout + health_check_interval drops the connection. Unread by kombu 5.6.
         self._brpop_sent_at = monotonic()
-        self._awaiting = command
-        self._last_arguments = arguments
-        self.acks_in_flight = acks
+        self._sent.append(_Sent(command, arguments, acks))
 
     def _reclaim_unread(self) -> None:
-        """A new command goes out while the last one's reply was never read (its connection
-        was dropped under it, by kombu 5.7's health check or a reconnection, and kombu reset
-        ``_in_poll``): its acknowledgements go again. An unread FETCH may have taken and
-        recorded a message that never reached the consumer: that is a lost connection, so
-        that the consumer puts its own set back (``app.consumer``) before it takes more."""
-        unread, self._awaiting = self._awaiting, None
-        if self.acks_in_flight:
-            self._set_aside(self.acks_in_flight)
-            self.acks_in_flight = []
-        if unread == _FETCHING:
+        """A new command goes out while earlier ones' replies were never read (their connection
+        was dropped under them, by kombu 5.7's health check, a reconnection, or ``_brpop_read``
+        after a failure with replies still to come, and ``_in_poll`` was reset): their
+        acknowledgements go again. An unread FETCH may have taken and recorded a message that
+        never reached the consumer: that is a lost connection, so that the consumer puts its
+        own set back (``app.consumer``) before it takes more."""
+        unread = list(self._sent)
+        self._sent.clear()
+        acks = [tag for sent in unread for tag in sent.acks]
+        if acks:
+            self._set_aside(acks)
+        if any(sent.command == _FETCHING for sent in unread):
             raise redis.ConnectionError("the polling connection was dropped with a FETCH in "
                                         "flight: its reply, maybe a message, is lost")  # fmt: skip
 
     def _poll_error(self, type: str, **options: Any) -> Any:
         # kombu reads (and drops) the reply on a socket error event: a FETCH reply carries a
         # recorded message and the fate of acknowledgements, so it goes to its reader.
-        if type == "BRPOP" and self._awaiting is not None:
+        if type == "BRPOP" and self._sent:
             return self._brpop_read(**options)
         return super()._poll_error(type, **options)
 
@@ -539,12 +581,12 @@ class Channel(kombu_redis.Channel):
             raise
 
     def close(self) -> None:
-        # As kombu's close: the reply of a FETCH in flight is read first (it may carry
-        # acknowledgements and a recorded message); then the acknowledgements no FETCH will
+        # As kombu's close: the replies of the FETCHes in flight are read first (they may carry
+        # acknowledgements and recorded messages); then the acknowledgements no FETCH will
         # carry are sent, before the connections close.
-        if self._in_poll and not self.closed:
-            with suppress(Empty):  # the reply was read: no message, or one delivered
-                self._brpop_read()
+        while self._in_poll and self._sent and not self.closed:
+            with suppress(Empty):  # replies read: no message, or messages delivered
+                self._brpop_read(wait=True)
         if self.acks_pending and not self.closed:
             try:
                 self._send_pending_acks()
@@ -559,41 +601,66 @@ class Channel(kombu_redis.Channel):
         self.acks_pending = [*acks, *self.acks_pending]
         self._acks_resent.update(acks)
 
-    def _brpop_read(self, **options: Any) -> bool:
-        awaiting, self._awaiting = self._awaiting, None
-        acks, self.acks_in_flight = self.acks_in_flight, []
+    def _brpop_read(self, *, wait: bool = False, **options: Any) -> bool:
+        """Read the oldest reply on the polling connection (the event loop saw it readable),
+        then the next ones already there; ``wait``: the oldest at least, even if it has not
+        come yet (at close). Raises Empty when none delivered a message."""
         connection = self.client.connection
+        delivered = False
         try:
-            reply = self.client.parse_response(connection, awaiting or _WAKING, **options)
+            while True:
+                delivered |= self._read_one(connection, **options)
+                if not self._sent or self._in_poll is not connection:
+                    break
+                # A reply already buffered by the last read makes its socket no more readable:
+                # read it now, or the event loop would never call again for it.
+                if not wait and not (connection._sock and connection.can_read(timeout=0)):
+                    break
+                wait = False
+        except Exception:
+            if self._sent and self._in_poll is connection:
+                # Replies still to come, maybe already buffered where the event loop cannot see
+                # them: read by nobody, they are a lost connection (``_reclaim_unread``).
+                self._in_poll = None
+                connection.disconnect()
+            raise
+        if not self._sent:
+            self._in_poll = None
+            self._flush_reauth()
+        if not delivered:
+            raise Empty()
+        return True
+
+    def _read_one(self, connection: Any, **options: Any) -> bool:
+        """Read the oldest reply; whether it delivered a message."""
+        sent = self._sent.popleft()
+        try:
+            reply = self.client.parse_response(connection, sent.command, **options)
         except NoScriptError:
             # Nothing ran (a new or restarted server): the same FETCH with its source.
-            self._in_poll = None
-            self._send(_FETCHING, self._last_arguments, acks, script=FETCH)
-            raise Empty() from None
+            self._send(_FETCHING, sent.arguments, sent.acks, script=FETCH)
+            return False
         except OutOfMemoryError:
             # Refused as a whole (the shebang): nothing taken, no acknowledgement applied.
-            self._in_poll = None
-            self._on_out_of_memory(acks)
-            raise Empty() from None
+            self._on_out_of_memory(sent.acks)
+            return False
         except self.connection_errors:
             # As kombu after a failed BRPOP: the next poll reconnects, and FETCHes first (a
-            # wake token may have been lost with the connection).
+            # wake token may have been lost with the connection). FETCHes still in flight are
+            # unread: the next poll's ``_reclaim_unread`` makes that a lost connection.
             self._in_poll = None
             self._idle = False
-            self._set_aside(acks)
+            self._set_aside(sent.acks)
             connection.disconnect()
             raise
         except Exception:
-            self._in_poll = None
-            self._set_aside(acks)
+            self._set_aside(sent.acks)
             raise
-        self._in_poll = None
-        self._flush_reauth()
-        if awaiting != _FETCHING:
+        if sent.command != _FETCHING:
             # A wake token, or the polling interval passed: FETCH next (the next poll).
             self._idle = False
-            raise Empty()
-        return self._on_fetched(reply, acks)
+            return False
+        return self._on_fetched(reply, sent.acks)
 
     def _flush_reauth(self) -> None:
         """kombu 5.7 sends a pending streaming re-authentication (a rotated IAM token) on the
@@ -610,7 +677,6 @@ class Channel(kombu_redis.Channel):
                         "(trying again every %s s)", self.brpop_timeout)  # fmt: skip
         self._out_of_memory = True
         self._idle = True
-        self._flush_reauth()
         try:
             self.acknowledge_now(acks)
         except self.connection_errors:
@@ -622,9 +688,11 @@ class Channel(kombu_redis.Channel):
         log_taken_back([tag for tag in gone if tag not in self._acks_resent])
         self._acks_resent.difference_update(acks)
         self._out_of_memory = False
+        # The last reply read decides: a FETCH that found the queues empty deleted their wake
+        # lists in the same step, so a message published since comes with a token.
+        self._idle = not item
         if not item:
-            self._idle = True
-            raise Empty()
+            return False
         queue = queue_key.rsplit(self.sep, 1)[0]
         self._queue_cycle.rotate(queue)
         self.recorded_tag = recorded
@@ -639,4 +707,3 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
-

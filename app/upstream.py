@@ -192,6 +192,11 @@ NAMES: tuple[UpstreamName, ...] = (
         "kombu's in-memory acknowledgement (marks the tag dirty)", "(self, delivery_tag)",
     ),
     UpstreamName(
+        f"{_VIRTUAL}:QoS.can_consume_max_estimate", "called", "app.transport",
+        "the prefetch count minus the messages held (not acknowledged), None without a "
+        "prefetch limit: how many FETCHes may be in flight at once", "(self)",
+    ),
+    UpstreamName(
         f"{_VIRTUAL}:Message._raw", "read", "app.transport, app.recovery",
         "the message's payload as kombu stored it on its queue (what a record and a restore "
         "write back)", instance=True,
@@ -359,5 +364,16 @@ NAMES: tuple[UpstreamName, ...] = (
         "redis.connection:Connection._connect", "overridden", "app.liveness",
         "opens the socket to self.host (a numeric host needs no lookup); TLS wraps it after",
         "(self)",
+    ),
+    UpstreamName(
+        "redis.connection:AbstractConnection.can_read", "called", "app.transport",
+        "True when a reply is buffered or the socket is readable, without waiting (timeout "
+        "0): the polling connection's next pipelined FETCH reply is read in the same event",
+        "(self, timeout=0)",
+    ),
+    UpstreamName(
+        "redis.connection:AbstractConnection._sock", "read", "app.transport",
+        "None once the connection is closed (can_read would then connect a new socket "
+        "behind the event loop's back)", instance=True,
     ),
 )

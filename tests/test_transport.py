@@ -742,3 +742,32 @@ def test_an_acknowledgement_waiting_for_a_fetch_is_sent_when_the_channel_closes(
     # its queue: never acknowledged) and sent the first message's acknowledgement.
     assert held(redis_client) == []
     assert queued(redis_client) == [sent[1]]
+
+
+def test_a_slot_freed_while_a_fetch_is_in_flight_is_refilled_without_waiting_for_its_reply(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """With one FETCH at a time a worker takes at most one message per round trip, and a slot
+    freed meanwhile idles until that reply is read (issue 18's throughput). The freed slot's
+    FETCH goes at once, pipelined behind the first, and never past the consumer's room."""
+    sent = [publish(redis_url) for _ in range(3)]
+    redis_client.script_load(FETCH)  # else the first EVALSHA finds no script, and runs nothing
+    received: list[Any] = []
+    with consumer(redis_url, received=received) as connection:
+        channel = connection.default_channel
+        channel.basic_qos(0, 2, False)  # two slots
+        drain_until(connection, lambda: len(received) == 1, 30)
+        connection.transport.cycle._register_BRPOP(channel)  # FETCH for the free slot
+        received[0].ack()  # the other slot frees while that FETCH is on its way
+        # Both FETCHes ran before any reply was read: the queue is empty, the first message
+        # acknowledged by the second FETCH, the other two recorded.
+        wait_for(lambda: queued(redis_client) == [], 10, what="a second FETCH")
+        assert sorted(held(redis_client)) == sorted(sent[1:])
+        drain_until(connection, lambda: len(received) == 3, 30)
+        assert [message.headers["id"] for message in received] == sent
+        assert channel.unconfirmed_acks() == []
+        # Two held, two slots: no FETCH, pipelined or not, takes a third.
+        later = publish(redis_url)
+        assert not channel.fetch_now([])
+        drain_for(connection, 0.3)
+        assert queued(redis_client) == [later]

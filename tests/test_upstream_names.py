@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from kombu import Connection
 from kombu.common import QoS as PrefetchCount
 from packaging.version import Version
@@ -66,6 +67,8 @@ def live_objects(redis_url: str) -> Iterator[dict[str, Any]]:
             "kombu.transport.redis:MultiChannelPoller": connection.transport.cycle,
             "kombu.common:QoS": PrefetchCount(lambda prefetch_count: None, 1),
             "celery.backends.redis:RedisBackend": ResultBackend(app=app, url=redis_url),
+            # Not connected: _sock is set (to None) by __init__.
+            "redis.connection:AbstractConnection": redis.Connection(),
         }
 
 
