@@ -192,9 +192,17 @@ def broker(url: str | None) -> Iterator[tuple[str, str]]:
 
 
 def wait_until_ready(url: str, cluster: TwinCluster, interrupts: Interrupts) -> None:
-    """Return once the web answers ``/readyz`` through the front door, or a stop is asked."""
+    """Return once the web answers ``/readyz`` through the front door, or a stop is asked.
+    A service whose first deployment failed (a ``celeryApp`` or ``web.command`` the image
+    cannot run: no offline check sees inside the image) ends the wait with its report."""
     deadline = time.monotonic() + READY_TIMEOUT
     while not interrupts.count:
+        failed = cluster.failed_to_start()
+        if failed:
+            raise RuntimeError(
+                "\n".join(failed) + "\nThe image must hold what the stack's celeryApp and "
+                "web.command name (Pulumi.<stack>.yaml; see docs/app-config.md)."
+            )
         if time.monotonic() > deadline:
             raise RuntimeError(f"web not ready at {url} after {READY_TIMEOUT:.0f}s:\n"
                                f"{cluster.status()}")  # fmt: skip
