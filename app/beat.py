@@ -1,20 +1,65 @@
-"""Beat's scheduler: celery-redbeat plus a heartbeat file for the container health check."""
+"""Beat's scheduler: celery-redbeat plus a heartbeat file for the container health check, with
+the periodic entries the stack hands it in ``CELERY_BEAT_SCHEDULE_JSON``."""
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from typing import Any
 
+from celery.schedules import crontab, schedule
 from redbeat import RedBeatScheduler
 
 from app.celery_app import BROKER_OUTAGE_ERRORS, settings
 from app.health import HeartbeatFile
 from app.metrics import BeatHeartbeat
+from app.schedule import Cron, Every, PeriodicEntry, ScheduleFormatError, entries_from_json
+from app.settings import BEAT_SCHEDULE, ConfigError
 
 log = logging.getLogger(__name__)
 
 #: Seconds between two attempts while Redis is unreachable.
 OUTAGE_RETRY_SECONDS = 1.0
+
+
+def celery_schedule(entry: PeriodicEntry) -> Any:
+    spec = entry.schedule
+    if isinstance(spec, Every):
+        return schedule(run_every=spec.seconds)
+    if isinstance(spec, Cron):
+        return crontab(
+            minute=spec.minute,
+            hour=spec.hour,
+            day_of_month=spec.day_of_month,
+            month_of_year=spec.month_of_year,
+            day_of_week=spec.day_of_week,
+        )
+    raise TypeError(f"{entry.name}: unknown schedule {spec!r}")
+
+
+def beat_schedule_from_env(env: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """``CELERY_BEAT_SCHEDULE_JSON`` as Celery's ``beat_schedule``; empty when unset. A malformed
+    value raises ``ConfigError`` naming the entry and key, and beat does not start."""
+    env = os.environ if env is None else env
+    text = env.get(BEAT_SCHEDULE, "").strip()
+    if not text:
+        return {}
+    try:
+        entries = entries_from_json(text)
+        return {
+            entry.name: {
+                "task": entry.task,
+                "schedule": celery_schedule(entry),
+                "args": entry.args,
+                "kwargs": entry.kwargs,
+                # Nobody learns the ids of what beat sends, so nobody could read their results.
+                "options": {"queue": entry.queue, "ignore_result": True},
+            }
+            for entry in entries
+        }
+    except (ScheduleFormatError, ValueError) as error:  # Celery's crontab raises ValueError
+        raise ConfigError(f"{BEAT_SCHEDULE}: {error}") from None
 
 
 class HeartbeatRedBeatScheduler(RedBeatScheduler):
@@ -32,6 +77,12 @@ class HeartbeatRedBeatScheduler(RedBeatScheduler):
     #: beat that stopped scheduling, which a health check of the task cannot see once ECS has
     #: nothing left to replace.
     heartbeat_metric = BeatHeartbeat(settings.metrics_namespace)
+
+    def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        # Before redbeat reads it: the stack's entries join any the app defines itself (an entry
+        # of the same name is the stack's).
+        app.conf.beat_schedule = {**(app.conf.beat_schedule or {}), **beat_schedule_from_env()}
+        super().__init__(app, *args, **kwargs)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:

@@ -19,7 +19,6 @@ from celery._state import (  # type: ignore[attr-defined]  # private (see publis
 from celery.app import trace
 from celery.app.amqp import AMQP
 from celery.exceptions import Reject
-from celery.schedules import crontab, schedule
 from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
 
@@ -32,7 +31,6 @@ from app.protection import TaskProtectionStep
 from app.recovery import RestoreGoneWorkers, UnackedSweepStep
 from app.results import ResultBackendLoader
 from app.revokes import LoadRevokes  # also replaces Celery's revoke and terminate commands
-from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
 from app.settings import Settings
 
 settings = Settings.from_env()
@@ -125,6 +123,7 @@ app.conf.update(
     # resumes where the old one stopped, and a second beat blocks on the lock instead of sending.
     # Survives broker restarts without losing tasks or exiting (see app.consumer).
     worker_consumer="app.consumer:Consumer",
+    # Its entries come from CELERY_BEAT_SCHEDULE_JSON (the stack's `schedule`), read at start.
     beat_scheduler="app.beat:HeartbeatRedBeatScheduler",
     beat_max_loop_interval=5,
     redbeat_lock_timeout=30,
@@ -173,32 +172,6 @@ def bound_what_this_worker_holds(sender: Any, **_: Any) -> None:
 HEARTBEAT_INTERVAL = 10.0
 
 
-def celery_schedule(entry: PeriodicEntry) -> Any:
-    spec = entry.schedule
-    if isinstance(spec, Every):
-        return schedule(run_every=spec.seconds)
-    if isinstance(spec, Cron):
-        return crontab(
-            minute=spec.minute,
-            hour=spec.hour,
-            day_of_month=spec.day_of_month,
-            month_of_year=spec.month_of_year,
-            day_of_week=spec.day_of_week,
-        )
-    raise TypeError(f"{entry.name}: unknown schedule {spec!r}")
-
-
-app.conf.beat_schedule = {
-    entry.name: {
-        "task": entry.task,
-        "schedule": celery_schedule(entry),
-        "args": entry.args,
-        "kwargs": entry.kwargs,
-        # Nobody learns the ids of what beat sends, so nobody could read their results.
-        "options": {"queue": entry.queue, "ignore_result": True},
-    }
-    for entry in SCHEDULE
-}
 app.conf.update(timezone="UTC", enable_utc=True)
 
 

@@ -1,15 +1,17 @@
 """Enqueue one task and exit: what an EventBridge schedule runs instead of beat.
 
-    python -m app.enqueue --entry nightly-report --slot 2026-11-24T02:30:00Z
-    python -m app.enqueue app.tasks.noop [--kwargs '{"a": 1}'] [--queue default] [--slot S]
+    python -m app.enqueue app.tasks.nightly_report --queue default --name nightly-report \
+        --slot 2026-11-24T02:30:00Z
+    python -m app.enqueue app.tasks.noop [--args '[1]'] [--kwargs '{"a": 1}'] [--queue default]
 
-``--entry`` takes the task, arguments and queue from ``app.schedule``. With ``--slot`` (the
-schedule slot, EventBridge's event time) the publish happens at most once per task and slot:
-EventBridge delivers at least once, so the same slot may start this command twice.
+An EventBridge rule of the stack's ``schedule`` runs the first form: the entry's task, queue and
+arguments, its name, and the slot (EventBridge's event time). With ``--slot`` the publish
+happens at most once per name (default: the task) and slot: EventBridge delivers at least once,
+so the same slot may start this command twice.
 
 Exit status: 0 enqueued (or already enqueued for that slot), 1 broker unreachable, 2 bad usage
-(unknown task or entry, malformed arguments, unsafe configuration). One JSON line on stdout says
-what happened.
+(unknown task, malformed arguments, unsafe configuration). One JSON line on stdout says what
+happened.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import redis
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 
-from app.schedule import SCHEDULE
 from app.settings import ConfigError
 
 log = logging.getLogger("app.enqueue")
@@ -56,7 +57,7 @@ class Request:
     args: tuple[object, ...] = ()
     queue: str | None = None
     slot: str | None = None
-    key: str = ""  # what the slot is claimed for: the entry name, or the task name
+    key: str = ""  # what the slot is claimed for: the entry's name, or the task name
 
 
 class SendOptions(TypedDict, total=False):
@@ -69,29 +70,32 @@ class SendOptions(TypedDict, total=False):
 def parse(argv: list[str] | None) -> Request:
     parser = argparse.ArgumentParser(prog="python -m app.enqueue", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("task", nargs="?", help="registered task name, e.g. app.tasks.noop")
-    target.add_argument("--entry", help="name of a periodic entry in app.schedule")
+    parser.add_argument("task", help="registered task name, e.g. app.tasks.noop")
+    parser.add_argument("--args", default="[]", help="JSON list of positional arguments")
     parser.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
     parser.add_argument("--queue", help="queue (default: the task's route)")
-    parser.add_argument("--slot", help="schedule slot; enqueue at most once per slot")
+    parser.add_argument("--slot", help="schedule slot; enqueue at most once per name and slot")
+    parser.add_argument("--name", help="schedule entry's name: what a slot is claimed for "
+                        "(default: the task)")  # fmt: skip
     args = parser.parse_args(argv)
     slot = args.slot.strip() if args.slot else None
     if args.slot is not None and not slot:
         raise UsageError("--slot is empty")
-    if args.entry:
-        entries = {entry.name: entry for entry in SCHEDULE}
-        if args.entry not in entries:
-            raise UsageError(f"unknown entry {args.entry!r}; known: {', '.join(sorted(entries))}")
-        entry = entries[args.entry]
-        return Request(entry.task, dict(entry.kwargs), entry.args, entry.queue, slot, entry.name)
+    if args.name is not None and not args.name.strip():
+        raise UsageError("--name is empty")
+    positional = _json_argument("--args", args.args, list)
+    kwargs = _json_argument("--kwargs", args.kwargs, dict)
+    return Request(args.task, kwargs, tuple(positional), args.queue, slot, args.name or args.task)
+
+
+def _json_argument(option: str, text: str, kind: type[T]) -> T:
     try:
-        kwargs = json.loads(args.kwargs)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"--kwargs is not valid JSON: {exc}") from None
-    if not isinstance(kwargs, dict):
-        raise UsageError("--kwargs must be a JSON object")
-    return Request(args.task, kwargs, (), args.queue, slot, args.task)
+        raise UsageError(f"{option} is not valid JSON: {exc}") from None
+    if not isinstance(value, kind):
+        raise UsageError(f"{option} must be a JSON {'list' if kind is list else 'object'}")
+    return value
 
 
 def with_retries(action: Callable[[], T], broker: str) -> T:

@@ -3,8 +3,8 @@
 Cheap and local. The worker and beat: the age of the heartbeat file the process touches from its
 own event loop (see ``app.celery_app.WorkerHeartbeat`` and ``app.beat``); no broker round trip
 and no broadcast to other workers, so a hundred workers checking every 30 s cost nothing. The
-web: its liveness endpoint (``/livez``, no broker call) on the local port. Imports nothing from
-Celery, so it starts in milliseconds.
+web: its liveness endpoint (``WEB_LIVENESS_PATH``, by default ``/livez``: no broker call) on the
+local port. Imports nothing from Celery, so it starts in milliseconds.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from app.names import LIVENESS_PATH
-from app.settings import HEARTBEAT_DIR, WebSettings
+from app.settings import HEARTBEAT_DIR, WEB_LIVENESS_PATH, WebSettings
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_web() -> int:
-    url = f"http://127.0.0.1:{WebSettings.from_env().port}{LIVENESS_PATH}"
+    # The stack's web.livenessPath, for a web that is not the example's.
+    path = os.environ.get(WEB_LIVENESS_PATH) or LIVENESS_PATH
+    url = f"http://127.0.0.1:{WebSettings.from_env().port}{path}"
     # Straight to the local port: an HTTP(S)_PROXY of the app must not route the check.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:

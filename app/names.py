@@ -1,9 +1,9 @@
 """Names the app and the infrastructure must spell alike: metric names and dimensions, and the
-web's liveness path.
+web's default liveness path.
 
-Like ``app.settings`` (environment variable names), ``app.routing`` (queues) and
-``app.schedule`` (schedule entries), this module imports nothing outside the standard library:
-the Pulumi program reads the app's names only through these four modules, in a virtualenv that
+Like ``app.settings`` (environment variable names) and ``app.schedule`` (the schedule's types
+and JSON codec), this module imports nothing outside the standard library: the Pulumi program
+reads the app's names only through these three modules, in a virtualenv that
 holds no Celery, kombu or redis (``requirements.txt``). The import contract in ``.importlinter``
 enforces it.
 """

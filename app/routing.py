@@ -1,4 +1,5 @@
-"""Queues and task routes, as plain data (the infrastructure checks pool queues against it)."""
+"""The example app's queues and task routes. The stack does not read them: its pools' queues are
+stack configuration (``workers[].queues``; the defaults consume both queues here)."""
 
 from __future__ import annotations
 

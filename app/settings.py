@@ -39,6 +39,10 @@ LOG_TASKS = "APP_LOG_TASKS"
 HEARTBEAT_DIR = "CELERY_HEARTBEAT_DIR"
 METRICS_NAMESPACE = "CELERY_METRICS_NAMESPACE"
 WEB_PORT = "WEB_PORT"
+# The web's liveness path, asked by the container health check (app.health).
+WEB_LIVENESS_PATH = "WEB_LIVENESS_PATH"
+# Beat's periodic entries, as app.schedule.entries_to_json writes them (the stack's `schedule`).
+BEAT_SCHEDULE = "CELERY_BEAT_SCHEDULE_JSON"
 WEB_REQUEST_TIMEOUT = "WEB_REQUEST_TIMEOUT"
 WEB_MAX_BODY_BYTES = "WEB_MAX_BODY_BYTES"
 WEB_THREADS = "WEB_THREADS"
@@ -111,6 +115,15 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "(embedded metric format).",
     ),
     WEB_PORT: ("8000", "Port the web server listens on."),
+    WEB_LIVENESS_PATH: (
+        "/livez",
+        "Path the web answers 200 on while alive; the container health check asks it.",
+    ),
+    BEAT_SCHEDULE: (
+        "(empty: no entries)",
+        "Beat's periodic entries: a JSON list of {name, task, cron or every, queue, args, "
+        "kwargs}, read when beat starts (the stack sets it from its `schedule`).",
+    ),
     WEB_REQUEST_TIMEOUT: (
         "30",
         "Seconds a request may take; also the graceful shutdown window on SIGTERM.",

@@ -2,7 +2,7 @@
 
 - ``apply_credit``: a side effect made idempotent with a key in Redis, so a redelivered or
   duplicated message (at-least-once delivery) has one effect.
-- ``purge_expired_records``: periodic maintenance, scheduled in ``app.schedule``.
+- ``purge_expired_records``: periodic maintenance, scheduled by the stack's default ``schedule``.
 - ``generate_report``: a long task that checkpoints its progress and honours the soft time
   limit by continuing in a fresh message instead of being killed mid-step.
 - ``nightly_report``: the periodic entry point that starts a report.

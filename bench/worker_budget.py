@@ -118,8 +118,8 @@ THROUGHPUT_ROUNDS = 9
 #: Both throughput workers get one process per CPU.
 THROUGHPUT_CONCURRENCY = os.cpu_count() or 1
 
-#: The queue every worker here consumes (a queue of ``app.routing``), and where throughput
-#: rounds are staged before they are released all at once.
+#: The queue every worker here consumes (a queue of the example app, ``app.routing``), and where
+#: throughput rounds are staged before they are released all at once.
 QUEUE = "default"
 STAGING_QUEUE = "bench-staging"
 #: The pool the bench's stack configurations put on ``QUEUE``.
@@ -200,7 +200,7 @@ def render_pool(
         bench_pool["maxStopTimeout"] = max_stop_timeout
     if held_per_slot is not None:
         bench_pool["heldPerSlot"] = held_per_slot
-    # Another pool takes the other queue: a stack must consume every queue of app.routing.
+    # Another pool takes the example app's other queue, as the default stack's pools do.
     config: dict[str, object] = {"workers": [bench_pool, {"name": "others", "queues": ["long"]}]}
     if max_countdown is not None:
         config["maxCountdown"] = max_countdown

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from pathlib import Path
@@ -34,7 +34,7 @@ from app.names import (
     SERVICE_DIMENSION,
     WORKERS_METRIC,
 )
-from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
+from app.schedule import Cron, Every, PeriodicEntry
 from devtools.render import ProgramRun, Registration, RenderedTaskDefinition
 from infra.config import FARGATE_MEMORY, StackConfig
 from infra.image import KEEP_IMAGES
@@ -376,7 +376,7 @@ class _Builder:
         self.config = config
         self.prices = prices
         self.references = run.by_reference()
-        self.tasks = task_sets(run, self.references)
+        self.tasks = task_sets(run, self.references, config.schedule)
 
     # --- the lines ---------------------------------------------------------------------
 
@@ -822,8 +822,11 @@ def metric_publishers(run: ProgramRun) -> set[str]:
     }
 
 
-def task_sets(run: ProgramRun, references: Mapping[str, Registration]) -> list[Tasks]:
-    """Every service's tasks, and the one-off tasks EventBridge starts."""
+def task_sets(
+    run: ProgramRun, references: Mapping[str, Registration], schedule: Sequence[PeriodicEntry]
+) -> list[Tasks]:
+    """Every service's tasks, and the one-off tasks EventBridge starts for ``schedule`` (the
+    stack's entries)."""
     bounds = {
         target.inputs["resourceId"].rsplit("/", 1)[1]: target.inputs
         for target in run.of_type("aws:appautoscaling/target:Target")
@@ -847,7 +850,7 @@ def task_sets(run: ProgramRun, references: Mapping[str, Registration]) -> list[T
         )
     for target in run.of_type("aws:cloudwatch/eventTarget:EventTarget"):
         ecs = target.inputs["ecsTarget"]
-        entry = _schedule_entry(references[target.inputs["rule"]])
+        entry = _schedule_entry(references[target.inputs["rule"]], schedule)
         found.append(
             _sized(
                 references[ecs["taskDefinitionArn"]],
@@ -884,9 +887,9 @@ def _sized(
     )
 
 
-def _schedule_entry(rule: Registration) -> PeriodicEntry:
-    """The app.schedule entry a rule runs (infra/eventbridge.py names it after the entry)."""
-    (entry,) = [entry for entry in SCHEDULE if rule.name.endswith(f"-{entry.name}")]
+def _schedule_entry(rule: Registration, schedule: Sequence[PeriodicEntry]) -> PeriodicEntry:
+    """The schedule entry a rule runs (infra/eventbridge.py names it after the entry)."""
+    (entry,) = [entry for entry in schedule if rule.name.endswith(f"-{entry.name}")]
     return entry
 
 

@@ -117,7 +117,7 @@ def _summary(plan: Plan) -> list[str]:
     references = run.by_reference()
     services = ", ".join(
         f"{tasks.name} {cost.count_text(tasks.low, tasks.high)}"
-        for tasks in cost.task_sets(run, references)
+        for tasks in cost.task_sets(run, references, config.schedule)
         if not tasks.name.startswith("enqueue (")
     )
     ingress = [rule for rule in run.of_type(_INGRESS) if rule.inputs.get("cidrIpv4") == "0.0.0.0/0"]

@@ -44,14 +44,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
 import redis
 
-from app.schedule import SCHEDULE
+from app.schedule import PeriodicEntry
 from devtools.metric_lines import MetricLines
 from devtools.processes import ROOT
 from devtools.redis_server import RedisUnavailable, free_port, start_redis
@@ -62,7 +62,8 @@ from devtools.twin.network import HOST_ADDRESS, ensure_bridge
 from devtools.twin.relay import Relay
 from devtools.twin.task import Status, Task
 from infra.budget import EXIT_MARGIN
-from infra.containers import ENQUEUE_MODULE
+from infra.config import load
+from infra.containers import enqueue_command
 
 #: Stop order by service name prefix: the producers first, so nothing new is enqueued while the
 #: workers drain; Redis stops after all of them. With each, the signal that stops it at once
@@ -191,9 +192,17 @@ def broker(url: str | None) -> Iterator[tuple[str, str]]:
 
 
 def wait_until_ready(url: str, cluster: TwinCluster, interrupts: Interrupts) -> None:
-    """Return once the web answers ``/readyz`` through the front door, or a stop is asked."""
+    """Return once the web answers ``/readyz`` through the front door, or a stop is asked.
+    A service whose first deployment failed (a ``celeryApp`` or ``web.command`` the image
+    cannot run: no offline check sees inside the image) ends the wait with its report."""
     deadline = time.monotonic() + READY_TIMEOUT
     while not interrupts.count:
+        failed = cluster.failed_to_start()
+        if failed:
+            raise RuntimeError(
+                "\n".join(failed) + "\nThe image must hold what the stack's celeryApp and "
+                "web.command name (Pulumi.<stack>.yaml; see docs/app-config.md)."
+            )
         if time.monotonic() > deadline:
             raise RuntimeError(f"web not ready at {url} after {READY_TIMEOUT:.0f}s:\n"
                                f"{cluster.status()}")  # fmt: skip
@@ -234,15 +243,26 @@ def stop_service(
     return [task.exit_code or 0 for task in tasks]
 
 
-def banner(web_url: str, broker_url: str, control_url: str, cluster: TwinCluster) -> str:
+def banner(
+    web_url: str, broker_url: str, control_url: str, cluster: TwinCluster,
+    schedule: Sequence[PeriodicEntry],
+) -> str:  # fmt: skip
     """What the stack prints once the web answers: its API key, what to try, and how to stop."""
     interpreter = Path(sys.executable)
     if interpreter.is_relative_to(ROOT):
         interpreter = interpreter.relative_to(ROOT)  # `python -m app…` runs from the repository
-    # The schedule is hourly and nightly, so nothing periodic runs in a short session: fire an
-    # entry by hand with the command EventBridge runs (less its --slot, so it fires every time),
-    # or, with --scheduler eventbridge, fire its rule.
-    enqueue = shlex.join([str(interpreter), "-m", ENQUEUE_MODULE, "--entry", SCHEDULE[0].name])
+    # The example's schedule is hourly and nightly, so nothing periodic runs in a short session:
+    # fire an entry by hand with the command EventBridge runs (less its --slot, so it fires
+    # every time), or, with --scheduler eventbridge, fire its rule.
+    run_now = ""
+    if schedule:
+        # ["python", "-m", ...] with this interpreter, and without "--slot <slot>".
+        command = enqueue_command(schedule[0], "<slot>")[1:-2]
+        enqueue = shlex.join([str(interpreter), *command])
+        run_now = (
+            f"run a schedule entry now ({', '.join(entry.name for entry in schedule)}):\n"
+            f"  CELERY_BROKER_URL={shlex.quote(broker_url)} {enqueue}\n"
+        )
     rules = "".join(
         f"  curl -s -X POST {control_url}/rules/{rule}/fire\n" for rule in sorted(cluster.rules)
     )
@@ -255,8 +275,7 @@ def banner(web_url: str, broker_url: str, control_url: str, cluster: TwinCluster
         "application/json' -d '{\"idempotency_key\": \"k1\", \"account\": \"alice\", "
         "\"amount\": 5}'\n"
         f"  curl -s {web_url}/tasks/<id> -H {authorization}\n"
-        f"run a schedule entry now ({', '.join(entry.name for entry in SCHEDULE)}):\n"
-        f"  CELERY_BROKER_URL={shlex.quote(broker_url)} {enqueue}\n"
+        f"{run_now}"
         f"{rules}"
         f"what runs: curl -s {control_url}/status   "
         f"roll a service: curl -s -X POST {control_url}/services/<name>/deploy\n"
@@ -291,7 +310,7 @@ def run(
         try:
             wait_until_ready(web_url, cluster, interrupts)
             if not interrupts.count:
-                say(banner(web_url, url, control.url, cluster))
+                say(banner(web_url, url, control.url, cluster, load(config).schedule))
             while not interrupts.count:
                 followers.follow_new(cluster)
                 time.sleep(0.3)

@@ -161,7 +161,7 @@ class Alarms(pulumi.ComponentResource):
             self._add(
                 "schedule-dead-letters",
                 "Schedule slots are waiting in the dead-letter queue: run each by hand with its "
-                "--entry and --slot, then delete the message (README: what landed in the "
+                "rule's command and --slot, then delete the message (README: what landed in the "
                 "dead-letter queue).",
                 [
                     metric(

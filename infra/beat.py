@@ -16,7 +16,8 @@ from infra.cluster import (
     fargate_service,
     fargate_task_definition,
 )
-from infra.containers import BEAT_COMMAND, health_check
+from infra.config import DEFAULT_CELERY_APP
+from infra.containers import beat_command, health_check
 
 CONTAINER_NAME = "beat"
 
@@ -32,6 +33,7 @@ class BeatArgs:
     - ``environment``: container environment (no secrets). Required.
     - ``placement``: subnets, the background security group, public IP or not. Required.
     - ``cpu``/``memory``: task size, Fargate units/MiB. Default 256/512.
+    - ``celery_app``: the ``celery -A`` target. Default the example's, ``app.celery_app``.
     """
 
     cluster: Cluster
@@ -42,6 +44,7 @@ class BeatArgs:
     service: str = "beat"
     cpu: int = 256
     memory: int = 512
+    celery_app: str = DEFAULT_CELERY_APP
 
 
 class Beat(pulumi.ComponentResource):
@@ -62,7 +65,7 @@ class Beat(pulumi.ComponentResource):
             container=ContainerInputs(
                 name=CONTAINER_NAME,
                 image=args.image,
-                command=BEAT_COMMAND,
+                command=beat_command(args.celery_app),
                 environment=args.environment,
                 stop_timeout=BEAT_STOP_TIMEOUT,
                 health_check=health_check("beat"),

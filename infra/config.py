@@ -12,12 +12,22 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import posixpath
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar, cast
 
-from app.routing import QUEUES
+from app.names import LIVENESS_PATH
+from app.schedule import (
+    CRON_ALLOWED,
+    QUEUE_NAME,
+    QUEUE_NAME_ALLOWED,
+    Cron,
+    PeriodicEntry,
+    ScheduleFormatError,
+    entries_from_mappings,
+)
 from app.settings import DEFAULT_HELD_PER_SLOT
 from infra.budget import (
     EXIT_MARGIN,
@@ -28,6 +38,7 @@ from infra.budget import (
     web_budget,
     worker_budget,
 )
+from infra.schedule_expr import ScheduleError, expand
 
 Scheduler = Literal["beat", "eventbridge"]
 NatGateways = Literal["none", "single", "perAz"]
@@ -83,6 +94,53 @@ MIN_MAX_QUEUE_SECONDS = 30
 TARGET_LATENCY_SHARE = 0.5
 #: ElastiCache (Redis OSS, Valkey) accepts at most this many client connections per node.
 ELASTICACHE_MAX_CONNECTIONS = 65_000
+
+
+#: The app the stack runs unless told otherwise: the example in ``app/``. A stack naming another
+#: ``celeryApp`` must give every other key below too (``EXAMPLE_ONLY_KEYS``): the example's
+#: image, web command, queues and schedule would not fit its app.
+DEFAULT_CELERY_APP = "app.celery_app"
+#: The example's image: built from the project root's Dockerfile.
+DEFAULT_IMAGE_CONTEXT = "."
+DEFAULT_WEB_COMMAND: tuple[str, ...] = (
+    "gunicorn",
+    "--config",
+    "python:app.gunicorn_conf",
+    "app.web:create_app()",
+)
+#: The example's queues (``app.routing``): the default pool consumes both.
+DEFAULT_QUEUES: tuple[str, ...] = ("default", "long")
+#: The example's periodic entries, in the ``schedule`` key's format.
+DEFAULT_SCHEDULE: tuple[dict[str, object], ...] = (
+    {
+        "name": "purge-expired-idempotency-keys",
+        "task": "app.tasks.purge_expired_records",
+        "every": 3600,
+        "queue": "default",
+    },
+    {
+        "name": "nightly-report",
+        "task": "app.tasks.nightly_report",
+        "cron": "30 2 * * *",
+        "queue": "default",
+    },
+)
+#: Keys whose defaults are the example app's, so required with another ``celeryApp``.
+EXAMPLE_ONLY_KEYS = ("image", "web.command", "workers", "schedule")
+DEFAULT_WEB_PORT = 8000
+#: Ports below 1024 need CAP_NET_BIND_SERVICE, which the containers drop (they run as a user
+#: with no capabilities, ``infra.containers``).
+MIN_WEB_PORT = 1024
+#: ALB health check paths are 1-1024 characters (ELBv2 API reference, CreateTargetGroup,
+#: HealthCheckPath); here the characters an unencoded URL path takes.
+_LIVENESS_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,1023}$")
+#: A ``celery -A`` target: a module, optionally ``:attribute`` (Celery's ``find_app``).
+_IDENTIFIER_PATH = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
+_CELERY_APP = re.compile(rf"^{_IDENTIFIER_PATH}(:{_IDENTIFIER_PATH})?$", re.ASCII)
+CELERY_APP_ALLOWED = "a Python module path, optionally with :attribute (e.g. proj.celery:app)"
+#: Longest argument of a command (ECS takes the whole container definition; this only catches
+#: values pasted by mistake).
+_MAX_ARGUMENT = 4096
 
 
 def _fargate_memory_choices() -> dict[int, tuple[int, ...]]:
@@ -146,6 +204,21 @@ class WorkerPool:
 
 
 @dataclass(frozen=True)
+class ImageBuild:
+    """Build the image: ``context`` and ``dockerfile`` relative to the project directory."""
+
+    context: str
+    dockerfile: str
+
+
+@dataclass(frozen=True)
+class PrebuiltImage:
+    """Run an image built elsewhere; nothing is built."""
+
+    uri: str
+
+
+@dataclass(frozen=True)
 class WebConfig:
     cpu: int
     memory: int
@@ -163,6 +236,11 @@ class WebConfig:
     budget: WebBudget
     #: The stack accepts a load balancer serving plain HTTP in production (no certificate).
     allow_plain_http: bool = False
+    #: The web container's command (exec form, no shell) and the port it listens on.
+    command: tuple[str, ...] = DEFAULT_WEB_COMMAND
+    port: int = DEFAULT_WEB_PORT
+    #: What the load balancer's and the container's health checks ask: 200 while alive.
+    liveness_path: str = LIVENESS_PATH
 
 
 @dataclass(frozen=True)
@@ -232,7 +310,7 @@ class StackConfig:
     max_countdown: int
     log_level: LogLevel
     log_retention_days: int
-    image_uri: str | None
+    image: ImageBuild | PrebuiltImage
     workers: tuple[WorkerPool, ...]
     web: WebConfig
     broker: BrokerConfig
@@ -244,6 +322,15 @@ class StackConfig:
     container_insights: bool = False
     #: The CloudWatch dashboard (a monthly price per dashboard); the alarms do not need it.
     dashboard: bool = False
+    #: The ``celery -A`` target of the workers and beat.
+    celery_app: str = DEFAULT_CELERY_APP
+    #: Periodic entries: beat's, or one EventBridge rule each.
+    schedule: tuple[PeriodicEntry, ...] = ()
+
+    @property
+    def image_uri(self) -> str | None:
+        """The prebuilt image's reference; None when the stack builds the image."""
+        return self.image.uri if isinstance(self.image, PrebuiltImage) else None
 
     @property
     def uses_fargate_spot(self) -> bool:
@@ -419,10 +506,11 @@ def _parse_scalar_text(value: str) -> object:
 
 
 TOP_LEVEL_KEYS = (
-    "production", "scheduler", "maxCountdown", "logLevel", "logRetentionDays", "imageUri",
-    "cpuArchitecture", "workers", "web", "broker", "network", "alerts", "containerInsights",
-    "dashboard",
+    "production", "scheduler", "maxCountdown", "logLevel", "logRetentionDays", "image",
+    "celeryApp", "cpuArchitecture", "workers", "web", "broker", "network", "alerts",
+    "containerInsights", "dashboard", "schedule",
 )  # fmt: skip
+IMAGE_KEYS = ("context", "dockerfile", "uri")
 POOL_KEYS = (
     "name", "queues", "concurrency", "taskTimeout", "minCount", "maxCount", "cpu", "memory",
     "maxStopTimeout", "backlogPerTask", "fargateSpot", "maxQueueSeconds", "typicalTaskSeconds",
@@ -435,7 +523,7 @@ ALERTS_KEYS = (
 WEB_KEYS = (
     "cpu", "memory", "minCount", "maxCount", "requestTimeout", "certificateArn",
     "deletionProtection", "targetCpuPercent", "targetRequestsPerTask", "accessLogsBucket",
-    "allowPlainHttp",
+    "allowPlainHttp", "command", "port", "livenessPath",
 )  # fmt: skip
 BROKER_KEYS = (
     "engine", "engineVersion", "nodeType", "replicas", "snapshotRetentionDays",
@@ -447,8 +535,28 @@ EXISTING_VPC_KEYS = ("vpcId", "publicSubnetIds", "privateSubnetIds", "privateSub
 
 def load(raw: Mapping[str, object]) -> StackConfig:
     """Validate the namespace's raw values and fill every default. Raises ``ConfigError``."""
+    if "imageUri" in raw:
+        raise _fail("imageUri", "replaced by image.uri", "image: {uri: <an image reference>}")
     top = _Fields(dict(raw), "", TOP_LEVEL_KEYS, strings_are_text=True)
     production = top.boolean("production", False)
+    celery_app = top.text("celeryApp", _CELERY_APP, CELERY_APP_ALLOWED) or DEFAULT_CELERY_APP
+    example = celery_app == DEFAULT_CELERY_APP
+    web_raw = _parse_json_text(top.raw.get("web"), "web") or {}
+    if not example:
+        given = {
+            "image": top.has("image"),
+            "web.command": isinstance(web_raw, Mapping) and web_raw.get("command") is not None,
+            "workers": top.has("workers"),
+            "schedule": top.has("schedule"),
+        }
+        missing = [key for key in EXAMPLE_ONLY_KEYS if not given[key]]
+        if missing:
+            raise _fail(
+                missing[0],
+                f"required with celeryApp {celery_app!r}: its default is the example app's "
+                f"({DEFAULT_CELERY_APP}), which would not fit another app",
+                _EXAMPLE_ONLY_ALLOWED[missing[0]],
+            )
 
     max_countdown = top.integer(
         "maxCountdown", 300, 0, MAX_COUNTDOWN_LIMIT, "seconds; longest countdown/ETA of a task"
@@ -460,7 +568,7 @@ def load(raw: Mapping[str, object]) -> StackConfig:
             f"{retention} is not a CloudWatch retention period",
             ", ".join(map(str, LOG_RETENTION_DAYS)),
         )
-    image_uri = top.text("imageUri", re.compile(r"^\S+$"), "an image reference without spaces")
+    image = _load_image(_parse_json_text(top.raw.get("image"), "image"))
 
     workers_raw = _parse_json_text(top.raw.get("workers"), "workers")
     workers = (
@@ -482,15 +590,20 @@ def load(raw: Mapping[str, object]) -> StackConfig:
                 "false, or cpuArchitecture: X86_64",
             )
 
+    schedule_raw = _parse_json_text(top.raw.get("schedule"), "schedule")
+    schedule = _load_schedule(
+        list(DEFAULT_SCHEDULE) if schedule_raw is None else schedule_raw, workers
+    )
+
     return StackConfig(
         production=production,
         scheduler=top.choice("scheduler", SCHEDULERS, "beat"),
         max_countdown=max_countdown,
         log_level=top.choice("logLevel", LOG_LEVELS, "INFO"),
         log_retention_days=retention,
-        image_uri=image_uri,
+        image=image,
         workers=workers,
-        web=_load_web(_parse_json_text(top.raw.get("web"), "web") or {}, production),
+        web=_load_web(web_raw, production),
         broker=_load_broker(_parse_json_text(top.raw.get("broker"), "broker") or {}, production),
         network=_load_network(
             _parse_json_text(top.raw.get("network"), "network") or {}, production
@@ -506,11 +619,69 @@ def load(raw: Mapping[str, object]) -> StackConfig:
         # Production keeps it; elsewhere the alarms, their states in the CloudWatch console and
         # their notifications are the same without it, and it is a line of its own in the cost.
         dashboard=top.boolean("dashboard", production),
+        celery_app=celery_app,
+        schedule=schedule,
     )
 
 
+_EXAMPLE_ONLY_ALLOWED = {
+    "image": "{context, dockerfile} of your app's image, or {uri} of a prebuilt one",
+    "web.command": "your web server's command, a list of arguments (exec form)",
+    "workers": "pools consuming your app's queues",
+    "schedule": "your app's periodic entries, or [] for none",
+}
+
+
+def _load_image(raw: object) -> ImageBuild | PrebuiltImage:
+    """Exactly one of a build ({context, dockerfile}) and a prebuilt image ({uri}). Whether the
+    Dockerfile exists is checked by the program (``infra.program.validate``), which knows the
+    project directory."""
+    fields = _Fields(raw if raw is not None else {}, "image", IMAGE_KEYS)
+    allowed = "either {context, dockerfile} (build) or {uri} (a prebuilt image), not both"
+    uri = fields.text("uri", re.compile(r"^\S+$"), "an image reference without spaces")
+    if uri is not None:
+        built = [key for key in ("context", "dockerfile") if fields.has(key)]
+        if built:
+            raise _fail(f"image.{built[0]}", "cannot be combined with image.uri", allowed)
+        return PrebuiltImage(uri)
+    paths: dict[str, str] = {}
+    relative = "a path relative to the project directory (where Pulumi.yaml is)"
+    for key in ("context", "dockerfile"):
+        path = fields.text(key, re.compile(r"^[^/\s]\S*$"), relative)
+        if path is not None:
+            paths[key] = path
+    context = posixpath.normpath(paths.get("context", DEFAULT_IMAGE_CONTEXT))
+    dockerfile = posixpath.normpath(paths.get("dockerfile", posixpath.join(context, "Dockerfile")))
+    return ImageBuild(context=context, dockerfile=dockerfile)
+
+
+def _load_schedule(raw: object, workers: Sequence[WorkerPool]) -> tuple[PeriodicEntry, ...]:
+    """The periodic entries; each one's crontab is read as Celery reads it, and its queue must
+    be one a pool consumes (an entry sent where nobody listens would never run)."""
+    try:
+        entries = entries_from_mappings(raw, "schedule")
+    except ScheduleFormatError as error:
+        raise ConfigError(str(error)) from None
+    consumed = [queue for pool in workers for queue in pool.queues]
+    for index, entry in enumerate(entries):
+        if isinstance(entry.schedule, Cron):
+            try:
+                expand(entry.schedule)
+            except ScheduleError as error:
+                raise _fail(f"schedule[{index}].cron", str(error), CRON_ALLOWED) from None
+        if entry.queue not in consumed:
+            raise _fail(
+                f"schedule[{index}].queue",
+                f"no pool consumes queue {entry.queue!r}",
+                f"a queue of workers[].queues: {', '.join(dict.fromkeys(consumed))}",
+            )
+    return entries
+
+
 def _default_pool(max_countdown: int) -> WorkerPool:
-    return _load_pool({"name": "default", "queues": list(QUEUES)}, "workers[0]", max_countdown)
+    return _load_pool(
+        {"name": "default", "queues": list(DEFAULT_QUEUES)}, "workers[0]", max_countdown
+    )
 
 
 def _load_workers(raw: object, max_countdown: int) -> tuple[WorkerPool, ...]:
@@ -530,14 +701,6 @@ def _load_workers(raw: object, max_countdown: int) -> tuple[WorkerPool, ...]:
                 "a name used by no other pool",
             )
         seen.add(pool.name)
-    consumed = {queue for pool in pools for queue in pool.queues}
-    uncovered = [queue for queue in QUEUES if queue not in consumed]
-    if uncovered:
-        raise _fail(
-            "workers",
-            f"no pool consumes queue(s) {', '.join(uncovered)}",
-            f"pools that together consume every queue of {', '.join(QUEUES)}",
-        )
     return pools
 
 
@@ -548,12 +711,10 @@ def _load_pool(raw: object, path: str, max_countdown: int) -> WorkerPool:
     )
     if name is None:
         raise _fail(f"{path}.name", "required", "a DNS-safe pool name")
-    queues = fields.text_list("queues", re.compile(r"^.+$"), "queue names")
+    queues = fields.text_list("queues", QUEUE_NAME, f"a list of queue names: {QUEUE_NAME_ALLOWED}")
     if not queues:
-        raise _fail(f"{path}.queues", "required (a non-empty list)", ", ".join(QUEUES))
-    for index, queue in enumerate(queues):
-        if queue not in QUEUES:
-            raise _fail(f"{path}.queues[{index}]", f"unknown queue {queue!r}", ", ".join(QUEUES))
+        raise _fail(f"{path}.queues", "required (a non-empty list)",
+                    f"a list of queue names: {QUEUE_NAME_ALLOWED}")  # fmt: skip
     concurrency = fields.integer(
         "concurrency", DEFAULT_CONCURRENCY, 1, 256, "task slots per worker"
     )
@@ -733,7 +894,42 @@ def _load_web(raw: object, production: bool) -> WebConfig:
         ),
         budget=budget,
         allow_plain_http=allow_plain_http,
+        command=_command(fields, "command", DEFAULT_WEB_COMMAND),
+        port=fields.integer(
+            "port",
+            DEFAULT_WEB_PORT,
+            MIN_WEB_PORT,
+            65535,
+            "the port the web command listens on; containers run without capabilities",
+        ),
+        liveness_path=fields.text(
+            "livenessPath", _LIVENESS_PATH, "a URL path starting with /, at most 1024 characters"
+        )
+        or LIVENESS_PATH,
     )
+
+
+def _command(fields: _Fields, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A container command in exec form: a non-empty list of non-empty strings. Whether the image
+    can run it cannot be known offline (the image may not exist yet): the twin runs it."""
+    path = fields.key_path(key)
+    allowed = (
+        'a non-empty list of arguments, e.g. ["gunicorn", "proj.wsgi"] (exec form: the process '
+        "gets ECS's SIGTERM itself)"
+    )
+    value = fields.value(key)
+    if value is None:
+        return default
+    if not isinstance(value, list) or not value:
+        raise _fail(path, f"expected a non-empty list, got {_describe(value)}", allowed)
+    for index, argument in enumerate(value):
+        if not isinstance(argument, str) or not argument.strip():
+            raise _fail(f"{path}[{index}]", f"expected a non-empty string, got "
+                        f"{_describe(argument)}", allowed)  # fmt: skip
+        if "\0" in argument or len(argument) > _MAX_ARGUMENT:
+            raise _fail(f"{path}[{index}]", "a NUL character or longer than "
+                        f"{_MAX_ARGUMENT} characters", allowed)  # fmt: skip
+    return tuple(value)
 
 
 def _load_broker(raw: object, production: bool) -> BrokerConfig:

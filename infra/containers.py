@@ -6,11 +6,14 @@ call ``container_definition``; tests and local harnesses call the same functions
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from app import settings as env_names
-from infra.config import StackConfig, WorkerPool
+from app.names import LIVENESS_PATH
+from app.schedule import PeriodicEntry, entries_to_json
+from infra.config import DEFAULT_CELERY_APP, DEFAULT_WEB_COMMAND, StackConfig, WorkerPool
 
 #: UID:GID the image's application user has (ECS.20: never root).
 APP_USER = "10001:10001"
@@ -18,27 +21,29 @@ APP_USER = "10001:10001"
 #: read-only root filesystem (heartbeat files, gunicorn's worker temp files).
 TMP_VOLUME = "tmp"
 TMP_PATH = "/tmp"
-WEB_CONTAINER_PORT = 8000
-CELERY_APP = "app.celery_app"
-
-WEB_COMMAND: tuple[str, ...] = (
-    "gunicorn",
-    "--config",
-    "python:app.gunicorn_conf",
-    "app.web:create_app()",
-)
-BEAT_COMMAND: tuple[str, ...] = ("celery", "--app", CELERY_APP, "beat")
 ENQUEUE_MODULE = "app.enqueue"
 #: What the enqueue task runs without the EventBridge override: prints usage, sends nothing.
 ENQUEUE_DEFAULT_COMMAND: tuple[str, ...] = ("python", "-m", ENQUEUE_MODULE, "--help")
 
 
-def worker_command(name: str, queues: Sequence[str], concurrency: int) -> tuple[str, ...]:
-    """The worker pool ``name``'s command: its queues and concurrency are in it."""
+def beat_command(celery_app: str) -> tuple[str, ...]:
+    return ("celery", "--app", celery_app, "beat")
+
+
+#: The example app's target and commands (the stack's defaults), which the tests run.
+CELERY_APP = DEFAULT_CELERY_APP
+WEB_COMMAND = DEFAULT_WEB_COMMAND
+BEAT_COMMAND = beat_command(DEFAULT_CELERY_APP)
+
+
+def worker_command(
+    name: str, queues: Sequence[str], concurrency: int, celery_app: str = DEFAULT_CELERY_APP
+) -> tuple[str, ...]:
+    """The worker pool ``name``'s command: its app, queues and concurrency are in it."""
     return (
         "celery",
         "--app",
-        CELERY_APP,
+        celery_app,
         "worker",
         "--queues",
         ",".join(queues),
@@ -53,14 +58,23 @@ def worker_command(name: str, queues: Sequence[str], concurrency: int) -> tuple[
     )
 
 
-def enqueue_command(entry_name: str, slot: str) -> tuple[str, ...]:
-    """``slot`` is the schedule time of the run (the event's ``time``, ISO 8601 UTC)."""
-    return ("python", "-m", ENQUEUE_MODULE, "--entry", entry_name, "--slot", slot)
+def enqueue_command(entry: PeriodicEntry, slot: str) -> tuple[str, ...]:
+    """What an EventBridge rule runs for ``entry``: its task, queue and arguments, and its name,
+    which the slot is claimed for. ``slot`` is the schedule time of the run (the event's
+    ``time``, ISO 8601 UTC)."""
+    arguments = [*(("--args", _json(list(entry.args))) if entry.args else ()),
+                 *(("--kwargs", _json(entry.kwargs)) if entry.kwargs else ())]  # fmt: skip
+    return ("python", "-m", ENQUEUE_MODULE, entry.task, "--queue", entry.queue, *arguments,
+            "--name", entry.name, "--slot", slot)  # fmt: skip
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 def health_check(role: str) -> dict[str, object]:
     """Container health check (``python -m app.health <role>``): for the worker and beat a stale
-    heartbeat file fails it, for the web a ``/livez`` that does not answer 200."""
+    heartbeat file fails it, for the web a liveness path that does not answer 200."""
     return {
         "command": ["CMD", "python", "-m", "app.health", role],
         "interval": 30,
@@ -97,15 +111,27 @@ def publisher_environment(config: StackConfig) -> dict[str, str]:
 
 
 def beat_environment(config: StackConfig, namespace: str) -> dict[str, str]:
-    """Beat publishes, and writes its heartbeat metric to ``namespace``."""
-    return {**publisher_environment(config), env_names.METRICS_NAMESPACE: namespace}
+    """Beat publishes the stack's schedule, and writes its heartbeat metric to ``namespace``."""
+    return {
+        **publisher_environment(config),
+        env_names.METRICS_NAMESPACE: namespace,
+        env_names.BEAT_SCHEDULE: entries_to_json(config.schedule),
+    }
 
 
 def web_environment(config: StackConfig) -> dict[str, str]:
+    # The liveness path only when it is not the app's default: the example's task definition
+    # stays as it was.
+    liveness = (
+        {env_names.WEB_LIVENESS_PATH: config.web.liveness_path}
+        if config.web.liveness_path != LIVENESS_PATH
+        else {}
+    )
     return {
         **publisher_environment(config),
         **config.web.budget.environment(),
-        env_names.WEB_PORT: str(WEB_CONTAINER_PORT),
+        env_names.WEB_PORT: str(config.web.port),
+        **liveness,
     }
 
 

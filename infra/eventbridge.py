@@ -40,6 +40,11 @@ SLOT_PLACEHOLDER = "<time>"
 RULE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,40}$")
 #: EventBridge's bounds of a target's retry policy (PutTargets RetryPolicy).
 MIN_EVENT_AGE, MAX_EVENT_AGE, MAX_RETRY_ATTEMPTS = 60, 86_400, 185
+#: Characters RunTask accepts for a task's overrides, JSON formatting included (ECS API
+#: reference, RunTask ``overrides``); the input transformer's template holds them, and the slot
+#: that replaces the placeholder is an ISO 8601 time (20 characters).
+MAX_OVERRIDES_CHARACTERS = 8192
+SLOT_LENGTH = len("2026-01-01T00:00:00Z")
 #: Days SQS keeps what lands in the dead-letter queue: its maximum, to leave time to look.
 DEAD_LETTER_RETENTION_SECONDS = 14 * 24 * 3600
 
@@ -67,12 +72,22 @@ def plan_schedule(entries: Sequence[PeriodicEntry]) -> tuple[ScheduledEntry, ...
             expression = to_eventbridge_expression(entry.schedule)
         except ScheduleError as error:
             raise ScheduleError(f"{entry.name!r}: {error}") from None
+        arguments = json.dumps([entry.args, entry.kwargs])
+        if SLOT_PLACEHOLDER in arguments:
+            # The input transformer would put the event's time in its place.
+            raise ScheduleError(f"{entry.name!r}: its args or kwargs contain {SLOT_PLACEHOLDER}")
+        overrides = len(run_task_input_template(entry)) - len(SLOT_PLACEHOLDER) + SLOT_LENGTH
+        if overrides > MAX_OVERRIDES_CHARACTERS:
+            raise ScheduleError(
+                f"{entry.name!r}: its enqueue command makes RunTask overrides of {overrides} "
+                f"characters, above ECS's {MAX_OVERRIDES_CHARACTERS} (pass smaller arguments)"
+            )
         retry_window = min(MAX_EVENT_AGE, max(MIN_EVENT_AGE, shortest_gap(entry.schedule)))
         planned.append(ScheduledEntry(entry, expression, retry_window))
     return tuple(planned)
 
 
-def run_task_input_template(entry_name: str) -> str:
+def run_task_input_template(entry: PeriodicEntry) -> str:
     """The RunTask overrides EventBridge sends: the enqueue command for this entry and slot.
 
     EventBridge passes a target's input to ECS as the task overrides; the transformer fills in
@@ -83,7 +98,7 @@ def run_task_input_template(entry_name: str) -> str:
             "containerOverrides": [
                 {
                     "name": CONTAINER_NAME,
-                    "command": list(enqueue_command(entry_name, SLOT_PLACEHOLDER)),
+                    "command": list(enqueue_command(entry, SLOT_PLACEHOLDER)),
                 }
             ]
         }
@@ -202,7 +217,7 @@ class Schedule(pulumi.ComponentResource):
                 },
                 input_transformer={
                     "input_paths": {"time": "$.time"},
-                    "input_template": run_task_input_template(entry.name),
+                    "input_template": run_task_input_template(entry),
                 },
                 retry_policy={
                     "maximum_event_age_in_seconds": scheduled.retry_window,

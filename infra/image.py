@@ -1,5 +1,5 @@
 """The application image: an ECR repository, and the image built from the project's Dockerfile
-and pushed there by digest (unless a prebuilt ``imageUri`` is given).
+and pushed there by digest (unless a prebuilt ``image.uri`` is given).
 
 The image is built by ``pulumi-docker-build`` (buildx/BuildKit), which hashes the build context
 itself (``.dockerignore`` applied) to decide when to rebuild, and pushed *by digest*, with no
@@ -114,7 +114,7 @@ class Image(pulumi.ComponentResource):
             opts=child,
         )
 
-        # The stack's own repository stays readable even with imageUri: CI may push there.
+        # The stack's own repository stays readable even with image.uri: CI may push there.
         self.pull_repository_arns = [self.repository.arn]
         if args.image_uri is not None:
             self.image_ref = pulumi.Output.from_input(args.image_uri)

@@ -17,7 +17,6 @@ import pulumi
 import pulumi_aws as aws
 from pulumi.runtime.config import CONFIG, get_config_env
 
-from app.schedule import SCHEDULE
 from infra.alarms import Alarms, AlarmsArgs, PoolService
 from infra.beat import Beat, BeatArgs
 from infra.broker import Broker, BrokerArgs
@@ -25,6 +24,7 @@ from infra.cluster import AwsContext, Cluster, ClusterArgs
 from infra.config import (
     DOCUMENTATION_ACCOUNT,
     ConfigError,
+    ImageBuild,
     NewVpc,
     StackConfig,
     load,
@@ -48,7 +48,8 @@ from infra.web import Web, WebArgs
 from infra.worker import CAPACITY_PROVIDERS, Worker, WorkerArgs
 
 CONFIG_NAMESPACE = "celery-ecs"
-#: The Docker build context: the project root, with the top-level Dockerfile.
+#: The project directory (where Pulumi.yaml is): ``image.context`` and ``image.dockerfile`` are
+#: relative to it.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -73,9 +74,10 @@ class Plan:
     #: ``<project>-<stack>``, safe for task definition families and log group names.
     prefix: str
     metrics_namespace: str
-    #: Build context of the image, relative to the working directory (Pulumi runs the program in
-    #: the project directory: "."); None when ``imageUri`` is given.
+    #: Build context and Dockerfile of the image, relative to the working directory (Pulumi runs
+    #: the program in the project directory: "."); None when ``image.uri`` is given.
     image_context: str | None
+    image_dockerfile: str | None = None
 
 
 def validate(
@@ -85,21 +87,33 @@ def validate(
     config = load(raw)
     schedule: tuple[ScheduledEntry, ...] = ()
     if config.scheduler == "eventbridge":
-        try:
-            schedule = plan_schedule(SCHEDULE)
-        except ScheduleError as error:
+        for index, entry in enumerate(config.schedule):
+            try:
+                schedule += plan_schedule((entry,))
+            except ScheduleError as error:
+                raise ConfigError(
+                    f"schedule[{index}]: cannot run on EventBridge: {error}; allowed: an entry "
+                    "EventBridge can express, or scheduler: beat (runs any Celery schedule)"
+                ) from None
+    image_context = image_dockerfile = None
+    if isinstance(config.image, ImageBuild):
+        # Whether the image can run celeryApp and web.command is not known offline (it is not
+        # built yet): the twin (`make run`) runs them.
+        context = project_root / config.image.context
+        dockerfile = project_root / config.image.dockerfile
+        if not context.is_dir():
             raise ConfigError(
-                f"scheduler: an entry of app.schedule cannot run on EventBridge: {error}; "
-                "allowed: beat (runs any Celery schedule), or change the entry"
-            ) from None
-    image_context = None
-    if config.image_uri is None:
-        if not (project_root / "Dockerfile").is_file():
-            raise ConfigError(
-                f"imageUri: not set, and there is no Dockerfile in {project_root} to build; "
-                "allowed: a prebuilt image URI, or a Dockerfile at the project root"
+                f"image.context: {config.image.context} is not a directory of {project_root}; "
+                "allowed: the build context's path, relative to the project directory"
             )
-        image_context = os.path.relpath(project_root)
+        if not dockerfile.is_file():
+            raise ConfigError(
+                f"image.dockerfile: there is no file {config.image.dockerfile} in "
+                f"{project_root} to build; allowed: a Dockerfile's path relative to the project "
+                "directory (default <image.context>/Dockerfile), or image.uri: a prebuilt image"
+            )
+        image_context = os.path.relpath(context)
+        image_dockerfile = os.path.relpath(dockerfile)
     prefix = re.sub(r"[^A-Za-z0-9_-]", "-", f"{project}-{stack}")
     return Plan(
         config=config,
@@ -107,6 +121,7 @@ def validate(
         prefix=prefix,
         metrics_namespace=metrics_namespace(project, stack),
         image_context=image_context,
+        image_dockerfile=image_dockerfile,
     )
 
 
@@ -150,6 +165,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
             vpc=config.network,
             availability_zones=available_zones() if created_vpc else (),
             https=config.web.certificate_arn is not None,
+            web_port=config.web.port,
             flow_logs=config.production and created_vpc,
             log_retention_days=config.log_retention_days,
             aws=context,
@@ -172,6 +188,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
         ImageArgs(
             aws=context,
             context=plan.image_context,
+            dockerfile=plan.image_dockerfile,
             image_uri=config.image_uri,
             force_delete=not config.production,
             cpu_architecture=config.cpu_architecture,
@@ -240,6 +257,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
                 environment=worker_environment(config, pool, plan.metrics_namespace),
                 placement=background,
                 metrics_namespace=plan.metrics_namespace,
+                celery_app=config.celery_app,
             ),
         )
         scaling = ServiceScaling(
@@ -273,6 +291,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
                 image=image.image_ref,
                 environment=beat_environment(config, plan.metrics_namespace),
                 placement=background,
+                celery_app=config.celery_app,
             ),
         )
         service_names["beat"] = beat.service.name

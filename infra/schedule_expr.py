@@ -1,4 +1,5 @@
-"""Translate ``app.schedule`` entries into EventBridge scheduled-rule expressions.
+"""Translate schedule entries (``app.schedule`` types, the stack's ``schedule``) into EventBridge
+scheduled-rule expressions.
 
 Pure logic, no Pulumi and no Celery: the Pulumi program imports it, and it must not need the
 app's dependencies. It parses Celery's crontab field syntax itself; ``tests/test_schedule_expr.py``

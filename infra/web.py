@@ -11,7 +11,6 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
-from app.names import LIVENESS_PATH
 from app.settings import WEB_API_KEYS_SECRET_ARN
 from infra.budget import WEB_HEALTH_CHECK_GRACE
 from infra.cluster import (
@@ -22,13 +21,10 @@ from infra.cluster import (
     fargate_task_definition,
 )
 from infra.config import WebConfig
-from infra.containers import WEB_COMMAND, WEB_CONTAINER_PORT, health_check
+from infra.containers import health_check
 
 #: TLS 1.3 with TLS 1.2 fallback (Security Hub ELB.17/18).
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
-#: Liveness, not readiness: /readyz pings Redis, so during a broker outage every web task would
-#: fail it and ECS would replace them all, again and again, while each could answer 503 at once.
-HEALTH_CHECK_PATH = LIVENESS_PATH
 CONTAINER_NAME = "web"
 #: Characters of the first API key the stack generates (letters and digits: a bearer token).
 API_KEY_LENGTH = 48
@@ -113,14 +109,17 @@ class Web(pulumi.ComponentResource):
         )
         target_group = aws.lb.TargetGroup(
             f"{name}-tg",
-            port=WEB_CONTAINER_PORT,
+            port=config.port,
             protocol="HTTP",
             target_type="ip",
             vpc_id=args.vpc_id,
             # Drain in-flight requests before ECS sends SIGTERM (see infra/budget.py).
             deregistration_delay=config.budget.deregistration_delay,
             health_check={
-                "path": HEALTH_CHECK_PATH,
+                # Liveness, not readiness: the example's /readyz pings Redis, so during a broker
+                # outage every web task would fail it and ECS would replace them all, again and
+                # again, while each could answer 503 at once.
+                "path": config.liveness_path,
                 "matcher": "200",
                 "interval": 15,
                 "timeout": 5,
@@ -201,14 +200,14 @@ class Web(pulumi.ComponentResource):
             container=ContainerInputs(
                 name=CONTAINER_NAME,
                 image=args.image,
-                command=WEB_COMMAND,
+                command=config.command,
                 # An ARN names the secret, it is not one (plain environment, ECS.8 holds).
                 environment={
                     **args.environment,
                     WEB_API_KEYS_SECRET_ARN: self.api_keys_secret.arn,
                 },
                 stop_timeout=config.budget.stop_timeout,
-                port=WEB_CONTAINER_PORT,
+                port=config.port,
                 health_check=health_check("web"),
             ),
             task_role=task_role,
@@ -228,7 +227,7 @@ class Web(pulumi.ComponentResource):
                 {
                     "target_group_arn": target_group.arn,
                     "container_name": CONTAINER_NAME,
-                    "container_port": WEB_CONTAINER_PORT,
+                    "container_port": config.port,
                 }
             ],
             health_check_grace_period=WEB_HEALTH_CHECK_GRACE,

@@ -16,7 +16,7 @@ from infra.cluster import (
     fargate_service,
     fargate_task_definition,
 )
-from infra.config import WorkerPool
+from infra.config import DEFAULT_CELERY_APP, WorkerPool
 from infra.containers import health_check, worker_command
 
 CONTAINER_NAME = "worker"
@@ -74,6 +74,7 @@ class WorkerArgs:
     - ``metrics_namespace``: the CloudWatch namespace the workers publish their queue metrics
       to (``CELERY_METRICS_NAMESPACE``); the task role may put metrics there only. Empty: no
       metrics, no permission. Default empty.
+    - ``celery_app``: the ``celery -A`` target. Default the example's, ``app.celery_app``.
     """
 
     pool: WorkerPool
@@ -84,6 +85,7 @@ class WorkerArgs:
     environment: Mapping[str, str]
     placement: TaskPlacement
     metrics_namespace: str = ""
+    celery_app: str = DEFAULT_CELERY_APP
 
 
 class Worker(pulumi.ComponentResource):
@@ -117,7 +119,7 @@ class Worker(pulumi.ComponentResource):
             container=ContainerInputs(
                 name=CONTAINER_NAME,
                 image=args.image,
-                command=worker_command(pool.name, pool.queues, pool.concurrency),
+                command=worker_command(pool.name, pool.queues, pool.concurrency, args.celery_app),
                 environment=args.environment,
                 stop_timeout=pool.budget.stop_timeout,
                 health_check=health_check("worker"),

@@ -1,4 +1,5 @@
-"""Beat: a due entry is sent once, and a second beat (an overlapping deploy) sends nothing.
+"""Beat: a due entry is sent once, and a second beat (an overlapping deploy) sends nothing; its
+entries are the stack's, read from CELERY_BEAT_SCHEDULE_JSON at start.
 
 Real redis-server and real `celery beat` processes. Beat runs celery-redbeat: schedule state
 and a lock live in Redis.
@@ -6,6 +7,7 @@ and a lock live in Redis.
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import time
@@ -14,15 +16,23 @@ from pathlib import Path
 
 import redis
 
-from app.schedule import SCHEDULE, Every
+from app.schedule import Every, PeriodicEntry, entries_to_json
+from app.settings import BEAT_SCHEDULE
 from devtools.processes import python_argv
+from infra.config import load
 from infra.containers import BEAT_COMMAND
 from tests.support import AppProcess, start_process, wait_for
 
+#: The default stack's schedule, as its beat task definition carries it.
+SCHEDULE = load({}).schedule
 HOURLY = next(entry for entry in SCHEDULE if isinstance(entry.schedule, Every))
 
 
-def start_beat(env: dict[str, str], workdir: Path, name: str) -> AppProcess:
+def start_beat(
+    env: dict[str, str], workdir: Path, name: str,
+    schedule: tuple[PeriodicEntry, ...] = SCHEDULE,
+) -> AppProcess:  # fmt: skip
+    env = {**env, BEAT_SCHEDULE: entries_to_json(schedule)}
     return start_process(name, python_argv(BEAT_COMMAND), env, workdir)
 
 
@@ -101,3 +111,39 @@ def test_second_beat_waits_for_the_lock_and_sends_nothing(
     first.signal(signal.SIGTERM)
     assert first.wait(timeout=30) == 0
     wait_for(lambda: "Acquired lock" in second.logs(), 30, what="the second beat to take over")
+
+
+def test_an_entry_s_queue_and_arguments_come_from_the_environment(
+    app_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis,
+    processes: list[AppProcess],
+) -> None:
+    """An entry the example app knows nothing of: the stack's JSON alone makes beat send it."""
+    entry = PeriodicEntry(
+        "credit-every-hour", "app.tasks.apply_credit", Every(3600),
+        args=("beat-1", "carol"), kwargs={"amount": 2}, queue="long",
+    )  # fmt: skip
+    setup = start_beat(app_env, tmp_path, "beat-setup", (entry,))
+    wait_for(lambda: "Acquired lock" in setup.logs(), 30, what="the setup beat's lock")
+    setup.signal(signal.SIGTERM)
+    setup.wait(timeout=30)
+    assert not redis_client.exists(f"redbeat:{HOURLY.name}")  # only the environment's entries
+    make_overdue(redis_client, entry.name)
+
+    processes.append(start_beat(app_env, tmp_path, "beat", (entry,)))
+    wait_for(lambda: sent_tasks(redis_client, "long"), 30, what="the due entry")
+    [raw] = redis_client.lrange("long", 0, -1)
+    message = json.loads(raw)
+    assert message["headers"]["task"] == "app.tasks.apply_credit"
+    body = json.loads(base64.b64decode(message["body"]))
+    assert body[:2] == [["beat-1", "carol"], {"amount": 2}]
+
+
+def test_a_malformed_schedule_stops_beat_naming_the_entry_and_key(
+    app_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**app_env, BEAT_SCHEDULE: json.dumps(
+        [{"name": "x", "task": "app.tasks.noop", "cron": "61 * * *", "queue": "default"}]
+    )}  # fmt: skip
+    beat = start_process("beat-bad", python_argv(BEAT_COMMAND), env, tmp_path)
+    assert beat.wait(timeout=60) != 0
+    assert "CELERY_BEAT_SCHEDULE_JSON: [0].cron: '61 * * *' has 4 fields, not 5" in beat.logs()

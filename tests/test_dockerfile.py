@@ -111,7 +111,7 @@ def test_the_final_stage_has_the_app_environment(final: Stage) -> None:
         environment
     )
     assert final.arguments("WORKDIR") == ["/app"]
-    assert final.arguments("EXPOSE") == [str(containers.WEB_CONTAINER_PORT)]
+    assert final.arguments("EXPOSE") == [str(load_stack_config({}).web.port)]
 
 
 def test_the_image_holds_the_venv_and_app_only(stages: list[Stage], final: Stage) -> None:
@@ -211,8 +211,8 @@ def entry_point_commands() -> list[tuple[str, ...]]:
     return [
         containers.WEB_COMMAND,
         containers.BEAT_COMMAND,
+        # The schedule's commands run the same module, with task names (tests/test_enqueue.py).
         containers.ENQUEUE_DEFAULT_COMMAND,
-        containers.enqueue_command("entry", "2026-01-01T00:00:00Z"),
         *(
             containers.worker_command(pool.name, pool.queues, pool.concurrency)
             for pool in load_stack_config({}).workers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -10,11 +11,14 @@ from urllib.parse import urlsplit
 
 import redis
 
-from app.schedule import SCHEDULE
+from app.schedule import PeriodicEntry
 from devtools.redis_server import free_port
+from infra.config import load
+from infra.containers import enqueue_command
 from tests.support import AppProcess, start_worker, wait_for
 
-ENTRY = SCHEDULE[0]
+#: The default stack's first entry (hourly purge on "default").
+ENTRY = load({}).schedule[0]
 
 
 def enqueue(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -24,12 +28,19 @@ def enqueue(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
+def scheduled(entry: PeriodicEntry, slot: str | None = None) -> list[str]:
+    """The arguments an EventBridge rule of ``entry`` runs the command with (with ``slot`` for
+    the event's time; without, as a person runs it by hand)."""
+    _python, _m, _module, *arguments = enqueue_command(entry, slot or "")
+    return arguments if slot else arguments[:-2]
+
+
 def queued(client: redis.Redis, queue: str) -> list[dict]:
     return [json.loads(raw) for raw in client.lrange(queue, 0, -1)]
 
 
 def test_entry_is_enqueued_on_its_queue(app_env: dict[str, str], redis_client: redis.Redis) -> None:
-    result = enqueue(app_env, "--entry", ENTRY.name)
+    result = enqueue(app_env, *scheduled(ENTRY))
 
     assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout)
@@ -44,9 +55,9 @@ def test_same_slot_twice_runs_the_task_once(
     processes: list[AppProcess],
 ) -> None:
     slot = "2026-11-24T02:30:00Z"
-    first = enqueue(app_env, "--entry", ENTRY.name, "--slot", slot)
-    second = enqueue(app_env, "--entry", ENTRY.name, "--slot", slot)
-    other_slot = enqueue(app_env, "--entry", ENTRY.name, "--slot", "2026-11-24T03:30:00Z")
+    first = enqueue(app_env, *scheduled(ENTRY, slot))
+    second = enqueue(app_env, *scheduled(ENTRY, slot))
+    other_slot = enqueue(app_env, *scheduled(ENTRY, "2026-11-24T03:30:00Z"))
 
     assert [r.returncode for r in (first, second, other_slot)] == [0, 0, 0]
     assert json.loads(first.stdout)["status"] == "enqueued"
@@ -79,19 +90,58 @@ def test_unknown_task_fails_with_status_2(app_env: dict[str, str], redis_client)
     assert redis_client.dbsize() == 0
 
 
-def test_unknown_entry_and_bad_kwargs_fail_with_status_2(app_env: dict[str, str]) -> None:
-    unknown = enqueue(app_env, "--entry", "no-such-entry")
+def test_bad_arguments_fail_with_status_2(app_env: dict[str, str]) -> None:
     bad_json = enqueue(app_env, "app.tasks.noop", "--kwargs", "{not json")
     not_object = enqueue(app_env, "app.tasks.noop", "--kwargs", "[1, 2]")
+    not_list = enqueue(app_env, "app.tasks.noop", "--args", '{"a": 1}')
+    empty_name = enqueue(app_env, "app.tasks.noop", "--name", " ", "--slot", "s")
 
-    assert unknown.returncode == 2 and "unknown entry 'no-such-entry'" in unknown.stderr
     assert bad_json.returncode == 2 and "--kwargs is not valid JSON" in bad_json.stderr
-    assert not_object.returncode == 2 and "must be a JSON object" in not_object.stderr
+    assert not_object.returncode == 2 and "--kwargs must be a JSON object" in not_object.stderr
+    assert not_list.returncode == 2 and "--args must be a JSON list" in not_list.stderr
+    assert empty_name.returncode == 2 and "--name is empty" in empty_name.stderr
+
+
+def test_an_entry_s_arguments_and_queue_reach_the_message(
+    app_env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """What the stack's schedule says of an entry is on the command line, and in the message."""
+    entry = PeriodicEntry(
+        "credit", "app.tasks.apply_credit", ENTRY.schedule,
+        args=("cli-2", "bob"), kwargs={"amount": 7}, queue="long",
+    )  # fmt: skip
+    result = enqueue(app_env, *scheduled(entry, "2026-11-24T02:30:00Z"))
+
+    assert result.returncode == 0, result.stderr
+    (message,) = queued(redis_client, "long")
+    assert message["headers"]["task"] == "app.tasks.apply_credit"
+    assert message["properties"]["body_encoding"] == "base64"
+    assert json.loads(base64.b64decode(message["body"]))[:2] == [["cli-2", "bob"], {"amount": 7}]
+    assert redis_client.llen("default") == 0
+
+
+def test_slots_are_claimed_per_entry_name(
+    app_env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """Two entries running the same task at the same slot (other arguments) both publish; the
+    same entry twice publishes once."""
+    slot = "2026-11-24T02:30:00Z"
+    first = PeriodicEntry("purge-a", ENTRY.task, ENTRY.schedule, queue="default")
+    second = PeriodicEntry("purge-b", ENTRY.task, ENTRY.schedule, queue="default")
+    outcomes = [
+        json.loads(enqueue(app_env, *scheduled(entry, slot)).stdout)["status"]
+        for entry in (first, second, first)
+    ]
+
+    assert outcomes == ["enqueued", "enqueued", "duplicate"]
+    assert sorted(redis_client.keys("enqueue:slot:*")) == [
+        f"enqueue:slot:purge-a:{slot}", f"enqueue:slot:purge-b:{slot}",
+    ]  # fmt: skip
 
 
 def test_unreachable_broker_fails_with_status_1(app_env: dict[str, str]) -> None:
     env = {**app_env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
-    result = enqueue(env, "--entry", ENTRY.name, "--slot", "s")
+    result = enqueue(env, *scheduled(ENTRY, "s"))
 
     assert result.returncode == 1
     assert "unreachable after 4 attempts" in result.stderr
@@ -131,7 +181,7 @@ def test_a_failed_publish_releases_the_slot_so_a_redelivery_can_publish_it(
     refused = {**app_env, "CELERY_BROKER_URL": f"redis://no-publish:pw@127.0.0.1:{port}/0"}
     slot = "2026-12-01T03:00:00Z"
     try:
-        failed = enqueue(refused, "--entry", ENTRY.name, "--slot", slot)
+        failed = enqueue(refused, *scheduled(ENTRY, slot))
     finally:
         redis_client.acl_deluser("no-publish")
 
@@ -142,7 +192,7 @@ def test_a_failed_publish_releases_the_slot_so_a_redelivery_can_publish_it(
     assert redis_client.keys("enqueue:slot:*") == []  # released
     assert redis_client.llen(ENTRY.queue) == 0
 
-    redelivered = enqueue(app_env, "--entry", ENTRY.name, "--slot", slot)
+    redelivered = enqueue(app_env, *scheduled(ENTRY, slot))
     assert redelivered.returncode == 0, redelivered.stderr
     assert json.loads(redelivered.stdout)["status"] == "enqueued"
     assert len(queued(redis_client, ENTRY.queue)) == 1

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.schedule import SCHEDULE
 from devtools.render import ProgramRun, RenderedTaskDefinition, stack_file_config
 from devtools.twin.container import Container, plan_container, start_container
 from devtools.twin.image import ROOT, Image, parse_image
+from infra.config import load
 from tests.support import run_program, wait_for
 
 # The tier (tests/tiers.py): every container runs on the ECS twin, as root.
@@ -117,7 +117,7 @@ def test_the_enqueue_task_runs_as_eventbridge_starts_it(
 ) -> None:
     tasks = eventbridge_stack.task_definitions()
     assert "beat" not in tasks
-    entry = SCHEDULE[0]
+    entry = load({"scheduler": "eventbridge"}).schedule[0]
     target = eventbridge_stack.named(
         "aws:cloudwatch/eventTarget:EventTarget", f"schedule-{entry.name}"
     ).inputs

@@ -130,3 +130,30 @@ def test_the_web_check_asks_liveness_so_a_broker_outage_does_not_fail_it(
     stopped = web_check()
     assert stopped.returncode == 1
     assert f"web does not answer http://127.0.0.1:{port}/livez" in stopped.stderr
+
+
+def test_the_web_check_asks_the_stack_s_liveness_path(tmp_path: Path) -> None:
+    """Another app's web (``web.livenessPath``): the check asks WEB_LIVENESS_PATH, not /livez."""
+    port = free_port()
+    (tmp_path / "healthz").write_text("ok")
+    # A web server of no framework: 200 for /healthz only, 404 for /livez.
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        base = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "WEB_PORT": str(port)}
+
+        def web_check(**extra: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "app.health", "web"],
+                                  env={**base, **extra}, capture_output=True, text=True,
+                                  timeout=30)  # fmt: skip
+
+        wait_for(lambda: web_check(WEB_LIVENESS_PATH="/healthz").returncode == 0, 30,
+                 what="the server to answer /healthz")  # fmt: skip
+        default = web_check()
+        assert default.returncode == 1
+        assert f"web answers http://127.0.0.1:{port}/livez with 404" in default.stderr
+    finally:
+        server.kill()
+        server.wait()

@@ -8,25 +8,31 @@ import re
 
 import pytest
 
-from app.routing import QUEUES
+from app.schedule import ENTRY_KEYS, Cron, Every, PeriodicEntry
 from infra.budget import web_budget, worker_budget
 from infra.config import (
     ALERTS_KEYS,
     BROKER_KEYS,
+    DEFAULT_QUEUES,
     EXISTING_VPC_KEYS,
     FARGATE_MEMORY,
+    IMAGE_KEYS,
     NEW_VPC_KEYS,
     POOL_KEYS,
     TOP_LEVEL_KEYS,
     WEB_KEYS,
     ConfigError,
     ExistingVpc,
+    ImageBuild,
     NewVpc,
+    PrebuiltImage,
     load,
     placeholders,
 )
 from tests.support import ROOT
 
+#: The example app's queues (app.routing), which the default pool consumes.
+QUEUES = DEFAULT_QUEUES
 POOL = {"name": "all", "queues": list(QUEUES)}
 CERTIFICATE = "arn:aws:acm:us-east-1:210987654321:certificate/11111111-2222-3333-4444-555555555555"
 
@@ -50,6 +56,64 @@ def test_empty_config_gives_a_deployable_default_stack() -> None:
     assert pool.min_count >= 1
     assert pool.budget == worker_budget(pool.task_timeout, max_stop_timeout=120, max_countdown=300)
     assert config.web.budget == web_budget(30)
+
+
+def test_the_app_keys_default_to_the_example_app() -> None:
+    """The repository's own stacks deploy the example in app/ (tests/test_plan.py renders them)."""
+    config = load({})
+    assert config.celery_app == "app.celery_app"
+    assert config.image == ImageBuild(context=".", dockerfile="Dockerfile")
+    assert config.image_uri is None
+    assert config.web.command == (
+        "gunicorn", "--config", "python:app.gunicorn_conf", "app.web:create_app()",
+    )  # fmt: skip
+    assert (config.web.port, config.web.liveness_path) == (8000, "/livez")
+    assert config.schedule == (
+        PeriodicEntry("purge-expired-idempotency-keys", "app.tasks.purge_expired_records",
+                      Every(3600), queue="default"),
+        PeriodicEntry("nightly-report", "app.tasks.nightly_report",
+                      Cron(minute="30", hour="2"), queue="default"),
+    )  # fmt: skip
+
+
+def test_a_stack_points_at_another_app() -> None:
+    """What a stack of a user's own app gives: its image, -A target, web, queues and schedule."""
+    config = load({
+        "celeryApp": "proj.celery:app",
+        "image": json.dumps({"context": "examples/tutorial"}),
+        "web": {"command": ["gunicorn", "proj.wsgi"], "port": 8080, "livenessPath": "/healthz"},
+        "workers": [{"name": "mail", "queues": ["celery", "emails"]}],
+        "schedule": [
+            {"name": "digest", "task": "proj.tasks.send_digest", "cron": "0 9 * * mon-fri",
+             "queue": "emails", "args": ["daily"], "kwargs": {"limit": 50}},
+            {"name": "ping", "task": "proj.tasks.ping", "every": 300, "queue": "celery"},
+        ],
+    })  # fmt: skip
+    assert config.celery_app == "proj.celery:app"
+    assert config.image == ImageBuild("examples/tutorial", "examples/tutorial/Dockerfile")
+    assert (config.web.command, config.web.port) == (("gunicorn", "proj.wsgi"), 8080)
+    assert config.web.liveness_path == "/healthz"
+    assert config.workers[0].queues == ("celery", "emails")
+    digest, ping = config.schedule
+    assert digest == PeriodicEntry(
+        "digest", "proj.tasks.send_digest", Cron("0", "9", "*", "*", "mon-fri"),
+        ("daily",), {"limit": 50}, "emails",
+    )  # fmt: skip
+    assert ping.schedule == Every(300) and ping.queue == "celery"
+    # No schedule at all, and a prebuilt image.
+    other = load({"celeryApp": "proj.celery", "image": {"uri": "registry.example/proj@sha256:ab"},
+                  "web": {"command": ["w"]}, "workers": [{"name": "a", "queues": ["q"]}],
+                  "schedule": []})  # fmt: skip
+    assert other.image == PrebuiltImage("registry.example/proj@sha256:ab")
+    assert other.image_uri == "registry.example/proj@sha256:ab" and other.schedule == ()
+
+
+def test_the_default_schedule_needs_a_pool_on_its_queue() -> None:
+    """The example's entries go to "default": a stack whose pools do not consume it is refused."""
+    with pytest.raises(ConfigError, match=r"^schedule\[0\]\.queue: no pool consumes queue "
+                       r"'default'; allowed: a queue of workers\[\]\.queues: long$"):  # fmt: skip
+        load({"workers": [{"name": "long", "queues": ["long"]}]})
+    assert load({"workers": [{"name": "long", "queues": ["long"]}], "schedule": []}).schedule == ()
 
 
 def test_a_pool_sets_how_many_messages_a_worker_holds_per_slot() -> None:
@@ -272,17 +336,145 @@ INVALID = [
         id="web-max-below-min",
     ),
     pytest.param(
-        {"workers": pools({}, {"queues": ["default", "urgent"]})},
+        {"workers": pools({}, {"queues": ["default", "a,b"]})},
         "workers[1].queues[1]",
-        ", ".join(QUEUES),
-        id="unknown-queue",
+        "queue names: 1-80 letters, digits",
+        id="queue-name-with-comma",
     ),
     pytest.param(
-        {"workers": [{"name": "only", "queues": ["default"]}]},
-        "workers",
-        "consume every queue",
-        id="uncovered-queue",
+        {"workers": pools({}, {"queues": []})},
+        "workers[1].queues",
+        "a list of queue names",
+        id="no-queues",
     ),
+    pytest.param(
+        {"workers": [{"name": "only", "queues": ["default"]}],
+         "schedule": [{"name": "r", "task": "t.t", "every": 60, "queue": "long"}]},
+        "schedule[0].queue",
+        "a queue of workers[].queues: default",
+        id="schedule-queue-nobody-consumes",
+    ),
+    pytest.param(
+        {"schedule": [{"name": "r", "task": "t.t", "cron": "61 * * * *", "queue": "default"}]},
+        "schedule[0].cron",
+        "five crontab fields",
+        id="schedule-cron-out-of-range",
+    ),
+    pytest.param(
+        {"schedule": [{"name": "r", "task": "t.t", "cron": "30 2 * *", "queue": "default"}]},
+        "schedule[0].cron",
+        "minute hour day_of_month month_of_year day_of_week",
+        id="schedule-cron-four-fields",
+    ),
+    pytest.param(
+        {"schedule": [{"name": "r", "task": "t.t", "every": 60, "cron": "* * * * *",
+                       "queue": "default"}]},
+        "schedule[0].cron",
+        "either cron",
+        id="schedule-cron-and-every",
+    ),
+    pytest.param(
+        {"schedule": [{"name": "r", "task": "t.t", "queue": "default"}]},
+        "schedule[0].cron",
+        "either cron",
+        id="schedule-no-timing",
+    ),
+    pytest.param(
+        {"schedule": [{"name": "r", "task": "t.t", "every": 0, "queue": "default"}]},
+        "schedule[0].every",
+        "an integer 1..",
+        id="schedule-every-zero",
+    ),
+    pytest.param(
+        {"schedule": [{"name": "r", "task": "t.t", "every": 60}]},
+        "schedule[0].queue",
+        "1-80 letters",
+        id="schedule-queue-required",
+    ),
+    pytest.param(
+        {"schedule": [{"name": "r r", "task": "t.t", "every": 60, "queue": "default"}]},
+        "schedule[0].name",
+        "1-40 letters",
+        id="schedule-name",
+    ),
+    pytest.param(
+        {"schedule": [{"name": "r", "task": "t t", "every": 60, "queue": "default"}]},
+        "schedule[0].task",
+        "a task name",
+        id="schedule-task",
+    ),
+    pytest.param(
+        {"schedule": [{"name": "r", "task": "t.t", "every": 60, "queue": "default",
+                       "args": {"a": 1}}]},
+        "schedule[0].args",
+        "a JSON list",
+        id="schedule-args-not-a-list",
+    ),
+    pytest.param(
+        {"schedule": [{"name": "r", "task": "t.t", "every": 60, "queue": "default",
+                       "kwargs": [1]}]},
+        "schedule[0].kwargs",
+        "a JSON object",
+        id="schedule-kwargs-not-an-object",
+    ),
+    pytest.param(
+        {"schedule": [{"name": "r", "task": "t.t", "every": 60, "queue": "default",
+                       "when": "now"}]},
+        "schedule[0].when",
+        "name, task, cron, every, queue, args, kwargs",
+        id="schedule-unknown-key",
+    ),
+    pytest.param(
+        {"schedule": [{"name": "r", "task": "t.t", "every": 60, "queue": "default"},
+                      {"name": "r", "task": "t.u", "every": 60, "queue": "default"}]},
+        "schedule[1].name",
+        "a name used by no other entry",
+        id="schedule-duplicate-name",
+    ),
+    pytest.param({"schedule": {"a": 1}}, "schedule", "a list of schedule entries",
+                 id="schedule-not-a-list"),
+    pytest.param({"celeryApp": "proj/celery.py"}, "celeryApp", "a Python module path",
+                 id="celery-app-a-file"),
+    pytest.param({"celeryApp": "proj.celery"}, "image", "{context, dockerfile}",
+                 id="other-app-needs-its-image"),
+    pytest.param(
+        {"celeryApp": "proj.celery", "image": {"uri": "x/y:1"}},
+        "web.command",
+        "your web server's command",
+        id="other-app-needs-its-web-command",
+    ),
+    pytest.param(
+        {"celeryApp": "proj.celery", "image": {"uri": "x/y:1"}, "web": {"command": ["w"]}},
+        "workers",
+        "pools consuming your app's queues",
+        id="other-app-needs-its-workers",
+    ),
+    pytest.param(
+        {"celeryApp": "proj.celery", "image": {"uri": "x/y:1"}, "web": {"command": ["w"]},
+         "workers": [{"name": "a", "queues": ["celery"]}]},
+        "schedule",
+        "or [] for none",
+        id="other-app-needs-its-schedule",
+    ),
+    pytest.param({"image": {"uri": "x/y:1", "context": "."}}, "image.context",
+                 "not both", id="image-uri-and-build"),
+    pytest.param({"image": {"uri": "x y"}}, "image.uri", "an image reference",
+                 id="image-uri-space"),
+    pytest.param({"image": {"context": "/abs"}}, "image.context",
+                 "relative to the project directory", id="image-context-absolute"),
+    pytest.param({"image": {"tag": "1"}}, "image.tag", "context, dockerfile, uri",
+                 id="image-unknown-key"),
+    pytest.param({"imageUri": "x/y:1"}, "imageUri", "image: {uri:", id="image-uri-renamed"),
+    pytest.param({"web": {"command": "gunicorn app"}}, "web.command",
+                 "a non-empty list of arguments", id="web-command-a-string"),
+    pytest.param({"web": {"command": []}}, "web.command", "a non-empty list",
+                 id="web-command-empty"),
+    pytest.param({"web": {"command": ["gunicorn", ""]}}, "web.command[1]",
+                 "a non-empty list of arguments", id="web-command-empty-argument"),
+    pytest.param({"web": {"port": 80}}, "web.port", "an integer 1024..65535",
+                 id="web-port-privileged"),
+    pytest.param({"web": {"livenessPath": "livez"}}, "web.livenessPath",
+                 "a URL path starting with /", id="web-liveness-path-relative"),
     pytest.param(
         {"workers": pools({}, {"name": "all"})},
         "workers[1].name",
@@ -575,8 +767,10 @@ def test_the_readme_documents_every_key() -> None:
         names = re.findall(r"`([^`]+)`", row.split("|")[1])
         prefix = names[0].rpartition(".")[0]
         documented |= {name if "." in name else f"{prefix}.{name}".lstrip(".") for name in names}
-    sections = ("workers", "web", "broker", "network", "alerts")
+    sections = ("workers", "web", "broker", "network", "alerts", "image", "schedule")
     expected = {key for key in TOP_LEVEL_KEYS if key not in sections}
+    expected |= {f"image.{key}" for key in IMAGE_KEYS}
+    expected |= {"schedule"} | {f"schedule[].{key}" for key in ENTRY_KEYS}
     expected |= {"workers"} | {f"workers[].{key}" for key in POOL_KEYS}
     expected |= {f"web.{key}" for key in WEB_KEYS} | {f"broker.{key}" for key in BROKER_KEYS}
     expected |= {f"network.{key}" for key in NEW_VPC_KEYS + EXISTING_VPC_KEYS}

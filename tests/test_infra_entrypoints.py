@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-from app.schedule import SCHEDULE
+from app.schedule import entries_from_json
+from app.settings import BEAT_SCHEDULE
 from devtools.render import RenderedTaskDefinition
 from tests.support import ROOT, shared_run
 
@@ -67,8 +68,22 @@ def test_python_modules_exist(commands: list[list[str]]) -> None:
     assert {argv[2] for argv in modules} >= {"app.health"}
     for argv in modules:
         assert importlib.util.find_spec(argv[2]) is not None, argv
-        if "--entry" in argv:
-            assert option(argv, "--entry") in {entry.name for entry in SCHEDULE}
+        if argv[2] == "app.enqueue" and argv[3:4] != ["--help"]:
+            assert argv[3] in registered_tasks(), argv
+
+
+def registered_tasks() -> set[str]:
+    from app.celery_app import app
+
+    app.loader.import_default_modules()
+    return set(app.tasks)
+
+
+def test_beat_s_schedule_names_registered_tasks() -> None:
+    """The entries the stack hands beat (its environment) name tasks the app registers."""
+    beat = shared_run(STACKS["beat"]).task_definitions()["beat"]
+    entries = entries_from_json(beat.environment[BEAT_SCHEDULE])
+    assert entries and {entry.task for entry in entries} <= registered_tasks()
 
 
 def test_gunicorn_config_and_app_factory_exist(commands: list[list[str]]) -> None:
@@ -95,4 +110,4 @@ def test_enqueue_default_command_only_prints_usage() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "--entry" in done.stdout
+    assert "--slot" in done.stdout and "--name" in done.stdout

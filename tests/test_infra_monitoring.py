@@ -10,7 +10,6 @@ from typing import Any
 import pulumi
 import pytest
 
-from app.schedule import SCHEDULE
 from devtools.render import ACCOUNT, RecordingMocks
 from devtools.render import DEFAULT_REGION as REGION
 from infra.alarms import MIN_REQUESTS_FOR_RATE
@@ -66,7 +65,7 @@ def test_every_alarm_exists_whatever_the_notification_target(deployed: Deployed)
     if config.scheduler == "beat":
         expected.add("beat-silent")
     else:
-        expected |= {f"schedule-failed-{entry.name}" for entry in SCHEDULE}
+        expected |= {f"schedule-failed-{entry.name}" for entry in config.schedule}
         expected.add("schedule-dead-letters")
     assert set(operator_alarms(deployed)) == expected
 
@@ -173,7 +172,7 @@ def test_the_schedule_source_has_its_alarms(deployed: Deployed) -> None:
         # A beat that stopped writes nothing at all: missing data is the alarm.
         assert silent["treatMissingData"] == "breaching"
         return
-    for entry in SCHEDULE:
+    for entry in deployed.config.schedule:
         failed = alarms[f"schedule-failed-{entry.name}"]
         (metric,) = stats(failed)
         rule = run.named(RULE, f"schedule-{entry.name}").state["name"]
@@ -279,7 +278,7 @@ def test_the_dashboard_shows_what_the_alarms_watch(stack: str) -> None:
         assert line == (NAMESPACE, "BeatHeartbeat", "Service", "beat")
     else:
         lines = widget_metrics(widgets["Schedule: EventBridge invocations"])
-        rules = {run.named(RULE, f"schedule-{e.name}").state["name"] for e in SCHEDULE}
+        rules = {run.named(RULE, f"schedule-{e.name}").state["name"] for e in config.schedule}
         assert {line[3] for line in lines if line[0] == "AWS/Events"} == rules
         assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName",
                 run.one(QUEUE).state["name"]) in lines  # fmt: skip

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from pulumi.runtime.mocks import MockResourceArgs
 
 from app import settings as env_names
 from app.api_keys import parse_keys
-from app.schedule import SCHEDULE, Every, PeriodicEntry
+from app.schedule import entries_from_json
 from app.settings import PROTECTION_IDLE_GRACE_SECONDS
 from devtools.render import (
     ACCOUNT,
@@ -41,7 +40,7 @@ from infra import program
 from infra.broker import broker_url
 from infra.budget import BEAT_STOP_TIMEOUT, FARGATE_STOP_TIMEOUT_CAP, TASK_START_ALLOWANCE
 from infra.cluster import DeploymentRolledBack
-from infra.config import ConfigError, ExistingVpc, NewVpc, StackConfig, load
+from infra.config import DEFAULT_SCHEDULE, ConfigError, ExistingVpc, NewVpc, StackConfig, load
 from infra.containers import health_check
 from infra.schedule_expr import shortest_gap, to_eventbridge_expression
 from tests.support import ROOT, run_program, shared_run
@@ -90,7 +89,7 @@ STACKS: dict[str, dict[str, object]] = {
         "alerts": {"email": "ops@example.com", "http5xxPercent": 2, "brokerMemoryPercent": 70},
     },
     "existing-vpc-prebuilt-image": {
-        "imageUri": ECR_IMAGE,
+        "image": {"uri": ECR_IMAGE},
         "cpuArchitecture": "ARM64",
         "dashboard": True,
         "scheduler": "eventbridge",
@@ -171,8 +170,8 @@ def test_exactly_one_schedule_source(deployed: Deployed) -> None:
     else:
         assert beat_services == []
         assert "beat" not in run.task_definitions()
-        assert len(run.of_type(RULE)) == len(SCHEDULE)
-        assert len(run.of_type(TARGET)) == len(SCHEDULE)
+        assert len(run.of_type(RULE)) == len(deployed.config.schedule)
+        assert len(run.of_type(TARGET)) == len(deployed.config.schedule)
     assert run.outputs["scheduler"] == deployed.config.scheduler
 
 
@@ -194,7 +193,7 @@ def test_beat_is_a_singleton_without_scaling(deployed: Deployed) -> None:
 def test_one_rule_and_target_per_schedule_entry(deployed: Deployed) -> None:
     run = deployed.run
     enqueue = run.task_definitions()["enqueue"]
-    for entry in SCHEDULE:
+    for entry in deployed.config.schedule:
         rule = run.named(RULE, f"schedule-{entry.name}")
         assert rule.inputs["scheduleExpression"] == to_eventbridge_expression(entry.schedule)
         target = run.named(TARGET, f"schedule-{entry.name}").inputs
@@ -216,13 +215,8 @@ def test_one_rule_and_target_per_schedule_entry(deployed: Deployed) -> None:
                 {
                     "name": enqueue.container["name"],
                     "command": [
-                        "python",
-                        "-m",
-                        "app.enqueue",
-                        "--entry",
-                        entry.name,
-                        "--slot",
-                        "<time>",
+                        "python", "-m", "app.enqueue", entry.task, "--queue", entry.queue,
+                        "--name", entry.name, "--slot", "<time>",
                     ],
                 }
             ]
@@ -1127,7 +1121,8 @@ def test_the_rendered_program_does_not_depend_on_where_or_how_the_checkout_lives
 @pytest.mark.parametrize(
     "raw",
     [
-        {"workers": [{"name": "only", "queues": ["default"]}]},
+        {"workers": [{"name": "only", "queues": ["long"]}]},  # the schedule's queue: no pool
+        {"celeryApp": "proj.celery"},  # another app: the example's image and commands won't do
         {"web": {"requestTimeout": 500}},
         {"broker": {"engine": "memcached"}},
         {"typo": "1"},
@@ -1175,27 +1170,26 @@ def test_placeholders_are_refused_in_a_real_account_before_any_resource() -> Non
     assert run_program(own, mocks=RealAccount()).of_type(SERVICE)
 
 
-@pytest.fixture
-def unexpressible_schedule(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    every_30s = PeriodicEntry(name="too-often", task="app.tasks.noop", schedule=Every(30))
-    monkeypatch.setattr(program, "SCHEDULE", (*SCHEDULE, every_30s))
-    yield
-
-
-@pytest.mark.usefixtures("unexpressible_schedule")
 def test_unexpressible_schedule_fails_before_any_resource() -> None:
+    every_30s = {"name": "too-often", "task": "app.tasks.noop", "every": 30, "queue": "default"}
+    schedule = [*DEFAULT_SCHEDULE, every_30s]
     mocks = RecordingMocks()
-    with pytest.raises(ConfigError, match=r"^invalid stack config: scheduler: .*too-often.*beat"):
-        run_program({"scheduler": "eventbridge"}, mocks=mocks)
+    with pytest.raises(ConfigError, match=r"^invalid stack config: schedule\[2\]: cannot run "
+                       r"on EventBridge: 'too-often'.*scheduler: beat"):  # fmt: skip
+        run_program({"scheduler": "eventbridge", "schedule": schedule}, mocks=mocks)
     assert mocks.registrations == []
     # Beat can run what EventBridge cannot.
-    assert run_program({}).of_type(RULE) == []
+    assert run_program({"schedule": schedule}).of_type(RULE) == []
 
 
 def test_missing_dockerfile_fails_before_any_resource(tmp_path: Path) -> None:
     mocks = RecordingMocks()
-    with pytest.raises(ConfigError, match=r"^invalid stack config: imageUri: "):
+    with pytest.raises(ConfigError, match=r"^invalid stack config: image\.dockerfile: there is "
+                       r"no file Dockerfile in "):  # fmt: skip
         run_program({}, project_root=tmp_path, mocks=mocks)
+    with pytest.raises(ConfigError, match=r"^invalid stack config: image\.context: examples/x "
+                       r"is not a directory"):  # fmt: skip
+        run_program({"image": {"context": "examples/x"}}, project_root=tmp_path, mocks=mocks)
     assert mocks.registrations == []
 
 
@@ -1216,3 +1210,73 @@ def test_config_is_read_from_the_language_hosts_environment(
         "scheduler": "eventbridge",
         "workers": json.dumps([{"name": "a", "queues": ["default", "long"]}]),
     }
+
+
+# --- another app than the example --------------------------------------------------------------
+
+
+OTHER_APP: dict[str, object] = {
+    "celeryApp": "proj.celery:app",
+    "image": {"context": "proj", "dockerfile": "proj/deploy/Dockerfile"},
+    "web": {"command": ["gunicorn", "proj.wsgi"], "port": 8080, "livenessPath": "/healthz"},
+    "workers": [{"name": "mail", "queues": ["celery", "emails"]}],
+    "schedule": [
+        {"name": "digest", "task": "proj.tasks.send_digest", "cron": "0 9 * * mon-fri",
+         "queue": "emails", "args": ["daily"], "kwargs": {"limit": 50}},
+    ],
+}  # fmt: skip
+
+
+def test_a_stack_of_another_app_runs_its_commands_image_port_and_schedule(tmp_path: Path) -> None:
+    """Nothing of the example app is left in a stack that names its own app."""
+    (tmp_path / "proj" / "deploy").mkdir(parents=True)
+    (tmp_path / "proj" / "deploy" / "Dockerfile").write_text("FROM scratch\n")
+    for scheduler in ("beat", "eventbridge"):
+        run = run_program({**OTHER_APP, "scheduler": scheduler}, project_root=tmp_path)
+        tasks = run.task_definitions()
+        assert tasks["worker-mail"].command[:5] == [
+            "celery", "--app", "proj.celery:app", "worker", "--queues"
+        ]  # fmt: skip
+        assert tasks["worker-mail"].command[5] == "celery,emails"
+        web = tasks["web"]
+        assert web.command == ["gunicorn", "proj.wsgi"]
+        assert web.container["portMappings"][0]["containerPort"] == 8080
+        assert web.environment["WEB_PORT"] == "8080"
+        assert web.environment["WEB_LIVENESS_PATH"] == "/healthz"
+        group = run.one("aws:lb/targetGroup:TargetGroup").inputs
+        assert (group["port"], group["healthCheck"]["path"]) == (8080, "/healthz")
+        balanced = run.named(SERVICE, "web-service").inputs["loadBalancers"]
+        assert [entry["containerPort"] for entry in balanced] == [8080]
+        ports = {(rule.name, rule.inputs["fromPort"]) for rule in run.of_type(INGRESS)}
+        assert ("network-web-from-alb", 8080) in ports
+        (image,) = run.of_type(IMAGE)
+        assert image.inputs["context"] == {"location": os.path.relpath(tmp_path / "proj")}
+        assert image.inputs["dockerfile"] == {
+            "location": os.path.relpath(tmp_path / "proj/deploy/Dockerfile")
+        }
+        text = " ".join(" ".join(task.command) for task in tasks.values())
+        assert "app.celery_app" not in text and "app.web" not in text
+        if scheduler == "beat":
+            assert tasks["beat"].command == ["celery", "--app", "proj.celery:app", "beat"]
+            (entry,) = entries_from_json(tasks["beat"].environment["CELERY_BEAT_SCHEDULE_JSON"])
+            assert (entry.task, entry.queue, entry.args) == ("proj.tasks.send_digest",
+                                                             "emails", ("daily",))  # fmt: skip
+            continue
+        target = run.named(TARGET, "schedule-digest").inputs
+        (override,) = json.loads(target["inputTransformer"]["inputTemplate"])["containerOverrides"]
+        assert override["command"] == [
+            "python", "-m", "app.enqueue", "proj.tasks.send_digest", "--queue", "emails",
+            "--args", '["daily"]', "--kwargs", '{"limit":50}', "--name", "digest",
+            "--slot", "<time>",
+        ]  # fmt: skip
+        rule = run.named(RULE, "schedule-digest").inputs
+        assert rule["scheduleExpression"] == "cron(0 9 ? * MON-FRI *)"
+
+
+def test_the_default_stack_s_beat_carries_the_example_schedule() -> None:
+    tasks = shared_run({}).task_definitions()
+    assert entries_from_json(tasks["beat"].environment["CELERY_BEAT_SCHEDULE_JSON"]) == (
+        load({}).schedule
+    )
+    # The liveness path is the app's default: no variable for it (the task definition as before).
+    assert "WEB_LIVENESS_PATH" not in tasks["web"].environment

@@ -10,9 +10,10 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
+from app.schedule import Cron, Every, PeriodicEntry
 from app.settings import check_redis_url
 from infra.broker import AUTH_TOKEN_SPECIALS, broker_url, final_snapshot_name
+from infra.config import load
 from infra.eventbridge import plan_schedule
 from infra.image import ecr_repository
 from infra.network import subnet_cidrs
@@ -24,7 +25,7 @@ from infra.scaling import (
     scale_out_alarm_queries,
     scale_out_steps,
 )
-from infra.schedule_expr import ScheduleError, to_eventbridge_expression
+from infra.schedule_expr import ScheduleError
 from tests.support import run_program
 
 
@@ -115,11 +116,10 @@ def test_scale_out_steps_cover_every_breach_and_never_add_more_than_asked(per_ta
 
 
 def test_schedule_plan_translates_every_entry() -> None:
-    planned = plan_schedule(SCHEDULE)
-    assert [p.entry for p in planned] == list(SCHEDULE)
-    assert [p.expression for p in planned] == [
-        to_eventbridge_expression(e.schedule) for e in SCHEDULE
-    ]
+    schedule = load({}).schedule
+    planned = plan_schedule(schedule)
+    assert [p.entry for p in planned] == list(schedule)
+    assert [p.expression for p in planned] == ["rate(1 hour)", "cron(30 2 * * ? *)"]
 
 
 @pytest.mark.parametrize(
@@ -128,6 +128,10 @@ def test_schedule_plan_translates_every_entry() -> None:
         (PeriodicEntry("fast", "t", Every(30)), "fast"),
         (PeriodicEntry("x" * 41, "t", Cron(minute="0")), "rule name"),
         (PeriodicEntry("with space", "t", Cron(minute="0")), "rule name"),
+        # The input transformer would put the event's time in its place.
+        (PeriodicEntry("odd", "t", Cron(minute="0"), args=("<time>",)), "contain <time>"),
+        # ECS takes at most 8192 characters of overrides, the command included.
+        (PeriodicEntry("big", "t", Cron(minute="0"), kwargs={"blob": "x" * 8100}), "8192"),
     ],
 )
 def test_schedule_plan_names_the_entry_it_cannot_run(entry: PeriodicEntry, problem: str) -> None:

@@ -28,7 +28,7 @@ import pytest
 import redis
 from celery.states import READY_STATES
 
-from app.schedule import SCHEDULE
+from infra.config import load
 from tests.support import ROOT, wait_for
 
 # The tier (tests/tiers.py): the stack runs on the ECS twin, as root.
@@ -329,7 +329,7 @@ def test_the_printed_command_runs_a_schedule_entry_on_the_stack(
 
     assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout)
-    assert (outcome["status"], outcome["task"]) == ("enqueued", SCHEDULE[0].task)
+    assert (outcome["status"], outcome["task"]) == ("enqueued", load({}).schedule[0].task)
     store = stack.redis()
 
     def finished() -> str | None:

@@ -479,7 +479,7 @@ def test_the_enqueue_command_stamps_what_it_publishes(
     app_env: dict[str, str], redis_client: redis.Redis
 ) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "app.enqueue", "--entry", "nightly-report"],
+        [sys.executable, "-m", "app.enqueue", "app.tasks.nightly_report", "--queue", "default"],
         env=app_env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -20,15 +20,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis
 
 from devtools.redis_server import RedisServer, start_redis
 from devtools.render import ProgramRun, run_program
+from devtools.stack import wait_until_ready
 from devtools.twin.cluster import TwinCluster
 from devtools.twin.network import HOST_ADDRESS, ensure_bridge
 from devtools.twin.task import Status
+from infra.containers import WEB_COMMAND
 from tests.support import send_task, wait_for
 from tests.test_beat import HOURLY, make_overdue, sent_tasks
 
@@ -404,3 +407,38 @@ def test_a_deployment_whose_tasks_keep_failing_is_rolled_back(
     assert any("circuit breaker threshold 3" in event for event in twin.events), twin.events
     assert service.revision.number == 1 and broken.number == 2
     assert_all_applied_once(twin.redis, queued)
+
+
+def test_a_celery_app_the_image_does_not_hold_fails_the_run_and_says_why(
+    tmp_path: Path,
+) -> None:
+    """``celeryApp`` is only a name offline; on the twin the worker cannot load it, exits, and
+    the run reports the service, the exit, the command and the import error (and ``make run``
+    stops)."""
+    stack = {
+        **STACK, "celeryApp": "proj.missing", "image": {"context": "."},
+        "web": {"requestTimeout": 5, "command": list(WEB_COMMAND)}, "schedule": [],
+    }  # fmt: skip
+    ensure_bridge()
+    broker = start_redis(bind=("127.0.0.1", HOST_ADDRESS))
+    events: list[str] = []
+    cluster = TwinCluster.from_program(
+        run_program(stack, stack="test"), broker_url=f"redis://{HOST_ADDRESS}:{broker.port}/0",
+        state_root=tmp_path / "twin", time_scale=TIME_SCALE, on_event=events.append,
+        only=["worker-quick"],
+    ).start()  # fmt: skip
+    try:
+        (report,) = wait_for(cluster.failed_to_start, LIMIT, what="the failed first deployment")
+        assert report.startswith("service worker-quick cannot start: 3 tasks failed"), report
+        assert "Essential container in task exited (" in report, report
+        assert "celery --app proj.missing worker" in report, report
+        # Celery's traceback ends the output: what could not be imported.
+        assert "ModuleNotFoundError: No module named 'proj'" in report, report
+        assert any("circuit breaker threshold 3" in event for event in events), events
+        # `make run` ends its wait with that report instead of serving a stack without workers.
+        with pytest.raises(RuntimeError, match="service worker-quick cannot start") as raised:
+            wait_until_ready("http://127.0.0.1:9", cluster, SimpleNamespace(count=0))
+        assert "celeryApp and web.command" in str(raised.value)
+    finally:
+        cluster.stop()
+        broker.stop()

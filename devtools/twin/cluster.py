@@ -37,11 +37,13 @@ from devtools.twin.events import Rule, eventbridge_fire_times
 from devtools.twin.image import Image, parse_image
 from devtools.twin.loadbalancer import LoadBalancer, TargetGroupSettings
 from devtools.twin.network import HOST_ADDRESS, ensure_bridge
-from devtools.twin.service import Service
+from devtools.twin.service import Rollout, Service
 from devtools.twin.task import Revision, Status, Task, TaskOptions
 
 #: Seconds between two passes of the service scheduler.
 TICK = 0.2
+#: Lines of a failed task's output ``failed_to_start`` quotes.
+FAILURE_OUTPUT_LINES = 8
 SERVICE = "aws:ecs/service:Service"
 TASK_DEFINITION = "aws:ecs/taskDefinition:TaskDefinition"
 TARGET_GROUP = "aws:lb/targetGroup:TargetGroup"
@@ -202,6 +204,34 @@ class TwinCluster:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not steady after {timeout:.0f} s:\n{self.status()}")
             time.sleep(0.1)
+
+    def failed_to_start(self) -> list[str]:
+        """A report per service whose first deployment failed (its circuit breaker tripped with
+        no earlier deployment to roll back to): nothing of it runs, and ECS would try no more.
+        Each names the service, the failed tasks' reason and command, and the last lines of
+        the latest one's output (e.g. the ``ModuleNotFoundError`` ending Celery's traceback for
+        a ``celeryApp`` the image does not hold, which no offline check can see)."""
+        reports = []
+        for name, service in sorted(self.services.items()):
+            deployments = service.deployments
+            if deployments[0].rollout != Rollout.FAILED or any(
+                d.rollout == Rollout.COMPLETED for d in deployments
+            ):
+                continue
+            failed = [task for task in self.tasks_by_id.values()
+                      if task.group == f"service:{name}" and task.failed
+                      and task.status == Status.STOPPED]  # fmt: skip
+            last = max(failed, key=lambda task: task.started_at or 0.0, default=None)
+            if last is None:
+                continue
+            output = last.logs().strip().splitlines()[-FAILURE_OUTPUT_LINES:]
+            command = " ".join(last.revision.container.get("command") or [])
+            reports.append(
+                f"service {name} cannot start: {deployments[0].failed_tasks} tasks failed, the "
+                f"last with: {last.stopped_reason}. Its command: {command}. Its last output:\n"
+                + "\n".join(f"    {line}" for line in output)
+            )
+        return reports
 
     def deploy(
         self, service: str, edit: Callable[[dict[str, Any]], None] | None = None
