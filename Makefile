@@ -6,13 +6,14 @@
 #                    user; CONTRIBUTING.md has the tiers
 #   make plan [STACK=prod]   the offline plan of Pulumi.<stack>.yaml: resources, validation
 #                            against AWS's rules, diagram (.plan/<stack>.png), monthly cost
+#   make wheel       the runtime package's wheel (celery_ecs), in dist/
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STACK ?= dev
 
-.PHONY: run test test-unit lint bench bench-plan plan plan-docs clean system-packages
+.PHONY: run test test-unit lint bench bench-plan plan plan-docs wheel clean system-packages
 
 $(BIN)/.installed: requirements.txt app/requirements.txt app/constraints.txt requirements-dev.txt \
 		policy/requirements.txt
@@ -53,5 +54,9 @@ plan: $(BIN)/.installed system-packages
 plan-docs: $(BIN)/.installed system-packages
 	@$(BIN)/python -m devtools.plan --stack dev --write-docs >/dev/null
 
+# The runtime's wheel, built as any user builds it (python -m build; its backend fetched by pip).
+wheel: $(BIN)/.installed
+	$(BIN)/python -m build --wheel --outdir dist .
+
 clean:
-	rm -rf $(VENV) .venvs .twin .plan .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) .venvs .twin .plan .pytest_cache .ruff_cache .mypy_cache .hypothesis dist

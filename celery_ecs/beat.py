@@ -7,9 +7,9 @@ from typing import Any
 
 from redbeat import RedBeatScheduler
 
-from app.celery_app import BROKER_OUTAGE_ERRORS, settings
-from app.health import HeartbeatFile
-from app.metrics import BeatHeartbeat
+from celery_ecs.health import HeartbeatFile
+from celery_ecs.metrics import BeatHeartbeat
+from celery_ecs.runtime import BROKER_OUTAGE_ERRORS, runtime_settings
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +27,14 @@ class HeartbeatRedBeatScheduler(RedBeatScheduler):
     still ends beat when the next tick cannot extend it: never two beats.
     """
 
-    heartbeat = HeartbeatFile("beat", settings.heartbeat_dir)
-    #: The ``BeatHeartbeat`` metric (only with ``CELERY_METRICS_NAMESPACE``): an alarm notices a
-    #: beat that stopped scheduling, which a health check of the task cannot see once ECS has
-    #: nothing left to replace.
-    heartbeat_metric = BeatHeartbeat(settings.metrics_namespace)
+    def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        settings = runtime_settings(app)
+        self.heartbeat = HeartbeatFile("beat", settings.heartbeat_dir)
+        #: The ``BeatHeartbeat`` metric (only with ``CELERY_METRICS_NAMESPACE``): an alarm
+        #: notices a beat that stopped scheduling, which a health check of the task cannot see
+        #: once ECS has nothing left to replace.
+        self.heartbeat_metric = BeatHeartbeat(settings.metrics_namespace)
+        super().__init__(app, *args, **kwargs)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:

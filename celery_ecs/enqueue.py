@@ -1,11 +1,14 @@
 """Enqueue one task and exit: what an EventBridge schedule runs instead of beat.
 
-    python -m app.enqueue --entry nightly-report --slot 2026-11-24T02:30:00Z
-    python -m app.enqueue app.tasks.noop [--kwargs '{"a": 1}'] [--queue default] [--slot S]
+    celery-ecs-enqueue --app app.celery_app --entry nightly-report --slot 2026-11-24T02:30:00Z
+    celery-ecs-enqueue --app app.celery_app app.tasks.noop [--kwargs '{"a": 1}'] [--queue Q]
 
-``--entry`` takes the task, arguments and queue from ``app.schedule``. With ``--slot`` (the
-schedule slot, EventBridge's event time) the publish happens at most once per task and slot:
-EventBridge delivers at least once, so the same slot may start this command twice.
+``--app`` names the equipped Celery app as ``celery --app`` does (``module``, ``module:attribute``;
+default: ``$CELERY_APP``), imported with the current directory on the path. ``--entry`` takes
+the task, arguments and queue from that app's ``beat_schedule`` (``celery_ecs.equip(app,
+schedule=...)`` sets it). With ``--slot`` (the schedule slot, EventBridge's event time) the
+publish happens at most once per task and slot: EventBridge delivers at least once, so the same
+slot may start this command twice. The slot's claim is a key in the broker's Redis.
 
 Exit status: 0 enqueued (or already enqueued for that slot), 1 broker unreachable, 2 bad usage
 (unknown task or entry, malformed arguments, unsafe configuration). One JSON line on stdout says
@@ -17,21 +20,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TypedDict, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, TypedDict, TypeVar
 
 import redis
+from celery import Celery
+from celery.app.utils import find_app
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 
-from app.schedule import SCHEDULE
-from app.settings import ConfigError
+from celery_ecs.settings import ConfigError
 
-log = logging.getLogger("app.enqueue")
+log = logging.getLogger("celery_ecs.enqueue")
+#: The variable ``--app`` defaults to (the one ``celery --app`` reads too).
+APP_ENV = "CELERY_APP"
 T = TypeVar("T")
 
 #: Seconds a slot's claim is kept: far longer than EventBridge takes to redeliver.
@@ -51,12 +58,15 @@ class BrokerUnreachable(Exception):
 
 @dataclass(frozen=True)
 class Request:
+    """What to publish: ``entry`` names a ``beat_schedule`` entry, else ``task`` is sent."""
+
+    app: str
     task: str
+    entry: str | None = None
     kwargs: dict[str, object] = field(default_factory=dict)
     args: tuple[object, ...] = ()
     queue: str | None = None
     slot: str | None = None
-    key: str = ""  # what the slot is claimed for: the entry name, or the task name
 
 
 class SendOptions(TypedDict, total=False):
@@ -67,11 +77,13 @@ class SendOptions(TypedDict, total=False):
 
 
 def parse(argv: list[str] | None) -> Request:
-    parser = argparse.ArgumentParser(prog="python -m app.enqueue", description=__doc__,
+    parser = argparse.ArgumentParser(prog="celery-ecs-enqueue", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--app", "-A", default=os.environ.get(APP_ENV, ""),
+                        help=f"the Celery app, as celery --app names it (default: ${APP_ENV})")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("task", nargs="?", help="registered task name, e.g. app.tasks.noop")
-    target.add_argument("--entry", help="name of a periodic entry in app.schedule")
+    target.add_argument("--entry", help="name of an entry of the app's beat_schedule")
     parser.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
     parser.add_argument("--queue", help="queue (default: the task's route)")
     parser.add_argument("--slot", help="schedule slot; enqueue at most once per slot")
@@ -79,19 +91,53 @@ def parse(argv: list[str] | None) -> Request:
     slot = args.slot.strip() if args.slot else None
     if args.slot is not None and not slot:
         raise UsageError("--slot is empty")
+    if not args.app.strip():
+        raise UsageError(f"name the Celery app with --app or ${APP_ENV}")
     if args.entry:
-        entries = {entry.name: entry for entry in SCHEDULE}
-        if args.entry not in entries:
-            raise UsageError(f"unknown entry {args.entry!r}; known: {', '.join(sorted(entries))}")
-        entry = entries[args.entry]
-        return Request(entry.task, dict(entry.kwargs), entry.args, entry.queue, slot, entry.name)
+        return Request(args.app.strip(), "", args.entry, slot=slot)
     try:
         kwargs = json.loads(args.kwargs)
     except json.JSONDecodeError as exc:
         raise UsageError(f"--kwargs is not valid JSON: {exc}") from None
     if not isinstance(kwargs, dict):
         raise UsageError("--kwargs must be a JSON object")
-    return Request(args.task, kwargs, (), args.queue, slot, args.task)
+    return Request(args.app.strip(), args.task, None, kwargs, (), args.queue, slot)
+
+
+def load_app(name: str) -> Celery:
+    """The equipped Celery app ``name`` (``celery --app``'s rules, the current directory on the
+    path); a usage error if it cannot be imported or is not a Celery app."""
+    try:
+        app = find_app(name)
+    except (ImportError, AttributeError) as error:
+        raise UsageError(f"--app {name}: cannot import it ({error})") from None
+    if not isinstance(app, Celery):
+        raise UsageError(f"--app {name}: {app!r} is not a Celery app")
+    return app
+
+
+def resolve(request: Request, app: Celery) -> Request:
+    """``request`` with an entry's task, arguments and queue filled in from ``beat_schedule``."""
+    if request.entry is None:
+        return request
+    entries: dict[str, Any] = app.conf.beat_schedule or {}
+    entry = entries.get(request.entry)
+    if entry is None:
+        raise UsageError(f"unknown entry {request.entry!r}; known: {', '.join(sorted(entries))}")
+    options = entry.get("options") or {}
+    return replace(
+        request,
+        task=entry["task"],
+        kwargs=dict(entry.get("kwargs") or {}),
+        args=tuple(entry.get("args") or ()),
+        queue=options.get("queue"),
+    )
+
+
+def broker_client(broker_url: str) -> redis.Redis:
+    """A client of the broker's Redis, for the slot claims. redis-py verifies the server
+    certificate of a rediss:// URL (``Settings`` requires ``ssl_cert_reqs=required``)."""
+    return redis.Redis.from_url(broker_url, socket_timeout=10, socket_connect_timeout=5)
 
 
 def with_retries(action: Callable[[], T], broker: str) -> T:
@@ -110,21 +156,24 @@ def with_retries(action: Callable[[], T], broker: str) -> T:
     raise AssertionError("unreachable")
 
 
-def release_claim(claim: str) -> None:
+def release_claim(client: redis.Redis, claim: str) -> None:
     """Release a slot whose publish failed, so a redelivery of the same event can publish it."""
-    from app.store import client
-
     try:
-        client().delete(claim)
+        client.delete(claim)
     except redis.RedisError as exc:
         log.error("could not release %s (%s): this slot stays claimed until it expires", claim, exc)
 
 
 def enqueue(request: Request) -> dict[str, object]:
-    # Imported here so that usage errors are reported without configuring the app.
-    from app.celery_app import app, publish_only, settings
-    from app.store import client
+    # Imported here so that usage errors are reported without importing Celery's worker parts.
+    from celery_ecs.runtime import publish_only, settings_of
 
+    app = load_app(request.app)
+    try:
+        settings = settings_of(app)
+    except LookupError as error:
+        raise UsageError(f"--app {request.app}: {error}") from None
+    request = resolve(request, app)
     publish_only()
     app.loader.import_default_modules()
     if request.task not in app.tasks or request.task.startswith("celery."):
@@ -132,11 +181,12 @@ def enqueue(request: Request) -> dict[str, object]:
     broker = maybe_sanitize_url(settings.broker_url)
     task_id = str(uuid.uuid4())
     claim = None
+    client = broker_client(settings.broker_url)
     if request.slot:
         # The same slot always maps to the same task id and claim; SET NX lets one run publish.
-        claim = f"enqueue:slot:{request.key}:{request.slot}"
+        claim = f"enqueue:slot:{request.entry or request.task}:{request.slot}"
         task_id = str(uuid.uuid5(uuid.NAMESPACE_URL, claim))
-        claimed = with_retries(lambda: client().set(claim, task_id, nx=True, ex=SLOT_TTL), broker)
+        claimed = with_retries(lambda: client.set(claim, task_id, nx=True, ex=SLOT_TTL), broker)
         if not claimed:
             return {"status": "duplicate", "task": request.task, "id": task_id,
                     "slot": request.slot}
@@ -153,7 +203,7 @@ def enqueue(request: Request) -> dict[str, object]:
         )
     except BaseException:
         if claim:
-            release_claim(claim)
+            release_claim(client, claim)
         raise
     return {"status": "enqueued", "task": request.task, "id": task_id, "slot": request.slot}
 

@@ -1,8 +1,13 @@
-"""gunicorn settings of the web container: ``gunicorn --config python:app.gunicorn_conf
-"app.web:create_app()"`` (the ECS task definition's command).
+"""gunicorn settings for the web container of any WSGI app: ``gunicorn --config
+python:celery_ecs.gunicorn_conf <module>:<app>`` (e.g. ``proj.wsgi:application`` for Django; the
+example's ECS command is ``app.web:create_app()``, through ``app.gunicorn_conf``, which adds its
+own check).
 
-Read by the gunicorn master, so it imports only ``app.settings`` (no Celery, no Flask). Values
-come from the ``WEB_*`` variables and ``CELERY_LOG_LEVEL`` (see ``app.settings``).
+Read by the gunicorn master, so it imports only ``celery_ecs.settings`` (no Celery, no Flask).
+Values come from the ``WEB_*`` variables and ``APP_LOG_LEVEL`` (see ``celery_ecs.settings``). It
+binds ``0.0.0.0:WEB_PORT``, with 2 gthread workers of ``WEB_THREADS`` threads, request timeout
+and graceful shutdown ``WEB_REQUEST_TIMEOUT`` seconds, and leaves the passing liveness checks
+(``/livez``) out of the access log.
 """
 
 from __future__ import annotations
@@ -10,21 +15,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from app.settings import ApiKeysSettings, Settings, WebSettings
+from celery_ecs.settings import Settings, WebSettings
 
-# Read (and checked) in the master: a bad configuration stops gunicorn before it forks, and so
-# does a missing source of API keys (the API never runs open).
+# Read (and checked) in the master: a bad configuration stops gunicorn before it forks.
 _settings = Settings.from_env()
 _web = WebSettings.from_env()
-ApiKeysSettings.from_env()
 
 bind = [f"0.0.0.0:{_web.port}"]
 
 # Threads, not processes, carry the concurrency: a request spends its time waiting on Redis
 # (the Celery client is synchronous). Two processes so that one crashing or being restarted
 # does not leave the container without a listener; ECS scales by adding tasks. gunicorn's gthread
-# worker, whose own error responses (before the app) use the API's JSON error shape.
-worker_class = "app.gunicorn_worker.JsonErrorWorker"
+# worker, whose own error responses (before the app) use a JSON error shape.
+worker_class = "celery_ecs.gunicorn_worker.JsonErrorWorker"
 workers = 2
 threads = _web.threads
 # The app is created in each worker after the fork, so no broker connection is shared.
@@ -54,7 +57,7 @@ limit_request_fields = 50
 limit_request_field_size = 4096
 
 accesslog = "-"  # stdout, collected by the awslogs driver
-logger_class = "app.gunicorn_worker.HealthChecksUnlogged"
+logger_class = "celery_ecs.gunicorn_worker.HealthChecksUnlogged"
 errorlog = "-"  # stderr
 loglevel = _settings.log_level.lower()
 access_log_format = (
@@ -64,7 +67,8 @@ proc_name = "celery-ecs-web"
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    """Give the app's own log records (``app.*``, Flask) the format every process uses."""
-    from app.celery_app import configure_logging  # imported in the worker, after the fork
+    """Give the app's own log records (its loggers, Flask's...) the format every process
+    uses."""
+    from celery_ecs.runtime import configure_logging  # imported in the worker, after the fork
 
-    configure_logging()
+    configure_logging(_settings)

@@ -1,7 +1,7 @@
 """Names the app and the infrastructure must spell alike: metric names and dimensions, and the
 web's liveness path.
 
-Like ``app.settings`` (environment variable names), ``app.routing`` (queues) and
+Like ``celery_ecs.settings`` (environment variable names), ``app.routing`` (queues) and
 ``app.schedule`` (schedule entries), this module imports nothing outside the standard library:
 the Pulumi program reads the app's names only through these four modules, in a virtualenv that
 holds no Celery, kombu or redis (``requirements.txt``). The import contract in ``.importlinter``
@@ -10,7 +10,7 @@ enforces it.
 
 from __future__ import annotations
 
-#: CloudWatch metric names the worker and beat publish (``app.metrics``), and that alarms,
+#: CloudWatch metric names the worker and beat publish (``celery_ecs.metrics``), and that alarms,
 #: scaling policies and the dashboard read (``infra/``).
 BACKLOG_METRIC = "Backlog"
 OLDEST_AGE_METRIC = "OldestMessageAge"

@@ -1,9 +1,9 @@
-"""The periodic schedule, defined once, as plain data.
+"""The types of a periodic schedule, as plain data: an entry, an interval, a crontab.
 
-Beat reads it through ``app.celery_app`` (converted to Celery schedules); the infrastructure
-reads it to create one EventBridge rule per entry when ``scheduler: eventbridge``. It imports
-nothing from Celery so the Pulumi program can read it without the app's dependencies.
-All times are UTC.
+An app lists its entries (the example: ``app.schedule``); ``celery_ecs.equip`` turns them into
+Celery's ``beat_schedule`` (``celery_ecs.runtime.beat_schedule``), and the infrastructure creates
+one EventBridge rule per entry when ``scheduler: eventbridge``. It imports nothing from Celery,
+so the Pulumi program can read it without the app's dependencies. All times are UTC.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class Cron:
 
 @dataclass(frozen=True)
 class PeriodicEntry:
+    """One periodic task: ``task`` (a registered name) sent to ``queue`` on ``schedule``."""
+
     name: str
     task: str
     schedule: Every | Cron
@@ -38,16 +40,3 @@ class PeriodicEntry:
     kwargs: dict[str, object] = field(default_factory=dict)
     queue: str = "default"
 
-
-SCHEDULE: tuple[PeriodicEntry, ...] = (
-    PeriodicEntry(
-        name="purge-expired-idempotency-keys",
-        task="app.tasks.purge_expired_records",
-        schedule=Every(seconds=3600),
-    ),
-    PeriodicEntry(
-        name="nightly-report",
-        task="app.tasks.nightly_report",
-        schedule=Cron(minute="30", hour="2"),
-    ),
-)

@@ -53,7 +53,7 @@ import redis
 
 from app.schedule import SCHEDULE
 from devtools.metric_lines import MetricLines
-from devtools.processes import ROOT
+from devtools.processes import ROOT, python_argv
 from devtools.redis_server import RedisUnavailable, free_port, start_redis
 from devtools.render import read_stack_file, run_program
 from devtools.twin.cluster import TwinCluster
@@ -62,7 +62,7 @@ from devtools.twin.network import HOST_ADDRESS, ensure_bridge
 from devtools.twin.relay import Relay
 from devtools.twin.task import Status, Task
 from infra.budget import EXIT_MARGIN
-from infra.containers import ENQUEUE_MODULE
+from infra.containers import CELERY_APP, ENQUEUE_SCRIPT
 
 #: Stop order by service name prefix: the producers first, so nothing new is enqueued while the
 #: workers drain; Redis stops after all of them. With each, the signal that stops it at once
@@ -242,7 +242,10 @@ def banner(web_url: str, broker_url: str, control_url: str, cluster: TwinCluster
     # The schedule is hourly and nightly, so nothing periodic runs in a short session: fire an
     # entry by hand with the command EventBridge runs (less its --slot, so it fires every time),
     # or, with --scheduler eventbridge, fire its rule.
-    enqueue = shlex.join([str(interpreter), "-m", ENQUEUE_MODULE, "--entry", SCHEDULE[0].name])
+    _, *enqueue_args = python_argv(
+        [ENQUEUE_SCRIPT, "--app", CELERY_APP, "--entry", SCHEDULE[0].name]
+    )
+    enqueue = shlex.join([str(interpreter), *enqueue_args])
     rules = "".join(
         f"  curl -s -X POST {control_url}/rules/{rule}/fire\n" for rule in sorted(cluster.rules)
     )

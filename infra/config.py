@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar, cast
 
 from app.routing import QUEUES
-from app.settings import DEFAULT_HELD_PER_SLOT
+from celery_ecs.settings import DEFAULT_HELD_PER_SLOT
 from infra.budget import (
     EXIT_MARGIN,
     BudgetError,

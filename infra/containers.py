@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from app import settings as env_names
+from celery_ecs import settings as env_names
 from infra.config import StackConfig, WorkerPool
 
 #: UID:GID the image's application user has (ECS.20: never root).
@@ -28,9 +28,11 @@ WEB_COMMAND: tuple[str, ...] = (
     "app.web:create_app()",
 )
 BEAT_COMMAND: tuple[str, ...] = ("celery", "--app", CELERY_APP, "beat")
-ENQUEUE_MODULE = "app.enqueue"
+#: The runtime's console scripts (``pyproject.toml``, ``[project.scripts]``).
+ENQUEUE_SCRIPT = "celery-ecs-enqueue"
+HEALTH_SCRIPT = "celery-ecs-health"
 #: What the enqueue task runs without the EventBridge override: prints usage, sends nothing.
-ENQUEUE_DEFAULT_COMMAND: tuple[str, ...] = ("python", "-m", ENQUEUE_MODULE, "--help")
+ENQUEUE_DEFAULT_COMMAND: tuple[str, ...] = (ENQUEUE_SCRIPT, "--help")
 
 
 def worker_command(name: str, queues: Sequence[str], concurrency: int) -> tuple[str, ...]:
@@ -55,14 +57,14 @@ def worker_command(name: str, queues: Sequence[str], concurrency: int) -> tuple[
 
 def enqueue_command(entry_name: str, slot: str) -> tuple[str, ...]:
     """``slot`` is the schedule time of the run (the event's ``time``, ISO 8601 UTC)."""
-    return ("python", "-m", ENQUEUE_MODULE, "--entry", entry_name, "--slot", slot)
+    return (ENQUEUE_SCRIPT, "--app", CELERY_APP, "--entry", entry_name, "--slot", slot)
 
 
 def health_check(role: str) -> dict[str, object]:
-    """Container health check (``python -m app.health <role>``): for the worker and beat a stale
-    heartbeat file fails it, for the web a ``/livez`` that does not answer 200."""
+    """Container health check (``celery-ecs-health <role>``): for the worker and beat a
+    stale heartbeat file fails it, for the web a ``/livez`` that does not answer 200."""
     return {
-        "command": ["CMD", "python", "-m", "app.health", role],
+        "command": ["CMD", HEALTH_SCRIPT, role],
         "interval": 30,
         "timeout": 5,
         "retries": 3,

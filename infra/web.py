@@ -11,8 +11,8 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
-from app.names import LIVENESS_PATH
-from app.settings import WEB_API_KEYS_SECRET_ARN
+from celery_ecs.names import LIVENESS_PATH
+from celery_ecs.settings import WEB_API_KEYS_SECRET_ARN
 from infra.budget import WEB_HEALTH_CHECK_GRACE
 from infra.cluster import (
     Cluster,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import redis
 
-from app.schedule import SCHEDULE, Every
+from app.schedule import SCHEDULE
+from celery_ecs.schedule import Every
 from devtools.processes import python_argv
 from infra.containers import BEAT_COMMAND
 from tests.support import AppProcess, start_process, wait_for

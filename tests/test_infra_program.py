@@ -21,10 +21,11 @@ import pulumi
 import pytest
 from pulumi.runtime.mocks import MockResourceArgs
 
-from app import settings as env_names
 from app.api_keys import parse_keys
-from app.schedule import SCHEDULE, Every, PeriodicEntry
-from app.settings import PROTECTION_IDLE_GRACE_SECONDS
+from app.schedule import SCHEDULE
+from celery_ecs import settings as env_names
+from celery_ecs.schedule import Every, PeriodicEntry
+from celery_ecs.settings import PROTECTION_IDLE_GRACE_SECONDS
 from devtools.render import (
     ACCOUNT,
     MOCK_AUTH_TOKEN,
@@ -216,9 +217,9 @@ def test_one_rule_and_target_per_schedule_entry(deployed: Deployed) -> None:
                 {
                     "name": enqueue.container["name"],
                     "command": [
-                        "python",
-                        "-m",
-                        "app.enqueue",
+                        "celery-ecs-enqueue",
+                        "--app",
+                        "app.celery_app",
                         "--entry",
                         entry.name,
                         "--slot",
@@ -730,7 +731,7 @@ def test_environments_carry_the_budget(deployed: Deployed) -> None:
             env_names.METRICS_NAMESPACE: "CeleryEcs/celery-ecs-test",
         }
         assert worker.container["healthCheck"] == {
-            "command": ["CMD", "python", "-m", "app.health", "worker"],
+            "command": ["CMD", "celery-ecs-health", "worker"],
             "interval": 30,
             "timeout": 5,
             "retries": 3,

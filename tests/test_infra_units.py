@@ -10,8 +10,9 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
-from app.settings import check_redis_url
+from app.schedule import SCHEDULE
+from celery_ecs.schedule import Cron, Every, PeriodicEntry
+from celery_ecs.settings import check_redis_url
 from infra.broker import AUTH_TOKEN_SPECIALS, broker_url, final_snapshot_name
 from infra.eventbridge import plan_schedule
 from infra.image import ecr_repository

@@ -17,7 +17,8 @@ from celery.schedules import crontab
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from app.schedule import SCHEDULE, Cron, Every, PeriodicEntry
+from app.schedule import SCHEDULE
+from celery_ecs.schedule import Cron, Every, PeriodicEntry
 from devtools.twin.events import eventbridge_fire_times, eventbridge_matcher
 from infra.schedule_expr import ScheduleError, shortest_gap, to_eventbridge_expression
 
