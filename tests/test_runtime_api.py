@@ -238,3 +238,21 @@ def test_the_package_imports_without_celery_until_a_name_needs_it() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.stdout == "False True\n", result.stderr
+
+
+def test_runtime_classes_plugged_in_by_hand_read_the_environment(
+    broker_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Celery's own suites get the runtime by module path, not through ``equip``
+    (``devtools.upstream``): its classes then read the settings from the environment."""
+    monkeypatch.setenv(MAX_COUNTDOWN, "30")
+    app = Celery("by-hand", amqp="celery_ecs.runtime:LimitedDelayAmqp", set_as_current=False)
+
+    with pytest.raises(ValueError, match="exceeds CELERY_MAX_COUNTDOWN=30s"):
+        app.amqp.as_task_v2("id-1", "t", countdown=31)
+    with pytest.raises(LookupError):  # still not equipped: equip's own checks never ran
+        celery_ecs.settings_of(app)
+    worker = SimpleNamespace(app=app)
+    conf = SimpleNamespace(broker_transport_options={})
+    runtime.keys_of_this_worker(sender="w@h", instance=worker, conf=conf)
+    assert conf.broker_transport_options["unacked_key"].startswith("unacked:default:w@h")
