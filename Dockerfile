@@ -1,8 +1,10 @@
-# One image for every role of the app. The default command is the web server; the ECS task
-# definitions (infra/containers.py) override it for the others:
+# One image for every role of the app: the runtime package (celery_ecs, built from this
+# repository's pyproject.toml) and the example app (app/). The default command is the web server;
+# the ECS task definitions (infra/containers.py) override it for the others:
 #   worker   celery --app app.celery_app worker --queues ... --concurrency ...
 #   beat     celery --app app.celery_app beat
-#   enqueue  python -m app.enqueue --entry ... --slot ...
+#   enqueue  celery-ecs-enqueue --app app.celery_app --entry ... --slot ...
+#   health   celery-ecs-health worker|beat|web (the task definitions' health checks)
 # No init process in the image: ECS runs one (initProcessEnabled), and two would be one too many.
 # No HEALTHCHECK: ECS ignores it; the task definitions hold the health checks.
 # The container runs with a read-only root filesystem: the app writes only to /tmp (a volume,
@@ -16,6 +18,13 @@ RUN python -m venv --without-pip /opt/venv
 COPY app/requirements.txt app/constraints.txt /tmp/
 RUN pip --python /opt/venv/bin/python install --no-cache-dir --disable-pip-version-check \
         --requirement /tmp/requirements.txt --constraint /tmp/constraints.txt
+# The runtime, as a package: pip builds its wheel (flit_core, fetched for the build only) and
+# installs it with its console scripts. The dependencies it declares must be met by the pins
+# above (the constraints hold every one): pip refuses the install otherwise.
+COPY pyproject.toml /src/
+COPY celery_ecs/ /src/celery_ecs/
+RUN pip --python /opt/venv/bin/python install --no-cache-dir --disable-pip-version-check \
+        --constraint /tmp/constraints.txt /src
 
 
 FROM python:3.11.14-slim-bookworm
@@ -33,7 +42,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-# Only the application package: the Pulumi program, tests and dev tools stay out.
+# Only the example app's package (the runtime is in the venv): the Pulumi program, tests and dev
+# tools stay out.
 COPY app/ /app/app/
 
 # The task definitions mount a task volume at /tmp. On Fargate an empty volume is created owned by

@@ -7,13 +7,14 @@
 #   make plan [STACK=prod]   the offline plan of Pulumi.<stack>.yaml: resources, validation
 #                            against AWS's rules, diagram (.plan/<stack>.png), monthly cost
 #   make docs   writes the docs' generated pages, then builds the site into site/
+#   make wheel  the runtime package's wheel (celery_ecs), in dist/
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STACK ?= dev
 
-.PHONY: run test test-unit lint bench bench-plan plan plan-docs docs clean system-packages
+.PHONY: run test test-unit lint bench bench-plan plan plan-docs docs wheel clean system-packages
 
 $(BIN)/.installed: requirements.txt app/requirements.txt app/constraints.txt requirements-dev.txt \
 		policy/requirements.txt
@@ -61,5 +62,9 @@ docs: $(BIN)/.installed system-packages
 	$(BIN)/python -m devtools.docs
 	$(BIN)/mkdocs build --strict
 
+# The runtime's wheel, built as any user builds it (python -m build; its backend fetched by pip).
+wheel: $(BIN)/.installed
+	$(BIN)/python -m build --wheel --outdir dist .
+
 clean:
-	rm -rf $(VENV) .venvs .twin .plan .pytest_cache .ruff_cache .mypy_cache .hypothesis site
+	rm -rf $(VENV) .venvs .twin .plan .pytest_cache .ruff_cache .mypy_cache .hypothesis site dist

@@ -5,7 +5,7 @@ One session per pair (``nox -l`` lists them; ``nox`` runs them all, as CI does a
 (``requirements-dev.txt``, through it ``app/requirements.txt`` and ``app/constraints.txt``), with
 only the celery and kombu pins replaced by the pair's, and runs the tests of the Redis runtime
 (transport, consumer, liveness, result backend) and of the private names it relies on
-(``app.upstream``, whose ``VERIFIED`` lists the same releases). The image ships the pair of
+(``celery_ecs.upstream``, whose ``VERIFIED`` lists the same releases). The image ships the pair of
 ``app/constraints.txt``; the others are kept working while users upgrade.
 """
 

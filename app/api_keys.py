@@ -2,7 +2,7 @@
 
 The keys are a JSON document, ``{"keys": ["<key>", ...]}``: more than one key at a time lets a
 rotation overlap (add the new key, move the clients, remove the old one). The document lives in
-one place, chosen by ``app.settings.ApiKeysSettings``:
+one place, chosen by ``celery_ecs.settings.ApiKeysSettings``:
 
 - ``WEB_API_KEYS_SECRET_ARN``: a Secrets Manager secret (the stack creates it), read with
   botocore and the task role's credentials, in the region of the ARN;
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from app.settings import SECRET_ARN, ApiKeysSettings
+from celery_ecs.settings import SECRET_ARN, ApiKeysSettings
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.arguments import whole
-from app.names import LIVENESS_PATH
+from celery_ecs.names import LIVENESS_PATH
 
 #: Celery's task ids: lowercase UUIDs.
 TASK_ID = whole("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

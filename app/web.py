@@ -12,10 +12,10 @@ Every request but the last three (``OPEN_ENDPOINTS``) carries an API key,
 
 The arguments of each task are validated with its JSON Schema (``app.arguments``). Every error,
 including Werkzeug's own (404, 405, 413...), is a JSON body
-``{"error": {"code", "message", "details"?}}`` (gunicorn's own: ``app.gunicorn_worker``); bad
+``{"error": {"code", "message", "details"?}}`` (gunicorn's own: ``celery_ecs.gunicorn_worker``); bad
 input never yields a 500.
 
-Run by gunicorn (``app.gunicorn_conf``): ``gunicorn --config python:app.gunicorn_conf
+Run by gunicorn (``celery_ecs.gunicorn_conf``): ``gunicorn --config python:celery_ecs.gunicorn_conf
 "app.web:create_app()"``. Flask and gunicorn's threaded workers suit this app: the Celery client
 is synchronous (one blocking publish per request), and gunicorn's graceful shutdown lets the
 requests in flight at SIGTERM finish.
@@ -53,9 +53,9 @@ from werkzeug.wsgi import get_input_stream
 
 from app import api_keys, arguments, openapi, tasks
 from app.celery_app import app as celery_app
-from app.celery_app import publish_only
-from app.names import LIVENESS_PATH
-from app.settings import ApiKeysSettings, Settings, WebSettings
+from celery_ecs import publish_only
+from celery_ecs.names import LIVENESS_PATH
+from celery_ecs.settings import ApiKeysSettings, Settings, WebSettings
 
 log = logging.getLogger(__name__)
 
@@ -391,8 +391,9 @@ class TaskResults:
         self.client = client
 
     def status(self, task_id: str) -> dict[str, object]:
-        # Celery's Redis backend (app.settings), for its keys and decoding only: its own connection
-        # is never used. redis-py types a reply for its synchronous and asyncio clients alike.
+        # Celery's Redis backend (celery_ecs.settings), for its keys and decoding only: its own
+        # connection is never used. redis-py types a reply for its synchronous and asyncio
+        # clients alike.
         backend = cast(KeyValueStoreBackend, celery_app.backend)
         raw = cast(bytes | None, self.client.get(backend.get_key_for_task(task_id)))
         # No record: queued, unknown or expired (after CELERY_RESULT_EXPIRES) look the same.

@@ -32,8 +32,6 @@ import celery
 import kombu
 import redis
 
-from app import settings as env_names
-from app.metrics import PUBLISH_INTERVAL_SECONDS
 from bench.worker_budget import (
     THROUGHPUT_CONCURRENCY,
     WARMUP_TASKS,
@@ -46,6 +44,8 @@ from bench.worker_budget import (
     running_bench,
     table,
 )
+from celery_ecs import settings as env_names
+from celery_ecs.metrics import PUBLISH_INTERVAL_SECONDS
 from devtools.aws_standin import AwsStandIn
 from devtools.rendered_worker import image
 from devtools.twin.container import Container
@@ -68,7 +68,7 @@ def subjects(cloudwatch: Mapping[str, str]) -> tuple[WorkerConfig, ...]:
         ),
         environment_overrides=dict(cloudwatch),
     )
-    # Empty: off (app.settings). No stack config key does it: a container override.
+    # Empty: off (celery_ecs.settings). No stack config key does it: a container override.
     off = dataclasses.replace(
         on, label="metrics off", environment_overrides={env_names.METRICS_NAMESPACE: ""}
     )
@@ -79,7 +79,8 @@ def subjects(cloudwatch: Mapping[str, str]) -> tuple[WorkerConfig, ...]:
         command=[
             "python",
             "-c",
-            f"import sys, app.metrics; app.metrics.PUBLISH_INTERVAL_SECONDS = {FAST_INTERVAL}; "
+            "import sys, celery_ecs.metrics; "
+            f"celery_ecs.metrics.PUBLISH_INTERVAL_SECONDS = {FAST_INTERVAL}; "
             "from celery.__main__ import main; sys.argv[0] = 'celery'; main()",
             *on.definition.command[1:],
         ],

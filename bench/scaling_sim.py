@@ -32,7 +32,7 @@ figure comes from, or that AWS does not document one:
   is modelled at ``EMF_EXTRACTION_ASSUMED`` seconds, and ``emf_extraction_budget`` finds the
   most it may take before a burst waits more than a minute: the promise would rest on a
   figure nobody publishes.
-- ``PutMetricData`` (the workers' path now, ``app.cloudwatch``): the call is bounded by the
+- ``PutMetricData`` (the workers' path now, ``celery_ecs.cloudwatch``): the call is bounded by the
   publisher's own timeouts (``CLOUDWATCH_TIMEOUT_SECONDS``; a slower round is dropped, the next
   one follows 10 s later); from stored to visible to the alarm, AWS gives no figure either, but
   this is the path its alarm documentation is written for (PutMetricAlarm, ``Period``: "specify
@@ -53,7 +53,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from app.cloudwatch import CLOUDWATCH_TIMEOUT_SECONDS
+from celery_ecs.cloudwatch import CLOUDWATCH_TIMEOUT_SECONDS
 from devtools import render
 
 #: The pool the scenarios run: one-second tasks, two at a time, acceptable wait one minute.
@@ -106,7 +106,7 @@ PUT_METRIC_DATA_PATH: tuple[Stage, ...] = (
     Stage(
         "PutMetricData call, else the round is dropped",
         math.ceil(CLOUDWATCH_TIMEOUT_SECONDS),
-        "app.cloudwatch: connect and read timeouts, one attempt",
+        "celery_ecs.cloudwatch: connect and read timeouts, one attempt",
         True,
     ),
     Stage(

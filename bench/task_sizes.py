@@ -45,8 +45,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from app import settings as env_names
 from app.api_keys import keys_document
+from celery_ecs import settings as env_names
 from devtools.aws_standin import AwsStandIn
 from devtools.processes import ROOT, AppProcess, python_argv, start_process
 from devtools.redis_server import free_port, start_redis
@@ -243,7 +243,7 @@ def services(workdir: Path) -> Iterator[tuple[dict[str, Service], int]]:
                 }
             )
             process = start_process(name, python_argv(definition.command), environment, directory)
-            # ["CMD", "python", "-m", "app.health", role]: run with this interpreter.
+            # ["CMD", "celery-ecs-health", role]: run with this interpreter (python -m).
             health = python_argv(definition.container["healthCheck"]["command"][1:])
             started[name] = Service(name, process, environment, health)
         deadline = time.monotonic() + START_TIMEOUT

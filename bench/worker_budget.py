@@ -66,10 +66,10 @@ import kombu
 import redis
 from celery import Celery
 
-from app import settings as env_names
-from app.liveness import MAX_SWEEP_INTERVAL, Deadlines, unacked_count
-from app.transport import WAKE_TOKENS_MAX, wake_key
 from bench.redis_commands import worker_commands
+from celery_ecs import settings as env_names
+from celery_ecs.liveness import MAX_SWEEP_INTERVAL, Deadlines, unacked_count
+from celery_ecs.transport import WAKE_TOKENS_MAX, wake_key
 from devtools import render
 from devtools.processes import ROOT
 from devtools.redis_server import RedisServer, start_redis

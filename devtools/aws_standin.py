@@ -36,7 +36,7 @@ from typing import Any
 
 import botocore.session
 
-from app.settings import SECRET_ARN
+from celery_ecs.settings import SECRET_ARN
 from devtools.processes import ROOT
 
 #: Credentials the stand-in accepts (moto takes any); on ECS the task role's come from the agent.
@@ -51,7 +51,7 @@ def sdk_environment(endpoint_url: str, region: str | None = REGION) -> dict[str,
     """What points a process's AWS SDK at ``endpoint_url`` for every service: the endpoint
     (``AWS_ENDPOINT_URL``, AWS SDKs and Tools Reference Guide, "Service-specific endpoints"),
     stand-in credentials and, unless None, ``region`` as the task's (``AWS_REGION``, as Fargate
-    sets it). Without a region a worker publishes no metrics (``app.cloudwatch``)."""
+    sets it). Without a region a worker publishes no metrics (``celery_ecs.cloudwatch``)."""
     environment = {"AWS_ENDPOINT_URL": endpoint_url, **CREDENTIALS}
     if region is not None:
         environment["AWS_REGION"] = region

@@ -23,9 +23,9 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from app import settings
-from app.metrics import PUBLISH_INTERVAL_SECONDS
-from app.names import (
+from celery_ecs import settings
+from celery_ecs.metrics import PUBLISH_INTERVAL_SECONDS
+from celery_ecs.names import (
     BACKLOG_METRIC,
     BEAT_HEARTBEAT_METRIC,
     OLDEST_AGE_METRIC,
@@ -34,7 +34,7 @@ from app.names import (
     SERVICE_DIMENSION,
     WORKERS_METRIC,
 )
-from app.schedule import Cron, Every, PeriodicEntry
+from celery_ecs.schedule import Cron, Every, PeriodicEntry
 from devtools.render import ProgramRun, Registration, RenderedTaskDefinition
 from infra.config import FARGATE_MEMORY, StackConfig
 from infra.image import KEEP_IMAGES
@@ -93,7 +93,7 @@ HIGH_RESOLUTION_BELOW = 60
 TARGET_TRACKING_ALARMS = 2
 
 
-#: PutMetricData requests a worker task makes in a month: one per round (app.metrics sends
+#: PutMetricData requests a worker task makes in a month: one per round (celery_ecs.metrics sends
 #: every queue's and the pool's datapoints in one call).
 PUT_METRIC_DATA_REQUESTS_PER_TASK_MONTH = HOURS_PER_MONTH * 3600 / PUBLISH_INTERVAL_SECONDS
 
@@ -787,7 +787,7 @@ def high_resolution(alarm: Registration) -> bool:
 def app_metrics(run: ProgramRun) -> list[tuple[str, str, str]]:
     """(namespace, metric, dimension) of each custom metric the app's containers write, sorted.
 
-    What app.metrics publishes when a container has ``CELERY_METRICS_NAMESPACE``: a worker,
+    What celery_ecs.metrics publishes when a container has ``CELERY_METRICS_NAMESPACE``: a worker,
     ``Backlog`` and ``OldestMessageAge`` of each queue it consumes (its ``--queues``) and
     ``Workers`` of its pool (``CELERY_POOL_NAME``); beat, ``BeatHeartbeat``. A metric is one
     whoever writes it: pools sharing a queue, and every task of a pool, write the same one.

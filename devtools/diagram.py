@@ -36,7 +36,7 @@ from diagrams.aws.integration import (
 from diagrams.aws.management import Cloudwatch, CloudwatchAlarm
 from diagrams.aws.network import ALB, NATGateway
 
-from app.names import BEAT_HEARTBEAT_METRIC
+from celery_ecs.names import BEAT_HEARTBEAT_METRIC
 from devtools.cost import app_metrics, high_resolution
 from devtools.render import ProgramRun, Registration
 from infra.config import StackConfig

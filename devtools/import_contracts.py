@@ -1,7 +1,7 @@
 """An import-linter contract type: modules that import only the standard library.
 
-``.importlinter`` declares that ``app.settings``, ``app.schedule`` and ``app.names`` (and the
-``app`` package, whose ``__init__`` runs first) import nothing but the
+``.importlinter`` declares that ``celery_ecs``, ``celery_ecs.settings``, ``celery_ecs.names`` and
+``celery_ecs.schedule`` import nothing but the
 standard library and each other: the Pulumi program imports them in a virtualenv that holds no
 Celery, kombu or redis (``requirements.txt``). A forbidden contract would have to list the
 packages to keep out, and miss the next one; this one allows only what

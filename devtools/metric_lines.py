@@ -4,11 +4,11 @@ Two kinds of line carry metrics on the twin, where no task has an AWS region:
 
 - beat's ``BeatHeartbeat``, an embedded-metric-format (EMF) document on one line
   (``{"_aws":{"Timestamp":...,"CloudWatchMetrics":[...]},"Service":"beat",...}``,
-  ``app.metrics.emf_line``; the format: CloudWatch User Guide, "Specification: Embedded metric
-  format");
+  ``celery_ecs.metrics.emf_line``; the format: CloudWatch User Guide, "Specification: Embedded
+  metric format");
 - each worker's queue metrics, which it would send with PutMetricData and writes instead as
   ``queue metrics <namespace> (no AWS region: not sent): Backlog{Queue=default}=0 ...``
-  (``app.cloudwatch.compact_line``).
+  (``celery_ecs.cloudwatch.compact_line``).
 
 Both come every 10 to 30 seconds with the same values most of the time, and the EMF line wraps
 over several terminal lines. ``MetricLines`` turns each into one short line, for example
@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 #: The start of an EMF document as ``json.dumps`` writes it, with or without spaces.
 EMF_START = re.compile(r'^\{\s*"_aws"\s*:')
-#: ``app.cloudwatch.compact_line``: the namespace, then ``Name{Dim=Value,...}=number`` tokens.
+#: ``celery_ecs.cloudwatch.compact_line``: the namespace, then ``Name{Dim=Value,...}=number``
+#: tokens.
 COMPACT_LINE = re.compile(r"^queue metrics (?P<namespace>\S+) \([^)]*\): (?P<values>.*)$")
 COMPACT_VALUE = re.compile(r"^(?P<name>[^{\s]+)\{(?P<dimensions>[^}]*)\}=(?P<value>\S+)$")
 

@@ -10,22 +10,36 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Console scripts the container commands start, each also runnable as ``python -m <name>``.
-CONSOLE_SCRIPTS = ("celery", "gunicorn")
+
+
+def _console_scripts() -> dict[str, str]:
+    """Console scripts the container commands start -> the module that runs each as
+    ``python -m <module>``: Celery's and gunicorn's, and the runtime's own (``pyproject.toml``'s
+    ``[project.scripts]``, not installed in a source checkout)."""
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        scripts: dict[str, str] = tomllib.load(file)["project"]["scripts"]
+    return {"celery": "celery", "gunicorn": "gunicorn"} | {
+        name: target.partition(":")[0] for name, target in scripts.items()
+    }
+
+
+CONSOLE_SCRIPTS = _console_scripts()
 
 
 def python_argv(command: Sequence[str]) -> list[str]:
     """A container command (``infra.containers``), runnable here with this interpreter:
-    ``celery …``/``gunicorn …`` become ``<python> -m celery …``, ``python …`` uses this one."""
+    ``celery …``/``celery-ecs-health …`` become ``<python> -m celery …``/``<python> -m
+    celery_ecs.health …``, ``python …`` uses this one."""
     program, *args = command
     if program in CONSOLE_SCRIPTS:
-        return [sys.executable, "-m", program, *args]
+        return [sys.executable, "-m", CONSOLE_SCRIPTS[program], *args]
     if program == "python":
         return [sys.executable, *args]
     raise ValueError(f"no local equivalent for the container's program {program!r}")

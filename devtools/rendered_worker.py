@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from app import settings as env_names
+from celery_ecs import settings as env_names
 from devtools.render import ProgramRun, RenderedTaskDefinition
 from devtools.twin.container import Container, plan_container, start_container, with_overrides
 from devtools.twin.image import Image, parse_image

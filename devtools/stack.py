@@ -51,9 +51,9 @@ from typing import TextIO
 
 import redis
 
-from app.schedule import PeriodicEntry
+from celery_ecs.schedule import PeriodicEntry
 from devtools.metric_lines import MetricLines
-from devtools.processes import ROOT
+from devtools.processes import ROOT, python_argv
 from devtools.redis_server import RedisUnavailable, free_port, start_redis
 from devtools.render import read_stack_file, run_program
 from devtools.twin.cluster import TwinCluster
@@ -245,7 +245,7 @@ def stop_service(
 
 def banner(
     web_url: str, broker_url: str, control_url: str, cluster: TwinCluster,
-    schedule: Sequence[PeriodicEntry],
+    schedule: Sequence[PeriodicEntry], celery_app: str,
 ) -> str:  # fmt: skip
     """What the stack prints once the web answers: its API key, what to try, and how to stop."""
     interpreter = Path(sys.executable)
@@ -256,9 +256,10 @@ def banner(
     # every time), or, with --scheduler eventbridge, fire its rule.
     run_now = ""
     if schedule:
-        # ["python", "-m", ...] with this interpreter, and without "--slot <slot>".
-        command = enqueue_command(schedule[0], "<slot>")[1:-2]
-        enqueue = shlex.join([str(interpreter), *command])
+        # The rule's command as this interpreter runs it, without "--slot <slot>"; the stack's
+        # Celery app is the enqueue task's CELERY_APP, named here.
+        command = python_argv([*enqueue_command(schedule[0], "<slot>")[:-2], "--app", celery_app])
+        enqueue = shlex.join([str(interpreter), *command[1:]])
         run_now = (
             f"run a schedule entry now ({', '.join(entry.name for entry in schedule)}):\n"
             f"  CELERY_BROKER_URL={shlex.quote(broker_url)} {enqueue}\n"
@@ -310,7 +311,9 @@ def run(
         try:
             wait_until_ready(web_url, cluster, interrupts)
             if not interrupts.count:
-                say(banner(web_url, url, control.url, cluster, load(config).schedule))
+                stack_config = load(config)
+                say(banner(web_url, url, control.url, cluster, stack_config.schedule,
+                           stack_config.celery_app))
             while not interrupts.count:
                 followers.follow_new(cluster)
                 time.sleep(0.3)

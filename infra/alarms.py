@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from app.names import (
+from celery_ecs.names import (
     BEAT_HEARTBEAT_METRIC,
     OLDEST_AGE_METRIC,
     POOL_DIMENSION,
@@ -242,9 +242,9 @@ class Alarms(pulumi.ComponentResource):
             "stopping, or cannot reach Redis. See the service's events, the stopped tasks' "
             "reasons and the worker logs.",
             [
-                # The workers' own count (app.metrics), not Container Insights' RunningTaskCount:
-                # the same alarm whether or not the cluster pays for Container Insights, and a
-                # task counts only once its worker runs and reaches Redis.
+                # The workers' own count (celery_ecs.metrics), not Container Insights'
+                # RunningTaskCount: the same alarm whether or not the cluster pays for Container
+                # Insights, and a task counts only once its worker runs and reaches Redis.
                 metric(
                     "workers",
                     self.args.namespace,

@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from app import settings as env_names
-from app.settings import DEFAULT_HELD_PER_SLOT, PROTECTION_IDLE_GRACE_SECONDS
+from celery_ecs import settings as env_names
+from celery_ecs.settings import DEFAULT_HELD_PER_SLOT, PROTECTION_IDLE_GRACE_SECONDS
 
 #: Fargate's ceiling for a container's ``stopTimeout`` (seconds between SIGTERM and SIGKILL).
 FARGATE_STOP_TIMEOUT_CAP = 120
@@ -96,8 +96,8 @@ class WorkerBudget:
         ``max_countdown + held_per_slot x time_limit`` (the visibility timeout must exceed it).
 
         With ``c`` pool slots a worker holds at most ``N = held_per_slot x c`` messages
-        (Celery's ``worker_eta_task_limit``, ``app.settings.Settings.eta_task_limit``): running,
-        handed to the pool and waiting for a process, or waiting for their countdown/ETA.
+        (Celery's ``worker_eta_task_limit``, ``celery_ecs.settings.Settings.eta_task_limit``):
+        running, handed to the pool and waiting for a process, or waiting for their countdown/ETA.
         Take a message delivered at ``t0``. Its ETA is at most ``max_countdown`` after its
         publication, so before ``t0 + max_countdown``; then Celery hands it to the pool. The
         prefork pool's default ("fair") scheduling gives a task only to an idle process and
@@ -106,14 +106,14 @@ class WorkerBudget:
         ``time_limit`` (the hard limit kills it) on one of ``c`` slots, so the message starts
         within ``floor((N - 1) / c) x time_limit`` and is acknowledged within
         ``ceil(N / c) x time_limit = held_per_slot x time_limit`` after its ETA. The bound does
-        not depend on ``c``, so the app can check it at import (``app.settings``) without
+        not depend on ``c``, so the app can check it at import (``celery_ecs.settings``) without
         knowing its concurrency. With no countdown/ETA message held, ``N`` is the prefetch
         (``prefetch_multiplier x c``) and the bound ``prefetch_multiplier x time_limit +
         max_countdown`` of a pool without ETA messages. It assumes the worker command's prefork
         pool at a fixed concurrency and tasks without a ``rate_limit`` (a rate-limited task
         waits in the worker for a token after its ETA, outside the bound).
 
-        Liveness (``app.recovery``) takes back a dead worker's messages; a live worker's are
+        Liveness (``celery_ecs.recovery``) takes back a dead worker's messages; a live worker's are
         taken back only past the visibility timeout, which this bound keeps from happening.
         """
         return self.held_per_slot * self.time_limit + self.max_countdown

@@ -11,7 +11,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from app.settings import BROKER_URL
+from celery_ecs.settings import BROKER_URL
 from infra.config import FARGATE_MEMORY
 from infra.containers import TMP_VOLUME, ContainerSpec, container_definition
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar, cast
 
-from app.names import LIVENESS_PATH
-from app.schedule import (
+from celery_ecs.names import LIVENESS_PATH
+from celery_ecs.schedule import (
     CRON_ALLOWED,
     QUEUE_NAME,
     QUEUE_NAME_ALLOWED,
@@ -28,7 +28,7 @@ from app.schedule import (
     ScheduleFormatError,
     entries_from_mappings,
 )
-from app.settings import DEFAULT_HELD_PER_SLOT
+from celery_ecs.settings import DEFAULT_HELD_PER_SLOT
 from infra.budget import (
     EXIT_MARGIN,
     BudgetError,

@@ -10,9 +10,9 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from app import settings as env_names
-from app.names import LIVENESS_PATH
-from app.schedule import PeriodicEntry, entries_to_json
+from celery_ecs import settings as env_names
+from celery_ecs.names import LIVENESS_PATH
+from celery_ecs.schedule import PeriodicEntry, entries_to_json
 from infra.config import DEFAULT_CELERY_APP, DEFAULT_WEB_COMMAND, StackConfig, WorkerPool
 
 #: UID:GID the image's application user has (ECS.20: never root).
@@ -21,9 +21,11 @@ APP_USER = "10001:10001"
 #: read-only root filesystem (heartbeat files, gunicorn's worker temp files).
 TMP_VOLUME = "tmp"
 TMP_PATH = "/tmp"
-ENQUEUE_MODULE = "app.enqueue"
+#: The runtime's console scripts (``pyproject.toml``, ``[project.scripts]``).
+ENQUEUE_SCRIPT = "celery-ecs-enqueue"
+HEALTH_SCRIPT = "celery-ecs-health"
 #: What the enqueue task runs without the EventBridge override: prints usage, sends nothing.
-ENQUEUE_DEFAULT_COMMAND: tuple[str, ...] = ("python", "-m", ENQUEUE_MODULE, "--help")
+ENQUEUE_DEFAULT_COMMAND: tuple[str, ...] = (ENQUEUE_SCRIPT, "--help")
 
 
 def beat_command(celery_app: str) -> tuple[str, ...]:
@@ -61,10 +63,10 @@ def worker_command(
 def enqueue_command(entry: PeriodicEntry, slot: str) -> tuple[str, ...]:
     """What an EventBridge rule runs for ``entry``: its task, queue and arguments, and its name,
     which the slot is claimed for. ``slot`` is the schedule time of the run (the event's
-    ``time``, ISO 8601 UTC)."""
+    ``time``, ISO 8601 UTC). The app it publishes with is the task's ``CELERY_APP``."""
     arguments = [*(("--args", _json(list(entry.args))) if entry.args else ()),
                  *(("--kwargs", _json(entry.kwargs)) if entry.kwargs else ())]  # fmt: skip
-    return ("python", "-m", ENQUEUE_MODULE, entry.task, "--queue", entry.queue, *arguments,
+    return (ENQUEUE_SCRIPT, entry.task, "--queue", entry.queue, *arguments,
             "--name", entry.name, "--slot", slot)  # fmt: skip
 
 
@@ -73,10 +75,10 @@ def _json(value: object) -> str:
 
 
 def health_check(role: str) -> dict[str, object]:
-    """Container health check (``python -m app.health <role>``): for the worker and beat a stale
+    """Container health check (``celery-ecs-health <role>``): for the worker and beat a stale
     heartbeat file fails it, for the web a liveness path that does not answer 200."""
     return {
-        "command": ["CMD", "python", "-m", "app.health", role],
+        "command": ["CMD", HEALTH_SCRIPT, role],
         "interval": 30,
         "timeout": 5,
         "retries": 3,
@@ -108,6 +110,11 @@ def publisher_environment(config: StackConfig) -> dict[str, str]:
         env_names.HELD_PER_SLOT: str(longest.held_per_slot),
         env_names.VISIBILITY_TIMEOUT: str(longest.visibility_timeout),
     }
+
+
+def enqueue_environment(config: StackConfig) -> dict[str, str]:
+    """The enqueue command publishes with the stack's Celery app (its ``--app`` default)."""
+    return {**publisher_environment(config), env_names.CELERY_APP: config.celery_app}
 
 
 def beat_environment(config: StackConfig, namespace: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from app.names import (
+from celery_ecs.names import (
     BACKLOG_METRIC,
     BEAT_HEARTBEAT_METRIC,
     OLDEST_AGE_METRIC,

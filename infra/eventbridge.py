@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from app.schedule import PeriodicEntry
+from celery_ecs.schedule import PeriodicEntry
 from infra.cluster import (
     Cluster,
     ContainerInputs,

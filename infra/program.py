@@ -32,8 +32,8 @@ from infra.config import (
 )
 from infra.containers import (
     beat_environment,
+    enqueue_environment,
     metrics_namespace,
-    publisher_environment,
     web_environment,
     worker_environment,
 )
@@ -307,7 +307,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
                 cluster=cluster,
                 family=f"{plan.prefix}-enqueue",
                 image=image.image_ref,
-                environment=publisher_environment(config),
+                environment=enqueue_environment(config),
                 placement=background,
             ),
         )

@@ -8,8 +8,8 @@ Workers scale on backlog per task, with two policies on the same target ``T``:
   just asked for, still starting, count at once and are not asked for twice), else the
   workers' own ``Workers`` (those running; ``bench.scaling_sim`` prices the difference).
 - **Step scaling** on a high-resolution alarm: ``SUM(Backlog) / Workers`` in 10-second periods
-  (both published by the workers themselves, ``app.metrics``: an alarm's metrics must share one
-  period, and Container Insights has none shorter than a minute). Two breaching periods at
+  (both published by the workers themselves, ``celery_ecs.metrics``: an alarm's metrics must share
+  one period, and Container Insights has none shorter than a minute). Two breaching periods at
   ``SCALE_OUT_THRESHOLD`` x T and it adds capacity in proportion to the breach, never more
   than the metric asks for. Scale-out only: scale-in stays with target tracking.
 

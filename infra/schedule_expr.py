@@ -1,5 +1,5 @@
-"""Translate schedule entries (``app.schedule`` types, the stack's ``schedule``) into EventBridge
-scheduled-rule expressions.
+"""Translate schedule entries (``celery_ecs.schedule`` types, the stack's ``schedule``) into
+EventBridge scheduled-rule expressions.
 
 Pure logic, no Pulumi and no Celery: the Pulumi program imports it, and it must not need the
 app's dependencies. It parses Celery's crontab field syntax itself; ``tests/test_schedule_expr.py``
@@ -27,7 +27,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from app.schedule import Cron, Every
+from celery_ecs.schedule import Cron, Every
 
 _DAY_NAMES = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")  # index = Celery's number
 _MONTH_NAMES = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
@@ -119,7 +119,7 @@ def to_eventbridge_expression(schedule: Every | Cron) -> str:
         # No need to check PutRule's 256-character limit: the longest possible result (30
         # isolated minutes, 12 hours, 16 days, 6 months) is under 200 characters.
         return _cron_expression(schedule)
-    raise ScheduleError(f"{schedule!r}: not an app.schedule.Every or Cron")
+    raise ScheduleError(f"{schedule!r}: not an celery_ecs.schedule.Every or Cron")
 
 
 def shortest_gap(schedule: Every | Cron) -> int:

@@ -11,7 +11,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
-from app.settings import WEB_API_KEYS_SECRET_ARN
+from celery_ecs.settings import WEB_API_KEYS_SECRET_ARN
 from infra.budget import WEB_HEALTH_CHECK_GRACE
 from infra.cluster import (
     Cluster,

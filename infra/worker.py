@@ -39,7 +39,7 @@ SPOT_STRATEGY: tuple[aws.ecs.ServiceCapacityProviderStrategyArgsDict, ...] = (
 )
 #: What a worker needs to hold scale-in protection while it runs tasks (cold-shutdown pools).
 TASK_PROTECTION_ACTIONS = ("ecs:GetTaskProtection", "ecs:UpdateTaskProtection")
-#: What a worker needs to publish its queue metrics (``app.cloudwatch``).
+#: What a worker needs to publish its queue metrics (``celery_ecs.cloudwatch``).
 PUT_METRIC_DATA_ACTION = "cloudwatch:PutMetricData"
 #: The condition key that scopes it: PutMetricData has no resource-level permissions, only
 #: this key (Service Authorization Reference, "Actions, resources, and condition keys for

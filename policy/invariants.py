@@ -11,7 +11,7 @@ pack then reports that the policy cannot run during the preview and it runs at `
 The checks read the values that are known at preview first, so what they find is reported
 before an unknown value ends the function.
 
-The rules restate the program's (``infra/budget.py``, ``app/settings.py``, the tags of
+The rules restate the program's (``infra/budget.py``, ``celery_ecs/settings.py``, the tags of
 ``infra/cluster.py``) instead of importing them: the pack runs in its own environment, and a
 policy computed by the program's own functions would only check the program against itself.
 ``tests/test_policy_pack.py`` holds the restated values and rules against the program's.
@@ -45,7 +45,7 @@ FARGATE_STOP_TIMEOUT_CAP = 120
 EXIT_MARGIN = 10
 #: ECS's stopTimeout on Fargate when a container sets none.
 FARGATE_DEFAULT_STOP_TIMEOUT = 30
-#: app/settings.py: the variables that carry a container's budget, and the web's default.
+#: celery_ecs/settings.py: the variables that carry a container's budget, and the web's default.
 TIME_LIMIT = "CELERY_TASK_TIME_LIMIT"
 SOFT_SHUTDOWN_TIMEOUT = "CELERY_SOFT_SHUTDOWN_TIMEOUT"
 TASK_PROTECTION = "CELERY_TASK_PROTECTION"

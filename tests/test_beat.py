@@ -16,8 +16,8 @@ from pathlib import Path
 
 import redis
 
-from app.schedule import Every, PeriodicEntry, entries_to_json
-from app.settings import BEAT_SCHEDULE
+from celery_ecs.schedule import Every, PeriodicEntry, entries_to_json
+from celery_ecs.settings import BEAT_SCHEDULE
 from devtools.processes import python_argv
 from infra.config import load
 from infra.containers import BEAT_COMMAND

@@ -20,7 +20,7 @@ from celery.exceptions import Reject
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from app.liveness import unacked_count
+from celery_ecs.liveness import unacked_count
 from devtools.processes import python_argv
 from devtools.redis_server import RedisServer, free_port, start_redis
 from infra.containers import worker_command
@@ -227,8 +227,8 @@ def test_beat_rides_out_a_broker_restart_and_keeps_scheduling(
 def test_the_waits_at_maxmemory_double_up_to_the_longest_and_start_again_after_a_spell(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from app import consumer as consumer_module
-    from app.consumer import MAXMEMORY_FIRST_WAIT, MAXMEMORY_LONGEST_WAIT, Consumer
+    from celery_ecs import consumer as consumer_module
+    from celery_ecs.consumer import MAXMEMORY_FIRST_WAIT, MAXMEMORY_LONGEST_WAIT, Consumer
 
     now = [1000.0]
     waits: list[float] = []

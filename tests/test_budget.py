@@ -1,7 +1,7 @@
 """The timeout budget's invariants, over the whole supported input range.
 
 Every worker number reaches the app through environment variables, so each property also
-round-trips the budget's environment through ``app.settings.Settings.from_env``: the app must
+round-trips the budget's environment through ``celery_ecs.settings.Settings.from_env``: the app must
 accept it and read back exactly the budget's numbers.
 """
 
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import settings as env_names
-from app.settings import Settings
+from celery_ecs import settings as env_names
+from celery_ecs.settings import Settings
 from infra.budget import (
     EXIT_MARGIN,
     FARGATE_STOP_TIMEOUT_CAP,
@@ -290,7 +290,7 @@ def test_the_bound_is_reached_by_a_burst_due_at_once(slots: int, held_per_slot: 
         # The longest warm task under Fargate's cap: 100 + 10 grace + 10 exit = 120.
         (100, "warm", 110, 120, 0, 740 + 185),
         (101, "cold", 112, 120, 110, 748 + 187),
-        # The defaults of app.settings: 300 s soft, 330 s hard.
+        # The defaults of celery_ecs.settings: 300 s soft, 330 s hard.
         (300, "cold", 330, 120, 110, 1620 + 405),
         # The grace is capped at 60 s.
         (3600, "cold", 3660, 120, 110, 14_940 + 3735),

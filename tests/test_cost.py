@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.schedule import Cron, Every
+from celery_ecs.schedule import Cron, Every
 from devtools import plan
 from devtools.cost import (
     HOURS_PER_MONTH,

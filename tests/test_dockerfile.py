@@ -2,7 +2,8 @@
 
 No Docker engine is needed: the Dockerfile is linted with hadolint and parsed (with the ECS
 twin's reading of it, ``devtools.twin.image``), and the app's imports are checked against what
-the image copies (app/) and installs (app/requirements.txt). The twin runs the image's build
+the image copies (app/) and installs (app/requirements.txt and the runtime package, built from
+pyproject.toml and celery_ecs/). The twin runs the image's build
 stage and its containers for real (``tests/test_fargate_contract.py``).
 """
 
@@ -15,6 +16,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -116,7 +118,9 @@ def test_the_final_stage_has_the_app_environment(final: Stage) -> None:
 
 def test_the_image_holds_the_venv_and_app_only(stages: list[Stage], final: Stage) -> None:
     build = stages[0]
-    assert copy_sources(build) == ["app/requirements.txt", "app/constraints.txt"]
+    assert copy_sources(build) == [
+        "app/requirements.txt", "app/constraints.txt", "pyproject.toml", "celery_ecs/"
+    ]  # fmt: skip
     assert copy_sources(final) == ["app/"]
     from_stages = [a for a in final.arguments("COPY") if a.startswith("--from=")]
     assert from_stages == [f"--from={build.name} /opt/venv /opt/venv"]
@@ -134,7 +138,8 @@ def test_the_build_context_is_the_app_only(tmp_path: Path) -> None:
     # Docker's own reading of .dockerignore (the Docker SDK's), over a context holding a file
     # of every kind the checkout has, including the ones that must never reach the image.
     for path in ("app/web.py", "app/requirements.txt", "app/__pycache__/web.cpython-311.pyc",
-                 "app/web.pyc", "tests/test_web.py", "infra/web.py", ".git/HEAD",
+                 "app/web.pyc", "celery_ecs/health.py", "celery_ecs/__pycache__/x.pyc",
+                 "pyproject.toml", "tests/test_web.py", "infra/web.py", ".git/HEAD",
                  ".venv/bin/python", ".twin/x", "Pulumi.dev.yaml", "README.md"):  # fmt: skip
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("")
@@ -144,10 +149,13 @@ def test_the_build_context_is_the_app_only(tmp_path: Path) -> None:
 
     sent = exclude_paths(str(tmp_path), patterns, dockerfile="Dockerfile")
 
-    # Docker always sends the Dockerfile and .dockerignore; everything else is app/'s sources.
-    assert {path for path in sent if not path.startswith("app")} == {"Dockerfile"}
-    assert {path for path in sent if path.startswith("app/")} == {
-        "app/web.py", "app/requirements.txt"
+    # Docker always sends the Dockerfile and .dockerignore; everything else is app/'s sources
+    # and the runtime package's (its source and pyproject.toml).
+    assert {path for path in sent if not path.startswith(("app", "celery_ecs"))} == {
+        "Dockerfile", "pyproject.toml"
+    }  # fmt: skip
+    assert {path for path in sent if path.startswith(("app/", "celery_ecs/"))} == {
+        "app/web.py", "app/requirements.txt", "celery_ecs/health.py"
     }  # fmt: skip
 
 
@@ -190,7 +198,7 @@ def first_party() -> set[str]:
 
 def test_app_imports_only_itself_the_standard_library_and_its_requirements() -> None:
     local = first_party()
-    assert {"app", "infra", "devtools", "tests"} <= local
+    assert {"app", "celery_ecs", "infra", "devtools", "tests"} <= local
     providers = importlib.metadata.packages_distributions()
     required = required_distributions()
 
@@ -198,7 +206,8 @@ def test_app_imports_only_itself_the_standard_library_and_its_requirements() -> 
         for name in sorted(imports_of(module) - {"__future__"}):
             where = f"{module.relative_to(ROOT)} imports {name}"
             if name in local:
-                assert name == "app", f"{where}: not in the image (only app/ is copied)"
+                # app/ is copied, the runtime installed (the build stage builds its package).
+                assert name in ("app", "celery_ecs"), f"{where}: not in the image"
             elif name not in sys.stdlib_module_names:
                 distributions = {normalized(d) for d in providers.get(name, [])}
                 assert distributions & required, f"{where}: not in app/requirements.txt"
@@ -223,12 +232,17 @@ def entry_point_commands() -> list[tuple[str, ...]]:
 
 def test_every_entry_point_is_in_the_image() -> None:
     scripts = {ep.name: ep.dist for ep in importlib.metadata.entry_points(group="console_scripts")}
+    # The runtime's own scripts: the package the build stage installs declares them.
+    runtime_scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     required = required_distributions()
     for command in entry_point_commands():
         executable = command[0]
-        if executable != "python":
+        if executable in runtime_scripts:
+            module = runtime_scripts[executable].partition(":")[0]
+            assert ROOT.joinpath(*module.split(".")).with_suffix(".py").is_file(), executable
+        elif executable != "python":
             provider = scripts[executable]
             assert provider is not None and normalized(provider.name) in required, executable
-        for module in re.findall(r"\bapp(?:\.\w+)+", " ".join(command)):
+        for module in re.findall(r"\b(?:app|celery_ecs)(?:\.\w+)+", " ".join(command)):
             path = ROOT.joinpath(*module.split(".")).with_suffix(".py")
-            assert path.is_file(), f"{' '.join(command)}: {module} is not under app/"
+            assert path.is_file(), f"{' '.join(command)}: {module} is not in the image"

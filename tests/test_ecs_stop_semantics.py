@@ -27,9 +27,9 @@ import pytest
 import redis
 from celery.bin.celery import celery as celery_cli
 
-from app import settings as env_names
-from app.liveness import Deadlines, unacked_count
-from app.settings import Settings
+from celery_ecs import settings as env_names
+from celery_ecs.liveness import Deadlines, unacked_count
+from celery_ecs.settings import Settings
 from devtools.rendered_worker import (
     WorkerDefinition,
     ecs_stop,
@@ -216,7 +216,7 @@ def test_killed_worker_tasks_come_back_within_seconds_long_before_the_visibility
     assert unacked(redis_client, "slow") == TASKS
     assert redis_client.llen("long") == 0
 
-    # Then the second worker's sweep (app.recovery) puts them back and runs them: within 30 s
+    # Then the second worker's sweep (celery_ecs.recovery) puts them back and runs them: within 30 s
     # of the crash, whatever the visibility timeout.
     wait_for(lambda: min(attempts(redis_client, keys)) == 2,
              30 - (time.monotonic() - killed_at), what="every task to run again")  # fmt: skip
@@ -289,7 +289,7 @@ def test_rendered_worker_environment_yields_the_budget(
             "SIGQUIT" if budget.shutdown == "cold" else None
         ), pool
         # What kombu ends up with: the visibility timeout, and the pool-level unacked keys
-        # (each worker replaces the first two with keys of its own, app.liveness).
+        # (each worker replaces the first two with keys of its own, celery_ecs.liveness).
         transport = settings.celery_config()["broker_transport_options"]
         assert transport == {
             "visibility_timeout": budget.visibility_timeout,

@@ -5,33 +5,36 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis
 
-from app.schedule import PeriodicEntry
+from celery_ecs.schedule import PeriodicEntry
+from devtools.processes import ROOT, python_argv
 from devtools.redis_server import free_port
 from infra.config import load
-from infra.containers import enqueue_command
+from infra.containers import CELERY_APP, ENQUEUE_SCRIPT, enqueue_command
 from tests.support import AppProcess, start_worker, wait_for
 
 #: The default stack's first entry (hourly purge on "default").
 ENTRY = load({}).schedule[0]
 
 
-def enqueue(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def enqueue(
+    env: dict[str, str], *args: str, app: str = CELERY_APP, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The enqueue command as the EventBridge target runs it (``celery-ecs-enqueue``)."""
     return subprocess.run(
-        [sys.executable, "-m", "app.enqueue", *args],
-        env=env, capture_output=True, text=True, timeout=60,
+        python_argv([ENQUEUE_SCRIPT, *(("--app", app) if app else ()), *args]),
+        env=env, capture_output=True, text=True, timeout=60, cwd=cwd,
     )
 
 
 def scheduled(entry: PeriodicEntry, slot: str | None = None) -> list[str]:
     """The arguments an EventBridge rule of ``entry`` runs the command with (with ``slot`` for
     the event's time; without, as a person runs it by hand)."""
-    _python, _m, _module, *arguments = enqueue_command(entry, slot or "")
+    _script, *arguments = enqueue_command(entry, slot or "")
     return arguments if slot else arguments[:-2]
 
 
@@ -186,7 +189,7 @@ def test_a_failed_publish_releases_the_slot_so_a_redelivery_can_publish_it(
         redis_client.acl_deluser("no-publish")
 
     assert failed.returncode == 1, failed.stderr
-    # The transport publishes with a script (app.transport.PUBLISH): its LPUSH is refused.
+    # The transport publishes with a script (celery_ecs.transport.PUBLISH): its LPUSH is refused.
     assert "The user executing the script can't run this command" in failed.stderr
     assert "Traceback" not in failed.stderr
     assert redis_client.keys("enqueue:slot:*") == []  # released
@@ -196,3 +199,23 @@ def test_a_failed_publish_releases_the_slot_so_a_redelivery_can_publish_it(
     assert redelivered.returncode == 0, redelivered.stderr
     assert json.loads(redelivered.stdout)["status"] == "enqueued"
     assert len(queued(redis_client, ENTRY.queue)) == 1
+
+
+def test_the_app_is_named_and_equipped(app_env: dict[str, str], tmp_path: Path) -> None:
+    """The command publishes through the app it is given, and only an equipped one: the slot
+    claims, the countdown limit and the transport are the runtime's."""
+    (tmp_path / "plain.py").write_text("from celery import Celery\napp = Celery('plain')\n")
+    env = {**app_env, "PYTHONPATH": str(ROOT)}  # the runtime from this checkout, not the cwd
+
+    unnamed = enqueue(app_env, ENTRY.task, "--queue", ENTRY.queue, app="")
+    from_env = enqueue({**app_env, "CELERY_APP": CELERY_APP}, ENTRY.task, "--queue", ENTRY.queue,
+                       app="")  # fmt: skip
+    missing = enqueue(app_env, ENTRY.task, "--queue", ENTRY.queue, app="no_such_module")
+    # The app's module is found in the current directory, as `celery --app` finds it.
+    plain = enqueue(env, "app.tasks.noop", app="plain", cwd=tmp_path)
+
+    assert unnamed.returncode == 2 and "name the Celery app with --app" in unnamed.stderr
+    assert from_env.returncode == 0, from_env.stderr
+    assert missing.returncode == 2 and "--app no_such_module: cannot import it" in missing.stderr
+    assert plain.returncode == 2, plain.stderr
+    assert "'plain' was not given to celery_ecs.equip" in plain.stderr

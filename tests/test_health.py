@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.celery_app import HEARTBEAT_INTERVAL, app
+from app.celery_app import app
+from celery_ecs.runtime import HEARTBEAT_INTERVAL
 from devtools.processes import python_argv
 from devtools.redis_server import free_port
 from infra.containers import BEAT_COMMAND, WEB_COMMAND, worker_command
@@ -28,7 +29,7 @@ BEAT_TICK = app.conf.beat_max_loop_interval
 def check(role: str, heartbeat_dir: Path) -> subprocess.CompletedProcess[str]:
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT),
            "CELERY_HEARTBEAT_DIR": str(heartbeat_dir)}
-    return subprocess.run([sys.executable, "-m", "app.health", role], env=env,
+    return subprocess.run([sys.executable, "-m", "celery_ecs.health", role], env=env,
                           capture_output=True, text=True, timeout=30)
 
 
@@ -52,7 +53,7 @@ def test_missing_or_stale_heartbeat_is_unhealthy(tmp_path: Path) -> None:
 
 
 def test_health_check_does_not_import_celery() -> None:
-    code = "import sys, app.health; print('celery' in sys.modules)"
+    code = "import sys, celery_ecs.health; print('celery' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, timeout=30)
     assert out.stdout.strip() == "False"
@@ -122,7 +123,7 @@ def test_the_web_check_asks_liveness_so_a_broker_outage_does_not_fail_it(
     health = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "WEB_PORT": str(port)}
 
     def web_check() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "app.health", "web"], env=health,
+        return subprocess.run([sys.executable, "-m", "celery_ecs.health", "web"], env=health,
                               capture_output=True, text=True, timeout=30)  # fmt: skip
 
     wait_for(lambda: web_check().returncode == 0, 30, what="the web to answer /livez")
@@ -145,7 +146,7 @@ def test_the_web_check_asks_the_stack_s_liveness_path(tmp_path: Path) -> None:
         base = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "WEB_PORT": str(port)}
 
         def web_check(**extra: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([sys.executable, "-m", "app.health", "web"],
+            return subprocess.run([sys.executable, "-m", "celery_ecs.health", "web"],
                                   env={**base, **extra}, capture_output=True, text=True,
                                   timeout=30)  # fmt: skip
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from app.schedule import ENTRY_KEYS, Cron, Every, PeriodicEntry
+from celery_ecs.schedule import ENTRY_KEYS, Cron, Every, PeriodicEntry
 from infra.budget import web_budget, worker_budget
 from infra.config import (
     ALERTS_KEYS,

@@ -2,7 +2,8 @@
 
 Every command is taken from what the program renders (both scheduler modes, several pools) and
 resolved against the app: the Celery ``--app`` target imports and knows the ``--queues``,
-``python -m`` modules exist, gunicorn's config module and app factory exist.
+the runtime's console scripts (``pyproject.toml``) exist, the enqueue command's task is one the
+equipped app registers, gunicorn's config module and app factory exist.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import importlib
 import importlib.util
 import json
 import subprocess
-import sys
 
 import pytest
 
-from app.schedule import entries_from_json
-from app.settings import BEAT_SCHEDULE
+import celery_ecs
+from celery_ecs.schedule import entries_from_json
+from celery_ecs.settings import BEAT_SCHEDULE
+from devtools.processes import CONSOLE_SCRIPTS, python_argv
 from devtools.render import RenderedTaskDefinition
+from infra.containers import ENQUEUE_SCRIPT, HEALTH_SCRIPT
 from tests.support import ROOT, shared_run
 
 STACKS = {
@@ -63,18 +66,21 @@ def test_celery_commands_load_the_app_and_its_queues(commands: list[list[str]]) 
             assert set(option(argv, "--queues").split(",")) <= known, argv
 
 
-def test_python_modules_exist(commands: list[list[str]]) -> None:
-    modules = [argv for argv in commands if argv[:2] == ["python", "-m"]]
-    assert {argv[2] for argv in modules} >= {"app.health"}
-    for argv in modules:
-        assert importlib.util.find_spec(argv[2]) is not None, argv
-        if argv[2] == "app.enqueue" and argv[3:4] != ["--help"]:
-            assert argv[3] in registered_tasks(), argv
+def test_runtime_scripts_exist(commands: list[list[str]]) -> None:
+    scripts = {argv[0] for argv in commands} & set(CONSOLE_SCRIPTS) - {"celery", "gunicorn"}
+    assert scripts >= {HEALTH_SCRIPT}
+    for argv in commands:
+        if argv[0] not in scripts:
+            continue
+        assert importlib.util.find_spec(CONSOLE_SCRIPTS[argv[0]]) is not None, argv
+        if argv[0] == ENQUEUE_SCRIPT and argv[1:2] != ["--help"]:
+            assert argv[1] in registered_tasks(), argv
 
 
 def registered_tasks() -> set[str]:
     from app.celery_app import app
 
+    assert celery_ecs.settings_of(app) is not None  # equipped: LookupError otherwise
     app.loader.import_default_modules()
     return set(app.tasks)
 
@@ -100,9 +106,9 @@ def test_gunicorn_config_and_app_factory_exist(commands: list[list[str]]) -> Non
 def test_enqueue_default_command_only_prints_usage() -> None:
     """The enqueue task definition's own command (without EventBridge's override)."""
     task = shared_run({"scheduler": "eventbridge"}).task_definitions()["enqueue"]
-    assert task.command == ["python", "-m", "app.enqueue", "--help"]
+    assert task.command == [ENQUEUE_SCRIPT, "--help"]
     done = subprocess.run(
-        [sys.executable, *task.command[1:]],
+        python_argv(task.command),
         cwd=ROOT,
         capture_output=True,
         text=True,

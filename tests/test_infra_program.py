@@ -20,10 +20,10 @@ import pulumi
 import pytest
 from pulumi.runtime.mocks import MockResourceArgs
 
-from app import settings as env_names
 from app.api_keys import parse_keys
-from app.schedule import entries_from_json
-from app.settings import PROTECTION_IDLE_GRACE_SECONDS
+from celery_ecs import settings as env_names
+from celery_ecs.schedule import entries_from_json
+from celery_ecs.settings import PROTECTION_IDLE_GRACE_SECONDS
 from devtools.render import (
     ACCOUNT,
     MOCK_AUTH_TOKEN,
@@ -215,7 +215,7 @@ def test_one_rule_and_target_per_schedule_entry(deployed: Deployed) -> None:
                 {
                     "name": enqueue.container["name"],
                     "command": [
-                        "python", "-m", "app.enqueue", entry.task, "--queue", entry.queue,
+                        "celery-ecs-enqueue", entry.task, "--queue", entry.queue,
                         "--name", entry.name, "--slot", "<time>",
                     ],
                 }
@@ -724,7 +724,7 @@ def test_environments_carry_the_budget(deployed: Deployed) -> None:
             env_names.METRICS_NAMESPACE: "CeleryEcs/celery-ecs-test",
         }
         assert worker.container["healthCheck"] == {
-            "command": ["CMD", "python", "-m", "app.health", "worker"],
+            "command": ["CMD", "celery-ecs-health", "worker"],
             "interval": 30,
             "timeout": 5,
             "retries": 3,
@@ -1265,7 +1265,7 @@ def test_a_stack_of_another_app_runs_its_commands_image_port_and_schedule(tmp_pa
         target = run.named(TARGET, "schedule-digest").inputs
         (override,) = json.loads(target["inputTransformer"]["inputTemplate"])["containerOverrides"]
         assert override["command"] == [
-            "python", "-m", "app.enqueue", "proj.tasks.send_digest", "--queue", "emails",
+            "python", "-m", "celery_ecs.enqueue", "proj.tasks.send_digest", "--queue", "emails",
             "--args", '["daily"]', "--kwargs", '{"limit":50}', "--name", "digest",
             "--slot", "<time>",
         ]  # fmt: skip

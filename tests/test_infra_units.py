@@ -10,8 +10,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from app.schedule import Cron, Every, PeriodicEntry
-from app.settings import check_redis_url
+from celery_ecs.schedule import Cron, Every, PeriodicEntry
+from celery_ecs.settings import check_redis_url
 from infra.broker import AUTH_TOKEN_SPECIALS, broker_url, final_snapshot_name
 from infra.config import load
 from infra.eventbridge import plan_schedule

@@ -1,8 +1,8 @@
 """Liveness and recovery against a real Redis: the protocol's pieces, one at a time.
 
 The deadlines' arithmetic, the lease's state machine on a fake clock, the transport's one-trip
-delivery, and the sweeps (``app.recovery``) on sets of messages a "worker" took with the app's own
-transport and left unacknowledged. Real workers dying and pausing are in
+delivery, and the sweeps (``celery_ecs.recovery``) on sets of messages a "worker" took with the
+app's own transport and left unacknowledged. Real workers dying and pausing are in
 ``tests/test_worker_reliability.py``.
 """
 
@@ -32,8 +32,8 @@ from kombu import Connection, Consumer, Queue
 from kombu.utils.json import loads
 
 from app.celery_app import app, settings
-from app.consumer import RestoreLostDeliveries
-from app.liveness import (
+from celery_ecs.consumer import RestoreLostDeliveries
+from celery_ecs.liveness import (
     EPOCH_KEY,
     REGISTRY_KEY,
     BoundedResolver,
@@ -46,8 +46,8 @@ from app.liveness import (
     pool_unacked,
     unacked_count,
 )
-from app.recovery import Recovery
-from app.transport import FETCH, wake_key
+from celery_ecs.recovery import Recovery
+from celery_ecs.transport import FETCH, wake_key
 from devtools.redis_server import free_port
 from tests.support import send_task
 
@@ -595,7 +595,7 @@ def test_acknowledgements_ride_on_the_next_fetch(
     publish_noops(redis_url, 3)
     commands_before = eval_calls(redis_client)
 
-    with caplog.at_level(logging.WARNING, logger="app.transport"):
+    with caplog.at_level(logging.WARNING, logger="celery_ecs.transport"):
         received = consume(redis_url, worker, 3, on_message=lambda message: message.ack())
 
     assert redis_client.hlen(worker.unacked.hash) == 0  # every ack reached Redis
@@ -628,7 +628,7 @@ def test_an_ack_riding_on_a_fetch_of_a_message_taken_back_is_logged(
                                           unless_alive=True)  # fmt: skip
         message.ack()
 
-    with caplog.at_level(logging.WARNING, logger="app.transport"):
+    with caplog.at_level(logging.WARNING, logger="celery_ecs.transport"):
         # The FETCH carrying the ack also brings the second message (restored at the close).
         first = consume(redis_url, worker, 1, on_message=take_back_then_ack)[0]
 
@@ -648,7 +648,7 @@ def test_an_ack_of_a_message_another_worker_took_back_is_logged(
             recovery("sweeper/1").restore(sweeper, worker.unacked, [taken.delivery_tag],
                                           unless_alive=True)  # fmt: skip
 
-        with caplog.at_level(logging.WARNING, logger="app.transport"):
+        with caplog.at_level(logging.WARNING, logger="celery_ecs.transport"):
             kept.ack()
             assert caplog.records == []
             taken.ack()

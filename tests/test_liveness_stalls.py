@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.liveness import Deadlines
+from celery_ecs.liveness import Deadlines
 from tests.stall_hooks import DONE, RUNS, STALL_DIR
 from tests.support import AppProcess, send_task, start_worker, wait_for
 

@@ -321,7 +321,7 @@ def test_the_printed_command_runs_a_schedule_entry_on_the_stack(
 ) -> None:
     stack = start_stack()
     (command,) = [line.strip() for line in stack.output().splitlines()
-                  if " -m app.enqueue " in line]
+                  if " -m celery_ecs.enqueue " in line]
 
     # As a user pastes it into a shell in the repository, without the app's variables.
     result = subprocess.run(command, shell=True, cwd=ROOT, env=clean_environment(),

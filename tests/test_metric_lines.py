@@ -1,8 +1,8 @@
 """The local stack's terminal shows metric lines short, and only when a value changes.
 
-Every line here is one the app writes: beat's heartbeat (``app.metrics.BeatHeartbeat``, an EMF
-document) and a worker's round without an AWS region (``app.metrics.QueueMetricsPublisher``
-through ``app.cloudwatch.metrics_sink``).
+Every line here is one the app writes: beat's heartbeat (``celery_ecs.metrics.BeatHeartbeat``, an
+EMF document) and a worker's round without an AWS region
+(``celery_ecs.metrics.QueueMetricsPublisher`` through ``celery_ecs.cloudwatch.metrics_sink``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Callable
 import pytest
 
 from app.celery_app import app as celery_app
-from app.cloudwatch import metrics_sink
-from app.metrics import (
+from celery_ecs.cloudwatch import metrics_sink
+from celery_ecs.metrics import (
     BEAT_HEARTBEAT_INTERVAL_SECONDS,
     BeatHeartbeat,
     Metric,
@@ -121,7 +121,7 @@ def test_raw_shows_every_metric_line_as_written(
 @pytest.mark.parametrize(
     "line",
     [
-        "2026-12-07 00:52:15,716 INFO MainProcess app.metrics: queue metrics: publishing",
+        "2026-12-07 00:52:15,716 INFO MainProcess celery_ecs.metrics: queue metrics: publishing",
         "queue metrics: no AWS region set, writing them to stdout, not to CloudWatch",
         '{"_aws": "not a document"}',
         '{"_aws":{"CloudWatchMetrics":[{"Dimensions":[["Queue"]],"Metrics":[{"Name":"B"}]}]}}',

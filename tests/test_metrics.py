@@ -1,7 +1,7 @@
-"""Queue metrics (``app.metrics``, ``app.cloudwatch``): exact backlogs, ages and worker counts
-against a real Redis with known contents; what reaches a real stand-in of the CloudWatch API
-(moto's server) and what a hung or throttling endpoint does to a round and to a real worker; the
-publish-time stamp on every path that publishes; beat's EMF heartbeat."""
+"""Queue metrics (``celery_ecs.metrics``, ``celery_ecs.cloudwatch``): exact backlogs, ages and
+worker counts against a real Redis with known contents; what reaches a real stand-in of the
+CloudWatch API (moto's server) and what a hung or throttling endpoint does to a round and to a real
+worker; the publish-time stamp on every path that publishes; beat's EMF heartbeat."""
 
 from __future__ import annotations
 
@@ -20,16 +20,16 @@ from unittest import mock
 import pytest
 import redis
 
-import app.celery_app
 import app.tasks
+import celery_ecs.runtime
 from app.celery_app import app as celery_app
-from app.cloudwatch import (
+from celery_ecs.cloudwatch import (
     CLOUDWATCH_TIMEOUT_SECONDS,
     Datum,
     PutMetricDataSink,
     metrics_sink,
 )
-from app.metrics import (
+from celery_ecs.metrics import (
     BEAT_HEARTBEAT_INTERVAL_SECONDS,
     PUBLISHED_AT_HEADER,
     WORKER_TTL_SECONDS,
@@ -41,11 +41,11 @@ from app.metrics import (
     workers_key,
     write_to_stdout,
 )
-from app.transport import WAKE_PREFIX
+from celery_ecs.transport import WAKE_PREFIX
 from devtools.aws_standin import AwsStandIn, HungEndpoint, ThrottlingEndpoint, sdk_environment
-from devtools.processes import start_process
+from devtools.processes import python_argv, start_process
 from devtools.redis_server import free_port
-from infra.containers import worker_command
+from infra.containers import CELERY_APP, ENQUEUE_SCRIPT, worker_command
 from tests.support import AppProcess, app_environment, send_task, wait_for
 
 NAMESPACE = "CeleryEcs/test"
@@ -106,7 +106,7 @@ def publish_at(broker_url: str, when: float, queue: str, priority: int | None = 
     options: dict[str, object] = {"queue": queue}
     if priority is not None:
         options["priority"] = priority
-    with mock.patch.object(app.celery_app, "time", SimpleNamespace(time=lambda: when)):
+    with mock.patch.object(celery_ecs.runtime, "time", SimpleNamespace(time=lambda: when)):
         send_task(broker_url, "app.tasks.noop", **options)
 
 
@@ -262,7 +262,7 @@ def test_broker_errors_are_logged_and_the_next_round_recovers(
     port = free_port()
     rounds: list[Round] = []
     publisher = publisher_for(f"redis://127.0.0.1:{port}/0", rounds)
-    with caplog.at_level(logging.WARNING, logger="app.metrics"):
+    with caplog.at_level(logging.WARNING, logger="celery_ecs.metrics"):
         publisher.publish()  # nothing listens on the port yet
     assert rounds == []
     assert "could not read the queues, skipping this round" in caplog.text
@@ -295,7 +295,7 @@ def test_a_command_error_is_logged_not_raised(
 ) -> None:
     redis_client.set("long", "not a list")  # LLEN answers WRONGTYPE
     rounds: list[Round] = []
-    with caplog.at_level(logging.WARNING, logger="app.metrics"):
+    with caplog.at_level(logging.WARNING, logger="celery_ecs.metrics"):
         publisher_for(redis_url, rounds).publish()
     assert rounds == []
     assert "WRONGTYPE" in caplog.text
@@ -396,7 +396,7 @@ def test_a_hung_endpoint_costs_a_round_its_timeouts_and_no_more(
             celery_app, "pool", "pool@a", ["default"], metrics_sink(NAMESPACE, print),
             broker_url=redis_url,
         )  # fmt: skip
-        with caplog.at_level(logging.WARNING, logger="app.cloudwatch"):
+        with caplog.at_level(logging.WARNING, logger="celery_ecs.cloudwatch"):
             began = time.monotonic()
             publisher.publish()
             took = time.monotonic() - began
@@ -415,7 +415,7 @@ def test_a_throttled_round_is_dropped_not_retried(
             celery_app, "pool", "pool@a", ["default"], metrics_sink(NAMESPACE, print),
             broker_url=redis_url,
         )  # fmt: skip
-        with caplog.at_level(logging.WARNING, logger="app.cloudwatch"):
+        with caplog.at_level(logging.WARNING, logger="celery_ecs.cloudwatch"):
             publisher.publish()
             publisher.publish()
         assert endpoint.requests == 2, "one request per round, none queued or retried"
@@ -461,7 +461,7 @@ def test_the_message_factory_stamps_every_publish(
     # A retry is a new publish through the same factory: its wait starts again.
     task = app.tasks.noop
     with (
-        mock.patch.object(app.celery_app, "time", SimpleNamespace(time=lambda: 2000.0)),
+        mock.patch.object(celery_ecs.runtime, "time", SimpleNamespace(time=lambda: 2000.0)),
         celery_app.connection_for_write(redis_url) as connection,
     ):
         task.apply_async(connection=connection, queue="long", ignore_result=True, retries=1)
@@ -479,7 +479,8 @@ def test_the_enqueue_command_stamps_what_it_publishes(
     app_env: dict[str, str], redis_client: redis.Redis
 ) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "app.enqueue", "app.tasks.nightly_report", "--queue", "default"],
+        python_argv([ENQUEUE_SCRIPT, "--app", CELERY_APP, "app.tasks.nightly_report",
+                     "--queue", "default"]),
         env=app_env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -527,7 +528,7 @@ def test_the_app_registers_the_step_only_with_a_namespace(namespace: str, tmp_pa
 
 # Runs the worker command with a short publish interval instead of 10 s.
 _WORKER_PUBLISHING_FAST = (
-    "import sys, app.metrics; app.metrics.PUBLISH_INTERVAL_SECONDS = 0.2; "
+    "import sys, celery_ecs.metrics; celery_ecs.metrics.PUBLISH_INTERVAL_SECONDS = 0.2; "
     "from celery.__main__ import main; sys.argv[0] = 'celery'; main()"
 )
 
@@ -584,8 +585,8 @@ def test_a_hung_cloudwatch_never_stalls_task_processing(
     app_env: dict[str, str], tmp_path: Path, processes: list[AppProcess]
 ) -> None:
     """The metrics thread spends its rounds waiting on an endpoint that never answers, while
-    the pool forks a new child after every task (a fork waits for no round, ``app.periodic``):
-    tasks still run, within a round's timeouts each."""
+    the pool forks a new child after every task (a fork waits for no round,
+    ``celery_ecs.periodic``): tasks still run, within a round's timeouts each."""
     broker_url = app_env["CELERY_BROKER_URL"]
     tasks = 4
     with HungEndpoint() as endpoint:

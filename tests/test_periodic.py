@@ -1,6 +1,6 @@
 """Threads of the worker's main process never leave a forked pool child holding their locks.
 
-The prefork pool forks from the worker's main process, where ``app.periodic`` threads run the
+The prefork pool forks from the worker's main process, where ``celery_ecs.periodic`` threads run the
 unacked sweep, task protection and backlog metrics. A fork while one of them holds a lock (here:
 a module's import lock, the lock a real child hung on in ``getaddrinfo`` -> ``encodings``)
 leaves the child blocked forever. None of their calls imports anything (the worker's start did),
@@ -22,8 +22,8 @@ import pytest
 import redis
 from kombu.utils.json import dumps, loads
 
-from app.liveness import REGISTRY_KEY, WorkerKeys
-from app.periodic import PeriodicThread
+from celery_ecs.liveness import REGISTRY_KEY, WorkerKeys
+from celery_ecs.periodic import PeriodicThread
 from devtools.aws_standin import AwsStandIn, sdk_environment
 from tests.support import AppProcess, send_task, start_worker, wait_for
 from tests.test_metrics import NAMESPACE, cloudwatch_values
@@ -71,7 +71,7 @@ def test_a_call_that_imports_is_reported(
         done.set()
 
     thread = PeriodicThread("importer", 3600, call)
-    with caplog.at_level(logging.WARNING, logger="app.periodic"):
+    with caplog.at_level(logging.WARNING, logger="celery_ecs.periodic"):
         thread.start()
         try:
             assert done.wait(10)
@@ -119,7 +119,7 @@ def test_no_thread_of_a_busy_worker_imports_anything(
     # Every thread of the main process does its real work: the refresher and the watchdog,
     # the sweep restoring a gone worker's message, task protection PUTting to the agent, the
     # queue metrics sent to CloudWatch (moto's server). None may import a module: the worker's
-    # start imported them all before its pool forked (app.periodic).
+    # start imported them all before its pool forked (celery_ecs.periodic).
     env = {
         **app_env, **sdk_environment(moto_server.url),
         "CELERY_TASK_PROTECTION": "true", "ECS_AGENT_URI": agent.url,

@@ -34,7 +34,7 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
 
-from app import settings
+from celery_ecs import settings
 from devtools.policy_check import Violation, check, engine_props, running_pack, struct
 from devtools.render import ProgramRun, stack_file_config
 from infra import budget

@@ -1,4 +1,4 @@
-"""ECS task scale-in protection (``app.protection``) against a stand-in for the ECS agent.
+"""ECS task scale-in protection (``celery_ecs.protection``) against a stand-in for the ECS agent.
 
 The stand-in is a local HTTP server that records every call and answers like the agent's
 task-protection endpoint. Unit tests drive ``TaskProtection`` with a fake clock; the last test
@@ -25,9 +25,9 @@ import pytest
 import redis
 from celery.worker import state as worker_state
 
-from app import protection as protection_module
-from app.periodic import PeriodicThread
-from app.protection import STATE_PATH, TaskProtection, TaskProtectionStep
+from celery_ecs import protection as protection_module
+from celery_ecs.periodic import PeriodicThread
+from celery_ecs.protection import STATE_PATH, TaskProtection, TaskProtectionStep
 from devtools.processes import start_process
 from infra.containers import worker_command
 from tests.support import AppProcess, app_environment, send_task, wait_for
@@ -232,7 +232,7 @@ def test_agent_errors_are_logged_survived_and_retried(
 ) -> None:
     agent.answers.append((status, answer))
     protection = protection_for(agent, clock)
-    with caplog.at_level(logging.INFO, logger="app.protection"):
+    with caplog.at_level(logging.INFO, logger="celery_ecs.protection"):
         protection.update(busy=True)
         assert not protection.protected
         assert len(warnings(caplog)) == 1 and logged in warnings(caplog)[0]
@@ -251,7 +251,7 @@ def test_connection_refused_is_retried_with_a_growing_delay(
         f"http://127.0.0.1:{closed_port()}", clock=clock, retry_delay=1, max_retry_delay=4
     )
     attempts_at = []
-    with caplog.at_level(logging.WARNING, logger="app.protection"):
+    with caplog.at_level(logging.WARNING, logger="celery_ecs.protection"):
         for second in range(20):
             before = len(caplog.records)
             protection.update(busy=True)
@@ -270,7 +270,7 @@ def test_a_hanging_agent_times_out_and_the_call_is_retried(
     protection = TaskProtection(agent.url, clock=clock, request_timeout=0.2)
     agent.hanging.set()
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="app.protection"):
+    with caplog.at_level(logging.WARNING, logger="celery_ecs.protection"):
         protection.update(busy=True)
     assert time.monotonic() - started < 30  # the agent would hang for 60 s
     assert "timed out" in warnings(caplog)[0]
@@ -373,7 +373,7 @@ def test_the_step_is_left_out_outside_ecs(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.delenv("ECS_AGENT_URI", raising=False)
-    with caplog.at_level(logging.INFO, logger="app.protection"):
+    with caplog.at_level(logging.INFO, logger="celery_ecs.protection"):
         assert not TaskProtectionStep(parent=None).include_if(worker=None)
     assert "ECS_AGENT_URI is not set" in caplog.text
 
@@ -398,7 +398,7 @@ def test_the_polling_thread_survives_an_unexpected_error(caplog: pytest.LogCaptu
             raise RuntimeError("a bug")
 
     thread = PeriodicThread("flaky", 0.01, flaky)
-    with caplog.at_level(logging.ERROR, logger="app.periodic"):
+    with caplog.at_level(logging.ERROR, logger="celery_ecs.periodic"):
         thread.start()
         try:
             wait_for(lambda: len(calls) >= 3, 30, what="calls after the error")
@@ -413,7 +413,7 @@ def test_the_polling_thread_survives_an_unexpected_error(caplog: pytest.LogCaptu
 
 # Runs the worker command with the idle grace shortened, so protection goes off within a tick.
 _WORKER_WITH_SHORT_IDLE_GRACE = (
-    "import sys, app.protection; app.protection.IDLE_GRACE_SECONDS = 0.0; "
+    "import sys, celery_ecs.protection; celery_ecs.protection.IDLE_GRACE_SECONDS = 0.0; "
     "from celery.__main__ import main; sys.argv[0] = 'celery'; main()"
 )
 

@@ -1,4 +1,4 @@
-"""The result backend (``app.results``) against a real Redis: one atomic write per state; and
+"""The result backend (``celery_ecs.results``) against a real Redis: one atomic write per state; and
 how processes find it from a plain ``redis://`` / ``rediss://`` URL."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from celery import Celery, states
 from celery.backends.redis import RedisBackend
 
 from app.celery_app import app
-from app.results import ResultBackend, ResultBackendLoader
-from app.settings import Settings
+from celery_ecs.results import ResultBackend, ResultBackendLoader
+from celery_ecs.settings import Settings
 from devtools.processes import python_argv
 from infra.containers import CELERY_APP
 from tests.support import ROOT, AppProcess, start_worker, wait_for
@@ -84,7 +84,7 @@ def test_the_celery_commands_see_a_plain_url_and_the_worker_the_apps_backend(
 
     assert "'applied': True" in wait_for(result, 30, what="the stored result")
     (report,) = json.loads(celery_cli(app_env, "inspect", "report", "--json")).values()
-    assert "loader   -> app.results.ResultBackendLoader" in report["ok"]
+    assert "loader   -> celery_ecs.results.ResultBackendLoader" in report["ok"]
     assert f"results:{app_env['CELERY_BROKER_URL']}" in report["ok"]
 
 

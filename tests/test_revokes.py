@@ -1,4 +1,4 @@
-"""The revoke records in Redis (``app.revokes``): the longest keep wins, expired ones go."""
+"""The revoke records in Redis (``celery_ecs.revokes``): the longest keep wins, expired ones go."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import redis
 from celery.worker import state as worker_state
 
-from app.revokes import REVOKED_KEY, keep_seconds, record, recorded
+from celery_ecs.revokes import REVOKED_KEY, keep_seconds, record, recorded
 
 
 def test_a_record_keeps_the_longest_keep_and_expired_ones_are_dropped(

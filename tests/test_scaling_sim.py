@@ -11,7 +11,6 @@ from functools import cache
 
 import pytest
 
-from app.cloudwatch import CLOUDWATCH_TIMEOUT_SECONDS
 from bench.scaling_sim import (
     EMF_PATH,
     PUT_METRIC_DATA_PATH,
@@ -25,6 +24,7 @@ from bench.scaling_sim import (
     rendered_policies,
     simulate,
 )
+from celery_ecs.cloudwatch import CLOUDWATCH_TIMEOUT_SECONDS
 from infra.scaling import (
     HIGH_RESOLUTION_PERIOD,
     SCALE_OUT_DATAPOINTS,

@@ -1,4 +1,4 @@
-"""The EventBridge translation of ``app.schedule``, proven against Celery's own scheduler.
+"""The EventBridge translation of ``celery_ecs.schedule``, proven against Celery's own scheduler.
 
 The property tests walk the fire times of a crontab with Celery's ``crontab.remaining_delta`` (what
 beat uses) and the fire times of the produced ``cron(...)`` with the ECS twin's evaluator of
@@ -17,7 +17,7 @@ from celery.schedules import crontab
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from app.schedule import Cron, Every, PeriodicEntry
+from celery_ecs.schedule import Cron, Every, PeriodicEntry
 from devtools.twin.events import eventbridge_fire_times, eventbridge_matcher
 from infra.config import load
 from infra.schedule_expr import ScheduleError, shortest_gap, to_eventbridge_expression

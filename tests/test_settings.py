@@ -9,7 +9,7 @@ import sys
 import pytest
 import redis
 
-from app.settings import ENV_VARS, ConfigError, Settings
+from celery_ecs.settings import ENV_VARS, ConfigError, Settings
 from tests.support import ROOT
 
 BROKER = {"CELERY_BROKER_URL": "redis://localhost:6379/0"}
@@ -26,16 +26,16 @@ def test_defaults_are_the_reliable_ones() -> None:
     assert config["result_accept_content"] == ["json"]
     assert config["task_serializer"] == config["result_serializer"] == "json"
     assert config["result_expires"] == 86400
-    # A plain URL: app.results.ResultBackendLoader makes it the app's backend.
+    # A plain URL: celery_ecs.results.ResultBackendLoader makes it the app's backend.
     assert config["result_backend"] == BROKER["CELERY_BROKER_URL"]
-    assert config["broker_transport"] == "app.transport:Transport"
+    assert config["broker_transport"] == "celery_ecs.transport:Transport"
     assert config["task_track_started"] is False  # only tasks that declare it
     vt = config["broker_transport_options"]["visibility_timeout"]
     assert vt == config["result_backend_transport_options"]["visibility_timeout"] == 3600
 
 
 def test_pool_level_keys_are_named_after_the_pool() -> None:
-    # Workers keep their messages under keys of their own (app.liveness); the pool-level keys
+    # Workers keep their messages under keys of their own (celery_ecs.liveness); the pool-level keys
     # are what workers of earlier versions used, swept after the pool's visibility timeout.
     config = Settings.from_env({**BROKER, "CELERY_POOL_NAME": "long"}).celery_config()
 

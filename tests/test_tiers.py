@@ -36,7 +36,7 @@ def test_this_test_is_a_unit_test(request: pytest.FixtureRequest) -> None:
     "argv",
     [
         ["redis-server", "--version"],
-        [sys.executable, "-m", "app.health", "worker"],
+        [sys.executable, "-m", "celery_ecs.health", "worker"],
         [sys.executable, "-m", "celery", "--version"],
         [sys.executable, "-c", "import app.celery_app"],
     ],

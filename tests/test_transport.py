@@ -1,7 +1,7 @@
 """The transport's guarantees against a real redis-server, each window with a fault in it.
 
-``app.transport``: only the FETCH script takes a message off a queue, and it records the message
-in the same step; an idle consumer blocks on wake lists, never on a queue. Each test injects
+``celery_ecs.transport``: only the FETCH script takes a message off a queue, and it records the
+message in the same step; an idle consumer blocks on wake lists, never on a queue. Each test injects
 one fault (a process killed between take and record, a reply lost on a cut connection, a server
 at maxmemory, a send that fails, a flushed script cache) and looks at Redis for the message.
 """
@@ -32,8 +32,8 @@ from kombu.utils.json import dumps, loads
 from redis.auth.token import SimpleToken
 
 from app.celery_app import app
-from app.liveness import REGISTRY_KEY, WorkerKeys, unacked_count
-from app.transport import (
+from celery_ecs.liveness import REGISTRY_KEY, WorkerKeys, unacked_count
+from celery_ecs.transport import (
     FETCH,
     WAKE_TOKENS_MAX,
     QoS,
@@ -153,7 +153,7 @@ def test_a_consumer_killed_between_take_and_record_loses_nothing(
     finally:
         if child.is_alive():
             child.kill()
-    # Off the queue, and recorded: the sweeps put it back (app.recovery).
+    # Off the queue, and recorded: the sweeps put it back (celery_ecs.recovery).
     assert queued(redis_client) == []
     assert held(redis_client) == [sent]
     assert redis_client.smembers(REGISTRY_KEY) == {WORKER.member}
@@ -309,7 +309,7 @@ def test_a_connection_cut_while_fetchs_reply_comes_leaves_the_message_recorded(
     with pytest.raises(redis.ConnectionError), consumer(proxy.url) as connection:
         drain_until(connection, lambda: False, 10)
     # Taken and recorded: the worker's consumer puts its own set back when it reconnects
-    # (app.consumer), a sweep when the worker is gone (app.recovery).
+    # (celery_ecs.consumer), a sweep when the worker is gone (celery_ecs.recovery).
     assert queued(redis_client) == []
     assert held(redis_client) == [sent]
 
@@ -320,7 +320,7 @@ def test_a_fetch_whose_reply_is_never_read_is_a_lost_connection(
     """The polling connection dropped under a FETCH in flight, unread (kombu 5.7's health check
     drops it so; kombu re-registers a replaced socket so): the FETCH may have taken and recorded
     a message that never reached the consumer. A lost connection is raised, so that the worker's
-    consumer puts its own set back (app.consumer), instead of fetching past it."""
+    consumer puts its own set back (celery_ecs.consumer), instead of fetching past it."""
     sent = publish(redis_url)
     redis_client.script_load(FETCH)  # else the first EVALSHA finds no script, and runs nothing
     with consumer(redis_url) as connection:
@@ -340,8 +340,8 @@ def test_kombu_drops_a_polling_connection_that_stopped_answering(
 ) -> None:
     """kombu 5.7 drops a BRPOP connection whose reply is overdue by brpop_timeout +
     health_check_interval (a half-open socket: a failover); it must see this transport's
-    commands too (``_brpop_sent_at``, app.upstream). A stopped server stands for the peer that
-    no longer answers: the connection stays open, nothing comes."""
+    commands too (``_brpop_sent_at``, celery_ecs.upstream). A stopped server stands for the peer
+    that no longer answers: the connection stays open, nothing comes."""
     options = {**app.conf.broker_transport_options, **WORKER.transport_options(),
                "polling_interval": 3, "health_check_interval": 1}  # fmt: skip
     connection = Connection(own_redis.url, transport=app.conf.broker_transport,
@@ -369,7 +369,7 @@ def test_a_rotated_credential_reaches_the_polling_connection(
 ) -> None:
     """A streaming credential provider (ElastiCache IAM) hands each connection its rotated
     token; kombu 5.7 sends it on the polling connection once a reply is read, the only moment
-    that connection is idle (app.upstream: ``_flush_brpop_reauth``). Else the broker cuts the
+    that connection is idle (celery_ecs.upstream: ``_flush_brpop_reauth``). Else the broker cuts the
     connection when the first credential expires."""
     redis_client.acl_setuser("rotated", enabled=True, passwords=["+rotated-secret"],
                              keys=["*"], channels=["*"], commands=["+@all"])  # fmt: skip
@@ -419,7 +419,7 @@ def test_at_maxmemory_fetch_takes_nothing_and_the_message_comes_once_memory_free
         qos.prefetch_count = 1
         drain_until(connection, lambda: len(received) == 1, 30)
         fill_past_maxmemory(client)
-        with caplog.at_level(logging.WARNING, logger="app.transport"):
+        with caplog.at_level(logging.WARNING, logger="celery_ecs.transport"):
             received[0].ack()  # rides on a FETCH that Redis refuses: sent again with ACK
             drain_for(connection, 3)  # FETCH refused every polling interval
         assert len(received) == 1
@@ -440,7 +440,7 @@ def test_at_maxmemory_the_event_loop_starts_without_kombus_restore_lock(
     # As the worker's event loop starts (on_poll_init), and every 10 s, kombu runs the QoS's
     # restore_visible, which locked with SET NX: at maxmemory Redis refused it, and at the
     # loop's start the error ended the worker. This transport's takes no lock (the sweep of
-    # app.recovery restores what outlives the visibility timeout).
+    # celery_ecs.recovery restores what outlives the visibility timeout).
     client = redis.Redis.from_url(own_redis.url, decode_responses=True)
     with consumer(own_redis.url) as connection:
         fill_past_maxmemory(client)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from devtools.twin.image import (
     image_venv,
     parse_image,
 )
+from infra.containers import ENQUEUE_SCRIPT, HEALTH_SCRIPT
 
 # The tier (tests/tiers.py): planning a container takes the image's virtualenv, which the
 # twin builds from PyPI into .twin/ (devtools.twin.image), in the checkout.
@@ -61,10 +64,16 @@ def test_the_image_is_read_from_the_dockerfile(image: Image) -> None:
     assert image.copies == {"/app/app": ROOT / "app"}
     assert image.resolve_user(None) == (10001, 10001) and image.home_of(10001) == "/nonexistent"
     # The build stage's own commands, as the twin runs them to make the image's venv.
-    (venv, install) = image.venv_build.commands
+    (venv, install, runtime) = image.venv_build.commands
     assert venv == ("python", "-m", "venv", "--without-pip", IMAGE_VENV_PATH)
     assert install[:4] == ("pip", "--python", f"{IMAGE_VENV_PATH}/bin/python", "install")
-    assert set(image.venv_build.files) == {"/tmp/requirements.txt", "/tmp/constraints.txt"}
+    assert runtime[:4] == install[:4] and runtime[-1] == "/src"
+    assert image.venv_build.files == {
+        "/tmp/requirements.txt": ROOT / "app" / "requirements.txt",
+        "/tmp/constraints.txt": ROOT / "app" / "constraints.txt",
+        "/src/pyproject.toml": ROOT / "pyproject.toml",
+        "/src/celery_ecs": ROOT / "celery_ecs",
+    }
 
 
 def test_the_image_venv_is_seen_at_its_image_path_only(image: Image, tmp_path: Path) -> None:
@@ -78,6 +87,40 @@ def test_the_image_venv_is_seen_at_its_image_path_only(image: Image, tmp_path: P
             assert str(venv).encode() not in script.read_bytes(), script.name
     binds = plan(image, tmp_path).binds
     assert [target for source, target, _ in binds if source == str(venv)] == [IMAGE_VENV_PATH]
+
+
+def test_the_image_venv_holds_the_runtime_package_and_its_scripts(
+    image: Image, tmp_path: Path
+) -> None:
+    """The build stage installs the runtime as a package, built from this repository: importable
+    with nothing of the checkout on the path, its console scripts (the task definitions' health
+    checks and enqueue command) run, and the example app is not in it."""
+    venv = image_venv(image)
+    python = venv / "bin" / "python"
+    clean = {"PATH": "/usr/bin:/bin"}  # no PYTHONPATH: only the venv's site-packages
+    imported = subprocess.run(
+        [str(python), "-c", "import celery_ecs, sys; print(celery_ecs.__version__, "
+         "celery_ecs.__file__.startswith(sys.prefix)); import app"],
+        cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert imported.stdout == f"{version} True\n", imported.stderr
+    assert "No module named 'app'" in imported.stderr  # the example app is copied, not installed
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {HEALTH_SCRIPT, ENQUEUE_SCRIPT}
+    for name in scripts:
+        # The scripts name /opt/venv/bin/python (the image's): run with the venv's here.
+        script = venv / "bin" / name
+        ran = subprocess.run([str(python), str(script), "--help"], cwd=tmp_path, env=clean,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert ran.returncode == 0 and f"usage: {name}" in ran.stdout, ran.stderr
+    health = subprocess.run(
+        [str(python), str(venv / "bin" / HEALTH_SCRIPT), "worker"], cwd=tmp_path,
+        env={**clean, "CELERY_HEARTBEAT_DIR": str(tmp_path)}, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert health.returncode == 1 and "has not written a heartbeat" in health.stderr
 
 
 def test_a_dockerfile_the_twin_cannot_reproduce_is_refused(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""The private names of kombu, Celery and redis-py the runtime relies on (``app.upstream``) are
-there, as recorded, on the installed releases; and the list misses none the runtime overrides."""
+"""The private names of kombu, Celery and redis-py the runtime relies on (``celery_ecs.upstream``)
+are there, as recorded, on the installed releases; and the list misses none the runtime
+overrides."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ from kombu.common import QoS as PrefetchCount
 from packaging.version import Version
 
 from app.celery_app import app
-from app.consumer import Consumer, HeldMessagesQoS
-from app.liveness import ResolvedConnection, WorkerKeys
-from app.results import ResultBackend, ResultBackendLoader
-from app.transport import Channel, QoS
-from app.upstream import NAMES, VERIFIED, UpstreamName
+from celery_ecs.consumer import Consumer, HeldMessagesQoS
+from celery_ecs.liveness import ResolvedConnection, WorkerKeys
+from celery_ecs.results import ResultBackend, ResultBackendLoader
+from celery_ecs.transport import Channel, QoS
+from celery_ecs.upstream import NAMES, VERIFIED, UpstreamName
 from tests.support import ROOT
 
 #: The app's classes that extend a library's: every underscored name they define that a base
@@ -41,10 +42,10 @@ def installed(package: str) -> Version:
 
 @pytest.mark.parametrize("package", sorted(VERIFIED))
 def test_the_installed_release_is_a_verified_one(package: str) -> None:
-    # A new release: read each name of app.upstream in its source, then add it to VERIFIED.
+    # A new release: read each name of celery_ecs.upstream in its source, then add it to VERIFIED.
     version = importlib.metadata.version(package)
     assert version in VERIFIED[package], (
-        f"{package} {version} is not among the releases app.upstream was verified on "
+        f"{package} {version} is not among the releases celery_ecs.upstream was verified on "
         f"({', '.join(VERIFIED[package])}): check each of its names in that release's source"
     )
 
@@ -113,7 +114,7 @@ def test_the_list_names_every_private_override() -> None:
         and any(hasattr(base, attribute) for base in cls.__mro__[1:])
         and attribute not in listed
     }
-    assert not missing, f"overrides of private names not listed in app.upstream: {missing}"
+    assert not missing, f"overrides of private names not listed in celery_ecs.upstream: {missing}"
 
 
 def test_names_are_listed_once() -> None:

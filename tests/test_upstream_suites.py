@@ -15,9 +15,9 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 import noxfile
-from app.celery_app import RequeueOnBrokerOutage
-from app.results import ResultBackend
-from app.transport import Transport
+from celery_ecs import RequeueOnBrokerOutage
+from celery_ecs.results import ResultBackend
+from celery_ecs.transport import Transport
 from devtools.upstream import celery_integration, kombu_redis, suites
 from devtools.upstream.suites import EXCLUDED, Exclusion, Suite
 
@@ -106,7 +106,7 @@ def test_the_parameters_give_an_app_the_runtime(broker: str) -> None:
     app = Celery(broker=broker, backend=broker, **celery_integration.runtime_parameters())
     assert isinstance(app.backend, ResultBackend)
     assert app.conf.result_backend == broker  # a plain URL, as Celery's suite tests it
-    assert app.connection_for_write().transport_cls == "app.transport:Transport"
+    assert app.connection_for_write().transport_cls == "celery_ecs.transport:Transport"
     assert issubclass(app.Task, RequeueOnBrokerOutage)
     assert app.conf.task_acks_late is True
 
@@ -123,9 +123,9 @@ def embedded_worker(broker: str) -> Iterator[Any]:
 
 def test_a_worker_of_the_suite_runs_the_runtime(embedded_worker: Any) -> None:
     proof = celery_integration.check_worker(embedded_worker)
-    assert proof["consumer"] == "app.consumer.Consumer"
-    assert proof["channel"] == "app.transport.Channel"
-    assert "app.liveness.LivenessStep" in proof["bootsteps"]
+    assert proof["consumer"] == "celery_ecs.consumer.Consumer"
+    assert proof["channel"] == "celery_ecs.transport.Channel"
+    assert "celery_ecs.liveness.LivenessStep" in proof["bootsteps"]
 
 
 def test_a_stock_worker_fails_the_check(broker: str) -> None:

@@ -34,8 +34,8 @@ from werkzeug.test import EnvironBuilder, TestResponse, run_wsgi_app
 from werkzeug.wrappers import Request
 
 from app.celery_app import app as celery_app
-from app.gunicorn_worker import JsonErrorWorker
 from app.web import ALLOWED_TASKS, TaskResults
+from celery_ecs.gunicorn_worker import JsonErrorWorker
 from devtools.redis_server import free_port
 from infra.containers import WEB_COMMAND
 from tests.support import (
@@ -716,7 +716,7 @@ def test_gunicorn_configuration(app_env: dict[str, str]) -> None:
     config = gunicorn_config(env)
 
     assert config["bind"] == "['0.0.0.0:8123']"
-    assert config["worker_class"] == "app.gunicorn_worker.JsonErrorWorker"
+    assert config["worker_class"] == "celery_ecs.gunicorn_worker.JsonErrorWorker"
     assert issubclass(JsonErrorWorker, ThreadWorker)  # gthread, with JSON errors
     assert config["threads"] == "3"
     assert config["timeout"] == config["graceful_timeout"] == "17"

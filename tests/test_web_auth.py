@@ -19,8 +19,8 @@ from werkzeug.test import TestResponse
 
 from app import api_keys
 from app.api_keys import AcceptedKeys, InvalidKeys, KeysUnavailable, keys_document, parse_keys
-from app.settings import ApiKeysSettings, ConfigError
 from app.web import OPEN_ENDPOINTS
+from celery_ecs.settings import ApiKeysSettings, ConfigError
 from devtools.aws_standin import AwsStandIn
 from devtools.redis_server import free_port
 from tests.support import (

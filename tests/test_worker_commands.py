@@ -21,9 +21,9 @@ import pytest
 import redis
 from celery import Celery
 
-from app.liveness import unacked_count
-from app.transport import WAKE_TOKENS_MAX, wake_key
 from bench.redis_commands import breakdown, command_calls, per_task
+from celery_ecs.liveness import unacked_count
+from celery_ecs.transport import WAKE_TOKENS_MAX, wake_key
 from tests.support import AppProcess, start_worker, wait_for
 
 #: Commands per task at most (see the module docstring).

@@ -24,8 +24,8 @@ import redis
 from celery import Celery
 from kombu.utils.json import loads
 
-from app.liveness import Deadlines, WorkerKeys, registered_workers
-from app.revokes import REVOKED_KEY
+from celery_ecs.liveness import Deadlines, WorkerKeys, registered_workers
+from celery_ecs.revokes import REVOKED_KEY
 from devtools.processes import python_argv
 from infra.budget import MAX_TASK_TIMEOUT, worker_budget
 from infra.containers import worker_command

@@ -20,8 +20,8 @@ from pathlib import Path
 import redis
 from kombu.common import QoS
 
-from app.consumer import HeldMessagesQoS
-from app.liveness import unacked_count
+from celery_ecs.consumer import HeldMessagesQoS
+from celery_ecs.liveness import unacked_count
 from devtools.processes import python_argv
 from infra.containers import CELERY_APP
 from tests.support import ROOT, AppProcess, send_task, start_worker, wait_for
@@ -267,5 +267,5 @@ def test_a_burst_of_eta_tasks_due_at_once_runs_each_exactly_once_within_the_limi
     assert [key for key, count in zip(keys, runs, strict=True) if count != 1] == []
     assert most_held <= limit, (most_held, sampler.samples)
     # Once the burst is over the worker takes its own prefetch again (concurrency x 1), not
-    # less: kombu's counter would have drifted down to 1 (app.consumer.HeldMessagesQoS).
+    # less: kombu's counter would have drifted down to 1 (celery_ecs.consumer.HeldMessagesQoS).
     assert prefetch_count(env) == ETA_CONCURRENCY

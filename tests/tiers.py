@@ -51,7 +51,7 @@ TIER_FIXTURES: dict[str, frozenset[str]] = {
 #: Programs a unit test may not start, by name.
 SERVER_PROGRAMS = frozenset({"redis-server", "celery", "gunicorn"})
 #: Top-level modules a unit test may not run with ``python -m`` or ``-c``.
-APP_MODULES = ("app", "celery", "gunicorn")
+APP_MODULES = ("app", "celery_ecs", "celery", "gunicorn")
 
 
 class TierViolation(AssertionError):

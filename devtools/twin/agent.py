@@ -3,8 +3,8 @@
 ECS gives every container ``ECS_AGENT_URI`` (``http://169.254.170.2/api/<task>``); a task sets its
 protection with ``PUT $ECS_AGENT_URI/task-protection/v1/state`` and reads it with ``GET``. The
 twin serves the same paths and shapes on the bridge's address, one URI per task, so the app's
-own client (``app.protection``) runs unchanged. Shapes and limits from the ECS developer guide,
-"Amazon ECS task scale-in protection endpoint":
+own client (``celery_ecs.protection``) runs unchanged. Shapes and limits from the ECS developer
+guide, "Amazon ECS task scale-in protection endpoint":
 
 - ``PUT {"ProtectionEnabled": true, "ExpiresInMinutes": 1..2880}`` (default 120 minutes) and
   ``PUT {"ProtectionEnabled": false}`` answer ``{"protection": {"ExpirationDate",

@@ -13,7 +13,7 @@ Secrets a container reads itself at run time (an environment variable holding a 
 e.g. the web's ``WEB_API_KEYS_SECRET_ARN``) are served by a stand-in of AWS's APIs
 (``devtools.aws_standin``, moto's server) on the bridge, holding what the program wrote into
 them; the containers' AWS SDK is pointed at it, with no region: the twin has no CloudWatch to
-publish metrics to (``app.cloudwatch`` writes them to stdout instead). Secrets ECS injects at
+publish metrics to (``celery_ecs.cloudwatch`` writes them to stdout instead). Secrets ECS injects at
 start (a definition's ``secrets``, the broker URL) get local values instead
 (``TaskOptions.secrets``).
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.api_keys import parse_keys
-from app.settings import WEB_API_KEYS_SECRET_ARN
+from celery_ecs.settings import WEB_API_KEYS_SECRET_ARN
 from devtools.aws_standin import AwsStandIn
 from devtools.twin.agent import AgentEndpoint
 from devtools.twin.events import Rule, eventbridge_fire_times

@@ -9,7 +9,9 @@ root filesystem for every container from three sources:
 - this machine's Debian ``/usr`` and ``/etc``, standing in for the Debian base image (a
   directory's mode in the image, e.g. ``/tmp``'s 1777, is taken from the same path here);
 - an "image venv" built the way the Dockerfile's build stage builds ``/opt/venv``: a venv
-  without pip, ``app/requirements.txt`` installed with ``app/constraints.txt``, nothing else. A
+  without pip, ``app/requirements.txt`` installed with ``app/constraints.txt``, then the runtime
+  package built from its source (``pyproject.toml``, ``celery_ecs/``), nothing else: the stage's
+  own ``pip`` commands, run on a copy of what it ``COPY``s, laid out at the image paths. A
   container therefore cannot import what the image would not have (pytest, Pulumi...).
 
 What the twin cannot reproduce of the image: the base image's exact Python patch release and
@@ -52,7 +54,9 @@ BASE_IMAGE_ENV: Mapping[str, str] = {
 IMAGE_VENV_PATH = "/opt/venv"
 #: Part of every image venv's cache key: raise it when the way one is built here changes, so
 #: that venvs built the old way are not reused.
-VENV_LAYOUT = 2
+VENV_LAYOUT = 3
+#: What ``.dockerignore`` keeps out of a copied directory: bytecode the checkout's runs left.
+_NOT_SENT = ("__pycache__", "*.pyc", "*.pyo", "*.pyd")
 
 
 class ImageError(ValueError):
@@ -326,17 +330,48 @@ def _venv_build(stages: list[Stage], name: str | None, context: Path) -> VenvBui
 # --- The image venv -------------------------------------------------------------------------------
 
 
-def _localize(argument: str, paths: Mapping[str, str]) -> str:
+def _localize(argument: str, paths: Mapping[str, str], context: Path) -> str:
+    """``argument`` with an image path made local: the venv's, or one under which the stage
+    copied something (``context`` holds those copies at their image paths)."""
     for image_path, local in paths.items():
         if argument == image_path or argument.startswith(f"{image_path}/"):
             return local + argument[len(image_path) :]
+    if argument.startswith("/") and (context / argument.lstrip("/")).exists():
+        return str(context / argument.lstrip("/"))
     return argument
+
+
+def _sent_files(source: Path) -> Iterator[tuple[str, Path]]:
+    """(path relative to ``source``, file) of what a ``COPY`` of ``source`` sends: the file
+    itself ("" for its path), or a directory's files less what ``.dockerignore`` leaves out."""
+    if not source.is_dir():
+        yield "", source
+        return
+    for file in sorted(source.rglob("*")):
+        relative = file.relative_to(source)
+        ignored = any(relative.match(pattern) for pattern in _NOT_SENT) or any(
+            part == "__pycache__" for part in relative.parts
+        )
+        if file.is_file() and not ignored:
+            yield str(relative), file
+
+
+def _stage_context(build: VenvBuild, context: Path) -> None:
+    """Lay out what the build stage copies at its image paths under ``context``."""
+    shutil.rmtree(context, ignore_errors=True)
+    for image_path, source in build.files.items():
+        for relative, file in _sent_files(source):
+            target = context / image_path.lstrip("/") / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, target)
 
 
 def _build_key(build: VenvBuild) -> str:
     digest = hashlib.sha256(repr(build.commands).encode())
     for path, source in sorted(build.files.items()):
-        digest.update(path.encode() + b"\0" + source.read_bytes())
+        for relative, file in _sent_files(source):
+            name = f"{path}/{relative}" if relative else path
+            digest.update(name.encode() + b"\0" + file.read_bytes())
     digest.update(sys.version.encode())
     digest.update(f"layout {VENV_LAYOUT}".encode())
     return digest.hexdigest()[:16]
@@ -371,7 +406,8 @@ def _locked(path: Path) -> Iterator[None]:
 def image_venv(image: Image) -> Path:
     """The image's ``/opt/venv``: the build stage's own commands run here, once per input.
 
-    ``python``/``pip`` become this interpreter; ``/opt/venv`` and the copied files become local
+    ``python``/``pip`` become this interpreter; ``/opt/venv`` and the copied files (laid out at
+    their image paths in a directory next to the venv, removed after the build) become local
     paths; then the console scripts name ``/opt/venv`` in their ``#!`` line, as in the image (so
     they run only in a container). ``.complete`` marks a finished build.
     """
@@ -381,11 +417,13 @@ def image_venv(image: Image) -> Path:
         if (venv / ".complete").exists():
             return venv
         shutil.rmtree(venv, ignore_errors=True)  # an interrupted build
-        paths = {IMAGE_VENV_PATH: str(venv), **{k: str(v) for k, v in build.files.items()}}
+        context = venv.with_name(f"{venv.name}-context")
+        _stage_context(build, context)
+        paths = {IMAGE_VENV_PATH: str(venv)}
         for command in build.commands:
             program, *arguments = command
             interpreter = [sys.executable] if program == "python" else [sys.executable, "-m", "pip"]
-            localized = [_localize(argument, paths) for argument in arguments]
+            localized = [_localize(argument, paths, context) for argument in arguments]
             result = subprocess.run(
                 [*interpreter, *localized], capture_output=True, text=True, check=False
             )
@@ -394,6 +432,7 @@ def image_venv(image: Image) -> Path:
                     f"build stage: RUN {' '.join(command)} failed ({result.returncode}):\n"
                     f"{result.stdout}{result.stderr}"
                 )
+        shutil.rmtree(context)
         _scripts_at_image_path(venv)
         (venv / ".complete").touch()
     return venv

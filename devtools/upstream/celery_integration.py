@@ -6,15 +6,16 @@ arguments of ``Celery``) and the suite's ``celery_config`` (its ``TEST_BROKER`` 
 ``TEST_BACKEND``). The suite's conftest defines ``celery_config`` but not
 ``celery_parameters``, so this plugin, loaded by a conftest at the root of the unpacked suite
 (conftest fixtures override ``celery.contrib.pytest``'s), gives every app of the suite what
-``app.celery_app`` gives the project's app, taken from that app so the two cannot drift:
+``celery_ecs.equip`` gives the project's app (``app.celery_app``), taken from that app so the two
+cannot drift:
 
 - the constructor's classes: the task class (``RequeueOnBrokerOutage``), the loader that maps
-  ``redis://`` result backends to ``app.results.ResultBackend``, the message factory;
+  ``redis://`` result backends to ``celery_ecs.results.ResultBackend``, the message factory;
 - the runtime's settings (``RUNTIME_SETTINGS``): the transport, the consumer, late
   acknowledgement, the transport options. Given to the constructor, they rank above the
   suite's configuration, so no test's ``celery`` marker can turn the runtime off;
 - for each worker the suite starts in-process (Celery's ``start_worker``, prefork), at
-  ``worker_init``: the keys of its own and the lease (``app.celery_app.keys_of_this_worker``,
+  ``worker_init``: the keys of its own and the lease (``celery_ecs.runtime.keys_of_this_worker``,
   which the ``celery worker`` command runs at ``celeryd_init``, a signal an embedded worker does
   not send) and the project app's bootsteps (liveness, sweeps, prefetch bound, restores).
 
@@ -44,11 +45,11 @@ from celery import Celery, signals
 from celery.contrib.testing.worker import test_worker_started
 
 from app import celery_app as project
-from app.celery_app import RequeueOnBrokerOutage, keys_of_this_worker
-from app.consumer import Consumer
-from app.liveness import lease_of
-from app.results import STORE_UNLESS_SUCCEEDED, ResultBackend
-from app.transport import FETCH, Channel, Transport
+from celery_ecs.consumer import Consumer
+from celery_ecs.liveness import lease_of
+from celery_ecs.results import STORE_UNLESS_SUCCEEDED, ResultBackend
+from celery_ecs.runtime import RequeueOnBrokerOutage, TaskClassCheck, keys_of_this_worker
+from celery_ecs.transport import FETCH, Channel, Transport
 from devtools.upstream.suites import CELERY_INTEGRATION, deselect
 
 #: The project app's settings that make the runtime, given to every app of the suite.
@@ -85,6 +86,15 @@ def celery_parameters() -> Mapping[str, Any]:
     return runtime_parameters()
 
 
+def runtime_steps() -> dict[str, set[Any]]:
+    """The project app's bootsteps, but ``TaskClassCheck``: the suite's own tasks declare bases
+    of their own (``celery.Task``), which the check would refuse to run."""
+    return {
+        blueprint: {step for step in steps if step is not TaskClassCheck}
+        for blueprint, steps in project.app.steps.items()
+    }
+
+
 def has_runtime(app: Celery) -> bool:
     return bool(app.conf.broker_transport == project.app.conf.broker_transport)
 
@@ -97,7 +107,7 @@ def equip_worker(sender: Any, **_: Any) -> None:
     if not has_runtime(app):  # a stock app some test makes on its own
         return
     keys_of_this_worker(sender=sender.hostname, instance=sender, conf=app.conf)
-    for blueprint, steps in project.app.steps.items():
+    for blueprint, steps in runtime_steps().items():
         app.steps[blueprint].update(steps)
 
 
@@ -114,12 +124,14 @@ def check_worker(worker: Any) -> dict[str, Any]:
     """What shows that ``worker`` runs the project's runtime; AssertionError if it does not."""
     app = worker.app
     consumer = worker.consumer
-    assert isinstance(consumer, Consumer), f"consumer {type(consumer)!r} is not app.consumer's"
+    assert isinstance(consumer, Consumer), (
+        f"consumer {type(consumer)!r} is not celery_ecs.consumer's"
+    )
     connection, task_consumer = consumer.connection, consumer.task_consumer
     assert connection is not None and task_consumer is not None, "the consumer is not consuming"
     channel = connection.default_channel
     assert isinstance(connection.transport, Transport), f"transport {connection.transport!r}"
-    assert isinstance(channel, Channel), f"channel {type(channel)!r} is not app.transport's"
+    assert isinstance(channel, Channel), f"channel {type(channel)!r} is not celery_ecs.transport's"
     task_channel = task_consumer.channel
     assert isinstance(task_channel, Channel), f"task channel {type(task_channel)!r}"
     assert isinstance(app.backend, ResultBackend), f"result backend {type(app.backend)!r}"
@@ -127,7 +139,7 @@ def check_worker(worker: Any) -> dict[str, Any]:
     assert issubclass(app.Task, RequeueOnBrokerOutage), f"task class {app.Task!r}"
     assert app.conf.task_acks_late is True
     steps = {*worker.blueprint.steps, *consumer.blueprint.steps}
-    wanted = {step.name for part in project.app.steps.values() for step in part}
+    wanted = {step.name for part in runtime_steps().values() for step in part}
     assert wanted <= steps, f"bootsteps missing: {sorted(wanted - steps)}"
     lease = lease_of(worker)
     with channel.conn_or_acquire() as client:

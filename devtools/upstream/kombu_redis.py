@@ -4,7 +4,7 @@ kombu's ``t/unit/transport/test_redis.py`` tests ``kombu.transport.redis`` throu
 of its ``Channel`` and ``Transport`` (a fake redis client underneath), made when the module is
 imported, and through ``redis.QoS``, ``redis.Channel`` and ``redis.Transport`` directly. This
 plugin, loaded by a conftest at the root of the unpacked suite, makes those three names of
-``kombu.transport.redis`` the runtime's (``app.transport``, subclasses of kombu's, so kombu's
+``kombu.transport.redis`` the runtime's (``celery_ecs.transport``, subclasses of kombu's, so kombu's
 own module keeps working) before the test module is imported: every test then runs on the
 runtime's classes, and the contract kombu's tests state holds for them or the test fails.
 
@@ -28,7 +28,7 @@ from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 from kombu.utils.imports import symbol_by_name
 
-from app import transport
+from celery_ecs import transport
 from devtools.upstream.suites import KOMBU_INTEGRATION, KOMBU_UNIT, deselect
 
 #: The names of kombu's Redis module that become the runtime's classes.

@@ -132,7 +132,7 @@ NO_LUA = (
     "tests here and in `tests/test_transport.py`"
 )
 NO_KEYPREFIX = (
-    "`global_keyprefix`: the runtime refuses it at channel creation (`app.transport`: its "
+    "`global_keyprefix`: the runtime refuses it at channel creation (`celery_ecs.transport`: its "
     "scripts name kombu's keys unprefixed); kombu's tests run each test with and without one"
 )
 
@@ -144,8 +144,9 @@ PUBLISH_BATCH = (
 
 NO_RESTORE_VISIBLE = (
     "kombu's `QoS.restore_visible` is a no-op in the runtime: its lock (`SET NX`) is refused "
-    "at maxmemory and ended the worker at the event loop's start; the sweep (`app.recovery`) "
-    "puts back what outlived the visibility timeout, from every set of the pool, in "
+    "at maxmemory and ended the worker at the event loop's start; the sweep "
+    "(`celery_ecs.recovery`) puts back what outlived the visibility timeout, from every set of "
+    "the pool, in "
     "transactions that take no lock (`test_liveness`, `test_transport`)"
 )
 
@@ -238,14 +239,14 @@ EXCLUDED: tuple[Exclusion, ...] = (
               "replaces the polling connection under a command in flight and expects consuming to "
               "go on; the runtime raises a lost connection when that command is a `FETCH`, whose "
               "unread reply may be a message recorded in the worker's set, so that the worker's "
-              "consumer puts that set back (`app.transport`, "
+              "consumer puts that set back (`celery_ecs.transport`, "
               "`test_a_fetch_whose_reply_is_never_read_is_a_lost_connection`)",
               ("5.7.0",), parameter="BRPOP"),
     Exclusion(KOMBU_UNIT, f"{_UNIT}::test_Channel::test_put_priority",
               "asserts that `_put` calls the client's `LPUSH`; the runtime's `_put` runs `LPUSH` "
-              "inside its `PUBLISH` script, with the wake token (`app.transport`); the priority "
-              "lists it pushes to are those of kombu's `test_RedisPriority`, which passes here",
-              _KOMBU),
+              "inside its `PUBLISH` script, with the wake token (`celery_ecs.transport`); the "
+              "priority lists it pushes to are those of kombu's `test_RedisPriority`, which "
+              "passes here", _KOMBU),
 )  # fmt: skip
 
 

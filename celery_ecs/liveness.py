@@ -2,8 +2,8 @@
 
 Redis cannot tell a dead worker from a slow one by the age of a message. A worker can say that
 it is alive, though, and a message whose worker cannot say so is taken back within seconds
-instead of after the visibility timeout (``app.recovery``). The README's "Liveness" section has
-the whole argument; in short:
+instead of after the visibility timeout (``celery_ecs.recovery``). The README's "Liveness" section
+has the whole argument; in short:
 
 Keys (``<member>`` is ``<pool>:<worker>``, ``<worker>`` is the Celery hostname plus 12 random hex
 digits, new at every start of a worker process, so no two processes ever share keys):
@@ -14,13 +14,13 @@ digits, new at every start of a worker process, so no two processes ever share k
 - ``unacked:<member>`` / ``unacked_index:<member>``: kombu's hash and index of unacknowledged
   messages, this worker's alone, so that they can be restored as one set.
 - ``liveness:workers``: the registry, every member that may hold unacknowledged messages. A
-  worker adds itself with its lease and with every message it records (``app.transport``), in
+  worker adds itself with its lease and with every message it records (``celery_ecs.transport``), in
   the same transaction; only a sweeper that finds a member without lease and without messages
   removes it.
 
 - ``liveness:epoch``: the broker's epoch, a random id set once by the first worker to take a
   lease (``SET NX``, no expiry; ``noeviction`` keeps it). Read with every lease: a different or
-  missing one after a reconnect means the broker lost its data meanwhile (``app.consumer``).
+  missing one after a reconnect means the broker lost its data meanwhile (``celery_ecs.consumer``).
 
 Deadlines, on the worker's own monotonic clock, from the moment it sent its last successful
 refresh (the key expires ``L`` after Redis received it, so no sooner than ``L`` after that).
@@ -72,7 +72,7 @@ from kombu.utils.encoding import bytes_to_str
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from app.periodic import PeriodicThread
+from celery_ecs.periodic import PeriodicThread
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class WorkerKeys:
 
     @classmethod
     def from_member(cls, member: str) -> WorkerKeys:
-        # Pool names have no ':' (app.settings), so the first one ends the pool.
+        # Pool names have no ':' (celery_ecs.settings), so the first one ends the pool.
         pool, _, worker = member.partition(":")
         return cls(pool, worker)
 
@@ -184,7 +184,7 @@ class Deadlines:
 
     @property
     def sweep_interval(self) -> float:
-        """Between two sweeps (app.recovery): a third of the timeout, at most 5 s, so a gone
+        """Between two sweeps (celery_ecs.recovery): a third of the timeout, at most 5 s, so a gone
         worker's messages wait little past its key's expiry, and the visibility timeout's last
         resort comes at most 5 s late."""
         return min(MAX_SWEEP_INTERVAL, self.timeout / 3)
@@ -334,7 +334,7 @@ class Lease:
 
 
 def lease_of(worker: Any) -> Lease:
-    """A worker's lease: ``app.celery_app`` gives every worker process one, as ``liveness``."""
+    """A worker's lease: ``celery_ecs.runtime`` gives every worker process one, as ``liveness``."""
     lease: Lease = worker.liveness
     return lease
 
@@ -482,7 +482,7 @@ def require_prefork(pool: Any) -> None:
     name = next((alias for alias, where in POOL_ALIASES.items() if where == path), path)
     raise ImproperlyConfigured(
         f"worker pool {name!r} (celery worker --pool, or the worker_pool setting): the "
-        "liveness watchdog (app.liveness) stops a task that must not run on by killing the "
+        "liveness watchdog (celery_ecs.liveness) stops a task that must not run on by killing the "
         "pool process running it, which only the 'prefork' pool has; use --pool prefork "
         "(Celery's default)"
     )
@@ -506,9 +506,9 @@ def kill_pool_processes(pool: Any) -> int:
 class LivenessThreads:
     """The refresher and the watchdog, started and stopped together (a bootstep's ``obj``).
 
-    Neither ever waits for a fork (``app.periodic``): the refresher's imports are done before
+    Neither ever waits for a fork (``celery_ecs.periodic``): the refresher's imports are done before
     the pool forks (its client is made in ``LivenessStep.create``, the IDNA codec by
-    ``app.periodic``), and the watchdog only reads the clock, logs and signals.
+    ``celery_ecs.periodic``), and the watchdog only reads the clock, logs and signals.
     """
 
     def __init__(self, refresher: PeriodicThread, watchdog: PeriodicThread) -> None:

@@ -2,14 +2,14 @@
 
 When ``CELERY_METRICS_NAMESPACE`` is set, the worker's main process reads, every 10 seconds and
 in one round trip to Redis, each queue it consumes and its pool's live workers, and sends them
-in one ``PutMetricData`` call (``app.cloudwatch``), all at high resolution
+in one ``PutMetricData`` call (``celery_ecs.cloudwatch``), all at high resolution
 (``StorageResolution`` 1), so the step-scaling alarm can evaluate them every 10 seconds:
 
 - ``Backlog`` (dimension ``Queue``): messages waiting in the queue (not those already delivered
   to a worker), summed over kombu's priority lists.
 - ``OldestMessageAge`` (``Queue``): seconds since the oldest waiting message was published.
   Every message the app publishes carries its publish time (``PUBLISHED_AT_HEADER``, stamped by
-  the message factory in ``app.celery_app``). kombu's Redis transport LPUSHes and BRPOPs, so the
+  the message factory in ``celery_ecs.runtime``). kombu's Redis transport LPUSHes and BRPOPs, so the
   next message of each priority list is its right end: read with ``LINDEX key -1``, nothing
   removed. A message without the stamp (an older publisher) is skipped; when no list's next
   message has one, the round carries no age at all rather than a wrong one.
@@ -45,8 +45,8 @@ import redis
 from celery import Celery, bootsteps
 from kombu.exceptions import OperationalError
 
-from app.cloudwatch import CLOUDWATCH_TIMEOUT_SECONDS, Datum, Sink, metrics_sink
-from app.names import (
+from celery_ecs.cloudwatch import CLOUDWATCH_TIMEOUT_SECONDS, Datum, Sink, metrics_sink
+from celery_ecs.names import (
     BACKLOG_METRIC,
     BEAT_HEARTBEAT_METRIC,
     OLDEST_AGE_METRIC,
@@ -55,8 +55,8 @@ from app.names import (
     SERVICE_DIMENSION,
     WORKERS_METRIC,
 )
-from app.periodic import PeriodicThread
-from app.settings import Settings
+from celery_ecs.periodic import PeriodicThread
+from celery_ecs.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class Snapshot:
 
 class QueueMetricsPublisher:
     """Reads the pool's queues and live workers in one round trip and hands the round's
-    datapoints to ``send`` (``app.cloudwatch``: one PutMetricData call).
+    datapoints to ``send`` (``celery_ecs.cloudwatch``: one PutMetricData call).
 
     ``publish`` never raises for broker or CloudWatch trouble: it logs, drops the round, and the
     next round tries again.
@@ -251,7 +251,7 @@ class QueueMetricsPublisher:
             timeouts = {
                 "socket_timeout": BROKER_TIMEOUT_SECONDS,
                 "socket_connect_timeout": BROKER_TIMEOUT_SECONDS,
-                # And the lookup of the broker's name (app.transport).
+                # And the lookup of the broker's name (celery_ecs.transport).
                 "resolve_timeout": BROKER_TIMEOUT_SECONDS,
             }
             connection = self.app.connection_for_read(self.broker_url, transport_options=timeouts)
@@ -333,13 +333,13 @@ class QueueMetricsStep(bootsteps.StartStopStep):
 
     Register with ``app.steps["worker"].add(QueueMetricsStep)`` when
     ``CELERY_METRICS_NAMESPACE`` is set. Publishes from a thread of the main process
-    (``app.periodic``): a broker round trip and a CloudWatch call must not hold up the worker's
-    event loop. Both are bounded by timeouts (the broker's name lookup too; CloudWatch's is
+    (``celery_ecs.periodic``): a broker round trip and a CloudWatch call must not hold up the
+    worker's event loop. Both are bounded by timeouts (the broker's name lookup too; CloudWatch's is
     botocore's), so the worker's stop waits at most that long; a fork of the pool waits for
     none of it.
     """
 
-    # Threads start once the pool has forked its children (see ``app.periodic``).
+    # Threads start once the pool has forked its children (see ``celery_ecs.periodic``).
     requires = ("celery.worker.components:Pool",)
     label = "Queue metrics"
 

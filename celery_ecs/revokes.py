@@ -5,7 +5,7 @@ Celery keeps a revoke in the memory of each worker that receives its broadcast
 when its message comes. A worker that starts learns earlier revokes only from other live workers
 (mingle) or from its state file (``--statedb``). The workers here run ``--without-mingle`` and
 without a state file (a Fargate task's disk is new at every start), while liveness hands a dead
-worker's messages to exactly those new workers (``app.recovery``): a task revoked while its
+worker's messages to exactly those new workers (``celery_ecs.recovery``): a task revoked while its
 message was held (prefetched, waiting for its ETA) would run on the replacement.
 
 So every worker that receives a revoke also records it in Redis, in one sorted set

@@ -8,34 +8,18 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from celery.schedules import crontab, schedule
 from redbeat import RedBeatScheduler
 
-from app.celery_app import BROKER_OUTAGE_ERRORS, settings
-from app.health import HeartbeatFile
-from app.metrics import BeatHeartbeat
-from app.schedule import Cron, Every, PeriodicEntry, ScheduleFormatError, entries_from_json
-from app.settings import BEAT_SCHEDULE, ConfigError
+from celery_ecs.health import HeartbeatFile
+from celery_ecs.metrics import BeatHeartbeat
+from celery_ecs.runtime import BROKER_OUTAGE_ERRORS, beat_schedule, runtime_settings
+from celery_ecs.schedule import ScheduleFormatError, entries_from_json
+from celery_ecs.settings import BEAT_SCHEDULE, ConfigError
 
 log = logging.getLogger(__name__)
 
 #: Seconds between two attempts while Redis is unreachable.
 OUTAGE_RETRY_SECONDS = 1.0
-
-
-def celery_schedule(entry: PeriodicEntry) -> Any:
-    spec = entry.schedule
-    if isinstance(spec, Every):
-        return schedule(run_every=spec.seconds)
-    if isinstance(spec, Cron):
-        return crontab(
-            minute=spec.minute,
-            hour=spec.hour,
-            day_of_month=spec.day_of_month,
-            month_of_year=spec.month_of_year,
-            day_of_week=spec.day_of_week,
-        )
-    raise TypeError(f"{entry.name}: unknown schedule {spec!r}")
 
 
 def beat_schedule_from_env(env: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
@@ -46,18 +30,7 @@ def beat_schedule_from_env(env: Mapping[str, str] | None = None) -> dict[str, di
     if not text:
         return {}
     try:
-        entries = entries_from_json(text)
-        return {
-            entry.name: {
-                "task": entry.task,
-                "schedule": celery_schedule(entry),
-                "args": entry.args,
-                "kwargs": entry.kwargs,
-                # Nobody learns the ids of what beat sends, so nobody could read their results.
-                "options": {"queue": entry.queue, "ignore_result": True},
-            }
-            for entry in entries
-        }
+        return beat_schedule(entries_from_json(text))
     except (ScheduleFormatError, ValueError) as error:  # Celery's crontab raises ValueError
         raise ConfigError(f"{BEAT_SCHEDULE}: {error}") from None
 
@@ -72,13 +45,13 @@ class HeartbeatRedBeatScheduler(RedBeatScheduler):
     still ends beat when the next tick cannot extend it: never two beats.
     """
 
-    heartbeat = HeartbeatFile("beat", settings.heartbeat_dir)
-    #: The ``BeatHeartbeat`` metric (only with ``CELERY_METRICS_NAMESPACE``): an alarm notices a
-    #: beat that stopped scheduling, which a health check of the task cannot see once ECS has
-    #: nothing left to replace.
-    heartbeat_metric = BeatHeartbeat(settings.metrics_namespace)
-
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        settings = runtime_settings(app)
+        self.heartbeat = HeartbeatFile("beat", settings.heartbeat_dir)
+        #: The ``BeatHeartbeat`` metric (only with ``CELERY_METRICS_NAMESPACE``): an alarm
+        #: notices a beat that stopped scheduling, which a health check of the task cannot see
+        #: once ECS has nothing left to replace.
+        self.heartbeat_metric = BeatHeartbeat(settings.metrics_namespace)
         # Before redbeat reads it: the stack's entries join any the app defines itself (an entry
         # of the same name is the stack's).
         app.conf.beat_schedule = {**(app.conf.beat_schedule or {}), **beat_schedule_from_env()}

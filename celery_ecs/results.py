@@ -24,7 +24,7 @@ from celery.loaders.app import AppLoader
 from kombu.utils.encoding import bytes_to_str
 
 #: The result backend, as Celery names a class (``module:Class``).
-RESULT_BACKEND_CLASS = "app.results:ResultBackend"
+RESULT_BACKEND_CLASS = "celery_ecs.results:ResultBackend"
 #: The ``result_backend`` URL schemes it serves: those of Celery's own Redis backend.
 SCHEMES = ("redis", "rediss")
 
@@ -89,7 +89,7 @@ class ResultBackend(RedisBackend):
 
     def expiry_of(self, state: str) -> float | None:
         """Seconds a result of ``state`` is kept (None: forever), as Celery's own
-        ``_set_with_state`` decides (app.upstream): celery 5.7 keeps a FAILURE for
+        ``_set_with_state`` decides (celery_ecs.upstream): celery 5.7 keeps a FAILURE for
         ``result_failure_expires`` (``failure_expires``, ``expires`` when unset); celery 5.6
         has no such setting, and keeps every state for ``expires``."""
         if state == states.FAILURE:
@@ -106,12 +106,13 @@ class ResultBackendLoader(AppLoader):
     """Celery's app loader, with the result backend URL schemes mapped to ``ResultBackend``.
 
     Celery looks a ``result_backend`` URL's scheme up in the loader's ``override_backends``
-    before its own aliases (``celery.app.backends.by_name``; an installed package could use the
-    ``celery.result_backends`` entry points instead, the image's app is not one). The class is
-    the ``Celery(loader=...)`` of ``app.celery_app``, which Celery keeps when it pickles the app,
-    so every process gets it: worker and pool processes, beat, the web, the enqueue command and
-    the ``celery`` commands run with ``--app``. A ``--loader``/``CELERY_LOADER`` does not replace
-    a loader given to the constructor.
+    before its own aliases (``celery.app.backends.by_name``). Not the ``celery.result_backends``
+    entry points this package could declare: those would change the backend of every app in the
+    environment, equipped or not. ``celery_ecs.equip`` makes it the app's ``loader_cls``, which
+    Celery keeps when it pickles the app, so every process gets it: worker and pool processes,
+    beat, the web, the enqueue command and the ``celery`` commands run with ``--app``. An app
+    whose loader is not Celery's default (``CELERY_LOADER``, ``Celery(loader=...)``) is refused
+    by ``equip`` unless that loader derives from this one.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

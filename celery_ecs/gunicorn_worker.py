@@ -6,8 +6,8 @@ with an HTML page. This worker keeps everything gunicorn decides for such a requ
 the log lines, the access log) and replaces only what goes on the wire with the documented
 ``{"error": {"code", "message"}}`` and ``Content-Type: application/json``.
 
-The worker class of ``app.gunicorn_conf``, with its logger class (``HealthChecksUnlogged``); the
-gunicorn master imports it, so no Flask or Celery.
+The worker class of ``celery_ecs.gunicorn_conf``, with its logger class (``HealthChecksUnlogged``);
+the gunicorn master imports it, so no Flask or Celery.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from gunicorn import util
 from gunicorn.glogging import Logger
 from gunicorn.workers.gthread import ThreadWorker
 
-from app.names import LIVENESS_PATH
+from celery_ecs.names import LIVENESS_PATH
 
 INTERNAL_ERROR = "the server failed to handle the request"
 

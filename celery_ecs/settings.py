@@ -39,9 +39,13 @@ LOG_TASKS = "APP_LOG_TASKS"
 HEARTBEAT_DIR = "CELERY_HEARTBEAT_DIR"
 METRICS_NAMESPACE = "CELERY_METRICS_NAMESPACE"
 WEB_PORT = "WEB_PORT"
-# The web's liveness path, asked by the container health check (app.health).
+# The web's liveness path, asked by the container health check (celery_ecs.health).
 WEB_LIVENESS_PATH = "WEB_LIVENESS_PATH"
-# Beat's periodic entries, as app.schedule.entries_to_json writes them (the stack's `schedule`).
+# The Celery app (`celery --app` target) the enqueue command publishes with (the stack's
+# `celeryApp`); `celery --app` reads the same variable.
+CELERY_APP = "CELERY_APP"
+# Beat's periodic entries, as celery_ecs.schedule.entries_to_json writes them (the stack's
+# `schedule`).
 BEAT_SCHEDULE = "CELERY_BEAT_SCHEDULE_JSON"
 WEB_REQUEST_TIMEOUT = "WEB_REQUEST_TIMEOUT"
 WEB_MAX_BODY_BYTES = "WEB_MAX_BODY_BYTES"
@@ -53,8 +57,8 @@ WEB_API_KEYS_FILE = "WEB_API_KEYS_FILE"
 # shutdown (see infra/budget.py for when that is chosen).
 REMAP_SIGTERM = "REMAP_SIGTERM"
 
-#: Seconds a worker keeps ECS scale-in protection after its last task (``app.protection``); the
-#: infrastructure sizes deployment waits with it (``infra.budget``).
+#: Seconds a worker keeps ECS scale-in protection after its last task (``celery_ecs.protection``);
+#: the infrastructure sizes deployment waits with it (``infra.budget``).
 PROTECTION_IDLE_GRACE_SECONDS = 30
 
 # name -> (default, meaning). The README's table is checked against this by a test.
@@ -106,7 +110,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     ),
     HEARTBEAT_DIR: (
         "/tmp",
-        "Where the worker and beat touch their heartbeat files, read by `python -m app.health`.",
+        "Where the worker and beat touch their heartbeat files, read by `celery-ecs-health`.",
     ),
     METRICS_NAMESPACE: (
         "(empty: off)",
@@ -149,8 +153,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
 DEFAULT_HELD_PER_SLOT = 4
 #: Seconds a worker's liveness key lives without a refresh, unless CELERY_LIVENESS_TIMEOUT says.
 DEFAULT_LIVENESS_TIMEOUT = 15
-#: Shortest liveness timeout: its deadlines (app.liveness) are fractions of it, the smallest a
-#: fifteenth, and a worker must be able to refresh within that on a busy machine.
+#: Shortest liveness timeout: its deadlines (celery_ecs.liveness) are fractions of it, the smallest
+#: a fifteenth, and a worker must be able to refresh within that on a busy machine.
 MIN_LIVENESS_TIMEOUT = 3
 
 
@@ -306,7 +310,7 @@ class Settings:
     def celery_config(self) -> dict[str, object]:
         """The Celery settings these values imply, with the reliable defaults fixed."""
         # Pool-level keys: what processes that never consume would use. Each worker replaces
-        # the first two with keys of its own when it starts (app.liveness.WorkerKeys).
+        # the first two with keys of its own when it starts (celery_ecs.liveness.WorkerKeys).
         transport = {
             "visibility_timeout": self.visibility_timeout,
             "unacked_key": f"unacked:{self.worker_pool}",
@@ -316,9 +320,9 @@ class Settings:
         return {
             "broker_url": self.broker_url,
             # kombu's Redis transport, taking a message and recording it in one round trip.
-            "broker_transport": "app.transport:Transport",
+            "broker_transport": "celery_ecs.transport:Transport",
             # A plain URL: the app's loader makes it Celery's Redis backend with each state
-            # stored in one atomic script (app.results.ResultBackendLoader).
+            # stored in one atomic script (celery_ecs.results.ResultBackendLoader).
             "result_backend": self.result_backend,
             "result_expires": self.result_expires,
             # Acknowledge after the task ran, so a crash re-queues instead of losing it.
@@ -345,15 +349,15 @@ class Settings:
             "worker_hijack_root_logger": True,
             "worker_send_task_events": False,
             # If the broker connection (or the liveness) is lost, the worker puts its unacked
-            # messages back (app.consumer); the running copies are cancelled so each task keeps
-            # one live run (Celery 6 default).
+            # messages back (celery_ecs.consumer); the running copies are cancelled so each task
+            # keeps one live run (Celery 6 default).
             "worker_cancel_long_running_tasks_on_connection_loss": True,
         }
 
 
 @dataclass(frozen=True)
 class WebSettings:
-    """The web server's settings (``WEB_*``), read by ``app.gunicorn_conf`` and ``app.web``.
+    """The web server's settings (``WEB_*``), read by ``celery_ecs.gunicorn_conf`` and ``app.web``.
 
     Only the web process reads them; ``Settings`` holds what every process shares.
     """
@@ -381,7 +385,7 @@ class WebSettings:
 class ApiKeysSettings:
     """Where the web reads the API keys it accepts (``app.api_keys``): exactly one is set.
 
-    Read by ``app.gunicorn_conf`` (a web without a source never starts) and ``app.web``.
+    Read by ``celery_ecs.gunicorn_conf`` (a web without a source never starts) and ``app.web``.
     """
 
     secret_arn: str | None

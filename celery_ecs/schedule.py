@@ -2,10 +2,10 @@
 
 The stack's ``schedule`` configuration holds the entries (``infra/config.py`` reads them with
 ``entry_from_mapping``). Beat gets them in its environment (``CELERY_BEAT_SCHEDULE_JSON``, written
-by ``entries_to_json``, read by ``entries_from_json`` when beat starts); with ``scheduler:
-eventbridge`` each entry becomes a rule whose enqueue command carries the entry's task, queue and
-arguments. It imports nothing outside the standard library, so the Pulumi program can read it
-without the app's dependencies. All times are UTC.
+by ``entries_to_json``, read by ``entries_from_json`` when beat starts: ``celery_ecs.beat``); with
+``scheduler: eventbridge`` each entry becomes a rule whose enqueue command carries the entry's
+task, queue and arguments. It imports nothing outside the standard library, so the Pulumi program
+can read it without the app's dependencies. All times are UTC.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ Here every message a consumer acknowledges later leaves its queue inside one Lua
 ``FETCH``, that records it in the same step (kombu's own record: same keys, the same
 ``[payload, exchange, routing_key]`` value, the delivery time as the index score, so kombu's
 restores read it unchanged), and adds the consuming worker to the liveness registry
-(``app.liveness``). Nothing else in this transport pops a queue list, so there is no window in
-which a message is off its queue and unrecorded. ``FETCH`` is sent through the event loop as
+(``celery_ecs.liveness``). Nothing else in this transport pops a queue list, so there is no window
+in which a message is off its queue and unrecorded. ``FETCH`` is sent through the event loop as
 kombu sends ``BRPOP``, with ``EVALSHA``; ``NOSCRIPT`` (a new or restarted server, a flushed
 cache, or from Redis 7.4 an ``EVAL``-loaded script evicted) means nothing ran, and the same
 ``FETCH`` is sent again with ``EVAL``.
@@ -47,7 +47,7 @@ message from each (``FETCHES_IN_FLIGHT_MAX``), else the one sent once that reply
 ``EVALSHA`` fewer than an ``ACK`` of their own). When no ``FETCH`` follows that reply (the queues
 are empty, the consumer has no room, the channel closes), they go at once with ``ACK``. One
 whose send fails, or whose reply is lost, is sent again with the next ``FETCH`` and, by the
-consumer (``app.consumer``), after a reconnection.
+consumer (``celery_ecs.consumer``), after a reconnection.
 
 A slot freed while a ``FETCH`` is in flight is refilled at once by a second ``FETCH`` on the same
 connection (Redis answers in order), not once the first reply is read: with one ``FETCH`` at a
@@ -78,7 +78,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError, OutOfMemoryError
 from redis.retry import Retry
 
-from app.liveness import BoundedResolver, ResolvedConnection, ResolvedSSLConnection
+from celery_ecs.liveness import BoundedResolver, ResolvedConnection, ResolvedSSLConnection
 
 log = logging.getLogger(__name__)
 
@@ -255,8 +255,9 @@ class QoS(kombu_redis.QoS):
         )  # fmt: skip
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
-        """Nothing: the sweep (``app.recovery``) puts back what outlived the visibility timeout,
-        from every set of the pool, this channel's included, in transactions that take no lock.
+        """Nothing: the sweep (``celery_ecs.recovery``) puts back what outlived the visibility
+        timeout, from every set of the pool, this channel's included, in transactions that take
+        no lock.
 
         kombu's, called when the event loop starts (``on_poll_init``) and every 10 s, takes a
         lock with ``SET NX``, which Redis refuses at maxmemory (``noeviction``): from the timer
@@ -286,13 +287,13 @@ class Channel(kombu_redis.Channel):
         "worker_member",
         "resolve_timeout",
     )
-    #: Seconds a lookup of the broker's name may take (``app.liveness.BoundedResolver``) on the
-    #: channel's connections, which then make one attempt per command (no redis-py
+    #: Seconds a lookup of the broker's name may take (``celery_ecs.liveness.BoundedResolver``) on
+    #: the channel's connections, which then make one attempt per command (no redis-py
     #: retries: each would wait the bounds again); 0: unbounded lookups and redis-py's retries.
     #: ``socket_connect_timeout`` does not cover the lookup. Set by the connections of the
     #: worker threads' rounds (the sweep, the metrics): the next round is their retry.
     resolve_timeout = 0.0
-    #: The set a consuming worker is added to with every message it records (app.liveness).
+    #: The set a consuming worker is added to with every message it records (celery_ecs.liveness).
     worker_registry_key = ""
     #: This consumer's member of that set; empty in processes that only publish.
     worker_member = ""
@@ -300,7 +301,7 @@ class Channel(kombu_redis.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.global_keyprefix:
-            raise ValueError("app.transport: global_keyprefix is not supported")
+            raise ValueError("celery_ecs.transport: global_keyprefix is not supported")
         #: The commands awaiting their replies on the polling connection, oldest first: one
         #: BRPOP on the wake lists, or up to FETCHES_IN_FLIGHT_MAX FETCHes.
         self._sent: deque[_Sent] = deque()
@@ -384,7 +385,7 @@ class Channel(kombu_redis.Channel):
         return [tag for sent in self._sent for tag in sent.acks]
 
     def unconfirmed_acks(self) -> list[str]:
-        """Acknowledgements that may not have reached Redis (read by ``app.consumer``)."""
+        """Acknowledgements that may not have reached Redis (read by ``celery_ecs.consumer``)."""
         return [*self.acks_in_flight, *self.acks_pending]
 
     # --- publishing -----------------------------------------------------------------------------
@@ -542,8 +543,8 @@ class Channel(kombu_redis.Channel):
             self._set_aside(acks)
             raise
         self._in_poll = connection
-        # kombu 5.7's health check of the polling connection (app.upstream): a reply overdue by
-        # brpop_timeout + health_check_interval drops the connection. Unread by kombu 5.6.
+        # kombu 5.7's health check of the polling connection (celery_ecs.upstream): a reply overdue
+        # by brpop_timeout + health_check_interval drops the connection. Unread by kombu 5.6.
         self._brpop_sent_at = monotonic()
         self._sent.append(_Sent(command, arguments, acks))
 
@@ -553,7 +554,7 @@ class Channel(kombu_redis.Channel):
         after a failure with replies still to come, and ``_in_poll`` was reset): their
         acknowledgements go again. An unread FETCH may have taken and recorded a message that
         never reached the consumer: that is a lost connection, so that the consumer puts its
-        own set back (``app.consumer``) before it takes more."""
+        own set back (``celery_ecs.consumer``) before it takes more."""
         unread = list(self._sent)
         self._sent.clear()
         acks = [tag for sent in unread for tag in sent.acks]
@@ -665,7 +666,7 @@ class Channel(kombu_redis.Channel):
     def _flush_reauth(self) -> None:
         """kombu 5.7 sends a pending streaming re-authentication (a rotated IAM token) on the
         polling connection once a reply is read, the only moment it is idle: its
-        ``_brpop_read`` does, which this one replaces (app.upstream). kombu 5.6 has none.
+        ``_brpop_read`` does, which this one replaces (celery_ecs.upstream). kombu 5.6 has none.
         Looked up on the channel, as kombu's own does: a subclass's or an instance's counts."""
         flush = getattr(self, "_flush_brpop_reauth", None)
         if flush is not None:

@@ -34,8 +34,8 @@ from typing import Any
 from celery import bootsteps
 from celery.worker import state as worker_state
 
-from app.periodic import PeriodicThread
-from app.settings import PROTECTION_IDLE_GRACE_SECONDS
+from celery_ecs.periodic import PeriodicThread
+from celery_ecs.settings import PROTECTION_IDLE_GRACE_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class TaskProtectionStep(bootsteps.StartStopStep):
     """Worker bootstep: holds scale-in protection while the worker has tasks (see module doc).
 
     Register with ``app.steps["worker"].add(TaskProtectionStep)``. It polls from a thread of
-    the main process (``app.periodic``), started after the pool so that the first pool
+    the main process (``celery_ecs.periodic``), started after the pool so that the first pool
     children are forked before the thread exists.
     """
 

@@ -15,7 +15,7 @@ threads, and none does:
 
 - ``encodings.idna`` is imported here, before any fork, so no name lookup ever imports it;
 - every other module a call uses is imported by the main thread before the pool's first fork:
-  by ``app.celery_app`` and by each step's ``create``, which builds the call's clients.
+  by ``celery_ecs.runtime`` and by each step's ``create``, which builds the call's clients.
   ``tests/test_periodic.py`` runs a worker whose every thread does its real work (a sweep that
   restores, a protection PUT, a metrics round) and finds no call importing anything;
 - should a call import a module all the same (a path no test took), it is logged as a

@@ -1,8 +1,9 @@
-"""Container health checks: ``python -m app.health worker|beat|web``.
+"""Container health checks: ``celery-ecs-health worker|beat|web`` (also ``python -m
+celery_ecs.health``). Exit status 0 healthy, 1 not (the reason on stderr).
 
 Cheap and local. The worker and beat: the age of the heartbeat file the process touches from its
-own event loop (see ``app.celery_app.WorkerHeartbeat`` and ``app.beat``); no broker round trip
-and no broadcast to other workers, so a hundred workers checking every 30 s cost nothing. The
+own event loop (see ``celery_ecs.runtime.WorkerHeartbeat`` and ``celery_ecs.beat``); no broker round
+trip and no broadcast to other workers, so a hundred workers checking every 30 s cost nothing. The
 web: its liveness endpoint (``WEB_LIVENESS_PATH``, by default ``/livez``: no broker call) on the
 local port. Imports nothing from Celery, so it starts in milliseconds.
 """
@@ -18,8 +19,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from app.names import LIVENESS_PATH
-from app.settings import HEARTBEAT_DIR, WEB_LIVENESS_PATH, WebSettings
+from celery_ecs.names import LIVENESS_PATH
+from celery_ecs.settings import HEARTBEAT_DIR, WEB_LIVENESS_PATH, WebSettings
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class HeartbeatFile:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.health", description=__doc__)
+    parser = argparse.ArgumentParser(prog="celery-ecs-health", description=__doc__)
     parser.add_argument("role", choices=["worker", "beat", "web"])
     parser.add_argument("--max-age", type=float, default=MAX_AGE, help="seconds (default 60)")
     args = parser.parse_args(argv)

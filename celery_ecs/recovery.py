@@ -3,7 +3,7 @@
 Every worker sweeps every ``min(5, L/3)`` seconds (``L`` = ``CELERY_LIVENESS_TIMEOUT``) on a
 thread of its main process, and once in its consumer before it consumes (``RestoreGoneWorkers``):
 
-1. Gone workers, of every pool: each registered worker (``app.liveness``) whose lease key has
+1. Gone workers, of every pool: each registered worker (``celery_ecs.liveness``) whose lease key has
    expired had all its messages put back at the head of their queues, oldest delivery first in
    line, then leaves the registry. Its tasks run again as soon as a worker has a free slot.
 2. The visibility timeout, this pool only: any message of the pool delivered longer ago than
@@ -35,7 +35,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from redis.client import Pipeline
 
-from app.liveness import (
+from celery_ecs.liveness import (
     REGISTRY_KEY,
     Lease,
     UnackedSet,
@@ -43,7 +43,7 @@ from app.liveness import (
     pool_unacked,
     registered_workers,
 )
-from app.periodic import PeriodicThread
+from celery_ecs.periodic import PeriodicThread
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class Recovery:
 
     def restore_lost(self, channel: Any, held: Sequence[Any]) -> int:
         """Put back the messages (kombu's, in delivery order) this worker held at a lost
-        connection when the broker has lost its data since (``app.consumer``): the worker's
+        connection when the broker has lost its data since (``celery_ecs.consumer``): the worker's
         memory is then their only record. Each goes to the head of its queue, the oldest first
         in line, in one transaction; one still in the worker's own set is left to
         ``restore_own`` (the data was not lost after all: the epoch key alone was)."""
@@ -236,7 +236,7 @@ class UnackedSweeper:
         timeouts = {
             "socket_timeout": BROKER_TIMEOUT_SECONDS,
             "socket_connect_timeout": BROKER_TIMEOUT_SECONDS,
-            # The lookup of the broker's name too (app.transport): a resolver that hangs
+            # The lookup of the broker's name too (celery_ecs.transport): a resolver that hangs
             # costs a round, and the next round uses its last answer.
             "resolve_timeout": BROKER_TIMEOUT_SECONDS,
         }
@@ -262,7 +262,7 @@ class UnackedSweepStep(bootsteps.StartStopStep):
     """Worker bootstep running ``UnackedSweeper.sweep`` every ``min(5, L/3)`` s on a thread of
     the main process."""
 
-    # Threads start once the pool has forked its children (see ``app.periodic``).
+    # Threads start once the pool has forked its children (see ``celery_ecs.periodic``).
     requires = ("celery.worker.components:Pool",)
     label = "Unacked sweep"
 
@@ -278,7 +278,7 @@ class RestoreGoneWorkers(bootsteps.StartStopStep):
     """Consumer bootstep: sweeps once before the event loop (always the last step) consumes, so
     a replacement puts a gone worker's messages ahead of newer ones before it takes any."""
 
-    requires = ("app.consumer:RestoreLostDeliveries",)
+    requires = ("celery_ecs.consumer:RestoreLostDeliveries",)
     label = "Restore gone workers"
 
     def start(self, c: Any) -> None:

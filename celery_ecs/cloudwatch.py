@@ -1,6 +1,6 @@
 """Send metric datapoints to CloudWatch with ``PutMetricData``, never holding up the caller long.
 
-The worker's scaling metrics (``app.metrics``) go this way rather than through the log stream
+The worker's scaling metrics (``celery_ecs.metrics``) go this way rather than through the log stream
 (embedded metric format): on Fargate a log line waits up to 5 s for the awslogs driver's next
 batch and then for CloudWatch Logs to extract it, a delay AWS does not document; a step-scaling
 alarm on 10-second periods needs its datapoints within seconds. The README's "Autoscaling on the
@@ -9,7 +9,7 @@ queue" section has the figures and their sources.
 One ``PutMetricData`` call per round, with connect and read timeouts and no retry: a round
 CloudWatch does not take (an outage, a throttle, a hung connection) is logged and dropped, never
 queued; the next round, 10 s later, carries fresh numbers anyway. The caller (a thread of the
-worker's main process, ``app.periodic``) is held at most ``CLOUDWATCH_TIMEOUT_SECONDS``.
+worker's main process, ``celery_ecs.periodic``) is held at most ``CLOUDWATCH_TIMEOUT_SECONDS``.
 
 Credentials and endpoint come from botocore's usual chain: on ECS the task role (the container
 credentials endpoint ECS sets in the environment); ``AWS_ENDPOINT_URL`` (or

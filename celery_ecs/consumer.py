@@ -7,8 +7,8 @@ fail: the cancellation records a RETRY state in the result backend (the same Red
 error ends the worker; kombu's restore fails and marks the messages as restored anyway, so they
 only come back after the visibility timeout.
 
-This consumer instead, when the connection is lost (or the worker's liveness, ``app.liveness``,
-which it handles the same way):
+This consumer instead, when the connection is lost (or the worker's liveness,
+``celery_ecs.liveness``, which it handles the same way):
 
 - drops the channel's unacknowledged deliveries from kombu's keeping (kombu then restores
   nothing, so nothing is restored twice),
@@ -23,7 +23,7 @@ which it handles the same way):
 A broker that comes back without its data (a restart without persistence or replica: the
 dev stack's) has lost that set, and every other record of those messages. The worker keeps
 in memory, from the loss until it is back, the messages it held (running, prefetched, waiting
-for their ETA); when the broker's epoch (``app.liveness``) read with its new lease is not the
+for their ETA); when the broker's epoch (``celery_ecs.liveness``) read with its new lease is not the
 one they were recorded under, it puts them back on their queues from memory (their tasks run
 again, cut ones from the start) before the own set. Nobody else can hold them: every record
 that could have given them to another worker is gone.
@@ -43,9 +43,9 @@ from celery.worker.state import active_requests
 from kombu.common import QoS
 from redis.exceptions import OutOfMemoryError
 
-from app.liveness import LivenessLost, lease_of
-from app.recovery import recovery_for
-from app.transport import Channel
+from celery_ecs.liveness import LivenessLost, lease_of
+from celery_ecs.recovery import recovery_for
+from celery_ecs.transport import Channel
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ class Consumer(CeleryConsumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: Acknowledgements sent with a FETCH whose reply never came (``app.transport``): sent
-        #: again before the own set is put back, so that no completed task runs again.
+        #: Acknowledgements sent with a FETCH whose reply never came (``celery_ecs.transport``):
+        #: sent again before the own set is put back, so that no completed task runs again.
         self.unconfirmed_acks: list[str] = []
         #: kombu's messages this worker held at a lost connection or liveness, in delivery
         #: order, until the consumer is back (``RestoreLostDeliveries``), and the broker's
@@ -119,10 +119,11 @@ class Consumer(CeleryConsumer):
     def _drop_unacked_deliveries(self, exc: BaseException) -> None:
         consumer = self.task_consumer
         channel = consumer.channel if consumer is not None else None
-        if not isinstance(channel, Channel):  # the app's transport (app.settings) once consuming
+        # The app's transport (celery_ecs.settings) once consuming.
+        if not isinstance(channel, Channel):
             return
         qos = channel.qos
-        # kombu's private bookkeeping (app.upstream): delivered messages, minus the tags
+        # kombu's private bookkeeping (celery_ecs.upstream): delivered messages, minus the tags
         # acknowledged since the last flush.
         held = [message for tag, message in qos._delivered.items() if tag not in qos._dirty]
         qos._delivered.clear()
@@ -143,17 +144,17 @@ class Consumer(CeleryConsumer):
 
 class RestoreLostDeliveries(bootsteps.StartStopStep):
     """Consumer bootstep: puts back this worker's own unacknowledged set once the task consumer
-    is set up again (with its lease, ``app.liveness``), before the event loop (always the last
-    step) consumes new messages; first, if the broker lost its data meanwhile (another epoch),
+    is set up again (with its lease, ``celery_ecs.liveness``), before the event loop (always the
+    last step) consumes new messages; first, if the broker lost its data meanwhile (another epoch),
     the messages it held at the loss, from memory."""
 
-    requires = ("app.liveness:ConsumerLiveness",)
+    requires = ("celery_ecs.liveness:ConsumerLiveness",)
     label = "Restore lost deliveries"
 
     def start(self, c: Consumer) -> None:
         assert c.connection is not None  # connected: the steps of a consumer start after that
         channel = c.connection.default_channel
-        assert isinstance(channel, Channel)  # the app's transport (app.settings)
+        assert isinstance(channel, Channel)  # the app's transport (celery_ecs.settings)
         if c.unconfirmed_acks:
             # Their first send may have reached Redis: finding them gone is no news.
             channel.acknowledge_now(c.unconfirmed_acks, report_gone=False)
@@ -182,7 +183,7 @@ class HeldMessagesQoS(QoS):
     messages raise it again. This one counts every raise and lowering (``wanted``) and caps only
     the value it sets, so the count returns to the prefetch.
 
-    The undocumented names it relies on are listed in ``app.upstream``.
+    The undocumented names it relies on are listed in ``celery_ecs.upstream``.
     """
 
     def __init__(self, callback: Any, initial_value: int, max_prefetch: int | None) -> None:
