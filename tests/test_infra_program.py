@@ -1265,7 +1265,7 @@ def test_a_stack_of_another_app_runs_its_commands_image_port_and_schedule(tmp_pa
         target = run.named(TARGET, "schedule-digest").inputs
         (override,) = json.loads(target["inputTransformer"]["inputTemplate"])["containerOverrides"]
         assert override["command"] == [
-            "python", "-m", "celery_ecs.enqueue", "proj.tasks.send_digest", "--queue", "emails",
+            "celery-ecs-enqueue", "proj.tasks.send_digest", "--queue", "emails",
             "--args", '["daily"]', "--kwargs", '{"limit":50}', "--name", "digest",
             "--slot", "<time>",
         ]  # fmt: skip
