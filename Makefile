@@ -45,6 +45,7 @@ bench: $(BIN)/.installed system-packages
 	$(BIN)/python -m bench.metrics_cost
 	$(BIN)/python -m bench.scaling_sim
 	$(BIN)/python -m bench.task_sizes
+	$(BIN)/python -m bench.broker_figures
 
 bench-plan: $(BIN)/.installed system-packages
 	$(BIN)/python -m bench.plan

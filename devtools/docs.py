@@ -17,7 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from devtools import cost, plan
+from devtools import broker_ceiling, cost, plan
 from devtools.docblocks import DOCS, GeneratedBlock
 from devtools.render import DEFAULT_REGION, run_program, stack_file_config
 from devtools.upstream import suites
@@ -91,6 +91,7 @@ def generated(dev: plan.Plan) -> dict[GeneratedBlock, str]:
         plan.COST_BLOCK: cost.markdown(dev.estimate),
         suites.EXCLUSIONS_BLOCK: suites.exclusion_table(),
         OUTPUTS_BLOCK: outputs_table(),
+        broker_ceiling.CEILING_BLOCK: broker_ceiling.markdown_table(broker_ceiling.load_figures()),
     }
 
 

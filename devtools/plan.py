@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devtools import cost, diagram
+from devtools import broker_ceiling, cost, diagram
 from devtools.docblocks import DOCS, GeneratedBlock
 from devtools.render import (
     DEFAULT_REGION,
@@ -97,6 +97,8 @@ def render(plan: Plan, diagram_path: Path | None) -> str:
         *_section("Summary", _summary(plan)),
         *_section("Validation", _validation(plan.report) + _placeholders(plan.config)),
         *_section("Resources, by component", _resources(plan)),
+        *_section("Broker ceiling", broker_ceiling.plan_lines(
+            plan.config.broker.node_type, broker_ceiling.load_figures())),
         *_section("Monthly cost", cost.render(plan.estimate)),
     ]
     if diagram_path is not None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from devtools import cost, diagram, plan
+from devtools import broker_ceiling, broker_nodes, cost, diagram, plan
 from devtools.plan_comment import LIMIT, MARKER, comment
 from devtools.render import MOCK_AUTH_TOKEN, read_stack_file
 from infra.containers import health_check
@@ -155,6 +156,29 @@ def test_a_region_without_prices_is_planned_without_figures(
     assert "Offline plan of stack ireland, region eu-west-1" in out
     assert "No price table for eu-west-1" in out
     assert "us-east-1a" not in out and "eu-west-1a" in out
+
+
+def test_the_plan_prints_the_broker_ceiling_of_the_stack_node_type(dev: plan.Plan) -> None:
+    """The section's figures are the model's (devtools/broker_ceiling.py) for the stack's node
+    type, from the bench's figures file: change the node type and they change."""
+    figures = broker_ceiling.load_figures()
+    text = plan.render(dev, None).replace("\n    ", " ")
+    section = text.split("\nBroker ceiling\n==============\n", 1)[1].split("\n\n", 1)[0]
+    node = broker_nodes.node_type(dev.config.broker.node_type)
+    assert node is not None and dev.config.broker.node_type == "cache.t4g.micro"
+    without = broker_ceiling.ceiling(node, figures.no_result)
+    with_results = broker_ceiling.ceiling(node, figures.results, result_bytes=figures.result_bytes)
+    assert section.startswith("cache.t4g.micro (burstable, 10 % of each of 2 vCPUs sustained;")
+    assert (f"no result (as beat sends): about {without.rate:,.0f} tasks/s sustained, CPU-bound"
+            in section)  # fmt: skip
+    assert f"redis-server {figures.no_result.cpu_us:.0f} us" in section
+    assert (f"results stored (as the web sends): about {with_results.rate:,.1f} tasks/s "
+            "sustained, memory-bound") in section  # fmt: skip
+    assert (f"backlog at maxmemory: {broker_ceiling.backlog(node, figures):,} queued messages of "
+            f"{figures.message_bytes} bytes") in section  # fmt: skip
+    larger = plan.render(replace(dev, config=replace(dev.config, broker=replace(
+        dev.config.broker, node_type="cache.m7g.large"))), None)  # fmt: skip
+    assert "cache.m7g.large (2 vCPUs;" in larger
 
 
 def test_the_docs_show_the_current_dev_plan(dev: plan.Plan) -> None:
