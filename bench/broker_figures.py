@@ -42,10 +42,10 @@ from pathlib import Path
 
 import redis
 
-from app import settings as env_names
-from app.liveness import unacked_count
-from app.transport import WAKE_TOKENS_MAX, wake_key
 from bench.redis_commands import BENCH_COMMANDS
+from celery_ecs import settings as env_names
+from celery_ecs.liveness import unacked_count
+from celery_ecs.transport import WAKE_TOKENS_MAX, wake_key
 from devtools.processes import ROOT, AppProcess, python_argv, start_process
 from devtools.redis_server import RedisServer, start_redis
 from infra.containers import worker_command

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app import settings
+from celery_ecs import settings
 from devtools.broker_nodes import NODE_TYPES, RESERVED_MEMORY_PERCENT, NodeType, node_type
 from devtools.docblocks import DOCS, GeneratedBlock
 
