@@ -565,6 +565,7 @@ class Channel(kombu_redis.Channel):
         connection = self.client.connection
         try:
             reply = self.client.parse_response(connection, awaiting or _WAKING, **options)
+            self._in_poll = None
         except NoScriptError:
             # Nothing ran (a new or restarted server): the same FETCH with its source.
             self._in_poll = None
@@ -587,8 +588,10 @@ class Channel(kombu_redis.Channel):
             self._in_poll = None
             self._set_aside(acks)
             raise
-        self._in_poll = None
-        self._flush_reauth()
+        finally:
+            # Whatever the reply, as kombu 5.7's own (in its finally): the connection is idle
+            # now, unless NOSCRIPT's EVAL went out (then this waits for that reply).
+            self._flush_reauth()
         if awaiting != _FETCHING:
             # A wake token, or the polling interval passed: FETCH next (the next poll).
             self._idle = False
@@ -598,7 +601,8 @@ class Channel(kombu_redis.Channel):
     def _flush_reauth(self) -> None:
         """kombu 5.7 sends a pending streaming re-authentication (a rotated IAM token) on the
         polling connection once a reply is read, the only moment it is idle: its
-        ``_brpop_read`` does, which this one replaces (app.upstream). kombu 5.6 has none.
+        ``_brpop_read`` does, which this one replaces (app.upstream). kombu's does nothing while
+        ``_in_poll`` is set (a command in flight) or the socket is down. kombu 5.6 has none.
         Looked up on the channel, as kombu's own does: a subclass's or an instance's counts."""
         flush = getattr(self, "_flush_brpop_reauth", None)
         if flush is not None:
@@ -610,7 +614,6 @@ class Channel(kombu_redis.Channel):
                         "(trying again every %s s)", self.brpop_timeout)  # fmt: skip
         self._out_of_memory = True
         self._idle = True
-        self._flush_reauth()
         try:
             self.acknowledge_now(acks)
         except self.connection_errors:
