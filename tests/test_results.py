@@ -3,6 +3,7 @@ how processes find it from a plain ``redis://`` / ``rediss://`` URL."""
 
 from __future__ import annotations
 
+import gc
 import json
 import pickle
 import subprocess
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from celery import Celery, states
+from celery import Celery, chord, group, states
+from celery._state import _set_task_join_will_block, task_join_will_block
 from celery.backends.redis import RedisBackend
 
 from app.celery_app import app
@@ -142,3 +144,51 @@ def test_a_later_state_replaces_anything_but_success(
     assert stored(redis_client)["result"] == {"applied": True}
     # Left as it was, expiry included: nothing was written.
     assert redis_client.ttl(f"celery-task-meta-{TASK_ID}") == -1
+
+
+@pytest.mark.parametrize("loader", [None, ResultBackendLoader], ids=["celery", "runtime"])
+def test_a_chord_applied_by_a_publish_only_process_stays_subscribed_as_with_celerys_own(
+    redis_url: str, redis_client: redis.Redis, loader: type[ResultBackendLoader] | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What two of Celery 5.7's own pub/sub tests trip over after its canvas tests
+    (``devtools.upstream.suites``: excluded, with stock Celery failing them the same way): a
+    ``GroupResult`` made in a process that never waits on results (a prefork pool process
+    applying a chord, or replacing a task with a group; ``publish_only`` processes) subscribes
+    to each member's channel and keeps it, the result held strongly, for as long as the process
+    lives (``ResultSet.__init__``'s vine ``barrier`` calls ``AsyncResult.then``, which adds a
+    pending result and ``consume_from``; celery/result.py, celery/backends/asynchronous.py;
+    celery#4824, #5320). The runtime's result backend subscribes exactly as Celery's does: no
+    channel more, none fewer. Should Celery stop keeping them, this fails: the exclusion is
+    then to be run again."""
+    monkeypatch.setenv("CELERY_BROKER_URL", redis_url)  # Celery reads it first, before broker=
+    owner = Celery("pubsub-check", loader=loader, backend=redis_url, set_as_current=False)
+    assert type(owner.backend) is (ResultBackend if loader else RedisBackend)
+
+    @owner.task(name="pubsub-check.part")
+    def part(number: int) -> int:
+        return number
+
+    @owner.task(name="pubsub-check.total")
+    def total(numbers: list[int]) -> int:
+        return sum(numbers)
+
+    def subscribed() -> set[str]:
+        return set(redis_client.pubsub_channels("celery-task-meta-*"))  # decoded: the fixture
+
+    earlier = subscribed()  # other tests' of this process, if any
+    blocks = task_join_will_block()
+    _set_task_join_will_block(True)  # as in a pool process (celery.concurrency.prefork)
+    try:
+        header = group(part.s(1), part.s(2))
+        applied = chord(header, total.s()).apply_async()
+        members = {f"celery-task-meta-{result.id}" for result in applied.parent.results}
+        assert subscribed() - earlier == members
+        del applied
+        gc.collect()
+        assert subscribed() - earlier == members  # kept, though nothing here refers to them
+    finally:
+        _set_task_join_will_block(blocks)
+        owner.backend.result_consumer.stop()  # closes the connection: the server forgets them
+        owner.close()
+    wait_for(lambda: not subscribed() & members, 5, what="the subscriptions gone with it")
