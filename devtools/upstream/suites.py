@@ -193,16 +193,16 @@ EXCLUDED: tuple[Exclusion, ...] = (
                 "group results it made (chords, tasks replaced by groups). Stock Celery 5.7.0, "
                 "no runtime, measured here: test_canvas.py then these two, both fail with "
                 "1,611 channels, all but 2 on the pool process's connection (1,607 with the "
-                "runtime); both pass in their own file. Celery subscribes to every member of a "
-                "`GroupResult` made in any process (`ResultSet.__init__`: vine's `barrier` "
-                "calls `AsyncResult.then`, so `AsyncBackendMixin.add_pending_result` keeps the "
-                "result and calls `ResultConsumer.consume_from`; celery/result.py, "
-                "celery/backends/asynchronous.py), a pool process included, where "
-                "`task_join_will_block` stops only `on_task_call`'s subscription; nothing there "
-                "drains, so they stay for the process's life (celery#4824, #5320, open). The "
-                "runtime's backend subscribes as Celery's (`tests/test_results.py`, "
-                "`test_a_chord_applied_by_a_publish_only_process_stays_subscribed_as_with_"
-                "celerys_own`)", ("5.7.0",))
+                "runtime); both pass in their own file. A `GroupResult` subscribes to each "
+                "member in any process (`ResultSet.__init__`: vine's `barrier` calls "
+                "`AsyncResult.then`, so `add_pending_result` calls `consume_from`), a pool "
+                "process too, where `task_join_will_block` stops only `on_task_call`'s; and "
+                "Celery 5.7 keeps every waiter strongly (`AsyncBackendMixin._add_pending_result`"
+                ", 'Issue #4925'; celery/backends/asynchronous.py), so where nothing drains "
+                "they stay for the process's life (5.6.3 dropped them with the results; "
+                "celery#4824, #5320). The runtime's backend keeps exactly what Celery's keeps, "
+                "on 5.6 and 5.7 (`tests/test_results.py::test_a_chord_applied_by_a_publish_"
+                "only_process_keeps_what_celerys_own_keeps_subscribed`)", ("5.7.0",))
       for test in ("test_pubsub_subscribe_churn_while_draining",
                    "test_pubsub_reentrant_cancel_from_finalizer")),
     Exclusion(KOMBU_INTEGRATION, _INTEGRATION, NO_KEYPREFIX, _KOMBU,
