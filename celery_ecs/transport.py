@@ -625,9 +625,13 @@ class Channel(kombu_redis.Channel):
                 self._in_poll = None
                 connection.disconnect()
             raise
-        if not self._sent:
-            self._in_poll = None
-            self._flush_reauth()
+        finally:
+            if not self._sent:
+                # Nothing in flight (NOSCRIPT's EVAL would be): the connection is idle, whatever
+                # the last reply was, and a rotated credential goes now, as in the finally of
+                # kombu 5.7's own _brpop_read.
+                self._in_poll = None
+                self._flush_reauth()
         if not delivered:
             raise Empty()
         return True
@@ -666,7 +670,8 @@ class Channel(kombu_redis.Channel):
     def _flush_reauth(self) -> None:
         """kombu 5.7 sends a pending streaming re-authentication (a rotated IAM token) on the
         polling connection once a reply is read, the only moment it is idle: its
-        ``_brpop_read`` does, which this one replaces (celery_ecs.upstream). kombu 5.6 has none.
+        ``_brpop_read`` does, which this one replaces (celery_ecs.upstream). kombu's does nothing
+        while ``_in_poll`` is set (a command in flight) or the socket is down. kombu 5.6 has none.
         Looked up on the channel, as kombu's own does: a subclass's or an instance's counts."""
         flush = getattr(self, "_flush_brpop_reauth", None)
         if flush is not None:

@@ -53,13 +53,16 @@ NAMES: tuple[UpstreamName, ...] = (
     UpstreamName(
         f"{_REDIS}:Channel._brpop_start", "overridden", "celery_ecs.transport",
         "the event loop calls it to send the polling connection's command (FETCH instead of "
-        "BRPOP here)", "(self, timeout=None)",
+        "BRPOP here). Bypassed, on purpose: kombu 5.7's own also sets _brpop_sent_at (done "
+        "here with every command sent) and prefixes the keys with global_keyprefix (refused "
+        "at channel creation here)", "(self, timeout=None)",
     ),
     UpstreamName(
         f"{_REDIS}:Channel._brpop_read", "overridden", "celery_ecs.transport",
         "the event loop calls it when the polling socket is readable; it must raise Empty when "
-        "nothing was delivered and reset _in_poll. kombu 5.7's own also flushes the re-auth "
-        "tokens queued meanwhile, and is fully replaced here, so that is done here too",
+        "nothing was delivered and reset _in_poll. Bypassed, on purpose: kombu 5.7's own also "
+        "flushes the re-auth token handed over meanwhile (_flush_brpop_reauth, in a finally, "
+        "whatever the reply); so does the one here, in a finally too",
         "(self, **options)",
     ),
     UpstreamName(
@@ -88,6 +91,33 @@ NAMES: tuple[UpstreamName, ...] = (
         "(MultiChannelPoller.maybe_check_brpop_health) to drop a connection whose reply is "
         "overdue by brpop_timeout + health_check_interval; set with every command sent on the "
         "polling connection here, as kombu's _brpop_start does", since="5.7.0",
+    ),
+    # --- kombu 5.7's poller, around the command in flight on the polling connection -----------
+    # Not called by the runtime, which relies on what they do with its FETCH in flight
+    # (tests/test_transport.py, "kombu 5.7's polling machinery").
+    UpstreamName(
+        f"{_REDIS}:MultiChannelPoller.maybe_check_brpop_health", "relied on",
+        "celery_ecs.transport",
+        "kombu 5.7 only, run by the event loop's timer every health_check_interval and by "
+        "drain_events: for a channel whose _in_poll is set, disconnects that connection when "
+        "_brpop_sent_at is older than brpop_timeout + health_check_interval and its socket has "
+        "nothing to read (a reply waiting unread is kept); the runtime then raises a lost "
+        "connection if a FETCH was in flight (Channel._reclaim_unread)", "(self)",
+        since="5.7.0",
+    ),
+    UpstreamName(
+        f"{_REDIS}:MultiChannelPoller._update_brpop_polling", "relied on", "celery_ecs.transport",
+        "kombu 5.7 only, run at each poll's start: stops polling the socket of a channel whose "
+        "_in_poll is set while its QoS has no room (the reply, maybe a recorded message, stays "
+        "unread, and _brpop_start is not called), and polls the same socket again once there "
+        "is room, its reply then read by the channel's _brpop_read", "(self)", since="5.7.0",
+    ),
+    UpstreamName(
+        f"{_REDIS}:MultiChannelPoller.on_readable", "relied on", "celery_ecs.transport",
+        "a readable polling socket is read (the channel's _brpop_read) only while its QoS has "
+        "room; kombu 5.7 pauses it otherwise if _in_poll is set, and disconnects it if not (a "
+        "reply with nothing in flight): so every command in flight sets _in_poll here",
+        "(self, fileno)",
     ),
     # --- kombu's Redis channel: publishing, consuming, clients ---------------------------------
     UpstreamName(

@@ -3,15 +3,19 @@ how processes find it from a plain ``redis://`` / ``rediss://`` URL."""
 
 from __future__ import annotations
 
+import gc
 import json
 import pickle
 import subprocess
 from pathlib import Path
 
+import celery
 import pytest
 import redis
-from celery import Celery, states
+from celery import Celery, chord, group, states
+from celery._state import _set_task_join_will_block, task_join_will_block
 from celery.backends.redis import RedisBackend
+from packaging.version import Version
 
 from app.celery_app import app
 from celery_ecs.results import ResultBackend, ResultBackendLoader
@@ -142,3 +146,50 @@ def test_a_later_state_replaces_anything_but_success(
     assert stored(redis_client)["result"] == {"applied": True}
     # Left as it was, expiry included: nothing was written.
     assert redis_client.ttl(f"celery-task-meta-{TASK_ID}") == -1
+
+
+@pytest.mark.parametrize("loader", [None, ResultBackendLoader], ids=["celery", "runtime"])
+def test_a_chord_applied_by_a_publish_only_process_keeps_what_celerys_own_keeps_subscribed(
+    redis_url: str, redis_client: redis.Redis, loader: type[ResultBackendLoader] | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What two of Celery 5.7's own pub/sub tests trip over after its canvas tests
+    (``devtools.upstream.suites``: excluded, stock Celery failing them the same way). A
+    ``GroupResult`` subscribes to each member's channel in any process (``ResultSet``'s vine
+    ``barrier`` calls ``AsyncResult.then``, which adds a pending result and ``consume_from``),
+    also in one that never waits on results: a prefork pool process applying a chord or
+    replacing a task with a group, or a ``publish_only`` one. Celery 5.7 keeps every waiter
+    strongly (``AsyncBackendMixin._add_pending_result``, "Issue #4925"), so there the
+    subscriptions stay for the process's life; 5.6 kept the group's weak one and dropped them
+    with the results. The runtime's result backend keeps exactly what Celery's own keeps, on
+    either. Should Celery change this, the test fails: run the two excluded tests again."""
+    monkeypatch.setenv("CELERY_BROKER_URL", redis_url)  # Celery reads it first, before broker=
+    owner = Celery("pubsub-check", loader=loader, backend=redis_url, set_as_current=False)
+    assert type(owner.backend) is (ResultBackend if loader else RedisBackend)
+
+    @owner.task(name="pubsub-check.part")
+    def part(number: int) -> int:
+        return number
+
+    @owner.task(name="pubsub-check.total")
+    def total(numbers: list[int]) -> int:
+        return sum(numbers)
+
+    def subscribed() -> set[str]:
+        return set(redis_client.pubsub_channels("celery-task-meta-*"))  # decoded: the fixture
+
+    earlier = subscribed()  # other tests' of this process, if any
+    blocks = task_join_will_block()
+    _set_task_join_will_block(True)  # as in a pool process (celery.concurrency.prefork)
+    try:
+        applied = chord(group(part.s(1), part.s(2)), total.s()).apply_async()
+        members = {f"celery-task-meta-{result.id}" for result in applied.parent.results}
+        del applied
+        gc.collect()
+        kept = subscribed() - earlier  # though nothing here refers to the results any more
+    finally:
+        _set_task_join_will_block(blocks)
+        owner.backend.result_consumer.stop()  # closes the connection: the server forgets them
+        owner.close()
+    assert kept == (members if Version(celery.__version__) >= Version("5.7") else set())
+    wait_for(lambda: not subscribed() & members, 5, what="the subscriptions gone with it")

@@ -68,10 +68,12 @@ def task_id(raw: str | bytes) -> str:
 
 @contextmanager
 def consumer(url: str, keys: WorkerKeys = WORKER, *, no_ack: bool = False,
-             received: list[Any] | None = None) -> Iterator[Connection]:  # fmt: skip
-    """A connection of the app's transport consuming QUEUE into ``received``. At the end
-    nothing is restored (the tests look at Redis) and a FETCH in flight is read."""
-    options = {**app.conf.broker_transport_options, **keys.transport_options()}
+             received: list[Any] | None = None,
+             options: dict[str, Any] | None = None) -> Iterator[Connection]:  # fmt: skip
+    """A connection of the app's transport (with the app's transport options, then
+    ``options``) consuming QUEUE into ``received``. At the end nothing is restored (the tests
+    look at Redis) and a FETCH in flight is read."""
+    options = {**app.conf.broker_transport_options, **keys.transport_options(), **(options or {})}
     sink = received if received is not None else []
     connection = Connection(url, transport=app.conf.broker_transport, transport_options=options)
     with connection, Consumer(connection, [Queue(QUEUE)], accept=["json"], no_ack=no_ack,
@@ -333,59 +335,192 @@ def test_a_fetch_whose_reply_is_never_read_is_a_lost_connection(
     assert held(redis_client) == [sent]
 
 
-@pytest.mark.skipif(not hasattr(kombu_redis.Channel, "_brpop_sent_at"),
-                    reason="kombu 5.7's health check of the polling connection")  # fmt: skip
+# --- kombu 5.7's polling machinery, with FETCH on the polling connection -----------------------
+# kombu 5.7 added three mechanisms around the command in flight on the polling connection
+# (kombu/transport/redis.py 5.7.0): a health check (MultiChannelPoller.maybe_check_brpop_health,
+# run by the event loop's timer and by drain_events), the flush of a rotated streaming credential
+# (Channel._flush_brpop_reauth, run by kombu's _brpop_read and by a timer), and the pause of a
+# reply unread while the consumer has no room (MultiChannelPoller._update_brpop_polling,
+# on_readable). Each is exercised here with this transport's FETCH in flight (celery_ecs.upstream).
+
+#: kombu's polling interval (brpop_timeout: the idle wait's longest) and health-check interval:
+#: kombu 5.7 drops a polling connection whose reply is overdue by their sum, 4 s.
+SLOW_WAIT_QUICK_CHECK = {"polling_interval": 3, "health_check_interval": 1}
+
+kombu_5_7_health_check = pytest.mark.skipif(
+    not hasattr(kombu_redis.MultiChannelPoller, "maybe_check_brpop_health"),
+    reason="kombu 5.7's health check of the polling connection")  # fmt: skip
+
+
+@kombu_5_7_health_check
+@pytest.mark.parametrize("command", ["idle-wait", "fetch"])
 def test_kombu_drops_a_polling_connection_that_stopped_answering(
-    own_redis: RedisServer,
+    own_redis: RedisServer, command: str
 ) -> None:
-    """kombu 5.7 drops a BRPOP connection whose reply is overdue by brpop_timeout +
+    """kombu 5.7 drops a polling connection whose reply is overdue by brpop_timeout +
     health_check_interval (a half-open socket: a failover); it must see this transport's
-    commands too (``_brpop_sent_at``, celery_ecs.upstream). A stopped server stands for the peer
-    that no longer answers: the connection stays open, nothing comes."""
-    options = {**app.conf.broker_transport_options, **WORKER.transport_options(),
-               "polling_interval": 3, "health_check_interval": 1}  # fmt: skip
-    connection = Connection(own_redis.url, transport=app.conf.broker_transport,
-                            transport_options=options)  # fmt: skip
-    server = redis.Redis.from_url(own_redis.url, decode_responses=True)
-    with connection, Consumer(connection, [Queue(QUEUE)], accept=["json"]):
-        drain_for(connection, 1.5)  # FETCH found nothing: the consumer waits on the wake list
-        wait_for(lambda: waiting_on_wake_list(server), 10, what="the consumer idle")
-        polling = connection.default_channel.client.connection
+    commands too (``_brpop_sent_at``, celery_ecs.upstream): the idle wait's BRPOP and a FETCH. A
+    stopped server stands for the peer that no longer answers: the connection stays open,
+    nothing comes. After an idle wait consuming goes on; a FETCH dropped so may have run, so
+    it is a lost connection (the worker's consumer puts its set back), and its message is on
+    its queue or in the worker's set: not lost."""
+    url = own_redis.url
+    server = redis.Redis.from_url(url)
+    sent = [publish(url)]
+    received: list[Any] = []
+    with consumer(url, received=received, options=SLOW_WAIT_QUICK_CHECK) as connection:
+        drain_until(connection, lambda: len(received) == 1, 10)  # connected, FETCH's reply read
+        channel, cycle = connection.default_channel, connection.transport.cycle
+        polling = channel.client.connection
+        if command == "idle-wait":
+            drain_for(connection, 0.3)  # FETCH finds nothing: the consumer waits on wake lists
+            wait_for(lambda: waiting_on_wake_list(server), 10, what="the consumer idle")
+        else:
+            sent.append(publish(url))
         os.kill(own_redis.process.pid, signal.SIGSTOP)
         try:
-            time.sleep(4.5)  # past 3 s + 1 s
-            connection.transport.cycle.maybe_check_brpop_health()
+            if command == "fetch":
+                cycle.on_poll_start()  # sends FETCH, unanswered
+                assert channel._awaiting == "EVALSHA" and channel._in_poll is polling
+            time.sleep(4.5)
+            cycle.maybe_check_brpop_health()
             dropped = polling._sock is None
         finally:
             os.kill(own_redis.process.pid, signal.SIGCONT)
         assert dropped
-        connection.default_channel.qos._delivered.clear()
+        if command == "idle-wait":
+            sent.append(publish(url))
+            drain_until(connection, lambda: len(received) == 2, 10)
+            assert [message.headers["id"] for message in received] == sent
+            return
+        with pytest.raises(redis.ConnectionError, match="FETCH in flight"):
+            drain_until(connection, lambda: False, 10)
+    assert [message.headers["id"] for message in received] == sent[:1]
+    assert sorted(held(server) + queued(server)) == sorted(sent)
 
 
-@pytest.mark.skipif(not hasattr(kombu_redis.Channel, "_flush_brpop_reauth"),
-                    reason="kombu 5.7's streaming re-authentication")  # fmt: skip
+def test_a_fetch_reply_waiting_while_the_consumer_has_no_room_is_kept_and_read_once(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A FETCH is in flight when the consumer runs out of room (its prefetch count lowered, as
+    Celery lowers it when an ETA task falls due): kombu 5.7 pauses the polling socket
+    (``PausedBRPOP``: because ``_in_poll`` is set; without it kombu drops the connection),
+    leaving the reply (a message taken and recorded) unread, sends nothing more, and its health
+    check keeps the connection past the deadline (the reply is there to read); once the
+    consumer has room, that same reply is read and its message delivered, once. kombu 5.6
+    leaves the reply unread too (it reads only with room), without a pause or a check."""
+    sent = [publish(redis_url) for _ in range(3)]
+    received: list[Any] = []
+    with consumer(redis_url, received=received, options=SLOW_WAIT_QUICK_CHECK) as connection:
+        channel, cycle = connection.default_channel, connection.transport.cycle
+        channel.basic_qos(prefetch_count=2)
+        drain_until(connection, lambda: len(received) == 1, 10)
+        cycle.on_poll_start()  # room for one more: FETCH
+        wait_for(lambda: queued(redis_client) == sent[2:], 10, what="FETCH taking the second")
+        channel.basic_qos(prefetch_count=1)  # no room, the reply unread
+        polling = channel.client.connection
+        if hasattr(cycle, "maybe_check_brpop_health"):  # kombu 5.7
+            drain_for(connection, 4.5)  # past the health check's deadline, 4 s
+            assert polling._sock.fileno() in cycle._paused_brpop
+            cycle.maybe_check_brpop_health()
+        else:
+            drain_for(connection, 0.5)  # kombu 5.6 polls the readable socket without a pause
+        assert polling._sock is not None and channel._in_poll is polling
+        assert len(received) == 1
+        assert queued(redis_client) == sent[2:]  # no second FETCH while paused
+        assert sorted(held(redis_client)) == sorted(sent[:2])
+        received[0].ack()  # room again
+        drain_until(connection, lambda: len(received) == 2, 10)
+        assert [message.headers["id"] for message in received] == sent[:2]
+        assert held(redis_client) == [sent[1]]
+        assert queued(redis_client) == sent[2:]
+
+
+kombu_5_7_reauth = pytest.mark.skipif(
+    not hasattr(kombu_redis.Channel, "_flush_brpop_reauth"),
+    reason="kombu 5.7's streaming re-authentication")  # fmt: skip
+
+
+@contextmanager
+def rotated_user(client: redis.Redis) -> Iterator[SimpleToken]:
+    """An ACL user, and the token a streaming credential provider (ElastiCache IAM) would hand
+    each connection to authenticate as it."""
+    client.acl_setuser("rotated", enabled=True, passwords=["+rotated-secret"], keys=["*"],
+                       channels=["*"], commands=["+@all"])  # fmt: skip
+    now_ms = time.time() * 1000
+    try:
+        yield SimpleToken("rotated-secret", now_ms + 3_600_000, now_ms, {"oid": "rotated"})
+    finally:
+        client.acl_deluser("rotated")
+
+
+def user_of(client: redis.Redis, connection: redis.Connection) -> str:
+    """The user the server has ``connection`` authenticated as."""
+    host, port = connection._sock.getsockname()[:2]
+    (user,) = [entry["user"] for entry in client.client_list()
+               if entry["addr"] == f"{host}:{port}"]  # fmt: skip
+    return str(user)
+
+
+@kombu_5_7_reauth
 def test_a_rotated_credential_reaches_the_polling_connection(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     """A streaming credential provider (ElastiCache IAM) hands each connection its rotated
     token; kombu 5.7 sends it on the polling connection once a reply is read, the only moment
     that connection is idle (celery_ecs.upstream: ``_flush_brpop_reauth``). Else the broker cuts the
-    connection when the first credential expires."""
-    redis_client.acl_setuser("rotated", enabled=True, passwords=["+rotated-secret"],
-                             keys=["*"], channels=["*"], commands=["+@all"])  # fmt: skip
-    try:
-        with consumer(redis_url) as connection:
-            drain_for(connection, 1.5)
-            polling = connection.default_channel.client.connection
-            now_ms = time.time() * 1000
-            polling.set_re_auth_token(SimpleToken("rotated-secret", now_ms + 3_600_000, now_ms,
-                                                  {"oid": "rotated"}))  # fmt: skip
-            drain_for(connection, 2.5)  # replies read: FETCH, the idle wait's BRPOP
-            assert polling._re_auth_token is None
-            users = {client["user"] for client in redis_client.client_list()}
-            assert "rotated" in users
-    finally:
-        redis_client.acl_deluser("rotated")
+    connection when the first credential expires. Here: after the idle wait's replies."""
+    with rotated_user(redis_client) as token, consumer(redis_url) as connection:
+        drain_for(connection, 1.5)
+        polling = connection.default_channel.client.connection
+        polling.set_re_auth_token(token)
+        drain_for(connection, 2.5)  # replies read: FETCH, the idle wait's BRPOP
+        assert polling._re_auth_token is None
+        assert user_of(redis_client, polling) == "rotated"
+
+
+@kombu_5_7_reauth
+def test_a_rotated_credential_waits_for_fetchs_reply_then_goes_at_once(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A token handed over while a FETCH is in flight is not sent by kombu's timer
+    (``maybe_reauth``: its AUTH reply would interleave with FETCH's) and goes as soon as FETCH's
+    reply is read, before anything else on that connection; the message comes intact."""
+    sent = publish(redis_url)
+    redis_client.script_load(FETCH)  # EVALSHA finds it: the first reply is FETCH's
+    received: list[Any] = []
+    with rotated_user(redis_client) as token, \
+            consumer(redis_url, received=received) as connection:  # fmt: skip
+        channel = connection.default_channel
+        connection.transport.cycle.on_poll_start()  # sends FETCH
+        polling = channel.client.connection
+        polling.set_re_auth_token(token)
+        channel.maybe_reauth()  # kombu 5.7's timer (reauth_check_interval)
+        assert polling._re_auth_token is not None and user_of(redis_client, polling) == "default"
+        drain_until(connection, lambda: len(received) == 1, 10)  # reads FETCH's reply only
+        assert [message.headers["id"] for message in received] == [sent]
+        assert polling._re_auth_token is None
+        assert user_of(redis_client, polling) == "rotated"
+
+
+@kombu_5_7_reauth
+def test_a_rotated_credential_goes_after_a_fetch_that_failed(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """kombu's ``_brpop_read`` flushes the token whatever the reply (a ``finally``); so does
+    this one: an error reply leaves the connection idle too."""
+    redis_client.script_load(FETCH)
+    with rotated_user(redis_client) as token, consumer(redis_url) as connection:
+        channel = connection.default_channel
+        redis_client.set(QUEUE, "not a list")  # FETCH's RPOP: WRONGTYPE
+        connection.transport.cycle.on_poll_start()  # sends FETCH
+        polling = channel.client.connection
+        polling.set_re_auth_token(token)
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            drain_until(connection, lambda: False, 10)
+        assert polling._re_auth_token is None
+        assert user_of(redis_client, polling) == "rotated"
+        redis_client.delete(QUEUE)
 
 
 # --- maxmemory ----------------------------------------------------------------------------------
