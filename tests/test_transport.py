@@ -381,7 +381,8 @@ def test_kombu_drops_a_polling_connection_that_stopped_answering(
         try:
             if command == "fetch":
                 cycle.on_poll_start()  # sends FETCH, unanswered
-                assert [sent.command for sent in channel._sent] == ["EVALSHA"] and channel._in_poll is polling
+                assert [sent.command for sent in channel._sent] == ["EVALSHA"]
+                assert channel._in_poll is polling
             time.sleep(4.5)
             cycle.maybe_check_brpop_health()
             dropped = polling._sock is None
