@@ -899,12 +899,6 @@ TOP_LEVEL = Section(
 
 #: Every section, in the reference page's order.
 SECTIONS = (TOP_LEVEL, IMAGE, WORKER_POOL, WEB, SCHEDULE_ENTRY, BROKER, NETWORK, ALERTS)
-TOP_LEVEL_KEYS = TOP_LEVEL.names
-IMAGE_KEYS = IMAGE.names
-POOL_KEYS = WORKER_POOL.names
-WEB_KEYS = WEB.names
-BROKER_KEYS = BROKER.names
-ALERTS_KEYS = ALERTS.names
 
 
 @dataclass(frozen=True)

@@ -11,21 +11,14 @@ import pytest
 from celery_ecs.schedule import ENTRY_KEYS, Cron, Every, PeriodicEntry
 from infra.budget import web_budget, worker_budget
 from infra.config import (
-    ALERTS_KEYS,
     BROKER,
-    BROKER_KEYS,
     DEFAULT_QUEUES,
     DEFAULT_TASK_TIMEOUT,
     EXISTING_VPC_KEYS,
     FARGATE_MEMORY,
-    IMAGE_KEYS,
-    NEW_VPC_KEYS,
-    POOL_KEYS,
     SCHEDULE_ENTRY,
     SECTIONS,
-    TOP_LEVEL_KEYS,
     WEB,
-    WEB_KEYS,
     ConfigError,
     ExistingVpc,
     ImageBuild,
@@ -44,7 +37,6 @@ from infra.config_keys import (
     Section,
     Text,
 )
-from tests.support import ROOT
 
 #: The example app's queues (app.routing), which the default pool consumes.
 QUEUES = DEFAULT_QUEUES
@@ -845,24 +837,3 @@ def test_a_loader_reading_a_key_as_another_kind_is_a_bug_not_a_config_error() ->
     with pytest.raises(TypeError, match="other choices"):
         fields_broker = Fields({}, "broker", BROKER.rows)
         fields_broker.choice("engine", ("redis",))
-
-
-def test_the_readme_documents_every_key() -> None:
-    """Every key the config accepts has a row in the docs' configuration table."""
-    table = (ROOT / "docs" / "reference" / "configuration.md").read_text()
-    documented = set()
-    for row in table.splitlines():
-        if not row.startswith("| `"):
-            continue
-        names = re.findall(r"`([^`]+)`", row.split("|")[1])
-        prefix = names[0].rpartition(".")[0]
-        documented |= {name if "." in name else f"{prefix}.{name}".lstrip(".") for name in names}
-    sections = ("workers", "web", "broker", "network", "alerts", "image", "schedule")
-    expected = {key for key in TOP_LEVEL_KEYS if key not in sections}
-    expected |= {f"image.{key}" for key in IMAGE_KEYS}
-    expected |= {"schedule"} | {f"schedule[].{key}" for key in ENTRY_KEYS}
-    expected |= {"workers"} | {f"workers[].{key}" for key in POOL_KEYS}
-    expected |= {f"web.{key}" for key in WEB_KEYS} | {f"broker.{key}" for key in BROKER_KEYS}
-    expected |= {f"network.{key}" for key in NEW_VPC_KEYS + EXISTING_VPC_KEYS}
-    expected |= {f"alerts.{key}" for key in ALERTS_KEYS}
-    assert expected <= documented, sorted(expected - documented)
