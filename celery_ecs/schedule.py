@@ -35,6 +35,9 @@ CRON_ALLOWED = (
 )
 #: Longest interval of an ``every`` entry (seconds): a year.
 MAX_EVERY_SECONDS = 366 * 86_400
+EVERY_ALLOWED = f"an integer 1..{MAX_EVERY_SECONDS} (seconds)"
+ARGS_ALLOWED = "a JSON list of positional arguments"
+KWARGS_ALLOWED = "a JSON object of keyword arguments"
 
 
 class ScheduleFormatError(ValueError):
@@ -132,12 +135,11 @@ def entry_from_mapping(raw: object, path: str = "") -> PeriodicEntry:
     schedule: Every | Cron
     if raw.get("every") is not None:
         seconds = raw["every"]
-        allowed = f"an integer 1..{MAX_EVERY_SECONDS} (seconds)"
         if isinstance(seconds, bool) or not isinstance(seconds, int):
             raise ScheduleFormatError(key("every"), f"expected an integer, got {_kind(seconds)}",
-                                      allowed)  # fmt: skip
+                                      EVERY_ALLOWED)  # fmt: skip
         if not 1 <= seconds <= MAX_EVERY_SECONDS:
-            raise ScheduleFormatError(key("every"), f"{seconds} is out of range", allowed)
+            raise ScheduleFormatError(key("every"), f"{seconds} is out of range", EVERY_ALLOWED)
         schedule = Every(seconds)
     else:
         text = raw["cron"]
@@ -153,13 +155,13 @@ def entry_from_mapping(raw: object, path: str = "") -> PeriodicEntry:
         args = []
     if not isinstance(args, list):
         raise ScheduleFormatError(key("args"), f"expected a list, got {_kind(args)}",
-                                  "a JSON list of positional arguments")  # fmt: skip
+                                  ARGS_ALLOWED)  # fmt: skip
     kwargs = raw.get("kwargs")
     if kwargs is None:
         kwargs = {}
     if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
         raise ScheduleFormatError(key("kwargs"), f"expected an object, got {_kind(kwargs)}",
-                                  "a JSON object of keyword arguments")  # fmt: skip
+                                  KWARGS_ALLOWED)  # fmt: skip
     for name_of, value in (("args", args), ("kwargs", kwargs)):
         try:
             json.dumps(value, allow_nan=False)

@@ -4,9 +4,10 @@
     python -m devtools.docs --check     exit 1, naming the stale ones, instead of writing
 
 The blocks (``devtools.docblocks``): the dev stack's diagram and cost table
-(``devtools.plan``), the upstream suites' exclusion table (``devtools.upstream.suites``) and the
-stack outputs' table, written here from the program's exports: the program runs under mocks for
-each stack config of ``OUTPUT_STACKS``, so the table says which outputs each config exports as
+(``devtools.plan``), the upstream suites' exclusion table (``devtools.upstream.suites``), the
+stack configuration's key tables (``infra.config.SECTIONS``, the tables the loader reads by) and
+the stack outputs' table, written here from the program's exports: the program runs under mocks
+for each stack config of ``OUTPUT_STACKS``, so the table says which outputs each config exports as
 the program does, and a new output without a meaning in ``OUTPUT_MEANINGS`` fails the generator
 (and ``tests/test_docs.py``), never the reader.
 """
@@ -21,11 +22,18 @@ from devtools import broker_ceiling, cost, plan
 from devtools.docblocks import DOCS, GeneratedBlock
 from devtools.render import DEFAULT_REGION, run_program, stack_file_config
 from devtools.upstream import suites
+from infra import config, config_keys
 
 OUTPUTS_BLOCK = GeneratedBlock(
     page=DOCS / "reference" / "outputs.md",
     begin="<!-- outputs: devtools/docs.py, from the program's exports -->",
     end="<!-- end of outputs -->",
+)
+
+CONFIGURATION_BLOCK = GeneratedBlock(
+    page=DOCS / "reference" / "configuration.md",
+    begin="<!-- configuration: devtools/docs.py, from infra/config.py's key tables -->",
+    end="<!-- end of configuration -->",
 )
 
 #: The stacks whose exports the table shows, by column heading: (stack name, config).
@@ -91,6 +99,7 @@ def generated(dev: plan.Plan) -> dict[GeneratedBlock, str]:
         plan.COST_BLOCK: cost.markdown(dev.estimate),
         suites.EXCLUSIONS_BLOCK: suites.exclusion_table(),
         OUTPUTS_BLOCK: outputs_table(),
+        CONFIGURATION_BLOCK: config_keys.reference_tables(config.SECTIONS),
         broker_ceiling.CEILING_BLOCK: broker_ceiling.markdown_table(broker_ceiling.load_figures()),
     }
 

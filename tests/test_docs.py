@@ -20,6 +20,8 @@ from mkdocs.exceptions import Abort
 from devtools import docs, plan
 from devtools.docblocks import DOCS, GeneratedBlock
 from devtools.upstream import suites
+from infra.config import SECTIONS
+from infra.config_keys import Choice, Section, reference_tables
 from tests.support import ROOT
 
 README_MAX_LINES = 200
@@ -126,8 +128,28 @@ def test_the_outputs_page_is_what_the_program_exports() -> None:
     )
 
 
+def test_the_configuration_page_is_the_key_tables() -> None:
+    """The reference's key tables are infra/config.py's, the rows the loader reads keys by."""
+    assert docs.CONFIGURATION_BLOCK.content() == reference_tables(SECTIONS), (
+        "docs/reference/configuration.md is out of date: run make docs"
+    )
+
+
+def test_a_key_table_cell_shows_an_error_text_as_it_is() -> None:
+    """An allowed text is an error's text: a pipe must not end its cell, an underscore or a star
+    must not turn into emphasis."""
+    row = Choice(name="mode", choices=("X86_64", "a|b", "*"), meaning="M | N.")
+    table = reference_tables([Section(path="s", intro="S.", rows=(row,))])
+    assert "| `s.mode` | string | none |  | X86\\_64, a\\|b, \\* | M \\| N. |" in table
+
+
 def test_every_generated_block_has_its_markers_on_its_page() -> None:
-    blocks = [docs.OUTPUTS_BLOCK, plan.COST_BLOCK, suites.EXCLUSIONS_BLOCK]
+    blocks = [
+        docs.OUTPUTS_BLOCK,
+        plan.COST_BLOCK,
+        suites.EXCLUSIONS_BLOCK,
+        docs.CONFIGURATION_BLOCK,
+    ]
     for block in blocks:
         assert block.content().endswith("\n"), block.page
 

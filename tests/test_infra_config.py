@@ -11,16 +11,14 @@ import pytest
 from celery_ecs.schedule import ENTRY_KEYS, Cron, Every, PeriodicEntry
 from infra.budget import web_budget, worker_budget
 from infra.config import (
-    ALERTS_KEYS,
-    BROKER_KEYS,
+    BROKER,
     DEFAULT_QUEUES,
+    DEFAULT_TASK_TIMEOUT,
     EXISTING_VPC_KEYS,
     FARGATE_MEMORY,
-    IMAGE_KEYS,
-    NEW_VPC_KEYS,
-    POOL_KEYS,
-    TOP_LEVEL_KEYS,
-    WEB_KEYS,
+    SCHEDULE_ENTRY,
+    SECTIONS,
+    WEB,
     ConfigError,
     ExistingVpc,
     ImageBuild,
@@ -29,7 +27,16 @@ from infra.config import (
     load,
     placeholders,
 )
-from tests.support import ROOT
+from infra.config_keys import (
+    Described,
+    Fields,
+    Key,
+    Number,
+    Object,
+    ObjectList,
+    Section,
+    Text,
+)
 
 #: The example app's queues (app.routing), which the default pool consumes.
 QUEUES = DEFAULT_QUEUES
@@ -757,22 +764,76 @@ def test_error_lists_memory_sizes_for_the_cpu_given() -> None:
         load({"web": {"cpu": 256, "memory": 4096}})
 
 
-def test_the_readme_documents_every_key() -> None:
-    """Every key the config accepts has a row in the docs' configuration table."""
-    table = (ROOT / "docs" / "reference" / "configuration.md").read_text()
-    documented = set()
-    for row in table.splitlines():
-        if not row.startswith("| `"):
-            continue
-        names = re.findall(r"`([^`]+)`", row.split("|")[1])
-        prefix = names[0].rpartition(".")[0]
-        documented |= {name if "." in name else f"{prefix}.{name}".lstrip(".") for name in names}
-    sections = ("workers", "web", "broker", "network", "alerts", "image", "schedule")
-    expected = {key for key in TOP_LEVEL_KEYS if key not in sections}
-    expected |= {f"image.{key}" for key in IMAGE_KEYS}
-    expected |= {"schedule"} | {f"schedule[].{key}" for key in ENTRY_KEYS}
-    expected |= {"workers"} | {f"workers[].{key}" for key in POOL_KEYS}
-    expected |= {f"web.{key}" for key in WEB_KEYS} | {f"broker.{key}" for key in BROKER_KEYS}
-    expected |= {f"network.{key}" for key in NEW_VPC_KEYS + EXISTING_VPC_KEYS}
-    expected |= {f"alerts.{key}" for key in ALERTS_KEYS}
-    assert expected <= documented, sorted(expected - documented)
+#: A valid object around the key under test, by section: the key's value replaces its own.
+VALID_AROUND: dict[str, dict[str, object]] = {
+    "workers[]": {"name": "all", "queues": list(QUEUES)},
+    "schedule[]": {"name": "n", "task": "t.t", "every": 60, "queue": "default"},
+    "network": {
+        "vpcId": "vpc-01234567",
+        "publicSubnetIds": ["subnet-00000001", "subnet-00000002"],
+        "privateSubnetIds": ["subnet-00000003", "subnet-00000004"],
+        "privateSubnetsReachAws": "nat",
+    },
+}
+
+
+def wrong_value(row: Key) -> object:
+    """A value of the wrong type for ``row``'s kind."""
+    if isinstance(row, Text):
+        return 5
+    if isinstance(row, Object):
+        return [1]
+    if isinstance(row, ObjectList):
+        return {"an": "object"}
+    if isinstance(row, Described):
+        return 5 if row.type_name == "string" else "x"
+    return "x"
+
+
+def config_with(section: Section, row: Key, value: object) -> tuple[dict[str, object], str]:
+    """A config whose only mistake is ``value`` at ``row``'s key, and that key's path."""
+    if not section.path:
+        return {row.name: value}, row.name
+    if section.path.endswith("[]"):
+        name = section.path[:-2]
+        entry = dict(VALID_AROUND[section.path])
+        if row.name in ("cron", "every"):
+            entry.pop("every")  # one timing at a time
+        return {name: [{**entry, row.name: value}]}, f"{name}[0].{row.name}"
+    around = VALID_AROUND.get(section.path, {}) if row.name in EXISTING_VPC_KEYS else {}
+    return {section.path: {**around, row.name: value}}, f"{section.path}.{row.name}"
+
+
+@pytest.mark.parametrize(
+    "section, row",
+    [pytest.param(section, row, id=section.key_path(row.name))
+     for section in SECTIONS for row in section.rows],
+)  # fmt: skip
+def test_every_key_is_read_and_checked_by_its_row(section: Section, row: Key) -> None:
+    """Each row of each table is the one the loader reads its key by: a value of the wrong type
+    fails with the key's path and exactly the row's allowed text (what the reference shows)."""
+    raw, path = config_with(section, row, wrong_value(row))
+    with pytest.raises(ConfigError) as caught:
+        load(raw)
+    allowed = (
+        row.allowed_at_most(DEFAULT_TASK_TIMEOUT) if isinstance(row, Number) else row.allowed
+    )
+    assert str(caught.value).startswith(f"{path}: "), str(caught.value)
+    assert str(caught.value).endswith(f"; allowed: {allowed}"), str(caught.value)
+
+
+def test_the_schedule_table_names_what_the_schedule_reader_reads() -> None:
+    """celery_ecs.schedule reads the entries (beat reads them the same way): the table that
+    documents them lists exactly its keys."""
+    assert SCHEDULE_ENTRY.names == ENTRY_KEYS
+
+
+def test_a_loader_reading_a_key_as_another_kind_is_a_bug_not_a_config_error() -> None:
+    fields = Fields({}, "web", WEB.rows)
+    with pytest.raises(TypeError, match=r"web.port is declared Integer, read as Text"):
+        fields.text("port")
+    with pytest.raises(KeyError):
+        fields.integer("noSuchKey")
+    with pytest.raises(TypeError, match="other choices"):
+        fields_broker = Fields({}, "broker", BROKER.rows)
+        fields_broker.choice("engine", ("redis",))
