@@ -34,6 +34,7 @@ import yaml
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
 from pulumi.runtime.proto import resource_pb2
+from pulumi.runtime.settings import get_project, get_stack
 from pulumi.runtime.stack import run_pulumi_func
 
 from infra import program
@@ -46,6 +47,8 @@ ROOT = program.PROJECT_ROOT
 #: special character, so URL encoding is exercised).
 MOCK_AUTH_TOKEN = "MockToken0!&#$^<>-MockToken1"
 MOCK_ECR_PASSWORD = "mock-ecr-password"
+#: The type of the root resource, which the engine leaves out of its children's URNs.
+ROOT_STACK_TYPE = "pulumi:pulumi:Stack"
 #: The suffix auto-naming appends (Pulumi appends 7 random hex characters).
 AUTONAME_SUFFIX = "abc1234"
 
@@ -181,6 +184,16 @@ class RecordingMocks(pulumi.runtime.Mocks):
         mocks = self
 
         class ParentAwareMonitor(MockMonitor):
+            def make_urn(self, parent: str, type_: str, name: str) -> str:
+                # As the engine names a resource (pulumi/pulumi sdk/go/common/resource/urn/
+                # urn.go, ``New``): after its parent's whole qualified type, none for the root
+                # stack. pulumi's MockMonitor keeps only the parent's last type, and the stack's:
+                # a URN no deployed stack holds, and the SDK derives aliases from it.
+                qualified = parent.split("::")[2] if parent else ""
+                if qualified and qualified != ROOT_STACK_TYPE:
+                    type_ = f"{qualified}${type_}"
+                return "urn:pulumi:" + "::".join([get_stack(), get_project(), type_, name])
+
             def GetDeploymentInfo(self, request: Any) -> Any:
                 # Without alias specs the SDK resolves each alias to the full URN itself, as it
                 # does for an engine that takes URNs only (pulumi/runtime/resource.py,
