@@ -14,6 +14,7 @@ import copy
 import pulumi
 import pytest
 
+from devtools.render import ProgramRun
 from devtools.stack_snapshot import STACKS, compare, read_snapshot, render, snapshot
 
 SERVICE = "aws:ecs/service:Service"
@@ -24,30 +25,33 @@ def test_up_changes_nothing_in_a_stack_deployed_before(stack: str) -> None:
     assert compare(read_snapshot()[stack], render(stack)) == []
 
 
-#: The web service's URN in the dev stack, and where an earlier program had put it (at the root).
-WEB_SERVICE = (
-    "urn:pulumi:dev::celery-ecs::celery-ecs:infra:Web$aws:ecs/service:Service::web-service"
-)
+#: Where an earlier program had put the dev stack's web service: at the root.
 EARLIER_WEB_SERVICE = "urn:pulumi:dev::celery-ecs::aws:ecs/service:Service::web-service"
+SCALING_TARGET = (
+    "urn:pulumi:dev::celery-ecs::celery-ecs:infra:ServiceScaling"
+    "$aws:appautoscaling/target:Target::web-scaling"
+)
+
+
+def _urn(run: ProgramRun, type_: str, name: str) -> str:
+    return run.named(type_, name).urn
 
 
 def _deployed_by_an_earlier_program() -> dict[str, dict[str, object]]:
     """The dev stack as an earlier program would have recorded it, with the web service at the
     root (what depends on it depends on that URN)."""
-    return snapshot(render("dev"), known_as={WEB_SERVICE: EARLIER_WEB_SERVICE})
+    run = render("dev")
+    return snapshot(run, known_as={_urn(run, SERVICE, "web-service"): EARLIER_WEB_SERVICE})
 
 
 def test_a_resource_moved_without_an_alias_would_be_replaced() -> None:
-    problems = compare(_deployed_by_an_earlier_program(), render("dev"))
-    scaling_target = (
-        "urn:pulumi:dev::celery-ecs::celery-ecs:infra:ServiceScaling"
-        "$aws:appautoscaling/target:Target::web-scaling"
-    )
+    run = render("dev")
+    problems = compare(_deployed_by_an_earlier_program(), run)
     assert problems == [
-        f"{WEB_SERVICE}: new (would be created)",
+        f"{_urn(run, SERVICE, 'web-service')}: new (would be created)",
         f"{EARLIER_WEB_SERVICE}: no resource has this URN or an alias to it (would be deleted)",
         # What scales it now depends on the new service.
-        f"{scaling_target} (deployed as {scaling_target}): dependencies changed",
+        f"{SCALING_TARGET} (deployed as {SCALING_TARGET}): dependencies changed",
     ]
 
 
@@ -58,13 +62,12 @@ def test_a_resource_moved_with_an_alias_to_its_old_urn_is_adopted() -> None:
         if args.type_ != SERVICE or args.name != "web-service":
             return None
         opts = copy.copy(args.opts)
-        opts.aliases = [pulumi.Alias(parent=pulumi.ROOT_STACK_RESOURCE)]
+        opts.aliases = [*(opts.aliases or []), pulumi.Alias(parent=pulumi.ROOT_STACK_RESOURCE)]
         return pulumi.ResourceTransformationResult(args.props, opts)
 
     run = render("dev", transformations=[alias])
-    (service,) = [resource for resource in run.resources if resource.urn == WEB_SERVICE]
     # The SDK resolved the alias to the full URN the deployed stack knows.
-    assert service.aliases == (EARLIER_WEB_SERVICE,)
+    assert EARLIER_WEB_SERVICE in run.named(SERVICE, "web-service").aliases
     assert compare(_deployed_by_an_earlier_program(), run) == []
 
 
@@ -78,9 +81,30 @@ def test_a_changed_input_is_reported() -> None:
             {**args.props, "deployment_maximum_percent": 200}, args.opts
         )
 
-    problems = compare(read_snapshot()["dev"], render("dev", transformations=[scale]))
-    assert problems == [
-        "urn:pulumi:dev::celery-ecs::celery-ecs:infra:Beat$aws:ecs/service:Service::beat-service "
-        "(deployed as urn:pulumi:dev::celery-ecs::celery-ecs:infra:Beat$aws:ecs/service:Service"
-        "::beat-service): inputs changed"
+    run = render("dev", transformations=[scale])
+    (deployed,) = run.named(SERVICE, "beat-service").aliases
+    assert compare(read_snapshot()["dev"], run) == [
+        f"{_urn(run, SERVICE, 'beat-service')} (deployed as {deployed}): inputs changed"
     ]
+
+
+@pytest.mark.parametrize(
+    ("outer", "name"),
+    [("Web", "web"), ("Worker", "worker-default"), ("Worker", "worker-long"), ("Beat", "beat")],
+)
+def test_the_services_resources_moved_into_their_component_keep_their_deployed_urns(
+    outer: str, name: str
+) -> None:
+    # They were children of the web, the pool or beat before FargateService existed.
+    run = render("dev")
+    for type_, logical in (
+        ("aws:iam/role:Role", f"{name}-task"),
+        ("aws:ecs/taskDefinition:TaskDefinition", f"{name}-task"),
+        (SERVICE, f"{name}-service"),
+    ):
+        resource = run.named(type_, logical)
+        prefix = "urn:pulumi:dev::celery-ecs::"
+        assert resource.urn == (
+            f"{prefix}celery-ecs:infra:{outer}$celery-ecs:infra:FargateService${type_}::{logical}"
+        )
+        assert resource.aliases == (f"{prefix}celery-ecs:infra:{outer}${type_}::{logical}",)
