@@ -228,8 +228,12 @@ def _resources(plan: Plan) -> list[str]:
 
 
 def _component_of(resource: Registration, components: dict[str, Registration]) -> str:
-    """The URN of the component a resource belongs to ("" for the stack itself)."""
-    return resource.parent if resource.parent in components else ""
+    """The URN of the top-level component a resource belongs to ("" for the stack itself): a
+    component inside another (the web's ``FargateService``) is part of that one."""
+    urn = resource.parent
+    while urn in components and components[urn].parent in components:
+        urn = components[urn].parent
+    return urn if urn in components else ""
 
 
 def _component_key(component: Registration | None) -> tuple[int, str]:

@@ -33,6 +33,8 @@ import pulumi
 import yaml
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
+from pulumi.runtime.proto import resource_pb2
+from pulumi.runtime.settings import get_project, get_stack
 from pulumi.runtime.stack import run_pulumi_func
 
 from infra import program
@@ -45,6 +47,8 @@ ROOT = program.PROJECT_ROOT
 #: special character, so URL encoding is exercised).
 MOCK_AUTH_TOKEN = "MockToken0!&#$^<>-MockToken1"
 MOCK_ECR_PASSWORD = "mock-ecr-password"
+#: The type of the root resource, which the engine leaves out of its children's URNs.
+ROOT_STACK_TYPE = "pulumi:pulumi:Stack"
 #: The suffix auto-naming appends (Pulumi appends 7 random hex characters).
 AUTONAME_SUFFIX = "abc1234"
 
@@ -103,6 +107,11 @@ class Registration:
     parent: str = ""
     #: False for component resources (the program's own groupings), True for real ones.
     custom: bool = True
+    #: The URNs the resource was known by before (its ``aliases`` option, as full URNs): a
+    #: stack holding one of them adopts this resource instead of replacing it.
+    aliases: tuple[str, ...] = ()
+    #: URNs of the resources it depends on (``depends_on`` and its inputs'), sorted.
+    dependencies: tuple[str, ...] = ()
 
     @property
     def physical_name(self) -> str:
@@ -121,6 +130,8 @@ class Registration:
             "urn": self.urn,
             "parent": self.parent,
             "custom": self.custom,
+            "aliases": list(self.aliases),
+            "dependencies": list(self.dependencies),
         }
 
     @staticmethod
@@ -135,6 +146,8 @@ class Registration:
             urn=data["urn"],
             parent=data["parent"],
             custom=bool(data["custom"]),
+            aliases=tuple(data.get("aliases", ())),
+            dependencies=tuple(data.get("dependencies", ())),
         )
 
 
@@ -166,18 +179,45 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self._lock = threading.Lock()
 
     def monitor(self) -> MockMonitor:
-        """A mock monitor that tells ``new_resource`` each resource's parent."""
+        """A mock monitor that tells ``new_resource`` each resource's parent, aliases and
+        dependencies."""
         mocks = self
 
         class ParentAwareMonitor(MockMonitor):
+            def make_urn(self, parent: str, type_: str, name: str) -> str:
+                # As the engine names a resource (pulumi/pulumi sdk/go/common/resource/urn/
+                # urn.go, ``New``): after its parent's whole qualified type, none for the root
+                # stack. pulumi's MockMonitor keeps only the parent's last type, and the stack's:
+                # a URN no deployed stack holds, and the SDK derives aliases from it.
+                qualified = parent.split("::")[2] if parent else ""
+                if qualified and qualified != ROOT_STACK_TYPE:
+                    type_ = f"{qualified}${type_}"
+                return "urn:pulumi:" + "::".join([get_stack(), get_project(), type_, name])
+
+            def GetDeploymentInfo(self, request: Any) -> Any:
+                # Without alias specs the SDK resolves each alias to the full URN itself, as it
+                # does for an engine that takes URNs only (pulumi/runtime/resource.py,
+                # ``prepare_aliases`` -> ``all_aliases``, parents' aliases included): the URNs
+                # a deployed stack's state is matched against, sent as ``aliasURNs``.
+                info = super().GetDeploymentInfo(request)  # type: ignore[no-untyped-call]
+                features = [
+                    feature
+                    for feature in info.supportedFeatures
+                    if feature != resource_pb2.RESOURCE_MONITOR_FEATURE_ALIAS_SPECS
+                ]
+                return resource_pb2.DeploymentInfo(supportedFeatures=features)
+
             def RegisterResource(self, request: Any) -> Any:
                 mocks._request.parent = request.parent
                 mocks._request.urn = self.make_urn(request.parent, request.type, request.name)
+                mocks._request.aliases = tuple(sorted(request.aliasURNs))
+                mocks._request.dependencies = tuple(sorted(set(request.dependencies)))
                 try:
                     # pulumi leaves MockMonitor unannotated.
                     return super().RegisterResource(request)  # type: ignore[no-untyped-call]
                 finally:
                     mocks._request.parent = mocks._request.urn = ""
+                    mocks._request.aliases = mocks._request.dependencies = ()
 
         return ParentAwareMonitor(self)
 
@@ -205,6 +245,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
             urn=urn,
             parent=parent,
             custom=bool(args.custom),
+            aliases=getattr(self._request, "aliases", ()),
+            dependencies=getattr(self._request, "dependencies", ()),
         )
         with self._lock:
             self.registrations.append(registration)

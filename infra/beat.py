@@ -9,15 +9,15 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.budget import BEAT_STOP_TIMEOUT, beat_deployment_timeout
-from infra.cluster import (
-    Cluster,
-    ContainerInputs,
-    TaskPlacement,
-    fargate_service,
-    fargate_task_definition,
-)
+from infra.cluster import Cluster
 from infra.config import DEFAULT_CELERY_APP
 from infra.containers import beat_command, health_check
+from infra.fargate_service import (
+    ContainerInputs,
+    FargateService,
+    FargateServiceArgs,
+    TaskPlacement,
+)
 
 CONTAINER_NAME = "beat"
 
@@ -54,38 +54,32 @@ class Beat(pulumi.ComponentResource):
         self, name: str, args: BeatArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("celery-ecs:infra:Beat", name, None, opts)
-        task_role = args.cluster.task_role(f"{name}-task", [], parent=self)
-        task_definition = fargate_task_definition(
-            f"{name}-task",
-            cluster=args.cluster,
-            service=args.service,
-            family=args.family,
-            cpu=args.cpu,
-            memory=args.memory,
-            container=ContainerInputs(
-                name=CONTAINER_NAME,
-                image=args.image,
-                command=beat_command(args.celery_app),
-                environment=args.environment,
-                stop_timeout=BEAT_STOP_TIMEOUT,
-                health_check=health_check("beat"),
+        fargate = FargateService(
+            name,
+            FargateServiceArgs(
+                cluster=args.cluster,
+                service=args.service,
+                family=args.family,
+                cpu=args.cpu,
+                memory=args.memory,
+                container=ContainerInputs(
+                    name=CONTAINER_NAME,
+                    image=args.image,
+                    command=beat_command(args.celery_app),
+                    environment=args.environment,
+                    stop_timeout=BEAT_STOP_TIMEOUT,
+                    health_check=health_check("beat"),
+                ),
+                placement=args.placement,
+                # A singleton: two beats send every periodic task twice. ECS stops the old task
+                # before it starts the new one (max 100 %, min healthy 0 %); nothing scales it.
+                desired_count=1,
+                deployment_timeout=beat_deployment_timeout(),
+                minimum_healthy_percent=0,
+                maximum_percent=100,
+                moved_from=self,
             ),
-            task_role=task_role,
-            parent=self,
+            opts=pulumi.ResourceOptions(parent=self),
         )
-        # A singleton: two beats send every periodic task twice. ECS stops the old task before
-        # it starts the new one (max 100 %, min healthy 0 %); nothing scales it.
-        self.service = fargate_service(
-            f"{name}-service",
-            cluster=args.cluster,
-            service=args.service,
-            task_definition=task_definition,
-            placement=args.placement,
-            deployment_timeout=beat_deployment_timeout(),
-            desired_count=1,
-            parent=self,
-            autoscaled=False,
-            minimum_healthy_percent=0,
-            maximum_percent=100,
-        )
+        self.service = fargate.service
         self.register_outputs({"serviceName": self.service.name})

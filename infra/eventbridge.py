@@ -19,15 +19,9 @@ import pulumi
 import pulumi_aws as aws
 
 from celery_ecs.schedule import PeriodicEntry
-from infra.cluster import (
-    Cluster,
-    ContainerInputs,
-    TaskPlacement,
-    fargate_task_definition,
-    policy_document,
-    role_with_policy,
-)
+from infra.cluster import Cluster, policy_document, role_with_policy
 from infra.containers import ENQUEUE_DEFAULT_COMMAND, enqueue_command
+from infra.fargate_service import ContainerInputs, TaskPlacement, fargate_task_definition
 from infra.schedule_expr import ScheduleError, shortest_gap, to_eventbridge_expression
 
 CONTAINER_NAME = "enqueue"

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra.cluster import AwsContext, TaskPlacement, assume_role_policy, policy_document
+from infra.cluster import AwsContext, assume_role_policy, policy_document
 from infra.config import ExistingVpc, NewVpc
+from infra.fargate_service import TaskPlacement
 
 ANYWHERE = "0.0.0.0/0"
 HTTPS = 443

@@ -13,15 +13,15 @@ import pulumi_random as random
 
 from celery_ecs.settings import WEB_API_KEYS_SECRET_ARN
 from infra.budget import WEB_HEALTH_CHECK_GRACE
-from infra.cluster import (
-    Cluster,
-    ContainerInputs,
-    TaskPlacement,
-    fargate_service,
-    fargate_task_definition,
-)
+from infra.cluster import Cluster
 from infra.config import WebConfig
 from infra.containers import health_check
+from infra.fargate_service import (
+    ContainerInputs,
+    FargateService,
+    FargateServiceArgs,
+    TaskPlacement,
+)
 
 #: TLS 1.3 with TLS 1.2 fallback (Security Hub ELB.17/18).
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
@@ -177,63 +177,49 @@ class Web(pulumi.ComponentResource):
             scheme = "http"
 
         self.api_keys_secret = self._api_keys_secret(name, args)
-        # The web reads the keys itself, at run time (a rotation needs no new task), so the task
-        # role reads this one secret; the execution role never sees it.
-        task_role = args.cluster.task_role(
-            f"{name}-task",
-            [
-                {
-                    "Effect": "Allow",
-                    "Action": ["secretsmanager:GetSecretValue"],
-                    "Resource": [self.api_keys_secret.arn],
-                }
-            ],
-            parent=self,
-        )
-        task_definition = fargate_task_definition(
-            f"{name}-task",
-            cluster=args.cluster,
-            service=args.service,
-            family=args.family,
-            cpu=config.cpu,
-            memory=config.memory,
-            container=ContainerInputs(
-                name=CONTAINER_NAME,
-                image=args.image,
-                command=config.command,
-                # An ARN names the secret, it is not one (plain environment, ECS.8 holds).
-                environment={
-                    **args.environment,
-                    WEB_API_KEYS_SECRET_ARN: self.api_keys_secret.arn,
-                },
-                stop_timeout=config.budget.stop_timeout,
-                port=config.port,
-                health_check=health_check("web"),
+        fargate = FargateService(
+            name,
+            FargateServiceArgs(
+                cluster=args.cluster,
+                service=args.service,
+                family=args.family,
+                cpu=config.cpu,
+                memory=config.memory,
+                container=ContainerInputs(
+                    name=CONTAINER_NAME,
+                    image=args.image,
+                    command=config.command,
+                    # An ARN names the secret, it is not one (plain environment, ECS.8 holds).
+                    environment={
+                        **args.environment,
+                        WEB_API_KEYS_SECRET_ARN: self.api_keys_secret.arn,
+                    },
+                    stop_timeout=config.budget.stop_timeout,
+                    port=config.port,
+                    health_check=health_check("web"),
+                ),
+                placement=args.placement,
+                desired_count=config.min_count,
+                deployment_timeout=config.budget.deployment_timeout,
+                # The web reads the keys itself, at run time (a rotation needs no new task), so
+                # the task role reads this one secret; the execution role never sees it.
+                task_role_statements=[
+                    {
+                        "Effect": "Allow",
+                        "Action": ["secretsmanager:GetSecretValue"],
+                        "Resource": [self.api_keys_secret.arn],
+                    }
+                ],
+                autoscaled=True,
+                target_group_arns=[target_group.arn],
+                health_check_grace_period=WEB_HEALTH_CHECK_GRACE,
+                # ECS refuses a target group that no listener uses yet.
+                depends_on=listeners,
+                moved_from=self,
             ),
-            task_role=task_role,
-            parent=self,
+            opts=pulumi.ResourceOptions(parent=self),
         )
-        self.service = fargate_service(
-            f"{name}-service",
-            cluster=args.cluster,
-            service=args.service,
-            task_definition=task_definition,
-            placement=args.placement,
-            deployment_timeout=config.budget.deployment_timeout,
-            desired_count=config.min_count,
-            parent=self,
-            autoscaled=True,
-            load_balancers=[
-                {
-                    "target_group_arn": target_group.arn,
-                    "container_name": CONTAINER_NAME,
-                    "container_port": config.port,
-                }
-            ],
-            health_check_grace_period=WEB_HEALTH_CHECK_GRACE,
-            # ECS refuses a target group that no listener uses yet.
-            depends_on=listeners,
-        )
+        self.service = fargate.service
         self.url = pulumi.Output.concat(scheme, "://", balancer.dns_name)
         self.load_balancer_label = balancer.arn_suffix
         self.request_count_label = pulumi.Output.concat(
@@ -254,7 +240,7 @@ class Web(pulumi.ComponentResource):
         secret = aws.secretsmanager.Secret(
             f"{name}-api-keys",
             name_prefix=args.api_keys_secret_name_prefix,
-            description="API keys the web accepts: {\"keys\": [...]} (README, Web API)",
+            description='API keys the web accepts: {"keys": [...]} (README, Web API)',
             recovery_window_in_days=args.secret_recovery_days,
             opts=child,
         )

@@ -9,15 +9,15 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from infra.cluster import (
-    Cluster,
-    ContainerInputs,
-    TaskPlacement,
-    fargate_service,
-    fargate_task_definition,
-)
+from infra.cluster import Cluster
 from infra.config import DEFAULT_CELERY_APP, WorkerPool
 from infra.containers import health_check, worker_command
+from infra.fargate_service import (
+    ContainerInputs,
+    FargateService,
+    FargateServiceArgs,
+    TaskPlacement,
+)
 
 CONTAINER_NAME = "worker"
 #: The capacity providers every pool may use. The cluster always has both, so turning a pool's
@@ -108,37 +108,37 @@ class Worker(pulumi.ComponentResource):
             )
         if args.metrics_namespace:
             statements.append(put_metric_data_statement(args.metrics_namespace))
-        task_role = args.cluster.task_role(f"{name}-task", statements, parent=self)
-        task_definition = fargate_task_definition(
-            f"{name}-task",
-            cluster=args.cluster,
-            service=args.service,
-            family=args.family,
-            cpu=pool.cpu,
-            memory=pool.memory,
-            container=ContainerInputs(
-                name=CONTAINER_NAME,
-                image=args.image,
-                command=worker_command(pool.name, pool.queues, pool.concurrency, args.celery_app),
-                environment=args.environment,
-                stop_timeout=pool.budget.stop_timeout,
-                health_check=health_check("worker"),
+        fargate = FargateService(
+            name,
+            FargateServiceArgs(
+                cluster=args.cluster,
+                service=args.service,
+                family=args.family,
+                cpu=pool.cpu,
+                memory=pool.memory,
+                container=ContainerInputs(
+                    name=CONTAINER_NAME,
+                    image=args.image,
+                    command=worker_command(
+                        pool.name, pool.queues, pool.concurrency, args.celery_app
+                    ),
+                    environment=args.environment,
+                    stop_timeout=pool.budget.stop_timeout,
+                    health_check=health_check("worker"),
+                ),
+                placement=args.placement,
+                desired_count=pool.min_count,
+                deployment_timeout=pool.budget.deployment_timeout,
+                task_role_statements=statements,
+                autoscaled=True,
+                capacity_provider_strategy=(
+                    SPOT_STRATEGY if pool.fargate_spot else REGULAR_STRATEGY
+                ),
+                moved_from=self,
             ),
-            task_role=task_role,
-            parent=self,
+            opts=pulumi.ResourceOptions(parent=self),
         )
-        self.service = fargate_service(
-            f"{name}-service",
-            cluster=args.cluster,
-            service=args.service,
-            task_definition=task_definition,
-            placement=args.placement,
-            deployment_timeout=pool.budget.deployment_timeout,
-            desired_count=pool.min_count,
-            parent=self,
-            autoscaled=True,
-            capacity_provider_strategy=SPOT_STRATEGY if pool.fargate_spot else REGULAR_STRATEGY,
-        )
+        self.service = fargate.service
         self.register_outputs({"serviceName": self.service.name})
 
     @staticmethod

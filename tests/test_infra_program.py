@@ -39,9 +39,9 @@ from devtools.validate import validate
 from infra import program
 from infra.broker import broker_url
 from infra.budget import BEAT_STOP_TIMEOUT, FARGATE_STOP_TIMEOUT_CAP, TASK_START_ALLOWANCE
-from infra.cluster import DeploymentRolledBack
 from infra.config import DEFAULT_SCHEDULE, ConfigError, ExistingVpc, NewVpc, StackConfig, load
 from infra.containers import health_check
+from infra.fargate_service import DeploymentRolledBack
 from infra.schedule_expr import shortest_gap, to_eventbridge_expression
 from tests.support import ROOT, run_program, shared_run
 

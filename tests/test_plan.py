@@ -54,6 +54,8 @@ def test_every_resource_is_listed_under_its_component(dev: plan.Plan) -> None:
         if not resource.custom:
             continue
         component = components[resource.parent]
+        while component.parent in components:  # a component inside another: listed as that
+            component = components[component.parent]
         heading = f"\n{component.name} ({component.type.rsplit(':', 1)[1]})\n"
         section = text.split(heading, 1)[1].split("\n\n", 1)[0]
         assert f"  {resource.type.rsplit(':', 1)[1]} {resource.name}\n" in section, resource.name
