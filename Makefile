@@ -26,7 +26,7 @@ system-packages:
 	@scripts/ensure-system-packages
 
 run: $(BIN)/.installed system-packages
-	$(BIN)/python -m devtools.stack
+	$(BIN)/python -m devtools.local_stack
 
 test: $(BIN)/.installed system-packages
 	$(BIN)/ruff check .

@@ -1,1 +1,7 @@
-"""Measurements of the worker's timeout budget against Celery's defaults (``make bench``)."""
+"""Benchmarks that print figures, not tests (``make bench``, ``make bench-plan``).
+
+``worker_budget`` (the timeout budget against Celery's defaults), ``metrics_cost`` (what the queue
+metrics cost a worker), ``scaling_sim`` (the scaling policies replayed), ``task_sizes`` (each
+container's memory and CPU), ``plan`` (the offline plan's time); ``defaults_app`` and
+``redis_commands`` are their helpers.
+"""

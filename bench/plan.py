@@ -19,8 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from devtools import cost, render, validate
-from devtools import diagram as drawing
+from devtools import render
+from devtools.plan import cost, validate
+from devtools.plan import diagram as drawing
 from infra.config import load
 
 ROUNDS = 5

@@ -17,8 +17,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from devtools import cost, plan
 from devtools.docblocks import DOCS, GeneratedBlock
+from devtools.plan import cost, report
 from devtools.render import DEFAULT_REGION, run_program, stack_file_config
 from devtools.upstream import suites
 
@@ -80,15 +80,15 @@ def outputs_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-def dev_plan() -> plan.Plan:
+def dev_plan() -> report.Plan:
     """The offline plan of ``Pulumi.dev.yaml``, which the cost page shows."""
-    return plan.make_plan("dev", stack_file_config("dev"), DEFAULT_REGION)
+    return report.make_plan("dev", stack_file_config("dev"), DEFAULT_REGION)
 
 
-def generated(dev: plan.Plan) -> dict[GeneratedBlock, str]:
+def generated(dev: report.Plan) -> dict[GeneratedBlock, str]:
     """Every generated block and what it holds now (renders the program: a few seconds)."""
     return {
-        plan.COST_BLOCK: cost.markdown(dev.estimate),
+        report.COST_BLOCK: cost.markdown(dev.estimate),
         suites.EXCLUSIONS_BLOCK: suites.exclusion_table(),
         OUTPUTS_BLOCK: outputs_table(),
     }
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for block in stale:
             print(f"stale: {block.page.relative_to(DOCS.parent)} ({block.begin})", file=sys.stderr)
         return 1 if stale else 0
-    plan.write_docs(dev)  # the diagram, and the cost block again
+    report.write_docs(dev)  # the diagram, and the cost block again
     for block, text in blocks.items():
         block.write(text)
     return 0

@@ -15,8 +15,8 @@ from pathlib import Path
 import redis
 
 from app.schedule import SCHEDULE, Every
-from devtools.processes import python_argv
 from infra.containers import BEAT_COMMAND
+from testkit.processes import python_argv
 from tests.support import AppProcess, start_process, wait_for
 
 HOURLY = next(entry for entry in SCHEDULE if isinstance(entry.schedule, Every))

@@ -1,4 +1,4 @@
-"""The monthly cost estimate (devtools/cost.py): each line from the dated price table, the
+"""The monthly cost estimate (devtools/plan/cost.py): each line from the dated price table, the
 totals, the savings of the cheaper choices checked against pricing those choices, and no number
 at all for a region without a table."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from app.schedule import Cron, Every
-from devtools import plan
-from devtools.cost import (
+from devtools.plan import report
+from devtools.plan.cost import (
     HOURS_PER_MONTH,
     LOG_GB_PER_TASK_MONTH,
     OPT_IN,
@@ -352,11 +352,11 @@ def test_logs_are_the_quiet_stacks_at_min_count() -> None:
 
 
 def test_a_production_plan_says_what_production_adds() -> None:
-    production = plan.make_plan("prod", stack_file_config("prod"), REGION)
+    production = report.make_plan("prod", stack_file_config("prod"), REGION)
     result = production.estimate
     assert result.without_production is not None
     adds = {kind: difference for kind, difference, _ in result.production_adds}
-    base = plan.make_plan("prod", {**stack_file_config("prod"), "production": False}, REGION)
+    base = report.make_plan("prod", {**stack_file_config("prod"), "production": False}, REGION)
     assert result.totals[0] - result.without_production == pytest.approx(sum(adds.values()))
     assert result.without_production == pytest.approx(base.estimate.totals[0])
     # Production's defaults, each with its reason: NAT per AZ instead of task addresses, a
@@ -366,4 +366,4 @@ def test_a_production_plan_says_what_production_adds() -> None:
     assert adds["ipv4 tasks"] < 0 < adds["nat"]
     text = "\n".join(render(result))
     assert "Production adds" in text and "automatic failover (ElastiCache.3)" in text
-    assert plan.make_plan("dev", stack_file_config("dev"), REGION).estimate.production_adds == ()
+    assert report.make_plan("dev", stack_file_config("dev"), REGION).estimate.production_adds == ()

@@ -17,8 +17,9 @@ from mkdocs.commands.build import build
 from mkdocs.config import load_config
 from mkdocs.exceptions import Abort
 
-from devtools import docs, plan
+from devtools import docs
 from devtools.docblocks import DOCS, GeneratedBlock
+from devtools.plan import report
 from devtools.upstream import suites
 from tests.support import ROOT
 
@@ -127,7 +128,7 @@ def test_the_outputs_page_is_what_the_program_exports() -> None:
 
 
 def test_every_generated_block_has_its_markers_on_its_page() -> None:
-    blocks = [docs.OUTPUTS_BLOCK, plan.COST_BLOCK, suites.EXCLUSIONS_BLOCK]
+    blocks = [docs.OUTPUTS_BLOCK, report.COST_BLOCK, suites.EXCLUSIONS_BLOCK]
     for block in blocks:
         assert block.content().endswith("\n"), block.page
 

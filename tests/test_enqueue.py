@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import redis
 
 from app.schedule import SCHEDULE
-from devtools.redis_server import free_port
+from testkit.redis_server import free_port
 from tests.support import AppProcess, start_worker, wait_for
 
 ENTRY = SCHEDULE[0]

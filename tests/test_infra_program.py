@@ -25,6 +25,7 @@ from app import settings as env_names
 from app.api_keys import parse_keys
 from app.schedule import SCHEDULE, Every, PeriodicEntry
 from app.settings import PROTECTION_IDLE_GRACE_SECONDS
+from devtools.plan.validate import validate
 from devtools.render import (
     ACCOUNT,
     MOCK_AUTH_TOKEN,
@@ -36,7 +37,6 @@ from devtools.render import (
 from devtools.render import (
     DEFAULT_REGION as REGION,
 )
-from devtools.validate import validate
 from infra import program
 from infra.broker import broker_url
 from infra.budget import BEAT_STOP_TIMEOUT, FARGATE_STOP_TIMEOUT_CAP, TASK_START_ALLOWANCE

@@ -48,7 +48,7 @@ from app.liveness import (
 )
 from app.recovery import Recovery
 from app.transport import FETCH, wake_key
-from devtools.redis_server import free_port
+from testkit.redis_server import free_port
 from tests.support import send_task
 
 QUEUE = "default"

@@ -42,10 +42,10 @@ from app.metrics import (
     write_to_stdout,
 )
 from app.transport import WAKE_PREFIX
-from devtools.aws_standin import AwsStandIn, HungEndpoint, ThrottlingEndpoint, sdk_environment
-from devtools.processes import start_process
-from devtools.redis_server import free_port
 from infra.containers import worker_command
+from testkit.aws_standin import AwsStandIn, HungEndpoint, ThrottlingEndpoint, sdk_environment
+from testkit.processes import start_process
+from testkit.redis_server import free_port
 from tests.support import AppProcess, app_environment, send_task, wait_for
 
 NAMESPACE = "CeleryEcs/test"

@@ -3,7 +3,7 @@ over every resource the program registers (both schedulers, dev and production: 
 a deliberate break of each invariant in the program (caught, and nothing else), the restated
 budget rules against the program's, and the pack as the engine runs it (its gRPC server).
 
-Policies receive props the way the engine sends them (``devtools.policy_check.engine_props``:
+Policies receive props the way the engine sends them (``devtools.plan.policy_check.engine_props``:
 a protobuf Struct and back, so numbers are floats, wrapped in pulumi-policy's unknown-checking
 proxies).
 """
@@ -35,7 +35,7 @@ from pulumi_policy import (
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
 
 from app import settings
-from devtools.policy_check import Violation, check, engine_props, running_pack, struct
+from devtools.plan.policy_check import Violation, check, engine_props, running_pack, struct
 from devtools.render import ProgramRun, stack_file_config
 from infra import budget
 from infra.containers import ENQUEUE_DEFAULT_COMMAND, WEB_COMMAND, worker_command

@@ -16,8 +16,8 @@ from celery.backends.redis import RedisBackend
 from app.celery_app import app
 from app.results import ResultBackend, ResultBackendLoader
 from app.settings import Settings
-from devtools.processes import python_argv
 from infra.containers import CELERY_APP
+from testkit.processes import python_argv
 from tests.support import ROOT, AppProcess, start_worker, wait_for
 
 TASK_ID = "9c9b7f56-9f43-4f0e-8c2b-4c33c1a2c3a1"

@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from devtools.redis_server import RedisServer, start_redis
 from devtools.render import ProgramRun, run_program
 from devtools.twin.cluster import TwinCluster
 from devtools.twin.network import HOST_ADDRESS, ensure_bridge
 from devtools.twin.task import Status
+from testkit.redis_server import RedisServer, start_redis
 from tests.support import send_task, wait_for
 from tests.test_beat import HOURLY, make_overdue, sent_tasks
 

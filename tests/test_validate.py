@@ -1,4 +1,4 @@
-"""Validation against AWS's own rules (devtools/validate.py, apimap.py, awsmodel.py).
+"""Validation against AWS's own rules (devtools/plan/validate.py, apimap.py, awsmodel.py).
 
 Every shipped stack file passes; every kind of check catches a deliberate mistake, named by
 resource, field and rule. (Every tested configuration passes too: tests/test_infra_program.py.)
@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from botocore.model import ListShape, MapShape, Shape, StructureShape
 
-from devtools import awsmodel
-from devtools.apimap import MAPPINGS, lifecycle_policy_problems
+from devtools.plan import awsmodel
+from devtools.plan.apimap import MAPPINGS, lifecycle_policy_problems
+from devtools.plan.validate import KMS_ALIAS_FORMAT, lint_policy, policy_documents, validate
 from devtools.render import ProgramRun, Registration, read_stack_file
-from devtools.validate import KMS_ALIAS_FORMAT, lint_policy, policy_documents, validate
 from tests.support import ROOT, shared_run
 
 CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"

@@ -36,8 +36,8 @@ from werkzeug.wrappers import Request
 from app.celery_app import app as celery_app
 from app.gunicorn_worker import JsonErrorWorker
 from app.web import ALLOWED_TASKS, TaskResults
-from devtools.redis_server import free_port
 from infra.containers import WEB_COMMAND
+from testkit.redis_server import free_port
 from tests.support import (
     AUTHORIZATION,
     AppProcess,

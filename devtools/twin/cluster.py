@@ -11,7 +11,7 @@ for a schedule slot. ``status()`` is a table of what runs.
 
 Secrets a container reads itself at run time (an environment variable holding a secret's ARN,
 e.g. the web's ``WEB_API_KEYS_SECRET_ARN``) are served by a stand-in of AWS's APIs
-(``devtools.aws_standin``, moto's server) on the bridge, holding what the program wrote into
+(``testkit.aws_standin``, moto's server) on the bridge, holding what the program wrote into
 them; the containers' AWS SDK is pointed at it, with no region: the twin has no CloudWatch to
 publish metrics to (``app.cloudwatch`` writes them to stdout instead). Secrets ECS injects at
 start (a definition's ``secrets``, the broker URL) get local values instead
@@ -31,7 +31,6 @@ from typing import Any, Protocol
 
 from app.api_keys import parse_keys
 from app.settings import WEB_API_KEYS_SECRET_ARN
-from devtools.aws_standin import AwsStandIn
 from devtools.twin.agent import AgentEndpoint
 from devtools.twin.events import Rule, eventbridge_fire_times
 from devtools.twin.image import Image, parse_image
@@ -39,6 +38,7 @@ from devtools.twin.loadbalancer import LoadBalancer, TargetGroupSettings
 from devtools.twin.network import HOST_ADDRESS, ensure_bridge
 from devtools.twin.service import Service
 from devtools.twin.task import Revision, Status, Task, TaskOptions
+from testkit.aws_standin import AwsStandIn
 
 #: Seconds between two passes of the service scheduler.
 TICK = 0.2

@@ -6,7 +6,7 @@ registrations through the same conversion (a Struct and back: every number becom
 the same wrappers pulumi-policy's analyzer server applies, then calls every policy's validate
 function, as ``pulumi preview --policy-pack policy`` would, minus the engine.
 
-    python -m devtools.policy_check [STACK]    # renders Pulumi.<STACK>.yaml (default dev)
+    python -m devtools.plan.policy_check [STACK]    # renders Pulumi.<STACK>.yaml (default dev)
 
 ``running_pack`` and ``analyze`` go one step further: they start the pack the way Pulumi does,
 in the pack's own virtualenv, as an analyzer process, and send it the engine's requests over

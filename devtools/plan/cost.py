@@ -3,7 +3,7 @@
 Everything is counted from what the program renders (task sizes and architectures, scaling
 bounds, capacity strategies, public IPs, NAT gateways, broker nodes, log groups, the metrics
 the app's containers write, alarms and the metrics they read, the dashboard, the alert topic's
-key) and priced with ``devtools/prices/<region>.json``, which records
+key) and priced with ``devtools/plan/prices/<region>.json``, which records
 its date and the AWS pricing pages it comes from. A region without a table gets no numbers,
 only the statement that there is no table. Usage that the program does not decide (log volume,
 load balancer capacity units...) is an assumption, printed with the estimate.
@@ -925,9 +925,9 @@ def render(estimate: Estimate) -> list[str]:
         regions = ", ".join(available_regions())
         return [
             wrap(
-                f"No price table for {estimate.region}: devtools/prices/ has {regions}. Prices "
-                "differ by region; add devtools/prices/<region>.json from the AWS pricing pages "
-                "to get an estimate.",
+                f"No price table for {estimate.region}: devtools/plan/prices/ has {regions}. "
+                "Prices differ by region; add devtools/plan/prices/<region>.json from the AWS "
+                "pricing pages to get an estimate.",
                 "",
                 "",
             )
@@ -940,7 +940,7 @@ def render(estimate: Estimate) -> list[str]:
     rows.append(("Total", money(total_low), money(estimate.floor), money(total_high)))
     width = max(len(row[0]) for row in rows)
     lines = [
-        f"Prices: {prices.region} of {prices.date} (devtools/prices/{prices.path.name}), USD "
+        f"Prices: {prices.region} of {prices.date} (devtools/plan/prices/{prices.path.name}), USD "
         "a month.",
     ]
     if prices.unchecked:

@@ -37,7 +37,7 @@ from diagrams.aws.management import Cloudwatch, CloudwatchAlarm
 from diagrams.aws.network import ALB, NATGateway
 
 from app.names import BEAT_HEARTBEAT_METRIC
-from devtools.cost import app_metrics, high_resolution
+from devtools.plan.cost import app_metrics, high_resolution
 from devtools.render import ProgramRun, Registration
 from infra.config import StackConfig
 

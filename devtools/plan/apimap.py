@@ -21,7 +21,7 @@ from typing import Any
 import jsonschema
 from botocore.model import ServiceModel, StringShape
 
-from devtools import awsmodel
+from devtools.plan import awsmodel
 from devtools.render import Registration
 
 

@@ -4,8 +4,8 @@
 
 Renders the Pulumi program under mocks for ``Pulumi.<stack>.yaml`` (no credentials, no Docker,
 no network), validates every API request and IAM policy against AWS's own rules
-(``devtools.validate``), draws the stack (``devtools.diagram``), estimates its monthly cost
-(``devtools.cost``) and prints every resource grouped by component with the settings a
+(``devtools.plan.validate``), draws the stack (``devtools.plan.diagram``), estimates its monthly
+cost (``devtools.plan.cost``) and prints every resource grouped by component with the settings a
 reviewer cares about. The same config gives byte-identical text: names come from the program,
 ids and ARNs from deterministic mocks, everything is sorted, and the only date is the price
 table's. Exit status: 0, or 1 when the config is invalid or a rule is broken (2: no such stack).
@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devtools import cost, diagram
 from devtools.docblocks import DOCS, GeneratedBlock
+from devtools.plan import cost, diagram
+from devtools.plan.validate import Report, validate, versions
 from devtools.render import (
     DEFAULT_REGION,
     ROOT,
@@ -32,7 +33,6 @@ from devtools.render import (
     read_stack_path,
     run_program,
 )
-from devtools.validate import Report, validate, versions
 from infra.config import ConfigError, StackConfig, load, placeholders
 
 #: Where ``make plan`` writes the diagram of a stack (not committed).

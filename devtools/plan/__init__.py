@@ -1,0 +1,12 @@
+"""The offline plan: what a stack config deploys, whether AWS accepts it, what it costs.
+
+    python -m devtools.plan --stack dev        (make plan; make plan STACK=prod)
+
+- ``report``: the plan of a stack and its text, the command line, the docs' diagram and cost;
+- ``validate``, ``apimap``, ``awsmodel``: every request checked against AWS's published API
+  models, every IAM policy linted;
+- ``cost`` (with ``prices/``): the monthly estimate; ``diagram``: the drawing;
+- ``policy_check``: the policy pack (``policy/``) run over the rendered program, offline;
+- ``comment``: the pull request comment (standard library only: the workflow runs it without
+  the project's requirements, so this ``__init__`` imports nothing).
+"""
