@@ -1,4 +1,4 @@
-"""Validation against AWS's own rules (devtools/plan/validate.py, apimap.py, awsmodel.py).
+"""Validation against AWS's own rules (devtools/plan/: validate, api_calls, apimap, awsmodel).
 
 Every shipped stack file passes; every kind of check catches a deliberate mistake, named by
 resource, field and rule. (Every tested configuration passes too: tests/test_infra_program.py.)
@@ -16,7 +16,8 @@ import pytest
 from botocore.model import ListShape, MapShape, Shape, StructureShape
 
 from devtools.plan import awsmodel
-from devtools.plan.apimap import MAPPINGS, lifecycle_policy_problems
+from devtools.plan.api_calls import MAPPINGS
+from devtools.plan.apimap import lifecycle_policy_problems
 from devtools.plan.validate import KMS_ALIAS_FORMAT, lint_policy, policy_documents, validate
 from devtools.render import ProgramRun, Registration, read_stack_file
 from tests.support import ROOT, shared_run

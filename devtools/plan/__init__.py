@@ -3,8 +3,9 @@
     python -m devtools.plan --stack dev        (make plan; make plan STACK=prod)
 
 - ``report``: the plan of a stack and its text, the command line, the docs' diagram and cost;
-- ``validate``, ``apimap``, ``awsmodel``: every request checked against AWS's published API
-  models, every IAM policy linted;
+- ``validate``: every request checked against AWS's published API models (``awsmodel``), built
+  from the table of each type's API calls (``api_calls``, written in ``apimap``'s language), and
+  every IAM policy linted;
 - ``cost`` (with ``prices/``): the monthly estimate; ``diagram``: the drawing;
 - ``policy_check``: the policy pack (``policy/``) run over the rendered program, offline;
 - ``comment``: the pull request comment (standard library only: the workflow runs it without

@@ -1,12 +1,12 @@
 """Validate a rendered stack against AWS's own rules, before AWS sees it.
 
 Every resource the program registers is either mapped to the API calls its provider makes
-(``devtools.plan.apimap.MAPPINGS``) or declared as no AWS call (``NOT_AWS``); a type that is neither
-is a finding, so a new kind of resource cannot go unchecked. For each call the request is built from
-the resource's inputs and checked against the operation's input shape in botocore's models
-(``devtools.plan.awsmodel``: enums, ranges, lengths, patterns, required members, types, and the
-rules the models' documentation states). Every input must reach some request member or be declared
-provider-only with its reason, so a new input cannot slip past unmapped.
+(``devtools.plan.api_calls.MAPPINGS``) or declared as no AWS call (``NOT_AWS``); a type that is
+neither is a finding, so a new kind of resource cannot go unchecked. For each call the request is
+built from the resource's inputs and checked against the operation's input shape in botocore's
+models (``devtools.plan.awsmodel``: enums, ranges, lengths, patterns, required members, types, and
+the rules the models' documentation states). Every input must reach some request member or be
+declared provider-only with its reason, so a new input cannot slip past unmapped.
 
 IAM policies, trust policies and resource policies (SQS queue, SNS topic and KMS key policies)
 are linted with parliament: unknown actions, prefixes and condition keys, resources that match
@@ -30,10 +30,9 @@ from typing import Any
 import regex
 
 from devtools.plan import awsmodel
+from devtools.plan.api_calls import MAPPINGS, NOT_AWS
 from devtools.plan.apimap import (
-    MAPPINGS,
     MISSING,
-    NOT_AWS,
     Attributes,
     Inputs,
     ListOf,
@@ -101,7 +100,7 @@ def check_resource(resource: Registration) -> tuple[list[Finding], int]:
     mapping = MAPPINGS.get(resource.type)
     if mapping is None:
         message = (
-            "no API mapping for this resource type: add it to devtools/plan/apimap.py MAPPINGS "
+            "no API mapping for this resource type: add it to devtools/plan/api_calls.py MAPPINGS "
             "(or NOT_AWS if it makes no AWS call)"
         )
         return [finding("(type)", "mapped to the AWS API", message)], 0
@@ -132,8 +131,8 @@ def check_resource(resource: Registration) -> tuple[list[Finding], int]:
     for path in inputs.unread():
         if path.split(".")[0] not in mapping.provider_only:
             message = (
-                "this input reaches no API member: map it in devtools/plan/apimap.py, or declare "
-                "it provider-only with the reason"
+                "this input reaches no API member: map it in devtools/plan/api_calls.py, or "
+                "declare it provider-only with the reason"
             )
             findings.append(finding(path, "mapped to the AWS API", message))
     return findings, requests
