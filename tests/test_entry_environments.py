@@ -37,7 +37,7 @@ import yaml
 
 from devtools import render
 from devtools.plan import policy_check
-from policy.invariants import POLICIES
+from policy.invariants.policies import POLICIES
 from testkit import envs
 from tests.support import ROOT
 from tests.test_workflows import load, write_fake_gh

@@ -41,8 +41,11 @@ from infra import budget
 from infra.containers import ENQUEUE_DEFAULT_COMMAND, WEB_COMMAND, worker_command
 from infra.eventbridge import ENQUEUE_STOP_TIMEOUT
 from infra.worker import NAMESPACE_CONDITION_KEY, PUT_METRIC_DATA_ACTION
-from policy import invariants
-from policy.invariants import POLICIES, container_role, secret_reason, stop_timeout_need
+from policy.invariants import aws_types, iam, restated
+from policy.invariants.containers import secret_reason
+from policy.invariants.policies import POLICIES
+from policy.invariants.readers import container_role
+from policy.invariants.stop_timeouts import stop_timeout_need
 from tests.support import ROOT, run_program, shared_run
 
 CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"
@@ -121,17 +124,17 @@ def validate_stack(
 
 
 def test_restated_constants_are_the_programs() -> None:
-    assert invariants.FARGATE_STOP_TIMEOUT_CAP == budget.FARGATE_STOP_TIMEOUT_CAP
-    assert invariants.EXIT_MARGIN == budget.EXIT_MARGIN
-    assert invariants.TIME_LIMIT == settings.TIME_LIMIT
-    assert invariants.SOFT_SHUTDOWN_TIMEOUT == settings.SOFT_SHUTDOWN_TIMEOUT
-    assert invariants.TASK_PROTECTION == settings.TASK_PROTECTION
-    assert invariants.REMAP_SIGTERM == settings.REMAP_SIGTERM
-    assert invariants.WEB_REQUEST_TIMEOUT == settings.WEB_REQUEST_TIMEOUT
+    assert restated.FARGATE_STOP_TIMEOUT_CAP == budget.FARGATE_STOP_TIMEOUT_CAP
+    assert restated.EXIT_MARGIN == budget.EXIT_MARGIN
+    assert restated.TIME_LIMIT == settings.TIME_LIMIT
+    assert restated.SOFT_SHUTDOWN_TIMEOUT == settings.SOFT_SHUTDOWN_TIMEOUT
+    assert restated.TASK_PROTECTION == settings.TASK_PROTECTION
+    assert restated.REMAP_SIGTERM == settings.REMAP_SIGTERM
+    assert restated.WEB_REQUEST_TIMEOUT == settings.WEB_REQUEST_TIMEOUT
     default_request = settings.ENV_VARS[settings.WEB_REQUEST_TIMEOUT][0]
-    assert str(invariants.DEFAULT_WEB_REQUEST_TIMEOUT) == default_request
+    assert str(restated.DEFAULT_WEB_REQUEST_TIMEOUT) == default_request
     # Beat and the enqueue task get the margin alone.
-    assert budget.BEAT_STOP_TIMEOUT == ENQUEUE_STOP_TIMEOUT == invariants.EXIT_MARGIN
+    assert budget.BEAT_STOP_TIMEOUT == ENQUEUE_STOP_TIMEOUT == restated.EXIT_MARGIN
 
 
 @given(
@@ -151,7 +154,7 @@ def test_the_policys_stop_rule_gives_the_budgets_stop_timeout(
     )
     need = stop_timeout_need("worker", pool.environment())
     assert need.seconds == pool.stop_timeout
-    assert need.seconds <= invariants.FARGATE_STOP_TIMEOUT_CAP
+    assert need.seconds <= restated.FARGATE_STOP_TIMEOUT_CAP
 
 
 @given(request_timeout=st.integers(1, budget.FARGATE_STOP_TIMEOUT_CAP - budget.EXIT_MARGIN))
@@ -181,7 +184,7 @@ def test_a_containers_role_comes_from_its_command(command: tuple[str, ...], role
 # --- each policy: a passing and a failing resource ----------------------------------------------
 
 
-SERVICE = invariants.SERVICE
+SERVICE = aws_types.SERVICE
 BEAT = {
     "tags": {"Service": "beat"},
     "desiredCount": 1,
@@ -250,7 +253,7 @@ def task_definition(
     arn = f"arn:aws:ecs:us-east-1:123456789012:task-definition/{name}:1"
     definition = {"name": "main", "command": list(command), **container}
     props = {"arn": arn, "containerDefinitions": json.dumps([definition])}
-    return invariants.TASK_DEFINITION, name, props
+    return aws_types.TASK_DEFINITION, name, props
 
 
 def service(name: str, task: str, tag: str, **props: Any) -> tuple[str, str, dict[str, Any]]:
@@ -269,7 +272,7 @@ def service(name: str, task: str, tag: str, **props: Any) -> tuple[str, str, dic
 
 def target(name: str, service_name: str, minimum: int) -> tuple[str, str, dict[str, Any]]:
     return (
-        invariants.SCALING_TARGET,
+        aws_types.SCALING_TARGET,
         name,
         {
             "serviceNamespace": "ecs",
@@ -340,7 +343,7 @@ def test_service_task_counts_fails_scaling_that_breaks_the_counts(
     assert expected in message
 
 
-TASK_DEFINITION = invariants.TASK_DEFINITION
+TASK_DEFINITION = aws_types.TASK_DEFINITION
 WARM = {
     settings.TIME_LIMIT: "66",
     settings.SOFT_SHUTDOWN_TIMEOUT: "0",
@@ -534,7 +537,7 @@ def test_secret_looking_environment_fails_without_echoing_it(
     assert value not in message
 
 
-REPLICATION_GROUP = invariants.REPLICATION_GROUP
+REPLICATION_GROUP = aws_types.REPLICATION_GROUP
 BROKER = {
     "engine": "valkey",
     "transitEncryptionEnabled": True,
@@ -587,7 +590,7 @@ def broker_stack(
         [
             (REPLICATION_GROUP, "broker", {"parameterGroupName": group}),
             (
-                invariants.PARAMETER_GROUP,
+                aws_types.PARAMETER_GROUP,
                 "broker",
                 {
                     "name": "broker-abc1234",
@@ -631,12 +634,12 @@ def network(
     resources: list[tuple[str, str, Mapping[str, Any]]] = [
         (REPLICATION_GROUP, "broker", {"securityGroupIds": [BROKER_SG]}),
         (
-            invariants.SECURITY_GROUP,
+            aws_types.SECURITY_GROUP,
             "network-broker",
             {**broker_group, **({"ingress": inline} if inline else {})},
         ),
         (
-            invariants.SECURITY_GROUP,
+            aws_types.SECURITY_GROUP,
             "network-tasks",
             {**ec2("security-group", TASK_SG, ids), "vpcId": VPC_ID},
         ),
@@ -644,14 +647,14 @@ def network(
     ]
     if vpc:
         resources.append(
-            (invariants.VPC, "network-vpc", {**ec2("vpc", VPC_ID, ids), "cidrBlock": "10.0.0.0/16"})
+            (aws_types.VPC, "network-vpc", {**ec2("vpc", VPC_ID, ids), "cidrBlock": "10.0.0.0/16"})
         )
     return resources
 
 
 def ingress(name: str, **source: Any) -> tuple[str, str, Mapping[str, Any]]:
     return (
-        invariants.INGRESS_RULE,
+        aws_types.INGRESS_RULE,
         name,
         {
             "securityGroupId": BROKER_SG,
@@ -668,13 +671,13 @@ def test_broker_reachable_from_the_tasks_and_the_vpc_passes() -> None:
         ingress("from-tasks", referencedSecurityGroupId=TASK_SG),
         ingress("from-subnet", cidrIpv4="10.0.128.0/20"),
         (
-            invariants.SECURITY_GROUP_RULE,
+            aws_types.SECURITY_GROUP_RULE,
             "legacy",
             {"securityGroupId": BROKER_SG, "type": "ingress", "sourceSecurityGroupId": TASK_SG},
         ),
         # Egress and other groups' rules are not the broker's way in.
         (
-            invariants.INGRESS_RULE,
+            aws_types.INGRESS_RULE,
             "alb-http-in",
             {"securityGroupId": TASK_SG, "cidrIpv4": "0.0.0.0/0"},
         ),
@@ -714,7 +717,7 @@ def test_broker_reachable_from_the_tasks_and_the_vpc_passes() -> None:
         (
             network(
                 (
-                    invariants.SECURITY_GROUP_RULE,
+                    aws_types.SECURITY_GROUP_RULE,
                     "rule",
                     {"securityGroupId": BROKER_SG, "type": "ingress", "cidrBlocks": ["0.0.0.0/0"]},
                 )
@@ -738,7 +741,7 @@ def test_broker_reachable_from_outside_the_vpc_fails(
 
 
 def test_log_retention() -> None:
-    log_group = invariants.LOG_GROUP
+    log_group = aws_types.LOG_GROUP
     assert validate("log-retention-set", log_group, {"retentionInDays": 30}) == []
     for props in ({}, {"retentionInDays": 0}):
         (message,) = validate("log-retention-set", log_group, props)
@@ -747,7 +750,7 @@ def test_log_retention() -> None:
 
 
 def test_ecr_scans_on_push_with_immutable_tags() -> None:
-    repository = invariants.ECR_REPOSITORY
+    repository = aws_types.ECR_REPOSITORY
     good = {"imageTagMutability": "IMMUTABLE", "imageScanningConfiguration": {"scanOnPush": True}}
     assert validate("ecr-scan-and-immutable-tags", repository, good) == []
     mutable = validate(
@@ -924,7 +927,7 @@ def test_the_star_actions_are_the_programs_and_awss() -> None:
     Service Authorization Reference: no resource type, and exactly the key it offers."""
     import parliament  # loads its 10 MB of IAM definitions: only here
 
-    assert invariants.STAR_RESOURCE_ACTIONS[PUT_METRIC_DATA_ACTION.lower()] == (
+    assert iam.STAR_RESOURCE_ACTIONS[PUT_METRIC_DATA_ACTION.lower()] == (
         NAMESPACE_CONDITION_KEY
     )
     privileges = {
@@ -932,7 +935,7 @@ def test_the_star_actions_are_the_programs_and_awss() -> None:
         for service in parliament.iam_definition
         for privilege in service["privileges"]
     }
-    for action, key in invariants.STAR_RESOURCE_ACTIONS.items():
+    for action, key in iam.STAR_RESOURCE_ACTIONS.items():
         (entry,) = privileges[action]
         assert entry["resource_type"] == "", action
         own = [k for k in entry["condition_keys"] if k.startswith(action.split(":")[0] + ":")]
@@ -1002,10 +1005,10 @@ def test_the_program_violates_no_policy(stack: str) -> None:
     for typ in (
         TASK_DEFINITION,
         REPLICATION_GROUP,
-        invariants.PARAMETER_GROUP,
-        invariants.SCALING_TARGET,
-        invariants.LOG_GROUP,
-        invariants.ECR_REPOSITORY,
+        aws_types.PARAMETER_GROUP,
+        aws_types.SCALING_TARGET,
+        aws_types.LOG_GROUP,
+        aws_types.ECR_REPOSITORY,
         "aws:lb/loadBalancer:LoadBalancer",
         "aws:iam/rolePolicy:RolePolicy",
     ):
@@ -1053,7 +1056,7 @@ def test_dev_and_production_differ_where_the_baseline_says(scheduler: str) -> No
         # EC2.6: flow logs of rejected traffic in production.
         assert len(run.of_type("aws:ec2/flowLog:FlowLog")) == int(is_production)
         # CloudWatch.16: 30 days in dev, 365 in production, on every log group.
-        retention = {g.inputs["retentionInDays"] for g in run.of_type(invariants.LOG_GROUP)}
+        retention = {g.inputs["retentionInDays"] for g in run.of_type(aws_types.LOG_GROUP)}
         assert retention == {365 if is_production else 30}
         # SQS.1: the one queue (the EventBridge dead letters) is encrypted.
         queues = run.of_type("aws:sqs/queue:Queue")
@@ -1171,7 +1174,7 @@ BREAKS = [
     ),
     Break(
         "service-task-counts",
-        invariants.SCALING_TARGET,
+        aws_types.SCALING_TARGET,
         "worker-long-scaling",
         setting(min_capacity=0),
         "scaling target 'worker-long-scaling' of worker service "
@@ -1236,14 +1239,14 @@ BREAKS = [
     ),
     Break(
         "broker-never-evicts",
-        invariants.PARAMETER_GROUP,
+        aws_types.PARAMETER_GROUP,
         "broker",
         setting(parameters=[{"name": "maxmemory-policy", "value": "allkeys-lru"}]),
         "has maxmemory-policy 'allkeys-lru'; set it to 'noeviction'",
     ),
     Break(
         "broker-only-from-vpc",
-        invariants.INGRESS_RULE,
+        aws_types.INGRESS_RULE,
         "network-broker-from-web",
         setting(cidr_ipv4="0.0.0.0/0", referenced_security_group_id=None),
         "'network-broker-from-web' lets 0.0.0.0/0 (outside the VPC's 10.0.0.0/16) reach "
@@ -1251,14 +1254,14 @@ BREAKS = [
     ),
     Break(
         "log-retention-set",
-        invariants.LOG_GROUP,
+        aws_types.LOG_GROUP,
         "cluster-web",
         setting(retention_in_days=None),
         "log group 'cluster-web' keeps its logs forever",
     ),
     Break(
         "ecr-scan-and-immutable-tags",
-        invariants.ECR_REPOSITORY,
+        aws_types.ECR_REPOSITORY,
         "celery-ecs-test",
         setting(image_tag_mutability="MUTABLE"),
         "has imageTagMutability 'MUTABLE'",
@@ -1406,7 +1409,7 @@ def test_the_pack_checks_the_stack_over_grpc(analyzer: analyzer_pb2_grpc.Analyze
     )
     (diagnostic,) = response.diagnostics
     assert diagnostic.policyName == "broker-only-from-vpc"
-    assert diagnostic.urn == run.named(invariants.INGRESS_RULE, "network-broker-from-web").urn
+    assert diagnostic.urn == run.named(aws_types.INGRESS_RULE, "network-broker-from-web").urn
 
 
 # --- the docs tell the truth about the pack ----------------------------------------------------

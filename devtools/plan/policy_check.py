@@ -1,4 +1,4 @@
-"""Run the policy pack (``policy/invariants.py``) over the program rendered under mocks, offline.
+"""Run the policy pack (``policy/invariants/``) over the program rendered under mocks, offline.
 
 The engine hands an analyzer each resource's inputs (resource policies) and every resource's
 outputs (stack policies) as protobuf Structs. ``check`` sends a rendered ``ProgramRun``'s
@@ -45,7 +45,7 @@ from pulumi_policy.deserialize import deserialize_properties
 from pulumi_policy.proxy import unknown_checking_proxy
 
 from devtools import render
-from policy.invariants import POLICIES
+from policy.invariants.policies import POLICIES
 
 
 @dataclass(frozen=True)
