@@ -80,12 +80,12 @@ def outputs_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-def dev_plan() -> report.Plan:
+def dev_plan() -> report.OfflinePlan:
     """The offline plan of ``Pulumi.dev.yaml``, which the cost page shows."""
     return report.make_plan("dev", stack_file_config("dev"), DEFAULT_REGION)
 
 
-def generated(dev: report.Plan) -> dict[GeneratedBlock, str]:
+def generated(dev: report.OfflinePlan) -> dict[GeneratedBlock, str]:
     """Every generated block and what it holds now (renders the program: a few seconds)."""
     return {
         report.COST_BLOCK: cost.markdown(dev.estimate),

@@ -23,10 +23,10 @@ from devtools.plan.cost import (
     TABLE_METADATA,
     Estimate,
     estimate,
+    format_estimate,
     price_paths,
     price_table,
     quiet_load_balancer_lcus,
-    render,
     runs_per_month,
 )
 from devtools.render import stack_file_config
@@ -110,7 +110,7 @@ def test_the_estimate_says_how_many_prices_are_unchecked() -> None:
     assert result.prices is not None
     unchecked = len(result.prices.unchecked)
     assert unchecked and f"Not yet checked against AWS's price list files: {unchecked} of" in (
-        " ".join(render(result))
+        " ".join(format_estimate(result))
     )
 
 
@@ -191,14 +191,14 @@ def test_a_node_type_without_price_is_said_not_guessed() -> None:
     result = priced({"broker": {"nodeType": "cache.r7g.4xlarge"}})
     (broker,) = [item for item in result.lines if item.item.startswith("ElastiCache")]
     assert broker.low is None and broker.item in result.unpriced
-    text = "\n".join(render(result))
+    text = "\n".join(format_estimate(result))
     assert "no price" in text and "leaves out what the table has no price for" in text
 
 
 def test_a_region_without_a_table_gets_no_numbers() -> None:
     result = priced({}, region="eu-west-1")
     assert result.prices is None and result.lines == ()
-    (text,) = render(result)
+    (text,) = format_estimate(result)
     assert text.startswith("No price table for eu-west-1") and "$" not in text
 
 
@@ -364,6 +364,6 @@ def test_a_production_plan_says_what_production_adds() -> None:
     assert {"nat", "ipv4 nat", "ipv4 tasks", "broker", "container insights", "dashboard",
             "flow logs", "logs", "fargate web"} <= adds.keys()  # fmt: skip
     assert adds["ipv4 tasks"] < 0 < adds["nat"]
-    text = "\n".join(render(result))
+    text = "\n".join(format_estimate(result))
     assert "Production adds" in text and "automatic failover (ElastiCache.3)" in text
     assert report.make_plan("dev", stack_file_config("dev"), REGION).estimate.production_adds == ()

@@ -17,7 +17,7 @@ from tests.support import ROOT
 
 
 @pytest.fixture(scope="module")
-def dev() -> report.Plan:
+def dev() -> report.OfflinePlan:
     stack = read_stack_file("dev")
     assert stack.region is not None
     return report.make_plan("dev", stack.config, stack.region)
@@ -46,8 +46,8 @@ def test_the_same_config_gives_byte_identical_text(
     assert "\nOK: " in process.stdout
 
 
-def test_every_resource_is_listed_under_its_component(dev: report.Plan) -> None:
-    text = report.render(dev, None)
+def test_every_resource_is_listed_under_its_component(dev: report.OfflinePlan) -> None:
+    text = report.format_plan(dev, None)
     components = {r.urn: r for r in dev.run.resources if not r.custom}
     for resource in dev.run.resources:
         if not resource.custom:
@@ -58,8 +58,8 @@ def test_every_resource_is_listed_under_its_component(dev: report.Plan) -> None:
         assert f"  {resource.type.rsplit(':', 1)[1]} {resource.name}\n" in section, resource.name
 
 
-def test_the_plan_shows_what_a_reviewer_checks(dev: report.Plan) -> None:
-    text = report.render(dev, None)
+def test_the_plan_shows_what_a_reviewer_checks(dev: report.OfflinePlan) -> None:
+    text = report.format_plan(dev, None)
     long_pool = "budget: taskTimeout 1800 s -> soft 1800 s / hard 1860 s, cold shutdown"
     text = text.replace("\n        ", " ")  # lines the plan wrapped
     for expected in (
@@ -91,7 +91,7 @@ def test_the_alert_topic_its_key_and_their_policies_are_shown() -> None:
     config = {**read_stack_file("dev").config, "alerts": {"email": "ops@example.com"}}
     emailed = report.make_plan("dev", config, "us-east-1")
     assert emailed.report.ok, emailed.report.findings
-    text = report.render(emailed, None).replace("\n        ", " ")
+    text = report.format_plan(emailed, None).replace("\n        ", " ")
     for expected in (
         "notifying notifications-topic",
         "\nnotifications (Notifications)\n",
@@ -157,7 +157,7 @@ def test_a_region_without_prices_is_planned_without_figures(
     assert "us-east-1a" not in out and "eu-west-1a" in out
 
 
-def test_the_docs_show_the_current_dev_plan(dev: report.Plan) -> None:
+def test_the_docs_show_the_current_dev_plan(dev: report.OfflinePlan) -> None:
     """`make plan-docs` (or `make docs`) writes both; they must be what Pulumi.dev.yaml renders
     now. The cost page shows the table, the README and the cost page the diagram."""
     assert report.COST_BLOCK.content() == cost.markdown(dev.estimate), (
@@ -171,7 +171,7 @@ def test_the_docs_show_the_current_dev_plan(dev: report.Plan) -> None:
     assert "![Diagram of the dev stack](../plan-dev.png)" in report.COST_BLOCK.page.read_text()
 
 
-def test_the_diagram_is_drawn_from_the_rendered_stack(dev: report.Plan) -> None:
+def test_the_diagram_is_drawn_from_the_rendered_stack(dev: report.OfflinePlan) -> None:
     source = diagram.graph_source(dev.run, dev.config, "dev")
     assert source == diagram.graph_source(dev.run, dev.config, "dev")
     for label in (

@@ -919,7 +919,7 @@ def money_range(values: tuple[float, float]) -> str:
     return money(low) if round(low, 2) == round(high, 2) else f"{money(low)}-{money(high)}"
 
 
-def render(estimate: Estimate) -> list[str]:
+def format_estimate(estimate: Estimate) -> list[str]:
     """The estimate as text lines (the plan's cost section)."""
     if estimate.prices is None:
         regions = ", ".join(available_regions())

@@ -62,7 +62,9 @@ _COMPONENT_ORDER = (
 
 
 @dataclass(frozen=True)
-class Plan:
+class OfflinePlan:
+    """A stack config rendered under mocks, checked against AWS's rules and priced."""
+
     stack: str
     region: str
     config: StackConfig
@@ -71,7 +73,7 @@ class Plan:
     estimate: cost.Estimate
 
 
-def make_plan(stack: str, config: dict[str, object], region: str) -> Plan:
+def make_plan(stack: str, config: dict[str, object], region: str) -> OfflinePlan:
     """Render, validate and price ``config``; an invalid config raises the program's
     ``InvalidStackConfig`` (a ``ConfigError``) before any resource is registered."""
     run = run_program(config, stack=stack, region=region, project_root=ROOT)
@@ -85,7 +87,7 @@ def make_plan(stack: str, config: dict[str, object], region: str) -> Plan:
             run_program(base, stack=stack, region=region, project_root=ROOT),
             load(base),
         )
-    return Plan(
+    return OfflinePlan(
         stack=stack,
         region=region,
         config=stack_config,
@@ -98,7 +100,7 @@ def make_plan(stack: str, config: dict[str, object], region: str) -> Plan:
 # --- text ---------------------------------------------------------------------------------
 
 
-def render(plan: Plan, diagram_path: Path | None) -> str:
+def format_plan(plan: OfflinePlan, diagram_path: Path | None) -> str:
     lines = [
         f"Offline plan of stack {plan.stack}, region {plan.region}",
         "Rendered under Pulumi mocks: no credentials, no Docker, no network. Names are the",
@@ -107,7 +109,7 @@ def render(plan: Plan, diagram_path: Path | None) -> str:
         *_section("Summary", _summary(plan)),
         *_section("Validation", _validation(plan.report) + _placeholders(plan.config)),
         *_section("Resources, by component", _resources(plan)),
-        *_section("Monthly cost", cost.render(plan.estimate)),
+        *_section("Monthly cost", cost.format_estimate(plan.estimate)),
     ]
     if diagram_path is not None:
         lines += _section("Diagram", [_relative(diagram_path)])
@@ -122,7 +124,7 @@ def _relative(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def _summary(plan: Plan) -> list[str]:
+def _summary(plan: OfflinePlan) -> list[str]:
     run, config = plan.run, plan.config
     references = run.by_reference()
     services = ", ".join(
@@ -211,7 +213,7 @@ def _placeholders(config: StackConfig) -> list[str]:
     ]
 
 
-def _resources(plan: Plan) -> list[str]:
+def _resources(plan: OfflinePlan) -> list[str]:
     run = plan.run
     references = run.by_reference()
     components = {r.urn: r for r in run.resources if not r.custom}
@@ -319,15 +321,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         diagram.write_png(plan.run, plan.config, _title(plan), diagram_path)
     if args.write_docs:
         write_docs(plan)
-    sys.stdout.write(render(plan, diagram_path))
+    sys.stdout.write(format_plan(plan, diagram_path))
     return 0 if plan.report.ok else 1
 
 
-def _title(plan: Plan) -> str:
+def _title(plan: OfflinePlan) -> str:
     return f"celery-ecs: stack {plan.stack} ({plan.region})"
 
 
-def write_docs(plan: Plan) -> None:
+def write_docs(plan: OfflinePlan) -> None:
     """The docs' diagram (docs/plan-dev.png) and cost table, from this plan."""
     diagram.write_png(plan.run, plan.config, _title(plan), DOCS_DIAGRAM)
     COST_BLOCK.write(cost.markdown(plan.estimate))
