@@ -46,7 +46,7 @@ bench: $(BIN)/.installed system-packages
 	$(BIN)/python -m bench.task_sizes
 
 bench-plan: $(BIN)/.installed system-packages
-	$(BIN)/python -m bench.plan
+	$(BIN)/python -m bench.plan_timing
 
 plan: $(BIN)/.installed system-packages
 	@$(BIN)/python -m devtools.plan --stack $(STACK)

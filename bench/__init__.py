@@ -2,6 +2,6 @@
 
 ``worker_budget`` (the timeout budget against Celery's defaults), ``metrics_cost`` (what the queue
 metrics cost a worker), ``scaling_sim`` (the scaling policies replayed), ``task_sizes`` (each
-container's memory and CPU), ``plan`` (the offline plan's time); ``defaults_app`` and
+container's memory and CPU), ``plan_timing`` (the offline plan's time); ``defaults_app`` and
 ``redis_commands`` are their helpers.
 """

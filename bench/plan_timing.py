@@ -1,6 +1,6 @@
 """Time the offline plan of the dev stack: render, validate, draw, price.
 
-    python -m bench.plan        (``make bench-plan``)
+    python -m bench.plan_timing        (``make bench-plan``)
 
 ``make plan`` starts a fresh interpreter every time, so the figure that matters is the wall
 time of ``python -m devtools.plan --stack dev`` from start to exit: it is measured five times,
