@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from devtools import render
-from devtools.plan import cost, validate
+from devtools.plan import aws_rules, cost
 from devtools.plan import diagram as drawing
 from infra.config import load
 
@@ -47,7 +47,7 @@ def phases(diagram: Path) -> dict[str, float]:
     run = render.run_program(stack.config, stack="dev", region=stack.region or "us-east-1")
     timings["render under mocks"] = time.perf_counter() - started
     started = time.perf_counter()
-    validate.validate(run)
+    aws_rules.check_against_aws(run)
     timings["validate (botocore, parliament)"] = time.perf_counter() - started
     started = time.perf_counter()
     config = load(stack.config)

@@ -25,7 +25,7 @@ from app import settings as env_names
 from app.api_keys import parse_keys
 from app.schedule import SCHEDULE, Every, PeriodicEntry
 from app.settings import PROTECTION_IDLE_GRACE_SECONDS
-from devtools.plan.validate import validate
+from devtools.plan.aws_rules import check_against_aws
 from devtools.render import (
     ACCOUNT,
     MOCK_AUTH_TOKEN,
@@ -660,8 +660,8 @@ def test_up_never_writes_the_api_keys_again() -> None:
 @pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
 def test_aws_would_accept_every_request_and_policy(deployed: Deployed) -> None:
     """Every API request the providers would send passes botocore's models, and every policy
-    parliament (tests/test_validate.py proves each check catches a mistake)."""
-    report = validate(deployed.run)
+    parliament (tests/test_aws_rules.py proves each check catches a mistake)."""
+    report = check_against_aws(deployed.run)
     assert report.findings == (), "\n".join(map(str, report.findings))
     for service, task in deployed.run.task_definitions().items():
         assert len(task.containers) == 1, service
@@ -1072,7 +1072,7 @@ def test_dev_stack_file_deploys() -> None:
     config, run = load(raw), shared_run(raw)
     tasks = run.task_definitions()
     assert set(tasks) == {"web", "beat", *(f"worker-{pool.name}" for pool in config.workers)}
-    assert validate(run).ok
+    assert check_against_aws(run).ok
     protected = {
         policy.name.removesuffix("-task")
         for policy in run.of_type(ROLE_POLICY)

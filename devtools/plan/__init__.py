@@ -4,7 +4,7 @@
 
 - ``report``: the plan of a stack and its text, the command line, the docs' diagram and cost;
   ``summaries``: the table of what the text says under each resource, by type;
-- ``validate``: every request checked against AWS's published API models (``awsmodel``), built
+- ``aws_rules``: every request checked against AWS's published API models (``awsmodel``), built
   from the table of each type's API calls (``api_calls``, written in ``apimap``'s language), and
   every IAM policy linted;
 - ``cost`` (with ``prices/``): the monthly estimate; ``diagram``: the drawing;

@@ -3,7 +3,7 @@
 ``MAPPINGS``: a Pulumi type -> the API calls its provider makes, each request member with where
 its value comes from, written in the language of ``devtools.plan.apimap`` (``call``, ``api``,
 ``In``, ``struct``, ``NAME``, ``ARN``...). ``NOT_AWS``: the registered types that make no AWS
-call, and why. ``devtools.plan.validate`` builds each request from this table and checks it
+call, and why. ``devtools.plan.aws_rules`` builds each request from this table and checks it
 against botocore's models; a type in neither table is a finding.
 """
 

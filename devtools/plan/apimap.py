@@ -6,7 +6,7 @@ member's value is a Pulumi input (a dotted path into the inputs as the mocks rec
 camelCase) or a ``Source``: the resource's physical name, its id or ARN, a structure or list built
 from inputs, load-balancer style Key/Value attributes. A converter turns Pulumi's form of a value
 into the API's (a tag map into a tag list, ``assignPublicIp: true`` into ``ENABLED``). ``Inputs``
-reads a resource's inputs and remembers which ones a call consumed (``devtools.plan.validate``
+reads a resource's inputs and remembers which ones a call consumed (``devtools.plan.aws_rules``
 reports the rest).
 """
 

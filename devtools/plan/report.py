@@ -4,7 +4,7 @@
 
 Renders the Pulumi program under mocks for ``Pulumi.<stack>.yaml`` (no credentials, no Docker,
 no network), validates every API request and IAM policy against AWS's own rules
-(``devtools.plan.validate``), draws the stack (``devtools.plan.diagram``), estimates its monthly
+(``devtools.plan.aws_rules``), draws the stack (``devtools.plan.diagram``), estimates its monthly
 cost (``devtools.plan.cost``) and prints every resource grouped by component with the settings a
 reviewer cares about. The same config gives byte-identical text: names come from the program,
 ids and ARNs from deterministic mocks, everything is sorted, and the only date is the price
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from devtools.docblocks import DOCS, GeneratedBlock
 from devtools.plan import cost, diagram
+from devtools.plan.aws_rules import Report, check_against_aws, versions
 from devtools.plan.summaries import (
     _ALARM,
     _INGRESS,
@@ -33,7 +34,6 @@ from devtools.plan.summaries import (
     name_of,
     ports_text,
 )
-from devtools.plan.validate import Report, validate, versions
 from devtools.render import (
     DEFAULT_REGION,
     ROOT,
@@ -92,7 +92,7 @@ def make_plan(stack: str, config: dict[str, object], region: str) -> OfflinePlan
         region=region,
         config=stack_config,
         run=run,
-        report=validate(run),
+        report=check_against_aws(run),
         estimate=cost.estimate(run, stack_config, region, without_production),
     )
 

@@ -72,7 +72,7 @@ class Report:
         return not self.findings
 
 
-def validate(run: ProgramRun) -> Report:
+def check_against_aws(run: ProgramRun) -> Report:
     findings: list[Finding] = []
     requests = 0
     for resource in sorted(run.resources, key=lambda r: (r.type, r.name)):

@@ -1,4 +1,4 @@
-"""Validation against AWS's own rules (devtools/plan/: validate, api_calls, apimap, awsmodel).
+"""Validation against AWS's own rules (devtools/plan/: aws_rules, api_calls, apimap, awsmodel).
 
 Every shipped stack file passes; every kind of check catches a deliberate mistake, named by
 resource, field and rule. (Every tested configuration passes too: tests/test_infra_program.py.)
@@ -18,7 +18,12 @@ from botocore.model import ListShape, MapShape, Shape, StructureShape
 from devtools.plan import awsmodel
 from devtools.plan.api_calls import MAPPINGS
 from devtools.plan.apimap import lifecycle_policy_problems
-from devtools.plan.validate import KMS_ALIAS_FORMAT, lint_policy, policy_documents, validate
+from devtools.plan.aws_rules import (
+    KMS_ALIAS_FORMAT,
+    check_against_aws,
+    lint_policy,
+    policy_documents,
+)
 from devtools.render import ProgramRun, Registration, read_stack_file
 from tests.support import ROOT, shared_run
 
@@ -51,13 +56,13 @@ def everything() -> ProgramRun:
 def test_every_shipped_stack_passes(stack: str) -> None:
     stack_file = read_stack_file(stack)
     run = shared_run(stack_file.config, stack=stack, region=stack_file.region or "us-east-1")
-    report = validate(run)
+    report = check_against_aws(run)
     assert report.ok, "\n".join(map(str, report.findings))
     assert report.requests > 50 and report.policies >= 5
 
 
 def test_everything_the_program_registers_is_mapped_and_passes(everything: ProgramRun) -> None:
-    report = validate(everything)
+    report = check_against_aws(everything)
     assert report.ok, "\n".join(map(str, report.findings))
     custom = {r.type for r in everything.resources if r.custom}
     assert {typ for typ in custom if typ.startswith("aws:")} <= set(MAPPINGS)
@@ -394,7 +399,7 @@ def test_each_check_catches_a_deliberate_mistake(
     field: str,
     rule: str,
 ) -> None:
-    findings = validate(mutated(everything, typ, name, change)).findings
+    findings = check_against_aws(mutated(everything, typ, name, change)).findings
     assert findings, "the mistake went through"
     assert all(finding.resource == name and finding.type == typ for finding in findings), findings
     assert any(field in finding.field and rule in finding.rule for finding in findings), findings
@@ -407,7 +412,7 @@ def test_a_finding_names_resource_field_and_rule(everything: ProgramRun) -> None
         "web-alb",
         lambda i: i.update(idleTimeout=5000),
     )
-    (finding,) = validate(run).findings
+    (finding,) = check_against_aws(run).findings
     assert str(finding) == (
         "web-alb (aws:lb/loadBalancer:LoadBalancer): ModifyLoadBalancerAttributes.Attributes[0]"
         "<idle_timeout.timeout_seconds> (from idleTimeout): 5000 is out of range 1..4000 "
@@ -420,7 +425,7 @@ def test_a_resource_type_without_mapping_is_a_finding(everything: ProgramRun) ->
     # A type the program never registers (SNS and CloudWatch alarms are mapped now).
     bucket = Registration(type="aws:s3/bucket:Bucket", name="logs", inputs={"bucket": "logs"})
     run = ProgramRun(resources=[*everything.resources, bucket])
-    (finding,) = validate(run).findings
+    (finding,) = check_against_aws(run).findings
     assert (finding.resource, finding.field, finding.rule) == (
         "logs",
         "(type)",
@@ -433,7 +438,7 @@ def test_a_dead_letter_queue_and_its_policy(everything: ProgramRun) -> None:
     names, and the queue policy linted like the IAM ones."""
     (queue,) = everything.of_type("aws:sqs/queue:Queue")
     (policy,) = everything.of_type("aws:sqs/queuePolicy:QueuePolicy")
-    assert validate(everything).ok, validate(everything).findings
+    assert check_against_aws(everything).ok, check_against_aws(everything).findings
 
     def misspell_send(inputs: dict[str, Any]) -> None:
         document = json.loads(inputs["policy"])
@@ -443,11 +448,11 @@ def test_a_dead_letter_queue_and_its_policy(everything: ProgramRun) -> None:
         inputs["policy"] = json.dumps(document)
 
     broken = mutated(everything, policy.type, policy.name, misspell_send)
-    assert {(f.resource, f.rule) for f in validate(broken).findings} == {
+    assert {(f.resource, f.rule) for f in check_against_aws(broken).findings} == {
         (policy.name, "parliament UNKNOWN_ACTION")
     }
     misspelt = mutated(everything, queue.type, queue.name, lambda i: i.update(messageRetention=60))
-    (finding,) = validate(misspelt).findings
+    (finding,) = check_against_aws(misspelt).findings
     assert (finding.field, finding.rule) == ("messageRetention", "mapped to the AWS API")
 
 
@@ -463,7 +468,7 @@ def test_trust_policies_are_linted_against_the_role_they_belong_to(everything: P
             "assumeRolePolicy",
         ),
     )
-    assert [f.rule for f in validate(wrong).findings] == ["parliament RESOURCE_MISMATCH"]
+    assert [f.rule for f in check_against_aws(wrong).findings] == ["parliament RESOURCE_MISMATCH"]
 
 
 def test_a_key_policy_is_linted_as_about_its_key(everything: ProgramRun) -> None:
@@ -481,7 +486,7 @@ def test_a_key_policy_is_linted_as_about_its_key(everything: ProgramRun) -> None
     assert mismatch[0] == "parliament RESOURCE_MISMATCH"
     assert {m["required_format"] for m in json.loads(mismatch[1])} == {KMS_ALIAS_FORMAT}
     wrong = mutated(everything, KEY, key.name, policy(lambda s: s.update(Action="s3:GetObject")))
-    assert [f.rule for f in validate(wrong).findings] == ["parliament RESOURCE_MISMATCH"]
+    assert [f.rule for f in check_against_aws(wrong).findings] == ["parliament RESOURCE_MISMATCH"]
 
 
 def test_a_star_grant_must_use_the_condition_key_its_action_offers(everything: ProgramRun) -> None:
@@ -500,7 +505,7 @@ def test_a_star_grant_must_use_the_condition_key_its_action_offers(everything: P
                 del statement["Condition"]
         inputs["policy"] = json.dumps(changed)
 
-    findings = validate(mutated(everything, ROLE_POLICY, name, unconditioned)).findings
+    findings = check_against_aws(mutated(everything, ROLE_POLICY, name, unconditioned)).findings
     assert [(f.resource, f.rule) for f in findings] == [(name, "iam UNSCOPED_RESOURCE_STAR")]
     assert "cloudwatch:namespace" in findings[0].message
     # Actions with neither resource types nor condition keys of their own stay allowed on "*".
@@ -517,7 +522,8 @@ def test_a_topic_policy_is_linted_against_its_topic(everything: ProgramRun) -> N
         topic_policy.name,
         policy(lambda s: s.update(Resource="arn:aws:sqs:us-east-1:123456789012:queue")),
     )
-    assert [f.rule for f in validate(elsewhere).findings] == ["parliament RESOURCE_MISMATCH"]
+    findings = check_against_aws(elsewhere).findings
+    assert [f.rule for f in findings] == ["parliament RESOURCE_MISMATCH"]
 
 
 def test_the_documented_rules_are_still_what_aws_documents() -> None:
