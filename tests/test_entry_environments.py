@@ -37,6 +37,7 @@ import yaml
 
 from devtools import render
 from devtools.plan import policy_check
+from policy.invariants import aws_types
 from policy.invariants.policies import POLICIES
 from testkit import envs
 from tests.support import ROOT
@@ -162,7 +163,7 @@ def test_the_policy_pack_loads_and_judges_in_its_own_virtualenv(
         # A broken resource: an IAM policy that allows every action.
         resources = registrations(rendered["dev"])
         index, role_policy = next(
-            (i, r) for i, r in enumerate(resources) if r.type == "aws:iam/rolePolicy:RolePolicy"
+            (i, r) for i, r in enumerate(resources) if r.type == aws_types.IAM_ROLE_POLICY
         )
         wildcard = {"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow", "Action": "*", "Resource": "*"}

@@ -17,6 +17,7 @@ import pytest
 
 from app.schedule import SCHEDULE
 from devtools.render import RenderedTaskDefinition
+from policy.invariants import aws_types
 from tests.support import ROOT, shared_run
 
 STACKS = {
@@ -41,7 +42,7 @@ def commands(request: pytest.FixtureRequest) -> list[list[str]]:
         for task in tasks
         if "healthCheck" in task.container
     ]
-    for target in run.of_type("aws:cloudwatch/eventTarget:EventTarget"):
+    for target in run.of_type(aws_types.CLOUDWATCH_EVENT_TARGET):
         template = json.loads(target.inputs["inputTransformer"]["inputTemplate"])
         argvs += [override["command"] for override in template["containerOverrides"]]
     return argvs

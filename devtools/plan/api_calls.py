@@ -36,6 +36,7 @@ from devtools.plan.apimap import (
     struct,
     tag_list,
 )
+from policy.invariants import aws_types
 
 ECS_TAGS = In("tags", tag_list("key", "value"))
 TAGS = In("tags", tag_list())
@@ -99,10 +100,10 @@ def key_id_when(path: str, value: bool) -> Known:
 
 #: Pulumi resource type -> how it reaches AWS.
 MAPPINGS: dict[str, Api] = {
-    "aws:ecs/cluster:Cluster": api(
+    aws_types.ECS_CLUSTER: api(
         call("ecs", "CreateCluster", clusterName=NAME, settings="settings", tags=ECS_TAGS)
     ),
-    "aws:ecs/clusterCapacityProviders:ClusterCapacityProviders": api(
+    aws_types.ECS_CLUSTER_CAPACITY_PROVIDERS: api(
         call(
             "ecs",
             "PutClusterCapacityProviders",
@@ -112,7 +113,7 @@ MAPPINGS: dict[str, Api] = {
             defaultCapacityProviderStrategy=In("defaultCapacityProviderStrategies", default=[]),
         )
     ),
-    "aws:ecs/taskDefinition:TaskDefinition": api(
+    aws_types.ECS_TASK_DEFINITION: api(
         call(
             "ecs",
             "RegisterTaskDefinition",
@@ -130,7 +131,7 @@ MAPPINGS: dict[str, Api] = {
             tags=ECS_TAGS,
         )
     ),
-    "aws:ecs/service:Service": api(
+    aws_types.ECS_SERVICE: api(
         call(
             "ecs",
             "CreateService",
@@ -162,7 +163,7 @@ MAPPINGS: dict[str, Api] = {
             "triggers": "changes that make the provider start a new deployment",
         },
     ),
-    "aws:lb/loadBalancer:LoadBalancer": api(
+    aws_types.LB_LOAD_BALANCER: api(
         call(
             "elbv2",
             "CreateLoadBalancer",
@@ -193,7 +194,7 @@ MAPPINGS: dict[str, Api] = {
             ),
         ),
     ),
-    "aws:lb/targetGroup:TargetGroup": api(
+    aws_types.LB_TARGET_GROUP: api(
         call(
             "elbv2",
             "CreateTargetGroup",
@@ -223,7 +224,7 @@ MAPPINGS: dict[str, Api] = {
             ),
         ),
     ),
-    "aws:lb/listener:Listener": api(
+    aws_types.LB_LISTENER: api(
         call(
             "elbv2",
             "CreateListener",
@@ -243,7 +244,7 @@ MAPPINGS: dict[str, Api] = {
             Tags=TAGS,
         )
     ),
-    "aws:elasticache/replicationGroup:ReplicationGroup": api(
+    aws_types.ELASTICACHE_REPLICATION_GROUP: api(
         call(
             "elasticache",
             "CreateReplicationGroup",
@@ -287,7 +288,7 @@ MAPPINGS: dict[str, Api] = {
             FinalSnapshotIdentifier="finalSnapshotIdentifier",
         ),
     ),
-    "aws:elasticache/parameterGroup:ParameterGroup": api(
+    aws_types.ELASTICACHE_PARAMETER_GROUP: api(
         call(
             "elasticache",
             "CreateCacheParameterGroup",
@@ -306,7 +307,7 @@ MAPPINGS: dict[str, Api] = {
             ),
         ),
     ),
-    "aws:elasticache/subnetGroup:SubnetGroup": api(
+    aws_types.ELASTICACHE_SUBNET_GROUP: api(
         call(
             "elasticache",
             "CreateCacheSubnetGroup",
@@ -316,7 +317,7 @@ MAPPINGS: dict[str, Api] = {
             Tags=TAGS,
         )
     ),
-    "aws:appautoscaling/target:Target": api(
+    aws_types.APPAUTOSCALING_TARGET: api(
         call(
             "application-autoscaling",
             "RegisterScalableTarget",
@@ -329,7 +330,7 @@ MAPPINGS: dict[str, Api] = {
             Tags="tags",
         )
     ),
-    "aws:appautoscaling/policy:Policy": api(
+    aws_types.APPAUTOSCALING_POLICY: api(
         call(
             "application-autoscaling",
             "PutScalingPolicy",
@@ -344,7 +345,7 @@ MAPPINGS: dict[str, Api] = {
             StepScalingPolicyConfiguration=In("stepScalingPolicyConfiguration", step_scaling),
         )
     ),
-    "aws:cloudwatch/eventRule:EventRule": api(
+    aws_types.CLOUDWATCH_EVENT_RULE: api(
         call(
             "events",
             "PutRule",
@@ -358,7 +359,7 @@ MAPPINGS: dict[str, Api] = {
             Tags=TAGS,
         )
     ),
-    "aws:cloudwatch/eventTarget:EventTarget": api(
+    aws_types.CLOUDWATCH_EVENT_TARGET: api(
         call(
             "events",
             "PutTargets",
@@ -378,7 +379,7 @@ MAPPINGS: dict[str, Api] = {
             ),
         )
     ),
-    "aws:cloudwatch/logGroup:LogGroup": api(
+    aws_types.CLOUDWATCH_LOG_GROUP: api(
         call("logs", "CreateLogGroup", logGroupName=NAME, kmsKeyId="kmsKeyId", tags="tags"),
         call(
             "logs",
@@ -388,7 +389,7 @@ MAPPINGS: dict[str, Api] = {
             retentionInDays="retentionInDays",
         ),
     ),
-    "aws:ecr/repository:Repository": api(
+    aws_types.ECR_REPOSITORY: api(
         call(
             "ecr",
             "CreateRepository",
@@ -401,7 +402,7 @@ MAPPINGS: dict[str, Api] = {
         # At `pulumi destroy`.
         call("ecr", "DeleteRepository", repositoryName=NAME, force="forceDelete"),
     ),
-    "aws:ecr/lifecyclePolicy:LifecyclePolicy": api(
+    aws_types.ECR_LIFECYCLE_POLICY: api(
         call(
             "ecr",
             "PutLifecyclePolicy",
@@ -410,7 +411,7 @@ MAPPINGS: dict[str, Api] = {
         ),
         documents={"policy": lifecycle_policy_problems},
     ),
-    "aws:iam/role:Role": api(
+    aws_types.IAM_ROLE: api(
         call(
             "iam",
             "CreateRole",
@@ -421,10 +422,10 @@ MAPPINGS: dict[str, Api] = {
             Tags=TAGS,
         )
     ),
-    "aws:iam/rolePolicy:RolePolicy": api(
+    aws_types.IAM_ROLE_POLICY: api(
         call("iam", "PutRolePolicy", RoleName="role", PolicyName=NAME, PolicyDocument="policy")
     ),
-    "aws:secretsmanager/secret:Secret": api(
+    aws_types.SECRETSMANAGER_SECRET: api(
         call("secretsmanager", "CreateSecret", Name=NAME, Description="description", Tags=TAGS),
         # At `pulumi destroy`: a window of 0 days deletes at once, any other is 7-30 days.
         call(
@@ -437,7 +438,7 @@ MAPPINGS: dict[str, Api] = {
             ),
         ),
     ),
-    "aws:secretsmanager/secretVersion:SecretVersion": api(
+    aws_types.SECRETSMANAGER_SECRET_VERSION: api(
         call(
             "secretsmanager",
             "PutSecretValue",
@@ -446,7 +447,7 @@ MAPPINGS: dict[str, Api] = {
             VersionStages="versionStages",
         )
     ),
-    "aws:ec2/vpc:Vpc": api(
+    aws_types.EC2_VPC: api(
         call("ec2", "CreateVpc", CidrBlock="cidrBlock", TagSpecifications=ec2_tags("vpc")),
         # EC2 modifies one VPC attribute per call.
         call(
@@ -464,7 +465,7 @@ MAPPINGS: dict[str, Api] = {
             EnableDnsHostnames=ec2_attribute("enableDnsHostnames"),
         ),
     ),
-    "aws:ec2/subnet:Subnet": api(
+    aws_types.EC2_SUBNET: api(
         call(
             "ec2",
             "CreateSubnet",
@@ -481,14 +482,14 @@ MAPPINGS: dict[str, Api] = {
             MapPublicIpOnLaunch=ec2_attribute("mapPublicIpOnLaunch"),
         ),
     ),
-    "aws:ec2/internetGateway:InternetGateway": api(
+    aws_types.EC2_INTERNET_GATEWAY: api(
         call("ec2", "CreateInternetGateway", TagSpecifications=ec2_tags("internet-gateway")),
         call("ec2", "AttachInternetGateway", InternetGatewayId=ID, VpcId="vpcId"),
     ),
-    "aws:ec2/routeTable:RouteTable": api(
+    aws_types.EC2_ROUTE_TABLE: api(
         call("ec2", "CreateRouteTable", VpcId="vpcId", TagSpecifications=ec2_tags("route-table"))
     ),
-    "aws:ec2/route:Route": api(
+    aws_types.EC2_ROUTE: api(
         call(
             "ec2",
             "CreateRoute",
@@ -498,13 +499,13 @@ MAPPINGS: dict[str, Api] = {
             NatGatewayId="natGatewayId",
         )
     ),
-    "aws:ec2/routeTableAssociation:RouteTableAssociation": api(
+    aws_types.EC2_ROUTE_TABLE_ASSOCIATION: api(
         call("ec2", "AssociateRouteTable", RouteTableId="routeTableId", SubnetId="subnetId")
     ),
-    "aws:ec2/eip:Eip": api(
+    aws_types.EC2_EIP: api(
         call("ec2", "AllocateAddress", Domain="domain", TagSpecifications=ec2_tags("elastic-ip"))
     ),
-    "aws:ec2/natGateway:NatGateway": api(
+    aws_types.EC2_NAT_GATEWAY: api(
         call(
             "ec2",
             "CreateNatGateway",
@@ -513,7 +514,7 @@ MAPPINGS: dict[str, Api] = {
             TagSpecifications=ec2_tags("natgateway"),
         )
     ),
-    "aws:ec2/flowLog:FlowLog": api(
+    aws_types.EC2_FLOW_LOG: api(
         call(
             "ec2",
             "CreateFlowLogs",
@@ -526,7 +527,7 @@ MAPPINGS: dict[str, Api] = {
             TagSpecifications=ec2_tags("vpc-flow-log"),
         )
     ),
-    "aws:ec2/securityGroup:SecurityGroup": api(
+    aws_types.EC2_SECURITY_GROUP: api(
         call(
             "ec2",
             "CreateSecurityGroup",
@@ -539,12 +540,12 @@ MAPPINGS: dict[str, Api] = {
     ),
     # The provider adopts the VPC's default group (found by vpcId), revokes its rules and tags
     # it: only the tags reach AWS from the inputs.
-    "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": api(
+    aws_types.EC2_DEFAULT_SECURITY_GROUP: api(
         call("ec2", "CreateTags", Resources=ListOf(ID), Tags=In("tags", tag_list())),
         provider_only={"vpcId": "finds the VPC's default group (DescribeSecurityGroups filter)"},
     ),
     # A dead-letter queue (EventBridge targets) and the policy that lets EventBridge send to it.
-    "aws:sqs/queue:Queue": api(
+    aws_types.SQS_QUEUE: api(
         call(
             "sqs",
             "CreateQueue",
@@ -570,7 +571,7 @@ MAPPINGS: dict[str, Api] = {
             tags="tags",
         )
     ),
-    "aws:sqs/queuePolicy:QueuePolicy": api(
+    aws_types.SQS_QUEUE_POLICY: api(
         call(
             "sqs",
             "SetQueueAttributes",
@@ -579,7 +580,7 @@ MAPPINGS: dict[str, Api] = {
         )
     ),
     # Alarms: the operator alarms and the step policies' high-resolution scale-out alarms.
-    "aws:cloudwatch/metricAlarm:MetricAlarm": api(
+    aws_types.CLOUDWATCH_METRIC_ALARM: api(
         call(
             "cloudwatch",
             "PutMetricAlarm",
@@ -610,7 +611,7 @@ MAPPINGS: dict[str, Api] = {
             Tags=TAGS,
         )
     ),
-    "aws:cloudwatch/dashboard:Dashboard": api(
+    aws_types.CLOUDWATCH_DASHBOARD: api(
         call(
             "cloudwatch",
             "PutDashboard",
@@ -620,7 +621,7 @@ MAPPINGS: dict[str, Api] = {
         documents={"dashboardBody": json_only},
     ),
     # The alert topic, its key, its policy and the e-mail subscription.
-    "aws:kms/key:Key": api(
+    aws_types.KMS_KEY: api(
         call(
             "kms",
             "CreateKey",
@@ -651,7 +652,7 @@ MAPPINGS: dict[str, Api] = {
             PendingWindowInDays="deletionWindowInDays",
         ),
     ),
-    "aws:sns/topic:Topic": api(
+    aws_types.SNS_TOPIC: api(
         call(
             "sns",
             "CreateTopic",
@@ -670,7 +671,7 @@ MAPPINGS: dict[str, Api] = {
         topic_attribute("ArchivePolicy", "archivePolicy"),
         topic_attribute("FifoThroughputScope", "fifoThroughputScope"),
     ),
-    "aws:sns/topicPolicy:TopicPolicy": api(
+    aws_types.SNS_TOPIC_POLICY: api(
         call(
             "sns",
             "SetTopicAttributes",
@@ -679,7 +680,7 @@ MAPPINGS: dict[str, Api] = {
             AttributeValue="policy",
         )
     ),
-    "aws:sns/topicSubscription:TopicSubscription": api(
+    aws_types.SNS_TOPIC_SUBSCRIPTION: api(
         call(
             "sns",
             "Subscribe",
@@ -706,18 +707,18 @@ MAPPINGS: dict[str, Api] = {
             "endpointAutoConfirms": "whether the provider waits for a confirmation at all",
         },
     ),
-    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": security_group_rule("Ingress"),
-    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": security_group_rule("Egress"),
+    aws_types.VPC_SECURITY_GROUP_INGRESS_RULE: security_group_rule("Ingress"),
+    aws_types.VPC_SECURITY_GROUP_EGRESS_RULE: security_group_rule("Egress"),
 }
 
 #: Registered types that make no AWS API call, and why.
 NOT_AWS: dict[str, str] = {
-    "random:index/randomPassword:RandomPassword": (
+    aws_types.RANDOM_PASSWORD: (
         "generated by Pulumi; AWS sees its result as the replication group's AuthToken, or in "
         "the web's API keys secret"
     ),
-    "random:index/randomId:RandomId": (
+    aws_types.RANDOM_ID: (
         "generated by Pulumi; AWS sees its hex in the replication group's final snapshot name"
     ),
-    "docker-build:index:Image": "built by BuildKit, pushed over the registry protocol",
+    aws_types.DOCKER_BUILD_IMAGE: "built by BuildKit, pushed over the registry protocol",
 }

@@ -41,6 +41,7 @@ from devtools.plan.apimap import (
     json_text,
 )
 from devtools.render import ProgramRun, Registration
+from policy.invariants import aws_types
 
 
 @dataclass(frozen=True)
@@ -201,23 +202,23 @@ def policy_documents(run: ProgramRun) -> list[PolicyDocument]:
     alias resource does not apply to a key policy, every other one does.
     """
     documents: list[PolicyDocument] = []
-    for role in run.of_type("aws:iam/role:Role"):
+    for role in run.of_type(aws_types.IAM_ROLE):
         trust = json.loads(role.inputs["assumeRolePolicy"])
         for statement in _statements(trust):
             statement.setdefault("Resource", role.state["arn"])
         documents.append(PolicyDocument(role, "assumeRolePolicy", trust))
     for typ in (
-        "aws:iam/rolePolicy:RolePolicy",
-        "aws:sqs/queuePolicy:QueuePolicy",
-        "aws:sns/topicPolicy:TopicPolicy",
-        "aws:sns/topic:Topic",
+        aws_types.IAM_ROLE_POLICY,
+        aws_types.SQS_QUEUE_POLICY,
+        aws_types.SNS_TOPIC_POLICY,
+        aws_types.SNS_TOPIC,
     ):
         for policy in run.of_type(typ):
             if "policy" in policy.inputs:
                 documents.append(
                     PolicyDocument(policy, "policy", json.loads(policy.inputs["policy"]))
                 )
-    for key in run.of_type("aws:kms/key:Key"):
+    for key in run.of_type(aws_types.KMS_KEY):
         if "policy" not in key.inputs:
             continue
         document = json.loads(key.inputs["policy"])

@@ -22,18 +22,7 @@ from pathlib import Path
 from devtools.docblocks import DOCS, GeneratedBlock
 from devtools.plan import cost, diagram
 from devtools.plan.aws_rules import Report, check_against_aws, versions
-from devtools.plan.summaries import (
-    _ALARM,
-    _INGRESS,
-    _LISTENER,
-    _REPLICATION_GROUP,
-    _RULE,
-    _SERVICE,
-    SUMMARIES,
-    default_summary,
-    name_of,
-    ports_text,
-)
+from devtools.plan.summaries import SUMMARIES, default_summary, name_of, ports_text
 from devtools.render import (
     DEFAULT_REGION,
     ROOT,
@@ -44,6 +33,7 @@ from devtools.render import (
     run_program,
 )
 from infra.config import ConfigError, StackConfig, load, placeholders
+from policy.invariants import aws_types
 
 #: Where ``make plan`` writes the diagram of a stack (not committed).
 DIAGRAM_DIRECTORY = ROOT / ".plan"
@@ -132,28 +122,38 @@ def _summary(plan: OfflinePlan) -> list[str]:
         for tasks in cost.task_sets(run, references)
         if not tasks.name.startswith("enqueue (")
     )
-    ingress = [rule for rule in run.of_type(_INGRESS) if rule.inputs.get("cidrIpv4") == "0.0.0.0/0"]
+    ingress = [
+        rule
+        for rule in run.of_type(aws_types.VPC_SECURITY_GROUP_INGRESS_RULE)
+        if rule.inputs.get("cidrIpv4") == "0.0.0.0/0"
+    ]
     public = [
         f"{name_of(references, r.inputs['securityGroupId'])} accepts {ports_text(r.inputs)} from "
         "0.0.0.0/0"
         for r in ingress
     ]
-    if any(s.inputs["networkConfiguration"].get("assignPublicIp") for s in run.of_type(_SERVICE)):
+    if any(
+        s.inputs["networkConfiguration"].get("assignPublicIp")
+        for s in run.of_type(aws_types.ECS_SERVICE)
+    ):
         public.append("tasks get public IPs (security groups admit only the load balancer)")
-    https = any(listener.inputs["protocol"] == "HTTPS" for listener in run.of_type(_LISTENER))
-    broker = run.one(_REPLICATION_GROUP).inputs
+    https = any(
+        listener.inputs["protocol"] == "HTTPS" for listener in run.of_type(aws_types.LB_LISTENER)
+    )
+    broker = run.one(aws_types.ELASTICACHE_REPLICATION_GROUP).inputs
     encryption = [
         f"broker: TLS {broker.get('transitEncryptionMode', 'off')}, "
         f"at rest {'yes' if broker.get('atRestEncryptionEnabled') else 'no'}, AUTH token; "
         "its URL only in Secrets Manager",
         "load balancer: HTTPS, HTTP redirected" if https else "load balancer: plain HTTP only",
     ]
+    rules = run.of_type(aws_types.CLOUDWATCH_EVENT_RULE)
     schedule = (
         "beat, one task (stopped before its replacement starts)"
         if config.scheduler == "beat"
-        else f"EventBridge, {len(run.of_type(_RULE))} rules starting one-off tasks"
+        else f"EventBridge, {len(rules)} rules starting one-off tasks"
     )
-    alarms = run.of_type(_ALARM)
+    alarms = run.of_type(aws_types.CLOUDWATCH_METRIC_ALARM)
     # The operator alarms notify on OK too; the scale-out alarms only start a scaling policy.
     notified = sorted(
         {name_of(references, a) for x in alarms for a in x.inputs.get("okActions", [])}

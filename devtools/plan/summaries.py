@@ -13,14 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from devtools.render import Registration
+from policy.invariants import aws_types
 
 Summary = Callable[[Registration, dict[str, Registration]], list[str]]
-_INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
-_SERVICE = "aws:ecs/service:Service"
-_LISTENER = "aws:lb/listener:Listener"
-_RULE = "aws:cloudwatch/eventRule:EventRule"
-_ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
-_REPLICATION_GROUP = "aws:elasticache/replicationGroup:ReplicationGroup"
 
 
 def name_of(references: dict[str, Registration], value: object) -> str:
@@ -406,85 +401,85 @@ def _image(resource: Registration, _: dict[str, Registration]) -> list[str]:
 
 
 SUMMARIES: dict[str, Summary] = {
-    "aws:ec2/vpc:Vpc": lambda r, _: [
+    aws_types.EC2_VPC: lambda r, _: [
         f"{r.inputs['cidrBlock']}; DNS support {_on(r.inputs.get('enableDnsSupport'))}, "
         f"DNS hostnames {_on(r.inputs.get('enableDnsHostnames'))}"
     ],
-    "aws:ec2/subnet:Subnet": lambda r, _: [
+    aws_types.EC2_SUBNET: lambda r, _: [
         f"{r.inputs['cidrBlock']} in {r.inputs['availabilityZone']}; public IPs on launch "
         f"{_on(r.inputs.get('mapPublicIpOnLaunch'))}"
     ],
-    "aws:ec2/internetGateway:InternetGateway": lambda r, refs: [
+    aws_types.EC2_INTERNET_GATEWAY: lambda r, refs: [
         f"attached to {name_of(refs, r.inputs['vpcId'])}"
     ],
-    "aws:ec2/routeTable:RouteTable": lambda r, refs: [f"in {name_of(refs, r.inputs['vpcId'])}"],
-    "aws:ec2/route:Route": lambda r, refs: [
+    aws_types.EC2_ROUTE_TABLE: lambda r, refs: [f"in {name_of(refs, r.inputs['vpcId'])}"],
+    aws_types.EC2_ROUTE: lambda r, refs: [
         f"{r.inputs['destinationCidrBlock']} -> "
         f"{name_of(refs, r.inputs.get('gatewayId') or r.inputs.get('natGatewayId'))} "
         f"in {name_of(refs, r.inputs['routeTableId'])}"
     ],
-    "aws:ec2/routeTableAssociation:RouteTableAssociation": lambda r, refs: [
+    aws_types.EC2_ROUTE_TABLE_ASSOCIATION: lambda r, refs: [
         f"{name_of(refs, r.inputs['subnetId'])} uses {name_of(refs, r.inputs['routeTableId'])}"
     ],
-    "aws:ec2/eip:Eip": lambda r, _: ["a public IPv4 address"],
-    "aws:ec2/natGateway:NatGateway": lambda r, refs: [
+    aws_types.EC2_EIP: lambda r, _: ["a public IPv4 address"],
+    aws_types.EC2_NAT_GATEWAY: lambda r, refs: [
         f"in {name_of(refs, r.inputs['subnetId'])}, "
         f"address {name_of(refs, r.inputs['allocationId'])}"
     ],
-    "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": lambda r, refs: [
+    aws_types.EC2_DEFAULT_SECURITY_GROUP: lambda r, refs: [
         f"the default group of {name_of(refs, r.inputs['vpcId'])}, every rule removed"
     ],
-    "aws:ec2/securityGroup:SecurityGroup": lambda r, _: [r.inputs["description"]],
-    _INGRESS: lambda r, refs: _rule(r, refs, "in"),
-    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": lambda r, refs: _rule(
+    aws_types.EC2_SECURITY_GROUP: lambda r, _: [r.inputs["description"]],
+    aws_types.VPC_SECURITY_GROUP_INGRESS_RULE: lambda r, refs: _rule(r, refs, "in"),
+    aws_types.VPC_SECURITY_GROUP_EGRESS_RULE: lambda r, refs: _rule(
         r, refs, "out"
     ),
-    "aws:ec2/flowLog:FlowLog": lambda r, refs: [
+    aws_types.EC2_FLOW_LOG: lambda r, refs: [
         f"{r.inputs['trafficType']} traffic of {name_of(refs, r.inputs['vpcId'])} -> "
         f"{r.inputs['logDestinationType']} {name_of(refs, r.inputs['logDestination'])}"
     ],
-    "aws:cloudwatch/logGroup:LogGroup": lambda r, _: [
+    aws_types.CLOUDWATCH_LOG_GROUP: lambda r, _: [
         f"{r.physical_name}, kept {_days(r.inputs['retentionInDays'])}"
     ],
-    "aws:iam/role:Role": _role,
-    "aws:iam/rolePolicy:RolePolicy": _policy,
-    "aws:ecs/cluster:Cluster": lambda r, _: [
+    aws_types.IAM_ROLE: _role,
+    aws_types.IAM_ROLE_POLICY: _policy,
+    aws_types.ECS_CLUSTER: lambda r, _: [
         ", ".join(f"{s['name']} {s['value']}" for s in r.inputs.get("settings", []))
     ],
-    "aws:ecs/clusterCapacityProviders:ClusterCapacityProviders": lambda r, _: [
+    aws_types.ECS_CLUSTER_CAPACITY_PROVIDERS: lambda r, _: [
         f"capacity providers {', '.join(r.inputs['capacityProviders'])}"
     ],
-    "aws:ecs/taskDefinition:TaskDefinition": _task_definition,
-    _SERVICE: _service,
-    "aws:appautoscaling/target:Target": lambda r, refs: [
+    aws_types.ECS_TASK_DEFINITION: _task_definition,
+    aws_types.ECS_SERVICE: _service,
+    aws_types.APPAUTOSCALING_TARGET: lambda r, refs: [
         f"{r.inputs['minCapacity']:g}-{r.inputs['maxCapacity']:g} tasks of "
         f"{name_of(refs, r.inputs['resourceId'].rsplit('/', 1)[1])}"
     ],
-    "aws:appautoscaling/policy:Policy": _scaling_policy,
-    "aws:lb/loadBalancer:LoadBalancer": _load_balancer,
-    _LISTENER: _listener,
-    "aws:lb/targetGroup:TargetGroup": _target_group,
-    _REPLICATION_GROUP: _replication_group,
-    "aws:elasticache/parameterGroup:ParameterGroup": lambda r, _: [
+    aws_types.APPAUTOSCALING_POLICY: _scaling_policy,
+    aws_types.LB_LOAD_BALANCER: _load_balancer,
+    aws_types.LB_LISTENER: _listener,
+    aws_types.LB_TARGET_GROUP: _target_group,
+    aws_types.ELASTICACHE_REPLICATION_GROUP: _replication_group,
+    aws_types.ELASTICACHE_PARAMETER_GROUP: lambda r, _: [
         f"family {r.inputs['family']}: "
         + ", ".join(f"{p['name']}={p['value']}" for p in r.inputs.get("parameters", []))
     ],
-    "aws:elasticache/subnetGroup:SubnetGroup": lambda r, refs: [
+    aws_types.ELASTICACHE_SUBNET_GROUP: lambda r, refs: [
         f"subnets {', '.join(name_of(refs, s) for s in r.inputs['subnetIds'])}"
     ],
-    "aws:secretsmanager/secret:Secret": lambda r, _: [
+    aws_types.SECRETSMANAGER_SECRET: lambda r, _: [
         f"name {r.inputs.get('namePrefix', r.physical_name)}..., recovery window "
         f"{_days(r.inputs.get('recoveryWindowInDays', 30))}"
         + (" (deleted at once)" if r.inputs.get("recoveryWindowInDays") == 0 else "")
     ],
-    "aws:secretsmanager/secretVersion:SecretVersion": lambda r, refs: [
+    aws_types.SECRETSMANAGER_SECRET_VERSION: lambda r, refs: [
         f"the value of {name_of(refs, r.inputs['secretId'])} (secret: not shown)"
     ],
-    "random:index/randomId:RandomId": lambda r, _: [
+    aws_types.RANDOM_ID: lambda r, _: [
         f"{2 * r.inputs['byteLength']:g} hex characters, new when "
         f"{', '.join(sorted(r.inputs.get('keepers', {})))} change"
     ],
-    "random:index/randomPassword:RandomPassword": lambda r, _: [
+    aws_types.RANDOM_PASSWORD: lambda r, _: [
         f"{r.inputs['length']:g} characters, "
         + (
             "letters and digits"
@@ -493,28 +488,28 @@ SUMMARIES: dict[str, Summary] = {
         )
         + " (secret: not shown)"
     ],
-    "aws:ecr/repository:Repository": lambda r, _: [
+    aws_types.ECR_REPOSITORY: lambda r, _: [
         f"tags {r.inputs['imageTagMutability']}, scan on push "
         f"{_on(r.inputs['imageScanningConfiguration'].get('scanOnPush'))}, deleted with its "
         f"images {'yes' if r.inputs.get('forceDelete') else 'no'}"
     ],
-    "aws:ecr/lifecyclePolicy:LifecyclePolicy": _lifecycle_policy,
-    "docker-build:index:Image": _image,
-    _RULE: lambda r, _: [
+    aws_types.ECR_LIFECYCLE_POLICY: _lifecycle_policy,
+    aws_types.DOCKER_BUILD_IMAGE: _image,
+    aws_types.CLOUDWATCH_EVENT_RULE: lambda r, _: [
         f"{r.inputs['scheduleExpression']} {r.inputs['state']}: {r.inputs['description']}"
     ],
-    "aws:cloudwatch/eventTarget:EventTarget": _enqueue_target,
-    "aws:sqs/queuePolicy:QueuePolicy": _policy,
-    _ALARM: _alarm,
-    "aws:cloudwatch/dashboard:Dashboard": _dashboard,
-    "aws:kms/key:Key": _key,
-    "aws:sns/topic:Topic": lambda r, refs: [
+    aws_types.CLOUDWATCH_EVENT_TARGET: _enqueue_target,
+    aws_types.SQS_QUEUE_POLICY: _policy,
+    aws_types.CLOUDWATCH_METRIC_ALARM: _alarm,
+    aws_types.CLOUDWATCH_DASHBOARD: _dashboard,
+    aws_types.KMS_KEY: _key,
+    aws_types.SNS_TOPIC: lambda r, refs: [
         f"encrypted with {name_of(refs, r.inputs['kmsMasterKeyId'])}"
         if "kmsMasterKeyId" in r.inputs
         else "not encrypted"
     ],
-    "aws:sns/topicPolicy:TopicPolicy": _policy,
-    "aws:sns/topicSubscription:TopicSubscription": lambda r, refs: [
+    aws_types.SNS_TOPIC_POLICY: _policy,
+    aws_types.SNS_TOPIC_SUBSCRIPTION: lambda r, refs: [
         f"{r.inputs['protocol']} to {r.inputs['endpoint']} from "
         f"{name_of(refs, r.inputs['topic'])}"
         + ("; pending until the address confirms" if r.inputs["protocol"] == "email" else "")

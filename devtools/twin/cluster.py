@@ -38,16 +38,11 @@ from devtools.twin.loadbalancer import LoadBalancer, TargetGroupSettings
 from devtools.twin.network import HOST_ADDRESS, ensure_bridge
 from devtools.twin.service import Service
 from devtools.twin.task import Revision, Status, Task, TaskOptions
+from policy.invariants import aws_types
 from testkit.aws_standin import AwsStandIn
 
 #: Seconds between two passes of the service scheduler.
 TICK = 0.2
-SERVICE = "aws:ecs/service:Service"
-TASK_DEFINITION = "aws:ecs/taskDefinition:TaskDefinition"
-TARGET_GROUP = "aws:lb/targetGroup:TargetGroup"
-RULE = "aws:cloudwatch/eventRule:EventRule"
-TARGET = "aws:cloudwatch/eventTarget:EventTarget"
-SECRET_VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
 
 
 class Registration(Protocol):
@@ -125,10 +120,10 @@ class TwinCluster:
         )
         revisions = {
             definition["family"]: Revision(definition["family"], 1, definition)
-            for definition in map(_definition, run.of_type(TASK_DEFINITION))
+            for definition in map(_definition, run.of_type(aws_types.ECS_TASK_DEFINITION))
         }
         load_balancer = None
-        target_groups = run.of_type(TARGET_GROUP)
+        target_groups = run.of_type(aws_types.LB_TARGET_GROUP)
         if target_groups:
             (group,) = target_groups
             settings = TargetGroupSettings.of(group.inputs, time_scale)
@@ -139,7 +134,7 @@ class TwinCluster:
             tasks_by_id=tasks_by_id,
         )  # fmt: skip
         cluster._serve_read_secrets(run)
-        for registration in run.of_type(SERVICE):
+        for registration in run.of_type(aws_types.ECS_SERVICE):
             inputs = registration.inputs
             name = inputs["tags"]["Service"]
             if only is not None and name not in only:
@@ -160,8 +155,8 @@ class TwinCluster:
                 * time_scale,
                 on_event=on_event,
             )
-        rules = {rule.name: rule for rule in run.of_type(RULE)}
-        for target in run.of_type(TARGET):
+        rules = {rule.name: rule for rule in run.of_type(aws_types.CLOUDWATCH_EVENT_RULE)}
+        for target in run.of_type(aws_types.CLOUDWATCH_EVENT_TARGET):
             (rule,) = [r for r in rules.values() if r.physical_name == target.inputs["rule"]]
             cluster.rules[rule.name] = Rule.of(rule.inputs, target.inputs, rule.name)
         return cluster
@@ -171,7 +166,7 @@ class TwinCluster:
         value the program wrote; note the web's API key."""
         written = {
             version.inputs["secretId"]: version.inputs["secretString"]
-            for version in run.of_type(SECRET_VERSION)
+            for version in run.of_type(aws_types.SECRETSMANAGER_SECRET_VERSION)
         }
         for revision in self.revisions.values():
             for item in revision.container.get("environment") or []:

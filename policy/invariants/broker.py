@@ -14,19 +14,12 @@ from pulumi_policy import (
     StackValidationArgs,
 )
 
-from .aws_types import (
-    INGRESS_RULE,
-    PARAMETER_GROUP,
-    REPLICATION_GROUP,
-    SECURITY_GROUP,
-    SECURITY_GROUP_RULE,
-    VPC,
-)
+from . import aws_types
 from .readers import StackIndex, as_list, ec2_id, number_text, whole_number
 
 
 def validate_broker(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type != REPLICATION_GROUP:
+    if args.resource_type != aws_types.ELASTICACHE_REPLICATION_GROUP:
         return
     props, where = args.props, f"broker replication group '{args.name}'"
     # Values the program writes as constants come first: they are known during a preview.
@@ -91,9 +84,9 @@ def validate_broker(args: ResourceValidationArgs, report: ReportViolation) -> No
 
 def validate_broker_never_evicts(args: StackValidationArgs, report: ReportViolation) -> None:
     index = StackIndex(args.resources)
-    for group in index.of_type(REPLICATION_GROUP):
+    for group in index.of_type(aws_types.ELASTICACHE_REPLICATION_GROUP):
         name = group.props.get("parameterGroupName")
-        parameters = index.find(PARAMETER_GROUP, name)
+        parameters = index.find(aws_types.ELASTICACHE_PARAMETER_GROUP, name)
         if parameters is None:
             report(
                 f"broker replication group '{group.name}' uses the parameter group {name!r}, "
@@ -135,7 +128,7 @@ def _ingress_sources(group: PolicyResource, index: StackIndex) -> Iterator[_Sour
             yield from _rule_sources(
                 group, rule, "cidrBlocks", "ipv6CidrBlocks", "prefixListIds", "securityGroups"
             )
-    for rule in index.of_type(INGRESS_RULE):
+    for rule in index.of_type(aws_types.VPC_SECURITY_GROUP_INGRESS_RULE):
         if rule.props.get("securityGroupId") == group_id:
             yield from _rule_sources(
                 rule,
@@ -145,7 +138,7 @@ def _ingress_sources(group: PolicyResource, index: StackIndex) -> Iterator[_Sour
                 "prefixListId",
                 "referencedSecurityGroupId",
             )
-    for rule in index.of_type(SECURITY_GROUP_RULE):
+    for rule in index.of_type(aws_types.EC2_SECURITY_GROUP_RULE):
         if rule.props.get("securityGroupId") == group_id and rule.props.get("type") == "ingress":
             yield from _rule_sources(
                 rule,
@@ -176,7 +169,7 @@ def validate_broker_only_from_vpc(args: StackValidationArgs, report: ReportViola
     """The broker's security groups admit only other security groups, or addresses inside the
     stack's VPC: nothing outside the VPC has a route to Redis."""
     index = StackIndex(args.resources)
-    for broker in index.of_type(REPLICATION_GROUP):
+    for broker in index.of_type(aws_types.ELASTICACHE_REPLICATION_GROUP):
         group_ids = as_list(broker.props.get("securityGroupIds"))
         if not group_ids:
             report(
@@ -186,7 +179,7 @@ def validate_broker_only_from_vpc(args: StackValidationArgs, report: ReportViola
                 broker.urn,
             )
         for group_id in group_ids:
-            group = index.find(SECURITY_GROUP, group_id)
+            group = index.find(aws_types.EC2_SECURITY_GROUP, group_id)
             if group is None:
                 report(
                     f"broker replication group '{broker.name}' uses security group {group_id!r}, "
@@ -195,7 +188,7 @@ def validate_broker_only_from_vpc(args: StackValidationArgs, report: ReportViola
                     broker.urn,
                 )
                 continue
-            vpc = index.find(VPC, group.props.get("vpcId"))
+            vpc = index.find(aws_types.EC2_VPC, group.props.get("vpcId"))
             vpc_cidr = vpc.props.get("cidrBlock") if vpc is not None else None
             for source in _ingress_sources(group, index):
                 problem = _outside_source(source, vpc_cidr)

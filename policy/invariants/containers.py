@@ -7,14 +7,14 @@ import re
 
 from pulumi_policy import ReportViolation, ResourceValidationArgs
 
-from .aws_types import TASK_DEFINITION
+from . import aws_types
 from .readers import as_mapping, container_environment, containers_or_report
 
 _ROOT_USERS = frozenset({"0", "root"})
 
 
 def validate_container_hardening(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type != TASK_DEFINITION:
+    if args.resource_type != aws_types.ECS_TASK_DEFINITION:
         return
     # A task-level setting, and a constant: read before the containers (unknown in a preview).
     if args.props.get("pidMode") == "host":
@@ -103,7 +103,7 @@ def secret_reason(name: str, value: str) -> str | None:
 def validate_no_secrets_in_environment(
     args: ResourceValidationArgs, report: ReportViolation
 ) -> None:
-    if args.resource_type != TASK_DEFINITION:
+    if args.resource_type != aws_types.ECS_TASK_DEFINITION:
         return
     for container in containers_or_report(args, report):
         for name, value in sorted(container_environment(container).items()):

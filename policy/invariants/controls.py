@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pulumi_policy import ReportViolation, ResourceValidationArgs
 
-from .aws_types import ECR_REPOSITORY, LOAD_BALANCERS, LOG_GROUP
+from . import aws_types
 from .readers import as_mapping, number_text, whole_number
 
 
 def validate_log_retention(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type != LOG_GROUP:
+    if args.resource_type != aws_types.CLOUDWATCH_LOG_GROUP:
         return
     days = args.props.get("retentionInDays")
     count = whole_number(days)
@@ -24,7 +24,7 @@ def validate_log_retention(args: ResourceValidationArgs, report: ReportViolation
 
 
 def validate_ecr_repository(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type != ECR_REPOSITORY:
+    if args.resource_type != aws_types.ECR_REPOSITORY:
         return
     scanning = as_mapping(args.props.get("imageScanningConfiguration"))
     if scanning.get("scanOnPush") is not True:
@@ -44,7 +44,7 @@ def validate_ecr_repository(args: ResourceValidationArgs, report: ReportViolatio
 
 
 def validate_load_balancer(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type not in LOAD_BALANCERS:
+    if args.resource_type not in aws_types.LOAD_BALANCERS:
         return
     if args.props.get("loadBalancerType", "application") != "application":
         return

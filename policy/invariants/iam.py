@@ -9,37 +9,38 @@ from typing import Any
 
 from pulumi_policy import ReportViolation, ResourceValidationArgs
 
+from . import aws_types
 from .readers import as_list, as_mapping
 
 #: Resource type -> the props that hold an IAM policy document (JSON text or an object).
 POLICY_DOCUMENTS: Mapping[str, tuple[str, ...]] = {
-    "aws:iam/role:Role": ("assumeRolePolicy",),
-    "aws:iam/policy:Policy": ("policy",),
-    "aws:iam/rolePolicy:RolePolicy": ("policy",),
-    "aws:iam/userPolicy:UserPolicy": ("policy",),
-    "aws:iam/groupPolicy:GroupPolicy": ("policy",),
-    "aws:sqs/queuePolicy:QueuePolicy": ("policy",),
-    "aws:sqs/queue:Queue": ("policy",),
-    "aws:sns/topicPolicy:TopicPolicy": ("policy",),
-    "aws:sns/topic:Topic": ("policy",),
+    aws_types.IAM_ROLE: ("assumeRolePolicy",),
+    aws_types.IAM_POLICY: ("policy",),
+    aws_types.IAM_ROLE_POLICY: ("policy",),
+    aws_types.IAM_USER_POLICY: ("policy",),
+    aws_types.IAM_GROUP_POLICY: ("policy",),
+    aws_types.SQS_QUEUE_POLICY: ("policy",),
+    aws_types.SQS_QUEUE: ("policy",),
+    aws_types.SNS_TOPIC_POLICY: ("policy",),
+    aws_types.SNS_TOPIC: ("policy",),
     # A key policy grants on "*", which in a key policy means the key itself: only its actions
     # are checked here, like every other document's.
-    "aws:kms/key:Key": ("policy",),
-    "aws:kms/keyPolicy:KeyPolicy": ("policy",),
-    "aws:secretsmanager/secretPolicy:SecretPolicy": ("policy",),
-    "aws:ecr/repositoryPolicy:RepositoryPolicy": ("policy",),
-    "aws:s3/bucketPolicy:BucketPolicy": ("policy",),
+    aws_types.KMS_KEY: ("policy",),
+    aws_types.KMS_KEY_POLICY: ("policy",),
+    aws_types.SECRETSMANAGER_SECRET_POLICY: ("policy",),
+    aws_types.ECR_REPOSITORY_POLICY: ("policy",),
+    aws_types.S3_BUCKET_POLICY: ("policy",),
 }
 
 #: Identity policies (what their holder may do, to ``Resource``), by resource type -> the props
 #: that hold one besides a role's inline policies. Trust, key and other resource policies are
 #: not among them: there ``"Resource": "*"`` means the resource the policy is attached to.
 IDENTITY_POLICY_DOCUMENTS: Mapping[str, tuple[str, ...]] = {
-    "aws:iam/role:Role": (),
-    "aws:iam/policy:Policy": ("policy",),
-    "aws:iam/rolePolicy:RolePolicy": ("policy",),
-    "aws:iam/userPolicy:UserPolicy": ("policy",),
-    "aws:iam/groupPolicy:GroupPolicy": ("policy",),
+    aws_types.IAM_ROLE: (),
+    aws_types.IAM_POLICY: ("policy",),
+    aws_types.IAM_ROLE_POLICY: ("policy",),
+    aws_types.IAM_USER_POLICY: ("policy",),
+    aws_types.IAM_GROUP_POLICY: ("policy",),
 }
 #: The only actions an identity policy may allow on ``"Resource": "*"``: those with no
 #: resource-level permissions, each with the condition key that must then scope it (None: the

@@ -13,7 +13,7 @@ from pulumi_policy import (
     StackValidationArgs,
 )
 
-from .aws_types import SCALING_TARGET, SERVICE, TASK_DEFINITION
+from . import aws_types
 from .readers import (
     StackIndex,
     container_command,
@@ -51,7 +51,7 @@ def _beat_problems(props: Mapping[str, Any], name: str) -> Iterator[str]:
 
 
 def validate_beat_singleton(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type != SERVICE or service_tag(args.props) != BEAT_SERVICE:
+    if args.resource_type != aws_types.ECS_SERVICE or service_tag(args.props) != BEAT_SERVICE:
         return
     for problem in _beat_problems(args.props, args.name):
         report(problem, args.urn)
@@ -69,7 +69,7 @@ def _worker_problem(props: Mapping[str, Any], name: str) -> str | None:
 
 
 def validate_worker_keeps_a_task(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type != SERVICE:
+    if args.resource_type != aws_types.ECS_SERVICE:
         return
     tag = service_tag(args.props)
     if tag is None or not tag.startswith(WORKER_SERVICE_PREFIX):
@@ -82,7 +82,7 @@ def validate_worker_keeps_a_task(args: ResourceValidationArgs, report: ReportVio
 def _service_role(service: PolicyResource, index: StackIndex) -> str:
     """``beat``/``worker``/... from what the service's task definition runs; from its tag when
     the task definition is not in the stack."""
-    task_definition = index.find(TASK_DEFINITION, service.props.get("taskDefinition"))
+    task_definition = index.find(aws_types.ECS_TASK_DEFINITION, service.props.get("taskDefinition"))
     if task_definition is not None:
         try:
             containers = container_definitions(task_definition.props)
@@ -114,11 +114,11 @@ def validate_service_task_counts(args: StackValidationArgs, report: ReportViolat
     to the same counts here."""
     index = StackIndex(args.resources)
     targets: dict[str, list[PolicyResource]] = {}
-    for target in index.of_type(SCALING_TARGET):
+    for target in index.of_type(aws_types.APPAUTOSCALING_TARGET):
         if target.props.get("serviceNamespace") not in (None, "ecs"):
             continue
         targets.setdefault(str(target.props.get("resourceId")), []).append(target)
-    for service in index.of_type(SERVICE):
+    for service in index.of_type(aws_types.ECS_SERVICE):
         role = _service_role(service, index)
         tag = service_tag(service.props) or ""
         if role == "beat" and tag != BEAT_SERVICE:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pulumi_policy import ReportViolation, ResourceValidationArgs
 
-from .aws_types import TASK_DEFINITION
+from . import aws_types
 from .readers import (
     as_list,
     container_command,
@@ -87,7 +87,7 @@ def stop_timeout_need(role: str, environment: Mapping[str, str]) -> StopNeed:
 
 
 def validate_stop_timeouts(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type != TASK_DEFINITION:
+    if args.resource_type != aws_types.ECS_TASK_DEFINITION:
         return
     fargate = "FARGATE" in [str(c) for c in as_list(args.props.get("requiresCompatibilities"))]
     for container in containers_or_report(args, report):
