@@ -46,9 +46,9 @@ from bench.worker_budget import (
     running_bench,
     table,
 )
+from devtools.twin.awsvpc import HOST_ADDRESS
 from devtools.twin.container import Container
-from devtools.twin.image import image_venv
-from devtools.twin.network import HOST_ADDRESS
+from devtools.twin.dockerfile_image import image_venv
 from infra import config as stack_config
 from testkit.aws_standin import AwsStandIn
 from testkit.rendered_worker import image

@@ -71,9 +71,9 @@ from app.liveness import MAX_SWEEP_INTERVAL, Deadlines, unacked_count
 from app.transport import WAKE_TOKENS_MAX, wake_key
 from bench.redis_commands import worker_commands
 from devtools import render
+from devtools.twin.awsvpc import HOST_ADDRESS, TaskNetwork, allocate, ensure_bridge
 from devtools.twin.container import Container
-from devtools.twin.image import CACHE, Image, image_venv, parse_image
-from devtools.twin.network import HOST_ADDRESS, TaskNetwork, allocate, ensure_bridge
+from devtools.twin.dockerfile_image import CACHE, Image, image_venv, parse_image
 from infra import config as stack_config
 from infra.budget import FARGATE_STOP_TIMEOUT_CAP
 from testkit.processes import ROOT

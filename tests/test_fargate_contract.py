@@ -22,7 +22,7 @@ import redis
 from app.schedule import SCHEDULE
 from devtools.render import ProgramRun, RenderedTaskDefinition, stack_file_config
 from devtools.twin.container import Container, plan_container, start_container
-from devtools.twin.image import ROOT, Image, parse_image
+from devtools.twin.dockerfile_image import ROOT, Image, parse_image
 from policy.invariants import aws_types
 from tests.support import run_program, wait_for
 

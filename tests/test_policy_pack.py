@@ -42,7 +42,7 @@ from infra.containers import ENQUEUE_DEFAULT_COMMAND, WEB_COMMAND, worker_comman
 from infra.eventbridge import ENQUEUE_STOP_TIMEOUT
 from infra.worker import NAMESPACE_CONDITION_KEY, PUT_METRIC_DATA_ACTION
 from policy.invariants import aws_types, iam, restated
-from policy.invariants.containers import secret_reason
+from policy.invariants.container_hardening import secret_reason
 from policy.invariants.policies import POLICIES
 from policy.invariants.readers import container_role
 from policy.invariants.stop_timeouts import stop_timeout_need

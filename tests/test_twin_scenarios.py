@@ -25,8 +25,8 @@ import pytest
 import redis
 
 from devtools.render import ProgramRun, run_program
-from devtools.twin.cluster import TwinCluster
-from devtools.twin.network import HOST_ADDRESS, ensure_bridge
+from devtools.twin.awsvpc import HOST_ADDRESS, ensure_bridge
+from devtools.twin.deployed_stack import TwinCluster
 from devtools.twin.task import Status
 from testkit.redis_server import RedisServer, start_redis
 from tests.support import send_task, wait_for

@@ -54,9 +54,9 @@ import redis
 from app.schedule import SCHEDULE
 from devtools.local_stack.metric_lines import MetricLines
 from devtools.render import read_stack_file, run_program
-from devtools.twin.cluster import TwinCluster
+from devtools.twin.awsvpc import HOST_ADDRESS, ensure_bridge
 from devtools.twin.control import ControlEndpoint
-from devtools.twin.network import HOST_ADDRESS, ensure_bridge
+from devtools.twin.deployed_stack import TwinCluster
 from devtools.twin.relay import Relay
 from devtools.twin.task import Status, Task
 from infra.budget import EXIT_MARGIN

@@ -5,9 +5,10 @@ One module a section, so the table of policies reads on its own:
 - ``policies``: ``POLICIES``, the table (name, description, check), which ``policy/__main__.py``
   puts into one mandatory pack;
 - ``services`` (one beat, workers that keep a task, the task counts scaling may set),
-  ``stop_timeouts``, ``containers`` (hardening, no secrets in the environment), ``broker``,
-  ``iam``, ``controls`` (log retention, ECR scanning, the load balancer): the checks, which the
-  tests call directly (constructing a ``PolicyPack`` starts a gRPC server and blocks);
+  ``stop_timeouts``, ``container_hardening`` (and no secrets in the environment),
+  ``broker_hardening``, ``iam``, ``controls`` (log retention, ECR scanning, the load balancer):
+  the checks, which the tests call directly (constructing a ``PolicyPack`` starts a gRPC server
+  and blocks);
 - ``restated`` (the program's values), ``aws_types`` (resource type names), ``readers`` (small
   readers of props, and a stack's resources indexed by reference).
 

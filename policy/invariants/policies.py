@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from pulumi_policy import ResourceValidationPolicy, StackValidationPolicy
 
-from .broker import validate_broker, validate_broker_never_evicts, validate_broker_only_from_vpc
-from .containers import validate_container_hardening, validate_no_secrets_in_environment
+from .broker_hardening import (
+    validate_broker,
+    validate_broker_never_evicts,
+    validate_broker_only_from_vpc,
+)
+from .container_hardening import validate_container_hardening, validate_no_secrets_in_environment
 from .controls import validate_ecr_repository, validate_load_balancer, validate_log_retention
 from .iam import validate_iam_actions, validate_iam_star_resources
 from .services import (

@@ -32,10 +32,10 @@ from typing import Any, Protocol
 from app.api_keys import parse_keys
 from app.settings import WEB_API_KEYS_SECRET_ARN
 from devtools.twin.agent import AgentEndpoint
+from devtools.twin.awsvpc import HOST_ADDRESS, ensure_bridge
+from devtools.twin.dockerfile_image import Image, parse_image
 from devtools.twin.events import Rule, eventbridge_fire_times
-from devtools.twin.image import Image, parse_image
 from devtools.twin.loadbalancer import LoadBalancer, TargetGroupSettings
-from devtools.twin.network import HOST_ADDRESS, ensure_bridge
 from devtools.twin.service import Service
 from devtools.twin.task import Revision, Status, Task, TaskOptions
 from policy.invariants import aws_types
