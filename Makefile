@@ -27,7 +27,7 @@ system-packages:
 	@scripts/ensure-system-packages
 
 run: $(BIN)/.installed system-packages
-	$(BIN)/python -m devtools.stack
+	$(BIN)/python -m devtools.local_stack
 
 test: $(BIN)/.installed system-packages
 	$(BIN)/ruff check .
@@ -48,7 +48,7 @@ bench: $(BIN)/.installed system-packages
 	$(BIN)/python -m bench.broker_figures
 
 bench-plan: $(BIN)/.installed system-packages
-	$(BIN)/python -m bench.plan
+	$(BIN)/python -m bench.plan_timing
 
 plan: $(BIN)/.installed system-packages
 	@$(BIN)/python -m devtools.plan --stack $(STACK)

@@ -21,8 +21,8 @@ import nox
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT))  # the upstream sessions use devtools (nox imports no package)
 
-from devtools.redis_server import start_redis  # noqa: E402
 from devtools.upstream.suites import SUITES, unpack_release  # noqa: E402
+from testkit.redis_server import start_redis  # noqa: E402
 
 #: Supported (celery, kombu) pairs, by session id (``nox -s "runtime(celery-5.7)"``); the
 #: image ships app/constraints.txt's.

@@ -2,7 +2,7 @@
 
     python -m bench.broker_figures [--tasks 3000] [--rounds 3]     (part of ``make bench``)
 
-One redis-server (``devtools.redis_server``, the broker's settings) and one worker, started as
+One redis-server (``testkit.redis_server``, the broker's settings) and one worker, started as
 the worker task definition starts it (``infra.containers.worker_command``, concurrency 2, no
 line per task, as deployed), as a process here: what is measured is the broker's side, which
 the worker's container does not change. Per round, for results stored (as the web sends) and
@@ -21,7 +21,7 @@ a Lua script runs included, ``bench.redis_commands``), the CPU time of the redis
 ``total_net_input_bytes``/``total_net_output_bytes``). The medians over the rounds, per task,
 are written with what a queued message weighs: its length as published (``LINDEX``) and
 ``MEMORY USAGE`` of the staged list over its length (the message, plus the list's per-element
-overhead), and ``MEMORY USAGE`` of one stored result. ``devtools.broker_ceiling`` turns them
+overhead), and ``MEMORY USAGE`` of one stored result. ``devtools.plan.broker_ceiling`` turns them
 into the tasks a second a node type carries; the plan reads the file and never runs this.
 """
 
@@ -46,11 +46,11 @@ from bench.redis_commands import BENCH_COMMANDS
 from celery_ecs import settings as env_names
 from celery_ecs.liveness import unacked_count
 from celery_ecs.transport import WAKE_TOKENS_MAX, wake_key
-from devtools.processes import ROOT, AppProcess, python_argv, start_process
-from devtools.redis_server import RedisServer, start_redis
 from infra.containers import worker_command
+from testkit.processes import ROOT, AppProcess, python_argv, start_process
+from testkit.redis_server import RedisServer, start_redis
 
-#: Where the figures go (checked in: ``devtools.broker_ceiling`` reads them).
+#: Where the figures go (checked in: ``devtools.plan.broker_ceiling`` reads them).
 FIGURES = ROOT / "bench" / "figures.json"
 QUEUE, STAGING_QUEUE = "default", "figures-staging"
 POOL = "figures"

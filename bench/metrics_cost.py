@@ -7,7 +7,7 @@ program renders for the stack's default pool (``bench.worker_budget.project_work
 database of its own of one redis-server on the twin's bridge: metrics off, metrics on as deployed
 (a round every 10 s) and metrics on every 0.1 s (a hundred times as often: an upper bound on the
 cost). Each round ends in its PutMetricData call, to moto's server (a stand-in of the CloudWatch
-API, ``devtools.aws_standin``) on the twin's bridge: the publishing workers get its
+API, ``testkit.aws_standin``) on the twin's bridge: the publishing workers get its
 endpoint, a region and stand-in credentials as environment overrides, where Fargate would give
 the region and the task role. The rendered definition publishes (it names the stack's namespace)
 and no stack config key turns that off: "metrics off" is a container environment override that
@@ -46,12 +46,12 @@ from bench.worker_budget import (
 )
 from celery_ecs import settings as env_names
 from celery_ecs.metrics import PUBLISH_INTERVAL_SECONDS
-from devtools.aws_standin import AwsStandIn
-from devtools.rendered_worker import image
+from devtools.twin.awsvpc import HOST_ADDRESS
 from devtools.twin.container import Container
-from devtools.twin.image import image_venv
-from devtools.twin.network import HOST_ADDRESS
+from devtools.twin.dockerfile_image import image_venv
 from infra import config as stack_config
+from testkit.aws_standin import AwsStandIn
+from testkit.rendered_worker import image
 
 TASKS_PER_ROUND = 3000
 ROUNDS = 5

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 
 from celery_ecs.cloudwatch import CLOUDWATCH_TIMEOUT_SECONDS
 from devtools import render
+from policy.invariants import aws_types
 
 #: The pool the scenarios run: one-second tasks, two at a time, acceptable wait one minute.
 POOL = {
@@ -191,12 +192,12 @@ def rendered_policies(container_insights: bool = False) -> Policies:
     config = {"workers": [POOL], "containerInsights": container_insights}
     run = render.run_program(config, stack="sim")
     pool = POOL["name"]
-    target = run.named("aws:appautoscaling/target:Target", f"worker-{pool}-scaling").inputs
-    tracking = run.named("aws:appautoscaling/policy:Policy", f"worker-{pool}-scaling-backlog")
+    target = run.named(aws_types.APPAUTOSCALING_TARGET, f"worker-{pool}-scaling").inputs
+    tracking = run.named(aws_types.APPAUTOSCALING_POLICY, f"worker-{pool}-scaling-backlog")
     tracking_config = tracking.inputs["targetTrackingScalingPolicyConfiguration"]
-    step = run.named("aws:appautoscaling/policy:Policy", f"worker-{pool}-scaling-burst")
+    step = run.named(aws_types.APPAUTOSCALING_POLICY, f"worker-{pool}-scaling-burst")
     step_config = step.inputs["stepScalingPolicyConfiguration"]
-    alarm = run.named("aws:cloudwatch/metricAlarm:MetricAlarm", f"worker-{pool}-scaling-burst")
+    alarm = run.named(aws_types.CLOUDWATCH_METRIC_ALARM, f"worker-{pool}-scaling-burst")
     periods = {q["metric"]["period"] for q in alarm.inputs["metricQueries"] if "metric" in q}
     (period,) = periods
     command = run.task_definitions()[f"worker-{pool}"].command

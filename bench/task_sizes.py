@@ -5,10 +5,10 @@
 The program is rendered under mocks from the defaults (a stack with only ``aws:region``) and each
 service's container command runs here as a process of its own, with the rendered environment
 (the task definitions' own settings: time limits, prefetch, metrics namespace), as the tests
-start them (``devtools.processes``): gunicorn, the prefork worker at its default concurrency,
+start them (``testkit.processes``): gunicorn, the prefork worker at its default concurrency,
 celery beat (redbeat). Only what Fargate would provide is stood in for: the broker URL secret
 is a local redis-server, the web's API keys secret and CloudWatch are moto's server
-(``devtools.aws_standin``), so the worker's metric rounds make their real ``PutMetricData``
+(``testkit.aws_standin``), so the worker's metric rounds make their real ``PutMetricData``
 calls and the web reads its keys through botocore, as deployed.
 
 By default the load is ``Pulumi.dev.yaml``'s ``web.targetRequestsPerTask``, 1,000 requests a
@@ -47,13 +47,13 @@ from pathlib import Path
 
 from app.api_keys import keys_document
 from celery_ecs import settings as env_names
-from devtools.aws_standin import AwsStandIn
-from devtools.processes import ROOT, AppProcess, python_argv, start_process
-from devtools.redis_server import free_port, start_redis
 from devtools.render import RenderedTaskDefinition, run_program
 from infra.budget import EXIT_MARGIN
 from infra.config import FARGATE_MEMORY, TASK_CPU_HEADROOM, TASK_MEMORY_HEADROOM
 from infra.containers import health_check
+from testkit.aws_standin import AwsStandIn
+from testkit.processes import ROOT, AppProcess, python_argv, start_process
+from testkit.redis_server import free_port, start_redis
 
 #: The services measured, by the name the program gives them.
 SERVICES = ("web", "worker-default", "beat")

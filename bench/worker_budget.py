@@ -19,7 +19,7 @@ workers run as containers on the ECS twin (``devtools.twin``). Three measurement
 "This project" is the worker task definition the Pulumi program renders (under mocks,
 ``devtools.render``) for a pool of a stack configuration that holds the bench's pools
 (``taskTimeout``, ``concurrency``, ``maxStopTimeout``, ``maxCountdown``), run on the twin as
-Fargate runs it (``devtools.rendered_worker``): its command, environment, user, read-only root,
+Fargate runs it (``testkit.rendered_worker``): its command, environment, user, read-only root,
 ``/tmp`` volume, init (tini) and ``stopTimeout``. What no stack config key sets is a container
 environment override, as a RunTask ``containerOverrides`` is: only the SCALED row's liveness
 timeout. "Celery defaults" is ``bench.defaults_app`` (the same task bodies, only a broker URL
@@ -71,19 +71,19 @@ from celery_ecs import settings as env_names
 from celery_ecs.liveness import MAX_SWEEP_INTERVAL, Deadlines, unacked_count
 from celery_ecs.transport import WAKE_TOKENS_MAX, wake_key
 from devtools import render
-from devtools.processes import ROOT
-from devtools.redis_server import RedisServer, start_redis
-from devtools.rendered_worker import (
+from devtools.twin.awsvpc import HOST_ADDRESS, TaskNetwork, allocate, ensure_bridge
+from devtools.twin.container import Container
+from devtools.twin.dockerfile_image import CACHE, Image, image_venv, parse_image
+from infra import config as stack_config
+from infra.budget import FARGATE_STOP_TIMEOUT_CAP
+from testkit.processes import ROOT
+from testkit.redis_server import RedisServer, start_redis
+from testkit.rendered_worker import (
     WorkerDefinition,
     image,
     start_worker_container,
     worker_definitions,
 )
-from devtools.twin.container import Container
-from devtools.twin.image import CACHE, Image, image_venv, parse_image
-from devtools.twin.network import HOST_ADDRESS, TaskNetwork, allocate, ensure_bridge
-from infra import config as stack_config
-from infra.budget import FARGATE_STOP_TIMEOUT_CAP
 
 #: The stack name the bench renders the program as (it only names families and log groups).
 BENCH_STACK = "bench"

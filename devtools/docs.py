@@ -18,8 +18,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from devtools import broker_ceiling, cost, plan
 from devtools.docblocks import DOCS, GeneratedBlock
+from devtools.plan import broker_ceiling, cost, report
 from devtools.render import DEFAULT_REGION, run_program, stack_file_config
 from devtools.upstream import suites
 from infra import config, config_keys
@@ -88,15 +88,15 @@ def outputs_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-def dev_plan() -> plan.Plan:
+def dev_plan() -> report.OfflinePlan:
     """The offline plan of ``Pulumi.dev.yaml``, which the cost page shows."""
-    return plan.make_plan("dev", stack_file_config("dev"), DEFAULT_REGION)
+    return report.make_plan("dev", stack_file_config("dev"), DEFAULT_REGION)
 
 
-def generated(dev: plan.Plan) -> dict[GeneratedBlock, str]:
+def generated(dev: report.OfflinePlan) -> dict[GeneratedBlock, str]:
     """Every generated block and what it holds now (renders the program: a few seconds)."""
     return {
-        plan.COST_BLOCK: cost.markdown(dev.estimate),
+        report.COST_BLOCK: cost.markdown(dev.estimate),
         suites.EXCLUSIONS_BLOCK: suites.exclusion_table(),
         OUTPUTS_BLOCK: outputs_table(),
         CONFIGURATION_BLOCK: config_keys.reference_tables(config.SECTIONS),
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for block in stale:
             print(f"stale: {block.page.relative_to(DOCS.parent)} ({block.begin})", file=sys.stderr)
         return 1 if stale else 0
-    plan.write_docs(dev)  # the diagram, and the cost block again
+    report.write_docs(dev)  # the diagram, and the cost block again
     for block, text in blocks.items():
         block.write(text)
     return 0

@@ -38,6 +38,7 @@ from pulumi.runtime.settings import get_project, get_stack
 from pulumi.runtime.stack import run_pulumi_func
 
 from infra import program
+from policy.invariants import aws_types
 
 PROJECT = "celery-ecs"
 DEFAULT_REGION = "us-east-1"
@@ -54,29 +55,29 @@ AUTONAME_SUFFIX = "abc1234"
 
 #: Resource type -> prefix of the id EC2 gives that kind of resource.
 _EC2_ID_PREFIXES = {
-    "aws:ec2/vpc:Vpc": "vpc",
-    "aws:ec2/subnet:Subnet": "subnet",
-    "aws:ec2/securityGroup:SecurityGroup": "sg",
-    "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": "sg",
-    "aws:ec2/internetGateway:InternetGateway": "igw",
-    "aws:ec2/routeTable:RouteTable": "rtb",
-    "aws:ec2/routeTableAssociation:RouteTableAssociation": "rtbassoc",
-    "aws:ec2/natGateway:NatGateway": "nat",
-    "aws:ec2/eip:Eip": "eipalloc",
-    "aws:ec2/flowLog:FlowLog": "fl",
-    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": "sgr",
-    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": "sgr",
+    aws_types.EC2_VPC: "vpc",
+    aws_types.EC2_SUBNET: "subnet",
+    aws_types.EC2_SECURITY_GROUP: "sg",
+    aws_types.EC2_DEFAULT_SECURITY_GROUP: "sg",
+    aws_types.EC2_INTERNET_GATEWAY: "igw",
+    aws_types.EC2_ROUTE_TABLE: "rtb",
+    aws_types.EC2_ROUTE_TABLE_ASSOCIATION: "rtbassoc",
+    aws_types.EC2_NAT_GATEWAY: "nat",
+    aws_types.EC2_EIP: "eipalloc",
+    aws_types.EC2_FLOW_LOG: "fl",
+    aws_types.VPC_SECURITY_GROUP_INGRESS_RULE: "sgr",
+    aws_types.VPC_SECURITY_GROUP_EGRESS_RULE: "sgr",
 }
 #: Resource types whose Pulumi id is their ARN (the others use their name).
 _ARN_IDS = frozenset(
     {
-        "aws:ecs/cluster:Cluster",
-        "aws:ecs/service:Service",
-        "aws:lb/loadBalancer:LoadBalancer",
-        "aws:lb/targetGroup:TargetGroup",
-        "aws:lb/listener:Listener",
-        "aws:secretsmanager/secret:Secret",
-        "aws:appautoscaling/policy:Policy",
+        aws_types.ECS_CLUSTER,
+        aws_types.ECS_SERVICE,
+        aws_types.LB_LOAD_BALANCER,
+        aws_types.LB_TARGET_GROUP,
+        aws_types.LB_LISTENER,
+        aws_types.SECRETSMANAGER_SECRET,
+        aws_types.APPAUTOSCALING_POLICY,
     }
 )
 
@@ -256,21 +257,21 @@ class RecordingMocks(pulumi.runtime.Mocks):
     def call(self, args: MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
         self.calls.append(args.token)
         region = self.region
-        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+        if args.token == aws_types.AWS_GET_AVAILABILITY_ZONES:
             return {
                 "id": region,
                 "names": [f"{region}{suffix}" for suffix in "abc"],
                 "zoneIds": [f"{region_code(region)}-az{i}" for i in (1, 2, 3)],
                 "groupNames": [region] * 3,
             }
-        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+        if args.token == aws_types.AWS_GET_CALLER_IDENTITY:
             return {
                 "id": ACCOUNT,
                 "accountId": ACCOUNT,
                 "userId": "AIDAMOCKUSER0000000000",
                 "arn": f"arn:aws:iam::{ACCOUNT}:user/mock",
             }
-        if args.token == "aws:index/getRegion:getRegion":
+        if args.token == aws_types.AWS_GET_REGION:
             return {
                 "id": region,
                 "region": region,
@@ -278,14 +279,14 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 "endpoint": f"ec2.{region}.amazonaws.com",
                 "description": "mock",
             }
-        if args.token == "aws:index/getPartition:getPartition":
+        if args.token == aws_types.AWS_GET_PARTITION:
             return {
                 "id": "aws",
                 "partition": "aws",
                 "dnsSuffix": "amazonaws.com",
                 "reverseDnsPrefix": "com.amazonaws",
             }
-        if args.token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+        if args.token == aws_types.ECR_GET_AUTHORIZATION_TOKEN:
             return {
                 "id": region,
                 "userName": "AWS",
@@ -302,36 +303,36 @@ class RecordingMocks(pulumi.runtime.Mocks):
         prefix = f"arn:aws:{{}}:{self.region}:{ACCOUNT}:"
         suffix = _hex(typ, physical, length=16)
         formats = {
-            "aws:iam/role:Role": f"arn:aws:iam::{ACCOUNT}:role/{physical}",
-            "aws:ecs/taskDefinition:TaskDefinition": prefix.format("ecs")
+            aws_types.IAM_ROLE: f"arn:aws:iam::{ACCOUNT}:role/{physical}",
+            aws_types.ECS_TASK_DEFINITION: prefix.format("ecs")
             + f"task-definition/{state.get('family')}:1",
-            "aws:ecs/cluster:Cluster": prefix.format("ecs") + f"cluster/{physical}",
-            "aws:ecs/service:Service": prefix.format("ecs")
+            aws_types.ECS_CLUSTER: prefix.format("ecs") + f"cluster/{physical}",
+            aws_types.ECS_SERVICE: prefix.format("ecs")
             + f"service/{_name_of(state.get('cluster', ''))}/{physical}",
-            "aws:cloudwatch/logGroup:LogGroup": prefix.format("logs") + f"log-group:{physical}",
-            "aws:cloudwatch/eventRule:EventRule": prefix.format("events") + f"rule/{physical}",
-            "aws:lb/loadBalancer:LoadBalancer": prefix.format("elasticloadbalancing")
+            aws_types.CLOUDWATCH_LOG_GROUP: prefix.format("logs") + f"log-group:{physical}",
+            aws_types.CLOUDWATCH_EVENT_RULE: prefix.format("events") + f"rule/{physical}",
+            aws_types.LB_LOAD_BALANCER: prefix.format("elasticloadbalancing")
             + f"loadbalancer/app/{physical}/{suffix}",
-            "aws:lb/targetGroup:TargetGroup": prefix.format("elasticloadbalancing")
+            aws_types.LB_TARGET_GROUP: prefix.format("elasticloadbalancing")
             + f"targetgroup/{physical}/{suffix}",
-            "aws:lb/listener:Listener": prefix.format("elasticloadbalancing")
+            aws_types.LB_LISTENER: prefix.format("elasticloadbalancing")
             + f"listener/{str(state.get('loadBalancerArn', '')).partition(':loadbalancer/')[2]}/"
             + suffix,
-            "aws:secretsmanager/secret:Secret": prefix.format("secretsmanager")
+            aws_types.SECRETSMANAGER_SECRET: prefix.format("secretsmanager")
             + f"secret:{physical}-{_hex(physical, length=6)}",
-            "aws:elasticache/replicationGroup:ReplicationGroup": prefix.format("elasticache")
+            aws_types.ELASTICACHE_REPLICATION_GROUP: prefix.format("elasticache")
             + f"replicationgroup:{physical}",
-            "aws:elasticache/parameterGroup:ParameterGroup": prefix.format("elasticache")
+            aws_types.ELASTICACHE_PARAMETER_GROUP: prefix.format("elasticache")
             + f"parametergroup:{physical}",
-            "aws:elasticache/subnetGroup:SubnetGroup": prefix.format("elasticache")
+            aws_types.ELASTICACHE_SUBNET_GROUP: prefix.format("elasticache")
             + f"subnetgroup:{physical}",
-            "aws:ecr/repository:Repository": prefix.format("ecr") + f"repository/{physical}",
-            "aws:cloudwatch/metricAlarm:MetricAlarm": prefix.format("cloudwatch")
+            aws_types.ECR_REPOSITORY: prefix.format("ecr") + f"repository/{physical}",
+            aws_types.CLOUDWATCH_METRIC_ALARM: prefix.format("cloudwatch")
             + f"alarm:{physical}",
-            "aws:sns/topic:Topic": prefix.format("sns") + physical,
-            "aws:kms/key:Key": prefix.format("kms")
+            aws_types.SNS_TOPIC: prefix.format("sns") + physical,
+            aws_types.KMS_KEY: prefix.format("kms")
             + f"key/{uuid.UUID(_hex(typ, physical, length=32))}",
-            "aws:appautoscaling/policy:Policy": prefix.format("autoscaling")
+            aws_types.APPAUTOSCALING_POLICY: prefix.format("autoscaling")
             + f"scalingPolicy:{_hex(typ, physical, length=8)}:resource/ecs/"
             + f"{state.get('resourceId', '')}:policyName/{physical}",
         }
@@ -342,34 +343,34 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def _extra_state(self, typ: str, physical: str, state: Mapping[str, Any]) -> dict[str, Any]:
         region = self.region
-        if typ == "aws:elasticache/replicationGroup:ReplicationGroup":
+        if typ == aws_types.ELASTICACHE_REPLICATION_GROUP:
             return {
                 "primaryEndpointAddress": (
                     f"master.{physical}.{_hex(physical, length=6)}."
                     f"{region_code(region)}.cache.amazonaws.com"
                 )
             }
-        if typ == "aws:ecr/repository:Repository":
+        if typ == aws_types.ECR_REPOSITORY:
             return {
                 "repositoryUrl": f"{ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{physical}",
                 "registryId": ACCOUNT,
             }
-        if typ == "aws:lb/loadBalancer:LoadBalancer":
+        if typ == aws_types.LB_LOAD_BALANCER:
             number = int(_hex(physical, length=8), 16)
             return {
                 "dnsName": f"{physical}-{number}.{region}.elb.amazonaws.com",
                 "arnSuffix": str(state["arn"]).split(":loadbalancer/", 1)[1],
             }
-        if typ == "aws:lb/targetGroup:TargetGroup":
+        if typ == aws_types.LB_TARGET_GROUP:
             return {"arnSuffix": str(state["arn"]).split(":", 5)[5]}
-        if typ == "aws:cloudwatch/eventTarget:EventTarget":
+        if typ == aws_types.CLOUDWATCH_EVENT_TARGET:
             # The provider generates a target id when none is given.
             return {"targetId": state.get("targetId") or physical}
-        if typ == "random:index/randomId:RandomId":
+        if typ == aws_types.RANDOM_ID:
             # Derived from the name and keepers: new keepers, new bytes, as with the provider.
             keepers = json.dumps(state.get("keepers") or {}, sort_keys=True)
             return {"hex": _hex(physical, keepers, length=2 * int(state["byteLength"]))}
-        if typ == "random:index/randomPassword:RandomPassword":
+        if typ == aws_types.RANDOM_PASSWORD:
             if state.get("special") is False:
                 # Letters and digits only, as asked (the web's first API key).
                 return {"result": _hex(physical, length=int(state.get("length", 16)))}
@@ -377,13 +378,13 @@ class RecordingMocks(pulumi.runtime.Mocks):
             generation = (state.get("keepers") or {}).get("generation", "1")
             token = MOCK_AUTH_TOKEN if generation == "1" else f"{MOCK_AUTH_TOKEN}-{generation}"
             return {"result": token}
-        if typ == "aws:secretsmanager/secretVersion:SecretVersion":
+        if typ == aws_types.SECRETSMANAGER_SECRET_VERSION:
             # AWS gives every new value a new version id.
             digest = _hex(str(state.get("secretString")), length=32)
             return {"versionId": str(uuid.UUID(digest))}
-        if typ == "aws:sqs/queue:Queue":
+        if typ == aws_types.SQS_QUEUE:
             return {"url": f"https://sqs.{region}.amazonaws.com/{ACCOUNT}/{physical}"}
-        if typ == "docker-build:index:Image":
+        if typ == aws_types.DOCKER_BUILD_IMAGE:
             # Pushed by digest: the digest of what the context and platforms would build.
             digest = _hex(json.dumps(state.get("context")), str(state.get("platforms")), length=64)
             return {"digest": f"sha256:{digest}", "contextHash": _hex(digest, length=64), "ref": ""}
@@ -396,9 +397,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
             return f"{_EC2_ID_PREFIXES[typ]}-{_hex(typ, name, length=17)}"
         if typ in _ARN_IDS:
             return str(state["arn"])
-        if typ == "aws:ecs/taskDefinition:TaskDefinition":
+        if typ == aws_types.ECS_TASK_DEFINITION:
             return str(state.get("family"))
-        if typ == "aws:iam/rolePolicy:RolePolicy":
+        if typ == aws_types.IAM_ROLE_POLICY:
             return f"{state.get('role')}:{physical}"
         if typ.startswith("aws:"):
             return physical
@@ -458,7 +459,7 @@ class ProgramRun:
         return {
             rendered.service: rendered
             for rendered in map(
-                RenderedTaskDefinition.of, self.of_type("aws:ecs/taskDefinition:TaskDefinition")
+                RenderedTaskDefinition.of, self.of_type(aws_types.ECS_TASK_DEFINITION)
             )
         }
 
@@ -466,11 +467,11 @@ class ProgramRun:
         """(resource name, parsed document) of every IAM policy and trust policy."""
         documents = [
             (role.name, json.loads(role.inputs["assumeRolePolicy"]))
-            for role in self.of_type("aws:iam/role:Role")
+            for role in self.of_type(aws_types.IAM_ROLE)
         ]
         documents += [
             (policy.name, json.loads(policy.inputs["policy"]))
-            for policy in self.of_type("aws:iam/rolePolicy:RolePolicy")
+            for policy in self.of_type(aws_types.IAM_ROLE_POLICY)
         ]
         return documents
 

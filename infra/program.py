@@ -66,7 +66,7 @@ def stack_config_values(namespace: str = CONFIG_NAMESPACE) -> dict[str, object]:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Deployment:
     """Everything validated: what ``deploy`` builds."""
 
     config: StackConfig
@@ -80,9 +80,9 @@ class Plan:
     image_dockerfile: str | None = None
 
 
-def validate(
+def validate_config(
     raw: dict[str, object], *, project: str, stack: str, project_root: Path = PROJECT_ROOT
-) -> Plan:
+) -> Deployment:
     """Check the whole configuration; raises ``ConfigError`` naming the key."""
     config = load(raw)
     schedule: tuple[ScheduledEntry, ...] = ()
@@ -115,7 +115,7 @@ def validate(
         image_context = os.path.relpath(context)
         image_dockerfile = os.path.relpath(dockerfile)
     prefix = re.sub(r"[^A-Za-z0-9_-]", "-", f"{project}-{stack}")
-    return Plan(
+    return Deployment(
         config=config,
         schedule=schedule,
         prefix=prefix,
@@ -148,7 +148,7 @@ def available_zones() -> list[str]:
     return list(zones)
 
 
-def deploy(plan: Plan) -> dict[str, Any]:
+def deploy(plan: Deployment) -> dict[str, Any]:
     """Create every component; returns the stack outputs."""
     config = plan.config
     context = AwsContext.lookup()
@@ -347,7 +347,7 @@ def deploy(plan: Plan) -> dict[str, Any]:
 
 
 def monitor(
-    plan: Plan,
+    plan: Deployment,
     *,
     context: AwsContext,
     cluster_name: pulumi.Output[str],
@@ -425,7 +425,7 @@ class InvalidStackConfig(ConfigError, pulumi.RunError):
 def main(project_root: Path = PROJECT_ROOT) -> dict[str, Any]:
     """Run the program: validate, deploy, export. Returns the exported outputs."""
     try:
-        plan = validate(
+        plan = validate_config(
             stack_config_values(),
             project=pulumi.get_project(),
             stack=pulumi.get_stack(),

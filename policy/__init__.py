@@ -1,1 +1,1 @@
-"""The celery-ecs policy pack: ``__main__.py`` builds it, ``invariants.py`` holds the policies."""
+"""The celery-ecs policy pack: ``__main__.py`` builds it, ``invariants/`` holds the policies."""

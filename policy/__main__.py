@@ -1,11 +1,11 @@
 """The celery-ecs policy pack: ``pulumi preview --policy-pack policy`` (see the README).
 
 Constructing the pack starts the analyzer's gRPC server and blocks until the engine is done,
-so nothing imports this file: the policies live in ``invariants.py``, where the tests call them.
+so nothing imports this file: the policies live in ``invariants/``, where the tests call them.
 Pulumi runs this file with the pack's directory on ``sys.path``.
 """
 
-from invariants import POLICIES
+from invariants.policies import POLICIES
 from pulumi_policy import EnforcementLevel, PolicyPack
 
 PolicyPack(

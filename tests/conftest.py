@@ -16,8 +16,8 @@ import redis
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, settings
 
-from devtools.redis_server import RedisServer, start_redis
 from devtools.twin.container import Container
+from testkit.redis_server import RedisServer, start_redis
 from tests.support import AUTHORIZATION, AppProcess, ClientFactory, app_environment
 from tests.tiers import GUARD, TIERS, tier_from_fixtures, tiers_of
 

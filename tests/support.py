@@ -20,8 +20,8 @@ from flask.testing import FlaskClient
 
 from app.api_keys import keys_document
 from devtools import render
-from devtools.processes import ROOT, AppProcess, python_argv, start_process
 from infra.containers import worker_command
+from testkit.processes import ROOT, AppProcess, python_argv, start_process
 
 __all__ = ["ROOT", "AppProcess", "start_process"]
 T = TypeVar("T")

@@ -1,4 +1,4 @@
-"""The stand-in of AWS's APIs (``devtools.aws_standin``): each one's state its own, a failed
+"""The stand-in of AWS's APIs (``testkit.aws_standin``): each one's state its own, a failed
 start reported at once, no server left behind by a caller that dies."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from devtools.aws_standin import AwsStandIn
-from devtools.processes import ROOT
+from testkit.aws_standin import AwsStandIn
+from testkit.processes import ROOT
 from tests.support import wait_for
 
 # The tier (tests/tiers.py): moto's server, in processes of its own, on loopback.
@@ -44,7 +44,7 @@ def test_an_address_it_cannot_bind_fails_at_once() -> None:
 
 def test_the_server_does_not_outlive_its_caller() -> None:
     caller = subprocess.Popen(
-        [sys.executable, "-c", "import time; from devtools.aws_standin import AwsStandIn; "
+        [sys.executable, "-c", "import time; from testkit.aws_standin import AwsStandIn; "
          "print(AwsStandIn().pid, flush=True); time.sleep(600)"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -18,9 +18,9 @@ import redis
 
 from celery_ecs.schedule import Every, PeriodicEntry, entries_to_json
 from celery_ecs.settings import BEAT_SCHEDULE
-from devtools.processes import python_argv
 from infra.config import load
 from infra.containers import BEAT_COMMAND
+from testkit.processes import python_argv
 from tests.support import AppProcess, start_process, wait_for
 
 #: The default stack's schedule, as its beat task definition carries it.

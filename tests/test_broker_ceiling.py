@@ -1,4 +1,4 @@
-"""The broker's ceiling (devtools/broker_ceiling.py): AWS's node figures, the model's
+"""The broker's ceiling (devtools/plan/broker_ceiling.py): AWS's node figures, the model's
 arithmetic, the bench's figures file, what a queued message weighs on a real redis-server, and
 the how-to's table current."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from devtools import broker_ceiling
-from devtools.broker_ceiling import (
+from devtools.plan import broker_ceiling
+from devtools.plan.broker_ceiling import (
     RESULT_EXPIRES,
     Figures,
     TaskCost,
@@ -23,8 +23,8 @@ from devtools.broker_ceiling import (
     parse_figures,
     thread_vcpus,
 )
-from devtools.broker_nodes import NODE_TYPES, node_type
-from devtools.cost import price_table
+from devtools.plan.broker_nodes import NODE_TYPES, node_type
+from devtools.plan.cost import price_table
 
 FIGURES = load_figures()
 

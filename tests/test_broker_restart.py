@@ -21,9 +21,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from celery_ecs.liveness import unacked_count
-from devtools.processes import python_argv
-from devtools.redis_server import RedisServer, free_port, start_redis
 from infra.containers import worker_command
+from testkit.processes import python_argv
+from testkit.redis_server import RedisServer, free_port, start_redis
 from tests.support import (
     AppProcess,
     app_environment,

@@ -1,4 +1,4 @@
-"""The monthly cost estimate (devtools/cost.py): each line from the dated price table, the
+"""The monthly cost estimate (devtools/plan/cost.py): each line from the dated price table, the
 totals, the savings of the cheaper choices checked against pricing those choices, and no number
 at all for a region without a table."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from celery_ecs.schedule import Cron, Every
-from devtools import plan
-from devtools.cost import (
+from devtools.plan import report
+from devtools.plan.cost import (
     HOURS_PER_MONTH,
     LOG_GB_PER_TASK_MONTH,
     OPT_IN,
@@ -23,10 +23,10 @@ from devtools.cost import (
     TABLE_METADATA,
     Estimate,
     estimate,
+    format_estimate,
     price_paths,
     price_table,
     quiet_load_balancer_lcus,
-    render,
     runs_per_month,
 )
 from devtools.render import stack_file_config
@@ -110,7 +110,7 @@ def test_the_estimate_says_how_many_prices_are_unchecked() -> None:
     assert result.prices is not None
     unchecked = len(result.prices.unchecked)
     assert unchecked and f"Not yet checked against AWS's price list files: {unchecked} of" in (
-        " ".join(render(result))
+        " ".join(format_estimate(result))
     )
 
 
@@ -191,14 +191,14 @@ def test_a_node_type_without_price_is_said_not_guessed() -> None:
     result = priced({"broker": {"nodeType": "cache.r7g.4xlarge"}})
     (broker,) = [item for item in result.lines if item.item.startswith("ElastiCache")]
     assert broker.low is None and broker.item in result.unpriced
-    text = "\n".join(render(result))
+    text = "\n".join(format_estimate(result))
     assert "no price" in text and "leaves out what the table has no price for" in text
 
 
 def test_a_region_without_a_table_gets_no_numbers() -> None:
     result = priced({}, region="eu-west-1")
     assert result.prices is None and result.lines == ()
-    (text,) = render(result)
+    (text,) = format_estimate(result)
     assert text.startswith("No price table for eu-west-1") and "$" not in text
 
 
@@ -352,11 +352,11 @@ def test_logs_are_the_quiet_stacks_at_min_count() -> None:
 
 
 def test_a_production_plan_says_what_production_adds() -> None:
-    production = plan.make_plan("prod", stack_file_config("prod"), REGION)
+    production = report.make_plan("prod", stack_file_config("prod"), REGION)
     result = production.estimate
     assert result.without_production is not None
     adds = {kind: difference for kind, difference, _ in result.production_adds}
-    base = plan.make_plan("prod", {**stack_file_config("prod"), "production": False}, REGION)
+    base = report.make_plan("prod", {**stack_file_config("prod"), "production": False}, REGION)
     assert result.totals[0] - result.without_production == pytest.approx(sum(adds.values()))
     assert result.without_production == pytest.approx(base.estimate.totals[0])
     # Production's defaults, each with its reason: NAT per AZ instead of task addresses, a
@@ -364,6 +364,6 @@ def test_a_production_plan_says_what_production_adds() -> None:
     assert {"nat", "ipv4 nat", "ipv4 tasks", "broker", "container insights", "dashboard",
             "flow logs", "logs", "fargate web"} <= adds.keys()  # fmt: skip
     assert adds["ipv4 tasks"] < 0 < adds["nat"]
-    text = "\n".join(render(result))
+    text = "\n".join(format_estimate(result))
     assert "Production adds" in text and "automatic failover (ElastiCache.3)" in text
-    assert plan.make_plan("dev", stack_file_config("dev"), REGION).estimate.production_adds == ()
+    assert report.make_plan("dev", stack_file_config("dev"), REGION).estimate.production_adds == ()

@@ -1,10 +1,10 @@
 """The image: lint-clean, hardened, and holding exactly what the app's processes need.
 
 No Docker engine is needed: the Dockerfile is linted with hadolint and parsed (with the ECS
-twin's reading of it, ``devtools.twin.image``), and the app's imports are checked against what
-the image copies (app/) and installs (app/requirements.txt and the runtime package, built from
-pyproject.toml and celery_ecs/). The twin runs the image's build
-stage and its containers for real (``tests/test_fargate_contract.py``).
+twin's reading of it, ``devtools.twin.dockerfile_image``), and the app's imports are checked
+against what the image copies (app/) and installs (app/requirements.txt and the runtime package,
+built from pyproject.toml and celery_ecs/). The twin runs the image's build stage and its
+containers for real (``tests/test_fargate_contract.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from docker.utils.build import exclude_paths
 
-from devtools.twin.image import Stage, dockerfile_stages
+from devtools.twin.dockerfile_image import Stage, dockerfile_stages
 from infra import containers
 from infra.config import load as load_stack_config
 from tests.support import ROOT

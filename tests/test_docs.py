@@ -17,8 +17,9 @@ from mkdocs.commands.build import build
 from mkdocs.config import load_config
 from mkdocs.exceptions import Abort
 
-from devtools import docs, plan
+from devtools import docs
 from devtools.docblocks import DOCS, GeneratedBlock
+from devtools.plan import report
 from devtools.upstream import suites
 from infra.config import SECTIONS
 from infra.config_keys import Choice, Section, reference_tables
@@ -146,7 +147,7 @@ def test_a_key_table_cell_shows_an_error_text_as_it_is() -> None:
 def test_every_generated_block_has_its_markers_on_its_page() -> None:
     blocks = [
         docs.OUTPUTS_BLOCK,
-        plan.COST_BLOCK,
+        report.COST_BLOCK,
         suites.EXCLUSIONS_BLOCK,
         docs.CONFIGURATION_BLOCK,
     ]

@@ -1,7 +1,7 @@
 """ECS stop semantics, reproduced locally with the worker the program renders.
 
 Each worker here is its pool's task definition as rendered by the Pulumi program under mocks,
-run on the ECS twin as Fargate runs it (``devtools.rendered_worker``), against a real
+run on the ECS twin as Fargate runs it (``testkit.rendered_worker``), against a real
 redis-server, and is stopped as ECS stops a task: SIGTERM, wait the rendered ``stopTimeout``,
 SIGKILL. The tasks are ``app.tasks.apply_credit``: they count their attempts and apply their
 effect once per key.
@@ -30,14 +30,14 @@ from celery.bin.celery import celery as celery_cli
 from celery_ecs import settings as env_names
 from celery_ecs.liveness import Deadlines, unacked_count
 from celery_ecs.settings import Settings
-from devtools.rendered_worker import (
+from devtools.twin.container import Container
+from infra.budget import worker_budget
+from testkit.rendered_worker import (
     WorkerDefinition,
     ecs_stop,
     start_rendered_worker,
     worker_definitions,
 )
-from devtools.twin.container import Container
-from infra.budget import worker_budget
 from tests.support import run_program, send_task, wait_for
 
 # The tier (tests/tiers.py): workers run as containers on the ECS twin, as root.

@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 import redis
 
 from celery_ecs.schedule import PeriodicEntry
-from devtools.processes import ROOT, python_argv
-from devtools.redis_server import free_port
 from infra.config import load
 from infra.containers import CELERY_APP, ENQUEUE_SCRIPT, enqueue_command
+from testkit.processes import ROOT, python_argv
+from testkit.redis_server import free_port
 from tests.support import AppProcess, start_worker, wait_for
 
 #: The default stack's first entry (hourly purge on "default").

@@ -3,7 +3,7 @@
 The suite itself runs in one virtualenv that holds everything (requirements-dev.txt); issue 17
 was a program that passed there and could not be imported in the virtualenv Pulumi builds from
 requirements.txt alone. Here each entry point runs in its own runner's environment, built by
-``devtools.envs`` with the runner's own commands and cached (``.venvs/``, by a hash of what is
+``testkit.envs`` with the runner's own commands and cached (``.venvs/``, by a hash of what is
 installed and the Python version; a fresh clone builds each once, which needs PyPI):
 
 - the Pulumi program (``__main__.py``, as Pulumi's language host runs it, under mocks) in the
@@ -35,8 +35,11 @@ from typing import Any
 import pytest
 import yaml
 
-from devtools import envs, policy_check, render
-from policy.invariants import POLICIES
+from devtools import render
+from devtools.plan import policy_check
+from policy.invariants import aws_types
+from policy.invariants.policies import POLICIES
+from testkit import envs
 from tests.support import ROOT
 from tests.test_workflows import load, write_fake_gh
 
@@ -160,7 +163,7 @@ def test_the_policy_pack_loads_and_judges_in_its_own_virtualenv(
         # A broken resource: an IAM policy that allows every action.
         resources = registrations(rendered["dev"])
         index, role_policy = next(
-            (i, r) for i, r in enumerate(resources) if r.type == "aws:iam/rolePolicy:RolePolicy"
+            (i, r) for i, r in enumerate(resources) if r.type == aws_types.IAM_ROLE_POLICY
         )
         wildcard = {"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow", "Action": "*", "Resource": "*"}
@@ -266,7 +269,7 @@ class Runner:
     served from the cache (built by running them as written), and stand-ins for what needs the
     outside world: ``sudo`` (already root), ``apt-get`` (checks the packages are installed),
     ``gh`` (records its calls: test_workflows.py's), ``make`` (its virtualenv goals from the
-    cache, devtools/envs.py), AWS credentials (none needed), ``pulumi/actions`` (the program
+    cache, testkit/envs.py), AWS credentials (none needed), ``pulumi/actions`` (the program
     rendered under the mocks in the job's ``.venv``, judged by the policy pack in its own
     virtualenv) and the artifact store (a directory)."""
 
@@ -289,7 +292,7 @@ class Runner:
         )
         self._script(
             "make",
-            f"exec {sys.executable} {ROOT / 'devtools' / 'envs.py'} make --cache {envs.CACHE}"
+            f"exec {sys.executable} {ROOT / 'testkit' / 'envs.py'} make --cache {envs.CACHE}"
             ' -- "$@"\n',
         )
         self.python_bin = envs.runner_bin()
@@ -493,7 +496,7 @@ def runner(tmp_path: Path) -> Iterator[Runner]:
 
 
 def test_the_runner_python_has_nothing_of_ours(runner: Runner) -> None:
-    """setup-python's stand-in: what the preview's comment step runs devtools.plan_comment with."""
+    """setup-python's stand-in: what the preview's comment step runs devtools.plan.comment with."""
     python = runner.python_bin / "python"
     assert finds(python, ("yaml", "pulumi", "celery", "pytest")) == []
 

@@ -21,8 +21,9 @@ import redis
 
 from devtools.render import ProgramRun, RenderedTaskDefinition, stack_file_config
 from devtools.twin.container import Container, plan_container, start_container
-from devtools.twin.image import ROOT, Image, parse_image
+from devtools.twin.dockerfile_image import ROOT, Image, parse_image
 from infra.config import load
+from policy.invariants import aws_types
 from tests.support import run_program, wait_for
 
 # The tier (tests/tiers.py): every container runs on the ECS twin, as root.
@@ -85,7 +86,7 @@ def answers(url: str) -> bool:
 
 
 def target_group_health_path(stack: ProgramRun) -> str:
-    return str(stack.one("aws:lb/targetGroup:TargetGroup").inputs["healthCheck"]["path"])
+    return str(stack.one(aws_types.LB_TARGET_GROUP).inputs["healthCheck"]["path"])
 
 
 def test_every_service_of_the_stack_starts_passes_its_health_check_and_stops_cleanly(
@@ -119,7 +120,7 @@ def test_the_enqueue_task_runs_as_eventbridge_starts_it(
     assert "beat" not in tasks
     entry = load({"scheduler": "eventbridge"}).schedule[0]
     target = eventbridge_stack.named(
-        "aws:cloudwatch/eventTarget:EventTarget", f"schedule-{entry.name}"
+        aws_types.CLOUDWATCH_EVENT_TARGET, f"schedule-{entry.name}"
     ).inputs
     # EventBridge's input transformer puts the event time where the template says.
     template = target["inputTransformer"]["inputTemplate"].replace("<time>", SLOT)

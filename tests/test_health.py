@@ -14,9 +14,9 @@ import redis
 
 from app.celery_app import app
 from celery_ecs.runtime import HEARTBEAT_INTERVAL
-from devtools.processes import python_argv
-from devtools.redis_server import free_port
 from infra.containers import BEAT_COMMAND, WEB_COMMAND, worker_command
+from testkit.processes import python_argv
+from testkit.redis_server import free_port
 from tests.support import ROOT, AppProcess, send_task, start_process, wait_for
 
 # The tier (tests/tiers.py): the health checks run as the container runs them, in processes.

@@ -16,8 +16,9 @@ import pytest
 
 from devtools.render import ProgramRun
 from devtools.stack_snapshot import STACKS, compare, read_snapshot, render, snapshot
+from policy.invariants import aws_types
 
-SERVICE = "aws:ecs/service:Service"
+SERVICE = aws_types.ECS_SERVICE
 
 
 @pytest.mark.parametrize("stack", list(STACKS))
@@ -98,8 +99,8 @@ def test_the_services_resources_moved_into_their_component_keep_their_deployed_u
     # They were children of the web, the pool or beat before FargateService existed.
     run = render("dev")
     for type_, logical in (
-        ("aws:iam/role:Role", f"{name}-task"),
-        ("aws:ecs/taskDefinition:TaskDefinition", f"{name}-task"),
+        (aws_types.IAM_ROLE, f"{name}-task"),
+        (aws_types.ECS_TASK_DEFINITION, f"{name}-task"),
         (SERVICE, f"{name}-service"),
     ):
         resource = run.named(type_, logical)

@@ -18,9 +18,10 @@ import pytest
 import celery_ecs
 from celery_ecs.schedule import entries_from_json
 from celery_ecs.settings import BEAT_SCHEDULE
-from devtools.processes import CONSOLE_SCRIPTS, python_argv
 from devtools.render import RenderedTaskDefinition
 from infra.containers import ENQUEUE_SCRIPT, HEALTH_SCRIPT
+from policy.invariants import aws_types
+from testkit.processes import CONSOLE_SCRIPTS, python_argv
 from tests.support import ROOT, shared_run
 
 STACKS = {
@@ -45,7 +46,7 @@ def commands(request: pytest.FixtureRequest) -> list[list[str]]:
         for task in tasks
         if "healthCheck" in task.container
     ]
-    for target in run.of_type("aws:cloudwatch/eventTarget:EventTarget"):
+    for target in run.of_type(aws_types.CLOUDWATCH_EVENT_TARGET):
         template = json.loads(target.inputs["inputTransformer"]["inputTemplate"])
         argvs += [override["command"] for override in template["containerOverrides"]]
     return argvs

@@ -18,12 +18,13 @@ from infra.fargate_service import (
     FargateServiceArgs,
     TaskPlacement,
 )
+from policy.invariants import aws_types
 from tests.support import run_program, shared_run
 
-ROLE = "aws:iam/role:Role"
-ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
-TASK_DEFINITION = "aws:ecs/taskDefinition:TaskDefinition"
-SERVICE = "aws:ecs/service:Service"
+ROLE = aws_types.IAM_ROLE
+ROLE_POLICY = aws_types.IAM_ROLE_POLICY
+TASK_DEFINITION = aws_types.ECS_TASK_DEFINITION
+SERVICE = aws_types.ECS_SERVICE
 
 
 def valid_args(**changes: Any) -> FargateServiceArgs:

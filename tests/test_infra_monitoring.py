@@ -14,6 +14,7 @@ from devtools.render import ACCOUNT, RecordingMocks
 from devtools.render import DEFAULT_REGION as REGION
 from infra.alarms import MIN_REQUESTS_FOR_RATE
 from infra.config import load
+from policy.invariants import aws_types
 from tests.support import run_program, shared_run
 from tests.test_infra_program import (
     ALARM,
@@ -113,7 +114,7 @@ def test_a_created_topic_is_encrypted_and_only_this_stacks_alarms_may_publish(
     topic = run.one(TOPIC)
     # The customer managed key: alias/aws/sns's policy cannot admit CloudWatch.
     assert topic.inputs["kmsMasterKeyId"] == key.state["arn"]
-    policy = json.loads(run.one("aws:sns/topicPolicy:TopicPolicy").inputs["policy"])
+    policy = json.loads(run.one(aws_types.SNS_TOPIC_POLICY).inputs["policy"])
     allow, deny = policy["Statement"]
     assert allow["Effect"] == "Allow" and allow["Action"] == "sns:Publish"
     assert allow["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
@@ -121,7 +122,7 @@ def test_a_created_topic_is_encrypted_and_only_this_stacks_alarms_may_publish(
     assert allow["Condition"] == only_ours
     assert deny["Effect"] == "Deny"
     assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-    subscription = run.one("aws:sns/topicSubscription:TopicSubscription").inputs
+    subscription = run.one(aws_types.SNS_TOPIC_SUBSCRIPTION).inputs
     assert subscription == {
         "topic": topic.state["arn"],
         "protocol": "email",
@@ -188,7 +189,7 @@ def test_the_schedule_source_has_its_alarms(deployed: Deployed) -> None:
 
 def test_web_and_broker_alarms_take_the_configured_thresholds(deployed: Deployed) -> None:
     alarms, run, alerts = operator_alarms(deployed), deployed.run, deployed.config.alerts
-    balancer = run.one("aws:lb/loadBalancer:LoadBalancer").state["arnSuffix"]
+    balancer = run.one(aws_types.LB_LOAD_BALANCER).state["arnSuffix"]
     for name, metric_name in (("web-elb-5xx", "HTTPCode_ELB_5XX_Count"),
                               ("web-target-5xx", "HTTPCode_Target_5XX_Count")):  # fmt: skip
         alarm = alarms[name]
@@ -198,7 +199,7 @@ def test_web_and_broker_alarms_take_the_configured_thresholds(deployed: Deployed
         assert result(alarm) == (
             f"IF(requests >= {MIN_REQUESTS_FOR_RATE}, 100 * FILL(errors, 0) / requests, 0)"
         )
-    group = run.one("aws:elasticache/replicationGroup:ReplicationGroup").id
+    group = run.one(aws_types.ELASTICACHE_REPLICATION_GROUP).id
     nodes = [f"{group}-{n:03d}" for n in range(1, 2 + deployed.config.broker.replicas)]
     for name, metric_name, threshold in (
         ("broker-memory", "DatabaseMemoryUsagePercentage", alerts.broker_memory_percent),
@@ -213,7 +214,7 @@ def test_web_and_broker_alarms_take_the_configured_thresholds(deployed: Deployed
 
 def dashboard(deployed: Deployed) -> dict[str, Any]:
     return json.loads(
-        deployed.run.one("aws:cloudwatch/dashboard:Dashboard").inputs["dashboardBody"]
+        deployed.run.one(aws_types.CLOUDWATCH_DASHBOARD).inputs["dashboardBody"]
     )
 
 
@@ -228,7 +229,7 @@ def widget_metrics(widget: dict[str, Any]) -> list[tuple[str, ...]]:
 
 def test_a_dashboard_only_where_the_stack_asks_for_one(deployed: Deployed) -> None:
     """Its resource and its output exist with ``dashboard`` (config tests: its defaults)."""
-    dashboards = deployed.run.of_type("aws:cloudwatch/dashboard:Dashboard")
+    dashboards = deployed.run.of_type(aws_types.CLOUDWATCH_DASHBOARD)
     assert len(dashboards) == int(deployed.config.dashboard)
     assert ("dashboardUrl" in deployed.run.outputs) is deployed.config.dashboard
 
@@ -239,7 +240,7 @@ def test_the_dashboard_shows_what_the_alarms_watch(stack: str) -> None:
     run, config = deployed.run, deployed.config
     body = dashboard(deployed)
     widgets = {w["properties"]["title"]: w for w in body["widgets"]}
-    assert run.one("aws:cloudwatch/dashboard:Dashboard").inputs["dashboardName"] == PREFIX
+    assert run.one(aws_types.CLOUDWATCH_DASHBOARD).inputs["dashboardName"] == PREFIX
     alarm_arns = {a.state["arn"] for a in run.of_type(ALARM)}
     shown = set(widgets["Alarms"]["properties"]["alarms"])
     shown |= set(widgets["Scaling activity (scale-out alarms)"]["properties"]["alarms"])

@@ -24,6 +24,7 @@ from app.api_keys import parse_keys
 from celery_ecs import settings as env_names
 from celery_ecs.schedule import entries_from_json
 from celery_ecs.settings import PROTECTION_IDLE_GRACE_SECONDS
+from devtools.plan.aws_rules import check_against_aws
 from devtools.render import (
     ACCOUNT,
     MOCK_AUTH_TOKEN,
@@ -35,7 +36,6 @@ from devtools.render import (
 from devtools.render import (
     DEFAULT_REGION as REGION,
 )
-from devtools.validate import validate
 from infra import program
 from infra.broker import broker_url
 from infra.budget import BEAT_STOP_TIMEOUT, FARGATE_STOP_TIMEOUT_CAP, TASK_START_ALLOWANCE
@@ -43,6 +43,7 @@ from infra.config import DEFAULT_SCHEDULE, ConfigError, ExistingVpc, NewVpc, Sta
 from infra.containers import health_check
 from infra.fargate_service import DeploymentRolledBack
 from infra.schedule_expr import shortest_gap, to_eventbridge_expression
+from policy.invariants import aws_types
 from tests.support import ROOT, run_program, shared_run
 
 CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"
@@ -107,22 +108,22 @@ ALL_STACKS = list(STACKS)
 BEAT_STACKS = [name for name, raw in STACKS.items() if raw.get("scheduler", "beat") == "beat"]
 EVENTBRIDGE_STACKS = [name for name in STACKS if name not in BEAT_STACKS]
 
-SERVICE = "aws:ecs/service:Service"
-TASK_DEFINITION = "aws:ecs/taskDefinition:TaskDefinition"
-SCALING_TARGET = "aws:appautoscaling/target:Target"
-SCALING_POLICY = "aws:appautoscaling/policy:Policy"
-INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
-EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
-RULE = "aws:cloudwatch/eventRule:EventRule"
-TARGET = "aws:cloudwatch/eventTarget:EventTarget"
-IMAGE = "docker-build:index:Image"
-REPLICATION_GROUP = "aws:elasticache/replicationGroup:ReplicationGroup"
-QUEUE = "aws:sqs/queue:Queue"
-ROLE = "aws:iam/role:Role"
-ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
-ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
-TOPIC = "aws:sns/topic:Topic"
-KEY = "aws:kms/key:Key"
+SERVICE = aws_types.ECS_SERVICE
+TASK_DEFINITION = aws_types.ECS_TASK_DEFINITION
+SCALING_TARGET = aws_types.APPAUTOSCALING_TARGET
+SCALING_POLICY = aws_types.APPAUTOSCALING_POLICY
+INGRESS = aws_types.VPC_SECURITY_GROUP_INGRESS_RULE
+EGRESS = aws_types.VPC_SECURITY_GROUP_EGRESS_RULE
+RULE = aws_types.CLOUDWATCH_EVENT_RULE
+TARGET = aws_types.CLOUDWATCH_EVENT_TARGET
+IMAGE = aws_types.DOCKER_BUILD_IMAGE
+REPLICATION_GROUP = aws_types.ELASTICACHE_REPLICATION_GROUP
+QUEUE = aws_types.SQS_QUEUE
+ROLE = aws_types.IAM_ROLE
+ROLE_POLICY = aws_types.IAM_ROLE_POLICY
+ALARM = aws_types.CLOUDWATCH_METRIC_ALARM
+TOPIC = aws_types.SNS_TOPIC
+KEY = aws_types.KMS_KEY
 PREFIX = "celery-ecs-test"
 NAMESPACE = "CeleryEcs/celery-ecs-test"
 
@@ -236,7 +237,7 @@ def test_schedule_failures_land_in_an_encrypted_queue_only_the_rules_may_write(
     queue = run.one(QUEUE)
     assert queue.inputs["sqsManagedSseEnabled"] is True
     assert queue.inputs["messageRetentionSeconds"] == 14 * 24 * 3600
-    policy = json.loads(run.one("aws:sqs/queuePolicy:QueuePolicy").inputs["policy"])
+    policy = json.loads(run.one(aws_types.SQS_QUEUE_POLICY).inputs["policy"])
     allow, deny = policy["Statement"]
     rule_arns = sorted(rule.state["arn"] for rule in run.of_type(RULE))
     assert allow["Effect"] == "Allow" and allow["Action"] == "sqs:SendMessage"
@@ -422,9 +423,9 @@ def test_web_scales_on_cpu_and_optionally_requests(deployed: Deployed) -> None:
         spec = requests[0].inputs["targetTrackingScalingPolicyConfiguration"]
         assert spec["predefinedMetricSpecification"] == {
             "predefinedMetricType": "ALBRequestCountPerTarget",
-            "resourceLabel": run.one("aws:lb/loadBalancer:LoadBalancer").state["arnSuffix"]
+            "resourceLabel": run.one(aws_types.LB_LOAD_BALANCER).state["arnSuffix"]
             + "/"
-            + run.one("aws:lb/targetGroup:TargetGroup").state["arnSuffix"],
+            + run.one(aws_types.LB_TARGET_GROUP).state["arnSuffix"],
         }
         assert spec["targetValue"] == web.target_requests_per_task
 
@@ -435,7 +436,7 @@ def test_web_scales_on_cpu_and_optionally_requests(deployed: Deployed) -> None:
 @pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
 def test_only_the_load_balancer_is_open_to_the_internet(deployed: Deployed) -> None:
     run = deployed.run
-    groups = {g.id: g.name for g in run.of_type("aws:ec2/securityGroup:SecurityGroup")}
+    groups = {g.id: g.name for g in run.of_type(aws_types.EC2_SECURITY_GROUP)}
     ingress = [(groups[r.inputs["securityGroupId"]], r.inputs) for r in run.of_type(INGRESS)]
     public = [(group, rule["fromPort"]) for group, rule in ingress if "cidrIpv4" in rule]
     https = deployed.config.web.certificate_arn is not None
@@ -465,7 +466,7 @@ def test_only_the_load_balancer_is_open_to_the_internet(deployed: Deployed) -> N
     }
     assert broker_sources == {"network-web", "network-background"}
     # The broker sits in the broker group; tasks in theirs; nothing else has any ingress.
-    replication = run.one("aws:elasticache/replicationGroup:ReplicationGroup").inputs
+    replication = run.one(aws_types.ELASTICACHE_REPLICATION_GROUP).inputs
     assert [groups[g] for g in replication["securityGroupIds"]] == ["network-broker"]
     assert {
         groups[g]
@@ -482,9 +483,9 @@ def test_only_the_load_balancer_is_open_to_the_internet(deployed: Deployed) -> N
 @pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
 def test_created_vpc_has_two_azs_and_a_closed_default_group(deployed: Deployed) -> None:
     run, network = deployed.run, deployed.config.network
-    subnets = run.of_type("aws:ec2/subnet:Subnet")
+    subnets = run.of_type(aws_types.EC2_SUBNET)
     if isinstance(network, ExistingVpc):
-        assert subnets == [] and run.of_type("aws:ec2/vpc:Vpc") == []
+        assert subnets == [] and run.of_type(aws_types.EC2_VPC) == []
         for service in run.of_type(SERVICE):
             assert service.inputs["networkConfiguration"]["subnets"] == list(
                 network.private_subnet_ids
@@ -494,18 +495,18 @@ def test_created_vpc_has_two_azs_and_a_closed_default_group(deployed: Deployed) 
     for kind in ("public", "private"):
         zones = [s.inputs["availabilityZone"] for s in subnets if f"-{kind}-" in s.name]
         assert len(zones) == 2 and len(set(zones)) == 2
-    default_group = run.one("aws:ec2/defaultSecurityGroup:DefaultSecurityGroup").inputs
+    default_group = run.one(aws_types.EC2_DEFAULT_SECURITY_GROUP).inputs
     assert "ingress" not in default_group and "egress" not in default_group
     nat_count = {"none": 0, "single": 1, "perAz": 2}[network.nat_gateways]
-    assert len(run.of_type("aws:ec2/natGateway:NatGateway")) == nat_count
+    assert len(run.of_type(aws_types.EC2_NAT_GATEWAY)) == nat_count
     for service in run.of_type(SERVICE):
         placement = service.inputs["networkConfiguration"]
         assert placement["assignPublicIp"] == (nat_count == 0)
         kind = "public" if nat_count == 0 else "private"
         assert placement["subnets"] == [
-            run.named("aws:ec2/subnet:Subnet", f"network-{kind}-{index}").id for index in (0, 1)
+            run.named(aws_types.EC2_SUBNET, f"network-{kind}-{index}").id for index in (0, 1)
         ]
-    flow_logs = run.of_type("aws:ec2/flowLog:FlowLog")
+    flow_logs = run.of_type(aws_types.EC2_FLOW_LOG)
     assert len(flow_logs) == (1 if deployed.config.production else 0)
 
 
@@ -514,7 +515,7 @@ def test_created_vpc_has_two_azs_and_a_closed_default_group(deployed: Deployed) 
 
 def test_broker_is_encrypted_authenticated_and_never_evicts(deployed: Deployed) -> None:
     run, broker = deployed.run, deployed.config.broker
-    group = run.one("aws:elasticache/replicationGroup:ReplicationGroup").inputs
+    group = run.one(aws_types.ELASTICACHE_REPLICATION_GROUP).inputs
     assert group["engine"] == broker.engine == broker.engine.lower()
     assert group["engineVersion"] == broker.engine_version
     assert group["clusterMode"] == "disabled" and "numNodeGroups" not in group
@@ -523,17 +524,17 @@ def test_broker_is_encrypted_authenticated_and_never_evicts(deployed: Deployed) 
     assert group["transitEncryptionMode"] == "required"
     assert group["atRestEncryptionEnabled"] is True
     assert group["authToken"] == MOCK_AUTH_TOKEN
-    assert "authToken" in run.one("aws:elasticache/replicationGroup:ReplicationGroup").secret_inputs
+    assert "authToken" in run.one(aws_types.ELASTICACHE_REPLICATION_GROUP).secret_inputs
     assert group["autoMinorVersionUpgrade"] is True
     assert group["snapshotRetentionLimit"] == broker.snapshot_retention_days
     failover = broker.replicas >= 1
     assert group["automaticFailoverEnabled"] is failover
     assert group["multiAzEnabled"] is failover
-    parameters = run.one("aws:elasticache/parameterGroup:ParameterGroup").inputs
+    parameters = run.one(aws_types.ELASTICACHE_PARAMETER_GROUP).inputs
     assert parameters["family"] == broker.parameter_group_family
     assert parameters["parameters"] == [{"name": "maxmemory-policy", "value": "noeviction"}]
     assert group["parameterGroupName"] == "broker-abc1234"  # the mock's auto-name of the group
-    subnet_group = run.one("aws:elasticache/subnetGroup:SubnetGroup").inputs
+    subnet_group = run.one(aws_types.ELASTICACHE_SUBNET_GROUP).inputs
     assert len(subnet_group["subnetIds"]) >= 2
     # Production keeps a final snapshot when the broker is deleted, named after the stack with
     # a random part of its own, and says so in the outputs; dev stacks keep none.
@@ -541,15 +542,15 @@ def test_broker_is_encrypted_authenticated_and_never_evicts(deployed: Deployed) 
         name = group["finalSnapshotIdentifier"]
         assert name.startswith(f"{PREFIX}-final-") and name == name.lower()
         assert run.outputs["brokerFinalSnapshotName"] == name
-        suffix = run.one("random:index/randomId:RandomId").inputs
+        suffix = run.one(aws_types.RANDOM_ID).inputs
         assert suffix["keepers"] == {
             "engine": broker.engine, "engineVersion": broker.engine_version
         }  # fmt: skip
     else:
         assert "finalSnapshotIdentifier" not in group
         assert "brokerFinalSnapshotName" not in run.outputs
-        assert not run.of_type("random:index/randomId:RandomId")
-    password = run.named("random:index/randomPassword:RandomPassword", "broker-auth-token").inputs
+        assert not run.of_type(aws_types.RANDOM_ID)
+    password = run.named(aws_types.RANDOM_PASSWORD, "broker-auth-token").inputs
     assert password["overrideSpecial"] == "!&#$^<>-"
     assert 16 <= password["length"] <= 128
     # A token change applies at once and invalidates the old token (no window where both work,
@@ -565,7 +566,7 @@ def test_a_new_token_generation_rolls_every_service_onto_the_new_broker_url() ->
     tokens, triggers = {}, {}
     for generation, run in runs.items():
         tokens[generation] = run.one(REPLICATION_GROUP).inputs["authToken"]
-        services = run.of_type("aws:ecs/service:Service")
+        services = run.of_type(aws_types.ECS_SERVICE)
         assert {service.inputs["forceNewDeployment"] for service in services} == {True}
         triggers[generation] = {service.name: service.inputs["triggers"] for service in services}
         # One version for all: the secret's, which every new value changes.
@@ -577,12 +578,12 @@ def test_a_new_token_generation_rolls_every_service_onto_the_new_broker_url() ->
 
 def test_broker_url_reaches_containers_only_as_a_secret(deployed: Deployed) -> None:
     run = deployed.run
-    secret = run.named("aws:secretsmanager/secret:Secret", "broker")
+    secret = run.named(aws_types.SECRETSMANAGER_SECRET, "broker")
     secret_arn = secret.state["arn"]
-    version_registration = run.named("aws:secretsmanager/secretVersion:SecretVersion", "broker")
+    version_registration = run.named(aws_types.SECRETSMANAGER_SECRET_VERSION, "broker")
     assert "secretString" in version_registration.secret_inputs
     version = version_registration.inputs
-    host = run.one("aws:elasticache/replicationGroup:ReplicationGroup").state[
+    host = run.one(aws_types.ELASTICACHE_REPLICATION_GROUP).state[
         "primaryEndpointAddress"
     ]
     url = broker_url(MOCK_AUTH_TOKEN, host)
@@ -604,14 +605,14 @@ def test_broker_url_reaches_containers_only_as_a_secret(deployed: Deployed) -> N
 @pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
 def test_the_web_reads_its_api_keys_from_a_secret_only_it_may_read(deployed: Deployed) -> None:
     run = deployed.run
-    secret = run.named("aws:secretsmanager/secret:Secret", "web-api-keys")
+    secret = run.named(aws_types.SECRETSMANAGER_SECRET, "web-api-keys")
     arn = secret.state["arn"]
     assert secret.inputs["namePrefix"] == f"{PREFIX}/web-api-keys-"
     assert secret.inputs["recoveryWindowInDays"] == (7 if deployed.config.production else 0)
     # The first value: one generated key of letters and digits, a secret input of the version.
-    key = run.named("random:index/randomPassword:RandomPassword", "web-api-key")
+    key = run.named(aws_types.RANDOM_PASSWORD, "web-api-key")
     assert key.inputs["special"] is False and key.inputs["length"] >= 32
-    version = run.named("aws:secretsmanager/secretVersion:SecretVersion", "web-api-keys")
+    version = run.named(aws_types.SECRETSMANAGER_SECRET_VERSION, "web-api-keys")
     assert version.inputs["secretId"] == arn
     assert "secretString" in version.secret_inputs
     assert parse_keys(version.inputs["secretString"]) == (key.state["result"].encode(),)
@@ -640,12 +641,12 @@ def test_up_never_writes_the_api_keys_again() -> None:
     run = shared_run({})
     # A rotation done outside Pulumi is the secret's value from then on; AWS never deletes the
     # first version (a label of the stack's own stays on it), so a refresh never recreates it.
-    version = ("aws:secretsmanager/secretVersion:SecretVersion", "web-api-keys")
+    version = (aws_types.SECRETSMANAGER_SECRET_VERSION, "web-api-keys")
     assert run.ignore_changes[version] == ["secret_string", "version_stages"]
     stages = run.named(*version).inputs["versionStages"]
     assert stages == ["AWSCURRENT", "STACK_INITIAL"]
     # The broker URL secret is the program's: a new token is written (docs: broker token).
-    assert ("aws:secretsmanager/secretVersion:SecretVersion", "broker") not in run.ignore_changes
+    assert (aws_types.SECRETSMANAGER_SECRET_VERSION, "broker") not in run.ignore_changes
 
 
 # --- task definitions -----------------------------------------------------------------------
@@ -654,8 +655,8 @@ def test_up_never_writes_the_api_keys_again() -> None:
 @pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
 def test_aws_would_accept_every_request_and_policy(deployed: Deployed) -> None:
     """Every API request the providers would send passes botocore's models, and every policy
-    parliament (tests/test_validate.py proves each check catches a mistake)."""
-    report = validate(deployed.run)
+    parliament (tests/test_aws_rules.py proves each check catches a mistake)."""
+    report = check_against_aws(deployed.run)
     assert report.findings == (), "\n".join(map(str, report.findings))
     for service, task in deployed.run.task_definitions().items():
         assert len(task.containers) == 1, service
@@ -665,7 +666,7 @@ def test_containers_are_hardened(deployed: Deployed) -> None:
     run = deployed.run
     log_groups = {
         g.inputs["name"]: g
-        for g in run.of_type("aws:cloudwatch/logGroup:LogGroup")
+        for g in run.of_type(aws_types.CLOUDWATCH_LOG_GROUP)
         if "name" in g.inputs
     }
     for service, task in run.task_definitions().items():
@@ -770,7 +771,7 @@ def test_no_policy_grants_wildcard_actions(deployed: Deployed) -> None:
     documents += [(key.name, json.loads(key.inputs["policy"])) for key in run.of_type(KEY)]
     documents += [
         (policy.name, json.loads(policy.inputs["policy"]))
-        for policy in run.of_type("aws:sns/topicPolicy:TopicPolicy")
+        for policy in run.of_type(aws_types.SNS_TOPIC_POLICY)
     ]
     assert documents
     for name, document in documents:
@@ -789,12 +790,12 @@ def test_execution_role_reads_exactly_the_broker_secret(deployed: Deployed) -> N
     by_action = {
         action: s["Resource"] for s in statements(policy) for action in as_list(s["Action"])
     }
-    secret = run.named("aws:secretsmanager/secret:Secret", "broker").state["arn"]
+    secret = run.named(aws_types.SECRETSMANAGER_SECRET, "broker").state["arn"]
     assert secret.startswith(f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:")
     assert by_action["secretsmanager:GetSecretValue"] == [secret]
     groups = sorted(
         f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{g.inputs['name']}:*"
-        for g in run.of_type("aws:cloudwatch/logGroup:LogGroup")
+        for g in run.of_type(aws_types.CLOUDWATCH_LOG_GROUP)
         if g.name.startswith("cluster-")
     )
     assert sorted(by_action["logs:PutLogEvents"]) == groups
@@ -882,7 +883,7 @@ def test_up_fails_loudly_when_ecs_rolls_a_deployment_back() -> None:
 
         def new_resource(self, args: MockResourceArgs) -> tuple[str, dict[str, Any]]:
             resource_id, state = super().new_resource(args)
-            if args.typ == "aws:ecs/service:Service" and args.name == "worker-default-service":
+            if args.typ == aws_types.ECS_SERVICE and args.name == "worker-default-service":
                 state["taskDefinition"] = str(state["taskDefinition"]).rsplit(":", 1)[0] + ":0"
             return resource_id, state
 
@@ -909,7 +910,7 @@ def test_spot_pools_keep_one_task_on_regular_fargate(deployed: Deployed) -> None
     """A Spot pool's first task runs on regular Fargate (its queues keep a consumer when Spot
     capacity runs out), every other on Spot; the cluster has both capacity providers."""
     run, config = deployed.run, deployed.config
-    (association,) = run.of_type("aws:ecs/clusterCapacityProviders:ClusterCapacityProviders")
+    (association,) = run.of_type(aws_types.ECS_CLUSTER_CAPACITY_PROVIDERS)
     assert association.inputs["capacityProviders"] == ["FARGATE", "FARGATE_SPOT"]
     assert association.inputs["clusterName"] == run.outputs["clusterName"]
     for pool in config.workers:
@@ -942,7 +943,7 @@ def test_turning_fargate_spot_on_or_off_changes_only_the_pools_strategy() -> Non
     assert changed == {"capacityProviderStrategies"}
     assert "launchType" not in before and "launchType" not in after
     assert before["forceNewDeployment"] is True
-    providers = "aws:ecs/clusterCapacityProviders:ClusterCapacityProviders"
+    providers = aws_types.ECS_CLUSTER_CAPACITY_PROVIDERS
     assert regular.one(providers).inputs == spot.one(providers).inputs
 
 
@@ -955,7 +956,7 @@ def test_arm64_tasks_run_an_arm64_image() -> None:
 
 def test_load_balancer_follows_the_web_budget(deployed: Deployed) -> None:
     run, web = deployed.run, deployed.config.web
-    balancer = run.one("aws:lb/loadBalancer:LoadBalancer").inputs
+    balancer = run.one(aws_types.LB_LOAD_BALANCER).inputs
     assert balancer["dropInvalidHeaderFields"] is True
     assert balancer["desyncMitigationMode"] in ("defensive", "strictest")
     assert balancer["idleTimeout"] == web.budget.idle_timeout
@@ -965,7 +966,7 @@ def test_load_balancer_follows_the_web_budget(deployed: Deployed) -> None:
     if web.access_logs_bucket:
         assert balancer["accessLogs"]["bucket"] == web.access_logs_bucket
         assert balancer["accessLogs"]["enabled"] is True
-    group = run.one("aws:lb/targetGroup:TargetGroup").inputs
+    group = run.one(aws_types.LB_TARGET_GROUP).inputs
     assert (group["targetType"], group["port"], group["protocol"]) == ("ip", 8000, "HTTP")
     # Liveness: a broker outage must not make ECS replace web tasks that can answer 503.
     assert group["healthCheck"]["path"] == "/livez"
@@ -973,7 +974,7 @@ def test_load_balancer_follows_the_web_budget(deployed: Deployed) -> None:
     assert group["deregistrationDelay"] == web.budget.deregistration_delay
     listeners = {
         listener.inputs["port"]: listener.inputs
-        for listener in run.of_type("aws:lb/listener:Listener")
+        for listener in run.of_type(aws_types.LB_LISTENER)
     }
     if web.certificate_arn:
         assert set(listeners) == {80, 443}
@@ -1005,11 +1006,11 @@ def test_load_balancer_follows_the_web_budget(deployed: Deployed) -> None:
 @pytest.mark.parametrize("deployed", ALL_STACKS, indirect=True)
 def test_image_is_built_and_pushed_or_taken_as_given(deployed: Deployed) -> None:
     run, config = deployed.run, deployed.config
-    repository = run.one("aws:ecr/repository:Repository").inputs
+    repository = run.one(aws_types.ECR_REPOSITORY).inputs
     assert repository["imageTagMutability"] == "IMMUTABLE"
     assert repository["imageScanningConfiguration"] == {"scanOnPush": True}
     assert repository["forceDelete"] is (not config.production)
-    lifecycle = json.loads(run.one("aws:ecr/lifecyclePolicy:LifecyclePolicy").inputs["policy"])
+    lifecycle = json.loads(run.one(aws_types.ECR_LIFECYCLE_POLICY).inputs["policy"])
     assert lifecycle["rules"][0]["selection"]["countType"] == "imageCountMoreThan"
     images = {task.container["image"] for task in run.task_definitions().values()}
     url = run.outputs["imageRepositoryUrl"]
@@ -1066,7 +1067,7 @@ def test_dev_stack_file_deploys() -> None:
     config, run = load(raw), shared_run(raw)
     tasks = run.task_definitions()
     assert set(tasks) == {"web", "beat", *(f"worker-{pool.name}" for pool in config.workers)}
-    assert validate(run).ok
+    assert check_against_aws(run).ok
     protected = {
         policy.name.removesuffix("-task")
         for policy in run.of_type(ROLE_POLICY)
@@ -1144,7 +1145,7 @@ class RealAccount(RecordingMocks):
 
     def call(self, args: Any) -> dict[str, Any]:
         answer = super().call(args)
-        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+        if args.token == aws_types.AWS_GET_CALLER_IDENTITY:
             answer = {**answer, "id": self.ACCOUNT, "accountId": self.ACCOUNT}
         return answer
 
@@ -1243,7 +1244,7 @@ def test_a_stack_of_another_app_runs_its_commands_image_port_and_schedule(tmp_pa
         assert web.container["portMappings"][0]["containerPort"] == 8080
         assert web.environment["WEB_PORT"] == "8080"
         assert web.environment["WEB_LIVENESS_PATH"] == "/healthz"
-        group = run.one("aws:lb/targetGroup:TargetGroup").inputs
+        group = run.one(aws_types.LB_TARGET_GROUP).inputs
         assert (group["port"], group["healthCheck"]["path"]) == (8080, "/healthz")
         balanced = run.named(SERVICE, "web-service").inputs["loadBalancers"]
         assert [entry["containerPort"] for entry in balanced] == [8080]

@@ -48,7 +48,7 @@ from celery_ecs.liveness import (
 )
 from celery_ecs.recovery import Recovery
 from celery_ecs.transport import FETCH, wake_key
-from devtools.redis_server import free_port
+from testkit.redis_server import free_port
 from tests.support import send_task
 
 QUEUE = "default"

@@ -1,4 +1,4 @@
-"""The local stack (``python -m devtools.stack``) run the way a terminal runs it.
+"""The local stack (``python -m devtools.local_stack``) run the way a terminal runs it.
 
 The stack runs the dev stack's services on the ECS twin. It is started in a process group of its
 own, like a shell's foreground job, with its embedded Redis, and Ctrl-C is what a terminal
@@ -139,7 +139,7 @@ def running_in(groups: list[int]) -> list[str]:
 
 @pytest.fixture
 def start_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
-    """Start ``python -m devtools.stack`` as a terminal's foreground job; kill leftovers."""
+    """Start ``python -m devtools.local_stack`` as a terminal's foreground job; kill leftovers."""
     started: list[subprocess.Popen[bytes]] = []
     groups: list[int] = []  # the stacks' and those of what they started
 
@@ -150,7 +150,7 @@ def start_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
         read_end, write_end = os.pipe() if piped else (-1, -1)
         with output_path.open("wb") as output:
             process = subprocess.Popen(
-                [sys.executable, "-m", "devtools.stack", "--port", "0", *args],
+                [sys.executable, "-m", "devtools.local_stack", "--port", "0", *args],
                 # TMPDIR: the stack keeps its logs in a temporary directory; this test owns it.
                 cwd=ROOT, env={**clean_environment(), "TMPDIR": str(tmp_path)},
                 stdout=write_end if piped else output,

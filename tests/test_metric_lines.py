@@ -22,7 +22,7 @@ from celery_ecs.metrics import (
     Snapshot,
     emf_line,
 )
-from devtools.metric_lines import MetricLines, metric_values
+from devtools.local_stack.metric_lines import MetricLines, metric_values
 
 NAMESPACE = "CeleryEcs/celery-ecs-dev"
 NOW = 1_700_000_000.0

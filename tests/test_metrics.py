@@ -42,10 +42,10 @@ from celery_ecs.metrics import (
     write_to_stdout,
 )
 from celery_ecs.transport import WAKE_PREFIX
-from devtools.aws_standin import AwsStandIn, HungEndpoint, ThrottlingEndpoint, sdk_environment
-from devtools.processes import python_argv, start_process
-from devtools.redis_server import free_port
 from infra.containers import CELERY_APP, ENQUEUE_SCRIPT, worker_command
+from testkit.aws_standin import AwsStandIn, HungEndpoint, ThrottlingEndpoint, sdk_environment
+from testkit.processes import python_argv, start_process
+from testkit.redis_server import free_port
 from tests.support import AppProcess, app_environment, send_task, wait_for
 
 NAMESPACE = "CeleryEcs/test"

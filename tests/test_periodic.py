@@ -24,7 +24,7 @@ from kombu.utils.json import dumps, loads
 
 from celery_ecs.liveness import REGISTRY_KEY, WorkerKeys
 from celery_ecs.periodic import PeriodicThread
-from devtools.aws_standin import AwsStandIn, sdk_environment
+from testkit.aws_standin import AwsStandIn, sdk_environment
 from tests.support import AppProcess, send_task, start_worker, wait_for
 from tests.test_metrics import NAMESPACE, cloudwatch_values
 from tests.test_metrics import moto_server as moto_server  # a fixture

@@ -1,4 +1,4 @@
-"""The offline plan (devtools/plan.py, `make plan`): stable text, every resource, exit status
+"""The offline plan (devtools/plan/report.py, `make plan`): stable text, every resource, exit status
 for a broken rule or config, the docs' diagram and cost table current, the PR comment."""
 
 from __future__ import annotations
@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from devtools import broker_ceiling, broker_nodes, cost, diagram, plan
-from devtools.plan_comment import LIMIT, MARKER, comment
+from devtools.plan import broker_ceiling, broker_nodes, cost, diagram, report
+from devtools.plan.comment import LIMIT, MARKER, comment
 from devtools.render import MOCK_AUTH_TOKEN, read_stack_file
 from infra.containers import health_check
 from tests.support import ROOT
 
 
 @pytest.fixture(scope="module")
-def dev() -> plan.Plan:
+def dev() -> report.OfflinePlan:
     stack = read_stack_file("dev")
     assert stack.region is not None
-    return plan.make_plan("dev", stack.config, stack.region)
+    return report.make_plan("dev", stack.config, stack.region)
 
 
 def test_the_same_config_gives_byte_identical_text(
@@ -39,7 +39,7 @@ def test_the_same_config_gives_byte_identical_text(
     )
     assert process.returncode == 0, process.stderr
     first_digest = diagram.embedded_digest(png)
-    assert plan.main(arguments) == 0
+    assert report.main(arguments) == 0
     assert capsys.readouterr().out == process.stdout
     assert diagram.embedded_digest(png) == first_digest is not None
     for section in ("Summary", "Validation", "Resources, by component", "Monthly cost", "Diagram"):
@@ -47,8 +47,8 @@ def test_the_same_config_gives_byte_identical_text(
     assert "\nOK: " in process.stdout
 
 
-def test_every_resource_is_listed_under_its_component(dev: plan.Plan) -> None:
-    text = plan.render(dev, None)
+def test_every_resource_is_listed_under_its_component(dev: report.OfflinePlan) -> None:
+    text = report.format_plan(dev, None)
     components = {r.urn: r for r in dev.run.resources if not r.custom}
     for resource in dev.run.resources:
         if not resource.custom:
@@ -61,8 +61,8 @@ def test_every_resource_is_listed_under_its_component(dev: plan.Plan) -> None:
         assert f"  {resource.type.rsplit(':', 1)[1]} {resource.name}\n" in section, resource.name
 
 
-def test_the_plan_shows_what_a_reviewer_checks(dev: plan.Plan) -> None:
-    text = plan.render(dev, None)
+def test_the_plan_shows_what_a_reviewer_checks(dev: report.OfflinePlan) -> None:
+    text = report.format_plan(dev, None)
     long_pool = "budget: taskTimeout 1800 s -> soft 1800 s / hard 1860 s, cold shutdown"
     text = text.replace("\n        ", " ")  # lines the plan wrapped
     for expected in (
@@ -92,9 +92,9 @@ def test_the_plan_shows_what_a_reviewer_checks(dev: plan.Plan) -> None:
 
 def test_the_alert_topic_its_key_and_their_policies_are_shown() -> None:
     config = {**read_stack_file("dev").config, "alerts": {"email": "ops@example.com"}}
-    emailed = plan.make_plan("dev", config, "us-east-1")
+    emailed = report.make_plan("dev", config, "us-east-1")
     assert emailed.report.ok, emailed.report.findings
-    text = plan.render(emailed, None).replace("\n        ", " ")
+    text = report.format_plan(emailed, None).replace("\n        ", " ")
     for expected in (
         "notifying notifications-topic",
         "\nnotifications (Notifications)\n",
@@ -120,7 +120,7 @@ def test_a_broken_rule_fails_the_plan_naming_resource_field_and_rule(
         return {**health_check(role), "interval": 400}
 
     monkeypatch.setattr("infra.worker.health_check", every_400_seconds)
-    assert plan.main(["--stack", "dev", "--no-diagram"]) == 1
+    assert report.main(["--stack", "dev", "--no-diagram"]) == 1
     out = capsys.readouterr().out
     assert "FAILED: 2 problem(s)" in out
     assert (
@@ -135,7 +135,7 @@ def test_an_invalid_config_fails_with_its_message(
 ) -> None:
     stack = tmp_path / "Pulumi.broken.yaml"
     stack.write_text("config:\n  aws:region: us-east-1\n  celery-ecs:scheduler: cron\n")
-    assert plan.main(["--file", str(stack), "--no-diagram"]) == 1
+    assert report.main(["--file", str(stack), "--no-diagram"]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == (
@@ -144,7 +144,7 @@ def test_an_invalid_config_fails_with_its_message(
 
 
 def test_a_missing_stack_file_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert plan.main(["--stack", "nonexistent"]) == 2
+    assert report.main(["--stack", "nonexistent"]) == 2
     assert "no stack file Pulumi.nonexistent.yaml; stacks here: dev" in capsys.readouterr().err
 
 
@@ -153,18 +153,18 @@ def test_a_region_without_prices_is_planned_without_figures(
 ) -> None:
     stack = tmp_path / "Pulumi.ireland.yaml"
     stack.write_text("config:\n  aws:region: eu-west-1\n")
-    assert plan.main(["--file", str(stack), "--no-diagram"]) == 0
+    assert report.main(["--file", str(stack), "--no-diagram"]) == 0
     out = capsys.readouterr().out
     assert "Offline plan of stack ireland, region eu-west-1" in out
     assert "No price table for eu-west-1" in out
     assert "us-east-1a" not in out and "eu-west-1a" in out
 
 
-def test_the_plan_prints_the_broker_ceiling_of_the_stack_node_type(dev: plan.Plan) -> None:
-    """The section's figures are the model's (devtools/broker_ceiling.py) for the stack's node
+def test_the_plan_prints_the_broker_ceiling_of_the_stack_node_type(dev: report.OfflinePlan) -> None:
+    """The section's figures are the model's (devtools/plan/broker_ceiling.py) for the stack's node
     type, from the bench's figures file: change the node type and they change."""
     figures = broker_ceiling.load_figures()
-    text = plan.render(dev, None).replace("\n    ", " ")
+    text = report.format_plan(dev, None).replace("\n    ", " ")
     section = text.split("\nBroker ceiling\n==============\n", 1)[1].split("\n\n", 1)[0]
     node = broker_nodes.node_type(dev.config.broker.node_type)
     assert node is not None and dev.config.broker.node_type == "cache.t4g.micro"
@@ -178,26 +178,26 @@ def test_the_plan_prints_the_broker_ceiling_of_the_stack_node_type(dev: plan.Pla
             "sustained, memory-bound") in section  # fmt: skip
     assert (f"backlog at maxmemory: {broker_ceiling.backlog(node, figures):,} queued messages of "
             f"{figures.message_bytes} bytes") in section  # fmt: skip
-    larger = plan.render(replace(dev, config=replace(dev.config, broker=replace(
+    larger = report.format_plan(replace(dev, config=replace(dev.config, broker=replace(
         dev.config.broker, node_type="cache.m7g.large"))), None)  # fmt: skip
     assert "cache.m7g.large (2 vCPUs;" in larger
 
 
-def test_the_docs_show_the_current_dev_plan(dev: plan.Plan) -> None:
+def test_the_docs_show_the_current_dev_plan(dev: report.OfflinePlan) -> None:
     """`make plan-docs` (or `make docs`) writes both; they must be what Pulumi.dev.yaml renders
     now. The cost page shows the table, the README and the cost page the diagram."""
-    assert plan.COST_BLOCK.content() == cost.markdown(dev.estimate), (
+    assert report.COST_BLOCK.content() == cost.markdown(dev.estimate), (
         "docs/reference/cost.md's cost table is out of date: run make docs"
     )
-    source = diagram.graph_source(dev.run, dev.config, plan._title(dev))
-    assert diagram.embedded_digest(plan.DOCS_DIAGRAM) == diagram.digest(source), (
+    source = diagram.graph_source(dev.run, dev.config, report._title(dev))
+    assert diagram.embedded_digest(report.DOCS_DIAGRAM) == diagram.digest(source), (
         "docs/plan-dev.png is out of date: run make plan-docs"
     )
     assert "![Diagram of the dev stack](docs/plan-dev.png)" in (ROOT / "README.md").read_text()
-    assert "![Diagram of the dev stack](../plan-dev.png)" in plan.COST_BLOCK.page.read_text()
+    assert "![Diagram of the dev stack](../plan-dev.png)" in report.COST_BLOCK.page.read_text()
 
 
-def test_the_diagram_is_drawn_from_the_rendered_stack(dev: plan.Plan) -> None:
+def test_the_diagram_is_drawn_from_the_rendered_stack(dev: report.OfflinePlan) -> None:
     source = diagram.graph_source(dev.run, dev.config, "dev")
     assert source == diagram.graph_source(dev.run, dev.config, "dev")
     for label in (
@@ -240,7 +240,7 @@ def test_the_pull_request_comment() -> None:
 def test_the_prod_plan_names_its_placeholders(capsys: pytest.CaptureFixture[str]) -> None:
     """Pulumi.prod.yaml renders offline (exit 0) and the plan lists the documentation examples
     a real deploy would refuse, by key."""
-    assert plan.main(["--stack", "prod", "--no-diagram"]) == 0
+    assert report.main(["--stack", "prod", "--no-diagram"]) == 0
     out = capsys.readouterr().out
     assert "WARNING: 2 placeholder(s) to replace; pulumi preview and up refuse them" in out
     assert "  - web.certificateArn:\n    arn:aws:acm:us-east-1:123456789012:certificate/" in out

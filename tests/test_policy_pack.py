@@ -3,7 +3,7 @@ over every resource the program registers (both schedulers, dev and production: 
 a deliberate break of each invariant in the program (caught, and nothing else), the restated
 budget rules against the program's, and the pack as the engine runs it (its gRPC server).
 
-Policies receive props the way the engine sends them (``devtools.policy_check.engine_props``:
+Policies receive props the way the engine sends them (``devtools.plan.policy_check.engine_props``:
 a protobuf Struct and back, so numbers are floats, wrapped in pulumi-policy's unknown-checking
 proxies).
 """
@@ -35,14 +35,17 @@ from pulumi_policy import (
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
 
 from celery_ecs import settings
-from devtools.policy_check import Violation, check, engine_props, running_pack, struct
+from devtools.plan.policy_check import Violation, check, engine_props, running_pack, struct
 from devtools.render import ProgramRun, stack_file_config
 from infra import budget
 from infra.containers import ENQUEUE_DEFAULT_COMMAND, WEB_COMMAND, worker_command
 from infra.eventbridge import ENQUEUE_STOP_TIMEOUT
 from infra.worker import NAMESPACE_CONDITION_KEY, PUT_METRIC_DATA_ACTION
-from policy import invariants
-from policy.invariants import POLICIES, container_role, secret_reason, stop_timeout_need
+from policy.invariants import aws_types, iam, restated
+from policy.invariants.container_hardening import secret_reason
+from policy.invariants.policies import POLICIES
+from policy.invariants.readers import container_role
+from policy.invariants.stop_timeouts import stop_timeout_need
 from tests.support import ROOT, run_program, shared_run
 
 CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"
@@ -121,17 +124,17 @@ def validate_stack(
 
 
 def test_restated_constants_are_the_programs() -> None:
-    assert invariants.FARGATE_STOP_TIMEOUT_CAP == budget.FARGATE_STOP_TIMEOUT_CAP
-    assert invariants.EXIT_MARGIN == budget.EXIT_MARGIN
-    assert invariants.TIME_LIMIT == settings.TIME_LIMIT
-    assert invariants.SOFT_SHUTDOWN_TIMEOUT == settings.SOFT_SHUTDOWN_TIMEOUT
-    assert invariants.TASK_PROTECTION == settings.TASK_PROTECTION
-    assert invariants.REMAP_SIGTERM == settings.REMAP_SIGTERM
-    assert invariants.WEB_REQUEST_TIMEOUT == settings.WEB_REQUEST_TIMEOUT
+    assert restated.FARGATE_STOP_TIMEOUT_CAP == budget.FARGATE_STOP_TIMEOUT_CAP
+    assert restated.EXIT_MARGIN == budget.EXIT_MARGIN
+    assert restated.TIME_LIMIT == settings.TIME_LIMIT
+    assert restated.SOFT_SHUTDOWN_TIMEOUT == settings.SOFT_SHUTDOWN_TIMEOUT
+    assert restated.TASK_PROTECTION == settings.TASK_PROTECTION
+    assert restated.REMAP_SIGTERM == settings.REMAP_SIGTERM
+    assert restated.WEB_REQUEST_TIMEOUT == settings.WEB_REQUEST_TIMEOUT
     default_request = settings.ENV_VARS[settings.WEB_REQUEST_TIMEOUT][0]
-    assert str(invariants.DEFAULT_WEB_REQUEST_TIMEOUT) == default_request
+    assert str(restated.DEFAULT_WEB_REQUEST_TIMEOUT) == default_request
     # Beat and the enqueue task get the margin alone.
-    assert budget.BEAT_STOP_TIMEOUT == ENQUEUE_STOP_TIMEOUT == invariants.EXIT_MARGIN
+    assert budget.BEAT_STOP_TIMEOUT == ENQUEUE_STOP_TIMEOUT == restated.EXIT_MARGIN
 
 
 @given(
@@ -151,7 +154,7 @@ def test_the_policys_stop_rule_gives_the_budgets_stop_timeout(
     )
     need = stop_timeout_need("worker", pool.environment())
     assert need.seconds == pool.stop_timeout
-    assert need.seconds <= invariants.FARGATE_STOP_TIMEOUT_CAP
+    assert need.seconds <= restated.FARGATE_STOP_TIMEOUT_CAP
 
 
 @given(request_timeout=st.integers(1, budget.FARGATE_STOP_TIMEOUT_CAP - budget.EXIT_MARGIN))
@@ -181,7 +184,7 @@ def test_a_containers_role_comes_from_its_command(command: tuple[str, ...], role
 # --- each policy: a passing and a failing resource ----------------------------------------------
 
 
-SERVICE = invariants.SERVICE
+SERVICE = aws_types.ECS_SERVICE
 BEAT = {
     "tags": {"Service": "beat"},
     "desiredCount": 1,
@@ -250,7 +253,7 @@ def task_definition(
     arn = f"arn:aws:ecs:us-east-1:123456789012:task-definition/{name}:1"
     definition = {"name": "main", "command": list(command), **container}
     props = {"arn": arn, "containerDefinitions": json.dumps([definition])}
-    return invariants.TASK_DEFINITION, name, props
+    return aws_types.ECS_TASK_DEFINITION, name, props
 
 
 def service(name: str, task: str, tag: str, **props: Any) -> tuple[str, str, dict[str, Any]]:
@@ -269,7 +272,7 @@ def service(name: str, task: str, tag: str, **props: Any) -> tuple[str, str, dic
 
 def target(name: str, service_name: str, minimum: int) -> tuple[str, str, dict[str, Any]]:
     return (
-        invariants.SCALING_TARGET,
+        aws_types.APPAUTOSCALING_TARGET,
         name,
         {
             "serviceNamespace": "ecs",
@@ -340,7 +343,7 @@ def test_service_task_counts_fails_scaling_that_breaks_the_counts(
     assert expected in message
 
 
-TASK_DEFINITION = invariants.TASK_DEFINITION
+TASK_DEFINITION = aws_types.ECS_TASK_DEFINITION
 WARM = {
     settings.TIME_LIMIT: "66",
     settings.SOFT_SHUTDOWN_TIMEOUT: "0",
@@ -534,7 +537,7 @@ def test_secret_looking_environment_fails_without_echoing_it(
     assert value not in message
 
 
-REPLICATION_GROUP = invariants.REPLICATION_GROUP
+REPLICATION_GROUP = aws_types.ELASTICACHE_REPLICATION_GROUP
 BROKER = {
     "engine": "valkey",
     "transitEncryptionEnabled": True,
@@ -587,7 +590,7 @@ def broker_stack(
         [
             (REPLICATION_GROUP, "broker", {"parameterGroupName": group}),
             (
-                invariants.PARAMETER_GROUP,
+                aws_types.ELASTICACHE_PARAMETER_GROUP,
                 "broker",
                 {
                     "name": "broker-abc1234",
@@ -631,12 +634,12 @@ def network(
     resources: list[tuple[str, str, Mapping[str, Any]]] = [
         (REPLICATION_GROUP, "broker", {"securityGroupIds": [BROKER_SG]}),
         (
-            invariants.SECURITY_GROUP,
+            aws_types.EC2_SECURITY_GROUP,
             "network-broker",
             {**broker_group, **({"ingress": inline} if inline else {})},
         ),
         (
-            invariants.SECURITY_GROUP,
+            aws_types.EC2_SECURITY_GROUP,
             "network-tasks",
             {**ec2("security-group", TASK_SG, ids), "vpcId": VPC_ID},
         ),
@@ -644,14 +647,18 @@ def network(
     ]
     if vpc:
         resources.append(
-            (invariants.VPC, "network-vpc", {**ec2("vpc", VPC_ID, ids), "cidrBlock": "10.0.0.0/16"})
+            (
+                aws_types.EC2_VPC,
+                "network-vpc",
+                {**ec2("vpc", VPC_ID, ids), "cidrBlock": "10.0.0.0/16"},
+            )
         )
     return resources
 
 
 def ingress(name: str, **source: Any) -> tuple[str, str, Mapping[str, Any]]:
     return (
-        invariants.INGRESS_RULE,
+        aws_types.VPC_SECURITY_GROUP_INGRESS_RULE,
         name,
         {
             "securityGroupId": BROKER_SG,
@@ -668,13 +675,13 @@ def test_broker_reachable_from_the_tasks_and_the_vpc_passes() -> None:
         ingress("from-tasks", referencedSecurityGroupId=TASK_SG),
         ingress("from-subnet", cidrIpv4="10.0.128.0/20"),
         (
-            invariants.SECURITY_GROUP_RULE,
+            aws_types.EC2_SECURITY_GROUP_RULE,
             "legacy",
             {"securityGroupId": BROKER_SG, "type": "ingress", "sourceSecurityGroupId": TASK_SG},
         ),
         # Egress and other groups' rules are not the broker's way in.
         (
-            invariants.INGRESS_RULE,
+            aws_types.VPC_SECURITY_GROUP_INGRESS_RULE,
             "alb-http-in",
             {"securityGroupId": TASK_SG, "cidrIpv4": "0.0.0.0/0"},
         ),
@@ -714,7 +721,7 @@ def test_broker_reachable_from_the_tasks_and_the_vpc_passes() -> None:
         (
             network(
                 (
-                    invariants.SECURITY_GROUP_RULE,
+                    aws_types.EC2_SECURITY_GROUP_RULE,
                     "rule",
                     {"securityGroupId": BROKER_SG, "type": "ingress", "cidrBlocks": ["0.0.0.0/0"]},
                 )
@@ -738,7 +745,7 @@ def test_broker_reachable_from_outside_the_vpc_fails(
 
 
 def test_log_retention() -> None:
-    log_group = invariants.LOG_GROUP
+    log_group = aws_types.CLOUDWATCH_LOG_GROUP
     assert validate("log-retention-set", log_group, {"retentionInDays": 30}) == []
     for props in ({}, {"retentionInDays": 0}):
         (message,) = validate("log-retention-set", log_group, props)
@@ -747,7 +754,7 @@ def test_log_retention() -> None:
 
 
 def test_ecr_scans_on_push_with_immutable_tags() -> None:
-    repository = invariants.ECR_REPOSITORY
+    repository = aws_types.ECR_REPOSITORY
     good = {"imageTagMutability": "IMMUTABLE", "imageScanningConfiguration": {"scanOnPush": True}}
     assert validate("ecr-scan-and-immutable-tags", repository, good) == []
     mutable = validate(
@@ -797,14 +804,14 @@ def test_exact_iam_actions_pass() -> None:
     # A resource wildcard is not an action wildcard; a Deny with a wildcard only takes away.
     assert (
         validate(
-            "iam-no-wildcard-actions", "aws:iam/rolePolicy:RolePolicy", {"policy": document(EXACT)}
+            "iam-no-wildcard-actions", aws_types.IAM_ROLE_POLICY, {"policy": document(EXACT)}
         )
         == []
     )
     for resource_type, props in (
-        ("aws:sqs/queuePolicy:QueuePolicy", {"policy": document(TLS_ONLY)}),
-        ("aws:kms/key:Key", {"policy": document(KEY_OWNER), "enableKeyRotation": True}),
-        ("aws:sns/topicPolicy:TopicPolicy", {"policy": document(TOPIC_PUBLISH, TOPIC_TLS_ONLY)}),
+        (aws_types.SQS_QUEUE_POLICY, {"policy": document(TLS_ONLY)}),
+        (aws_types.KMS_KEY, {"policy": document(KEY_OWNER), "enableKeyRotation": True}),
+        (aws_types.SNS_TOPIC_POLICY, {"policy": document(TOPIC_PUBLISH, TOPIC_TLS_ONLY)}),
     ):
         assert validate("iam-no-wildcard-actions", resource_type, props) == [], resource_type
 
@@ -813,32 +820,32 @@ def test_exact_iam_actions_pass() -> None:
     ("resource_type", "props", "grant"),
     [
         (
-            "aws:iam/rolePolicy:RolePolicy",
+            aws_types.IAM_ROLE_POLICY,
             {"policy": document({**EXACT, "Action": "*"})},
             "Action '*'",
         ),
         (
-            "aws:iam/policy:Policy",
+            aws_types.IAM_POLICY,
             {"policy": document({**EXACT, "Action": ["s3:*"]})},
             "Action 's3:*'",
         ),
         (
-            "aws:iam/policy:Policy",
+            aws_types.IAM_POLICY,
             {"policy": document({**EXACT, "Action": "s3:Get*"})},
             "Action 's3:Get*'",
         ),
         (
-            "aws:iam/rolePolicy:RolePolicy",
+            aws_types.IAM_ROLE_POLICY,
             {"policy": document({"Effect": "Allow", "NotAction": "iam:*", "Resource": "*"})},
             'NotAction ["iam:*"]',
         ),
         (
-            "aws:iam/role:Role",
+            aws_types.IAM_ROLE,
             {"assumeRolePolicy": document({**EXACT, "Action": "sts:*"})},
             "Action 'sts:*'",
         ),
         (
-            "aws:iam/role:Role",
+            aws_types.IAM_ROLE,
             {
                 "inlinePolicies": [
                     {"name": "inline", "policy": document({**EXACT, "Action": "ecs:*"})}
@@ -847,27 +854,27 @@ def test_exact_iam_actions_pass() -> None:
             "Action 'ecs:*'",
         ),
         (
-            "aws:sqs/queuePolicy:QueuePolicy",
+            aws_types.SQS_QUEUE_POLICY,
             {"policy": document(TLS_ONLY, {**EXACT, "Action": "sqs:*"})},
             "Action 'sqs:*'",
         ),
         (
-            "aws:kms/key:Key",
+            aws_types.KMS_KEY,
             {"policy": document({**KEY_OWNER, "Action": "kms:*"})},
             "Action 'kms:*'",
         ),
         (
-            "aws:kms/keyPolicy:KeyPolicy",
+            aws_types.KMS_KEY_POLICY,
             {"policy": document({**KEY_OWNER, "Action": ["kms:Decrypt", "kms:Generate*"]})},
             "Action 'kms:Generate*'",
         ),
         (
-            "aws:sns/topicPolicy:TopicPolicy",
+            aws_types.SNS_TOPIC_POLICY,
             {"policy": document({**TOPIC_PUBLISH, "Action": "sns:*"}, TOPIC_TLS_ONLY)},
             "Action 'sns:*'",
         ),
         (
-            "aws:sns/topic:Topic",
+            aws_types.SNS_TOPIC,
             {"policy": document({**TOPIC_PUBLISH, "NotAction": "sns:Subscribe"})},
             'NotAction ["sns:Subscribe"]',
         ),
@@ -890,12 +897,12 @@ REGISTRY_LOGIN = {"Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "R
 
 def test_star_resources_only_for_actions_without_resource_permissions() -> None:
     policy = "iam-star-resource-only-where-unscoped"
-    role_policy = "aws:iam/rolePolicy:RolePolicy"
+    role_policy = aws_types.IAM_ROLE_POLICY
     scoped = {**EXACT, "Resource": ["arn:aws:ecs:us-east-1:123456789012:task/c/*"]}
     ok = document(PUT_METRICS, REGISTRY_LOGIN, scoped, {**TLS_ONLY, "Resource": "*"})
     assert validate(policy, role_policy, {"policy": ok}) == []
     # A key policy's "*" is its key; a trust policy has no Resource: neither is checked.
-    assert validate(policy, "aws:kms/key:Key", {"policy": document(KEY_OWNER)}) == []
+    assert validate(policy, aws_types.KMS_KEY, {"policy": document(KEY_OWNER)}) == []
 
     unconditioned = {key: value for key, value in PUT_METRICS.items() if key != "Condition"}
     wildcard_namespace = {
@@ -910,7 +917,7 @@ def test_star_resources_only_for_actions_without_resource_permissions() -> None:
         )
     (message,) = validate(
         policy,
-        "aws:iam/role:Role",
+        aws_types.IAM_ROLE,
         {"inlinePolicies": [{"name": "inline", "policy": document(EXACT)}]},
     )
     assert message == (
@@ -924,7 +931,7 @@ def test_the_star_actions_are_the_programs_and_awss() -> None:
     Service Authorization Reference: no resource type, and exactly the key it offers."""
     import parliament  # loads its 10 MB of IAM definitions: only here
 
-    assert invariants.STAR_RESOURCE_ACTIONS[PUT_METRIC_DATA_ACTION.lower()] == (
+    assert iam.STAR_RESOURCE_ACTIONS[PUT_METRIC_DATA_ACTION.lower()] == (
         NAMESPACE_CONDITION_KEY
     )
     privileges = {
@@ -932,7 +939,7 @@ def test_the_star_actions_are_the_programs_and_awss() -> None:
         for service in parliament.iam_definition
         for privilege in service["privileges"]
     }
-    for action, key in invariants.STAR_RESOURCE_ACTIONS.items():
+    for action, key in iam.STAR_RESOURCE_ACTIONS.items():
         (entry,) = privileges[action]
         assert entry["resource_type"] == "", action
         own = [k for k in entry["condition_keys"] if k.startswith(action.split(":")[0] + ":")]
@@ -940,7 +947,7 @@ def test_the_star_actions_are_the_programs_and_awss() -> None:
 
 
 def test_load_balancer_drops_invalid_headers() -> None:
-    balancer = "aws:lb/loadBalancer:LoadBalancer"
+    balancer = aws_types.LB_LOAD_BALANCER
     good = {
         "loadBalancerType": "application",
         "dropInvalidHeaderFields": True,
@@ -956,7 +963,7 @@ def test_load_balancer_drops_invalid_headers() -> None:
     )
     (message,) = validate(
         "load-balancer-drops-invalid-headers",
-        "aws:alb/loadBalancer:LoadBalancer",
+        aws_types.ALB_LOAD_BALANCER,
         {"dropInvalidHeaderFields": True, "desyncMitigationMode": "monitor"},
     )
     assert "desyncMitigationMode 'monitor'; set it to 'defensive' or 'strictest'" in message
@@ -1002,16 +1009,16 @@ def test_the_program_violates_no_policy(stack: str) -> None:
     for typ in (
         TASK_DEFINITION,
         REPLICATION_GROUP,
-        invariants.PARAMETER_GROUP,
-        invariants.SCALING_TARGET,
-        invariants.LOG_GROUP,
-        invariants.ECR_REPOSITORY,
-        "aws:lb/loadBalancer:LoadBalancer",
-        "aws:iam/rolePolicy:RolePolicy",
+        aws_types.ELASTICACHE_PARAMETER_GROUP,
+        aws_types.APPAUTOSCALING_TARGET,
+        aws_types.CLOUDWATCH_LOG_GROUP,
+        aws_types.ECR_REPOSITORY,
+        aws_types.LB_LOAD_BALANCER,
+        aws_types.IAM_ROLE_POLICY,
     ):
         assert run.of_type(typ), typ
     # Production e-mails its alarms: the pack has seen the topic's key and policies.
-    alerting = ("aws:kms/key:Key", "aws:sns/topicPolicy:TopicPolicy")
+    alerting = (aws_types.KMS_KEY, aws_types.SNS_TOPIC_POLICY)
     assert all(bool(run.of_type(typ)) is stack.startswith("production") for typ in alerting)
 
 
@@ -1034,7 +1041,7 @@ def test_dev_and_production_differ_where_the_baseline_says(scheduler: str) -> No
         public = {s.inputs["networkConfiguration"]["assignPublicIp"] for s in run.of_type(SERVICE)}
         assert public == {not is_production}
         # ECS.12: Container Insights in production; dev reads the workers' own metrics.
-        (cluster,) = run.of_type("aws:ecs/cluster:Cluster")
+        (cluster,) = run.of_type(aws_types.ECS_CLUSTER)
         insights = "enabled" if is_production else "disabled"
         assert cluster.inputs["settings"] == [{"name": "containerInsights", "value": insights}]
         # ElastiCache.1 and .3: backups in both, failover with production's replica.
@@ -1042,38 +1049,39 @@ def test_dev_and_production_differ_where_the_baseline_says(scheduler: str) -> No
         assert group["snapshotRetentionLimit"] >= 1
         assert group["automaticFailoverEnabled"] is group["multiAzEnabled"] is is_production
         # ELB.1, .5, .6, .17: HTTPS, access logs, deletion protection (production as configured).
-        balancer = run.one("aws:lb/loadBalancer:LoadBalancer").inputs
+        balancer = run.one(aws_types.LB_LOAD_BALANCER).inputs
         assert balancer["enableDeletionProtection"] is is_production
         assert ("accessLogs" in balancer) is is_production
-        listeners = {x.inputs["port"]: x.inputs for x in run.of_type("aws:lb/listener:Listener")}
+        listeners = {x.inputs["port"]: x.inputs for x in run.of_type(aws_types.LB_LISTENER)}
         assert set(listeners) == ({80, 443} if is_production else {80})
         if is_production:
             assert listeners[443]["sslPolicy"] == "ELBSecurityPolicy-TLS13-1-2-2021-06"
             assert listeners[80]["defaultActions"][0]["type"] == "redirect"
         # EC2.6: flow logs of rejected traffic in production.
-        assert len(run.of_type("aws:ec2/flowLog:FlowLog")) == int(is_production)
+        assert len(run.of_type(aws_types.EC2_FLOW_LOG)) == int(is_production)
         # CloudWatch.16: 30 days in dev, 365 in production, on every log group.
-        retention = {g.inputs["retentionInDays"] for g in run.of_type(invariants.LOG_GROUP)}
+        log_groups = run.of_type(aws_types.CLOUDWATCH_LOG_GROUP)
+        retention = {g.inputs["retentionInDays"] for g in log_groups}
         assert retention == {365 if is_production else 30}
         # SQS.1: the one queue (the EventBridge dead letters) is encrypted.
-        queues = run.of_type("aws:sqs/queue:Queue")
+        queues = run.of_type(aws_types.SQS_QUEUE)
         assert len(queues) == (scheduler == "eventbridge")
         assert all(q.inputs["sqsManagedSseEnabled"] is True for q in queues)
         # ECS.3, ECS.17: no host PID or network mode; ECS.16: no task sets at all.
         for task in run.of_type(TASK_DEFINITION):
             assert "pidMode" not in task.inputs and task.inputs["networkMode"] == "awsvpc"
-        assert not run.of_type("aws:ecs/taskSet:TaskSet")
+        assert not run.of_type(aws_types.ECS_TASK_SET)
         # SNS.1, KMS.4: production's alert topic is encrypted with its own key, rotated yearly;
         # dev e-mails nobody, so it has neither.
-        topics = run.of_type("aws:sns/topic:Topic")
-        keys = run.of_type("aws:kms/key:Key")
+        topics = run.of_type(aws_types.SNS_TOPIC)
+        keys = run.of_type(aws_types.KMS_KEY)
         assert len(topics) == len(keys) == int(is_production)
         for topic, key in zip(topics, keys, strict=True):
             assert topic.inputs["kmsMasterKeyId"] == key.state["arn"]
         assert all(k.inputs["enableKeyRotation"] is True for k in keys)
         # CloudWatch.15: every alarm acts. Scaling alarms drive their policy; the operator's
         # alarms notify the topic, which only production has.
-        for alarm in run.of_type("aws:cloudwatch/metricAlarm:MetricAlarm"):
+        for alarm in run.of_type(aws_types.CLOUDWATCH_METRIC_ALARM):
             actions = alarm.inputs.get("alarmActions") or []
             drives_scaling = any(":scalingPolicy:" in a for a in actions)
             assert bool(actions) is (is_production or drives_scaling), alarm.name
@@ -1171,7 +1179,7 @@ BREAKS = [
     ),
     Break(
         "service-task-counts",
-        invariants.SCALING_TARGET,
+        aws_types.APPAUTOSCALING_TARGET,
         "worker-long-scaling",
         setting(min_capacity=0),
         "scaling target 'worker-long-scaling' of worker service "
@@ -1236,14 +1244,14 @@ BREAKS = [
     ),
     Break(
         "broker-never-evicts",
-        invariants.PARAMETER_GROUP,
+        aws_types.ELASTICACHE_PARAMETER_GROUP,
         "broker",
         setting(parameters=[{"name": "maxmemory-policy", "value": "allkeys-lru"}]),
         "has maxmemory-policy 'allkeys-lru'; set it to 'noeviction'",
     ),
     Break(
         "broker-only-from-vpc",
-        invariants.INGRESS_RULE,
+        aws_types.VPC_SECURITY_GROUP_INGRESS_RULE,
         "network-broker-from-web",
         setting(cidr_ipv4="0.0.0.0/0", referenced_security_group_id=None),
         "'network-broker-from-web' lets 0.0.0.0/0 (outside the VPC's 10.0.0.0/16) reach "
@@ -1251,28 +1259,28 @@ BREAKS = [
     ),
     Break(
         "log-retention-set",
-        invariants.LOG_GROUP,
+        aws_types.CLOUDWATCH_LOG_GROUP,
         "cluster-web",
         setting(retention_in_days=None),
         "log group 'cluster-web' keeps its logs forever",
     ),
     Break(
         "ecr-scan-and-immutable-tags",
-        invariants.ECR_REPOSITORY,
+        aws_types.ECR_REPOSITORY,
         "celery-ecs-test",
         setting(image_tag_mutability="MUTABLE"),
         "has imageTagMutability 'MUTABLE'",
     ),
     Break(
         "iam-no-wildcard-actions",
-        "aws:iam/rolePolicy:RolePolicy",
+        aws_types.IAM_ROLE_POLICY,
         "worker-long-task",
         first_statement(Action=["ecs:*"]),
         "'worker-long-task' (policy) allows Action 'ecs:*'",
     ),
     Break(
         "iam-no-wildcard-actions",
-        "aws:kms/key:Key",
+        aws_types.KMS_KEY,
         "notifications-key",
         first_statement(Action="kms:*"),
         "'notifications-key' (policy) allows Action 'kms:*'",
@@ -1280,7 +1288,7 @@ BREAKS = [
     ),
     Break(
         "iam-no-wildcard-actions",
-        "aws:sns/topicPolicy:TopicPolicy",
+        aws_types.SNS_TOPIC_POLICY,
         "notifications-topic",
         first_statement(Action=["sns:*"]),
         "'notifications-topic' (policy) allows Action 'sns:*'",
@@ -1288,7 +1296,7 @@ BREAKS = [
     ),
     Break(
         "iam-star-resource-only-where-unscoped",
-        "aws:iam/rolePolicy:RolePolicy",
+        aws_types.IAM_ROLE_POLICY,
         "worker-long-task",
         in_json(
             "policy",
@@ -1303,7 +1311,7 @@ BREAKS = [
     ),
     Break(
         "load-balancer-drops-invalid-headers",
-        "aws:lb/loadBalancer:LoadBalancer",
+        aws_types.LB_LOAD_BALANCER,
         "web-alb",
         setting(drop_invalid_header_fields=False),
         "load balancer 'web-alb' forwards invalid HTTP headers",
@@ -1406,7 +1414,8 @@ def test_the_pack_checks_the_stack_over_grpc(analyzer: analyzer_pb2_grpc.Analyze
     )
     (diagnostic,) = response.diagnostics
     assert diagnostic.policyName == "broker-only-from-vpc"
-    assert diagnostic.urn == run.named(invariants.INGRESS_RULE, "network-broker-from-web").urn
+    rule = run.named(aws_types.VPC_SECURITY_GROUP_INGRESS_RULE, "network-broker-from-web")
+    assert diagnostic.urn == rule.urn
 
 
 # --- the docs tell the truth about the pack ----------------------------------------------------

@@ -28,8 +28,8 @@ from celery.worker import state as worker_state
 from celery_ecs import protection as protection_module
 from celery_ecs.periodic import PeriodicThread
 from celery_ecs.protection import STATE_PATH, TaskProtection, TaskProtectionStep
-from devtools.processes import start_process
 from infra.containers import worker_command
+from testkit.processes import start_process
 from tests.support import AppProcess, app_environment, send_task, wait_for
 
 ENABLE = {"ProtectionEnabled": True, "ExpiresInMinutes": 15}

@@ -20,8 +20,8 @@ from packaging.version import Version
 from app.celery_app import app
 from celery_ecs.results import ResultBackend, ResultBackendLoader
 from celery_ecs.settings import Settings
-from devtools.processes import python_argv
 from infra.containers import CELERY_APP
+from testkit.processes import python_argv
 from tests.support import ROOT, AppProcess, start_worker, wait_for
 
 TASK_ID = "9c9b7f56-9f43-4f0e-8c2b-4c33c1a2c3a1"

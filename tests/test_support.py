@@ -9,6 +9,7 @@ import pulumi
 import pytest
 
 from devtools import render
+from policy.invariants import aws_types
 from tests.support import fixture_build_context, shared_run
 
 #: A config no other test renders, so the first call here is the first in this process.
@@ -50,7 +51,7 @@ def test_a_shared_run_is_the_programs_run_rendered_once(monkeypatch: pytest.Monk
 
 def test_what_one_test_changes_in_a_shared_run_the_next_does_not_see() -> None:
     run = shared_run(CONFIG, stack="shared")
-    web = run.named("aws:ecs/taskDefinition:TaskDefinition", "web-task")
+    web = run.named(aws_types.ECS_TASK_DEFINITION, "web-task")
     expected = dict(web.inputs)
     web.inputs["cpu"] = "16384"
     web.state.clear()
@@ -58,7 +59,7 @@ def test_what_one_test_changes_in_a_shared_run_the_next_does_not_see() -> None:
     run.outputs.clear()
     again = shared_run(CONFIG, stack="shared")
     assert again.resources and again.outputs
-    reread = again.named("aws:ecs/taskDefinition:TaskDefinition", "web-task")
+    reread = again.named(aws_types.ECS_TASK_DEFINITION, "web-task")
     assert reread.inputs == expected and reread.state
 
 

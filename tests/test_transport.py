@@ -39,7 +39,7 @@ from celery_ecs.transport import (
     QoS,
     wake_key,
 )
-from devtools.redis_server import RedisServer, start_redis
+from testkit.redis_server import RedisServer, start_redis
 from tests.support import AppProcess, app_environment, send_task, start_worker, wait_for
 
 QUEUE = "default"

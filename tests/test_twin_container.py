@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from devtools.twin.container import ContractError, plan_container
-from devtools.twin.image import (
+from devtools.twin.dockerfile_image import (
     IMAGE_VENV_PATH,
     ROOT,
     Image,
@@ -22,7 +22,7 @@ from devtools.twin.image import (
 from infra.containers import ENQUEUE_SCRIPT, HEALTH_SCRIPT
 
 # The tier (tests/tiers.py): planning a container takes the image's virtualenv, which the
-# twin builds from PyPI into .twin/ (devtools.twin.image), in the checkout.
+# twin builds from PyPI into .twin/ (devtools.twin.dockerfile_image), in the checkout.
 pytestmark = pytest.mark.twin
 
 TASK: dict[str, Any] = {"volumes": [{"name": "scratch"}, {"name": "tmp"}]}

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from devtools.twin import network
-from devtools.twin.network import NetworkError, TaskNetwork, allocate
+from devtools.twin import awsvpc
+from devtools.twin.awsvpc import NetworkError, TaskNetwork, allocate
 
 # The tier (tests/tiers.py): network namespaces and the twin's bridge, as root.
 pytestmark = pytest.mark.twin
@@ -46,9 +46,9 @@ def test_an_old_veth_that_vanishes_while_it_is_deleted_is_no_error(
             links.discard(args[2])  # the kernel's cleanup got there first
             raise NetworkError(f'ip link del {args[2]}: Cannot find device "{args[2]}"')
 
-    monkeypatch.setattr(network, "_ip", ip)
-    monkeypatch.setattr(network, "_link_exists", lambda name: name in links)
-    network._configure(TaskNetwork(7))
+    monkeypatch.setattr(awsvpc, "_ip", ip)
+    monkeypatch.setattr(awsvpc, "_link_exists", lambda name: name in links)
+    awsvpc._configure(TaskNetwork(7))
     assert calls[0] == ("link", "del", "twv7")
     assert calls[1][:3] == ("link", "add", "twv7")
 
@@ -57,29 +57,29 @@ def test_an_old_veth_that_cannot_be_deleted_is_an_error(monkeypatch: pytest.Monk
     def ip(*args: str) -> None:
         raise NetworkError(f"ip {' '.join(args)}: Operation not permitted")
 
-    monkeypatch.setattr(network, "_ip", ip)
-    monkeypatch.setattr(network, "_link_exists", lambda name: True)
+    monkeypatch.setattr(awsvpc, "_ip", ip)
+    monkeypatch.setattr(awsvpc, "_link_exists", lambda name: True)
     with pytest.raises(NetworkError, match="not permitted"):
-        network._configure(TaskNetwork(7))
+        awsvpc._configure(TaskNetwork(7))
 
 
 def test_the_bridge_keeps_its_address_as_tasks_come_and_go() -> None:
     """A bridge takes the lowest address of its ports unless given one: every task's start or
     stop would then change what the running tasks must send to to reach the host."""
-    network.ensure_bridge()
-    address = Path(f"/sys/class/net/{network.BRIDGE}/address")
-    assert address.read_text().strip() == network.BRIDGE_MAC
+    awsvpc.ensure_bridge()
+    address = Path(f"/sys/class/net/{awsvpc.BRIDGE}/address")
+    assert address.read_text().strip() == awsvpc.BRIDGE_MAC
     lowest = "00:00:00:00:00:01"  # below any address a veth is given
     first = allocate()
     try:
         subprocess.run(["ip", "link", "set", first._host_veth, "address", lowest], check=True)
-        assert address.read_text().strip() == network.BRIDGE_MAC
+        assert address.read_text().strip() == awsvpc.BRIDGE_MAC
         second = allocate()
         second.release()
-        assert address.read_text().strip() == network.BRIDGE_MAC
+        assert address.read_text().strip() == awsvpc.BRIDGE_MAC
     finally:
         first.release()
-    assert address.read_text().strip() == network.BRIDGE_MAC
+    assert address.read_text().strip() == awsvpc.BRIDGE_MAC
 
 
 def test_a_reused_address_is_reached_at_once_from_the_host() -> None:

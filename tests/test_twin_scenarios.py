@@ -25,13 +25,13 @@ from types import SimpleNamespace
 import pytest
 import redis
 
-from devtools.redis_server import RedisServer, start_redis
+from devtools.local_stack import wait_until_ready
 from devtools.render import ProgramRun, run_program
-from devtools.stack import wait_until_ready
-from devtools.twin.cluster import TwinCluster
-from devtools.twin.network import HOST_ADDRESS, ensure_bridge
+from devtools.twin.awsvpc import HOST_ADDRESS, ensure_bridge
+from devtools.twin.deployed_stack import TwinCluster
 from devtools.twin.task import Status
 from infra.containers import WEB_COMMAND
+from testkit.redis_server import RedisServer, start_redis
 from tests.support import send_task, wait_for
 from tests.test_beat import HOURLY, make_overdue, sent_tasks
 

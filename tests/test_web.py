@@ -36,8 +36,9 @@ from werkzeug.wrappers import Request
 from app.celery_app import app as celery_app
 from app.web import ALLOWED_TASKS, TaskResults
 from celery_ecs.gunicorn_worker import JsonErrorWorker
-from devtools.redis_server import free_port
 from infra.containers import WEB_COMMAND
+from policy.invariants import aws_types
+from testkit.redis_server import free_port
 from tests.support import (
     AUTHORIZATION,
     AppProcess,
@@ -735,7 +736,7 @@ def test_gunicorn_keeps_idle_connections_longer_than_the_load_balancer(
     # The balancer, not gunicorn, must close an idle connection: if gunicorn closed it first,
     # the balancer could send a request on it just then and answer 502.
     run = run_program({"web": {"requestTimeout": request_timeout}})
-    balancer = run.one("aws:lb/loadBalancer:LoadBalancer").inputs
+    balancer = run.one(aws_types.LB_LOAD_BALANCER).inputs
     web = run.task_definitions()["web"]
 
     assert balancer["idleTimeout"] == idle_timeout == max(60, request_timeout + 5)

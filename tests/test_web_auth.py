@@ -21,8 +21,8 @@ from app import api_keys
 from app.api_keys import AcceptedKeys, InvalidKeys, KeysUnavailable, keys_document, parse_keys
 from app.web import OPEN_ENDPOINTS
 from celery_ecs.settings import ApiKeysSettings, ConfigError
-from devtools.aws_standin import AwsStandIn
-from devtools.redis_server import free_port
+from testkit.aws_standin import AwsStandIn
+from testkit.redis_server import free_port
 from tests.support import (
     API_KEY,
     API_KEYS_FILE,

@@ -26,9 +26,9 @@ from kombu.utils.json import loads
 
 from celery_ecs.liveness import Deadlines, WorkerKeys, registered_workers
 from celery_ecs.revokes import REVOKED_KEY
-from devtools.processes import python_argv
 from infra.budget import MAX_TASK_TIMEOUT, worker_budget
 from infra.containers import worker_command
+from testkit.processes import python_argv
 from tests.support import AppProcess, send_task, start_process, start_worker, wait_for
 
 #: The crash tests' liveness timeout: a crashed worker's tasks are back within 4/3 of it

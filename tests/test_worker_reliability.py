@@ -22,8 +22,8 @@ from kombu.common import QoS
 
 from celery_ecs.consumer import HeldMessagesQoS
 from celery_ecs.liveness import unacked_count
-from devtools.processes import python_argv
 from infra.containers import CELERY_APP
+from testkit.processes import python_argv
 from tests.support import ROOT, AppProcess, send_task, start_worker, wait_for
 
 

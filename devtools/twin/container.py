@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from devtools.twin.image import IMAGE_VENV_PATH, Image, image_venv
+from devtools.twin.dockerfile_image import IMAGE_VENV_PATH, Image, image_venv
 
 #: ECS's default ``stopTimeout`` when a container definition has none.
 DEFAULT_STOP_TIMEOUT = 30
@@ -56,7 +56,7 @@ class ContainerPlan:
 
     name: str
     hostname: str
-    #: The task's network namespace (``devtools.twin.network``); None: this machine's network.
+    #: The task's network namespace (``devtools.twin.awsvpc``); None: this machine's network.
     network_namespace: str | None
     state_dir: str
     rootfs: str

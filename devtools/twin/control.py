@@ -16,7 +16,7 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from devtools.twin.cluster import TwinCluster
+from devtools.twin.deployed_stack import TwinCluster
 
 
 class ControlEndpoint:

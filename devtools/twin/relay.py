@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-from devtools.twin.network import HOST_ADDRESS
+from devtools.twin.awsvpc import HOST_ADDRESS
 
 
 class Relay:

@@ -1,7 +1,7 @@
 """One ECS task of the twin: its network, its container, its health and its scale-in protection.
 
 A task is started from a task definition revision (one container, as every task definition of
-this project has), gets a network namespace and address of its own (``devtools.twin.network``),
+this project has), gets a network namespace and address of its own (``devtools.twin.awsvpc``),
 an ``ECS_AGENT_URI`` served by the twin (``devtools.twin.agent``), and runs its container under
 Fargate's contract (``devtools.twin.container``). Its container health check runs as ECS runs it
 (ECS API, ``HealthCheck``): every ``interval`` seconds, each attempt limited to ``timeout``; the
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devtools.twin.awsvpc import TaskNetwork, allocate
 from devtools.twin.container import Container, plan_container, start_container, with_overrides
-from devtools.twin.image import Image
-from devtools.twin.network import TaskNetwork, allocate
+from devtools.twin.dockerfile_image import Image
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Time the offline plan of the dev stack: render, validate, draw, price.
 
-    python -m bench.plan        (``make bench-plan``)
+    python -m bench.plan_timing        (``make bench-plan``)
 
 ``make plan`` starts a fresh interpreter every time, so the figure that matters is the wall
 time of ``python -m devtools.plan --stack dev`` from start to exit: it is measured five times,
@@ -19,8 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from devtools import cost, render, validate
-from devtools import diagram as drawing
+from devtools import render
+from devtools.plan import aws_rules, cost
+from devtools.plan import diagram as drawing
 from infra.config import load
 
 ROUNDS = 5
@@ -46,7 +47,7 @@ def phases(diagram: Path) -> dict[str, float]:
     run = render.run_program(stack.config, stack="dev", region=stack.region or "us-east-1")
     timings["render under mocks"] = time.perf_counter() - started
     started = time.perf_counter()
-    validate.validate(run)
+    aws_rules.check_against_aws(run)
     timings["validate (botocore, parliament)"] = time.perf_counter() - started
     started = time.perf_counter()
     config = load(stack.config)

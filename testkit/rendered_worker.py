@@ -17,9 +17,9 @@ from pathlib import Path
 
 from celery_ecs import settings as env_names
 from devtools.render import ProgramRun, RenderedTaskDefinition
+from devtools.twin.awsvpc import TaskNetwork
 from devtools.twin.container import Container, plan_container, start_container, with_overrides
-from devtools.twin.image import Image, parse_image
-from devtools.twin.network import TaskNetwork
+from devtools.twin.dockerfile_image import Image, parse_image
 
 #: The services the program names ``worker-<pool>``.
 WORKER_SERVICE_PREFIX = "worker-"

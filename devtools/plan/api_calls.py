@@ -1,452 +1,42 @@
-"""How each Pulumi resource type reaches AWS: the API calls its provider makes, and where each
-request member comes from.
+"""How each Pulumi resource type the program registers reaches AWS: the table.
 
-``MAPPINGS`` is the table: a Pulumi type -> its ``Api``, a list of ``Call``s. A call names the
-service and operation of botocore's models and its members; a member's value is a Pulumi input
-(a dotted path into the inputs as the mocks receive them, camelCase) or a ``Source``: the
-resource's physical name, its id or ARN, a structure or list built from inputs, load-balancer
-style Key/Value attributes. A converter turns Pulumi's form of a value into the API's (a tag map
-into a tag list, ``assignPublicIp: true`` into ``ENABLED``). ``NOT_AWS`` lists the types that
-make no AWS call.
+``MAPPINGS``: a Pulumi type -> the API calls its provider makes, each request member with where
+its value comes from, written in the language of ``devtools.plan.apimap`` (``call``, ``api``,
+``In``, ``struct``, ``NAME``, ``ARN``...). ``NOT_AWS``: the registered types that make no AWS
+call, and why. ``devtools.plan.aws_rules`` builds each request from this table and checks it
+against botocore's models; a type in neither table is a finding.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from functools import cache
-from typing import Any
-
-import jsonschema
-from botocore.model import ServiceModel, StringShape
-
-from devtools import awsmodel
-from devtools.render import Registration
-
-
-class _Missing:
-    """An input that is not set: the member is left out of the request."""
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-
-MISSING: Any = _Missing()
-
-
-class Inputs:
-    """A resource's inputs, read by dotted path; remembers what was read."""
-
-    def __init__(self, registration: Registration) -> None:
-        self.registration = registration
-        self.read: set[str] = set()
-
-    def get(self, path: str) -> Any:
-        self.read.add(path)
-        value: Any = self.registration.inputs
-        for part in path.split("."):
-            if not isinstance(value, Mapping) or value.get(part) is None:
-                return MISSING
-            value = value[part]
-        return value
-
-    def unread(self) -> list[str]:
-        """Input paths no call consumed (a path covers everything below it)."""
-        return [
-            leaf
-            for leaf in _leaves(self.registration.inputs)
-            if not any(leaf == path or leaf.startswith(f"{path}.") for path in self.read)
-        ]
-
-
-def _leaves(value: Mapping[str, Any], prefix: str = "") -> list[str]:
-    leaves = []
-    for key, item in value.items():
-        path = f"{prefix}{key}"
-        if isinstance(item, Mapping) and item:
-            leaves += _leaves(item, f"{path}.")
-        else:
-            leaves.append(path)
-    return leaves
-
-
-# --- sources: where a request member's value comes from -------------------------------------
-
-
-@dataclass(frozen=True)
-class In:
-    """The Pulumi input at ``path``, optionally converted to the API's form (a converter may
-    return MISSING to leave the member out); ``default`` is what the provider sends when the
-    input is not set."""
-
-    path: str
-    convert: Callable[[Any], Any] | None = None
-    default: Any = MISSING
-
-    @property
-    def origin(self) -> str:
-        return self.path
-
-    def value(self, inputs: Inputs) -> Any:
-        value = inputs.get(self.path)
-        if value is MISSING:
-            return self.default
-        return value if self.convert is None else self.convert(value)
-
-
-@dataclass(frozen=True)
-class Known:
-    """What the provider knows without an input: the physical name it gives the resource, its
-    id or ARN once it exists, or a fixed value."""
-
-    origin: str
-    resolve: Callable[[Registration], Any]
-    #: Inputs this value is made from (marked as consumed).
-    reads: tuple[str, ...] = ()
-
-    def value(self, inputs: Inputs) -> Any:
-        for path in self.reads:
-            inputs.get(path)
-        return self.resolve(inputs.registration)
-
-
-NAME = Known(
-    "the name (auto-named unless given)",
-    lambda r: r.inputs.get("name") or r.physical_name,
-    ("name", "namePrefix"),
+from devtools.plan import awsmodel
+from devtools.plan.apimap import (
+    ARN,
+    ID,
+    MISSING,
+    NAME,
+    Api,
+    Attributes,
+    Call,
+    In,
+    Known,
+    ListOf,
+    api,
+    awsvpc,
+    call,
+    cloudwatch_dimensions,
+    const,
+    ecs_parameters,
+    json_only,
+    json_text,
+    lifecycle_policy_problems,
+    metric_queries,
+    pascal,
+    step_scaling,
+    struct,
+    tag_list,
 )
-ARN = Known("the resource's ARN", lambda r: r.state["arn"])
-ID = Known("the resource's id", lambda r: r.id)
-
-
-def const(value: Any) -> Known:
-    return Known(f"always {value!r}", lambda _: value)
-
-
-@dataclass(frozen=True)
-class Struct:
-    """A structure of several members; left out when none of them is set."""
-
-    members: Mapping[str, Source]
-
-    @property
-    def origin(self) -> str:
-        return ", ".join(sorted({source.origin for source in self.members.values()}))
-
-    def value(self, inputs: Inputs) -> Any:
-        resolved = {name: source.value(inputs) for name, source in self.members.items()}
-        return {name: value for name, value in resolved.items() if value is not MISSING} or MISSING
-
-
-def struct(**members: Source | str) -> Struct:
-    return Struct({name: _source(member) for name, member in members.items()})
-
-
-@dataclass(frozen=True)
-class ListOf:
-    """A one-element list: a Pulumi resource that is one item of an API list."""
-
-    item: Source
-
-    @property
-    def origin(self) -> str:
-        return self.item.origin
-
-    def value(self, inputs: Inputs) -> Any:
-        item = self.item.value(inputs)
-        return MISSING if item is MISSING else [item]
-
-
-@dataclass(frozen=True)
-class Attributes:
-    """Attributes whose values the API takes as text: a list of Key/Value structures (load
-    balancers, target groups), or a map (``as_map``: SQS queues)."""
-
-    keys: Mapping[str, Source]
-    as_map: bool = False
-
-    @property
-    def origin(self) -> str:
-        return ", ".join(sorted(source.origin for source in self.keys.values()))
-
-    def origin_of(self, key: str) -> str:
-        return self.keys[key].origin if key in self.keys else self.origin
-
-    def value(self, inputs: Inputs) -> Any:
-        values = {
-            key: awsmodel.text(value)
-            for key, source in self.keys.items()
-            if (value := source.value(inputs)) is not MISSING
-        }
-        if self.as_map:
-            return values or MISSING
-        return [{"Key": key, "Value": value} for key, value in values.items()] or MISSING
-
-
-Source = In | Known | Struct | ListOf | Attributes
-
-
-def _source(member: Source | str) -> Source:
-    return In(member) if isinstance(member, str) else member
-
-
-# --- converters: Pulumi's form of a value -> the API's --------------------------------------
-
-
-def pascal(**renames: str) -> Callable[[Any], Any]:
-    """camelCase keys -> PascalCase at every depth (``renames`` where the API differs)."""
-
-    def convert(value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {
-                renames.get(key, key[:1].upper() + key[1:]): convert(item)
-                for key, item in value.items()
-            }
-        if isinstance(value, list):
-            return [convert(item) for item in value]
-        return value
-
-    return convert
-
-
-def tag_list(key: str = "Key", value: str = "Value") -> Callable[[Any], Any]:
-    """Pulumi's tag map -> the API's list of key/value structures."""
-    return lambda tags: [{key: name, value: text} for name, text in sorted(tags.items())]
-
-
-def enabled(value: Any) -> str:
-    return "ENABLED" if value else "DISABLED"
-
-
-def awsvpc(subnets: str, security_groups: str, public_ip: str) -> Callable[[Any], Any]:
-    """Pulumi's network configuration -> ``awsvpcConfiguration`` with the API's member names."""
-
-    def convert(network: Mapping[str, Any]) -> dict[str, Any]:
-        names = {"subnets": subnets, "securityGroups": security_groups}
-        configuration = {names[key]: value for key, value in network.items() if key in names}
-        if "assignPublicIp" in network:
-            configuration[public_ip] = enabled(network["assignPublicIp"])
-        return {"awsvpcConfiguration": configuration}
-
-    return convert
-
-
-def ecs_parameters(target: Mapping[str, Any]) -> dict[str, Any]:
-    """An EventTarget's ``ecsTarget`` -> PutTargets' ``EcsParameters`` (whose capacity provider
-    strategy items keep ECS's camelCase)."""
-    converted: dict[str, Any] = pascal()(
-        {key: value for key, value in target.items() if key not in _ECS_OWN}
-    )
-    if "networkConfiguration" in target:
-        converted["NetworkConfiguration"] = awsvpc("Subnets", "SecurityGroups", "AssignPublicIp")(
-            target["networkConfiguration"]
-        )
-    if "capacityProviderStrategies" in target:
-        converted["CapacityProviderStrategy"] = target["capacityProviderStrategies"]
-    return converted
-
-
-_ECS_OWN = ("networkConfiguration", "capacityProviderStrategies")
-
-
-def json_text(text: str) -> Any:
-    return json.loads(text)
-
-
-def cloudwatch_dimensions(dimensions: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Pulumi's dimension map -> CloudWatch's list of Name/Value structures (sorted: the
-    provider reads a map, whose order carries no meaning)."""
-    return [{"Name": name, "Value": value} for name, value in sorted(dimensions.items())]
-
-
-def metric_queries(queries: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """A MetricAlarm's ``metricQueries`` -> PutMetricAlarm's ``Metrics``. A query's ``metric``
-    becomes ``MetricStat``: its period, stat and unit beside ``Metric`` (namespace, name,
-    dimensions), as the API nests them. Any other key is passed on, so the model names it."""
-
-    def convert(query: Mapping[str, Any]) -> dict[str, Any]:
-        converted: dict[str, Any] = pascal()({k: v for k, v in query.items() if k != "metric"})
-        if "metric" in query:
-            metric = dict(query["metric"])
-            stat = {key: metric.pop(key) for key in ("period", "stat", "unit") if key in metric}
-            if "dimensions" in metric:
-                metric["dimensions"] = cloudwatch_dimensions(metric["dimensions"])
-            converted["MetricStat"] = {**pascal()(stat), "Metric": pascal()(metric)}
-        return converted
-
-    return [convert(query) for query in queries]
-
-
-_STEP_BOUNDS = ("MetricIntervalLowerBound", "MetricIntervalUpperBound")
-
-
-def step_scaling(configuration: Mapping[str, Any]) -> dict[str, Any]:
-    """``stepScalingPolicyConfiguration`` -> the API's structure. Pulumi takes the step bounds
-    as text, so that a bound of 0 differs from none; the provider parses them as numbers
-    (terraform-provider-aws ``expandStepAdjustments``) and leaves an empty one out. Text that
-    is no number stays text: the model check reports it, as the provider refuses it."""
-    converted: dict[str, Any] = pascal()(configuration)
-
-    def bound(value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        try:
-            return float(value)
-        except ValueError:
-            return value
-
-    converted["StepAdjustments"] = [
-        {
-            key: bound(value) if key in _STEP_BOUNDS else value
-            for key, value in step.items()
-            if not (key in _STEP_BOUNDS and value == "")
-        }
-        for step in converted.get("StepAdjustments", [])
-    ]
-    if not converted["StepAdjustments"]:
-        del converted["StepAdjustments"]
-    return converted
-
-
-# --- documents the API takes as text ---------------------------------------------------------
-
-
-def json_only(_: Any) -> list[str]:
-    """A document whose only known rule is that it is JSON (which the validator checks before
-    any document rule): the CloudWatch dashboard body, whose structure botocore's models and
-    their documentation do not describe (they point to the CloudWatch user guide)."""
-    return []
-
-
-def lifecycle_policy_problems(document: Any) -> list[str]:
-    """An ECR lifecycle policy against ECR's rules (User Guide, "Lifecycle policy
-    properties"); the enums come from the ECR model (``TagStatus``, ``ImageActionType``)."""
-    problems = [
-        f"{'/'.join(map(str, error.absolute_path)) or 'policy'}: {error.message}"
-        for error in _lifecycle_validator().iter_errors(document)
-    ]
-    if problems:
-        return problems
-    priorities = [rule["rulePriority"] for rule in document["rules"]]
-    if len(set(priorities)) != len(priorities):
-        problems.append("rules: rulePriority values must be unique")
-    for rule in document["rules"]:
-        if rule["selection"]["tagStatus"] == "any" and rule["rulePriority"] != max(priorities):
-            problems.append("rules: a rule with tagStatus any must have the highest rulePriority")
-    return problems
-
-
-def _enum(model: ServiceModel, shape_name: str) -> list[str]:
-    """The values of a string enumeration of ``model``."""
-    shape = model.shape_for(shape_name)
-    assert isinstance(shape, StringShape), f"{shape_name} is not a string shape"
-    return shape.enum
-
-
-@cache
-def _lifecycle_validator() -> jsonschema.Draft202012Validator:
-    ecr = awsmodel.service_model("ecr")
-    strings = {"type": "array", "items": {"type": "string"}, "minItems": 1}
-    selection = {
-        "type": "object",
-        "required": ["tagStatus", "countType", "countNumber"],
-        "additionalProperties": False,
-        "properties": {
-            "tagStatus": {"enum": [s.lower() for s in _enum(ecr, "TagStatus")]},
-            "tagPatternList": strings,
-            "tagPrefixList": strings,
-            "storageClass": {"type": "string"},
-            "countType": {
-                "enum": [
-                    "imageCountMoreThan",
-                    "sinceImagePushed",
-                    "sinceImagePulled",
-                    "sinceImageTransitioned",
-                ]
-            },
-            "countUnit": {"enum": ["days"]},
-            "countNumber": {"type": "integer", "minimum": 1},
-        },
-        "allOf": [
-            {
-                "if": {"properties": {"tagStatus": {"const": "tagged"}}},
-                "then": {
-                    "anyOf": [{"required": ["tagPatternList"]}, {"required": ["tagPrefixList"]}]
-                },
-            },
-            {
-                # A count of images takes no unit; an age takes days.
-                "if": {"properties": {"countType": {"const": "imageCountMoreThan"}}},
-                "then": {"not": {"required": ["countUnit"]}},
-                "else": {"required": ["countUnit"]},
-            },
-        ],
-    }
-    action = {
-        "type": "object",
-        "required": ["type"],
-        "additionalProperties": False,
-        "properties": {
-            "type": {"enum": [a.lower() for a in _enum(ecr, "ImageActionType")]},
-            "targetStorageClass": {"type": "string"},
-        },
-    }
-    rule = {
-        "type": "object",
-        "required": ["rulePriority", "selection", "action"],
-        "additionalProperties": False,
-        "properties": {
-            "rulePriority": {"type": "integer", "minimum": 1},
-            "description": {"type": "string"},
-            "selection": selection,
-            "action": action,
-        },
-    }
-    return jsonschema.Draft202012Validator(
-        {
-            "type": "object",
-            "required": ["rules"],
-            "additionalProperties": False,
-            "properties": {"rules": {"type": "array", "minItems": 1, "items": rule}},
-        }
-    )
-
-
-# --- the table ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Call:
-    """One API call the provider makes: service and operation as botocore names them, and each
-    request member's source (a string is the path of a Pulumi input)."""
-
-    service: str
-    operation: str
-    members: Mapping[str, Source]
-    #: The member without which the provider makes no such call (an attribute call for an
-    #: input that is not set); None: always made.
-    when: str | None = None
-
-
-def call(service: str, operation: str, when: str | None = None, **members: Source | str) -> Call:
-    return Call(service, operation, {name: _source(m) for name, m in members.items()}, when)
-
-
-@dataclass(frozen=True)
-class Api:
-    """How a Pulumi resource type reaches AWS."""
-
-    calls: tuple[Call, ...]
-    #: Inputs the provider uses itself rather than sending them as such, with the reason.
-    provider_only: Mapping[str, str] = field(default_factory=dict)
-    #: Input -> a check of the JSON document it holds (documents the API takes as text).
-    documents: Mapping[str, Callable[[Any], list[str]]] = field(default_factory=dict)
-
-
-def api(*calls: Call, **options: Any) -> Api:
-    return Api(calls=calls, **options)
-
+from policy.invariants import aws_types
 
 ECS_TAGS = In("tags", tag_list("key", "value"))
 TAGS = In("tags", tag_list())
@@ -510,10 +100,10 @@ def key_id_when(path: str, value: bool) -> Known:
 
 #: Pulumi resource type -> how it reaches AWS.
 MAPPINGS: dict[str, Api] = {
-    "aws:ecs/cluster:Cluster": api(
+    aws_types.ECS_CLUSTER: api(
         call("ecs", "CreateCluster", clusterName=NAME, settings="settings", tags=ECS_TAGS)
     ),
-    "aws:ecs/clusterCapacityProviders:ClusterCapacityProviders": api(
+    aws_types.ECS_CLUSTER_CAPACITY_PROVIDERS: api(
         call(
             "ecs",
             "PutClusterCapacityProviders",
@@ -523,7 +113,7 @@ MAPPINGS: dict[str, Api] = {
             defaultCapacityProviderStrategy=In("defaultCapacityProviderStrategies", default=[]),
         )
     ),
-    "aws:ecs/taskDefinition:TaskDefinition": api(
+    aws_types.ECS_TASK_DEFINITION: api(
         call(
             "ecs",
             "RegisterTaskDefinition",
@@ -541,7 +131,7 @@ MAPPINGS: dict[str, Api] = {
             tags=ECS_TAGS,
         )
     ),
-    "aws:ecs/service:Service": api(
+    aws_types.ECS_SERVICE: api(
         call(
             "ecs",
             "CreateService",
@@ -573,7 +163,7 @@ MAPPINGS: dict[str, Api] = {
             "triggers": "changes that make the provider start a new deployment",
         },
     ),
-    "aws:lb/loadBalancer:LoadBalancer": api(
+    aws_types.LB_LOAD_BALANCER: api(
         call(
             "elbv2",
             "CreateLoadBalancer",
@@ -604,7 +194,7 @@ MAPPINGS: dict[str, Api] = {
             ),
         ),
     ),
-    "aws:lb/targetGroup:TargetGroup": api(
+    aws_types.LB_TARGET_GROUP: api(
         call(
             "elbv2",
             "CreateTargetGroup",
@@ -634,7 +224,7 @@ MAPPINGS: dict[str, Api] = {
             ),
         ),
     ),
-    "aws:lb/listener:Listener": api(
+    aws_types.LB_LISTENER: api(
         call(
             "elbv2",
             "CreateListener",
@@ -654,7 +244,7 @@ MAPPINGS: dict[str, Api] = {
             Tags=TAGS,
         )
     ),
-    "aws:elasticache/replicationGroup:ReplicationGroup": api(
+    aws_types.ELASTICACHE_REPLICATION_GROUP: api(
         call(
             "elasticache",
             "CreateReplicationGroup",
@@ -698,7 +288,7 @@ MAPPINGS: dict[str, Api] = {
             FinalSnapshotIdentifier="finalSnapshotIdentifier",
         ),
     ),
-    "aws:elasticache/parameterGroup:ParameterGroup": api(
+    aws_types.ELASTICACHE_PARAMETER_GROUP: api(
         call(
             "elasticache",
             "CreateCacheParameterGroup",
@@ -717,7 +307,7 @@ MAPPINGS: dict[str, Api] = {
             ),
         ),
     ),
-    "aws:elasticache/subnetGroup:SubnetGroup": api(
+    aws_types.ELASTICACHE_SUBNET_GROUP: api(
         call(
             "elasticache",
             "CreateCacheSubnetGroup",
@@ -727,7 +317,7 @@ MAPPINGS: dict[str, Api] = {
             Tags=TAGS,
         )
     ),
-    "aws:appautoscaling/target:Target": api(
+    aws_types.APPAUTOSCALING_TARGET: api(
         call(
             "application-autoscaling",
             "RegisterScalableTarget",
@@ -740,7 +330,7 @@ MAPPINGS: dict[str, Api] = {
             Tags="tags",
         )
     ),
-    "aws:appautoscaling/policy:Policy": api(
+    aws_types.APPAUTOSCALING_POLICY: api(
         call(
             "application-autoscaling",
             "PutScalingPolicy",
@@ -755,7 +345,7 @@ MAPPINGS: dict[str, Api] = {
             StepScalingPolicyConfiguration=In("stepScalingPolicyConfiguration", step_scaling),
         )
     ),
-    "aws:cloudwatch/eventRule:EventRule": api(
+    aws_types.CLOUDWATCH_EVENT_RULE: api(
         call(
             "events",
             "PutRule",
@@ -769,7 +359,7 @@ MAPPINGS: dict[str, Api] = {
             Tags=TAGS,
         )
     ),
-    "aws:cloudwatch/eventTarget:EventTarget": api(
+    aws_types.CLOUDWATCH_EVENT_TARGET: api(
         call(
             "events",
             "PutTargets",
@@ -789,7 +379,7 @@ MAPPINGS: dict[str, Api] = {
             ),
         )
     ),
-    "aws:cloudwatch/logGroup:LogGroup": api(
+    aws_types.CLOUDWATCH_LOG_GROUP: api(
         call("logs", "CreateLogGroup", logGroupName=NAME, kmsKeyId="kmsKeyId", tags="tags"),
         call(
             "logs",
@@ -799,7 +389,7 @@ MAPPINGS: dict[str, Api] = {
             retentionInDays="retentionInDays",
         ),
     ),
-    "aws:ecr/repository:Repository": api(
+    aws_types.ECR_REPOSITORY: api(
         call(
             "ecr",
             "CreateRepository",
@@ -812,7 +402,7 @@ MAPPINGS: dict[str, Api] = {
         # At `pulumi destroy`.
         call("ecr", "DeleteRepository", repositoryName=NAME, force="forceDelete"),
     ),
-    "aws:ecr/lifecyclePolicy:LifecyclePolicy": api(
+    aws_types.ECR_LIFECYCLE_POLICY: api(
         call(
             "ecr",
             "PutLifecyclePolicy",
@@ -821,7 +411,7 @@ MAPPINGS: dict[str, Api] = {
         ),
         documents={"policy": lifecycle_policy_problems},
     ),
-    "aws:iam/role:Role": api(
+    aws_types.IAM_ROLE: api(
         call(
             "iam",
             "CreateRole",
@@ -832,10 +422,10 @@ MAPPINGS: dict[str, Api] = {
             Tags=TAGS,
         )
     ),
-    "aws:iam/rolePolicy:RolePolicy": api(
+    aws_types.IAM_ROLE_POLICY: api(
         call("iam", "PutRolePolicy", RoleName="role", PolicyName=NAME, PolicyDocument="policy")
     ),
-    "aws:secretsmanager/secret:Secret": api(
+    aws_types.SECRETSMANAGER_SECRET: api(
         call("secretsmanager", "CreateSecret", Name=NAME, Description="description", Tags=TAGS),
         # At `pulumi destroy`: a window of 0 days deletes at once, any other is 7-30 days.
         call(
@@ -848,7 +438,7 @@ MAPPINGS: dict[str, Api] = {
             ),
         ),
     ),
-    "aws:secretsmanager/secretVersion:SecretVersion": api(
+    aws_types.SECRETSMANAGER_SECRET_VERSION: api(
         call(
             "secretsmanager",
             "PutSecretValue",
@@ -857,7 +447,7 @@ MAPPINGS: dict[str, Api] = {
             VersionStages="versionStages",
         )
     ),
-    "aws:ec2/vpc:Vpc": api(
+    aws_types.EC2_VPC: api(
         call("ec2", "CreateVpc", CidrBlock="cidrBlock", TagSpecifications=ec2_tags("vpc")),
         # EC2 modifies one VPC attribute per call.
         call(
@@ -875,7 +465,7 @@ MAPPINGS: dict[str, Api] = {
             EnableDnsHostnames=ec2_attribute("enableDnsHostnames"),
         ),
     ),
-    "aws:ec2/subnet:Subnet": api(
+    aws_types.EC2_SUBNET: api(
         call(
             "ec2",
             "CreateSubnet",
@@ -892,14 +482,14 @@ MAPPINGS: dict[str, Api] = {
             MapPublicIpOnLaunch=ec2_attribute("mapPublicIpOnLaunch"),
         ),
     ),
-    "aws:ec2/internetGateway:InternetGateway": api(
+    aws_types.EC2_INTERNET_GATEWAY: api(
         call("ec2", "CreateInternetGateway", TagSpecifications=ec2_tags("internet-gateway")),
         call("ec2", "AttachInternetGateway", InternetGatewayId=ID, VpcId="vpcId"),
     ),
-    "aws:ec2/routeTable:RouteTable": api(
+    aws_types.EC2_ROUTE_TABLE: api(
         call("ec2", "CreateRouteTable", VpcId="vpcId", TagSpecifications=ec2_tags("route-table"))
     ),
-    "aws:ec2/route:Route": api(
+    aws_types.EC2_ROUTE: api(
         call(
             "ec2",
             "CreateRoute",
@@ -909,13 +499,13 @@ MAPPINGS: dict[str, Api] = {
             NatGatewayId="natGatewayId",
         )
     ),
-    "aws:ec2/routeTableAssociation:RouteTableAssociation": api(
+    aws_types.EC2_ROUTE_TABLE_ASSOCIATION: api(
         call("ec2", "AssociateRouteTable", RouteTableId="routeTableId", SubnetId="subnetId")
     ),
-    "aws:ec2/eip:Eip": api(
+    aws_types.EC2_EIP: api(
         call("ec2", "AllocateAddress", Domain="domain", TagSpecifications=ec2_tags("elastic-ip"))
     ),
-    "aws:ec2/natGateway:NatGateway": api(
+    aws_types.EC2_NAT_GATEWAY: api(
         call(
             "ec2",
             "CreateNatGateway",
@@ -924,7 +514,7 @@ MAPPINGS: dict[str, Api] = {
             TagSpecifications=ec2_tags("natgateway"),
         )
     ),
-    "aws:ec2/flowLog:FlowLog": api(
+    aws_types.EC2_FLOW_LOG: api(
         call(
             "ec2",
             "CreateFlowLogs",
@@ -937,7 +527,7 @@ MAPPINGS: dict[str, Api] = {
             TagSpecifications=ec2_tags("vpc-flow-log"),
         )
     ),
-    "aws:ec2/securityGroup:SecurityGroup": api(
+    aws_types.EC2_SECURITY_GROUP: api(
         call(
             "ec2",
             "CreateSecurityGroup",
@@ -950,12 +540,12 @@ MAPPINGS: dict[str, Api] = {
     ),
     # The provider adopts the VPC's default group (found by vpcId), revokes its rules and tags
     # it: only the tags reach AWS from the inputs.
-    "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": api(
+    aws_types.EC2_DEFAULT_SECURITY_GROUP: api(
         call("ec2", "CreateTags", Resources=ListOf(ID), Tags=In("tags", tag_list())),
         provider_only={"vpcId": "finds the VPC's default group (DescribeSecurityGroups filter)"},
     ),
     # A dead-letter queue (EventBridge targets) and the policy that lets EventBridge send to it.
-    "aws:sqs/queue:Queue": api(
+    aws_types.SQS_QUEUE: api(
         call(
             "sqs",
             "CreateQueue",
@@ -981,7 +571,7 @@ MAPPINGS: dict[str, Api] = {
             tags="tags",
         )
     ),
-    "aws:sqs/queuePolicy:QueuePolicy": api(
+    aws_types.SQS_QUEUE_POLICY: api(
         call(
             "sqs",
             "SetQueueAttributes",
@@ -990,7 +580,7 @@ MAPPINGS: dict[str, Api] = {
         )
     ),
     # Alarms: the operator alarms and the step policies' high-resolution scale-out alarms.
-    "aws:cloudwatch/metricAlarm:MetricAlarm": api(
+    aws_types.CLOUDWATCH_METRIC_ALARM: api(
         call(
             "cloudwatch",
             "PutMetricAlarm",
@@ -1021,7 +611,7 @@ MAPPINGS: dict[str, Api] = {
             Tags=TAGS,
         )
     ),
-    "aws:cloudwatch/dashboard:Dashboard": api(
+    aws_types.CLOUDWATCH_DASHBOARD: api(
         call(
             "cloudwatch",
             "PutDashboard",
@@ -1031,7 +621,7 @@ MAPPINGS: dict[str, Api] = {
         documents={"dashboardBody": json_only},
     ),
     # The alert topic, its key, its policy and the e-mail subscription.
-    "aws:kms/key:Key": api(
+    aws_types.KMS_KEY: api(
         call(
             "kms",
             "CreateKey",
@@ -1062,7 +652,7 @@ MAPPINGS: dict[str, Api] = {
             PendingWindowInDays="deletionWindowInDays",
         ),
     ),
-    "aws:sns/topic:Topic": api(
+    aws_types.SNS_TOPIC: api(
         call(
             "sns",
             "CreateTopic",
@@ -1081,7 +671,7 @@ MAPPINGS: dict[str, Api] = {
         topic_attribute("ArchivePolicy", "archivePolicy"),
         topic_attribute("FifoThroughputScope", "fifoThroughputScope"),
     ),
-    "aws:sns/topicPolicy:TopicPolicy": api(
+    aws_types.SNS_TOPIC_POLICY: api(
         call(
             "sns",
             "SetTopicAttributes",
@@ -1090,7 +680,7 @@ MAPPINGS: dict[str, Api] = {
             AttributeValue="policy",
         )
     ),
-    "aws:sns/topicSubscription:TopicSubscription": api(
+    aws_types.SNS_TOPIC_SUBSCRIPTION: api(
         call(
             "sns",
             "Subscribe",
@@ -1117,18 +707,18 @@ MAPPINGS: dict[str, Api] = {
             "endpointAutoConfirms": "whether the provider waits for a confirmation at all",
         },
     ),
-    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": security_group_rule("Ingress"),
-    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": security_group_rule("Egress"),
+    aws_types.VPC_SECURITY_GROUP_INGRESS_RULE: security_group_rule("Ingress"),
+    aws_types.VPC_SECURITY_GROUP_EGRESS_RULE: security_group_rule("Egress"),
 }
 
 #: Registered types that make no AWS API call, and why.
 NOT_AWS: dict[str, str] = {
-    "random:index/randomPassword:RandomPassword": (
+    aws_types.RANDOM_PASSWORD: (
         "generated by Pulumi; AWS sees its result as the replication group's AuthToken, or in "
         "the web's API keys secret"
     ),
-    "random:index/randomId:RandomId": (
+    aws_types.RANDOM_ID: (
         "generated by Pulumi; AWS sees its hex in the replication group's final snapshot name"
     ),
-    "docker-build:index:Image": "built by BuildKit, pushed over the registry protocol",
+    aws_types.DOCKER_BUILD_IMAGE: "built by BuildKit, pushed over the registry protocol",
 }

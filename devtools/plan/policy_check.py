@@ -1,4 +1,4 @@
-"""Run the policy pack (``policy/invariants.py``) over the program rendered under mocks, offline.
+"""Run the policy pack (``policy/invariants/``) over the program rendered under mocks, offline.
 
 The engine hands an analyzer each resource's inputs (resource policies) and every resource's
 outputs (stack policies) as protobuf Structs. ``check`` sends a rendered ``ProgramRun``'s
@@ -6,7 +6,7 @@ registrations through the same conversion (a Struct and back: every number becom
 the same wrappers pulumi-policy's analyzer server applies, then calls every policy's validate
 function, as ``pulumi preview --policy-pack policy`` would, minus the engine.
 
-    python -m devtools.policy_check [STACK]    # renders Pulumi.<STACK>.yaml (default dev)
+    python -m devtools.plan.policy_check [STACK]    # renders Pulumi.<STACK>.yaml (default dev)
 
 ``running_pack`` and ``analyze`` go one step further: they start the pack the way Pulumi does,
 in the pack's own virtualenv, as an analyzer process, and send it the engine's requests over
@@ -45,7 +45,7 @@ from pulumi_policy.deserialize import deserialize_properties
 from pulumi_policy.proxy import unknown_checking_proxy
 
 from devtools import render
-from policy.invariants import POLICIES
+from policy.invariants.policies import POLICIES
 
 
 @dataclass(frozen=True)

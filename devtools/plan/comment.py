@@ -1,7 +1,7 @@
 """The pull request comment: ``pulumi preview``'s output when there is one, then the offline
 plan, what changes against the base branch, then the whole plan.
 
-    python -m devtools.plan_comment --stack dev --head head.txt [--base base.txt] --status N
+    python -m devtools.plan.comment --stack dev --head head.txt [--base base.txt] --status N
         [--errors head.err] [--preview preview.txt]
 
 The workflow (.github/workflows/pulumi.yml) runs ``make plan`` on the pull request and on its
@@ -70,7 +70,7 @@ def comment(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devtools.plan_comment")
+    parser = argparse.ArgumentParser(prog="python -m devtools.plan.comment")
     parser.add_argument("--stack", required=True)
     parser.add_argument("--head", type=Path, required=True, help="the pull request's plan")
     parser.add_argument("--base", type=Path, help="the base branch's plan, if it has one")

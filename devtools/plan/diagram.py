@@ -37,11 +37,11 @@ from diagrams.aws.management import Cloudwatch, CloudwatchAlarm
 from diagrams.aws.network import ALB, NATGateway
 
 from celery_ecs.names import BEAT_HEARTBEAT_METRIC
-from devtools.cost import app_metrics, high_resolution
+from devtools.plan.cost import app_metrics, high_resolution
 from devtools.render import ProgramRun, Registration
 from infra.config import StackConfig
+from policy.invariants import aws_types
 
-_ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 #: The PNG text chunk keyword that carries the digest of the Graphviz source.
 DIGEST_KEYWORD = b"celery-ecs:dot-sha256"
 #: Where diagrams' icons are, as diagrams spells it in the source (``Node._load_icon``: an
@@ -109,7 +109,7 @@ def _build(run: ProgramRun, config: StackConfig, title: str) -> Any:
     """The diagram as a graphviz ``Digraph``."""
     services = _services(run, run.by_reference(), config)
     public_tasks = any(service["public_ip"] for service in services)
-    rules = run.of_type("aws:cloudwatch/eventRule:EventRule")
+    rules = run.of_type(aws_types.CLOUDWATCH_EVENT_RULE)
     with _Drawing(
         title,
         direction="LR",
@@ -128,7 +128,7 @@ def _build(run: ProgramRun, config: StackConfig, title: str) -> Any:
         with Cluster(_vpc_label(run)):
             with Cluster("public subnets"):
                 balancer = ALB(_balancer_label(run), nodeid="alb")
-                for nat in run.of_type("aws:ec2/natGateway:NatGateway"):
+                for nat in run.of_type(aws_types.EC2_NAT_GATEWAY):
                     NATGateway(f"{nat.name}\n(tasks' egress)", nodeid=nat.name)
                 if public_tasks:
                     tasks = _draw_services(run, services, public=True)
@@ -166,7 +166,7 @@ def _metrics_label(run: ProgramRun) -> str:
     rows = [", ".join(names[i : i + 2]) for i in range(0, len(names), 2)]
     insights = any(
         setting == {"name": "containerInsights", "value": "enabled"}
-        for cluster in run.of_type("aws:ecs/cluster:Cluster")
+        for cluster in run.of_type(aws_types.ECS_CLUSTER)
         for setting in cluster.inputs.get("settings", [])
     )
     return "\n".join(["CloudWatch", *rows, *(["+ Container Insights"] if insights else [])])
@@ -175,20 +175,26 @@ def _metrics_label(run: ProgramRun) -> str:
 def _scaling_edge_label(run: ProgramRun) -> str:
     """What drives scaling: backlog per task (target tracking, one-minute data) and, with the
     step policies' alarms, backlog per worker every 10 s."""
-    fast = [alarm for alarm in run.of_type(_ALARM) if high_resolution(alarm)]
+    fast = [
+        alarm for alarm in run.of_type(aws_types.CLOUDWATCH_METRIC_ALARM) if high_resolution(alarm)
+    ]
     return "backlog per task" + ("\n(+ per worker, 10 s alarms)" if fast else "")
 
 
 def _draw_monitoring(run: ProgramRun, metrics: Any) -> None:
     """The operator alarms (the scale-out ones belong to scaling), the dashboard, and where the
     alarms notify."""
-    alarms = [alarm for alarm in run.of_type(_ALARM) if not high_resolution(alarm)]
-    dashboards = run.of_type("aws:cloudwatch/dashboard:Dashboard")
+    alarms = [
+        alarm
+        for alarm in run.of_type(aws_types.CLOUDWATCH_METRIC_ALARM)
+        if not high_resolution(alarm)
+    ]
+    dashboards = run.of_type(aws_types.CLOUDWATCH_DASHBOARD)
     if not alarms and not dashboards:
         return
     notified = sorted({arn for alarm in alarms for arn in alarm.inputs.get("okActions", [])})
-    topics = run.of_type("aws:sns/topic:Topic")
-    subscriptions = run.of_type("aws:sns/topicSubscription:TopicSubscription")
+    topics = run.of_type(aws_types.SNS_TOPIC)
+    subscriptions = run.of_type(aws_types.SNS_TOPIC_SUBSCRIPTION)
     with Cluster("monitoring"):
         if alarms:
             quiet = "" if notified else "\nnotifying nobody\n(alerts.* unset)"
@@ -212,7 +218,7 @@ def _draw_monitoring(run: ProgramRun, metrics: Any) -> None:
 
 
 def _draw_services(run: ProgramRun, services: list[dict[str, Any]], public: bool) -> dict[str, Any]:
-    cluster = run.one("aws:ecs/cluster:Cluster")
+    cluster = run.one(aws_types.ECS_CLUSTER)
     placement = "public IPs" if public else "no public IPs"
     label = (
         f"ECS cluster {cluster.physical_name}: Fargate, {placement}\n"
@@ -231,10 +237,10 @@ def _services(
     pools = {pool.name: pool for pool in config.workers}
     bounds = {
         target.inputs["resourceId"].rsplit("/", 1)[1]: target.inputs
-        for target in run.of_type("aws:appautoscaling/target:Target")
+        for target in run.of_type(aws_types.APPAUTOSCALING_TARGET)
     }
     found = []
-    for service in run.of_type("aws:ecs/service:Service"):
+    for service in run.of_type(aws_types.ECS_SERVICE):
         name = service.inputs["tags"]["Service"]
         definition = references[service.inputs["taskDefinition"]].inputs
         target = bounds.get(service.physical_name)
@@ -258,7 +264,7 @@ def _services(
                 "public_ip": service.inputs["networkConfiguration"].get("assignPublicIp", False),
             }
         )
-    for task_definition in run.of_type("aws:ecs/taskDefinition:TaskDefinition"):
+    for task_definition in run.of_type(aws_types.ECS_TASK_DEFINITION):
         if task_definition.inputs["tags"]["Service"] == "enqueue":
             found.append(
                 {"name": "enqueue", "label": "enqueue\none-off task per slot", "public_ip": False}
@@ -267,15 +273,15 @@ def _services(
 
 
 def _vpc_label(run: ProgramRun) -> str:
-    vpcs = run.of_type("aws:ec2/vpc:Vpc")
+    vpcs = run.of_type(aws_types.EC2_VPC)
     if not vpcs:
         return "existing VPC"
-    zones = sorted({s.inputs["availabilityZone"] for s in run.of_type("aws:ec2/subnet:Subnet")})
+    zones = sorted({s.inputs["availabilityZone"] for s in run.of_type(aws_types.EC2_SUBNET)})
     return f"VPC {vpcs[0].inputs['cidrBlock']} ({', '.join(zones)})"
 
 
 def _listener_ports(run: ProgramRun) -> str:
-    listeners = run.of_type("aws:lb/listener:Listener")
+    listeners = run.of_type(aws_types.LB_LISTENER)
     return ", ".join(
         f"{listener.inputs['protocol']} {listener.inputs['port']:g}"
         for listener in sorted(listeners, key=lambda listener: listener.inputs["port"])
@@ -283,13 +289,13 @@ def _listener_ports(run: ProgramRun) -> str:
 
 
 def _balancer_label(run: ProgramRun) -> str:
-    balancer = run.one("aws:lb/loadBalancer:LoadBalancer")
+    balancer = run.one(aws_types.LB_LOAD_BALANCER)
     scheme = "internal" if balancer.inputs.get("internal") else "internet-facing"
     return f"ALB {balancer.name}\n{scheme}"
 
 
 def _broker_label(run: ProgramRun) -> str:
-    group = run.one("aws:elasticache/replicationGroup:ReplicationGroup").inputs
+    group = run.one(aws_types.ELASTICACHE_REPLICATION_GROUP).inputs
     nodes = int(group.get("numCacheClusters", 1))
     return (
         f"ElastiCache {group['engine']} {group['engineVersion']}\n"

@@ -3,7 +3,7 @@
 Everything is counted from what the program renders (task sizes and architectures, scaling
 bounds, capacity strategies, public IPs, NAT gateways, broker nodes, log groups, the metrics
 the app's containers write, alarms and the metrics they read, the dashboard, the alert topic's
-key) and priced with ``devtools/prices/<region>.json``, which records
+key) and priced with ``devtools/plan/prices/<region>.json``, which records
 its date and the AWS pricing pages it comes from. A region without a table gets no numbers,
 only the statement that there is no table. Usage that the program does not decide (log volume,
 load balancer capacity units...) is an assumption, printed with the estimate.
@@ -39,6 +39,7 @@ from devtools.render import ProgramRun, Registration, RenderedTaskDefinition
 from infra.config import FARGATE_MEMORY, StackConfig
 from infra.image import KEEP_IMAGES
 from infra.schedule_expr import expand
+from policy.invariants import aws_types
 
 PRICES = Path(__file__).resolve().parent / "prices"
 #: Width of the text the estimate renders to.
@@ -393,7 +394,7 @@ class _Builder:
         yield from self._network()
         yield from self._broker()
         yield from self._monitoring()
-        secrets = len(self.run.of_type("aws:secretsmanager/secret:Secret"))
+        secrets = len(self.run.of_type(aws_types.SECRETSMANAGER_SECRET))
         if secrets:
             price = secrets * self.prices["secretsManager"]["secretMonth"]
             yield Line(
@@ -404,7 +405,7 @@ class _Builder:
                 "environment variable (ECS.8)",
                 kind="secrets",
             )
-        if self.run.of_type("aws:ecr/repository:Repository"):
+        if self.run.of_type(aws_types.ECR_REPOSITORY):
             price = KEEP_IMAGES * IMAGE_GB * self.prices["ecr"]["storageGbMonth"]
             yield Line(
                 f"ECR storage: {KEEP_IMAGES} images",
@@ -443,7 +444,7 @@ class _Builder:
 
     def _network(self) -> Iterable[Line]:
         ip_hour = self.prices["publicIpv4Hour"] * HOURS_PER_MONTH
-        for balancer in self.run.of_type("aws:lb/loadBalancer:LoadBalancer"):
+        for balancer in self.run.of_type(aws_types.LB_LOAD_BALANCER):
             lb = self.prices["loadBalancer"]
             quiet, busy = quiet_load_balancer_lcus(), BUSY_LOAD_BALANCER_LCUS
             low, high = (
@@ -476,7 +477,7 @@ class _Builder:
                 "none: the cheapest way out; the security groups admit only the load balancer)",
                 kind="ipv4 tasks",
             )
-        gateways = len(self.run.of_type("aws:ec2/natGateway:NatGateway"))
+        gateways = len(self.run.of_type(aws_types.EC2_NAT_GATEWAY))
         if gateways:
             price = gateways * HOURS_PER_MONTH * self.prices["natGateway"]["hour"]
             yield Line(
@@ -486,7 +487,7 @@ class _Builder:
                 need="tasks without public IPs (ECS.2) reach AWS; one per AZ survives an AZ",
                 kind="nat",
             )
-        addresses = len(self.run.of_type("aws:ec2/eip:Eip"))
+        addresses = len(self.run.of_type(aws_types.EC2_EIP))
         if addresses:
             price = addresses * ip_hour
             yield Line(
@@ -498,7 +499,7 @@ class _Builder:
             )
 
     def _broker(self) -> Iterable[Line]:
-        for group in self.run.of_type("aws:elasticache/replicationGroup:ReplicationGroup"):
+        for group in self.run.of_type(aws_types.ELASTICACHE_REPLICATION_GROUP):
             engine, node = group.inputs["engine"], group.inputs["nodeType"]
             nodes = int(group.inputs.get("numCacheClusters", 1))
             hourly = self.prices["elasticacheNodeHour"].get(engine, {}).get(node)
@@ -563,7 +564,7 @@ class _Builder:
                 kind="put metric data",
             )
         yield from self._alarms()
-        dashboards = len(self.run.of_type(_DASHBOARD))
+        dashboards = len(self.run.of_type(aws_types.CLOUDWATCH_DASHBOARD))
         if dashboards:
             price = dashboards * cloudwatch["dashboardMonth"]
             yield Line(
@@ -574,7 +575,7 @@ class _Builder:
                 least=0.0,
                 kind="dashboard",
             )
-        keys = len(self.run.of_type(_KEY))
+        keys = len(self.run.of_type(aws_types.KMS_KEY))
         if keys:
             price = keys * self.prices["kms"]["keyMonth"]
             yield Line(
@@ -585,8 +586,8 @@ class _Builder:
                 kind="kms",
             )
         if self._container_insights:
-            services = len(self.run.of_type("aws:ecs/service:Service"))
-            families = len(self.run.of_type("aws:ecs/taskDefinition:TaskDefinition"))
+            services = len(self.run.of_type(aws_types.ECS_SERVICE))
+            families = len(self.run.of_type(aws_types.ECS_TASK_DEFINITION))
             count = (
                 INSIGHTS_METRICS["cluster"]
                 + services * INSIGHTS_METRICS["service"]
@@ -624,7 +625,7 @@ class _Builder:
             + (", kept a year in production" if self.config.production else ""),
             kind="logs",
         )
-        if self.run.of_type("aws:ec2/flowLog:FlowLog"):
+        if self.run.of_type(aws_types.EC2_FLOW_LOG):
             price = FLOW_LOG_GB_MONTH * per_gb
             yield Line(
                 f"CloudWatch Logs: VPC flow logs, kept {retention} days",
@@ -640,11 +641,15 @@ class _Builder:
         cloudwatch = self.prices["cloudwatch"]
         tracking = [
             policy
-            for policy in self.run.of_type(_POLICY)
+            for policy in self.run.of_type(aws_types.APPAUTOSCALING_POLICY)
             if policy.inputs.get("policyType") == "TargetTrackingScaling"
         ]
-        standard = [a for a in self.run.of_type(_ALARM) if not high_resolution(a)]
-        fast = [a for a in self.run.of_type(_ALARM) if high_resolution(a)]
+        standard = [
+            a for a in self.run.of_type(aws_types.CLOUDWATCH_METRIC_ALARM) if not high_resolution(a)
+        ]
+        fast = [
+            a for a in self.run.of_type(aws_types.CLOUDWATCH_METRIC_ALARM) if high_resolution(a)
+        ]
         count = TARGET_TRACKING_ALARMS * len(tracking) + len(standard)
         if count:
             metrics = TARGET_TRACKING_ALARMS * sum(map(tracking_metrics, tracking)) + sum(
@@ -674,7 +679,7 @@ class _Builder:
     def _container_insights(self) -> bool:
         return any(
             setting == {"name": "containerInsights", "value": "enabled"}
-            for cluster in self.run.of_type("aws:ecs/cluster:Cluster")
+            for cluster in self.run.of_type(aws_types.ECS_CLUSTER)
             for setting in cluster.inputs.get("settings", [])
         )
 
@@ -714,7 +719,7 @@ class _Builder:
                 self._spot_saving(service, service.low),
                 self._spot_saving(service, service.high),
             )
-        for group in self.run.of_type("aws:elasticache/replicationGroup:ReplicationGroup"):
+        for group in self.run.of_type(aws_types.ELASTICACHE_REPLICATION_GROUP):
             if group.inputs["engine"] != "redis":
                 continue
             table = self.prices["elasticacheNodeHour"]
@@ -753,12 +758,6 @@ class _Builder:
             yield "cpuArchitecture: ARM64: Fargate Spot, used by a pool here, runs X86_64 only"
 
 
-_POLICY = "aws:appautoscaling/policy:Policy"
-_ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
-_DASHBOARD = "aws:cloudwatch/dashboard:Dashboard"
-_KEY = "aws:kms/key:Key"
-
-
 def tracking_metrics(policy: Registration) -> int:
     """Metrics each alarm of a target tracking policy reads: one predefined metric, or each
     metric of its metric math."""
@@ -793,7 +792,7 @@ def app_metrics(run: ProgramRun) -> list[tuple[str, str, str]]:
     whoever writes it: pools sharing a queue, and every task of a pool, write the same one.
     """
     found: set[tuple[str, str, str]] = set()
-    for registration in run.of_type("aws:ecs/taskDefinition:TaskDefinition"):
+    for registration in run.of_type(aws_types.ECS_TASK_DEFINITION):
         definition = RenderedTaskDefinition.of(registration)
         environment, command = definition.environment, definition.command
         namespace = environment.get(settings.METRICS_NAMESPACE)
@@ -815,9 +814,7 @@ def metric_publishers(run: ProgramRun) -> set[str]:
     """The services whose tasks send PutMetricData requests: workers with a namespace."""
     return {
         definition.service
-        for definition in map(
-            RenderedTaskDefinition.of, run.of_type("aws:ecs/taskDefinition:TaskDefinition")
-        )
+        for definition in map(RenderedTaskDefinition.of, run.of_type(aws_types.ECS_TASK_DEFINITION))
         if definition.environment.get(settings.METRICS_NAMESPACE) and "worker" in definition.command
     }
 
@@ -829,10 +826,10 @@ def task_sets(
     stack's entries)."""
     bounds = {
         target.inputs["resourceId"].rsplit("/", 1)[1]: target.inputs
-        for target in run.of_type("aws:appautoscaling/target:Target")
+        for target in run.of_type(aws_types.APPAUTOSCALING_TARGET)
     }
     found = []
-    for service in run.of_type("aws:ecs/service:Service"):
+    for service in run.of_type(aws_types.ECS_SERVICE):
         desired = service.inputs["desiredCount"]
         scalable = bounds.get(service.physical_name, {})
         strategy = service.inputs.get("capacityProviderStrategies", [])
@@ -848,7 +845,7 @@ def task_sets(
                 spot_base=(int(regular[0].get("base", 0)) if regular else 0) if spot else None,
             )
         )
-    for target in run.of_type("aws:cloudwatch/eventTarget:EventTarget"):
+    for target in run.of_type(aws_types.CLOUDWATCH_EVENT_TARGET):
         ecs = target.inputs["ecsTarget"]
         entry = _schedule_entry(references[target.inputs["rule"]], schedule)
         found.append(
@@ -922,15 +919,15 @@ def money_range(values: tuple[float, float]) -> str:
     return money(low) if round(low, 2) == round(high, 2) else f"{money(low)}-{money(high)}"
 
 
-def render(estimate: Estimate) -> list[str]:
+def format_estimate(estimate: Estimate) -> list[str]:
     """The estimate as text lines (the plan's cost section)."""
     if estimate.prices is None:
         regions = ", ".join(available_regions())
         return [
             wrap(
-                f"No price table for {estimate.region}: devtools/prices/ has {regions}. Prices "
-                "differ by region; add devtools/prices/<region>.json from the AWS pricing pages "
-                "to get an estimate.",
+                f"No price table for {estimate.region}: devtools/plan/prices/ has {regions}. "
+                "Prices differ by region; add devtools/plan/prices/<region>.json from the AWS "
+                "pricing pages to get an estimate.",
                 "",
                 "",
             )
@@ -943,7 +940,7 @@ def render(estimate: Estimate) -> list[str]:
     rows.append(("Total", money(total_low), money(estimate.floor), money(total_high)))
     width = max(len(row[0]) for row in rows)
     lines = [
-        f"Prices: {prices.region} of {prices.date} (devtools/prices/{prices.path.name}), USD "
+        f"Prices: {prices.region} of {prices.date} (devtools/plan/prices/{prices.path.name}), USD "
         "a month.",
     ]
     if prices.unchecked:

@@ -1,7 +1,7 @@
 """The broker's ceiling: tasks a second one ElastiCache node carries, and the backlog it holds.
 
 Pure arithmetic (standard library only) over two inputs: what AWS states of the node type
-(``devtools.broker_nodes``) and what one task costs the broker, measured by ``make bench``
+(``devtools.plan.broker_nodes``) and what one task costs the broker, measured by ``make bench``
 (``bench.broker_figures`` writes ``bench/figures.json``; the plan only reads it). A task's cost
 is its publish (the app's producer) plus its consumption (the worker), with the result stored
 (as the web sends) or not (as beat sends).
@@ -32,17 +32,17 @@ from pathlib import Path
 from typing import Any
 
 from celery_ecs import settings
-from devtools.broker_nodes import NODE_TYPES, RESERVED_MEMORY_PERCENT, NodeType, node_type
 from devtools.docblocks import DOCS, GeneratedBlock
+from devtools.plan.broker_nodes import NODE_TYPES, RESERVED_MEMORY_PERCENT, NodeType, node_type
 
-FIGURES = Path(__file__).resolve().parent.parent / "bench" / "figures.json"
+FIGURES = Path(__file__).resolve().parents[2] / "bench" / "figures.json"
 #: The table of every node type's ceiling in the how-to "When one broker is not enough".
 CEILING_BLOCK = GeneratedBlock(
     page=DOCS / "how-to" / "broker-capacity.md",
-    begin="<!-- ceiling: devtools/broker_ceiling.py, from bench/figures.json -->",
+    begin="<!-- ceiling: devtools/plan/broker_ceiling.py, from bench/figures.json -->",
     end="<!-- end of ceiling -->",
 )
-#: Width of the plan's text (``devtools.cost.WIDTH``).
+#: Width of the plan's text (``devtools.plan.cost.WIDTH``).
 WIDTH = 100
 #: One vCPU of a node does this many times the Redis work a CPU of the machine the bench ran
 #: on does. An assumption, not a measurement: no ElastiCache node is reachable from here. 1.0
@@ -204,7 +204,7 @@ def plan_lines(node_name: str, figures: Figures) -> list[str]:
 def _plan_sentences(node_name: str, figures: Figures) -> list[str]:
     node = node_type(node_name)
     if node is None:
-        return [f"{node_name}: not in devtools/broker_nodes.py's table of AWS's figures; no "
+        return [f"{node_name}: not in devtools/plan/broker_nodes.py's table of AWS's figures; no "
                 "ceiling computed."]  # fmt: skip
     with_results = ceiling(node, figures.results, result_bytes=figures.result_bytes)
     without = ceiling(node, figures.no_result)
@@ -237,7 +237,7 @@ def _plan_sentences(node_name: str, figures: Figures) -> list[str]:
 
 
 def markdown_table(figures: Figures) -> str:
-    """Every node type of ``devtools.broker_nodes``: its sustained ceiling with and without
+    """Every node type of ``devtools.plan.broker_nodes``: its sustained ceiling with and without
     results, what bounds it, and its backlog at maxmemory (the how-to's table)."""
     rows = [
         "| Node type | Sustained CPU for Redis's thread | Data memory | Results stored: tasks/s "

@@ -11,7 +11,7 @@ for a schedule slot. ``status()`` is a table of what runs.
 
 Secrets a container reads itself at run time (an environment variable holding a secret's ARN,
 e.g. the web's ``WEB_API_KEYS_SECRET_ARN``) are served by a stand-in of AWS's APIs
-(``devtools.aws_standin``, moto's server) on the bridge, holding what the program wrote into
+(``testkit.aws_standin``, moto's server) on the bridge, holding what the program wrote into
 them; the containers' AWS SDK is pointed at it, with no region: the twin has no CloudWatch to
 publish metrics to (``celery_ecs.cloudwatch`` writes them to stdout instead). Secrets ECS injects at
 start (a definition's ``secrets``, the broker URL) get local values instead
@@ -31,25 +31,20 @@ from typing import Any, Protocol
 
 from app.api_keys import parse_keys
 from celery_ecs.settings import WEB_API_KEYS_SECRET_ARN
-from devtools.aws_standin import AwsStandIn
 from devtools.twin.agent import AgentEndpoint
+from devtools.twin.awsvpc import HOST_ADDRESS, ensure_bridge
+from devtools.twin.dockerfile_image import Image, parse_image
 from devtools.twin.events import Rule, eventbridge_fire_times
-from devtools.twin.image import Image, parse_image
 from devtools.twin.loadbalancer import LoadBalancer, TargetGroupSettings
-from devtools.twin.network import HOST_ADDRESS, ensure_bridge
 from devtools.twin.service import Rollout, Service
 from devtools.twin.task import Revision, Status, Task, TaskOptions
+from policy.invariants import aws_types
+from testkit.aws_standin import AwsStandIn
 
 #: Seconds between two passes of the service scheduler.
 TICK = 0.2
 #: Lines of a failed task's output ``failed_to_start`` quotes.
 FAILURE_OUTPUT_LINES = 8
-SERVICE = "aws:ecs/service:Service"
-TASK_DEFINITION = "aws:ecs/taskDefinition:TaskDefinition"
-TARGET_GROUP = "aws:lb/targetGroup:TargetGroup"
-RULE = "aws:cloudwatch/eventRule:EventRule"
-TARGET = "aws:cloudwatch/eventTarget:EventTarget"
-SECRET_VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
 
 
 class Registration(Protocol):
@@ -127,10 +122,10 @@ class TwinCluster:
         )
         revisions = {
             definition["family"]: Revision(definition["family"], 1, definition)
-            for definition in map(_definition, run.of_type(TASK_DEFINITION))
+            for definition in map(_definition, run.of_type(aws_types.ECS_TASK_DEFINITION))
         }
         load_balancer = None
-        target_groups = run.of_type(TARGET_GROUP)
+        target_groups = run.of_type(aws_types.LB_TARGET_GROUP)
         if target_groups:
             (group,) = target_groups
             settings = TargetGroupSettings.of(group.inputs, time_scale)
@@ -141,7 +136,7 @@ class TwinCluster:
             tasks_by_id=tasks_by_id,
         )  # fmt: skip
         cluster._serve_read_secrets(run)
-        for registration in run.of_type(SERVICE):
+        for registration in run.of_type(aws_types.ECS_SERVICE):
             inputs = registration.inputs
             name = inputs["tags"]["Service"]
             if only is not None and name not in only:
@@ -162,8 +157,8 @@ class TwinCluster:
                 * time_scale,
                 on_event=on_event,
             )
-        rules = {rule.name: rule for rule in run.of_type(RULE)}
-        for target in run.of_type(TARGET):
+        rules = {rule.name: rule for rule in run.of_type(aws_types.CLOUDWATCH_EVENT_RULE)}
+        for target in run.of_type(aws_types.CLOUDWATCH_EVENT_TARGET):
             (rule,) = [r for r in rules.values() if r.physical_name == target.inputs["rule"]]
             cluster.rules[rule.name] = Rule.of(rule.inputs, target.inputs, rule.name)
         return cluster
@@ -173,7 +168,7 @@ class TwinCluster:
         value the program wrote; note the web's API key."""
         written = {
             version.inputs["secretId"]: version.inputs["secretString"]
-            for version in run.of_type(SECRET_VERSION)
+            for version in run.of_type(aws_types.SECRETSMANAGER_SECRET_VERSION)
         }
         for revision in self.revisions.values():
             for item in revision.container.get("environment") or []:

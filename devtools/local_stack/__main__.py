@@ -1,6 +1,6 @@
 """The local stack: the deployed stack's services, run on the ECS twin, with one command.
 
-    python -m devtools.stack [--stack dev] [--scheduler beat|eventbridge] [--broker-url URL]
+    python -m devtools.local_stack [--stack dev] [--scheduler beat|eventbridge] [--broker-url URL]
                              [--port 8000] [--time-scale 0.1] [--raw-metrics]
 
 The program is rendered under Pulumi mocks from ``Pulumi.<stack>.yaml`` and every service runs
@@ -13,8 +13,8 @@ deregistration delay (1 = AWS's timing); stop timeouts are the budget's.
 
 Each task's output is copied here, prefixed with its service and task. The metric lines workers
 and beat write every 10 to 30 seconds are shown as one short line, and only when a value changed
-(``devtools.metric_lines``); ``--raw-metrics`` shows them as written. The tasks' own logs keep
-every line.
+(``devtools.local_stack.metric_lines``); ``--raw-metrics`` shows them as written. The tasks'
+own logs keep every line.
 
 Every process the stack starts is in a session of its own: the terminal's Ctrl-C reaches only
 this process, which stops the rest in order: the web and beat first, then the workers (each as
@@ -52,18 +52,18 @@ from typing import TextIO
 import redis
 
 from celery_ecs.schedule import PeriodicEntry
-from devtools.metric_lines import MetricLines
-from devtools.processes import ROOT, python_argv
-from devtools.redis_server import RedisUnavailable, free_port, start_redis
+from devtools.local_stack.metric_lines import MetricLines
 from devtools.render import read_stack_file, run_program
-from devtools.twin.cluster import TwinCluster
+from devtools.twin.awsvpc import HOST_ADDRESS, ensure_bridge
 from devtools.twin.control import ControlEndpoint
-from devtools.twin.network import HOST_ADDRESS, ensure_bridge
+from devtools.twin.deployed_stack import TwinCluster
 from devtools.twin.relay import Relay
 from devtools.twin.task import Status, Task
 from infra.budget import EXIT_MARGIN
 from infra.config import load
 from infra.containers import enqueue_command
+from testkit.processes import ROOT, python_argv
+from testkit.redis_server import RedisUnavailable, free_port, start_redis
 
 #: Stop order by service name prefix: the producers first, so nothing new is enqueued while the
 #: workers drain; Redis stops after all of them. With each, the signal that stops it at once
@@ -342,7 +342,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devtools.stack", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devtools.local_stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stack", default="dev", help="Pulumi.<stack>.yaml to run (default dev)")
     parser.add_argument("--scheduler", choices=["beat", "eventbridge"],

@@ -1,4 +1,4 @@
-"""Validation against AWS's own rules (devtools/validate.py, apimap.py, awsmodel.py).
+"""Validation against AWS's own rules (devtools/plan/: aws_rules, api_calls, apimap, awsmodel).
 
 Every shipped stack file passes; every kind of check catches a deliberate mistake, named by
 resource, field and rule. (Every tested configuration passes too: tests/test_infra_program.py.)
@@ -15,10 +15,17 @@ from typing import Any
 import pytest
 from botocore.model import ListShape, MapShape, Shape, StructureShape
 
-from devtools import awsmodel
-from devtools.apimap import MAPPINGS, lifecycle_policy_problems
+from devtools.plan import awsmodel
+from devtools.plan.api_calls import MAPPINGS
+from devtools.plan.apimap import lifecycle_policy_problems
+from devtools.plan.aws_rules import (
+    KMS_ALIAS_FORMAT,
+    check_against_aws,
+    lint_policy,
+    policy_documents,
+)
 from devtools.render import ProgramRun, Registration, read_stack_file
-from devtools.validate import KMS_ALIAS_FORMAT, lint_policy, policy_documents, validate
+from policy.invariants import aws_types
 from tests.support import ROOT, shared_run
 
 CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"
@@ -50,13 +57,13 @@ def everything() -> ProgramRun:
 def test_every_shipped_stack_passes(stack: str) -> None:
     stack_file = read_stack_file(stack)
     run = shared_run(stack_file.config, stack=stack, region=stack_file.region or "us-east-1")
-    report = validate(run)
+    report = check_against_aws(run)
     assert report.ok, "\n".join(map(str, report.findings))
     assert report.requests > 50 and report.policies >= 5
 
 
 def test_everything_the_program_registers_is_mapped_and_passes(everything: ProgramRun) -> None:
-    report = validate(everything)
+    report = check_against_aws(everything)
     assert report.ok, "\n".join(map(str, report.findings))
     custom = {r.type for r in everything.resources if r.custom}
     assert {typ for typ in custom if typ.startswith("aws:")} <= set(MAPPINGS)
@@ -97,11 +104,11 @@ def policy(
     return apply
 
 
-TASK = "aws:ecs/taskDefinition:TaskDefinition"
-ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
-SERVICE = "aws:ecs/service:Service"
-ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
-KEY = "aws:kms/key:Key"
+TASK = aws_types.ECS_TASK_DEFINITION
+ROLE_POLICY = aws_types.IAM_ROLE_POLICY
+SERVICE = aws_types.ECS_SERVICE
+ALARM = aws_types.CLOUDWATCH_METRIC_ALARM
+KEY = aws_types.KMS_KEY
 MISTAKES = [
     # (id, type, resource, change, field contains, rule contains)
     pytest.param(
@@ -141,7 +148,7 @@ MISTAKES = [
         "capacityProviderStrategy[1].weight", "max", id="service-spot-weight",
     ),
     pytest.param(
-        "aws:elasticache/replicationGroup:ReplicationGroup", "broker",
+        aws_types.ELASTICACHE_REPLICATION_GROUP, "broker",
         lambda i: i.update(finalSnapshotIdentifier="Celery-Final"),
         "DeleteReplicationGroup.FinalSnapshotIdentifier", "stored as a lowercase string",
         id="broker-final-snapshot-capitals",
@@ -151,136 +158,136 @@ MISTAKES = [
         "CreateService.propagateTags", "enum", id="service-propagate-tags",
     ),
     pytest.param(
-        "aws:lb/targetGroup:TargetGroup", "web-tg", lambda i: i["healthCheck"].update(timeout=1),
+        aws_types.LB_TARGET_GROUP, "web-tg", lambda i: i["healthCheck"].update(timeout=1),
         "HealthCheckTimeoutSeconds (from healthCheck.timeout)", "min", id="target-group-timeout",
     ),
     pytest.param(
-        "aws:lb/targetGroup:TargetGroup", "web-tg", lambda i: i.update(deregistrationDelay=3601),
+        aws_types.LB_TARGET_GROUP, "web-tg", lambda i: i.update(deregistrationDelay=3601),
         "<deregistration_delay.timeout_seconds> (from deregistrationDelay)", "0-3600",
         id="target-group-deregistration-delay",
     ),
     pytest.param(
-        "aws:lb/listener:Listener", "web-http",
+        aws_types.LB_LISTENER, "web-http",
         lambda i: i["defaultActions"][0]["redirect"].update(statusCode="HTTP_308"),
         "DefaultActions[0].RedirectConfig.StatusCode", "enum", id="listener-redirect-status",
     ),
     pytest.param(
-        "aws:lb/listener:Listener", "web-https", lambda i: i.update(port=0),
+        aws_types.LB_LISTENER, "web-https", lambda i: i.update(port=0),
         "CreateListener.Port (from port)", "min", id="listener-port",
     ),
     pytest.param(
-        "aws:lb/loadBalancer:LoadBalancer", "web-alb", lambda i: i.update(idleTimeout=4001),
+        aws_types.LB_LOAD_BALANCER, "web-alb", lambda i: i.update(idleTimeout=4001),
         "<idle_timeout.timeout_seconds> (from idleTimeout)", "valid range is 1-4000",
         id="alb-idle-timeout",
     ),
     pytest.param(
-        "aws:lb/loadBalancer:LoadBalancer", "web-alb",
+        aws_types.LB_LOAD_BALANCER, "web-alb",
         lambda i: i.update(desyncMitigationMode="off"),
         "<routing.http.desync_mitigation_mode> (from desyncMitigationMode)",
         "monitor, defensive, and strictest", id="alb-desync-mitigation",
     ),
     pytest.param(
-        "aws:lb/loadBalancer:LoadBalancer", "web-alb", lambda i: i.update(loadBalancerType="app"),
+        aws_types.LB_LOAD_BALANCER, "web-alb", lambda i: i.update(loadBalancerType="app"),
         "CreateLoadBalancer.Type", "enum", id="alb-type",
     ),
     pytest.param(
-        "aws:elasticache/replicationGroup:ReplicationGroup", "broker",
+        aws_types.ELASTICACHE_REPLICATION_GROUP, "broker",
         lambda i: i.update(nodeType="cache.t4g.mikro"),
         "CacheNodeType (from nodeType)", "node types are supported", id="broker-node-type",
     ),
     pytest.param(
-        "aws:elasticache/replicationGroup:ReplicationGroup", "broker",
+        aws_types.ELASTICACHE_REPLICATION_GROUP, "broker",
         lambda i: i.update(numCacheClusters=7),
         "NumCacheClusters", "maximum permitted value", id="broker-too-many-nodes",
     ),
     pytest.param(
-        "aws:elasticache/replicationGroup:ReplicationGroup", "broker",
+        aws_types.ELASTICACHE_REPLICATION_GROUP, "broker",
         lambda i: i.update(authToken="short!"),
         "AuthToken", "at least 16 characters", id="broker-auth-token",
     ),
     pytest.param(
-        "aws:elasticache/parameterGroup:ParameterGroup", "broker",
+        aws_types.ELASTICACHE_PARAMETER_GROUP, "broker",
         lambda i: i.update(family="valkey9"),
         "CacheParameterGroupFamily (from family)", "Valid values are", id="parameter-group-family",
     ),
     pytest.param(
-        "aws:appautoscaling/target:Target", "web-scaling",
+        aws_types.APPAUTOSCALING_TARGET, "web-scaling",
         lambda i: i.update(serviceNamespace="fargate"),
         "RegisterScalableTarget.ServiceNamespace", "enum", id="scaling-target-namespace",
     ),
     pytest.param(
-        "aws:appautoscaling/policy:Policy", "web-scaling-cpu",
+        aws_types.APPAUTOSCALING_POLICY, "web-scaling-cpu",
         lambda i: i["targetTrackingScalingPolicyConfiguration"][
             "predefinedMetricSpecification"
         ].update(predefinedMetricType="ECSServiceCPU"),
         "PredefinedMetricSpecification.PredefinedMetricType", "enum", id="scaling-policy-metric",
     ),
     pytest.param(
-        "aws:appautoscaling/policy:Policy", "worker-short-scaling-backlog",
+        aws_types.APPAUTOSCALING_POLICY, "worker-short-scaling-backlog",
         lambda i: i["targetTrackingScalingPolicyConfiguration"]["customizedMetricSpecification"][
             "metrics"
         ][0].pop("id"),
         "Metrics[0]", "required", id="scaling-policy-metric-query-id",
     ),
     pytest.param(
-        "aws:cloudwatch/eventRule:EventRule", "schedule-nightly-report",
+        aws_types.CLOUDWATCH_EVENT_RULE, "schedule-nightly-report",
         lambda i: i.update(state="ON"), "PutRule.State", "enum", id="rule-state",
     ),
     pytest.param(
-        "aws:cloudwatch/eventRule:EventRule", "schedule-nightly-report",
+        aws_types.CLOUDWATCH_EVENT_RULE, "schedule-nightly-report",
         lambda i: i.update(scheduleExpression="cron(" + "0 " * 200 + ")"),
         "PutRule.ScheduleExpression", "max", id="rule-expression-length",
     ),
     pytest.param(
-        "aws:cloudwatch/eventTarget:EventTarget", "schedule-nightly-report",
+        aws_types.CLOUDWATCH_EVENT_TARGET, "schedule-nightly-report",
         lambda i: i["ecsTarget"].update(taskCount=0),
         "EcsParameters.TaskCount", "min", id="target-task-count",
     ),
     pytest.param(
-        "aws:cloudwatch/eventTarget:EventTarget", "schedule-nightly-report",
+        aws_types.CLOUDWATCH_EVENT_TARGET, "schedule-nightly-report",
         lambda i: i["inputTransformer"]["inputPaths"].update({"!": "$.time"}),
         "InputPathsMap<key '!'>", "pattern", id="target-input-path-key",
     ),
     pytest.param(
-        "aws:cloudwatch/logGroup:LogGroup", "cluster-web", lambda i: i.update(retentionInDays=45),
+        aws_types.CLOUDWATCH_LOG_GROUP, "cluster-web", lambda i: i.update(retentionInDays=45),
         "PutRetentionPolicy.retentionInDays", "Possible values are", id="log-retention",
     ),
     pytest.param(
-        "aws:cloudwatch/logGroup:LogGroup", "cluster-web", lambda i: i.update(name="/" + "a" * 512),
+        aws_types.CLOUDWATCH_LOG_GROUP, "cluster-web", lambda i: i.update(name="/" + "a" * 512),
         "CreateLogGroup.logGroupName", "max", id="log-group-name-length",
     ),
     pytest.param(
-        "aws:ecr/repository:Repository", "celery-ecs-test",
+        aws_types.ECR_REPOSITORY, "celery-ecs-test",
         lambda i: i.update(imageTagMutability="FROZEN"),
         "CreateRepository.imageTagMutability", "enum", id="ecr-tag-mutability",
     ),
     pytest.param(
-        "aws:ecr/lifecyclePolicy:LifecyclePolicy", "celery-ecs-test",
+        aws_types.ECR_LIFECYCLE_POLICY, "celery-ecs-test",
         lambda i: i.update(policy=json.dumps({"rules": [{"rulePriority": 1}]})),
         "PutLifecyclePolicy.lifecyclePolicyText", "min", id="ecr-lifecycle-policy-length",
     ),
     pytest.param(
-        "aws:ecr/lifecyclePolicy:LifecyclePolicy", "celery-ecs-test",
+        aws_types.ECR_LIFECYCLE_POLICY, "celery-ecs-test",
         lambda i: i.update(policy=i["policy"].replace("imageCountMoreThan", "imageCountAbove")),
         "policy", "document rules", id="ecr-lifecycle-count-type",
     ),
     pytest.param(
-        "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule", "network-alb-https-in",
+        aws_types.VPC_SECURITY_GROUP_INGRESS_RULE, "network-alb-https-in",
         lambda i: i.update(cidrIpv4="0.0.0.0/40"),
         "IpRanges[0].CidrIp (from cidrIpv4)", "/32 prefix length", id="ingress-cidr",
     ),
     pytest.param(
-        "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule", "network-web-https-out",
+        aws_types.VPC_SECURITY_GROUP_EGRESS_RULE, "network-web-https-out",
         lambda i: i.update(fromPort="443"),
         "IpPermissions[0].FromPort (from fromPort)", "type", id="egress-port-type",
     ),
     pytest.param(
-        "aws:ec2/securityGroup:SecurityGroup", "network-web",
+        aws_types.EC2_SECURITY_GROUP, "network-web",
         lambda i: i.update(description="Web tasks — from the ALB"),
         "CreateSecurityGroup.Description", "Valid characters", id="security-group-description",
     ),
     pytest.param(
-        "aws:secretsmanager/secret:Secret", "broker", lambda i: i.update(recoveryWindowInDays=3),
+        aws_types.SECRETSMANAGER_SECRET, "broker", lambda i: i.update(recoveryWindowInDays=3),
         "DeleteSecret.RecoveryWindowInDays", "from 7 to 30", id="secret-recovery-window",
     ),
     pytest.param(
@@ -288,27 +295,27 @@ MISTAKES = [
         "availabilityZoneRebalancing", "mapped to the AWS API", id="unmapped-input",
     ),
     pytest.param(
-        "aws:iam/rolePolicy:RolePolicy", "schedule-events",
+        aws_types.IAM_ROLE_POLICY, "schedule-events",
         policy(lambda s: s.update(Action=["ecs:RunTasks"])),
         "policy", "parliament UNKNOWN_ACTION", id="iam-unknown-action",
     ),
     pytest.param(
-        "aws:iam/rolePolicy:RolePolicy", "cluster-execution",
+        aws_types.IAM_ROLE_POLICY, "cluster-execution",
         policy(lambda s: s.update(Action=["s3:GetObject"])),
         "policy", "parliament RESOURCE_MISMATCH", id="iam-resource-does-not-match-action",
     ),
     pytest.param(
-        "aws:iam/rolePolicy:RolePolicy", "schedule-events",
+        aws_types.IAM_ROLE_POLICY, "schedule-events",
         policy(lambda s: s.update(Condition={"ArnEqual": s["Condition"]["ArnEquals"]})),
         "policy", "parliament UNKNOWN_OPERATOR", id="iam-malformed-condition",
     ),
     pytest.param(
-        "aws:iam/rolePolicy:RolePolicy", "schedule-events",
+        aws_types.IAM_ROLE_POLICY, "schedule-events",
         policy(lambda s: s.update(Condition={"StringEquals": {"ecs:cluster": "default"}})),
         "policy", "parliament MISMATCHED_TYPE", id="iam-condition-value-type",
     ),
     pytest.param(
-        "aws:iam/role:Role", "cluster-execution",
+        aws_types.IAM_ROLE, "cluster-execution",
         policy(lambda s: s.update(Action="sts:AssumeRoles"), key="assumeRolePolicy"),
         "assumeRolePolicy", "parliament UNKNOWN_ACTION", id="iam-trust-policy-action",
     ),
@@ -337,34 +344,34 @@ MISTAKES = [
         "Metrics[0].Id", "must be a lowercase letter", id="alarm-query-id",
     ),
     pytest.param(
-        "aws:appautoscaling/policy:Policy", "worker-short-scaling-burst",
+        aws_types.APPAUTOSCALING_POLICY, "worker-short-scaling-burst",
         lambda i: i["stepScalingPolicyConfiguration"].update(adjustmentType="PercentChange"),
         "StepScalingPolicyConfiguration.AdjustmentType", "enum", id="step-adjustment-type",
     ),
     pytest.param(
-        "aws:appautoscaling/policy:Policy", "worker-short-scaling-burst",
+        aws_types.APPAUTOSCALING_POLICY, "worker-short-scaling-burst",
         lambda i: i["stepScalingPolicyConfiguration"]["stepAdjustments"][1].update(
             metricIntervalLowerBound="five"
         ),
         "StepAdjustments[1].MetricIntervalLowerBound", "type", id="step-bound-not-a-number",
     ),
     pytest.param(
-        "aws:cloudwatch/dashboard:Dashboard", "dashboard",
+        aws_types.CLOUDWATCH_DASHBOARD, "dashboard",
         lambda i: i.update(dashboardName="celery ecs"),
         "PutDashboard.DashboardName", "valid characters are", id="dashboard-name",
     ),
     pytest.param(
-        "aws:cloudwatch/dashboard:Dashboard", "dashboard",
+        aws_types.CLOUDWATCH_DASHBOARD, "dashboard",
         lambda i: i.update(dashboardBody=i["dashboardBody"][:-1]),
         "dashboardBody", "document rules", id="dashboard-body-not-json",
     ),
     pytest.param(
-        "aws:sns/topicSubscription:TopicSubscription", "notifications-email",
+        aws_types.SNS_TOPIC_SUBSCRIPTION, "notifications-email",
         lambda i: i.update(protocol="e-mail"),
         "Subscribe.Protocol", "Supported protocols include", id="subscription-protocol",
     ),
     pytest.param(
-        "aws:sns/topicPolicy:TopicPolicy", "notifications-topic",
+        aws_types.SNS_TOPIC_POLICY, "notifications-topic",
         policy(lambda s: s.update(Action="sns:Publishes")),
         "policy", "parliament UNKNOWN_ACTION", id="topic-policy-action",
     ),
@@ -393,7 +400,7 @@ def test_each_check_catches_a_deliberate_mistake(
     field: str,
     rule: str,
 ) -> None:
-    findings = validate(mutated(everything, typ, name, change)).findings
+    findings = check_against_aws(mutated(everything, typ, name, change)).findings
     assert findings, "the mistake went through"
     assert all(finding.resource == name and finding.type == typ for finding in findings), findings
     assert any(field in finding.field and rule in finding.rule for finding in findings), findings
@@ -402,11 +409,11 @@ def test_each_check_catches_a_deliberate_mistake(
 def test_a_finding_names_resource_field_and_rule(everything: ProgramRun) -> None:
     run = mutated(
         everything,
-        "aws:lb/loadBalancer:LoadBalancer",
+        aws_types.LB_LOAD_BALANCER,
         "web-alb",
         lambda i: i.update(idleTimeout=5000),
     )
-    (finding,) = validate(run).findings
+    (finding,) = check_against_aws(run).findings
     assert str(finding) == (
         "web-alb (aws:lb/loadBalancer:LoadBalancer): ModifyLoadBalancerAttributes.Attributes[0]"
         "<idle_timeout.timeout_seconds> (from idleTimeout): 5000 is out of range 1..4000 "
@@ -417,9 +424,9 @@ def test_a_finding_names_resource_field_and_rule(everything: ProgramRun) -> None
 
 def test_a_resource_type_without_mapping_is_a_finding(everything: ProgramRun) -> None:
     # A type the program never registers (SNS and CloudWatch alarms are mapped now).
-    bucket = Registration(type="aws:s3/bucket:Bucket", name="logs", inputs={"bucket": "logs"})
+    bucket = Registration(type=aws_types.S3_BUCKET, name="logs", inputs={"bucket": "logs"})
     run = ProgramRun(resources=[*everything.resources, bucket])
-    (finding,) = validate(run).findings
+    (finding,) = check_against_aws(run).findings
     assert (finding.resource, finding.field, finding.rule) == (
         "logs",
         "(type)",
@@ -430,9 +437,9 @@ def test_a_resource_type_without_mapping_is_a_finding(everything: ProgramRun) ->
 def test_a_dead_letter_queue_and_its_policy(everything: ProgramRun) -> None:
     """SQS is mapped too (the EventBridge targets' dead-letter queue): attributes by the model's
     names, and the queue policy linted like the IAM ones."""
-    (queue,) = everything.of_type("aws:sqs/queue:Queue")
-    (policy,) = everything.of_type("aws:sqs/queuePolicy:QueuePolicy")
-    assert validate(everything).ok, validate(everything).findings
+    (queue,) = everything.of_type(aws_types.SQS_QUEUE)
+    (policy,) = everything.of_type(aws_types.SQS_QUEUE_POLICY)
+    assert check_against_aws(everything).ok, check_against_aws(everything).findings
 
     def misspell_send(inputs: dict[str, Any]) -> None:
         document = json.loads(inputs["policy"])
@@ -442,16 +449,16 @@ def test_a_dead_letter_queue_and_its_policy(everything: ProgramRun) -> None:
         inputs["policy"] = json.dumps(document)
 
     broken = mutated(everything, policy.type, policy.name, misspell_send)
-    assert {(f.resource, f.rule) for f in validate(broken).findings} == {
+    assert {(f.resource, f.rule) for f in check_against_aws(broken).findings} == {
         (policy.name, "parliament UNKNOWN_ACTION")
     }
     misspelt = mutated(everything, queue.type, queue.name, lambda i: i.update(messageRetention=60))
-    (finding,) = validate(misspelt).findings
+    (finding,) = check_against_aws(misspelt).findings
     assert (finding.field, finding.rule) == ("messageRetention", "mapped to the AWS API")
 
 
 def test_trust_policies_are_linted_against_the_role_they_belong_to(everything: ProgramRun) -> None:
-    role = everything.named("aws:iam/role:Role", "cluster-execution")
+    role = everything.named(aws_types.IAM_ROLE, "cluster-execution")
     # sts:AssumeRole on a role is right; the same statement about a log group is not.
     wrong = mutated(
         everything,
@@ -462,7 +469,7 @@ def test_trust_policies_are_linted_against_the_role_they_belong_to(everything: P
             "assumeRolePolicy",
         ),
     )
-    assert [f.rule for f in validate(wrong).findings] == ["parliament RESOURCE_MISMATCH"]
+    assert [f.rule for f in check_against_aws(wrong).findings] == ["parliament RESOURCE_MISMATCH"]
 
 
 def test_a_key_policy_is_linted_as_about_its_key(everything: ProgramRun) -> None:
@@ -480,7 +487,7 @@ def test_a_key_policy_is_linted_as_about_its_key(everything: ProgramRun) -> None
     assert mismatch[0] == "parliament RESOURCE_MISMATCH"
     assert {m["required_format"] for m in json.loads(mismatch[1])} == {KMS_ALIAS_FORMAT}
     wrong = mutated(everything, KEY, key.name, policy(lambda s: s.update(Action="s3:GetObject")))
-    assert [f.rule for f in validate(wrong).findings] == ["parliament RESOURCE_MISMATCH"]
+    assert [f.rule for f in check_against_aws(wrong).findings] == ["parliament RESOURCE_MISMATCH"]
 
 
 def test_a_star_grant_must_use_the_condition_key_its_action_offers(everything: ProgramRun) -> None:
@@ -499,7 +506,7 @@ def test_a_star_grant_must_use_the_condition_key_its_action_offers(everything: P
                 del statement["Condition"]
         inputs["policy"] = json.dumps(changed)
 
-    findings = validate(mutated(everything, ROLE_POLICY, name, unconditioned)).findings
+    findings = check_against_aws(mutated(everything, ROLE_POLICY, name, unconditioned)).findings
     assert [(f.resource, f.rule) for f in findings] == [(name, "iam UNSCOPED_RESOURCE_STAR")]
     assert "cloudwatch:namespace" in findings[0].message
     # Actions with neither resource types nor condition keys of their own stay allowed on "*".
@@ -508,7 +515,7 @@ def test_a_star_grant_must_use_the_condition_key_its_action_offers(everything: P
 
 
 def test_a_topic_policy_is_linted_against_its_topic(everything: ProgramRun) -> None:
-    topic_policy = everything.named("aws:sns/topicPolicy:TopicPolicy", "notifications-topic")
+    topic_policy = everything.named(aws_types.SNS_TOPIC_POLICY, "notifications-topic")
     assert any(d.resource is topic_policy for d in policy_documents(everything))
     elsewhere = mutated(
         everything,
@@ -516,7 +523,8 @@ def test_a_topic_policy_is_linted_against_its_topic(everything: ProgramRun) -> N
         topic_policy.name,
         policy(lambda s: s.update(Resource="arn:aws:sqs:us-east-1:123456789012:queue")),
     )
-    assert [f.rule for f in validate(elsewhere).findings] == ["parliament RESOURCE_MISMATCH"]
+    findings = check_against_aws(elsewhere).findings
+    assert [f.rule for f in findings] == ["parliament RESOURCE_MISMATCH"]
 
 
 def test_the_documented_rules_are_still_what_aws_documents() -> None:

@@ -16,7 +16,7 @@ makes a new one. A build that fails raises ``BuildError`` with its output.
 
 This file also runs as a script, the tests' stand-in for ``make`` in a workflow job:
 
-    python devtools/envs.py make --cache DIR -- [make's arguments]
+    python testkit/envs.py make --cache DIR -- [make's arguments]
 
 serves the virtualenv a goal needs (a rule whose recipe runs ``-m venv``, such as
 ``.venv/bin/.installed``) from the cache, then runs the real ``make`` for the rest. It imports

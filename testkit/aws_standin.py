@@ -37,7 +37,7 @@ from typing import Any
 import botocore.session
 
 from celery_ecs.settings import SECRET_ARN
-from devtools.processes import ROOT
+from testkit.processes import ROOT
 
 #: Credentials the stand-in accepts (moto takes any); on ECS the task role's come from the agent.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "stand-in", "AWS_SECRET_ACCESS_KEY": "stand-in"}

@@ -1,12 +1,12 @@
 """Validate a rendered stack against AWS's own rules, before AWS sees it.
 
 Every resource the program registers is either mapped to the API calls its provider makes
-(``devtools.apimap.MAPPINGS``) or declared as no AWS call (``NOT_AWS``); a type that is neither
-is a finding, so a new kind of resource cannot go unchecked. For each call the request is built
-from the resource's inputs and checked against the operation's input shape in botocore's models
-(``devtools.awsmodel``: enums, ranges, lengths, patterns, required members, types, and the rules
-the models' documentation states). Every input must reach some request member or be declared
-provider-only with its reason, so a new input cannot slip past unmapped.
+(``devtools.plan.api_calls.MAPPINGS``) or declared as no AWS call (``NOT_AWS``); a type that is
+neither is a finding, so a new kind of resource cannot go unchecked. For each call the request is
+built from the resource's inputs and checked against the operation's input shape in botocore's
+models (``devtools.plan.awsmodel``: enums, ranges, lengths, patterns, required members, types, and
+the rules the models' documentation states). Every input must reach some request member or be
+declared provider-only with its reason, so a new input cannot slip past unmapped.
 
 IAM policies, trust policies and resource policies (SQS queue, SNS topic and KMS key policies)
 are linted with parliament: unknown actions, prefixes and condition keys, resources that match
@@ -29,11 +29,10 @@ from typing import Any
 
 import regex
 
-from devtools import awsmodel
-from devtools.apimap import (
-    MAPPINGS,
+from devtools.plan import awsmodel
+from devtools.plan.api_calls import MAPPINGS, NOT_AWS
+from devtools.plan.apimap import (
     MISSING,
-    NOT_AWS,
     Attributes,
     Inputs,
     ListOf,
@@ -42,6 +41,7 @@ from devtools.apimap import (
     json_text,
 )
 from devtools.render import ProgramRun, Registration
+from policy.invariants import aws_types
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class Report:
         return not self.findings
 
 
-def validate(run: ProgramRun) -> Report:
+def check_against_aws(run: ProgramRun) -> Report:
     findings: list[Finding] = []
     requests = 0
     for resource in sorted(run.resources, key=lambda r: (r.type, r.name)):
@@ -101,7 +101,7 @@ def check_resource(resource: Registration) -> tuple[list[Finding], int]:
     mapping = MAPPINGS.get(resource.type)
     if mapping is None:
         message = (
-            "no API mapping for this resource type: add it to devtools/apimap.py MAPPINGS "
+            "no API mapping for this resource type: add it to devtools/plan/api_calls.py MAPPINGS "
             "(or NOT_AWS if it makes no AWS call)"
         )
         return [finding("(type)", "mapped to the AWS API", message)], 0
@@ -132,8 +132,8 @@ def check_resource(resource: Registration) -> tuple[list[Finding], int]:
     for path in inputs.unread():
         if path.split(".")[0] not in mapping.provider_only:
             message = (
-                "this input reaches no API member: map it in devtools/apimap.py, or declare it "
-                "provider-only with the reason"
+                "this input reaches no API member: map it in devtools/plan/api_calls.py, or "
+                "declare it provider-only with the reason"
             )
             findings.append(finding(path, "mapped to the AWS API", message))
     return findings, requests
@@ -202,23 +202,23 @@ def policy_documents(run: ProgramRun) -> list[PolicyDocument]:
     alias resource does not apply to a key policy, every other one does.
     """
     documents: list[PolicyDocument] = []
-    for role in run.of_type("aws:iam/role:Role"):
+    for role in run.of_type(aws_types.IAM_ROLE):
         trust = json.loads(role.inputs["assumeRolePolicy"])
         for statement in _statements(trust):
             statement.setdefault("Resource", role.state["arn"])
         documents.append(PolicyDocument(role, "assumeRolePolicy", trust))
     for typ in (
-        "aws:iam/rolePolicy:RolePolicy",
-        "aws:sqs/queuePolicy:QueuePolicy",
-        "aws:sns/topicPolicy:TopicPolicy",
-        "aws:sns/topic:Topic",
+        aws_types.IAM_ROLE_POLICY,
+        aws_types.SQS_QUEUE_POLICY,
+        aws_types.SNS_TOPIC_POLICY,
+        aws_types.SNS_TOPIC,
     ):
         for policy in run.of_type(typ):
             if "policy" in policy.inputs:
                 documents.append(
                     PolicyDocument(policy, "policy", json.loads(policy.inputs["policy"]))
                 )
-    for key in run.of_type("aws:kms/key:Key"):
+    for key in run.of_type(aws_types.KMS_KEY):
         if "policy" not in key.inputs:
             continue
         document = json.loads(key.inputs["policy"])
