@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import pytest
 import redis
 
-from devtools.local_stack import wait_until_ready
+from devtools.local_stack.__main__ import wait_until_ready
 from devtools.render import ProgramRun, run_program
 from devtools.twin.awsvpc import HOST_ADDRESS, ensure_bridge
 from devtools.twin.deployed_stack import TwinCluster

@@ -201,7 +201,7 @@ def wait_until_ready(url: str, cluster: TwinCluster, interrupts: Interrupts) -> 
         if failed:
             raise RuntimeError(
                 "\n".join(failed) + "\nThe image must hold what the stack's celeryApp and "
-                "web.command name (Pulumi.<stack>.yaml; see docs/app-config.md)."
+                "web.command name (Pulumi.<stack>.yaml; see docs/how-to/point-at-your-app.md)."
             )
         if time.monotonic() > deadline:
             raise RuntimeError(f"web not ready at {url} after {READY_TIMEOUT:.0f}s:\n"
