@@ -1,11 +1,13 @@
 # Two commands do everything on a fresh clone:
-#   make run    the local stack (Redis, web, worker, beat)
+#   make run [STACK=seed]   the local stack (Redis, web, worker, beat) of Pulumi.<stack>.yaml,
+#                           or of an example app's examples/<stack>/Pulumi.<stack>.yaml
 #   make test   the whole test suite
 # Both create .venv and install what they need first. And:
 #   make test-unit   the unit tier only (no root, no Redis, no network), as an unprivileged
 #                    user; CONTRIBUTING.md has the tiers
-#   make plan [STACK=prod]   the offline plan of Pulumi.<stack>.yaml: resources, validation
-#                            against AWS's rules, diagram (.plan/<stack>.png), monthly cost
+#   make plan [STACK=prod]   the offline plan of Pulumi.<stack>.yaml (or of an example's, as
+#                            run): resources, validation against AWS's rules, diagram
+#                            (.plan/<stack>.png), monthly cost
 #   make docs   writes the docs' generated pages, then builds the site into site/
 #   make wheel  the runtime package's wheel (celery_ecs), in dist/
 
@@ -27,7 +29,7 @@ system-packages:
 	@scripts/ensure-system-packages
 
 run: $(BIN)/.installed system-packages
-	$(BIN)/python -m devtools.local_stack
+	$(BIN)/python -m devtools.local_stack --stack $(STACK)
 
 test: $(BIN)/.installed system-packages
 	$(BIN)/ruff check .

@@ -117,4 +117,9 @@ class ResultBackendLoader(AppLoader):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.override_backends = {scheme: RESULT_BACKEND_CLASS for scheme in SCHEMES}
+        self.override_backends = self.override_backends_of()
+
+    @staticmethod
+    def override_backends_of() -> dict[str, str]:
+        """The result backend URL schemes this loader maps to ``ResultBackend``."""
+        return {scheme: RESULT_BACKEND_CLASS for scheme in SCHEMES}

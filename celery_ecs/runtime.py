@@ -355,6 +355,13 @@ def equip(app: Celery) -> Settings:
     message factory or its loader: they could no longer be replaced.
     """
     created = [name for name in ("Task", "amqp", "loader") if name in vars(app)]
+    if created == ["loader"] and type(vars(app)["loader"]) is AppLoader:
+        # Celery's Django fix-up (celery/fixups/django.py, run by Celery() when
+        # DJANGO_SETTINGS_MODULE is set, as "First steps with Django" sets it) creates the
+        # default loader at construction and patches it: keep that instance, give it our
+        # backends; processes that unpickle the app create ours (loader_cls, below).
+        vars(app)["loader"].override_backends = ResultBackendLoader.override_backends_of()
+        created = []
     if created:
         raise RuntimeError(
             f"celery_ecs.equip({app.main!r}) comes too late: the app already created its "

@@ -614,9 +614,27 @@ class StackFile:
     config: dict[str, object]
 
 
+#: Where the example apps' stacks are: ``examples/<stack>/Pulumi.<stack>.yaml``.
+EXAMPLES = "examples"
+
+
+def stack_path(stack: str, root: Path = ROOT) -> Path:
+    """``Pulumi.<stack>.yaml`` of the project, or else of the example app named ``stack``."""
+    path = root / f"Pulumi.{stack}.yaml"
+    example = root / EXAMPLES / stack / path.name
+    return example if not path.exists() and example.exists() else path
+
+
+def stack_names(root: Path = ROOT) -> list[str]:
+    """Every stack ``read_stack_file`` finds: the project's, then the examples'."""
+    files = [*sorted(root.glob("Pulumi.*.yaml")), *sorted(root.glob(f"{EXAMPLES}/*/Pulumi.*.yaml"))]
+    return [file.name.removeprefix("Pulumi.").removesuffix(".yaml") for file in files]
+
+
 def read_stack_file(stack: str, root: Path = ROOT) -> StackFile:
-    """Read ``Pulumi.<stack>.yaml``; raises ``FileNotFoundError`` naming the file."""
-    return read_stack_path(root / f"Pulumi.{stack}.yaml")
+    """Read ``Pulumi.<stack>.yaml`` (``stack_path``); raises ``FileNotFoundError`` naming the
+    file."""
+    return read_stack_path(stack_path(stack, root))
 
 
 def read_stack_path(path: Path) -> StackFile:

@@ -101,6 +101,30 @@ def test_equip_too_late_is_refused(user_app: Celery) -> None:
         celery_ecs.equip(user_app)
 
 
+class LoaderAtConstruction:
+    """A fix-up that patches the app's loader when the app is created, as Celery's Django
+    fix-up does (celery/fixups/django.py: ``self.app.loader.now = ...``) whenever
+    ``DJANGO_SETTINGS_MODULE`` is set."""
+
+    def __init__(self, app: Celery) -> None:
+        app.loader.now = lambda utc=True: datetime.now(UTC)  # type: ignore[method-assign]
+
+
+def test_a_loader_a_fixup_created_at_construction_gets_the_runtime_s_backends(
+    broker_env: None,
+) -> None:
+    """A Django project's app (Celery's "First steps with Django") has its loader before any
+    line of the project runs: equip keeps it, with the fix-up's patch, and adds the backends."""
+    app = Celery("proj", fixups=[f"{__name__}:LoaderAtConstruction"], set_as_current=False)
+    patched = app.loader
+    celery_ecs.equip(app)
+    assert app.loader is patched and callable(patched.now)
+    assert patched.override_backends == {
+        "redis": "celery_ecs.results:ResultBackend", "rediss": "celery_ecs.results:ResultBackend"
+    }  # fmt: skip
+    assert app.loader_cls is ResultBackendLoader  # what a process unpickling the app creates
+
+
 def test_a_class_of_the_apps_own_must_derive_from_the_runtimes(broker_env: None) -> None:
     class OwnTask(Task):  # type: ignore[type-arg]
         pass

@@ -51,6 +51,7 @@ from typing import TextIO
 
 import redis
 
+from celery_ecs.names import LIVENESS_PATH
 from celery_ecs.schedule import PeriodicEntry
 from devtools.local_stack.metric_lines import MetricLines
 from devtools.render import read_stack_file, run_program
@@ -60,7 +61,7 @@ from devtools.twin.deployed_stack import TwinCluster
 from devtools.twin.relay import Relay
 from devtools.twin.task import Status, Task
 from infra.budget import EXIT_MARGIN
-from infra.config import load
+from infra.config import DEFAULT_CELERY_APP, StackConfig, load
 from infra.containers import enqueue_command
 from testkit.processes import ROOT, python_argv
 from testkit.redis_server import RedisUnavailable, free_port, start_redis
@@ -191,8 +192,11 @@ def broker(url: str | None) -> Iterator[tuple[str, str]]:
             say(" done" if server.process.poll() is not None else " failed")
 
 
-def wait_until_ready(url: str, cluster: TwinCluster, interrupts: Interrupts) -> None:
-    """Return once the web answers ``/readyz`` through the front door, or a stop is asked.
+def wait_until_ready(
+    url: str, cluster: TwinCluster, interrupts: Interrupts, path: str = LIVENESS_PATH
+) -> None:
+    """Return once the web answers ``path`` (the stack's ``web.livenessPath``) through the front
+    door, or a stop is asked.
     A service whose first deployment failed (a ``celeryApp`` or ``web.command`` the image
     cannot run: no offline check sees inside the image) ends the wait with its report."""
     deadline = time.monotonic() + READY_TIMEOUT
@@ -207,7 +211,7 @@ def wait_until_ready(url: str, cluster: TwinCluster, interrupts: Interrupts) -> 
             raise RuntimeError(f"web not ready at {url} after {READY_TIMEOUT:.0f}s:\n"
                                f"{cluster.status()}")  # fmt: skip
         try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}{path}", timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -244,10 +248,12 @@ def stop_service(
 
 
 def banner(
-    web_url: str, broker_url: str, control_url: str, cluster: TwinCluster,
-    schedule: Sequence[PeriodicEntry], celery_app: str,
-) -> str:  # fmt: skip
-    """What the stack prints once the web answers: its API key, what to try, and how to stop."""
+    web_url: str, broker_url: str, control_url: str, cluster: TwinCluster, stack: StackConfig
+) -> str:
+    """What the stack prints once the web answers: what to try (the example app's API, with its
+    key; another app's liveness path), and how to stop."""
+    schedule: Sequence[PeriodicEntry] = stack.schedule
+    celery_app = stack.celery_app
     interpreter = Path(sys.executable)
     if interpreter.is_relative_to(ROOT):
         interpreter = interpreter.relative_to(ROOT)  # `python -m app…` runs from the repository
@@ -269,13 +275,18 @@ def banner(
     )
     # The key the program generated, as the twin's stand-in of Secrets Manager holds it.
     authorization = shlex.quote(f"Authorization: Bearer {cluster.api_key}")
-    return (
-        f"\nweb listening on {web_url}  (broker {broker_url}, twin control {control_url})\n"
+    try_it = (
         f"API key: {cluster.api_key}  (in the secret {cluster.api_keys_secret_arn})\n"
         f"  curl -s -X POST {web_url}/tasks/apply_credit -H {authorization} -H 'Content-Type: "
         "application/json' -d '{\"idempotency_key\": \"k1\", \"account\": \"alice\", "
         "\"amount\": 5}'\n"
         f"  curl -s {web_url}/tasks/<id> -H {authorization}\n"
+        if celery_app == DEFAULT_CELERY_APP
+        else f"  curl -s {web_url}{stack.web.liveness_path}\n"
+    )
+    return (
+        f"\nweb listening on {web_url}  (broker {broker_url}, twin control {control_url})\n"
+        f"{try_it}"
         f"{run_now}"
         f"{rules}"
         f"what runs: curl -s {control_url}/status   "
@@ -308,12 +319,11 @@ def run(
         control = ControlEndpoint(cluster)
         followers = Followers(MetricLines(raw=raw_metrics))
         web_url = cluster.load_balancer.url if cluster.load_balancer else ""
+        stack_config = load(config)
         try:
-            wait_until_ready(web_url, cluster, interrupts)
+            wait_until_ready(web_url, cluster, interrupts, stack_config.web.liveness_path)
             if not interrupts.count:
-                stack_config = load(config)
-                say(banner(web_url, url, control.url, cluster, stack_config.schedule,
-                           stack_config.celery_app))
+                say(banner(web_url, url, control.url, cluster, stack_config))
             while not interrupts.count:
                 followers.follow_new(cluster)
                 time.sleep(0.3)
@@ -344,7 +354,9 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.local_stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stack", default="dev", help="Pulumi.<stack>.yaml to run (default dev)")
+    parser.add_argument("--stack", default="dev",
+                        help="Pulumi.<stack>.yaml to run, or examples/<stack>/Pulumi.<stack>.yaml "
+                             "(default dev)")  # fmt: skip
     parser.add_argument("--scheduler", choices=["beat", "eventbridge"],
                         help="override the stack's scheduler")
     parser.add_argument("--broker-url", help="use this Redis instead of starting one")

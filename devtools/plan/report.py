@@ -31,6 +31,7 @@ from devtools.render import (
     read_stack_file,
     read_stack_path,
     run_program,
+    stack_names,
 )
 from infra.config import ConfigError, StackConfig, load, placeholders
 from policy.invariants import aws_types
@@ -294,7 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m devtools.plan", description=__doc__.split("\n\n")[0]
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--stack", default="dev", help="the stack: reads Pulumi.<stack>.yaml")
+    source.add_argument(
+        "--stack", default="dev",
+        help="the stack: reads Pulumi.<stack>.yaml, or examples/<stack>/Pulumi.<stack>.yaml",
+    )  # fmt: skip
     source.add_argument("--file", type=Path, help="a stack file anywhere (Pulumi.<stack>.yaml)")
     parser.add_argument(
         "--diagram", type=Path, help="where to write the diagram (default .plan/<stack>.png)"
@@ -309,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         stack_file = read_stack_path(args.file) if args.file else read_stack_file(args.stack)
     except FileNotFoundError as error:
-        stacks = ", ".join(sorted(p.name.split(".")[1] for p in ROOT.glob("Pulumi.*.yaml")))
+        stacks = ", ".join(stack_names())
         missing = _relative(Path(str(error.filename)))
         print(f"no stack file {missing}; stacks here: {stacks}", file=sys.stderr)
         return 2

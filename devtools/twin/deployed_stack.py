@@ -33,7 +33,7 @@ from app.api_keys import parse_keys
 from celery_ecs.settings import WEB_API_KEYS_SECRET_ARN
 from devtools.twin.agent import AgentEndpoint
 from devtools.twin.awsvpc import HOST_ADDRESS, ensure_bridge
-from devtools.twin.dockerfile_image import Image, parse_image
+from devtools.twin.dockerfile_image import Image, ImageError, built_image
 from devtools.twin.events import Rule, eventbridge_fire_times
 from devtools.twin.loadbalancer import LoadBalancer, TargetGroupSettings
 from devtools.twin.service import Rollout, Service
@@ -114,7 +114,7 @@ class TwinCluster:
         options = TaskOptions(
             state_root=state_root,
             secrets={"CELERY_BROKER_URL": broker_url},
-            image=image or parse_image(),
+            image=image or program_image(run),
             agent_uri=agent.uri_for,
             health_check_scale=time_scale,
             environment_overrides=dict(environment_overrides or {}),
@@ -338,6 +338,19 @@ class TwinCluster:
             for service in list(self.services.values()):
                 service.reconcile()
             self.fire_due()
+
+
+def program_image(run: ProgramRun) -> Image:
+    """The image the program builds (the stack's ``image.context`` and ``image.dockerfile``):
+    every task runs it. A prebuilt ``image.uri`` cannot be pulled here."""
+    built = run.of_type(aws_types.DOCKER_BUILD_IMAGE)
+    if not built:
+        raise ImageError(
+            "image.uri: the twin runs images it builds from a Dockerfile (image.context, "
+            "image.dockerfile); it cannot pull a prebuilt one"
+        )
+    (image,) = built
+    return built_image(image.inputs)
 
 
 def _definition(registration: Registration) -> dict[str, Any]:

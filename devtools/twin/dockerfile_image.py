@@ -35,6 +35,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dockerfile_parse import DockerfileParser
 
@@ -238,6 +239,15 @@ def _users(run: str) -> list[ImageUser]:
             )
         )
     return users
+
+
+def built_image(inputs: Mapping[str, Any]) -> Image:
+    """The image a ``docker-build:index:Image`` of the program builds: its Dockerfile and
+    context (``{"location": path}``, relative to the project directory, as the stack's
+    ``image`` key gives them)."""
+    return parse_image(
+        ROOT / inputs["dockerfile"]["location"], ROOT / inputs["context"]["location"]
+    )
 
 
 def parse_image(dockerfile: Path = DOCKERFILE, context: Path | None = None) -> Image:
