@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from weakref import WeakKeyDictionary
 
 import redis
@@ -325,6 +325,25 @@ def _replace_default(app: Celery, what: str, current: Any, default: type, ours: 
     )
 
 
+def _with_requeue(app: Celery, current: Any) -> type:
+    """The app's task class with ``RequeueOnBrokerOutage`` in front of it: Celery's default
+    gives ours; a class of the app's own (``Celery(task_cls=...)``, or the ``DjangoTask`` that
+    Celery's Django fix-up sets, celery/fixups/django.py) keeps its methods and gets ours around
+    ``__call__``, so no app has to know the runtime's class to keep its behaviour."""
+    chosen = symbol_by_name(current) if isinstance(current, str) else current
+    if not (isinstance(chosen, type) and issubclass(chosen, Task)):
+        raise TypeError(f"celery_ecs.equip({app.main!r}): the app's task class {chosen!r} is "
+                        "not a Celery Task class")  # fmt: skip
+    if chosen is Task or issubclass(chosen, RequeueOnBrokerOutage):
+        return RequeueOnBrokerOutage if chosen is Task else chosen
+    # celery-types types a Task class's __name__ as its instances' name attribute.
+    name = cast(str, chosen.__name__)
+    namespace: dict[str, Any] = {"__module__": chosen.__module__, "__doc__": chosen.__doc__,
+                                 "__qualname__": chosen.__qualname__}  # fmt: skip
+    composed: type = type(name, (RequeueOnBrokerOutage, chosen), namespace)
+    return composed
+
+
 def equip(app: Celery) -> Settings:
     """Give ``app`` the runtime; returns the settings read from the environment.
 
@@ -338,8 +357,9 @@ def equip(app: Celery) -> Settings:
       limits and the visibility timeout. These override the app's own values;
     - makes ``RequeueOnBrokerOutage`` the task class, ``LimitedDelayAmqp`` the message factory
       (countdowns up to ``CELERY_MAX_COUNTDOWN`` seconds) and ``ResultBackendLoader`` the loader
-      (``redis://``/``rediss://`` result backends store each state atomically). An app given
-      classes of its own for these must derive them from ours (``TypeError`` otherwise);
+      (``redis://``/``rediss://`` result backends store each state atomically). An app's own
+      task class (Django's ``DjangoTask`` included) gets ours in front of it; an app given a
+      message factory or loader of its own must derive it from ours (``TypeError`` otherwise);
     - sets the worker's consumer (``celery_ecs.consumer``), its bootsteps (heartbeat file
       every ``HEARTBEAT_INTERVAL`` s, liveness, bounded prefetch, restores, revokes, the
       visibility sweep; ECS task protection with ``CELERY_TASK_PROTECTION``, queue metrics
@@ -369,7 +389,7 @@ def equip(app: Celery) -> Settings:
             "anything uses the app"
         )
     settings = Settings.from_env()
-    task_cls = _replace_default(app, "task class", app.task_cls, Task, RequeueOnBrokerOutage)
+    task_cls = _with_requeue(app, app.task_cls)
     amqp_cls = _replace_default(app, "amqp class", app.amqp_cls, AMQP, LimitedDelayAmqp)
     loader_cls = _replace_default(
         app, "loader", get_loader_cls(app.loader_cls or "app"), AppLoader, ResultBackendLoader

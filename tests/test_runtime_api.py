@@ -12,8 +12,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import redis
 from celery import Celery, Task, signals
 from celery.app.amqp import AMQP
+from celery.exceptions import Reject
 
 import celery_ecs
 from celery_ecs import runtime
@@ -125,15 +127,37 @@ def test_a_loader_a_fixup_created_at_construction_gets_the_runtime_s_backends(
     assert app.loader_cls is ResultBackendLoader  # what a process unpickling the app creates
 
 
-def test_a_class_of_the_apps_own_must_derive_from_the_runtimes(broker_env: None) -> None:
-    class OwnTask(Task):  # type: ignore[type-arg]
-        pass
+def test_an_apps_own_task_class_gets_the_runtimes_in_front(broker_env: None) -> None:
+    """As Celery's Django fix-up sets ``DjangoTask``: the app's class keeps its methods, and a
+    broker outage in a task still requeues it (the runtime's ``__call__`` comes first)."""
 
+    class OwnTask(Task):  # type: ignore[type-arg]
+        def on_commit(self) -> str:
+            return "own"
+
+    own = Celery("own", task_cls=OwnTask, set_as_current=False)
+    celery_ecs.equip(own)
+
+    @own.task(shared=False)
+    def lost_broker() -> None:
+        raise redis.ConnectionError("gone")
+
+    assert issubclass(own.Task, OwnTask) and issubclass(own.Task, celery_ecs.RequeueOnBrokerOutage)
+    order = own.Task.__mro__
+    assert order.index(celery_ecs.RequeueOnBrokerOutage) < order.index(OwnTask)
+    assert lost_broker.on_commit() == "own"
+    with pytest.raises(Reject):
+        lost_broker()
+    with pytest.raises(TypeError, match=r"task class .* is not a Celery Task class"):
+        celery_ecs.equip(Celery("not-a-task", task_cls=dict, set_as_current=False))
+
+
+def test_a_factory_or_loader_of_the_apps_own_must_derive_from_the_runtimes(
+    broker_env: None,
+) -> None:
     class OwnRequeueTask(celery_ecs.RequeueOnBrokerOutage):
         pass
 
-    with pytest.raises(TypeError, match=r"task class .*OwnTask.* derive it from .*RequeueOn"):
-        celery_ecs.equip(Celery("own", task_cls=OwnTask, set_as_current=False))
     with pytest.raises(TypeError, match=r"amqp class .* derive it from .*LimitedDelayAmqp"):
         celery_ecs.equip(Celery("own", amqp=type("OwnAmqp", (AMQP,), {}), set_as_current=False))
 

@@ -170,19 +170,8 @@ APPS = [
                 sent=re.compile(r"sent the welcome email to user (\d+)"),
                 periodic_line="expired invitations cleared"),
 ]  # fmt: skip
-#: Why an app's scenarios cannot pass yet (not run: each would wait out its timeouts).
-KNOWN_FAILURES = {
-    "django": "celery_ecs.equip refuses the task class Celery's Django fix-up sets "
-    "(celery.contrib.django.task:DjangoTask): TypeError, so no worker or enqueue task starts; "
-    "the runtime needs a task class deriving from both",
-}
 #: The scenarios a user deploying their own app relies on run for every app.
-every_app = pytest.mark.parametrize("app", [
-    pytest.param(app, id=app.name, marks=[pytest.mark.xfail(
-        reason=KNOWN_FAILURES[app.name], run=False, strict=True)]
-        if app.name in KNOWN_FAILURES else [])
-    for app in APPS
-])  # fmt: skip
+every_app = pytest.mark.parametrize("app", [pytest.param(app, id=app.name) for app in APPS])
 
 
 @functools.cache
