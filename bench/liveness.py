@@ -462,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not require_root():
         return 2
     began = time.monotonic()
-    print("Measuring (about five minutes)...", file=sys.stderr, flush=True)
+    print("Measuring (about three minutes)...", file=sys.stderr, flush=True)
     timeouts = [Timeout(seconds) for seconds in TIMEOUTS]
     for timeout in timeouts:  # render before measuring: rendering takes seconds
         timeout.worker(), timeout.busy_worker()
