@@ -18,13 +18,15 @@ BENCH_COMMANDS = frozenset({"lpush", "rename", "llen", "hlen", "smembers", "info
                             "ping"})  # fmt: skip
 
 
-def command_calls(admin: redis.Redis) -> Counter[str]:
-    """Calls so far of every command but the bench's, by name (a subcommand counts as its
-    command: ``client|setname`` as ``client``)."""
+def command_calls(
+    admin: redis.Redis, excluded: frozenset[str] = BENCH_COMMANDS
+) -> Counter[str]:
+    """Calls so far of every command but the bench's (``excluded``), by name (a subcommand
+    counts as its command: ``client|setname`` as ``client``)."""
     calls: Counter[str] = Counter()
     for key, value in admin.info("commandstats").items():
         name = key.removeprefix("cmdstat_").split("|")[0]
-        if name not in BENCH_COMMANDS:
+        if name not in excluded:
             calls[name] += int(value["calls"])
     return calls
 

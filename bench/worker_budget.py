@@ -794,8 +794,8 @@ def report(
         f"   Liveness (timeout {deadlines.timeout:g} s): the replacement's sweep finds the "
         "dead worker's key expired at most "
         f"{deadlines.timeout:g} s after its last refresh,",
-        f"   and sweeps every {deadlines.sweep_interval:g} s: back within "
-        f"{deadlines.timeout:g}..{deadlines.recovery_bound:g} s of the kill, whatever the "
+        f"   and sweeps every {deadlines.sweep_interval:.2g} s: back within "
+        f"{deadlines.timeout:g}..{deadlines.recovery_bound:.1f} s of the kill, whatever the "
         "taskTimeout. \"before liveness\": the first",
         f"   {MAX_SWEEP_INTERVAL:g} s sweep after the visibility timeout (computed from the "
         "budget); the SCALED row measures that mechanism",

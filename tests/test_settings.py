@@ -9,7 +9,13 @@ import sys
 import pytest
 import redis
 
-from celery_ecs.settings import ENV_VARS, ConfigError, Settings
+from celery_ecs.settings import (
+    DEFAULT_LIVENESS_TIMEOUT,
+    ENV_VARS,
+    LIVENESS_TIMEOUT,
+    ConfigError,
+    Settings,
+)
 from tests.support import ROOT
 
 BROKER = {"CELERY_BROKER_URL": "redis://localhost:6379/0"}
@@ -151,3 +157,10 @@ def test_a_countdown_beyond_the_maximum_is_refused_at_publish(redis_url: str) ->
     assert accepted.id
     queued = redis.Redis.from_url(redis_url).lrange("default", 0, -1)
     assert [json.loads(message)["headers"]["id"] for message in queued] == [accepted.id]
+
+
+def test_the_liveness_timeout_default_is_the_documented_one() -> None:
+    # Issue 21 chose it from bench.liveness (docs/explanation/measured.md); the table of
+    # variables (and so the docs, test above) says the same.
+    assert Settings.from_env(BROKER).liveness_timeout == DEFAULT_LIVENESS_TIMEOUT == 10
+    assert ENV_VARS[LIVENESS_TIMEOUT][0] == str(DEFAULT_LIVENESS_TIMEOUT)

@@ -5,7 +5,7 @@ them, each in a process group of its own: a SIGKILL of the group is a container 
 of the group a container (or its host) frozen. Tasks are ``app.tasks.apply_credit``: they count
 their starts and apply their effect once per key.
 
-The liveness timeout is scaled down (``CELERY_LIVENESS_TIMEOUT``; the product's default is 15 s),
+The liveness timeout is scaled down (``CELERY_LIVENESS_TIMEOUT``; the product's default is 10 s),
 and every visibility timeout here is far longer than anything the tests wait for, so whatever
 comes back early came back through liveness.
 """
