@@ -48,7 +48,7 @@ bench: $(BIN)/.installed system-packages
 	$(BIN)/python -m bench.scaling_sim
 	$(BIN)/python -m bench.task_sizes
 	$(BIN)/python -m bench.broker_figures
-	$(BIN)/python -m bench.liveness
+	$(BIN)/python -m bench.liveness_timeouts
 
 bench-plan: $(BIN)/.installed system-packages
 	$(BIN)/python -m bench.plan_timing

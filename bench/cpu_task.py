@@ -1,4 +1,4 @@
-"""A task that keeps one CPU busy: what ``bench.liveness``'s saturated worker runs.
+"""A task that keeps one CPU busy: what ``bench.liveness_timeouts``'s saturated worker runs.
 
 Added to the project's image and loaded with ``celery worker --include bench.cpu_task``, as a
 new image and a RunTask command override would run it on Fargate: the example app itself has
@@ -13,7 +13,7 @@ from app.celery_app import app
 from app.store import client
 
 
-# bench.liveness.BUSY_CPU: the name the bench sends.
+# bench.liveness_timeouts.BUSY_CPU: the name the bench sends.
 @app.task(name="bench.busy_cpu")
 def busy_cpu(key: str, seconds: float) -> None:
     """Count the start in ``attempts:<key>`` (as ``app.tasks.apply_credit`` does), then spin

@@ -70,7 +70,7 @@ def test_the_worker_stops_its_tasks_before_its_key_can_expire(timeout: float) ->
 
 def test_a_crashed_workers_tasks_are_back_within_15_seconds_by_default() -> None:
     # Issue 21: the default lease expires and the next sweep finds it within 15 s of the death
-    # (the restore itself adds milliseconds: bench.liveness measures it).
+    # (the restore itself adds milliseconds: bench.liveness_timeouts measures it).
     assert settings.liveness_timeout == DEFAULT_LIVENESS_TIMEOUT == 10
     deadlines = Deadlines(settings.liveness_timeout)
     assert deadlines.recovery_bound == pytest.approx(10 + 10 / 3)

@@ -160,7 +160,7 @@ def test_a_countdown_beyond_the_maximum_is_refused_at_publish(redis_url: str) ->
 
 
 def test_the_liveness_timeout_default_is_the_documented_one() -> None:
-    # Issue 21 chose it from bench.liveness (docs/explanation/measured.md); the table of
+    # Issue 21 chose it from bench.liveness_timeouts (docs/explanation/measured.md); the table of
     # variables (and so the docs, test above) says the same.
     assert Settings.from_env(BROKER).liveness_timeout == DEFAULT_LIVENESS_TIMEOUT == 10
     assert ENV_VARS[LIVENESS_TIMEOUT][0] == str(DEFAULT_LIVENESS_TIMEOUT)

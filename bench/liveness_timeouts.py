@@ -1,6 +1,6 @@
 """Which liveness timeout: recovery, false restores under saturation, Redis cost, side by side.
 
-    python -m bench.liveness          (part of ``make bench``; as root: containers)
+    python -m bench.liveness_timeouts          (part of ``make bench``; as root: containers)
 
 For each liveness timeout ``L`` of ``TIMEOUTS`` (the sweep interval derives from it:
 ``Deadlines.sweep_interval``), in one run on this machine, every worker a container on the ECS
@@ -67,13 +67,13 @@ from bench.worker_budget import (
 )
 from celery_ecs import settings as env_names
 from celery_ecs.liveness import REGISTRY_KEY, Deadlines, WorkerKeys
-from devtools.processes import ROOT
-from devtools.redis_server import start_redis
-from devtools.rendered_worker import image
+from devtools.twin.awsvpc import HOST_ADDRESS, ensure_bridge
 from devtools.twin.container import Container
-from devtools.twin.image import Image, image_venv
-from devtools.twin.network import HOST_ADDRESS, ensure_bridge
+from devtools.twin.dockerfile_image import Image, image_venv
 from infra import config as stack_config
+from testkit.processes import ROOT
+from testkit.redis_server import start_redis
+from testkit.rendered_worker import image
 
 #: The liveness timeouts compared, seconds; the sweep interval of each is its ``Deadlines``'.
 TIMEOUTS = (15, 10, 8, 6)
