@@ -154,8 +154,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
 DEFAULT_HELD_PER_SLOT = 4
 #: Seconds a worker's liveness key lives without a refresh, unless CELERY_LIVENESS_TIMEOUT says.
 #: 10: a crashed worker's messages are back within 10 + 10/3 s (issue 21: 15 s), and a worker
-#: whose every CPU is busy still refreshes with margin (bench.liveness_timeouts; docs: Liveness, "Why
-#: L = 10 s").
+#: whose every CPU is busy still refreshes with margin (bench.liveness_timeouts; docs: Liveness,
+#: "Why L = 10 s").
 DEFAULT_LIVENESS_TIMEOUT = 10
 #: Shortest liveness timeout: its deadlines (celery_ecs.liveness) are fractions of it, the smallest
 #: a fifteenth, and a worker must be able to refresh within that on a busy machine.
