@@ -167,11 +167,11 @@ def test_a_chord_applied_by_a_publish_only_process_keeps_what_celerys_own_keeps_
     owner = Celery("pubsub-check", loader=loader, backend=redis_url, set_as_current=False)
     assert type(owner.backend) is (ResultBackend if loader else RedisBackend)
 
-    @owner.task(name="pubsub-check.part")
+    @owner.task(name="pubsub-check.part", shared=False)
     def part(number: int) -> int:
         return number
 
-    @owner.task(name="pubsub-check.total")
+    @owner.task(name="pubsub-check.total", shared=False)
     def total(numbers: list[int]) -> int:
         return sum(numbers)
 
