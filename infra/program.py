@@ -18,7 +18,7 @@ import pulumi_aws as aws
 from pulumi.runtime.config import CONFIG, get_config_env
 
 from infra.alarms import Alarms, AlarmsArgs, PoolService
-from infra.beat import Beat, BeatArgs
+from infra.beat_service import Beat, BeatArgs
 from infra.broker import Broker, BrokerArgs
 from infra.cluster import AwsContext, Cluster, ClusterArgs
 from infra.config import (
@@ -44,8 +44,8 @@ from infra.network import AZ_COUNT, Network, NetworkArgs
 from infra.notifications import Notifications, NotificationsArgs
 from infra.scaling import BacklogTarget, ServiceScaling, ServiceScalingArgs
 from infra.schedule_expr import ScheduleError
-from infra.web import Web, WebArgs
-from infra.worker import CAPACITY_PROVIDERS, Worker, WorkerArgs
+from infra.web_service import Web, WebArgs
+from infra.worker_service import CAPACITY_PROVIDERS, Worker, WorkerArgs
 
 CONFIG_NAMESPACE = "celery-ecs"
 #: The project directory (where Pulumi.yaml is): ``image.context`` and ``image.dockerfile`` are

@@ -139,7 +139,7 @@ def test_the_build_context_is_the_app_only(tmp_path: Path) -> None:
     # of every kind the checkout has, including the ones that must never reach the image.
     for path in ("app/web.py", "app/requirements.txt", "app/__pycache__/web.cpython-311.pyc",
                  "app/web.pyc", "celery_ecs/health.py", "celery_ecs/__pycache__/x.pyc",
-                 "pyproject.toml", "tests/test_web.py", "infra/web.py", ".git/HEAD",
+                 "pyproject.toml", "tests/test_web.py", "infra/web_service.py", ".git/HEAD",
                  ".venv/bin/python", ".twin/x", "Pulumi.dev.yaml", "README.md"):  # fmt: skip
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from devtools.render import RecordingMocks
-from infra import worker
+from infra import worker_service as worker
 from infra.fargate_service import (
     COMPONENT_TYPE,
     ContainerInputs,

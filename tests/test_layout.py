@@ -39,11 +39,6 @@ DESCRIBED_PACKAGES = (
 )
 #: Basenames two modules still share, and why. Entries only ever leave this table.
 SHARED_BASENAMES = {
-    # Left after the runtime package and the FargateService component landed (issue 19, 20):
-    # the runtime's beat scheduler and the example's web app against the program's beat and
-    # web services. A rename to beat_service.py / web_service.py is the next step.
-    "beat.py": {"celery_ecs/beat.py", "infra/beat.py"},
-    "web.py": {"app/web.py", "infra/web.py"},
     # The example's gunicorn settings are the runtime's plus its API keys check, named as
     # gunicorn's `--config python:<module>` convention names a config module.
     "gunicorn_conf.py": {"app/gunicorn_conf.py", "celery_ecs/gunicorn_conf.py"},

@@ -119,7 +119,7 @@ def test_a_broken_rule_fails_the_plan_naming_resource_field_and_rule(
     def every_400_seconds(role: str) -> dict[str, object]:
         return {**health_check(role), "interval": 400}
 
-    monkeypatch.setattr("infra.worker.health_check", every_400_seconds)
+    monkeypatch.setattr("infra.worker_service.health_check", every_400_seconds)
     assert report.main(["--stack", "dev", "--no-diagram"]) == 1
     out = capsys.readouterr().out
     assert "FAILED: 2 problem(s)" in out

@@ -40,7 +40,7 @@ from devtools.render import ProgramRun, stack_file_config
 from infra import budget
 from infra.containers import ENQUEUE_DEFAULT_COMMAND, WEB_COMMAND, worker_command
 from infra.eventbridge import ENQUEUE_STOP_TIMEOUT
-from infra.worker import NAMESPACE_CONDITION_KEY, PUT_METRIC_DATA_ACTION
+from infra.worker_service import NAMESPACE_CONDITION_KEY, PUT_METRIC_DATA_ACTION
 from policy.invariants import aws_types, iam, restated
 from policy.invariants.container_hardening import secret_reason
 from policy.invariants.policies import POLICIES

@@ -51,7 +51,7 @@ def test_the_services_fit_their_default_sizes() -> None:
     defaults = {
         "web": (config.web.cpu, config.web.memory),
         "worker-default": (pool.cpu, pool.memory),
-        "beat": (256, 512),  # infra.beat.BeatArgs' own default
+        "beat": (256, 512),  # infra.beat_service.BeatArgs' own default
     }
     measured, ok, sent = measure(seconds=5, rate=5)
     assert ok == sent > 0

@@ -49,7 +49,7 @@ IDENTITY_POLICY_DOCUMENTS: Mapping[str, tuple[str, ...]] = {
 #: DescribeLogGroups list no resource type and no condition key of their own; PutMetricData
 #: lists no resource type and ``cloudwatch:namespace`` (CloudWatch User Guide, "Using
 #: condition keys to limit access to CloudWatch namespaces"). The program grants these
-#: (infra/cluster.py, infra/network.py, infra/worker.py).
+#: (infra/cluster.py, infra/network.py, infra/worker_service.py).
 STAR_RESOURCE_ACTIONS: Mapping[str, str | None] = {
     "ecr:getauthorizationtoken": None,
     "logs:describeloggroups": None,
