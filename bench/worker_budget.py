@@ -339,6 +339,9 @@ class Baseline:
     revision: str
     #: Its Dockerfile, build context and requirements: what ``docker build`` of it makes.
     image: Image
+    #: Whether it has the runtime package (``celery_ecs/``, its ``celery-ecs-health`` script);
+    #: before it, the health check was ``python -m app.health``.
+    has_runtime_package: bool
 
 
 @cache
@@ -361,12 +364,24 @@ def baseline(revision: str) -> Baseline:
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(partial, filter="data")
         partial.rename(tree)
-    return Baseline(commit, parse_image(tree / "Dockerfile", tree))
+    return Baseline(commit, parse_image(tree / "Dockerfile", tree),
+                    (tree / "celery_ecs").is_dir())  # fmt: skip
 
 
 def at_baseline(config: WorkerConfig, base: Baseline) -> WorkerConfig:
-    """``config``'s task definition run from ``base``'s image."""
-    return replace(config, label=f"{config.label} at {base.revision}", image=base.image)
+    """``config``'s task definition run from ``base``'s image; for a revision before the
+    runtime package, with the health check that revision's image has."""
+    definition = config.definition
+    if not base.has_runtime_package:
+        container = dict(definition.rendered.container)
+        check = dict(container["healthCheck"])
+        check["command"] = ["CMD", "python", "-m", "app.health", *check["command"][2:]]
+        container["healthCheck"] = check
+        rendered = replace(definition.rendered, containers=[container], inputs={
+            **definition.rendered.inputs, "containerDefinitions": json.dumps([container])})
+        definition = replace(definition, rendered=rendered)
+    return replace(config, label=f"{config.label} at {base.revision}", image=base.image,
+                   definition=definition)  # fmt: skip
 
 
 def prepare(base: Baseline | None) -> None:
