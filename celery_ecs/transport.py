@@ -637,8 +637,10 @@ class Channel(kombu_redis.Channel):
         return True
 
     def _read_one(self, connection: Any, **options: Any) -> bool:
-        """Read the oldest reply; whether it delivered a message."""
-        sent = self._sent.popleft()
+        """Read the oldest reply; whether it delivered a message. A read with nothing recorded
+        as sent (kombu's own ``_brpop_read`` callers: its ``close`` while ``_in_poll`` is set)
+        reads a ``BRPOP``'s reply, as kombu's would."""
+        sent = self._sent.popleft() if self._sent else _Sent(_WAKING, (), [])
         try:
             reply = self.client.parse_response(connection, sent.command, **options)
         except NoScriptError:
