@@ -34,6 +34,7 @@ PAIRS: dict[str, tuple[str, str]] = {
 #: The tests of the runtime: what depends on kombu's and Celery's internals.
 RUNTIME_TESTS = (
     "tests/test_upstream_names.py",
+    "tests/test_runtime_api.py",
     "tests/test_transport.py",
     "tests/test_liveness.py",
     "tests/test_revokes.py",
