@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import pulumi
 import pytest
 from google.protobuf import empty_pb2
 from hypothesis import given
@@ -46,7 +45,7 @@ from policy.invariants.container_hardening import secret_reason
 from policy.invariants.policies import POLICIES
 from policy.invariants.readers import container_role
 from policy.invariants.stop_timeouts import stop_timeout_need
-from tests.support import ROOT, run_program, shared_run
+from tests.support import ROOT, shared_run
 
 CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"
 #: Production with a warm and a cold pool, HTTPS, access logs and alarms e-mailed (the stack's
@@ -1089,51 +1088,44 @@ def test_dev_and_production_differ_where_the_baseline_says(scheduler: str) -> No
 
 # --- a deliberate break of each invariant is caught, and nothing else ---------------------------
 
+#: An edit of one resource's props, as the mocks recorded them: the engine's (camelCase) names,
+#: JSON documents as text.
 Edit = Callable[[dict[str, Any]], None]
 
 
-def breaking(resource_type: str, name: str, edit: Edit) -> pulumi.ResourceTransformation:
-    """A stack transformation that edits one resource's (Python-named) props."""
-
-    def transform(
-        args: pulumi.ResourceTransformationArgs,
-    ) -> pulumi.ResourceTransformationResult | None:
-        if args.type_ != resource_type or args.name != name:
-            return None
-        props = dict(args.props)
-        edit(props)
-        return pulumi.ResourceTransformationResult(props, args.opts)
-
-    return transform
-
-
 def setting(**values: Any) -> Edit:
-    return lambda props: props.update(values)
+    """Set props; ``None`` removes one (the engine sends no null prop)."""
+
+    def edit(props: dict[str, Any]) -> None:
+        for key, value in values.items():
+            if value is None:
+                props.pop(key, None)
+            else:
+                props[key] = value
+
+    return edit
 
 
 def in_json(key: str, change: Callable[[Any], None]) -> Edit:
-    """Edit the JSON text (an Output) in ``props[key]``."""
-
-    def rewrite(text: str) -> str:
-        value = json.loads(text)
-        change(value)
-        return json.dumps(value)
+    """Edit the JSON document held as text in ``props[key]``."""
 
     def edit(props: dict[str, Any]) -> None:
-        props[key] = pulumi.Output.from_input(props[key]).apply(rewrite)
+        value = json.loads(props[key])
+        change(value)
+        props[key] = json.dumps(value)
 
     return edit
 
 
 def first_container(**values: Any) -> Edit:
-    return in_json("container_definitions", lambda containers: containers[0].update(values))
+    return in_json("containerDefinitions", lambda containers: containers[0].update(values))
 
 
 def add_environment(name: str, value: str) -> Edit:
     def change(containers: list[dict[str, Any]]) -> None:
         containers[0]["environment"].append({"name": name, "value": value})
 
-    return in_json("container_definitions", change)
+    return in_json("containerDefinitions", change)
 
 
 def first_statement(**values: Any) -> Edit:
@@ -1141,8 +1133,12 @@ def first_statement(**values: Any) -> Edit:
 
 
 class Break:
-    """One invariant broken in the program, and the one violation the pack must report
-    (rendering ``stack``, one of ``STACKS``)."""
+    """One invariant broken in the rendered program, and the one violation the pack must
+    report (in ``stack``, one of ``STACKS``).
+
+    The edit is made to the rendered resource (its inputs, and the outputs the mocks answered
+    with), not through a transformation of a new run: the pack reads only what the run
+    recorded, and the program renders once per stack instead of once per break."""
 
     def __init__(
         self,
@@ -1153,12 +1149,19 @@ class Break:
         expected: str,
         stack: str = "dev-beat",
     ) -> None:
-        self.policy, self.resource, self.expected = policy, name, expected
-        self.stack = stack
-        self.transformation = breaking(resource_type, name, edit)
+        self.policy, self.resource_type, self.resource = policy, resource_type, name
+        self.edit, self.expected, self.stack = edit, expected, stack
 
     def __repr__(self) -> str:
         return f"{self.policy}:{self.resource}"
+
+    def broken_run(self) -> ProgramRun:
+        """The stack's run (a copy of its own) with this break made."""
+        run = rendered(self.stack)
+        target = run.named(self.resource_type, self.resource)
+        self.edit(target.inputs)
+        self.edit(target.state)
+        return run
 
 
 BREAKS = [
@@ -1166,7 +1169,7 @@ BREAKS = [
         "beat-singleton",
         SERVICE,
         "beat-service",
-        setting(deployment_maximum_percent=200),
+        setting(deploymentMaximumPercent=200),
         "beat service 'beat-service' has deploymentMaximumPercent 200; set it to 100 so ECS "
         "stops the old beat before it starts the new one",
     ),
@@ -1174,14 +1177,14 @@ BREAKS = [
         "worker-keeps-a-task",
         SERVICE,
         "worker-default-service",
-        setting(desired_count=0),
+        setting(desiredCount=0),
         "worker service 'worker-default-service' has desiredCount 0; set it to at least 1",
     ),
     Break(
         "service-task-counts",
         aws_types.APPAUTOSCALING_TARGET,
         "worker-long-scaling",
-        setting(min_capacity=0),
+        setting(minCapacity=0),
         "scaling target 'worker-long-scaling' of worker service "
         "'worker-long-service' has minCapacity 0; set it to at least 1",
     ),
@@ -1189,7 +1192,7 @@ BREAKS = [
         "service-task-counts",
         SERVICE,
         "beat-service",
-        setting(tags={"Service": "scheduler"}, deployment_maximum_percent=200),
+        setting(tags={"Service": "scheduler"}, deploymentMaximumPercent=200),
         "beat service 'beat-service' has deploymentMaximumPercent 200",
     ),
     Break(
@@ -1232,14 +1235,14 @@ BREAKS = [
         "broker-hardened",
         REPLICATION_GROUP,
         "broker",
-        setting(transit_encryption_enabled=False),
+        setting(transitEncryptionEnabled=False),
         "broker replication group 'broker' has no in-transit encryption",
     ),
     Break(
         "broker-hardened",
         REPLICATION_GROUP,
         "broker",
-        setting(cluster_mode="enabled"),
+        setting(clusterMode="enabled"),
         "runs in cluster mode",
     ),
     Break(
@@ -1253,7 +1256,7 @@ BREAKS = [
         "broker-only-from-vpc",
         aws_types.VPC_SECURITY_GROUP_INGRESS_RULE,
         "network-broker-from-web",
-        setting(cidr_ipv4="0.0.0.0/0", referenced_security_group_id=None),
+        setting(cidrIpv4="0.0.0.0/0", referencedSecurityGroupId=None),
         "'network-broker-from-web' lets 0.0.0.0/0 (outside the VPC's 10.0.0.0/16) reach "
         "broker replication group 'broker'",
     ),
@@ -1261,14 +1264,14 @@ BREAKS = [
         "log-retention-set",
         aws_types.CLOUDWATCH_LOG_GROUP,
         "cluster-web",
-        setting(retention_in_days=None),
+        setting(retentionInDays=None),
         "log group 'cluster-web' keeps its logs forever",
     ),
     Break(
         "ecr-scan-and-immutable-tags",
         aws_types.ECR_REPOSITORY,
         "celery-ecs-test",
-        setting(image_tag_mutability="MUTABLE"),
+        setting(imageTagMutability="MUTABLE"),
         "has imageTagMutability 'MUTABLE'",
     ),
     Break(
@@ -1313,7 +1316,7 @@ BREAKS = [
         "load-balancer-drops-invalid-headers",
         aws_types.LB_LOAD_BALANCER,
         "web-alb",
-        setting(drop_invalid_header_fields=False),
+        setting(dropInvalidHeaderFields=False),
         "load balancer 'web-alb' forwards invalid HTTP headers",
     ),
 ]
@@ -1321,8 +1324,7 @@ BREAKS = [
 
 @pytest.mark.parametrize("broken", BREAKS, ids=repr)
 def test_a_broken_invariant_is_caught_and_nothing_else(broken: Break) -> None:
-    run = run_program(stack_config(broken.stack), transformations=[broken.transformation])
-    violations = check(run)
+    violations = check(broken.broken_run())
     assert [(v.policy, v.resource) for v in violations] == [(broken.policy, broken.resource)]
     assert broken.expected in violations[0].message
 
@@ -1392,12 +1394,7 @@ def test_a_value_unknown_during_preview_defers_the_check_to_up(
 
 
 def test_the_pack_checks_the_stack_over_grpc(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> None:
-    run = run_program(
-        stack_config("dev-beat"),
-        transformations=[
-            next(b for b in BREAKS if b.policy == "broker-only-from-vpc").transformation
-        ],
-    )
+    run = next(b for b in BREAKS if b.policy == "broker-only-from-vpc").broken_run()
     resources = [
         analyzer_pb2.AnalyzerResource(
             type=r.type,
@@ -1450,7 +1447,7 @@ def test_the_security_baseline_cites_only_tests_and_policies_that_exist() -> Non
 
 def test_violations_name_the_resource() -> None:
     # What check() reports carries the resource's URN and name, as the engine shows them.
-    run = run_program(stack_config("dev-beat"), transformations=[BREAKS[0].transformation])
+    run = BREAKS[0].broken_run()
     (violation,) = check(run)
     assert violation == Violation(
         policy="beat-singleton",
