@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from functools import cache
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from devtools.plan.cost import (
 )
 from devtools.render import stack_file_config
 from infra.config import load
-from tests.support import shared_run
+from tests.support import ROOT, shared_run
 
 REGION = "us-east-1"
 POOLS = [
@@ -105,6 +106,29 @@ def test_every_price_is_checked_against_the_price_list_or_said_unchecked(path: P
     assert all(checks["notInPriceList"].values())
 
 
+@pytest.mark.parametrize("path", sorted(PRICES.glob("*.json")), ids=lambda path: path.stem)
+def test_every_checked_price_names_its_file_version_and_the_copy_it_was_read_from(
+    path: Path,
+) -> None:
+    """A checked line's URL is its offer file's version in the table's region, the version is
+    the file's publicationDate (AWS names a version by the time it was published), and the copy
+    it was read from is a public repository's file at a commit, so anyone can read it again."""
+    data = json.loads(path.read_text())
+    checks = data["priceList"]
+    for price, check in checks["checked"].items():
+        version = "".join(filter(str.isdigit, check["publicationDate"]))
+        assert re.fullmatch(r"\d{14}", version), price
+        assert check["url"].startswith(
+            f"https://pricing.us-east-1.amazonaws.com/offers/v1.0/aws/{check['offer']}/{version}/"
+            f"{data['region']}/index."
+        ), price
+        copy = checks["copies"][check["copy"]]
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+", copy["repository"]), check["copy"]
+        assert re.fullmatch(r"[0-9a-f]{40}", copy["commit"]) and copy["path"] and copy["what"]
+    used = {check["copy"] for check in checks["checked"].values()}
+    assert set(checks.get("copies", {})) == used, "a copy no checked line was read from"
+
+
 def test_the_estimate_says_how_many_prices_are_unchecked() -> None:
     result = priced({})
     assert result.prices is not None
@@ -112,6 +136,14 @@ def test_the_estimate_says_how_many_prices_are_unchecked() -> None:
     assert unchecked and f"Not yet checked against AWS's price list files: {unchecked} of" in (
         " ".join(format_estimate(result))
     )
+
+
+def test_the_cost_page_says_how_many_prices_are_checked() -> None:
+    table = price_table(REGION)
+    assert table is not None
+    checked = len(table.data["priceList"]["checked"])
+    page = " ".join((ROOT / "docs/reference/cost.md").read_text().split())
+    assert f"**{checked} of its {checked + len(table.unchecked)} list prices are checked" in page
 
 
 def test_fargate_lines_are_size_times_price_times_count() -> None:
