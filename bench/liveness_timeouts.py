@@ -70,7 +70,7 @@ from celery_ecs.liveness import REGISTRY_KEY, Deadlines, WorkerKeys
 from devtools.twin.awsvpc import HOST_ADDRESS, ensure_bridge
 from devtools.twin.container import Container
 from devtools.twin.dockerfile_image import Image, image_venv
-from infra import config as stack_config
+from infra import config_tables as stack_config
 from testkit.processes import ROOT
 from testkit.redis_server import start_redis
 from testkit.rendered_worker import image

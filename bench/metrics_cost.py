@@ -49,7 +49,7 @@ from celery_ecs.metrics import PUBLISH_INTERVAL_SECONDS
 from devtools.twin.awsvpc import HOST_ADDRESS
 from devtools.twin.container import Container
 from devtools.twin.dockerfile_image import image_venv
-from infra import config as stack_config
+from infra import config_tables as stack_config
 from testkit.aws_standin import AwsStandIn
 from testkit.rendered_worker import image
 

@@ -49,7 +49,7 @@ from app.api_keys import keys_document
 from celery_ecs import settings as env_names
 from devtools.render import RenderedTaskDefinition, run_program
 from infra.budget import EXIT_MARGIN
-from infra.config import FARGATE_MEMORY, TASK_CPU_HEADROOM, TASK_MEMORY_HEADROOM
+from infra.config_tables import FARGATE_MEMORY, TASK_CPU_HEADROOM, TASK_MEMORY_HEADROOM
 from infra.containers import health_check
 from testkit.aws_standin import AwsStandIn
 from testkit.processes import ROOT, AppProcess, python_argv, start_process

@@ -74,7 +74,7 @@ from devtools import render
 from devtools.twin.awsvpc import HOST_ADDRESS, TaskNetwork, allocate, ensure_bridge
 from devtools.twin.container import Container
 from devtools.twin.dockerfile_image import CACHE, Image, image_venv, parse_image
-from infra import config as stack_config
+from infra import config_tables as stack_config
 from infra.budget import FARGATE_STOP_TIMEOUT_CAP
 from testkit.processes import ROOT
 from testkit.redis_server import RedisServer, start_redis

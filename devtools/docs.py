@@ -5,11 +5,11 @@
 
 The blocks (``devtools.docblocks``): the dev stack's diagram and cost table
 (``devtools.plan``), the upstream suites' exclusion table (``devtools.upstream.suites``), the
-stack configuration's key tables (``infra.config.SECTIONS``, the tables the loader reads by) and
-the stack outputs' table, written here from the program's exports: the program runs under mocks
-for each stack config of ``OUTPUT_STACKS``, so the table says which outputs each config exports as
-the program does, and a new output without a meaning in ``OUTPUT_MEANINGS`` fails the generator
-(and ``tests/test_docs.py``), never the reader.
+key tables of the stack configuration (``infra.config_tables.SECTIONS``, which the loaders
+read by) and the stack outputs' table, written here from the program's exports: the program
+runs under mocks for each stack config of ``OUTPUT_STACKS``, so the table says which outputs
+each config exports as the program does, and a new output without a meaning in
+``OUTPUT_MEANINGS`` fails the generator (and ``tests/test_docs.py``), never the reader.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from devtools.docblocks import DOCS, GeneratedBlock
 from devtools.plan import broker_ceiling, cost, report
 from devtools.render import DEFAULT_REGION, run_program, stack_file_config
 from devtools.upstream import suites
-from infra import config, config_keys
+from infra import config_keys, config_tables
 
 OUTPUTS_BLOCK = GeneratedBlock(
     page=DOCS / "reference" / "outputs.md",
@@ -32,7 +32,7 @@ OUTPUTS_BLOCK = GeneratedBlock(
 
 CONFIGURATION_BLOCK = GeneratedBlock(
     page=DOCS / "reference" / "configuration.md",
-    begin="<!-- configuration: devtools/docs.py, from infra/config.py's key tables -->",
+    begin="<!-- configuration: devtools/docs.py, from infra/config_tables.py -->",
     end="<!-- end of configuration -->",
 )
 
@@ -99,7 +99,7 @@ def generated(dev: report.OfflinePlan) -> dict[GeneratedBlock, str]:
         report.COST_BLOCK: cost.markdown(dev.estimate),
         suites.EXCLUSIONS_BLOCK: suites.exclusion_table(),
         OUTPUTS_BLOCK: outputs_table(),
-        CONFIGURATION_BLOCK: config_keys.reference_tables(config.SECTIONS),
+        CONFIGURATION_BLOCK: config_keys.reference_tables(config_tables.SECTIONS),
         broker_ceiling.CEILING_BLOCK: broker_ceiling.markdown_table(broker_ceiling.load_figures()),
     }
 

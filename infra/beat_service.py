@@ -10,7 +10,7 @@ import pulumi_aws as aws
 
 from infra.budget import BEAT_STOP_TIMEOUT, beat_deployment_timeout
 from infra.cluster import Cluster
-from infra.config import DEFAULT_CELERY_APP
+from infra.config_tables import DEFAULT_CELERY_APP
 from infra.containers import beat_command, health_check
 from infra.fargate_service import (
     ContainerInputs,

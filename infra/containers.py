@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from celery_ecs import settings as env_names
 from celery_ecs.names import LIVENESS_PATH
 from celery_ecs.schedule import PeriodicEntry, entries_to_json
-from infra.config import DEFAULT_CELERY_APP, DEFAULT_WEB_COMMAND, StackConfig, WorkerPool
+from infra.config import StackConfig, WorkerPool
+from infra.config_tables import DEFAULT_CELERY_APP, DEFAULT_WEB_COMMAND
 
 #: UID:GID the image's application user has (ECS.20: never root).
 APP_USER = "10001:10001"

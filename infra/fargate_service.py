@@ -26,7 +26,7 @@ import pulumi_aws as aws
 from celery_ecs.settings import BROKER_URL
 from infra.budget import FARGATE_STOP_TIMEOUT_CAP
 from infra.cluster import Cluster
-from infra.config import FARGATE_MEMORY
+from infra.config_tables import FARGATE_MEMORY
 from infra.containers import TMP_VOLUME, ContainerSpec, container_definition
 
 COMPONENT_TYPE = "celery-ecs:infra:FargateService"

@@ -10,7 +10,8 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.cluster import Cluster
-from infra.config import DEFAULT_CELERY_APP, WorkerPool
+from infra.config import WorkerPool
+from infra.config_tables import DEFAULT_CELERY_APP
 from infra.containers import health_check, worker_command
 from infra.fargate_service import (
     ContainerInputs,

@@ -21,8 +21,8 @@ from devtools import docs
 from devtools.docblocks import DOCS, GeneratedBlock
 from devtools.plan import report
 from devtools.upstream import suites
-from infra.config import SECTIONS
 from infra.config_keys import Choice, Section, reference_tables
+from infra.config_tables import SECTIONS
 from tests.support import ROOT
 
 README_MAX_LINES = 200
@@ -130,7 +130,7 @@ def test_the_outputs_page_is_what_the_program_exports() -> None:
 
 
 def test_the_configuration_page_is_the_key_tables() -> None:
-    """The reference's key tables are infra/config.py's, the rows the loader reads keys by."""
+    """The reference's key tables are infra/config_tables.py's: the rows the loaders read by."""
     assert docs.CONFIGURATION_BLOCK.content() == reference_tables(SECTIONS), (
         "docs/reference/configuration.md is out of date: run make docs"
     )

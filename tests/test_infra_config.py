@@ -11,14 +11,6 @@ import pytest
 from celery_ecs.schedule import ENTRY_KEYS, Cron, Every, PeriodicEntry
 from infra.budget import web_budget, worker_budget
 from infra.config import (
-    BROKER,
-    DEFAULT_QUEUES,
-    DEFAULT_TASK_TIMEOUT,
-    EXISTING_VPC_KEYS,
-    FARGATE_MEMORY,
-    SCHEDULE_ENTRY,
-    SECTIONS,
-    WEB,
     ConfigError,
     ExistingVpc,
     ImageBuild,
@@ -36,6 +28,16 @@ from infra.config_keys import (
     ObjectList,
     Section,
     Text,
+)
+from infra.config_tables import (
+    BROKER,
+    DEFAULT_QUEUES,
+    DEFAULT_TASK_TIMEOUT,
+    EXISTING_VPC_KEYS,
+    FARGATE_MEMORY,
+    SCHEDULE_ENTRY,
+    SECTIONS,
+    WEB,
 )
 
 #: The example app's queues (app.routing), which the default pool consumes.

@@ -39,7 +39,8 @@ from devtools.render import (
 from infra import program
 from infra.broker import broker_url
 from infra.budget import BEAT_STOP_TIMEOUT, FARGATE_STOP_TIMEOUT_CAP, TASK_START_ALLOWANCE
-from infra.config import DEFAULT_SCHEDULE, ConfigError, ExistingVpc, NewVpc, StackConfig, load
+from infra.config import ConfigError, ExistingVpc, NewVpc, StackConfig, load
+from infra.config_tables import DEFAULT_SCHEDULE
 from infra.containers import health_check
 from infra.fargate_service import DeploymentRolledBack
 from infra.schedule_expr import shortest_gap, to_eventbridge_expression

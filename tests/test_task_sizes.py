@@ -8,7 +8,8 @@ import pytest
 
 from bench.task_sizes import SERVICES, Measured, measure
 from infra.budget import EXIT_MARGIN
-from infra.config import TASK_CPU_HEADROOM, TASK_MEMORY_HEADROOM, load
+from infra.config import load
+from infra.config_tables import TASK_CPU_HEADROOM, TASK_MEMORY_HEADROOM
 
 IDLE = Measured("idle", peak_memory_mib=50, peak_rss_sum_mib=60, mean_cpu=0.01, start_cpu=1,
                 health_cpu=0.1, exit_cpu=0.2)  # fmt: skip

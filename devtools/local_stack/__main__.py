@@ -61,7 +61,8 @@ from devtools.twin.deployed_stack import TwinCluster
 from devtools.twin.relay import Relay
 from devtools.twin.task import Status, Task
 from infra.budget import EXIT_MARGIN
-from infra.config import DEFAULT_CELERY_APP, StackConfig, load
+from infra.config import StackConfig, load
+from infra.config_tables import DEFAULT_CELERY_APP
 from infra.containers import enqueue_command
 from testkit.processes import ROOT, python_argv
 from testkit.redis_server import RedisUnavailable, free_port, start_redis

@@ -36,7 +36,8 @@ from celery_ecs.names import (
 )
 from celery_ecs.schedule import Cron, Every, PeriodicEntry
 from devtools.render import ProgramRun, Registration, RenderedTaskDefinition
-from infra.config import FARGATE_MEMORY, StackConfig
+from infra.config import StackConfig
+from infra.config_tables import FARGATE_MEMORY
 from infra.image import KEEP_IMAGES
 from infra.schedule_expr import expand
 from policy.invariants import aws_types
