@@ -22,7 +22,9 @@ it), each timeout on a redis-server of its own, the timeouts measured at the sam
    against the ``L/2`` after which the worker declares the loss.
 3. Idle cost: two idle workers for ``IDLE_SECONDS``; Redis commands per second per worker,
    counted as ``bench.redis_commands`` counts them (``INFO commandstats`` deltas on the
-   timeout's own server, where the bench sends nothing but ``INFO``), by name.
+   timeout's own server, where the bench sends nothing but ``INFO``), by name. The sweeps'
+   stamp scripts are an ``EVALSHA`` each, as the event loop's ``FETCH`` polls are: ``MONITOR``
+   counts theirs between the two ``INFO`` (``StampRuns``).
 
 Ratios are against ``TODAY`` (the liveness timeout before issue 21). Nothing here is asserted
 by the test suite: figures on a shared machine are for reading, not for pass/fail.
@@ -67,6 +69,7 @@ from bench.worker_budget import (
 )
 from celery_ecs import settings as env_names
 from celery_ecs.liveness import REGISTRY_KEY, Deadlines, WorkerKeys
+from celery_ecs.recovery import STAMP_SHA
 from devtools.twin.awsvpc import HOST_ADDRESS, ensure_bridge
 from devtools.twin.container import Container
 from devtools.twin.dockerfile_image import Image, image_venv
@@ -98,12 +101,15 @@ CPUS = os.cpu_count() or 1
 BUSY_CPU = "bench.busy_cpu"
 #: What the bench itself sends to the idle-cost servers.
 IDLE_BENCH_COMMANDS = frozenset({"info"})
-#: What an idle worker's sweeps send (``celery_ecs.recovery``): the registry, the others' leases,
-#: the visibility-timeout pass over the pool's sets, and the ``PING`` of the connection each
-#: sweep opens. A gone worker's restore adds its transactions (none while idle). The rest of an
-#: idle worker's commands (its ``FETCH`` and ``BRPOP`` polls, the queue metrics) do not depend on
-#: the liveness timeout.
-SWEEP_COMMANDS = frozenset({"smembers", "exists", "zrevrangebyscore", "ping"})
+#: What an idle worker's sweeps send (``celery_ecs.recovery``), by name: the registry, the others'
+#: leases, the ``PING`` of the connection each sweep opens, and what the stamp script of each set
+#: of the pool runs (``EXISTS`` alone for an empty set; the others for a set that holds messages).
+#: Not by name: the script's own ``EVALSHA`` (``StampRuns``), and ``ZADD`` and ``DEL``, which the
+#: queue metrics and the ``FETCH`` polls send too (the script runs them only for a set that holds
+#: or held messages, none while idle). A gone worker's restore adds its transactions (none while
+#: idle). The rest of an idle worker's commands (its ``FETCH`` and ``BRPOP`` polls, the queue
+#: metrics) do not depend on the liveness timeout.
+SWEEP_COMMANDS = frozenset({"smembers", "exists", "ping", "hkeys", "time", "zrange", "zrem"})
 
 
 @cache
@@ -340,10 +346,53 @@ def server_time(store: redis.Redis) -> float:
 
 # --- 3. idle cost -------------------------------------------------------------------------------
 
+class StampRuns:
+    """The sweeps' stamp scripts (``EVALSHA`` of ``celery_ecs.recovery.STAMP``) redis-server ran
+    between the bench's first two ``INFO commandstats`` after this starts (``MONITOR``, which
+    shows the commands in the order the server ran them): ``INFO`` counts every ``EVALSHA``
+    under one name, the ``FETCH`` polls' too."""
+
+    def __init__(self, port: int) -> None:
+        self.runs = 0
+        self._infos = 0
+        self._done = threading.Event()
+        self._client = redis.Redis(host=HOST_ADDRESS, port=port)
+        self._monitor = self._client.monitor()
+        self._monitor.__enter__()  # MONITOR answered: from here on every command is seen
+        self._thread = threading.Thread(target=self._read, name=f"monitor {port}", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            while self._infos < 2:
+                # redis-py's Monitor is untyped: a dict with the server's "time" and "command".
+                entry = cast(dict[str, Any], self._monitor.next_command())  # type: ignore[no-untyped-call]
+                words = str(entry["command"]).split()
+                if [word.upper() for word in words[:2]] == ["INFO", "COMMANDSTATS"]:
+                    self._infos += 1
+                elif self._infos == 1 and words[:2] == ["EVALSHA", STAMP_SHA]:
+                    self.runs += 1
+        except (redis.ConnectionError, OSError, ValueError):
+            return  # closed by ``count`` (ValueError: its socket file), or the server stopped
+        finally:
+            self._done.set()
+
+    def count(self) -> int:
+        """The runs between the two ``INFO``, once the second has been sent."""
+        finished = self._done.wait(30)
+        self._monitor.connection.disconnect()
+        if not finished or self._infos < 2:
+            raise RuntimeError("MONITOR did not see the bench's two INFO commandstats")
+        return self.runs
+
+
 @dataclass(frozen=True)
 class IdleCost:
     #: Commands per second per idle worker, by name.
     per_second: dict[str, float]
+    #: The sweeps' stamp scripts per second per idle worker (their ``EVALSHA``, in
+    #: ``per_second``'s with the ``FETCH`` polls').
+    stamps: float
 
     @property
     def total(self) -> float:
@@ -355,9 +404,9 @@ class IdleCost:
 
     @property
     def sweeps(self) -> float:
-        """What the sweeps send (``SWEEP_COMMANDS``)."""
-        return sum(count for name, count in self.per_second.items()
-                   if name in SWEEP_COMMANDS)  # fmt: skip
+        """What the sweeps send (``SWEEP_COMMANDS``, and the stamp scripts' ``EVALSHA``)."""
+        return self.stamps + sum(count for name, count in self.per_second.items()
+                                 if name in SWEEP_COMMANDS)  # fmt: skip
 
     @property
     def rest(self) -> float:
@@ -372,6 +421,7 @@ def idle_cost(bench: Bench, timeout: Timeout) -> IdleCost:
         new_member(store, known, bench, f"idle {timeout.seconds}: worker {index}")
     time.sleep(IDLE_SETTLE_SECONDS)
     admin = redis.Redis(host=HOST_ADDRESS, port=bench.server.port)
+    stamps = StampRuns(bench.server.port)
     before = command_calls(admin, excluded=IDLE_BENCH_COMMANDS)
     started = time.monotonic()
     time.sleep(IDLE_SECONDS)
@@ -381,7 +431,8 @@ def idle_cost(bench: Bench, timeout: Timeout) -> IdleCost:
     delta.subtract(before)
     bench.stop_everything()
     return IdleCost({name: calls / elapsed / IDLE_WORKERS
-                     for name, calls in delta.most_common() if calls > 0})  # fmt: skip
+                     for name, calls in delta.most_common() if calls > 0},
+                    stamps.count() / elapsed / IDLE_WORKERS)  # fmt: skip
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -450,7 +501,8 @@ def report(rows: list[Row], versions: str, elapsed: float) -> str:
             [[row.timeout.label, f"{row.idle.lease:.2f}", f"{row.idle.sweeps:.2f}",
               f"{row.idle.rest:.2f}", f"{row.idle.total:.2f}",
               f"{row.idle.total / today.idle.total:.2f}",
-              ", ".join(f"{name} {count:.2f}" for name, count in row.idle.per_second.items())]
+              ", ".join(f"{name} {count:.2f}" for name, count in row.idle.per_second.items())
+              + f" (of evalsha, stamp scripts {row.idle.stamps:.2f})"]
              for row in rows],
         ),
     ]

@@ -11,8 +11,9 @@ digits, new at every start of a worker process, so no two processes ever share k
 - ``liveness:<member>``, the lease: a string with a time to live of ``L`` seconds
   (``CELERY_LIVENESS_TIMEOUT``). Set by the worker's consumer before it consumes, extended by a
   thread of the worker's main process every ``L/15`` seconds, never recreated by that thread.
-- ``unacked:<member>`` / ``unacked_index:<member>``: kombu's hash and index of unacknowledged
-  messages, this worker's alone, so that they can be restored as one set.
+- ``unacked:<member>`` / ``unacked_index:<member>``: kombu's hash of unacknowledged messages,
+  this worker's alone, so that they can be restored as one set, and kombu's index, where here the
+  sweeps (``celery_ecs.recovery``), not the worker, record when they first saw each one held.
 - ``liveness:workers``: the registry, every member that may hold unacknowledged messages. A
   worker adds itself with its lease and with every message it records (``celery_ecs.transport``), in
   the same transaction; only a sweeper that finds a member without lease and without messages
@@ -186,7 +187,7 @@ class Deadlines:
     def sweep_interval(self) -> float:
         """Between two sweeps (celery_ecs.recovery): a third of the timeout, at most 5 s, so a gone
         worker's messages wait little past its key's expiry, and the visibility timeout's last
-        resort comes at most 5 s late."""
+        resort comes at most two sweeps late (one to stamp a message, one to find it expired)."""
         return min(MAX_SWEEP_INTERVAL, self.timeout / 3)
 
     @property

@@ -4,13 +4,28 @@ Every worker sweeps every ``min(5, L/3)`` seconds (``L`` = ``CELERY_LIVENESS_TIM
 thread of its main process, and once in its consumer before it consumes (``RestoreGoneWorkers``):
 
 1. Gone workers, of every pool: each registered worker (``celery_ecs.liveness``) whose lease key has
-   expired had all its messages put back at the head of their queues, oldest delivery first in
-   line, then leaves the registry. Its tasks run again as soon as a worker has a free slot.
-2. The visibility timeout, this pool only: any message of the pool delivered longer ago than
-   the pool's visibility timeout is put back, as kombu's ``restore_visible`` does: the last
-   resort for what liveness cannot decide (a worker alive but stuck holding a message). The
-   pool-level keys, where workers of versions before per-worker keys kept their messages, are
-   swept this way too.
+   expired had all its messages put back at the head of their queues, oldest first in line (to
+   within one sweep interval: below), then leaves the registry. Its tasks run again as soon as a
+   worker has a free slot.
+2. The visibility timeout, this pool only: any message of the pool held for longer than the
+   pool's visibility timeout is put back, as kombu's ``restore_visible`` does: the last resort
+   for what liveness cannot decide (a worker alive but stuck holding a message). The pool-level
+   keys, where workers of versions before per-worker keys kept their messages, are swept this
+   way too.
+
+How long a message has been held is the sweep's own record. kombu writes each message's
+delivery time into its index (``unacked_index``) when it takes the message and removes it at the
+acknowledgement: two commands a task. The transport (``celery_ecs.transport``) writes neither;
+instead, for each set of the pool, every sweep runs ``STAMP``, one script: every message held
+without an entry in the index gets one, scored with Redis's clock as the script runs (the first
+sweep that saw it held), entries of messages no longer held go, and those stamped at least a
+visibility timeout ago are returned, to be put back. Hence, for the visibility timeout, a message
+goes back no earlier than the visibility timeout after its delivery (its stamp comes after its
+record, on the same clock) and at most one sweep interval later than a delivery-time index would
+put it back (the stamp is at most that late). One clock, Redis's, writes the stamps and decides
+their age: the hosts' clocks, and their skew, play no part. A gone worker's set goes back
+stamped messages first, oldest stamp first, then the ones no sweep has stamped yet (held for
+less than a sweep interval), in no particular order.
 
 Each message is put back in a transaction that watches its set's hash (and, for a gone worker,
 its lease): of two sweepers, or a sweeper and a worker acknowledging, restoring or revived, one
@@ -24,16 +39,17 @@ gone worker's messages are back, whoever else is restoring them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery import Celery, bootsteps
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from redis.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from celery_ecs.liveness import (
     REGISTRY_KEY,
@@ -50,10 +66,86 @@ log = logging.getLogger(__name__)
 #: Seconds a broker round trip of the sweep thread may take before it gives up until next time.
 BROKER_TIMEOUT_SECONDS = 5.0
 
+#: Stamps one set's held messages and returns those held for longer than the visibility timeout
+#: (the module docstring). KEYS: the set's hash, its index. ARGV: the visibility timeout,
+#: seconds. Returns the expired tags, the most recently stamped first (as ZREVRANGEBYSCORE).
+#: Redis's own clock (TIME; scripts replicate their effects, so Redis 7 allows it before writes)
+#: for stamp and ceiling alike: a stamp can be neither earlier than the script that saw the
+#: message held nor skewed by a host's clock. Flagged allow-oom: at maxmemory, a refused stamp
+#: would keep a stuck worker's message from ever coming back; the entries are small. A tag
+#: acknowledged keeps its stamp until this removes it: harmless, as no tag comes back once
+#: acknowledged (a publish gives a new one, and every restore removes the stamp with the record).
+#: ZADD and ZREM in slices: ``unpack`` is bounded by Lua's stack.
+STAMP = """#!lua flags=allow-oom
+if redis.call('EXISTS', KEYS[1], KEYS[2]) == 0 then
+  return {}
+end
+local held = redis.call('HKEYS', KEYS[1])
+if #held == 0 then
+  redis.call('DEL', KEYS[2])
+  return {}
+end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+local ceiling = now - tonumber(ARGV[1])
+local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+local holding = {}
+for _, tag in ipairs(held) do
+  holding[tag] = true
+end
+local stamped, gone, expired = {}, {}, {}
+for i = #entries - 1, 1, -2 do
+  local tag = entries[i]
+  if holding[tag] then
+    stamped[tag] = true
+    if tonumber(entries[i + 1]) <= ceiling then
+      expired[#expired + 1] = tag
+    end
+  else
+    gone[#gone + 1] = tag
+  end
+end
+local stamps = {}
+for _, tag in ipairs(held) do
+  if not stamped[tag] then
+    stamps[#stamps + 1] = now
+    stamps[#stamps + 1] = tag
+  end
+end
+for i = 1, #stamps, 1000 do
+  redis.call('ZADD', KEYS[2], unpack(stamps, i, math.min(i + 999, #stamps)))
+end
+for i = 1, #gone, 500 do
+  redis.call('ZREM', KEYS[2], unpack(gone, i, math.min(i + 499, #gone)))
+end
+return expired
+"""
+STAMP_SHA = hashlib.sha1(STAMP.encode()).hexdigest()
+
+
+def stamp(client: redis.Redis, sets: Sequence[UnackedSet], visibility_timeout: float
+          ) -> list[list[str]]:  # fmt: skip
+    """Run ``STAMP`` on each of ``sets``, in one round trip; the expired tags of each."""
+    with client.pipeline(transaction=False) as pipe:
+        for unacked in sets:
+            pipe.evalsha(STAMP_SHA, 2, unacked.hash, unacked.index, str(visibility_timeout))
+        replies = pipe.execute(raise_on_error=False)
+    expired = []
+    for unacked, reply in zip(sets, replies, strict=True):
+        if isinstance(reply, NoScriptError):
+            # Nothing ran (a new or restarted server, a flushed script cache): with its source,
+            # which also caches it for the next sweep.
+            reply = client.eval(STAMP, 2, unacked.hash, unacked.index, str(visibility_timeout))
+        elif isinstance(reply, Exception):
+            raise reply
+        expired.append([bytes_to_str(tag) for tag in cast("list[bytes]", reply)])
+    return expired
+
 
 def oldest_last(newest_first: Iterable[bytes], held: Iterable[bytes]) -> list[str]:
-    """The order to push a set's messages to the head of their queues, so the oldest delivery
-    is taken first: the messages without an index entry first, then the newest first."""
+    """The order to push a set's messages to the head of their queues, so the oldest is taken
+    first: the messages without an index entry (no sweep has stamped them yet: the most recent)
+    first, then the newest stamp first."""
     indexed = [bytes_to_str(tag) for tag in newest_first]
     known = set(indexed)
     return [tag for tag in map(bytes_to_str, held) if tag not in known] + indexed
@@ -87,6 +179,8 @@ class Recovery:
                         return "owner alive"
                     raw = pipe.hget(unacked.hash, tag)
                     pipe.multi()
+                    # The stamp goes with the record: taken again into this set, the message
+                    # must not look as old as this delivery.
                     pipe.zrem(unacked.index, tag)
                     pipe.hdel(unacked.hash, tag)
                     if raw is None:
@@ -103,7 +197,7 @@ class Recovery:
         return restored
 
     def restore_set(self, channel: Any, unacked: UnackedSet, *, unless_alive: bool) -> int:
-        """Put back every message of ``unacked``, the oldest delivery first in line."""
+        """Put back every message of ``unacked``, the oldest first in line (``oldest_last``)."""
         with channel.conn_or_acquire() as client, client.pipeline() as pipe:  # one snapshot
             newest_first, held = pipe.zrevrange(unacked.index, 0, -1).hkeys(unacked.hash).execute()
         return self.restore(channel, unacked, oldest_last(newest_first, held),
@@ -192,7 +286,7 @@ class Recovery:
                 return False
             pipe.multi()
             pipe.srem(REGISTRY_KEY, worker.member)
-            pipe.delete(unacked.index)  # entries kombu's shutdown restore left behind
+            pipe.delete(unacked.index)  # stamps of messages acknowledged since the last sweep
             return True
 
         # redis-py types the function as returning None: value_from_callable returns its value.
@@ -200,17 +294,14 @@ class Recovery:
                                        value_from_callable=True))  # fmt: skip
 
     def restore_expired(self, channel: Any, sets: list[UnackedSet]) -> int:
-        """Put back this pool's messages unacknowledged for longer than the visibility timeout."""
-        ceiling = time.time() - self.visibility_timeout
-        with channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
-            for unacked in sets:
-                pipe.zrevrangebyscore(unacked.index, ceiling, "-inf")
-            expired = pipe.execute()
+        """Stamp this pool's sets and put back their messages held for longer than the
+        visibility timeout (see the module docstring)."""
+        with channel.conn_or_acquire() as client:
+            expired = stamp(client, sets, self.visibility_timeout)
         total = 0
         for unacked, tags in zip(sets, expired, strict=True):
             if tags:
-                restored = self.restore(channel, unacked, [bytes_to_str(t) for t in tags],
-                                        unless_alive=False)  # fmt: skip
+                restored = self.restore(channel, unacked, tags, unless_alive=False)
                 if restored:
                     log.warning(
                         "%d message(s) of %s unacknowledged for longer than the visibility "

@@ -7,11 +7,13 @@ ElastiCache failover), loses the message: it is neither on its queue nor among t
 unacknowledged. The same holds for ``basic_get`` (``RPOP``, then the record).
 
 Here every message a consumer acknowledges later leaves its queue inside one Lua script,
-``FETCH``, that records it in the same step (kombu's own record: same keys, the same
-``[payload, exchange, routing_key]`` value, the delivery time as the index score, so kombu's
-restores read it unchanged), and adds the consuming worker to the liveness registry
-(``celery_ecs.liveness``). Nothing else in this transport pops a queue list, so there is no window
-in which a message is off its queue and unrecorded. ``FETCH`` is sent through the event loop as
+``FETCH``, that records it in the same step (kombu's own record in kombu's hash: same key,
+the same ``[payload, exchange, routing_key]`` value, so kombu's restores read it unchanged), and
+adds the consuming worker to the liveness registry (``celery_ecs.liveness``). Nothing else in
+this transport pops a queue list, so there is no window in which a message is off its queue and
+unrecorded. Unlike kombu's, neither the take nor the acknowledgement writes kombu's index of
+delivery times (``ZADD``, ``ZREM``): the sweep (``celery_ecs.recovery``) stamps what it finds
+held, a few commands a sweep instead of two a task. ``FETCH`` is sent through the event loop as
 kombu sends ``BRPOP``, with ``EVALSHA``; ``NOSCRIPT`` (a new or restarted server, a flushed
 cache, or from Redis 7.4 an ``EVAL``-loaded script evicted) means nothing ran, and the same
 ``FETCH`` is sent again with ``EVAL``.
@@ -65,7 +67,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from queue import Empty
-from time import monotonic, time
+from time import monotonic
 from typing import Any, NamedTuple
 
 import redis
@@ -90,60 +92,58 @@ WAKE_PREFIX = "_kombu.wake."
 WAKE_TOKENS_MAX = 1000
 
 #: Acknowledges the given messages, then takes the first message of the first non-empty queue
-#: list and records it as kombu's QoS does; when every list is empty, deletes the wake lists.
-#: KEYS: the unacked hash, the unacked index, the worker registry, the queue lists in BRPOP's
-#: order (priority steps, then queues), then the wake lists. ARGV: the delivery time, the
-#: registry member ('' for none), one character per queue list ('1': record what comes from
-#: it, '0': its consumer does not acknowledge), then the delivery tags to acknowledge.
+#: list and records it in kombu's hash as kombu's QoS does (not in its index: the sweep stamps
+#: it); when every list is empty, deletes the wake lists.
+#: KEYS: the unacked hash, the worker registry, the queue lists in BRPOP's order (priority
+#: steps, then queues), then the wake lists. ARGV: the registry member ('' for none), one
+#: character per queue list ('1': record what comes from it, '0': its consumer does not
+#: acknowledge), then the delivery tags to acknowledge.
 #: Returns {list, message, recorded tag, tags acknowledged but already gone...}; list and
 #: message '' when every list is empty, recorded tag '' when the message was not recorded (its
 #: consumer does not acknowledge, or it is not kombu's JSON: it fails in Python as after BRPOP).
 #: The shebang without flags: Redis refuses the script as a whole at maxmemory.
 FETCH = """#!lua
-local lists = #ARGV[3]
+local lists = #ARGV[2]
 local gone = {}
-for j = 4, #ARGV do
-  redis.call('ZREM', KEYS[2], ARGV[j])
+for j = 3, #ARGV do
   if redis.call('HDEL', KEYS[1], ARGV[j]) == 0 then
     gone[#gone + 1] = ARGV[j]
   end
 end
 for i = 1, lists do
-  local key = KEYS[3 + i]
+  local key = KEYS[2 + i]
   local item = redis.call('RPOP', key)
   if item then
     local recorded = ''
-    if string.sub(ARGV[3], i, i) == '1' then
+    if string.sub(ARGV[2], i, i) == '1' then
       local ok, message = pcall(cjson.decode, item)
       local properties = ok and type(message) == 'table' and message['properties']
       if type(properties) == 'table' and type(properties['delivery_tag']) == 'string' then
         local info = properties['delivery_info']
         if type(info) ~= 'table' then info = {} end
         recorded = properties['delivery_tag']
-        redis.call('ZADD', KEYS[2], ARGV[1], recorded)
         redis.call('HSET', KEYS[1], recorded, '[' .. item .. ',' .. cjson.encode(info['exchange'])
           .. ',' .. cjson.encode(info['routing_key']) .. ']')
-        if ARGV[2] ~= '' then
-          redis.call('SADD', KEYS[3], ARGV[2])
+        if ARGV[1] ~= '' then
+          redis.call('SADD', KEYS[2], ARGV[1])
         end
       end
     end
     return {key, item, recorded, unpack(gone)}
   end
 end
-for k = 4 + lists, #KEYS do
+for k = 3 + lists, #KEYS do
   redis.call('DEL', KEYS[k])
 end
 return {'', '', '', unpack(gone)}
 """
 
-#: Acknowledges the given messages as kombu's QoS does (ZREM from the index, HDEL from the
-#: hash), allowed at maxmemory (it frees memory). KEYS: the unacked hash, the unacked index.
-#: ARGV: the delivery tags. Returns the tags already gone.
+#: Acknowledges the given messages (HDEL from kombu's hash; their stamps in its index, if a sweep
+#: wrote any, go with the next sweep), allowed at maxmemory (it frees memory). KEYS: the
+#: unacked hash. ARGV: the delivery tags. Returns the tags already gone.
 ACK = """#!lua flags=allow-oom
 local gone = {}
 for j = 1, #ARGV do
-  redis.call('ZREM', KEYS[2], ARGV[j])
   if redis.call('HDEL', KEYS[1], ARGV[j]) == 0 then
     gone[#gone + 1] = ARGV[j]
   end
@@ -151,15 +151,14 @@ end
 return gone
 """
 
-#: Records a message already taken (one FETCH could not record: see ``QoS.append``) as kombu's
-#: QoS does, allowed at maxmemory: refusing the record of a message off its queue would lose
-#: it. KEYS: the unacked hash, the unacked index, the worker registry. ARGV: the delivery tag,
-#: the delivery time, the record's value, the registry member ('' for none).
+#: Records a message already taken (one FETCH could not record: see ``QoS.append``) in kombu's
+#: hash as kombu's QoS does, allowed at maxmemory: refusing the record of a message off its
+#: queue would lose it. KEYS: the unacked hash, the worker registry. ARGV: the delivery tag, the
+#: record's value, the registry member ('' for none).
 RECORD = """#!lua flags=allow-oom
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-if ARGV[4] ~= '' then
-  redis.call('SADD', KEYS[3], ARGV[4])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('SADD', KEYS[2], ARGV[3])
 end
 """
 
@@ -222,9 +221,8 @@ class QoS(kombu_redis.QoS):
             *_, record_script = channel.scripts()
             with channel.conn_or_acquire() as client:
                 record_script(
-                    [self.unacked_key, self.unacked_index_key,
-                     channel.worker_registry_key or "-"],
-                    [delivery_tag, time(), record, channel.worker_member], client=client,
+                    [self.unacked_key, channel.worker_registry_key or "-"],
+                    [delivery_tag, record, channel.worker_member], client=client,
                 )  # fmt: skip
         VirtualQoS.append(self, message, delivery_tag)
 
@@ -421,9 +419,9 @@ class Channel(kombu_redis.Channel):
                  for queue in queues]  # fmt: skip
         record = "".join("0" if queue in self._no_ack_queues else "1" for _, queue in lists)
         qos = self.qos
-        keys = [qos.unacked_key, qos.unacked_index_key, self.worker_registry_key or "-",
+        keys = [qos.unacked_key, self.worker_registry_key or "-",
                 *(key for key, _ in lists), *map(wake_key, queues)]  # fmt: skip
-        return [len(keys), *keys, time(), self.worker_member, record, *acks]
+        return [len(keys), *keys, self.worker_member, record, *acks]
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         """kombu's synchronous get; a message to acknowledge is taken and recorded by FETCH."""
@@ -502,7 +500,7 @@ class Channel(kombu_redis.Channel):
         _, ack, *_ = self.scripts()
         qos = self.qos
         with self.conn_or_acquire() as client:
-            gone = ack([qos.unacked_key, qos.unacked_index_key], list(tags), client=client)
+            gone = ack([qos.unacked_key], list(tags), client=client)
         if report_gone:
             log_taken_back([tag for tag in map(bytes_to_str, gone)
                             if tag not in self._acks_resent])  # fmt: skip

@@ -175,8 +175,8 @@ NAMES: tuple[UpstreamName, ...] = (
     UpstreamName(
         f"{_REDIS}:QoS.append", "overridden", "celery_ecs.transport",
         "called with each delivered message before its callback; kombu's records it in the "
-        "unacked hash and index (keys unacked_key, unacked_index_key), FETCH does that here "
-        "(RECORD for what FETCH could not)",
+        "unacked hash and index (keys unacked_key, unacked_index_key), FETCH records it in the "
+        "hash here (RECORD for what FETCH could not), the sweep stamps the index",
         "(self, message, delivery_tag)",
     ),
     UpstreamName(

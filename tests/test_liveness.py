@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -46,11 +46,12 @@ from celery_ecs.liveness import (
     pool_unacked,
     unacked_count,
 )
-from celery_ecs.recovery import Recovery
+from celery_ecs.recovery import Recovery, stamp
 from celery_ecs.settings import DEFAULT_LIVENESS_TIMEOUT
 from celery_ecs.transport import FETCH, wake_key
-from testkit.redis_server import free_port
+from testkit.redis_server import RedisServer, free_port, start_redis
 from tests.support import send_task
+from tests.test_transport import fill_past_maxmemory
 
 QUEUE = "default"
 #: A visibility timeout no test here waits for.
@@ -343,19 +344,31 @@ def sweeper_channel(url: str) -> Iterator[Any]:
         channel.close()
 
 
-def test_a_gone_workers_messages_go_back_ahead_of_newer_ones_oldest_first(
+def test_a_gone_workers_messages_go_back_ahead_of_newer_ones_oldest_stamp_first(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
+    # Taken a sweep apart, the first two have stamps of their own; the last two were taken
+    # after the last sweep: unstamped, they go behind the stamped ones, in no particular order.
     gone = WorkerKeys("default", "gone/1")
-    held = publish_noops(redis_url, 3)
-    hold(redis_url, gone, 3)
-    newer = publish_noops(redis_url, 2)
-    assert redis_client.smembers(REGISTRY_KEY) == {gone.member}  # registered by its records
-
+    Lease(gone, Deadlines(15)).acquire(redis_client)
+    held = publish_noops(redis_url, 4)
+    sweeper = recovery("sweeper/1")
     with sweeper_channel(redis_url) as channel:
-        recovery("sweeper/1").sweep(channel)
+        for _ in range(2):
+            hold(redis_url, gone, 1)
+            sweeper.sweep(channel)  # alive: it stamps the message, restores nothing
+        hold(redis_url, gone, 2)
+        newer = publish_noops(redis_url, 2)
+        assert redis_client.zcard(gone.unacked.index) == 2
+        assert redis_client.smembers(REGISTRY_KEY) == {gone.member}
+        redis_client.delete(gone.lease)  # the worker is gone
 
-    assert queued_task_ids(redis_client) == held + newer
+        sweeper.sweep(channel)
+
+    queued = queued_task_ids(redis_client)
+    assert queued[:2] == held[:2]  # the oldest stamp first in line
+    assert sorted(queued[2:4]) == sorted(held[2:4])
+    assert queued[4:] == newer
     assert redis_client.hlen(gone.unacked.hash) == 0
     assert not redis_client.exists(gone.unacked.index)
     assert redis_client.smembers(REGISTRY_KEY) == set()  # forgotten
@@ -377,7 +390,9 @@ def test_a_consumer_finds_a_gone_workers_messages_back_though_another_holds_the_
         assert queued_task_ids(redis_client) == newer
         recovery("replacement/1").sweep(channel, before_consuming=True)
 
-    assert queued_task_ids(redis_client) == held + newer  # before it takes anything
+    # Before it takes anything; no sweep stamped them, so among themselves in no set order.
+    queued = queued_task_ids(redis_client)
+    assert sorted(queued[:3]) == sorted(held) and queued[3:] == newer
     assert redis_client.hlen(gone.unacked.hash) == 0
 
 
@@ -404,7 +419,7 @@ def test_a_live_workers_messages_stay_until_the_visibility_timeout(
     lease = Lease(alive, Deadlines(15))
     lease.acquire(redis_client)
     old, young = hold(redis_url, alive, 2)
-    # One of them was delivered longer ago than the visibility timeout: a stuck worker's.
+    # A sweep stamped one of them longer ago than the visibility timeout: a stuck worker's.
     redis_client.zadd(alive.unacked.index, {old: time.time() - 120})
 
     with sweeper_channel(redis_url) as channel:
@@ -510,6 +525,167 @@ def test_concurrent_full_sweeps_restore_and_forget_a_gone_worker_once(
     assert unacked_count(redis_client, "default") == 0
 
 
+# --- the sweep's stamps: how long a message has been held ---------------------------------------
+
+#: A visibility timeout the stamp tests wait for.
+SHORT_VISIBILITY = 2.0
+
+
+def server_time(client: redis.Redis) -> float:
+    """Redis's clock, which writes the stamps (``celery_ecs.recovery.STAMP``)."""
+    seconds, microseconds = cast("tuple[int, int]", client.time())
+    return seconds + microseconds / 1e6
+
+
+def calls(client: redis.Redis, *commands: str) -> dict[str, int]:
+    """Calls so far of each of ``commands`` (those a script ran included)."""
+    stats = client.info("commandstats")
+    return {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in commands}
+
+
+def test_taking_and_acknowledging_messages_write_no_index_entry(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    # Every per-task path: FETCH on the event loop, carrying acknowledgements, and ACK at the
+    # close; FETCH for basic_get; ACK on the synchronous connection.
+    worker = WorkerKeys("default", "w/1")
+    before = calls(redis_client, "zadd", "zrem")
+
+    publish_noops(redis_url, 3)
+    consume(redis_url, worker, 3, on_message=lambda message: message.ack())
+    publish_noops(redis_url, 2)
+    tags = hold(redis_url, worker, 2)
+    assert redis_client.hlen(worker.unacked.hash) == 2
+    with worker_channel(redis_url, worker) as channel:
+        channel.acknowledge_now(tags)
+
+    assert calls(redis_client, "zadd", "zrem") == before
+    assert redis_client.hlen(worker.unacked.hash) == 0
+    assert not redis_client.exists(worker.unacked.index)
+
+
+def test_a_held_message_goes_back_a_visibility_timeout_after_the_first_sweep_that_saw_it(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    # A live worker stuck holding a message: the first sweep stamps it; the sweeps after keep
+    # it until the stamp is a visibility timeout old, never before, and the first sweep past
+    # that puts it back.
+    stuck = WorkerKeys("default", "stuck/1")
+    Lease(stuck, Deadlines(15)).acquire(redis_client)
+    [task] = publish_noops(redis_url, 1)
+    [tag] = hold(redis_url, stuck, 1)
+    sweeper = recovery("sweeper/1", visibility_timeout=SHORT_VISIBILITY)
+    with sweeper_channel(redis_url) as channel:
+        before = server_time(redis_client)
+        sweeper.sweep(channel)
+        after = server_time(redis_client)
+        stamp = float(redis_client.zscore(stuck.unacked.index, tag))
+        assert before <= stamp <= after  # Redis's clock, as the sweep ran
+        expiry = stamp + SHORT_VISIBILITY
+        sweeps_before_expiry = 0
+        deadline = time.monotonic() + 30
+        while redis_client.hexists(stuck.unacked.hash, tag):
+            assert time.monotonic() < deadline, "never put back"
+            time.sleep(0.1)
+            before = server_time(redis_client)
+            sweeper.sweep(channel)
+            after = server_time(redis_client)
+            restored = not redis_client.hexists(stuck.unacked.hash, tag)
+            if after < expiry:
+                assert not restored, f"put back {expiry - after:.3f} s early"
+                sweeps_before_expiry += 1
+                assert redis_client.zscore(stuck.unacked.index, tag) == stamp  # not renewed
+            if before >= expiry:
+                assert restored, "a sweep past the visibility timeout left it"
+    assert sweeps_before_expiry >= 5  # the sweeps that kept it did run
+    assert queued_task_ids(redis_client) == [task]
+    assert not redis_client.exists(stuck.unacked.index)  # its stamp went with it
+
+
+def test_the_stamp_of_an_acknowledged_message_goes_with_the_next_sweep(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    worker = WorkerKeys("default", "alive/1")
+    Lease(worker, Deadlines(15)).acquire(redis_client)
+    publish_noops(redis_url, 2)
+    acknowledged, kept = hold(redis_url, worker, 2)
+    sweeper = recovery("sweeper/1")
+    with sweeper_channel(redis_url) as channel, worker_channel(redis_url, worker) as own:
+        sweeper.sweep(channel)
+        stamps = dict(redis_client.zrange(worker.unacked.index, 0, -1, withscores=True))
+        assert set(stamps) == {acknowledged, kept}
+        own.acknowledge_now([acknowledged])
+        assert redis_client.zcard(worker.unacked.index) == 2  # the acknowledgement left it
+
+        sweeper.sweep(channel)
+        assert redis_client.zrange(worker.unacked.index, 0, -1, withscores=True) == [
+            (kept, stamps[kept])  # the other one's stamp is kept, not renewed
+        ]
+        own.acknowledge_now([kept])
+        sweeper.sweep(channel)
+    assert not redis_client.exists(worker.unacked.hash, worker.unacked.index)
+    assert redis_client.llen(QUEUE) == 0  # nothing put back
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own: its settings or its counts are the test's alone."""
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+def test_at_maxmemory_a_sweep_still_stamps(own_redis: RedisServer) -> None:
+    # Refused, the stamp of a stuck worker's message would never be written: it would never
+    # come back. The script is flagged allow-oom.
+    client = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    stuck = WorkerKeys("default", "stuck/1")
+    Lease(stuck, Deadlines(15)).acquire(client)
+    publish_noops(own_redis.url, 1)
+    [tag] = hold(own_redis.url, stuck, 1)
+    fill_past_maxmemory(client)
+
+    with sweeper_channel(own_redis.url) as channel:
+        recovery("sweeper/1").sweep(channel)
+
+    assert client.zscore(stuck.unacked.index, tag) is not None
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        client.zadd("other", {"x": 1})  # what the script did, refused outside it
+
+
+def test_what_a_sweep_costs_per_set(own_redis: RedisServer) -> None:
+    # The figures docs/explanation/measured.md gives: commands per set per sweep, the script's
+    # own EVALSHA and those it runs (INFO commandstats counts both).
+    client = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    unacked = WorkerKeys("default", "w/1").unacked
+    stamp(client, [unacked], LONG_VISIBILITY)  # loads the script (NOSCRIPT, then EVAL)
+
+    def cost() -> dict[str, int]:
+        stats = client.info("commandstats")
+        before = {key: int(value["calls"]) for key, value in stats.items()}
+        stamp(client, [unacked], LONG_VISIBILITY)
+        after = client.info("commandstats")
+        return {key.removeprefix("cmdstat_"): int(value["calls"]) - before.get(key, 0)
+                for key, value in after.items()
+                if key != "cmdstat_info" and int(value["calls"]) != before.get(key, 0)}
+
+    # Nothing held.
+    assert cost() == {"evalsha": 1, "exists": 1}
+    # Held, a message taken since the last sweep (stamped now); then nothing new.
+    client.hset(unacked.hash, mapping={"a": "[]", "b": "[]"})
+    assert cost() == {"evalsha": 1, "exists": 1, "hkeys": 1, "time": 1, "zrange": 1, "zadd": 1}
+    assert cost() == {"evalsha": 1, "exists": 1, "hkeys": 1, "time": 1, "zrange": 1}
+    # One acknowledged since (its stamp goes), one taken since.
+    client.hdel(unacked.hash, "a")
+    client.hset(unacked.hash, "c", "[]")
+    assert cost() == {"evalsha": 1, "exists": 1, "hkeys": 1, "time": 1, "zrange": 1, "zadd": 1,
+                      "zrem": 1}  # fmt: skip
+    # Everything acknowledged since: the stamps go; then nothing held again.
+    client.delete(unacked.hash)
+    assert cost() == {"evalsha": 1, "exists": 1, "hkeys": 1, "del": 1}
+    assert cost() == {"evalsha": 1, "exists": 1}
+
+
 # --- the transport ------------------------------------------------------------------------------
 
 
@@ -540,16 +716,16 @@ def test_a_fetched_message_is_recorded_as_kombu_records_it(
 ) -> None:
     worker = WorkerKeys("default", "w/1")
     publish_noops(redis_url, 1)
-    before = time.time()
 
     [message] = consume(redis_url, worker, 1)
 
     tag = message.delivery_tag
     stored = loads(redis_client.hget(worker.unacked.hash, tag))
     info = message.delivery_info
-    # kombu's QoS.append: [payload, exchange, routing_key] under the tag, the time as score.
+    # kombu's QoS.append: [payload, exchange, routing_key] under the tag; not its index (the
+    # sweep stamps it).
     assert stored == [message._raw, info["exchange"], info["routing_key"]]
-    assert before <= redis_client.zscore(worker.unacked.index, tag) <= time.time()
+    assert not redis_client.exists(worker.unacked.index)
     assert redis_client.smembers(REGISTRY_KEY) == {worker.member}
     assert redis_client.llen(QUEUE) == 0
 
@@ -578,12 +754,12 @@ def test_fetch_hands_back_unrecorded_what_is_not_a_kombu_message(
     # As after BRPOP, the message fails in Python; the script must not fail halfway (a Lua error
     # after the RPOP would lose it without a word).
     redis_client.lpush(QUEUE, "not json", '{"properties": {}}')
-    replies = [redis_client.eval(FETCH, 5, "hash", "index", "registry", QUEUE, wake_key(QUEUE),
-                                 "1", "member", "1")
+    replies = [redis_client.eval(FETCH, 4, "hash", "registry", QUEUE, wake_key(QUEUE),
+                                 "member", "1")
                for _ in range(2)]  # fmt: skip
     assert [item for _, item, *_ in replies] == ["not json", '{"properties": {}}']
     assert [recorded for _, _, recorded, *_ in replies] == ["", ""]
-    assert not redis_client.exists("hash", "index", "registry")
+    assert not redis_client.exists("hash", "registry")
 
 
 def test_a_consumer_of_empty_queues_waits_and_gets_what_comes(
@@ -799,7 +975,8 @@ def test_messages_held_when_the_broker_kept_its_data_go_back_from_the_set_only(
 
     restore_after_reconnect(redis_url, lease, held, lease.epoch)  # same epoch: data kept
 
-    assert queued_task_ids(redis_client) == published  # from the set, each once
+    # From the set, each once; no sweep stamped them: in no particular order among themselves.
+    assert sorted(queued_task_ids(redis_client)) == sorted(published)
     assert redis_client.hlen(keys.unacked.hash) == 0
 
 

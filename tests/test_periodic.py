@@ -136,7 +136,6 @@ def test_no_thread_of_a_busy_worker_imports_anything(
     gone = WorkerKeys("default", "gone@host/000000000000")
     payload = loads(redis_client.rpop("long"))
     redis_client.hset(gone.unacked.hash, "gone-tag", dumps([payload, "long", "long"]))
-    redis_client.zadd(gone.unacked.index, {"gone-tag": time.time()})
     redis_client.sadd(REGISTRY_KEY, gone.member)
 
     wait_for(lambda: redis_client.llen("long") == 1, 30, what="the sweep to restore it")
