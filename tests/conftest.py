@@ -7,6 +7,7 @@ test-unit``): ``unit``, ``redis`` and ``twin``, described in ``tests/tiers.py``.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if not tiers_of(item):
             item.add_marker(tier_from_fixtures(getattr(item, "fixturenames", ())))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # What is alive once the suite is imported and collected stays alive for the whole run: out
+    # of the collector's generations (gc.freeze), so the collections every test triggers scan
+    # only what the tests allocate. And a youngest generation of 10,000 objects instead of
+    # 700: a rendering of the program under mocks allocates hundreds of thousands, in cycles
+    # (futures and their callbacks), and was collecting every few hundred. Measured on the dev
+    # stack: 0.36 s a rendering, 0.25 s frozen, 0.22 s with both; make test-unit's CPU time
+    # 76 s, then 58 s (peak memory of a test process about 350 MB).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)
 
 
 @pytest.fixture(autouse=True)
