@@ -162,6 +162,14 @@ NO_RESTORE_VISIBLE = (
     "transactions that take no lock (`test_liveness`, `test_transport`)"
 )
 
+NO_INDEX_AT_DELIVERY = (
+    "asserts that a message just taken has an entry in kombu's index of delivery times "
+    "(`unacked_index`): the runtime takes and acknowledges without the index (two Redis "
+    "commands a task fewer), and the sweep stamps what it finds held (`celery_ecs.recovery`, "
+    "`test_liveness`). The record these tests go on to check is kombu's hash, which the runtime "
+    "writes as kombu does, and which every restore reads"
+)
+
 _CELERY = ("5.6.3", "5.7.0")
 _TASKS = "t/integration/test_tasks.py"
 _KOMBU = ("5.6.2", "5.7.0")
@@ -252,6 +260,11 @@ EXCLUDED: tuple[Exclusion, ...] = (
     Exclusion(KOMBU_INTEGRATION,
               f"{_INTEGRATION}::test_RedisRestoreBindingLookupFailure::"
               "test_failed_restore_visible_keeps_message_unacked", NO_RESTORE_VISIBLE, ("5.7.0",)),
+    *(Exclusion(KOMBU_INTEGRATION, f"{_INTEGRATION}::{test}", NO_INDEX_AT_DELIVERY, ("5.7.0",))
+      for test in ("test_RedisRestoreBindingLookupFailure::test_failed_requeue_keeps_message_"
+                   "unacked",
+                   "test_RedisRestoreAtShutdown::test_unacked_message_requeued_on_connection_"
+                   "close")),
     Exclusion(KOMBU_INTEGRATION, f"{_INTEGRATION}::test_RedisQueueExpiration",
               "queue expiry (`x-expires`, kombu 5.7): the runtime's `_put` and `FETCH` do not "
               "apply it, and the app declares no expiring queue (the docs' 'Supported versions', "
