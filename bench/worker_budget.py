@@ -777,6 +777,7 @@ def report(
     configs = [*(r.config for r in crashes), *(d.config for d in drains),
                *(r.subject.config for r in rates)]  # fmt: skip
     with_results, defaults_with_results, celery_defaults = rates[0], rates[-2], rates[-1]
+    prefetch = throughput_project().environment[env_names.PREFETCH_MULTIPLIER]
     deadlines = Deadlines(recovery_pools()[0].liveness_timeout)
     lost = {is_default: sum(d.lost for d in drains if d.config.celery_defaults == is_default)
             for is_default in (False, True)}
@@ -850,8 +851,8 @@ def report(
         ),
         f"   With results stored, against Celery defaults storing theirs: "
         f"{with_results.ratio(defaults_with_results):.2f}.",
-        "   The project acks late with prefetch 1, arms time limits, restores a crashed worker's "
-        "tasks (liveness) and stores",
+        f"   The project acks late with prefetch {prefetch} (its default pool's), arms time "
+        "limits, restores a crashed worker's tasks (liveness) and stores",
         "   SUCCESS (one script) unless the sender ignores the result; the defaults ack early, "
         "prefetch 4 per process and",
         "   store SUCCESS (a read, then a write) only with a result backend. Neither logs a line "

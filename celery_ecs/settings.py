@@ -74,7 +74,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "from a live worker (the last resort). Must exceed held per slot x time limit + "
         "max countdown.",
     ),
-    PREFETCH_MULTIPLIER: ("1", "Messages reserved per pool slot."),
+    PREFETCH_MULTIPLIER: (
+        "1",
+        "Messages reserved per pool slot; the stack sets each pool's (`prefetchMultiplier`).",
+    ),
     HELD_PER_SLOT: (
         "4",
         "Most messages a worker holds per pool slot: running, waiting for a slot or for their "

@@ -114,24 +114,32 @@ def snapshot(
     return entries
 
 
-def compare(recorded: Mapping[str, Mapping[str, object]], run: ProgramRun) -> list[str]:
-    """What ``pulumi up`` of ``run`` would do to a stack deployed as ``recorded``, beyond
-    nothing: one line per resource created, deleted (or replaced under a new URN) or changed.
-    A new component resource is no difference: it exists only in Pulumi's state."""
-    problems: list[str] = []
-    # Current URN -> the URN the deployed stack knows it by.
+def adoption(
+    recorded: Mapping[str, Mapping[str, object]], run: ProgramRun
+) -> tuple[dict[str, str], list[str]]:
+    """Which deployed resource each resource of ``run`` is (current URN -> the URN the deployed
+    stack knows it by: its own, or an alias to it), and the resources ``up`` would create."""
     adopted: dict[str, str] = {}
+    created: list[str] = []
     for resource in run.resources:
         if resource.urn in recorded:
             adopted[resource.urn] = resource.urn
             continue
         known = [alias for alias in resource.aliases if alias in recorded]
         if len(known) > 1:
-            problems.append(f"{resource.urn}: aliases {known} name several deployed resources")
+            created.append(f"{resource.urn}: aliases {known} name several deployed resources")
         elif known:
             adopted[resource.urn] = known[0]
         elif resource.custom:
-            problems.append(f"{resource.urn}: new (would be created)")
+            created.append(f"{resource.urn}: new (would be created)")
+    return adopted, created
+
+
+def compare(recorded: Mapping[str, Mapping[str, object]], run: ProgramRun) -> list[str]:
+    """What ``pulumi up`` of ``run`` would do to a stack deployed as ``recorded``, beyond
+    nothing: one line per resource created, deleted (or replaced under a new URN) or changed.
+    A new component resource is no difference: it exists only in Pulumi's state."""
+    adopted, problems = adoption(recorded, run)
     claimed: dict[str, list[str]] = {}
     for urn, old in adopted.items():
         claimed.setdefault(old, []).append(urn)
@@ -162,14 +170,22 @@ def read_snapshot(path: Path = SNAPSHOT) -> dict[str, dict[str, dict[str, object
     return data
 
 
-def write_snapshot(path: Path = SNAPSHOT) -> None:
-    data = {name: snapshot(render(name)) for name in STACKS}
+def write_snapshot(path: Path = SNAPSHOT, stacks: Sequence[str] = tuple(STACKS)) -> None:
+    """Record what the stacks render now, each resource under the URN the recorded stack knows
+    it by (an alias keeps its deployed URN, so the record still proves the alias adopts it)."""
+    recorded = read_snapshot(path) if path.exists() else {}
+    data = {}
+    for name in stacks:
+        run = render(name)
+        adopted, _ = adoption(recorded.get(name, {}), run)
+        data[name] = snapshot(run, known_as=adopted)
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def main(argv: Sequence[str]) -> int:
     """``python -m devtools.stack_snapshot [--write]``: list what ``up`` would do to stacks
-    deployed as the snapshot records them, or (``--write``) record what they render now."""
+    deployed as the snapshot records them, or (``--write``) record what they render now, under
+    the URNs the recorded stacks know (a change of inputs is accepted, an alias kept)."""
     parser = argparse.ArgumentParser(prog="python -m devtools.stack_snapshot")
     parser.add_argument("--write", action="store_true", help=f"rewrite {SNAPSHOT.name}")
     arguments = parser.parse_args(argv)

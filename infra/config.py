@@ -435,11 +435,21 @@ def _load_pool(raw: object, path: str, max_countdown: int) -> WorkerPool:
     task_timeout = fields.integer("taskTimeout")
     max_stop_timeout = fields.integer("maxStopTimeout")
     held_per_slot = fields.integer("heldPerSlot")
+    # Absent: the budget's default for the pool's taskTimeout.
+    prefetch = fields.integer("prefetchMultiplier") if fields.has("prefetchMultiplier") else None
+    if prefetch is not None and prefetch > held_per_slot:
+        raise fail(
+            f"{path}.prefetchMultiplier",
+            f"{prefetch} is above heldPerSlot {held_per_slot} (Celery caps the prefetch at the "
+            "messages a worker holds)",
+            f"an integer 1..{held_per_slot}, or a larger heldPerSlot",
+        )
     budget = _catch_budget(
         path,
         lambda: worker_budget(
             task_timeout,
             max_stop_timeout=max_stop_timeout,
+            prefetch_multiplier=prefetch,
             max_countdown=max_countdown,
             held_per_slot=held_per_slot,
         ),

@@ -31,6 +31,8 @@ from infra.budget import (
     EXIT_MARGIN,
     FARGATE_STOP_TIMEOUT_CAP,
     MAX_TASK_TIMEOUT,
+    SHORT_TASK_PREFETCH,
+    SHORT_TASK_TIMEOUT,
 )
 from infra.config_keys import (
     Boolean,
@@ -370,6 +372,19 @@ WORKER_POOL = Section(
             "(`CELERY_HELD_PER_SLOT`). Each one more adds the hard time limit to the pool's "
             "visibility timeout; fewer means a worker full of messages waiting for their ETA "
             "stops taking others sooner. 1 or 2 suits long-task pools.",
+        ),
+        Integer(
+            name="prefetchMultiplier",
+            low=1,
+            high=MAX_HELD_PER_SLOT,
+            why="messages a worker reserves per task slot, at most heldPerSlot",
+            default_text=f"{SHORT_TASK_PREFETCH} if `taskTimeout` ≤ {SHORT_TASK_TIMEOUT}, else 1 "
+            "(at most `heldPerSlot`)",
+            meaning="Messages a worker of the pool reserves per task slot "
+            "(`CELERY_PREFETCH_MULTIPLIER`), acknowledged late like every message. A second one "
+            "saves short tasks a broker round trip each; a reserved message waits for a slot of "
+            "its worker (at most the hard time limit) even while another worker is idle, "
+            "so 1 suits pools of long tasks.",
         ),
     ),
 )

@@ -21,6 +21,7 @@ from infra.budget import (
     FARGATE_STOP_TIMEOUT_CAP,
     MAX_TASK_TIMEOUT,
     MIN_VISIBILITY_MARGIN,
+    SHORT_TASK_TIMEOUT,
     SPOT_INTERRUPTION_NOTICE,
     BudgetError,
     WorkerBudget,
@@ -322,12 +323,23 @@ def test_a_lower_stop_cap_moves_the_boundary() -> None:
     assert worker_budget(19, max_stop_timeout=30).soft_shutdown_timeout == 20
 
 
+def test_short_task_pools_prefetch_two_per_slot_and_long_ones_one() -> None:
+    assert worker_budget(SHORT_TASK_TIMEOUT).prefetch_multiplier == 2
+    assert worker_budget(SHORT_TASK_TIMEOUT + 1).prefetch_multiplier == 1
+    # Never above what a worker may hold per slot, and a pool may choose its own.
+    assert worker_budget(60, held_per_slot=1).prefetch_multiplier == 1
+    assert worker_budget(3600, prefetch_multiplier=3).prefetch_multiplier == 3
+    # The prefetch is held, not extra: the visibility timeout depends on heldPerSlot alone.
+    single = worker_budget(60, prefetch_multiplier=1)
+    assert worker_budget(60).visibility_timeout == single.visibility_timeout
+
+
 def test_the_environment_is_exactly_the_worker_contract() -> None:
     assert worker_budget(60).environment() == {
         "CELERY_TASK_SOFT_TIME_LIMIT": "60",
         "CELERY_TASK_TIME_LIMIT": "66",
         "CELERY_VISIBILITY_TIMEOUT": str(564 + 141),
-        "CELERY_PREFETCH_MULTIPLIER": "1",
+        "CELERY_PREFETCH_MULTIPLIER": "2",
         "CELERY_MAX_COUNTDOWN": "300",
         "CELERY_HELD_PER_SLOT": "4",
         "CELERY_SOFT_SHUTDOWN_TIMEOUT": "0",

@@ -137,6 +137,19 @@ def test_a_pool_sets_how_many_messages_a_worker_holds_per_slot() -> None:
     assert held_one.budget.longest_unacked == 3660 + 300
 
 
+def test_a_pool_reserves_two_messages_per_slot_unless_its_tasks_are_long_or_it_says() -> None:
+    """``prefetchMultiplier`` reaches the budget and the environment; absent, the budget's
+    default for the pool's ``taskTimeout``."""
+    (default,) = load({}).workers
+    assert default.budget.environment()["CELERY_PREFETCH_MULTIPLIER"] == "2"
+    long_pool = {"name": "long", "queues": list(QUEUES), "taskTimeout": 3600}
+    assert load({"workers": [long_pool]}).workers[0].budget.prefetch_multiplier == 1
+    (one,) = load({"workers": [{**long_pool, "taskTimeout": 60, "prefetchMultiplier": 1}]}).workers
+    assert one.budget.environment()["CELERY_PREFETCH_MULTIPLIER"] == "1"
+    (held_one,) = load({"workers": [{**long_pool, "taskTimeout": 60, "heldPerSlot": 1}]}).workers
+    assert held_one.budget.prefetch_multiplier == 1
+
+
 def test_cpu_architecture_and_fargate_spot() -> None:
     # Graviton unless a pool asks for Spot, which runs X86_64 only.
     assert load({}).cpu_architecture == "ARM64"
@@ -543,6 +556,18 @@ INVALID = [
         "workers[1].heldPerSlot",
         "1..64",
         id="held-per-slot-high",
+    ),
+    pytest.param(
+        {"workers": pools({"prefetchMultiplier": 0})},
+        "workers[0].prefetchMultiplier",
+        "1..64",
+        id="prefetch-low",
+    ),
+    pytest.param(
+        {"workers": pools({}, {"prefetchMultiplier": 3, "heldPerSlot": 2})},
+        "workers[1].prefetchMultiplier",
+        "1..2, or a larger heldPerSlot",
+        id="prefetch-above-held",
     ),
     pytest.param(
         {"workers": pools({"maxQueueSeconds": 10})},

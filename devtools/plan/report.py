@@ -274,8 +274,8 @@ def _component_notes(component: Registration | None, config: StackConfig) -> lis
             f"budget: taskTimeout {pool.task_timeout} s -> soft {budget.soft_time_limit} s / hard "
             f"{budget.time_limit} s, {budget.shutdown} shutdown, stopTimeout "
             f"{budget.stop_timeout} s, soft shutdown {budget.soft_shutdown_timeout} s, "
-            f"visibility {budget.visibility_timeout} s, scale-in protection "
-            f"{'yes' if budget.task_protection else 'no'}",
+            f"visibility {budget.visibility_timeout} s, prefetch {budget.prefetch_multiplier} "
+            f"per slot, scale-in protection {'yes' if budget.task_protection else 'no'}",
         ]
     if kind == "Web":
         web_budget = config.web.budget
