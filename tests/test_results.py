@@ -7,7 +7,9 @@ import gc
 import json
 import pickle
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import celery
 import pytest
@@ -18,7 +20,7 @@ from celery.backends.redis import RedisBackend
 from packaging.version import Version
 
 from app.celery_app import app
-from celery_ecs.results import ResultBackend, ResultBackendLoader
+from celery_ecs.results import STORE_UNLESS_SUCCEEDED_SHA, ResultBackend, ResultBackendLoader
 from celery_ecs.settings import Settings
 from infra.containers import CELERY_APP
 from testkit.processes import python_argv
@@ -146,6 +148,83 @@ def test_a_later_state_replaces_anything_but_success(
     assert stored(redis_client)["result"] == {"applied": True}
     # Left as it was, expiry included: nothing was written.
     assert redis_client.ttl(f"celery-task-meta-{TASK_ID}") == -1
+
+
+def test_a_redis_without_the_script_cached_runs_it_from_its_source(
+    backend: ResultBackend, redis_client: redis.Redis
+) -> None:
+    """Redis restarted without its data, or ``SCRIPT FLUSH``: ``EVALSHA`` answers ``NOSCRIPT``,
+    having run nothing; the script runs from its source, whole, and is cached again."""
+    backend.store_result(TASK_ID, None, states.STARTED)
+    redis_client.script_flush()
+    backend.store_result(TASK_ID, {"applied": True}, states.SUCCESS)
+    assert stored(redis_client)["status"] == states.SUCCESS
+    assert redis_client.script_exists(STORE_UNLESS_SUCCEEDED_SHA) == [True]
+    redis_client.script_flush()
+    backend.store_result(TASK_ID, ValueError("late"), states.FAILURE)  # still atomic: not stored
+    assert stored(redis_client)["result"] == {"applied": True}
+
+
+def test_a_connection_the_server_closed_is_replaced(
+    backend: ResultBackend, redis_client: redis.Redis
+) -> None:
+    """A restart or failover closes the backend's connection between two stores: the next
+    store reconnects (the client's pool finds it closed), and is stored once."""
+    backend.store_result(f"{TASK_ID}-1", 1, states.SUCCESS)
+    killed = redis_client.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+    backend.store_result(TASK_ID, {"applied": True}, states.SUCCESS)
+    assert stored(redis_client)["result"] == {"applied": True}
+
+
+Failing = tuple[Callable[[int], ResultBackend], list[tuple[Any, ...]]]
+
+
+@pytest.fixture
+def failing_backend(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Failing]:
+    """The backend, with the given number of its client's next commands failing as a lost
+    connection does, retried without waiting (Celery's retry policy, from the transport
+    options as a user sets it, at most 3 retries); and the commands sent."""
+    conf = Celery("lost-connection", set_as_current=False)
+    conf.conf.result_backend_transport_options = {"retry_policy": {
+        "max_retries": 3, "interval_start": 0, "interval_step": 0, "interval_max": 0}}  # fmt: skip
+    backend = ResultBackend(app=conf, url=redis_url)
+    command = backend.client.execute_command
+    calls: list[tuple[Any, ...]] = []
+
+    def failing(times: int) -> ResultBackend:
+        def execute_command(*args: Any, **options: Any) -> Any:
+            calls.append(args)
+            if len(calls) <= times:
+                raise redis.ConnectionError("Connection reset by peer")
+            return command(*args, **options)
+
+        monkeypatch.setattr(backend.client, "execute_command", execute_command)
+        return backend
+
+    yield failing, calls
+    conf.close()
+
+
+def test_a_lost_connection_is_retried_as_celerys_own_backend_retries_it(
+    failing_backend: Failing, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    failing, calls = failing_backend
+    failing(2).store_result(TASK_ID, {"applied": True}, states.SUCCESS)
+    assert stored(redis_client)["result"] == {"applied": True}
+    assert len(calls) == 3 and calls[0] == calls[2]  # the same command, sent again
+    retried = [r.getMessage() for r in caplog.records if r.name == "celery.backends.redis"]
+    assert len(retried) == 2 and "Connection to Redis lost: Retry (0/3)" in retried[0]
+
+
+def test_a_connection_lost_for_good_is_raised_not_swallowed(
+    failing_backend: Failing, redis_client: redis.Redis
+) -> None:
+    failing, calls = failing_backend
+    with pytest.raises(redis.ConnectionError):
+        failing(10).store_result(TASK_ID, {"applied": True}, states.SUCCESS)
+    assert len(calls) == 4  # the first try and 3 retries
+    assert redis_client.get(f"celery-task-meta-{TASK_ID}") is None
 
 
 @pytest.mark.parametrize("loader", [None, ResultBackendLoader], ids=["celery", "runtime"])
