@@ -409,8 +409,15 @@ NAMES: tuple[UpstreamName, ...] = (
         instance=True, since="5.7.0",
     ),
     UpstreamName(
-        "celery.backends.base:Backend._get_result_meta", "called", "celery_ecs.results",
-        "the meta of a state, built as Celery's",
+        "celery.backends.base:Backend._get_result_meta", "called, reproduced",
+        "celery_ecs.results",
+        "the meta of a state, called as Celery's BaseKeyValueStoreBackend._store_result calls "
+        "it (its only caller for the Redis backend). Reproduced by ResultBackend.result_meta "
+        "for a result that is not extended while app.now is Celery's: status, result, "
+        "traceback, children (current_task_children), date_done (app.now().isoformat() for "
+        "a ready state, else None), group_id and parent_id when the request has them; "
+        "find_value_for_key('extended', 'result') reads result_extended. The same in 5.6.3 "
+        "and 5.7.0 (their extended parts differ: Celery's own builds those)",
         "(self, result, state, traceback, request, format_date=True, encode=False)",
     ),
     UpstreamName(
