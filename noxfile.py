@@ -35,6 +35,7 @@ PAIRS: dict[str, tuple[str, str]] = {
 RUNTIME_TESTS = (
     "tests/test_upstream_names.py",
     "tests/test_runtime_api.py",
+    "tests/test_runtime_lines.py",
     "tests/test_transport.py",
     "tests/test_liveness.py",
     "tests/test_revokes.py",

@@ -362,7 +362,12 @@ def baseline(revision: str) -> Baseline:
         partial = tree.with_name(f"{tree.name}.partial")
         shutil.rmtree(partial, ignore_errors=True)
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(partial, filter="data")
+            # This checkout's own commit. The "data" filter (PEP 706) where this Python has it:
+            # 3.11.4 on; Debian 12's python3, which the virtualenv may be built from, is 3.11.2.
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(partial, filter="data")
+            else:
+                tar.extractall(partial)
         partial.rename(tree)
     return Baseline(commit, parse_image(tree / "Dockerfile", tree),
                     (tree / "celery_ecs").is_dir())  # fmt: skip

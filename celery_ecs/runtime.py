@@ -12,7 +12,8 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from types import CodeType, FunctionType
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 import redis
@@ -26,6 +27,7 @@ from celery.exceptions import Reject
 from celery.loaders import get_loader_cls
 from celery.loaders.app import AppLoader
 from celery.schedules import crontab, schedule
+from celery.worker import strategy
 from kombu.exceptions import OperationalError
 from kombu.utils.imports import symbol_by_name
 
@@ -81,6 +83,21 @@ class RequeueOnBrokerOutage(AnyTask):
             return super().__call__(*args, **kwargs)
         except BROKER_OUTAGE_ERRORS as error:
             raise Reject(f"Redis unreachable ({error!r}): requeued", requeue=True) from error
+
+    # The task's tracer, which Celery builds and sets here in a worker (celery_ecs.upstream:
+    # Task.__trace__), given without its "succeeded" line while PerTaskLines drops it anyway.
+    @property
+    def __trace__(self) -> Any:
+        return self.__dict__.get("_celery_ecs_tracer")
+
+    @__trace__.setter
+    def __trace__(self, tracer: Any) -> None:
+        self.__dict__["_celery_ecs_tracer"] = without_per_task_line(tracer)
+
+    def start_strategy(self, app: Any, consumer: Any, **kwargs: Any) -> Any:
+        """Celery's handler of this task's messages in the worker, without its "received" line
+        while PerTaskLines drops it anyway."""
+        return without_per_task_line(super().start_strategy(app, consumer, **kwargs))
 
 
 class LimitedDelayAmqp(AMQP):
@@ -288,13 +305,66 @@ class PerTaskLines(logging.Filter):
     """Drops Celery's "Task … received" and "Task … succeeded" lines (APP_LOG_TASKS=false).
 
     Two lines per task cost about 15 % of a short task's CPU in the worker (measured with
-    ``bench.worker_budget``) and two log events each; Celery's defaults log neither.
+    ``bench.worker_budget``) and two log events each; Celery's defaults log neither. The lines
+    are not even built (``without_per_task_line``) by the closures Celery makes after this
+    filter is on their logger: what it catches is what Celery logs otherwise.
     """
 
     LINES = (trace.LOG_RECEIVED, trace.LOG_SUCCESS)
+    #: The loggers of the two lines.
+    LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.msg not in self.LINES
+
+    @classmethod
+    def on(cls, logger: str) -> bool:
+        """Whether one is on the logger ``logger``: its per-task line would be dropped."""
+        return any(isinstance(each, cls) for each in logging.getLogger(logger).filters)
+
+
+def _closure_code(builder: Any, closure: str) -> CodeType | None:
+    """The code of the function named ``closure`` that ``builder`` makes and returns, if it
+    reads the free variable ``_does_info``; else None (a Celery that changed: nothing is done)."""
+    for constant in builder.__code__.co_consts:
+        if (isinstance(constant, CodeType) and constant.co_name == closure
+                and "_does_info" in constant.co_freevars):  # fmt: skip
+            return constant
+    return None
+
+
+#: The code of Celery's two closures that log a line per task, with the logger of that line
+#: (celery_ecs.upstream): the tracer (``build_tracer``'s ``trace_task``, "Task … succeeded",
+#: in the pool) and the default strategy's message handler (``task_message_handler``,
+#: "Task … received", in the worker's main process). Both read the free variable
+#: ``_does_info`` (``logger.isEnabledFor(INFO)`` when they were made) only to log that line.
+PER_TASK_LINE_CLOSURES = {
+    code: logger
+    for code, logger in (
+        (_closure_code(trace.build_tracer, "trace_task"), "celery.app.trace"),
+        (_closure_code(strategy.default, "task_message_handler"), "celery.worker.strategy"),
+    )
+    if code is not None
+}
+
+_Function = TypeVar("_Function")
+
+
+def without_per_task_line(function: _Function) -> _Function:
+    """``function``; if it is one of Celery's closures that log a line per task
+    (``PER_TASK_LINE_CLOSURES``) and ``PerTaskLines`` is on that line's logger, which would
+    drop the line, with its ``_does_info`` set False: the line is no longer built (its
+    context, the arguments' repr, the LogRecord and its caller lookup), every other line of
+    the logger is logged as before (retries, ignored, expected failures...).
+
+    Only that closure changes (its own cell, made for it by Celery): a tracer or handler built
+    without the filter, or any other function, is returned untouched."""
+    code = getattr(function, "__code__", None)
+    logger = PER_TASK_LINE_CLOSURES.get(code) if isinstance(code, CodeType) else None
+    if logger is not None and PerTaskLines.on(logger):
+        cells = cast(FunctionType, function).__closure__ or ()
+        cells[cast(CodeType, code).co_freevars.index("_does_info")].cell_contents = False
+    return function
 
 
 def configure_logging(settings: Settings | None = None, **_: Any) -> None:
@@ -307,7 +377,7 @@ def configure_logging(settings: Settings | None = None, **_: Any) -> None:
         force=True,
     )
     if not settings.log_tasks:
-        for name in ("celery.worker.strategy", "celery.app.trace"):
+        for name in PerTaskLines.LOGGERS:
             logging.getLogger(name).addFilter(PerTaskLines())
 
 

@@ -43,6 +43,10 @@ class UpstreamName:
     #: The first release of its package that has it ("": every verified release); the runtime
     #: only sets or reads it, harmlessly, before.
     since: str = ""
+    #: A function that makes and returns a closure whose free variable the runtime sets:
+    #: ``closure:variable``, checked in the function's code instead of a signature (whose
+    #: defaults' reprs vary between processes; ``signature`` is then None).
+    closure: str = ""
 
 
 _REDIS = "kombu.transport.redis"
@@ -345,6 +349,30 @@ NAMES: tuple[UpstreamName, ...] = (
         "celery._state:_set_task_join_will_block", "called", "celery_ecs.runtime",
         "True makes result.get() inside a task refuse (publish_only)", "(blocks)",
     ),
+    # --- Celery's two lines per task (celery_ecs.runtime.without_per_task_line) ---------------
+    UpstreamName(
+        "celery.app.task:Task.__trace__", "overridden", "celery_ecs.runtime",
+        "a property in RequeueOnBrokerOutage: every tracer a worker builds for a task is set "
+        "there (Consumer.update_strategies, the prefork pool's process_initializer, trace_task "
+        "when unset) and read from there (fast_trace_task, trace_task)",
+    ),
+    UpstreamName(
+        "celery.app.trace:build_tracer", "closure set", "celery_ecs.runtime",
+        "returns its nested trace_task, whose free variable _does_info "
+        "(logger.isEnabledFor(INFO) when built) gates the 'Task ... succeeded' line "
+        "(LOG_SUCCESS) and nothing else; set False while PerTaskLines would drop that line. "
+        "The module's other INFO lines (LOG_RETRY, LOG_IGNORED through info(); the ignored and "
+        "expected failures' log policies through logger.log) do not read it",
+        closure="trace_task:_does_info",
+    ),
+    UpstreamName(
+        "celery.worker.strategy:default", "closure set", "celery_ecs.runtime",
+        "Task.Strategy's default (Task.start_strategy instantiates it): returns its nested "
+        "task_message_handler, whose free variable _does_info (logger.isEnabledFor(INFO) when "
+        "made) gates the 'Task ... received' line (LOG_RECEIVED), the module's only INFO line, "
+        "and nothing else; set False while PerTaskLines would drop that line",
+        closure="task_message_handler:_does_info",
+    ),
     UpstreamName(
         "celery.app.amqp:AMQP.as_task_v2", "overridden", "celery_ecs.runtime",
         "countdown and eta are its 5th and 6th positional parameters",
@@ -381,8 +409,15 @@ NAMES: tuple[UpstreamName, ...] = (
         instance=True, since="5.7.0",
     ),
     UpstreamName(
-        "celery.backends.base:Backend._get_result_meta", "called", "celery_ecs.results",
-        "the meta of a state, built as Celery's",
+        "celery.backends.base:Backend._get_result_meta", "called, reproduced",
+        "celery_ecs.results",
+        "the meta of a state, called as Celery's BaseKeyValueStoreBackend._store_result calls "
+        "it (its only caller for the Redis backend). Reproduced by ResultBackend.result_meta "
+        "for a result that is not extended while app.now is Celery's: status, result, "
+        "traceback, children (current_task_children), date_done (app.now().isoformat() for "
+        "a ready state, else None), group_id and parent_id when the request has them; "
+        "find_value_for_key('extended', 'result') reads result_extended. The same in 5.6.3 "
+        "and 5.7.0 (their extended parts differ: Celery's own builds those)",
         "(self, result, state, traceback, request, format_date=True, encode=False)",
     ),
     UpstreamName(

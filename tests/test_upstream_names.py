@@ -10,6 +10,7 @@ import pkgutil
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import CodeType
 from typing import Any
 
 import pytest
@@ -94,6 +95,15 @@ def test_each_name_is_as_recorded(name: UpstreamName, request: pytest.FixtureReq
         return
     assert hasattr(owner, attribute), f"{name.path}: gone from {package} {installed(package)}"
     value = getattr(owner, attribute)
+    if name.closure:
+        closure, _, variable = name.closure.partition(":")
+        made = [code for code in value.__code__.co_consts
+                if isinstance(code, CodeType) and code.co_name == closure]  # fmt: skip
+        assert len(made) == 1, f"{name.path}: no longer makes {closure} ({name.relies_on})"
+        assert variable in made[0].co_freevars, (
+            f"{name.path}: its {closure} no longer reads {variable} ({name.relies_on})"
+        )
+        return
     if name.signature is None:
         assert not callable(value), f"{name.path}: recorded as an attribute, now a callable"
         return
