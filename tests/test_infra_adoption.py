@@ -10,6 +10,7 @@ alias specs), and the comparison follows it.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import pulumi
 import pytest
@@ -17,8 +18,17 @@ import pytest
 from devtools.render import ProgramRun
 from devtools.stack_snapshot import STACKS, compare, read_snapshot, render, snapshot
 from policy.invariants import aws_types
+from tests.support import shared_stack_runs
 
 SERVICE = aws_types.ECS_SERVICE
+
+
+@pytest.fixture(autouse=True)
+def _one_render_per_stack() -> Iterator[None]:
+    """The dev stack is rendered by most tests here, and by make plan's and the docs' tests:
+    once per test process (the renders with a transformation of their own run afresh)."""
+    with shared_stack_runs():
+        yield
 
 
 @pytest.mark.parametrize("stack", list(STACKS))

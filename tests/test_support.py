@@ -1,5 +1,6 @@
 """The tests' own helpers (tests/support.py): a shared program run is the run the program
-renders, made once per test process, and no test can change what another one reads."""
+renders, made once per test process, and no test can change what another one reads; make plan
+shares the stack runs it renders the same way."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import pulumi
 import pytest
 
 from devtools import render
+from devtools.plan import report
 from policy.invariants import aws_types
-from tests.support import fixture_build_context, shared_run
+from tests.support import fixture_build_context, shared_run, shared_stack_runs
 
 #: A config no other test renders, so the first call here is the first in this process.
 CONFIG: dict[str, object] = {"workers": [{"name": "shared", "queues": ["default", "long"]}]}
 #: A stack only the first test renders.
 ONCE = "rendered-once"
+#: A stack only the last test renders, in the project directory.
+IN_PROJECT = "rendered-in-project"
 
 
 def _counting(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
@@ -69,3 +73,19 @@ def test_a_run_that_fails_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(pulumi.RunError, match=r"^invalid stack config: typo"):
             shared_run({"typo": "1"}, stack="shared")
     assert len(runs) == 2
+
+
+def test_the_tools_render_a_stack_once_as_pulumi_up_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside ``shared_stack_runs``, make plan renders a stack config once per test process, in
+    the project directory (the image built from the project's own context), and each plan gets
+    a run of its own."""
+    runs = _counting(monkeypatch)
+    with shared_stack_runs():
+        first = report.make_plan(IN_PROJECT, CONFIG, render.DEFAULT_REGION)
+        second = report.make_plan(IN_PROJECT, CONFIG, render.DEFAULT_REGION)
+    assert runs == [CONFIG]
+    assert first.run is not second.run
+    assert _resources(first.run) == _resources(second.run)
+    image = first.run.one(aws_types.DOCKER_BUILD_IMAGE).inputs
+    assert image["context"] == {"location": "."}
+    assert image["dockerfile"] == {"location": "Dockerfile"}
