@@ -4,15 +4,16 @@ shares the stack runs it renders the same way."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pulumi
 import pytest
 
-from devtools import render
+from devtools import docs, render, stack_snapshot
 from devtools.plan import report
 from policy.invariants import aws_types
-from tests.support import fixture_build_context, shared_run, shared_stack_runs
+from tests.support import ROOT, fixture_build_context, shared_run, shared_stack_runs
 
 #: A config no other test renders, so the first call here is the first in this process.
 CONFIG: dict[str, object] = {"workers": [{"name": "shared", "queues": ["default", "long"]}]}
@@ -76,16 +77,28 @@ def test_a_run_that_fails_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_tools_render_a_stack_once_as_pulumi_up_does(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Inside ``shared_stack_runs``, make plan renders a stack config once per test process, in
-    the project directory (the image built from the project's own context), and each plan gets
-    a run of its own."""
-    runs = _counting(monkeypatch)
+    """Inside ``shared_stack_runs``, make plan, the stack snapshot and the docs' generator render
+    a stack config once per test process, in the project directory as ``pulumi up`` runs it, each
+    call getting a run of its own; a render with transformations of its own runs afresh. Outside
+    it, they render as they did."""
+    original = render.run_program
+    renders: list[tuple[dict[str, Any], object, Path, object]] = []
+
+    def recorded(config: Any = None, **options: Any) -> render.ProgramRun:
+        transformations = options.get("transformations")
+        renders.append((dict(config), options["project_root"], Path.cwd(), transformations))
+        return render.ProgramRun(resources=[], outputs={"rendered": len(renders)})
+
+    def unchanged(args: pulumi.ResourceTransformationArgs) -> None:
+        return None
+
+    monkeypatch.setattr(render, "run_program", recorded)
+    monkeypatch.chdir(ROOT)  # where make plan runs
     with shared_stack_runs():
-        first = report.make_plan(IN_PROJECT, CONFIG, render.DEFAULT_REGION)
-        second = report.make_plan(IN_PROJECT, CONFIG, render.DEFAULT_REGION)
-    assert runs == [CONFIG]
-    assert first.run is not second.run
-    assert _resources(first.run) == _resources(second.run)
-    image = first.run.one(aws_types.DOCKER_BUILD_IMAGE).inputs
-    assert image["context"] == {"location": "."}
-    assert image["dockerfile"] == {"location": "Dockerfile"}
+        tools = (report, stack_snapshot, docs)
+        runs = [tool.run_program(CONFIG, stack=IN_PROJECT) for tool in tools]
+        stack_snapshot.run_program(CONFIG, stack=IN_PROJECT, transformations=[unchanged])
+    assert renders == [(CONFIG, ROOT, ROOT, None), (CONFIG, ROOT, ROOT, [unchanged])]
+    assert [run.outputs for run in runs] == [{"rendered": 1}] * 3
+    assert runs[0] is not runs[1] is not runs[2]
+    assert report.run_program is stack_snapshot.run_program is docs.run_program is original
