@@ -11,16 +11,24 @@ import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import redis
-from flask.testing import FlaskClient
 from hypothesis import HealthCheck, settings
 
-from devtools.twin.container import Container
-from testkit.redis_server import RedisServer, start_redis
-from tests.support import AUTHORIZATION, AppProcess, ClientFactory, app_environment
 from tests.tiers import GUARD, TIERS, tier_from_fixtures, tiers_of
+
+# What only the fixtures use is imported in them: pytest-xdist's controller process loads this
+# file too and runs no test, and tests.support alone (the Pulumi program, Redis's and Flask's
+# clients) took it half a CPU-second before any test process started. The test processes import
+# all of it anyway, collecting the test modules.
+if TYPE_CHECKING:
+    import redis
+    from flask.testing import FlaskClient
+
+    from devtools.twin.container import Container
+    from testkit.redis_server import RedisServer
+    from tests.support import AppProcess, ClientFactory
 
 # Property tests: the suite must pass every time on a loaded machine, so the default profile
 # checks the same examples on every run with no per-example deadline. HYPOTHESIS_PROFILE=explore
@@ -78,6 +86,8 @@ os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
+    from testkit.redis_server import start_redis
+
     server = start_redis()  # raises, so the test errors instead of skipping
     yield server
     # A Celery AsyncResult the tests dropped unsubscribes when it is collected: while the server
@@ -89,18 +99,24 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     """A broker URL on an empty database."""
+    import redis
+
     redis.Redis.from_url(redis_server.url).flushall()
     return redis_server.url
 
 
 @pytest.fixture
 def redis_client(redis_url: str) -> redis.Redis:
+    import redis
+
     return redis.Redis.from_url(redis_url, decode_responses=True)
 
 
 @pytest.fixture
 def app_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
     """Environment for the app's processes, with limits short enough for tests."""
+    from tests.support import app_environment
+
     return app_environment(
         redis_url,
         tmp_path,
@@ -138,6 +154,7 @@ def make_client(app_env: dict[str, str]) -> Iterator[ClientFactory]:
     from celery.result import allow_join_result
 
     from app.web import create_app  # imports the Celery app: only in the tests that use it
+    from tests.support import AUTHORIZATION
 
     def make(**overrides: str) -> FlaskClient:
         client = create_app({**app_env, **overrides}).test_client()

@@ -4,18 +4,20 @@ that only read it), and the app's real processes against a real Redis."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import pickle
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import TypeVar
 
 import pulumi
+import pytest
 from flask.testing import FlaskClient
 
 from app.api_keys import keys_document
@@ -66,9 +68,23 @@ def run_program(
     )
 
 
-#: (stack, region, config as canonical JSON) -> that program run, pickled: what ``shared_run``
-#: hands out, one copy per call. One cache per test process (each xdist worker has its own).
-_SHARED_RUNS: dict[tuple[str, str, str], bytes] = {}
+#: (stack, region, project directory, config as canonical JSON) -> that program run, pickled:
+#: what ``shared_run`` and ``stack_run`` hand out, one copy per call. One cache per test process
+#: (each xdist worker has its own).
+_SHARED_RUNS: dict[tuple[str, str, str, str], bytes] = {}
+
+
+def _shared(
+    config: Mapping[str, object] | None, *, stack: str, region: str, project_root: Path
+) -> render.ProgramRun:
+    """A copy of the run of ``config`` with its project directory, rendered on the first call."""
+    key = (stack, region, str(project_root), json.dumps(config or {}, sort_keys=True))
+    if key not in _SHARED_RUNS:
+        run = render.run_program(config, stack=stack, region=region, project_root=project_root)
+        # A pickle, not the run: unpickling makes a deep copy in a third of deepcopy's time.
+        _SHARED_RUNS[key] = pickle.dumps(run)
+    copy: render.ProgramRun = pickle.loads(_SHARED_RUNS[key])
+    return copy
 
 
 def shared_run(
@@ -83,15 +99,62 @@ def shared_run(
     to run now calls ``run_program``: one that passes its own mocks or transformations, changes
     the program or its environment first (monkeypatch), or compares two runs of one config.
     A run that raises is not kept: each call raises afresh."""
-    key = (stack, region, json.dumps(config or {}, sort_keys=True))
-    if key not in _SHARED_RUNS:
-        run = render.run_program(
-            config, stack=stack, region=region, project_root=fixture_build_context()
+    return _shared(config, stack=stack, region=region, project_root=fixture_build_context())
+
+
+def stack_run(
+    config: Mapping[str, object] | None = None,
+    *,
+    stack: str,
+    region: str = render.DEFAULT_REGION,
+) -> render.ProgramRun:
+    """The program run of a stack as ``pulumi up`` runs it, in the project directory (the image
+    built from the project's own Dockerfile): what ``make plan``, the stack snapshot and the
+    docs' generator render. Shared like ``shared_run``: once per test process for each stack,
+    region and config, a copy for each call."""
+    with contextlib.chdir(ROOT):
+        return _shared(config, stack=stack, region=region, project_root=ROOT)
+
+
+@contextlib.contextmanager
+def shared_stack_runs() -> Iterator[None]:
+    """Inside it, ``make plan`` (``devtools.plan.report``: ``make_plan``, ``main``), the stack
+    snapshot (``devtools.stack_snapshot.render``) and the docs' generator (``devtools.docs``)
+    render through ``stack_run``: a stack config that several tests plan, snapshot or document
+    renders once per test process, not once per call. A render they ask with transformations
+    or mocks of its own, in another project directory, or from another working directory runs
+    afresh, as does everything outside it: a test that changes the program first (monkeypatch)
+    must not use it."""
+    from devtools import docs, stack_snapshot
+    from devtools.plan import report
+
+    def run_program(
+        config: Mapping[str, object] | None = None,
+        *,
+        stack: str,
+        region: str = render.DEFAULT_REGION,
+        project_root: Path = render.ROOT,
+        mocks: render.RecordingMocks | None = None,
+        transformations: Sequence[pulumi.ResourceTransformation] = (),
+        entry_point: Path | None = None,
+    ) -> render.ProgramRun:
+        in_project = project_root == ROOT and Path.cwd() == ROOT
+        if in_project and mocks is None and not transformations and entry_point is None:
+            return stack_run(config, stack=stack, region=region)
+        return render.run_program(
+            config,
+            stack=stack,
+            region=region,
+            project_root=project_root,
+            mocks=mocks,
+            transformations=transformations,
+            entry_point=entry_point,
         )
-        # A pickle, not the run: unpickling makes a deep copy in a third of deepcopy's time.
-        _SHARED_RUNS[key] = pickle.dumps(run)
-    copy: render.ProgramRun = pickle.loads(_SHARED_RUNS[key])
-    return copy
+
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (report, stack_snapshot, docs):
+            patch.setattr(module, "run_program", run_program)
+        yield
 
 
 def wait_for(

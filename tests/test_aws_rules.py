@@ -26,7 +26,7 @@ from devtools.plan.aws_rules import (
 )
 from devtools.render import ProgramRun, Registration, read_stack_file
 from policy.invariants import aws_types
-from tests.support import ROOT, shared_run
+from tests.support import ROOT, shared_run, stack_run
 
 CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/11111111-2222-3333-4444-555555555555"
 #: Everything the program can register at once: EventBridge, HTTPS, access logs, NAT and flow
@@ -56,7 +56,7 @@ def everything() -> ProgramRun:
 @pytest.mark.parametrize("stack", sorted(p.name.split(".")[1] for p in ROOT.glob("Pulumi.*.yaml")))
 def test_every_shipped_stack_passes(stack: str) -> None:
     stack_file = read_stack_file(stack)
-    run = shared_run(stack_file.config, stack=stack, region=stack_file.region or "us-east-1")
+    run = stack_run(stack_file.config, stack=stack, region=stack_file.region or "us-east-1")
     report = check_against_aws(run)
     assert report.ok, "\n".join(map(str, report.findings))
     assert report.requests > 50 and report.policies >= 5

@@ -32,7 +32,7 @@ from devtools.plan.cost import (
 )
 from devtools.render import stack_file_config
 from infra.config import load
-from tests.support import ROOT, shared_run
+from tests.support import ROOT, shared_run, shared_stack_runs
 
 REGION = "us-east-1"
 POOLS = [
@@ -384,11 +384,13 @@ def test_logs_are_the_quiet_stacks_at_min_count() -> None:
 
 
 def test_a_production_plan_says_what_production_adds() -> None:
-    production = report.make_plan("prod", stack_file_config("prod"), REGION)
+    with shared_stack_runs():
+        production = report.make_plan("prod", stack_file_config("prod"), REGION)
+        base = report.make_plan("prod", {**stack_file_config("prod"), "production": False}, REGION)
+        dev = report.make_plan("dev", stack_file_config("dev"), REGION)
     result = production.estimate
     assert result.without_production is not None
     adds = {kind: difference for kind, difference, _ in result.production_adds}
-    base = report.make_plan("prod", {**stack_file_config("prod"), "production": False}, REGION)
     assert result.totals[0] - result.without_production == pytest.approx(sum(adds.values()))
     assert result.without_production == pytest.approx(base.estimate.totals[0])
     # Production's defaults, each with its reason: NAT per AZ instead of task addresses, a
@@ -398,4 +400,4 @@ def test_a_production_plan_says_what_production_adds() -> None:
     assert adds["ipv4 tasks"] < 0 < adds["nat"]
     text = "\n".join(format_estimate(result))
     assert "Production adds" in text and "automatic failover (ElastiCache.3)" in text
-    assert report.make_plan("dev", stack_file_config("dev"), REGION).estimate.production_adds == ()
+    assert dev.estimate.production_adds == ()

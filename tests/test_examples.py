@@ -16,7 +16,7 @@ from devtools.plan import report
 from devtools.render import read_stack_file, run_program, stack_names
 from devtools.twin.deployed_stack import program_image
 from devtools.twin.dockerfile_image import IMAGE_VENV_PATH, ImageError
-from tests.support import ROOT
+from tests.support import ROOT, shared_stack_runs, stack_run
 
 EXAMPLES = ["seed", "django"]
 #: The issue's goals: lines of the app's code that adopt the runtime, lines of its stack file.
@@ -67,7 +67,7 @@ def test_the_stack_file_is_short_and_found_by_its_name(example: str) -> None:
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_the_stack_renders_and_the_twin_runs_the_example_s_own_image(example: str) -> None:
     stack = read_stack_file(example)
-    run = run_program(stack.config, stack=example)
+    run = stack_run(stack.config, stack=example)
     image = program_image(run)
     app_files = {path: source for path, source in image.copies.items()
                  if source.is_relative_to(ROOT / "examples" / example)}  # fmt: skip
@@ -98,7 +98,8 @@ def test_the_twin_refuses_a_prebuilt_image_it_cannot_pull() -> None:
 def test_make_plan_renders_and_validates_the_example(
     example: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert report.main(["--stack", example, "--no-diagram"]) == 0
+    with shared_stack_runs():
+        assert report.main(["--stack", example, "--no-diagram"]) == 0
     out = capsys.readouterr().out
     assert f"Offline plan of stack {example}" in out
     assert "OK:" in out

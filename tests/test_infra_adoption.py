@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pulumi
@@ -26,8 +27,17 @@ from devtools.stack_snapshot import (
     write_snapshot,
 )
 from policy.invariants import aws_types
+from tests.support import shared_stack_runs
 
 SERVICE = aws_types.ECS_SERVICE
+
+
+@pytest.fixture(autouse=True)
+def _one_render_per_stack() -> Iterator[None]:
+    """The dev stack is rendered by most tests here, and by make plan's and the docs' tests:
+    once per test process (the renders with a transformation of their own run afresh)."""
+    with shared_stack_runs():
+        yield
 
 
 @pytest.mark.parametrize("stack", list(STACKS))

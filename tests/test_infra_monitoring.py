@@ -236,7 +236,7 @@ def test_a_dashboard_only_where_the_stack_asks_for_one(deployed: Deployed) -> No
 
 @pytest.mark.parametrize("stack", DASHBOARD_STACKS)
 def test_the_dashboard_shows_what_the_alarms_watch(stack: str) -> None:
-    deployed = Deployed(config=load(STACKS[stack]), run=run_program(STACKS[stack]))
+    deployed = Deployed(config=load(STACKS[stack]), run=shared_run(STACKS[stack]))
     run, config = deployed.run, deployed.config
     body = dashboard(deployed)
     widgets = {w["properties"]["title"]: w for w in body["widgets"]}

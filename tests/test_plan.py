@@ -14,20 +14,22 @@ from devtools.plan import broker_ceiling, broker_nodes, cost, diagram, report
 from devtools.plan.comment import LIMIT, MARKER, comment
 from devtools.render import MOCK_AUTH_TOKEN, read_stack_file
 from infra.containers import health_check
-from tests.support import ROOT
+from tests.support import ROOT, shared_stack_runs
 
 
 @pytest.fixture(scope="module")
 def dev() -> report.OfflinePlan:
     stack = read_stack_file("dev")
     assert stack.region is not None
-    return report.make_plan("dev", stack.config, stack.region)
+    with shared_stack_runs():
+        return report.make_plan("dev", stack.config, stack.region)
 
 
 def test_the_same_config_gives_byte_identical_text(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Once in a new interpreter (as `make plan` runs it: another hash seed), once here."""
+    """Once in a new interpreter (as `make plan` runs it: another hash seed), once here (from
+    this process's rendering of the dev stack, which other tests share)."""
     png = tmp_path / "dev.png"
     arguments = ["--stack", "dev", "--diagram", str(png)]
     process = subprocess.run(
@@ -39,7 +41,8 @@ def test_the_same_config_gives_byte_identical_text(
     )
     assert process.returncode == 0, process.stderr
     first_digest = diagram.embedded_digest(png)
-    assert report.main(arguments) == 0
+    with shared_stack_runs():
+        assert report.main(arguments) == 0
     assert capsys.readouterr().out == process.stdout
     assert diagram.embedded_digest(png) == first_digest is not None
     for section in ("Summary", "Validation", "Resources, by component", "Monthly cost", "Diagram"):
@@ -120,6 +123,7 @@ def test_a_broken_rule_fails_the_plan_naming_resource_field_and_rule(
         return {**health_check(role), "interval": 400}
 
     monkeypatch.setattr("infra.worker_service.health_check", every_400_seconds)
+    # A fresh render, not the shared one (shared_stack_runs): the program has changed.
     assert report.main(["--stack", "dev", "--no-diagram"]) == 1
     out = capsys.readouterr().out
     assert "FAILED: 2 problem(s)" in out
@@ -240,7 +244,8 @@ def test_the_pull_request_comment() -> None:
 def test_the_prod_plan_names_its_placeholders(capsys: pytest.CaptureFixture[str]) -> None:
     """Pulumi.prod.yaml renders offline (exit 0) and the plan lists the documentation examples
     a real deploy would refuse, by key."""
-    assert report.main(["--stack", "prod", "--no-diagram"]) == 0
+    with shared_stack_runs():
+        assert report.main(["--stack", "prod", "--no-diagram"]) == 0
     out = capsys.readouterr().out
     assert "WARNING: 2 placeholder(s) to replace; pulumi preview and up refuse them" in out
     assert "  - web.certificateArn:\n    arn:aws:acm:us-east-1:123456789012:certificate/" in out
