@@ -144,6 +144,33 @@ def test_warm_stop_lets_tasks_in_flight_finish_and_exits_before_the_sigkill(
     assert unacked(redis_client, "quick") == 0
 
 
+def test_warm_stop_runs_no_reserved_message_and_puts_each_back(
+    quick: WorkerDefinition,
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    containers: list[Container],
+) -> None:
+    """A short-task pool reserves two messages per slot (the budget's prefetch): at a warm stop
+    the ones not started are not run (the stop timeout covers one task per slot), and they are
+    back on their queue, each run once later."""
+    assert quick.environment[env_names.PREFETCH_MULTIPLIER] == "2"
+    worker = start_rendered_worker(quick, redis_url, tmp_path, "worker")
+    containers.append(worker)
+    keys = [f"reserved-{i}" for i in range(2 * TASKS)]
+    send_credits(redis_url, "default", keys, work_seconds=2)
+    wait_for(lambda: sum(attempts(redis_client, keys)) == TASKS, 30, what="a task per slot")
+    wait_for(lambda: unacked(redis_client, "quick") == 2 * TASKS, 30, what="the reserved ones")
+
+    outcome = ecs_stop(worker)
+
+    assert outcome.exit_code == 0, worker.logs()  # exited by itself: not SIGKILLed
+    runs = attempts(redis_client, keys)
+    assert sorted(runs) == [0] * TASKS + [1] * TASKS, runs  # the reserved ones did not start
+    wait_for(lambda: redis_client.llen("default") == TASKS, 30, what="the reserved ones back")
+    assert unacked(redis_client, "quick") == 0
+
+
 def test_cold_stop_finishes_short_tasks_and_requeues_long_ones_at_once(
     slow: WorkerDefinition,
     redis_url: str,
