@@ -829,16 +829,22 @@ def test_a_worker_resumes_after_a_restart_that_lost_the_data_and_the_scripts(
     processes.append(worker)
     client = redis.Redis.from_url(url, decode_responses=True)
     wait_for(lambda: waiting_on_wake_list(client), 30, what="the worker idle")
+    client.set("before-the-restart", 1)
+    server_before = client.info("server")["run_id"]
 
     own_redis.restart(downtime=1, keep_data=False)
 
+    # A new server process (so no script cached: Redis keeps none across a restart) with none of
+    # the data. Not dbsize() == 0: the worker may be back and writing before this line runs.
     client = redis.Redis.from_url(url, decode_responses=True)
-    assert client.dbsize() == 0 and client.script_exists(FETCH_SHA) == [False]
+    assert client.info("server")["run_id"] != server_before
+    assert not client.exists("before-the-restart")
     send_task(url, "app.tasks.apply_credit",
               kwargs={"idempotency_key": "after-1", "account": "acct", "amount": 10})  # fmt: skip
     wait_for(lambda: client.exists("idem:after-1"), 60, what="the task to complete")
     wait_for(lambda: unacked_count(client, "default") == 0, 30, what="its ack")
     assert attempts(client, "after-1") == 1
+    assert client.script_exists(FETCH_SHA) == [True]  # sent again to the new server
     assert worker.alive(), worker.logs()
 
 
