@@ -31,12 +31,15 @@ system-packages:
 run: $(BIN)/.installed system-packages
 	$(BIN)/python -m devtools.local_stack --stack $(STACK)
 
+# With Python's bytecode cache on, whatever the shell says (some images set
+# PYTHONDONTWRITEBYTECODE=1): without it each of the suite's processes, and each process a test
+# starts from the tree, compiles the project's modules again (docs/how-to/run-tests.md).
 test: $(BIN)/.installed system-packages
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/mkdocs build --strict --quiet
-	$(BIN)/python -m pytest
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest
 
 # The unit tier, never as root (scripts/test-unit drops to nobody), writing nothing into the tree.
 test-unit: $(BIN)/.installed system-packages

@@ -48,6 +48,17 @@ pytestmark = pytest.mark.redis
 
 WORKFLOW_FILE = ROOT / ".github" / "workflows" / "pulumi.yml"
 WORKFLOW = load(WORKFLOW_FILE)
+#: Each artifact's name -> the job that uploads it. A job that downloads an artifact runs its
+#: uploader first, in the same runner, as GitHub does (``needs``).
+UPLOADERS: dict[str, str] = {
+    str(step["with"]["name"]): job
+    for job, definition in WORKFLOW["jobs"].items()
+    for step in definition["steps"]
+    if str(step.get("uses", "")).startswith("actions/upload-artifact")
+}
+#: The jobs a test runs by name; the uploaders run inside their downloaders' tests (running
+#: them again alone would repeat the same work: the offline plan of head and base).
+JOBS_RUN_FIRST = sorted(set(WORKFLOW["jobs"]) - set(UPLOADERS.values()))
 #: The packages the program's virtualenv must not hold: the app's, which the image has.
 APP_ONLY_PACKAGES = ("celery", "kombu", "redis", "flask")
 
@@ -430,15 +441,7 @@ class Runner:
         elif action == "actions/download-artifact":
             store = self.artifacts / inputs["name"]
             if not store.exists():
-                (uploader,) = [
-                    other for other, definition in WORKFLOW["jobs"].items()
-                    if any(
-                        str(s.get("uses", "")).startswith("actions/upload-artifact")
-                        and (s.get("with") or {}).get("name") == inputs["name"]
-                        for s in definition["steps"]
-                    )
-                ]  # fmt: skip
-                self.run_job(uploader)
+                self.run_job(UPLOADERS[inputs["name"]])
             shutil.copytree(store, job.workspace / inputs["path"], dirs_exist_ok=True)
         else:
             raise AssertionError(f"{label}: the job runner has no stand-in for {action}")
@@ -501,10 +504,27 @@ def test_the_runner_python_has_nothing_of_ours(runner: Runner) -> None:
     assert finds(python, ("yaml", "pulumi", "celery", "pytest")) == []
 
 
-@pytest.mark.parametrize("name", sorted(WORKFLOW["jobs"]))
+def test_every_uploader_runs_in_the_test_of_a_job_that_downloads_its_artifact() -> None:
+    downloaded = {
+        str(step["with"]["name"])
+        for job in JOBS_RUN_FIRST
+        for step in WORKFLOW["jobs"][job]["steps"]
+        if str(step.get("uses", "")).startswith("actions/download-artifact")
+    }
+    assert UPLOADERS, "the workflow uploads no artifact: run every job by name"
+    assert set(UPLOADERS) <= downloaded, "an artifact nobody downloads: its job runs in no test"
+
+
+@pytest.mark.parametrize("name", JOBS_RUN_FIRST)
 def test_each_workflow_job_runs_in_the_environment_it_installs(runner: Runner, name: str) -> None:
-    job = runner.run_job(name)
-    workspace = job.workspace
+    runner.run_job(name)
+    # A job whose artifact this one downloads ran first, in the same runner: checked here too.
+    for job in runner.runs.values():
+        check_job(runner, job)
+
+
+def check_job(runner: Runner, job: JobRun) -> None:
+    name, workspace = job.name, job.workspace
     log = "\n".join(job.log)
     if name == "test":
         # make test ran every check in the virtualenv make built, the suite collected there.
