@@ -23,8 +23,8 @@ it), each timeout on a redis-server of its own, the timeouts measured at the sam
 3. Idle cost: two idle workers for ``IDLE_SECONDS``; Redis commands per second per worker,
    counted as ``bench.redis_commands`` counts them (``INFO commandstats`` deltas on the
    timeout's own server, where the bench sends nothing but ``INFO``), by name. The sweeps'
-   stamp scripts are an ``EVALSHA`` each, as the event loop's ``FETCH`` polls are: ``MONITOR``
-   counts theirs between the two ``INFO`` (``StampRuns``).
+   scripts (the stamps, the pool's turn) are an ``EVALSHA`` each, as the event loop's ``FETCH``
+   polls are: ``MONITOR`` counts theirs between the two ``INFO`` (``SweepScripts``).
 
 Ratios are against ``TODAY`` (the liveness timeout before issue 21). Nothing here is asserted
 by the test suite: figures on a shared machine are for reading, not for pass/fail.
@@ -69,7 +69,7 @@ from bench.worker_budget import (
 )
 from celery_ecs import settings as env_names
 from celery_ecs.liveness import REGISTRY_KEY, Deadlines, WorkerKeys
-from celery_ecs.recovery import STAMP_SHA
+from celery_ecs.recovery import STAMP_SHA, TURN_SHA
 from devtools.twin.awsvpc import HOST_ADDRESS, ensure_bridge
 from devtools.twin.container import Container
 from devtools.twin.dockerfile_image import Image, image_venv
@@ -102,14 +102,17 @@ BUSY_CPU = "bench.busy_cpu"
 #: What the bench itself sends to the idle-cost servers.
 IDLE_BENCH_COMMANDS = frozenset({"info"})
 #: What an idle worker's sweeps send (``celery_ecs.recovery``), by name: the registry, the others'
-#: leases, the ``PING`` of the connection each sweep opens, and what the stamp script of each set
+#: leases, the ``PING`` of the connection each sweep opens, the ``SET`` of the pool's turn (its
+#: only ``SET`` while idle: the lease's comes at the start), and what the stamp script of each set
 #: of the pool runs (``EXISTS`` alone for an empty set; the others for a set that holds messages).
-#: Not by name: the script's own ``EVALSHA`` (``StampRuns``), and ``ZADD`` and ``DEL``, which the
+#: Not by name: the scripts' own ``EVALSHA`` (``SweepScripts``), and ``ZADD`` and ``DEL``, which the
 #: queue metrics and the ``FETCH`` polls send too (the script runs them only for a set that holds
 #: or held messages, none while idle). A gone worker's restore adds its transactions (none while
 #: idle). The rest of an idle worker's commands (its ``FETCH`` and ``BRPOP`` polls, the queue
 #: metrics) do not depend on the liveness timeout.
-SWEEP_COMMANDS = frozenset({"smembers", "exists", "ping", "hkeys", "time", "zrange", "zrem"})
+SWEEP_COMMANDS = frozenset(
+    {"smembers", "exists", "ping", "set", "hkeys", "time", "zrange", "zrem"}
+)
 
 
 @cache
@@ -346,11 +349,11 @@ def server_time(store: redis.Redis) -> float:
 
 # --- 3. idle cost -------------------------------------------------------------------------------
 
-class StampRuns:
-    """The sweeps' stamp scripts (``EVALSHA`` of ``celery_ecs.recovery.STAMP``) redis-server ran
-    between the bench's first two ``INFO commandstats`` after this starts (``MONITOR``, which
-    shows the commands in the order the server ran them): ``INFO`` counts every ``EVALSHA``
-    under one name, the ``FETCH`` polls' too."""
+class SweepScripts:
+    """The sweeps' scripts (``EVALSHA`` of ``celery_ecs.recovery.STAMP`` and ``TURN``) that
+    redis-server ran between the bench's first two ``INFO commandstats`` after this starts
+    (``MONITOR``, which shows the commands in the order the server ran them): ``INFO`` counts
+    every ``EVALSHA`` under one name, the ``FETCH`` polls' too."""
 
     def __init__(self, port: int) -> None:
         self.runs = 0
@@ -370,7 +373,9 @@ class StampRuns:
                 words = str(entry["command"]).split()
                 if [word.upper() for word in words[:2]] == ["INFO", "COMMANDSTATS"]:
                     self._infos += 1
-                elif self._infos == 1 and words[:2] == ["EVALSHA", STAMP_SHA]:
+                elif self._infos == 1 and words[:1] == ["EVALSHA"] and words[1:2] in (
+                    [STAMP_SHA], [TURN_SHA]
+                ):
                     self.runs += 1
         except (redis.ConnectionError, OSError, ValueError):
             return  # closed by ``count`` (ValueError: its socket file), or the server stopped
@@ -390,7 +395,7 @@ class StampRuns:
 class IdleCost:
     #: Commands per second per idle worker, by name.
     per_second: dict[str, float]
-    #: The sweeps' stamp scripts per second per idle worker (their ``EVALSHA``, in
+    #: The sweeps' scripts (stamps and turns) per second per idle worker (their ``EVALSHA``, in
     #: ``per_second``'s with the ``FETCH`` polls').
     stamps: float
 
@@ -404,7 +409,7 @@ class IdleCost:
 
     @property
     def sweeps(self) -> float:
-        """What the sweeps send (``SWEEP_COMMANDS``, and the stamp scripts' ``EVALSHA``)."""
+        """What the sweeps send (``SWEEP_COMMANDS``, and the scripts' ``EVALSHA``)."""
         return self.stamps + sum(count for name, count in self.per_second.items()
                                  if name in SWEEP_COMMANDS)  # fmt: skip
 
@@ -421,7 +426,7 @@ def idle_cost(bench: Bench, timeout: Timeout) -> IdleCost:
         new_member(store, known, bench, f"idle {timeout.seconds}: worker {index}")
     time.sleep(IDLE_SETTLE_SECONDS)
     admin = redis.Redis(host=HOST_ADDRESS, port=bench.server.port)
-    stamps = StampRuns(bench.server.port)
+    stamps = SweepScripts(bench.server.port)
     before = command_calls(admin, excluded=IDLE_BENCH_COMMANDS)
     started = time.monotonic()
     time.sleep(IDLE_SECONDS)
@@ -502,7 +507,7 @@ def report(rows: list[Row], versions: str, elapsed: float) -> str:
               f"{row.idle.rest:.2f}", f"{row.idle.total:.2f}",
               f"{row.idle.total / today.idle.total:.2f}",
               ", ".join(f"{name} {count:.2f}" for name, count in row.idle.per_second.items())
-              + f" (of evalsha, stamp scripts {row.idle.stamps:.2f})"]
+              + f" (of evalsha, sweep scripts {row.idle.stamps:.2f})"]
              for row in rows],
         ),
     ]

@@ -16,16 +16,24 @@ thread of its main process, and once in its consumer before it consumes (``Resto
 How long a message has been held is the sweep's own record. kombu writes each message's
 delivery time into its index (``unacked_index``) when it takes the message and removes it at the
 acknowledgement: two commands a task. The transport (``celery_ecs.transport``) writes neither;
-instead, for each set of the pool, every sweep runs ``STAMP``, one script: every message held
+instead, for each set of the pool, a sweep runs ``STAMP``, one script: every message held
 without an entry in the index gets one, scored with Redis's clock as the script runs (the first
 sweep that saw it held), entries of messages no longer held go, and those stamped at least a
-visibility timeout ago are returned, to be put back. Hence, for the visibility timeout, a message
-goes back no earlier than the visibility timeout after its delivery (its stamp comes after its
-record, on the same clock) and at most one sweep interval later than a delivery-time index would
-put it back (the stamp is at most that late). One clock, Redis's, writes the stamps and decides
-their age: the hosts' clocks, and their skew, play no part. A gone worker's set goes back
-stamped messages first, oldest stamp first, then the ones no sweep has stamped yet (held for
-less than a sweep interval), in no particular order.
+visibility timeout ago are returned, to be put back. One clock, Redis's, writes the stamps and
+decides their age: the hosts' clocks, and their skew, play no part. A gone worker's set goes
+back stamped messages first, oldest stamp first, then the ones no sweep has stamped yet (held
+for less than a sweep interval), in no particular order.
+
+While a pool has more than one worker, one of them stamps the pool's sets per turn: a sweep
+first takes the pool's turn (``TURN``, a key that lasts 0.9 sweep interval), and a sweep that
+finds it another worker's stamps nothing. A pool of N workers so runs N + 1 stamp scripts a
+sweep interval, not N x (N + 1). The worker whose turn it was sweeps again an interval after
+taking it, and finds it free: the stamps run at least once an interval; should that worker die,
+another's next sweep takes the turn within 1.9 intervals of the last. Hence, for the visibility
+timeout, a message goes back no earlier than the visibility timeout after its delivery (its
+stamp comes after its record, on the same clock) and at most one sweep interval later than a
+delivery-time index would put it back (1.9 once, after the death of the worker whose turn it
+was): the stamp is at most that late.
 
 Each message is put back in a transaction that watches its set's hash (and, for a gone worker,
 its lease): of two sweepers, or a sweeper and a worker acknowledging, restoring or revived, one
@@ -122,6 +130,20 @@ return expired
 """
 STAMP_SHA = hashlib.sha1(STAMP.encode()).hexdigest()
 
+#: Takes the pool's stamping turn (the module docstring) for ARGV[1], the sweeper, for ARGV[2]
+#: milliseconds, unless another sweeper has it; 1 when the turn is the sweeper's. KEYS: the
+#: turn's key. One command (SET's NX with GET, Redis 7): a sweep that is not the pool's turn
+#: costs two with the script's own EVALSHA. Flagged allow-oom for STAMP's reason: a SET refused
+#: at maxmemory would stop the stamps, and with them the last resort.
+TURN = """#!lua flags=allow-oom
+local holder = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2], 'GET')
+if not holder or holder == ARGV[1] then
+  return 1
+end
+return 0
+"""
+TURN_SHA = hashlib.sha1(TURN.encode()).hexdigest()
+
 
 def stamp(client: redis.Redis, sets: Sequence[UnackedSet], visibility_timeout: float
           ) -> list[list[str]]:  # fmt: skip
@@ -142,6 +164,15 @@ def stamp(client: redis.Redis, sets: Sequence[UnackedSet], visibility_timeout: f
     return expired
 
 
+def take_turn(client: redis.Redis, key: str, sweeper: str, milliseconds: int) -> bool:
+    """Run ``TURN``: whether ``sweeper`` has the turn of ``key`` (taken now, or already its)."""
+    try:
+        reply = client.evalsha(TURN_SHA, 1, key, sweeper, str(milliseconds))
+    except NoScriptError:
+        reply = client.eval(TURN, 1, key, sweeper, str(milliseconds))
+    return bool(reply)
+
+
 def oldest_last(newest_first: Iterable[bytes], held: Iterable[bytes]) -> list[str]:
     """The order to push a set's messages to the head of their queues, so the oldest is taken
     first: the messages without an index entry (no sweep has stamped them yet: the most recent)
@@ -158,6 +189,10 @@ class Recovery:
         self.app = app
         self.keys: WorkerKeys = lease.keys
         self.claim_ms = int(lease.deadlines.timeout * 1000)
+        #: How long the pool's stamping turn lasts: less than an interval, so that the worker
+        #: that had it finds it free at its next sweep (the module docstring).
+        self.turn_ms = int(lease.deadlines.sweep_interval * 900)
+        self.turn_key = f"liveness-stamp-turn:{self.keys.pool}"
         self.visibility_timeout = visibility_timeout
 
     def restore(
@@ -254,8 +289,12 @@ class Recovery:
         for worker, is_alive in zip(others, alive, strict=True):
             if not is_alive:
                 self.restore_gone(channel, worker, claim=not before_consuming)
-        pool = [worker.unacked for worker in workers if worker.pool == self.keys.pool]
-        self.restore_expired(channel, [*pool, pool_unacked(self.keys.pool)])
+        pool = [worker for worker in workers if worker.pool == self.keys.pool]
+        if any(worker != self.keys for worker in pool):
+            with channel.conn_or_acquire() as client:
+                if not take_turn(client, self.turn_key, self.keys.member, self.turn_ms):
+                    return  # another worker of the pool stamps this turn
+        self.restore_expired(channel, [*[w.unacked for w in pool], pool_unacked(self.keys.pool)])
 
     def restore_gone(self, channel: Any, worker: WorkerKeys, *, claim: bool = True) -> int:
         """Put back every message of a worker whose lease expired, then forget the worker.

@@ -46,7 +46,7 @@ from celery_ecs.liveness import (
     pool_unacked,
     unacked_count,
 )
-from celery_ecs.recovery import Recovery, stamp
+from celery_ecs.recovery import Recovery, stamp, take_turn
 from celery_ecs.settings import DEFAULT_LIVENESS_TIMEOUT
 from celery_ecs.transport import FETCH, wake_key
 from testkit.redis_server import RedisServer, free_port, start_redis
@@ -525,6 +525,55 @@ def test_concurrent_full_sweeps_restore_and_forget_a_gone_worker_once(
     assert unacked_count(redis_client, "default") == 0
 
 
+def test_one_worker_of_a_pool_stamps_its_sets_per_turn(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    # Three live workers of the pool, each sweeping: one stamps, the others stamp nothing while
+    # its turn lasts (0.9 sweep interval); the worker whose turn it was takes the next one.
+    workers = [WorkerKeys("default", f"w/{n}") for n in range(3)]
+    for worker in workers:
+        Lease(worker, Deadlines(15)).acquire(redis_client)
+    sweepers = [Recovery(app, Lease(keys, Deadlines(15)), LONG_VISIBILITY) for keys in workers]
+    turn = sweepers[0].turn_ms / 1000
+    assert turn == pytest.approx(0.9 * Deadlines(15).sweep_interval)
+    # A short turn, so the test waits little for one to end.
+    for sweeper in sweepers:
+        sweeper.turn_ms = 600
+
+    def stamp_runs() -> int:
+        stats = redis_client.info("commandstats")
+        return int(stats.get("cmdstat_hkeys", {}).get("calls", 0))  # one a set that holds some
+
+    publish_noops(redis_url, 3)
+    for worker in workers:
+        hold(redis_url, worker, 1)
+    with sweeper_channel(redis_url) as channel:
+        before = stamp_runs()
+        sweepers[1].sweep(channel)
+        assert stamp_runs() - before == 3  # its turn: every set of the pool that holds some
+        assert all(redis_client.zcard(w.unacked.index) == 1 for w in workers)
+        before = stamp_runs()
+        sweepers[0].sweep(channel)
+        sweepers[2].sweep(channel)
+        assert stamp_runs() == before  # not their turn
+        sweepers[1].sweep(channel)
+        assert stamp_runs() - before == 3  # still its turn
+        time.sleep(0.7)
+        before = stamp_runs()
+        sweepers[2].sweep(channel)  # the turn ended: the next sweeper's
+        sweepers[1].sweep(channel)
+        assert stamp_runs() - before == 3
+    assert redis_client.llen(QUEUE) == 0
+
+
+def test_a_pool_of_one_worker_takes_no_turn(redis_url: str, redis_client: redis.Redis) -> None:
+    alone = WorkerKeys("default", "alone/1")
+    Lease(alone, Deadlines(15)).acquire(redis_client)
+    with sweeper_channel(redis_url) as channel:
+        Recovery(app, Lease(alone, Deadlines(15)), LONG_VISIBILITY).sweep(channel)
+    assert not redis_client.exists("liveness-stamp-turn:default")
+
+
 # --- the sweep's stamps: how long a message has been held ---------------------------------------
 
 #: A visibility timeout the stamp tests wait for.
@@ -649,6 +698,7 @@ def test_at_maxmemory_a_sweep_still_stamps(own_redis: RedisServer) -> None:
         recovery("sweeper/1").sweep(channel)
 
     assert client.zscore(stuck.unacked.index, tag) is not None
+    assert client.get("liveness-stamp-turn:default") == "default:sweeper/1"  # taken too
     with pytest.raises(redis.exceptions.OutOfMemoryError):
         client.zadd("other", {"x": 1})  # what the script did, refused outside it
 
@@ -684,6 +734,20 @@ def test_what_a_sweep_costs_per_set(own_redis: RedisServer) -> None:
     client.delete(unacked.hash)
     assert cost() == {"evalsha": 1, "exists": 1, "hkeys": 1, "del": 1}
     assert cost() == {"evalsha": 1, "exists": 1}
+
+
+def test_what_a_turn_costs(own_redis: RedisServer) -> None:
+    # A sweep in a pool of several workers first asks for the pool's turn: one script, one SET.
+    client = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    take_turn(client, "turn", "a", 60_000)  # loads the script (NOSCRIPT, then EVAL)
+    for sweeper, its_turn in (("a", True), ("b", False)):
+        before = client.info("commandstats")
+        assert take_turn(client, "turn", sweeper, 60_000) is its_turn
+        after = client.info("commandstats")
+        assert {key.removeprefix("cmdstat_"): int(value["calls"]) - int(before[key]["calls"])
+                for key, value in after.items()
+                if key != "cmdstat_info" and value["calls"] != before[key]["calls"]
+                } == {"evalsha": 1, "set": 1}  # fmt: skip
 
 
 # --- the transport ------------------------------------------------------------------------------
